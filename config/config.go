@@ -1,0 +1,191 @@
+// Package config loads, checks and documents smtpbridge's YAML configuration.
+//
+// Load reads the file, replaces ${VAR} from the environment in every value,
+// refuses unknown keys, fills in defaults, reads the files the config names
+// (client secrets, certificates) and reports every problem it finds at once,
+// each with the key, its line and how to fix it. It never prints a secret:
+// secret values are held in types whose String and Format redact them.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Hostname is the name the bridge uses in its SMTP greeting and in the
+	// EHLO it sends to Exchange Online. Default: the machine's host name.
+	Hostname  string     `yaml:"hostname"`
+	Listeners []Listener `yaml:"listeners"`
+	Tenants   []Tenant   `yaml:"tenants"`
+	Devices   []Device   `yaml:"devices"`
+	Limits    Limits     `yaml:"limits"`
+	Spool     Spool      `yaml:"spool"`
+	Log       Log        `yaml:"log"`
+	HTTP      HTTP       `yaml:"http"`
+	Sandbox   Sandbox    `yaml:"sandbox"`
+
+	// Path is the file the config was loaded from.
+	Path string `yaml:"-"`
+	// Warnings are problems that do not stop the bridge from starting.
+	Warnings []Problem `yaml:"-"`
+}
+
+// Listener is one local SMTP endpoint devices connect to.
+type Listener struct {
+	Name              string `yaml:"name"`
+	Address           string `yaml:"address"`
+	TLS               string `yaml:"tls"`
+	CertFile          string `yaml:"cert_file"`
+	KeyFile           string `yaml:"key_file"`
+	MinTLSVersion     string `yaml:"min_tls_version"`
+	LegacyCiphers     bool   `yaml:"legacy_ciphers"`
+	AllowInsecureAuth bool   `yaml:"allow_insecure_auth"`
+}
+
+// Listener TLS modes.
+const (
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+)
+
+// Tenant is one Entra ID app registration in one Microsoft 365 tenant.
+type Tenant struct {
+	Name                string `yaml:"name"`
+	TenantID            string `yaml:"tenant_id"`
+	ClientID            string `yaml:"client_id"`
+	ClientSecret        Secret `yaml:"client_secret"`
+	ClientSecretFile    string `yaml:"client_secret_file"`
+	CertificateFile     string `yaml:"certificate_file"`
+	CertificatePassword Secret `yaml:"certificate_password"`
+	AuthorityHost       string `yaml:"authority_host"`
+	SMTPHost            string `yaml:"smtp_host"`
+	TokenScope          string `yaml:"token_scope"`
+
+	// Credential is the secret or certificate, read and checked by Load.
+	Credential Credential `yaml:"-"`
+}
+
+// Device is one legacy device (printer, scanner, application) that logs in
+// with a username and password and sends as one mailbox.
+type Device struct {
+	Name              string   `yaml:"name"`
+	Username          string   `yaml:"username"`
+	PasswordHash      string   `yaml:"password_hash"`
+	Tenant            string   `yaml:"tenant"`
+	Mailbox           string   `yaml:"mailbox"`
+	FromPolicy        string   `yaml:"from_policy"`
+	AllowedFrom       []string `yaml:"allowed_from"`
+	AllowedRecipients []string `yaml:"allowed_recipients"`
+	Networks          []string `yaml:"networks"`
+}
+
+// Sender policies.
+const (
+	FromRewrite = "rewrite"
+	FromEnforce = "enforce"
+)
+
+// Limits bound what one message may be.
+type Limits struct {
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	MaxRecipients   int   `yaml:"max_recipients"`
+}
+
+// Spool is where accepted messages are kept until Exchange takes them.
+type Spool struct {
+	Dir string `yaml:"dir"`
+}
+
+// Log configures the process log.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// HTTP is the listener for metrics and health checks.
+type HTTP struct {
+	Address string `yaml:"address"`
+}
+
+// Sandbox, when Dir is set, replaces Entra ID and Exchange Online with
+// in-process fakes and writes what they receive to Dir as .eml files.
+type Sandbox struct {
+	Dir string `yaml:"dir"`
+}
+
+// Defaults. Exchange Online's own limits are documented in the README.
+const (
+	DefaultAuthorityHost   = "https://login.microsoftonline.com"
+	DefaultSMTPHost        = "smtp.office365.com:587"
+	DefaultTokenScope      = "https://outlook.office365.com/.default"
+	DefaultMinTLSVersion   = "1.2"
+	DefaultMaxMessageBytes = 36700160 // Exchange Online's default MaxSendSize, 35 MB
+	DefaultMaxRecipients   = 500
+	DefaultSpoolDir        = "./spool"
+	DefaultHTTPAddress     = "127.0.0.1:9464"
+	// ExchangeMaxMessageBytes is the largest MaxSendSize Exchange Online
+	// allows a mailbox (150 MB).
+	ExchangeMaxMessageBytes = 157286400
+	// CredentialWarnBefore is how long before a credential expires Load
+	// starts to warn.
+	CredentialWarnBefore = 30 * 24 * time.Hour
+)
+
+func (c *Config) applyDefaults() {
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.TLS == "" {
+			l.TLS = TLSNone
+		}
+		if l.MinTLSVersion == "" {
+			l.MinTLSVersion = DefaultMinTLSVersion
+		}
+	}
+	for i := range c.Tenants {
+		t := &c.Tenants[i]
+		if t.AuthorityHost == "" {
+			t.AuthorityHost = DefaultAuthorityHost
+		}
+		if t.SMTPHost == "" {
+			t.SMTPHost = DefaultSMTPHost
+		}
+		if t.TokenScope == "" {
+			t.TokenScope = DefaultTokenScope
+		}
+	}
+	for i := range c.Devices {
+		if c.Devices[i].FromPolicy == "" {
+			c.Devices[i].FromPolicy = FromRewrite
+		}
+	}
+	if c.Limits.MaxMessageBytes == 0 {
+		c.Limits.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.Limits.MaxRecipients == 0 {
+		c.Limits.MaxRecipients = DefaultMaxRecipients
+	}
+	if c.Spool.Dir == "" {
+		c.Spool.Dir = DefaultSpoolDir
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.HTTP.Address == "" {
+		c.HTTP.Address = DefaultHTTPAddress
+	}
+}
+
+// Tenant returns the tenant with the given name, or nil.
+func (c *Config) Tenant(name string) *Tenant {
+	for i := range c.Tenants {
+		if c.Tenants[i].Name == name {
+			return &c.Tenants[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,344 @@
+package config
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/pki"
+)
+
+func testHash(t *testing.T) string {
+	t.Helper()
+	h, err := passwd.NewBcrypt([]byte("pw"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func writeConfig(t *testing.T, dir, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, "smtpbridge.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+const goodConfig = `
+listeners:
+  - name: lan
+    address: "127.0.0.1:2525"
+    allow_insecure_auth: true
+tenants:
+  - name: contoso
+    tenant_id: contoso.onmicrosoft.com
+    client_id: 11111111-2222-3333-4444-555555555555
+    client_secret: "${CONTOSO_SECRET}"
+devices:
+  - name: mfp-2f
+    username: mfp-2f
+    password_hash: "%s"
+    tenant: contoso
+    mailbox: scanner@contoso.com
+    allowed_recipients: [contoso.com, "bob@partner.org"]
+    networks: ["192.168.10.0/24", "10.0.0.5"]
+limits:
+  max_recipients: ${MAXR}
+`
+
+func TestLoadGood(t *testing.T) {
+	dir := t.TempDir()
+	p := writeConfig(t, dir, fmt.Sprintf(goodConfig, testHash(t)))
+	cfg, err := LoadWithEnv(p, env(map[string]string{"CONTOSO_SECRET": "s3cr3t: with yaml # chars", "MAXR": "42"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Tenants[0].Credential.Secret(); got != "s3cr3t: with yaml # chars" {
+		t.Errorf("secret = %q", got)
+	}
+	if cfg.Limits.MaxRecipients != 42 {
+		t.Errorf("max_recipients from env = %d, want 42", cfg.Limits.MaxRecipients)
+	}
+	// Defaults.
+	tn := cfg.Tenants[0]
+	if tn.AuthorityHost != DefaultAuthorityHost || tn.SMTPHost != DefaultSMTPHost || tn.TokenScope != DefaultTokenScope {
+		t.Errorf("tenant defaults not applied: %+v", tn)
+	}
+	if cfg.Listeners[0].TLS != TLSNone || cfg.Listeners[0].MinTLSVersion != "1.2" {
+		t.Errorf("listener defaults not applied: %+v", cfg.Listeners[0])
+	}
+	if cfg.Devices[0].FromPolicy != FromRewrite || cfg.Limits.MaxMessageBytes != DefaultMaxMessageBytes {
+		t.Error("device/limit defaults not applied")
+	}
+	if cfg.Spool.Dir != filepath.Join(dir, "spool") {
+		t.Errorf("spool dir %q not resolved against the config's directory", cfg.Spool.Dir)
+	}
+	if cfg.Log.Level != "info" || cfg.Log.Format != "json" || cfg.HTTP.Address != DefaultHTTPAddress {
+		t.Error("log/http defaults not applied")
+	}
+}
+
+// A broken config lists every problem at once, each with its key and line.
+func TestLoadListsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	body := `
+hostname: "bad host"
+listeners:
+  - name: lan
+    adress: "0.0.0.0:2525"
+    tls: starttls
+    min_tls_version: 1.0
+  - name: lan
+    address: "nonsense"
+    tls: sometimes
+    min_tls_version: 1.4
+tenants:
+  - name: contoso
+    tenant_id: common
+    client_id: not-a-guid
+    client_secret: "${MISSING_SECRET}"
+    client_secret_file: /nonexistent
+    authority_host: "http://login.example.com/path"
+    token_scope: "https://outlook.office365.com/SMTP.Send"
+  - name: fabrikam
+    tenant_id: 11111111-2222-3333-4444-555555555555
+    client_id: 11111111-2222-3333-4444-555555555555
+    client_secret: literal
+    certificate_file: app.pem
+devices:
+  - name: mfp
+    username: mfp
+    password_hash: hunter2
+    tenant: contso
+    mailbox: "not an address"
+    from_policy: sometimes
+    allowed_recipients: ["*.contoso.com"]
+    networks: ["192.168.1.1/24", "banana"]
+  - name: mfp
+    username: mfp
+    password_hash: "$2a$04$invalid"
+    tenant: contoso
+    mailbox: a@b.c
+limits:
+  max_recipients: lots
+log:
+  level: chatty
+`
+	p := writeConfig(t, dir, body)
+	_, err := LoadWithEnv(p, env(nil))
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("want *config.Error, got %v", err)
+	}
+	text := err.Error()
+	want := []string{
+		`line 2: hostname: "bad host" is not a host name`,
+		`line 4: listeners[0].address: required, e.g. "0.0.0.0:2525"`,
+		`line 5: listeners[0].adress: unknown key; did you mean "address"?`,
+		`listeners[0]: tls: starttls needs cert_file and key_file`,
+		`listeners[1].min_tls_version: "1.4" is not one of`,
+		`listeners[1].name: "lan" is used twice`,
+		`listeners[1].address: "nonsense" is not host:port`,
+		`listeners[1].tls: "sometimes" is not one of none, starttls, implicit`,
+		`tenants[0].client_secret: environment variable MISSING_SECRET is not set`,
+		`tenants[0].tenant_id: "common" does not work for app-only tokens`,
+		`tenants[0].client_id: "not-a-guid" is not the Application (client) ID`,
+		`tenants[1]: set exactly one of client_secret, client_secret_file, certificate_file (found 2)`,
+		`tenants[0].authority_host: "http://login.example.com/path" must be an https URL`,
+		`tenants[0].token_scope: "https://outlook.office365.com/SMTP.Send" must end in /.default`,
+		`devices[0].password_hash: not a bcrypt`,
+		`devices[0].tenant: unknown tenant "contso" (known: "contoso", "fabrikam")`,
+		`devices[0].mailbox: "not an address"`,
+		`devices[0].from_policy: "sometimes" is not one of rewrite, enforce`,
+		`devices[0].allowed_recipients[0]: "*.contoso.com"`,
+		`devices[0].networks[0]: "192.168.1.1/24" has host bits set; did you mean 192.168.1.0/24?`,
+		`devices[0].networks[1]: "banana" is not a CIDR`,
+		`devices[1].name: "mfp" is used twice`,
+		`devices[1].username: "mfp" is already used by device "mfp"`,
+		`devices[1].password_hash: bcrypt hash`,
+		`limits.max_recipients: wrong type`,
+		`log.level: "chatty" is not one of debug, info, warn, error`,
+	}
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("problem list lacks %q", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("got:\n%s", text)
+	}
+	if strings.Contains(text, "hunter2") && !strings.Contains(text, "never put the password itself here") {
+		t.Error("a plaintext password in password_hash is echoed without the hint")
+	}
+}
+
+func TestLoadEmptyAndInvalidYAML(t *testing.T) {
+	dir := t.TempDir()
+	for body, want := range map[string]string{
+		"":                 "the file is empty",
+		"listeners: [\n":   "not valid YAML",
+		"- just\n- list\n": "top level must be a mapping",
+	} {
+		_, err := LoadWithEnv(writeConfig(t, dir, body), env(nil))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("body %q: error %v, want %q", body, err, want)
+		}
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
+		t.Error("missing file accepted")
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	l := &loader{lookup: env(map[string]string{"A": "x", "EMPTY": ""}), lines: map[string]int{}}
+	cases := map[string]string{
+		"${A}":           "x",
+		"pre-${A}-post":  "pre-x-post",
+		"$${A}":          "${A}",
+		"${EMPTY}":       "",
+		"$2a$10$abc":     "$2a$10$abc",
+		"cost $5 ${A}$$": "cost $5 x$$",
+	}
+	for in, want := range cases {
+		n := scalar(in)
+		l.expandEnv(n, "k")
+		if n.Value != want {
+			t.Errorf("expand %q = %q, want %q", in, n.Value, want)
+		}
+	}
+	if len(l.problems) != 0 {
+		t.Errorf("unexpected problems: %v", l.problems)
+	}
+	for _, bad := range []string{"${NOPE}", "${A", "${1X}"} {
+		l.problems = nil
+		l.expandEnv(scalar(bad), "k")
+		if len(l.problems) != 1 {
+			t.Errorf("expand %q: problems %v, want one", bad, l.problems)
+		}
+	}
+}
+
+func TestSecretsNeverPrint(t *testing.T) {
+	s := Secret("hunter2-secret")
+	c := NewSecretCredential("hunter2-secret")
+	tn := Tenant{Name: "x", ClientSecret: s, CertificatePassword: "pfx-pass", Credential: c}
+	js, _ := json.Marshal(tn)
+	outputs := []string{
+		fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s %q %x", s, s, s, s, s, s),
+		fmt.Sprintf("%v %+v %#v", tn, tn, tn), fmt.Sprintf("%v %+v %#v %x", c, c, c, c), string(js),
+	}
+	for _, out := range outputs {
+		if strings.Contains(out, "hunter2") || strings.Contains(out, "pfx-pass") || strings.Contains(out, "68756e74657232") {
+			t.Errorf("secret leaked: %s", out)
+		}
+	}
+	if s.Value() != "hunter2-secret" || c.Secret() != "hunter2-secret" {
+		t.Error("Value/Secret do not return the secret")
+	}
+}
+
+func TestCertificateCredentials(t *testing.T) {
+	dir := t.TempDir()
+	app, err := pki.NewAppCert("smtpbridge-app", time.Now().AddDate(1, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemPath := filepath.Join(dir, "app.pem")
+	os.WriteFile(pemPath, app.PEM, 0o600)
+	pfx, err := pkcs12.Modern.WithRand(rand.Reader).Encode(app.Key, app.Cert, nil, "pfx-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pfxPath := filepath.Join(dir, "app.pfx")
+	os.WriteFile(pfxPath, pfx, 0o600)
+	soon, _ := pki.NewAppCert("soon", time.Now().Add(10*24*time.Hour))
+	os.WriteFile(filepath.Join(dir, "soon.pem"), soon.PEM, 0o600)
+	old, _ := pki.NewAppCert("old", time.Now().Add(-time.Hour))
+	os.WriteFile(filepath.Join(dir, "old.pem"), old.PEM, 0o600)
+	os.WriteFile(filepath.Join(dir, "certonly.pem"), app.PEM[:strings.Index(string(app.PEM), "-----BEGIN PRIVATE KEY")], 0o600)
+
+	tenant := func(file, password string) string {
+		return fmt.Sprintf(`
+listeners: [{name: lan, address: "127.0.0.1:2525", allow_insecure_auth: true}]
+tenants:
+  - name: t
+    tenant_id: 11111111-2222-3333-4444-555555555555
+    client_id: 11111111-2222-3333-4444-555555555555
+    certificate_file: %s
+    certificate_password: %q
+devices: [{name: d, username: d, password_hash: "%s", tenant: t, mailbox: a@b.c}]
+`, file, password, testHash(t))
+	}
+	for _, tc := range []struct {
+		file, password, wantErr, wantWarn string
+	}{
+		{file: "app.pem"},
+		{file: "app.pfx", password: "pfx-pass"},
+		{file: "app.pfx", password: "wrong", wantErr: "wrong certificate_password"},
+		{file: "certonly.pem", wantErr: "no private key found"},
+		{file: "missing.pem", wantErr: "no such file"},
+		{file: "old.pem", wantErr: "the certificate expired"},
+		{file: "soon.pem", wantWarn: "the certificate expires on"},
+	} {
+		cfg, err := LoadWithEnv(writeConfig(t, dir, tenant(tc.file, tc.password)), env(nil))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: error %v, want %q", tc.file, err, tc.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "pfx-pass") {
+				t.Errorf("%s: error shows the password", tc.file)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.file, err)
+			continue
+		}
+		certs, key := cfg.Tenants[0].Credential.Certificate()
+		if len(certs) == 0 || key == nil {
+			t.Errorf("%s: no certificate loaded", tc.file)
+		}
+		var warned bool
+		for _, w := range cfg.Warnings {
+			warned = warned || tc.wantWarn != "" && strings.Contains(w.Message, tc.wantWarn)
+		}
+		if tc.wantWarn != "" && !warned {
+			t.Errorf("%s: no warning %q in %v", tc.file, tc.wantWarn, cfg.Warnings)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add(fmt.Sprintf(goodConfig, "$2a$04$abcdefghijklmnopqrstuuN6YQ3Q6T6V8d8qJ3k9i5n7w5bQ0lX2e"))
+	f.Add("listeners: [{name: x}]\ntenants: {}\n")
+	f.Add("a: ${B}\n")
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, body string) {
+		p := filepath.Join(dir, "f.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := LoadWithEnv(p, env(map[string]string{"CONTOSO_SECRET": "x", "MAXR": "1"}))
+		if (cfg == nil) == (err == nil) {
+			t.Fatalf("Load returned cfg=%v err=%v", cfg != nil, err)
+		}
+	})
+}
+
+func scalar(v string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Value: v} }

@@ -1,0 +1,147 @@
+package config
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"software.sslmate.com/src/go-pkcs12"
+)
+
+// loadCredential checks that exactly one credential is configured, reads
+// it and stores it in t.Credential.
+func (l *loader) loadCredential(k string, t *Tenant) {
+	set := 0
+	for _, v := range []string{t.ClientSecret.Value(), t.ClientSecretFile, t.CertificateFile} {
+		if v != "" {
+			set++
+		}
+	}
+	if set != 1 {
+		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file (found %d)", set)
+		return
+	}
+	if t.CertificatePassword != "" && t.CertificateFile == "" {
+		l.errorf(k+".certificate_password", "only used with certificate_file")
+	}
+	switch {
+	case t.ClientSecret != "":
+		t.Credential = NewSecretCredential(t.ClientSecret.Value())
+	case t.ClientSecretFile != "":
+		t.ClientSecretFile = l.path(t.ClientSecretFile)
+		data, err := os.ReadFile(t.ClientSecretFile)
+		if err != nil {
+			l.errorf(k+".client_secret_file", "%v", err)
+			return
+		}
+		secret := strings.TrimRight(string(data), "\r\n")
+		if strings.TrimSpace(secret) == "" {
+			l.errorf(k+".client_secret_file", "%s is empty", t.ClientSecretFile)
+			return
+		}
+		t.Credential = NewSecretCredential(secret)
+	default:
+		t.CertificateFile = l.path(t.CertificateFile)
+		data, err := os.ReadFile(t.CertificateFile)
+		if err != nil {
+			l.errorf(k+".certificate_file", "%v", err)
+			return
+		}
+		certs, key, err := ParseCertificateCredential(data, t.CertificatePassword.Value())
+		if err != nil {
+			l.errorf(k+".certificate_file", "%v", err)
+			return
+		}
+		t.Credential = NewCertCredential(certs, key)
+		switch exp := certs[0].NotAfter; {
+		case now().After(exp):
+			l.errorf(k+".certificate_file", "the certificate expired on %s; create a new one and upload it to the app registration (Certificates & secrets)",
+				exp.Format(time.DateOnly))
+		case now().Add(CredentialWarnBefore).After(exp):
+			l.warnf(k+".certificate_file", "the certificate expires on %s; upload a new one to the app registration before then",
+				exp.Format(time.DateOnly))
+		}
+	}
+}
+
+// ParseCertificateCredential reads an app certificate with its RSA private
+// key from PEM (certificate and unencrypted key blocks) or PKCS#12 (.pfx,
+// with password). The certificate matching the key comes first.
+func ParseCertificateCredential(data []byte, password string) ([]*x509.Certificate, crypto.PrivateKey, error) {
+	var (
+		certs []*x509.Certificate
+		key   crypto.PrivateKey
+	)
+	if bytes.Contains(data, []byte("-----BEGIN")) {
+		rest := data
+		for {
+			var block *pem.Block
+			block, rest = pem.Decode(rest)
+			if block == nil {
+				break
+			}
+			switch block.Type {
+			case "CERTIFICATE":
+				c, err := x509.ParseCertificate(block.Bytes)
+				if err != nil {
+					return nil, nil, fmt.Errorf("parse certificate: %w", err)
+				}
+				certs = append(certs, c)
+			case "PRIVATE KEY":
+				k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+				if err != nil {
+					return nil, nil, fmt.Errorf("parse PKCS#8 private key: %w", err)
+				}
+				key = k
+			case "RSA PRIVATE KEY":
+				if _, enc := block.Headers["DEK-Info"]; enc {
+					return nil, nil, errors.New("the private key is encrypted (legacy PEM encryption); convert to PKCS#12 with " +
+						"`openssl pkcs12 -export -in app.pem -out app.pfx` and set certificate_password, or remove the passphrase")
+				}
+				k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+				if err != nil {
+					return nil, nil, fmt.Errorf("parse RSA private key: %w", err)
+				}
+				key = k
+			case "ENCRYPTED PRIVATE KEY":
+				return nil, nil, errors.New("the private key is encrypted; convert to PKCS#12 with " +
+					"`openssl pkcs12 -export -in app.pem -out app.pfx` and set certificate_password, or remove the passphrase")
+			}
+		}
+	} else {
+		k, leaf, chain, err := pkcs12.DecodeChain(data, password)
+		if err != nil {
+			if errors.Is(err, pkcs12.ErrIncorrectPassword) {
+				return nil, nil, errors.New("PKCS#12 file: wrong certificate_password")
+			}
+			return nil, nil, fmt.Errorf("not a PEM file, and reading it as PKCS#12 failed: %w", err)
+		}
+		key = k
+		certs = append([]*x509.Certificate{leaf}, chain...)
+	}
+	if len(certs) == 0 {
+		return nil, nil, errors.New("no certificate found (want PEM with a CERTIFICATE block, or PKCS#12)")
+	}
+	if key == nil {
+		return nil, nil, errors.New("no private key found; the file must hold both the certificate and its key")
+	}
+	rsaKey, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return nil, nil, fmt.Errorf("the private key is %T; Entra client assertions here need an RSA key", key)
+	}
+	// Put the certificate that matches the key first.
+	for i, c := range certs {
+		if pub, ok := c.PublicKey.(*rsa.PublicKey); ok && pub.Equal(&rsaKey.PublicKey) {
+			certs[0], certs[i] = certs[i], certs[0]
+			return certs, rsaKey, nil
+		}
+	}
+	return nil, nil, errors.New("the private key does not belong to any certificate in the file")
+}

@@ -1,0 +1,342 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Problem is one thing wrong with a config file.
+type Problem struct {
+	Key     string // e.g. "devices[2].tenant"; "" for the file as a whole
+	Line    int    // 0 when unknown
+	Message string
+	Warning bool // a warning does not stop the bridge
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	if p.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", p.Line)
+	}
+	if p.Warning {
+		b.WriteString("warning: ")
+	}
+	if p.Key != "" {
+		b.WriteString(p.Key + ": ")
+	}
+	b.WriteString(p.Message)
+	return b.String()
+}
+
+// Error is returned by Load when the config has at least one problem that
+// is not a warning. It lists every problem found, warnings included.
+type Error struct {
+	File     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	n := 0
+	for _, p := range e.Problems {
+		if !p.Warning {
+			n++
+		}
+	}
+	fmt.Fprintf(&b, "%s: %d problem(s)", e.File, n)
+	for _, p := range e.Problems {
+		b.WriteString("\n  " + p.String())
+	}
+	return b.String()
+}
+
+// Load reads and checks the config file at path. On any error-level problem
+// it returns an *Error listing all of them.
+func Load(path string) (*Config, error) {
+	return LoadWithEnv(path, os.LookupEnv)
+}
+
+// LoadWithEnv is Load with a custom environment lookup, for tests.
+func LoadWithEnv(path string, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}}
+	cfg := l.parse(data)
+	if cfg != nil {
+		cfg.Path = path
+		cfg.applyDefaults()
+		l.validate(cfg)
+	}
+	slices.SortStableFunc(l.problems, func(a, b Problem) int { return a.Line - b.Line })
+	var errs []Problem
+	for _, p := range l.problems {
+		if !p.Warning {
+			errs = append(errs, p)
+		}
+	}
+	if len(errs) > 0 || cfg == nil {
+		return nil, &Error{File: path, Problems: l.problems}
+	}
+	cfg.Warnings = l.problems
+	return cfg, nil
+}
+
+type loader struct {
+	file     string
+	dir      string
+	lookup   func(string) (string, bool)
+	lines    map[string]int // key path -> line, for messages
+	problems []Problem
+}
+
+func (l *loader) errorf(key, format string, args ...any) {
+	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), Message: fmt.Sprintf(format, args...)})
+}
+
+func (l *loader) warnf(key, format string, args ...any) {
+	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), Message: fmt.Sprintf(format, args...), Warning: true})
+}
+
+// line returns the line of key, or of its nearest parent that is in the
+// file (a missing key is reported where its parent is).
+func (l *loader) line(key string) int {
+	for key != "" {
+		if n, ok := l.lines[key]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			break
+		}
+		key = key[:i]
+	}
+	return 0
+}
+
+// path resolves a file name from the config relative to the config file's
+// directory, so the bridge finds the same files whatever its working
+// directory is.
+func (l *loader) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(l.dir, p)
+}
+
+func (l *loader) parse(data []byte) *Config {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			l.errorf("", "the file is empty; start from examples/smtpbridge.yaml")
+			return nil
+		}
+		l.errorf("", "not valid YAML: %v", err)
+		return nil
+	}
+	if len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+		l.errorf("", "the top level must be a mapping of keys (listeners:, tenants:, devices:, ...)")
+		return nil
+	}
+	doc := root.Content[0]
+	l.expandEnv(doc, "")
+	l.checkKeys(doc, reflect.TypeOf(Config{}), "")
+
+	var cfg Config
+	if err := doc.Decode(&cfg); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, msg := range te.Errors {
+				l.typeError(msg)
+			}
+		} else {
+			l.errorf("", "%v", err)
+		}
+	}
+	return &cfg
+}
+
+var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// typeError turns yaml's "line 7: cannot unmarshal !!str `x` into int" into
+// a problem with the key path of that line.
+func (l *loader) typeError(msg string) {
+	p := Problem{Message: msg}
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Message = m[2]
+		for key, line := range l.lines {
+			if line == p.Line && (p.Key == "" || len(key) > len(p.Key)) {
+				p.Key = key
+			}
+		}
+	}
+	p.Message = strings.Replace(p.Message, "cannot unmarshal", "wrong type:", 1)
+	l.problems = append(l.problems, p)
+}
+
+var envRE = regexp.MustCompile(`\$\$\{|\$\{([^}]*)\}?`)
+
+// expandEnv replaces ${VAR} in every scalar value. "$${" stands for a
+// literal "${". Keys are not expanded.
+func (l *loader) expandEnv(n *yaml.Node, key string) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i].Value
+			l.expandEnv(n.Content[i+1], joinKey(key, k))
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			l.expandEnv(c, fmt.Sprintf("%s[%d]", key, i))
+		}
+	case yaml.ScalarNode:
+		if !strings.Contains(n.Value, "${") {
+			return
+		}
+		l.lines[key] = n.Line
+		out := envRE.ReplaceAllStringFunc(n.Value, func(m string) string {
+			if m == "$${" {
+				return "${"
+			}
+			if !strings.HasSuffix(m, "}") {
+				l.errorf(key, "unterminated ${ in value; write $${ for a literal ${")
+				return m
+			}
+			name := m[2 : len(m)-1]
+			if !validEnvName(name) {
+				l.errorf(key, "%q is not a valid environment variable name", name)
+				return m
+			}
+			v, ok := l.lookup(name)
+			if !ok {
+				l.errorf(key, "environment variable %s is not set; export it or remove ${%s} from the config", name, name)
+				return ""
+			}
+			return v
+		})
+		n.Value = out
+		if n.Style == 0 {
+			// Let a plain scalar be re-typed after expansion, so that
+			// "max_recipients: ${MAXR}" decodes as an int.
+			n.Tag = ""
+		}
+	}
+}
+
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range s {
+		if !(c == '_' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || i > 0 && '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func joinKey(prefix, k string) string {
+	if prefix == "" {
+		return k
+	}
+	return prefix + "." + k
+}
+
+// checkKeys walks the YAML against the Go type, records the line of every
+// key and reports keys the type does not have, with a suggestion.
+func (l *loader) checkKeys(n *yaml.Node, t reflect.Type, key string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Struct:
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			kn, vn := n.Content[i], n.Content[i+1]
+			k := joinKey(key, kn.Value)
+			l.lines[k] = kn.Line
+			ft, ok := fields[kn.Value]
+			if !ok {
+				msg := "unknown key"
+				if s := suggest(kn.Value, fields); s != "" {
+					msg += fmt.Sprintf("; did you mean %q?", s)
+				} else {
+					msg += fmt.Sprintf(" (known here: %s)", strings.Join(sortedKeys(fields), ", "))
+				}
+				l.errorf(k, "%s", msg)
+				continue
+			}
+			l.checkKeys(vn, ft, k)
+		}
+	case n.Kind == yaml.SequenceNode && t.Kind() == reflect.Slice:
+		for i, c := range n.Content {
+			k := fmt.Sprintf("%s[%d]", key, i)
+			l.lines[k] = c.Line
+			l.checkKeys(c, t.Elem(), k)
+		}
+	}
+}
+
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	m := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		m[name] = f.Type
+	}
+	return m
+}
+
+func sortedKeys(m map[string]reflect.Type) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// suggest returns the known key closest to k, if it is close enough to be
+// a typo.
+func suggest(k string, fields map[string]reflect.Type) string {
+	best, bestD := "", 3
+	for _, name := range sortedKeys(fields) {
+		if d := editDistance(strings.ToLower(k), name); d < bestD {
+			best, bestD = name, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}

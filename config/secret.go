@@ -1,0 +1,93 @@
+package config
+
+import (
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"time"
+)
+
+const redacted = "[redacted]"
+
+// Secret holds a client secret or password. It prints as "[redacted]" with
+// every fmt verb, in JSON and in zerolog, so a config dumped by mistake
+// shows no secret. Use Value to read it.
+type Secret string
+
+// Value returns the secret itself.
+func (s Secret) Value() string { return string(s) }
+
+// String implements fmt.Stringer.
+func (s Secret) String() string { return redactIfSet(s != "") }
+
+// GoString implements fmt.GoStringer.
+func (s Secret) GoString() string { return s.String() }
+
+// Format implements fmt.Formatter for every verb, including %x and %q.
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.String()) }
+
+// MarshalJSON implements json.Marshaler.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+
+// MarshalText implements encoding.TextMarshaler (used by YAML and zerolog).
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+func redactIfSet(set bool) string {
+	if set {
+		return redacted
+	}
+	return ""
+}
+
+// Credential is a tenant's resolved client credential: a secret, or a
+// certificate with its RSA private key. Like Secret it never prints its
+// contents.
+type Credential struct {
+	secret Secret
+	certs  []*x509.Certificate
+	key    crypto.PrivateKey
+}
+
+// NewSecretCredential returns a credential holding a client secret.
+func NewSecretCredential(secret string) Credential { return Credential{secret: Secret(secret)} }
+
+// NewCertCredential returns a credential holding a certificate chain (the
+// app's certificate first) and its private key.
+func NewCertCredential(certs []*x509.Certificate, key crypto.PrivateKey) Credential {
+	return Credential{certs: certs, key: key}
+}
+
+// Secret returns the client secret, or "" for a certificate credential.
+func (c Credential) Secret() string { return c.secret.Value() }
+
+// Certificate returns the chain and key, or nil for a secret credential.
+func (c Credential) Certificate() ([]*x509.Certificate, crypto.PrivateKey) { return c.certs, c.key }
+
+// IsCertificate reports whether the credential is a certificate.
+func (c Credential) IsCertificate() bool { return len(c.certs) > 0 }
+
+// NotAfter returns the certificate's expiry, or the zero time for a secret.
+func (c Credential) NotAfter() time.Time {
+	if len(c.certs) == 0 {
+		return time.Time{}
+	}
+	return c.certs[0].NotAfter
+}
+
+// String implements fmt.Stringer without revealing the credential.
+func (c Credential) String() string {
+	switch {
+	case c.IsCertificate():
+		return fmt.Sprintf("certificate %q (expires %s)", c.certs[0].Subject.CommonName, c.certs[0].NotAfter.Format(time.DateOnly))
+	case c.secret != "":
+		return "client secret " + redacted
+	}
+	return "none"
+}
+
+// GoString implements fmt.GoStringer.
+func (c Credential) GoString() string { return c.String() }
+
+// Format implements fmt.Formatter for every verb.
+func (c Credential) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }

@@ -1,0 +1,272 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+)
+
+var (
+	guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+)
+
+// now is the clock used for certificate expiry checks; tests replace it.
+var now = time.Now
+
+func (l *loader) validate(c *Config) {
+	if c.Hostname != "" {
+		if err := mailaddr.CheckDomain(c.Hostname); err != nil {
+			l.errorf("hostname", "%q is not a host name", c.Hostname)
+		}
+	}
+	l.validateListeners(c)
+	l.validateTenants(c)
+	l.validateDevices(c)
+	l.validateGlobals(c)
+}
+
+func (l *loader) validateListeners(c *Config) {
+	if len(c.Listeners) == 0 {
+		l.errorf("listeners", "at least one listener is required, e.g. {name: lan, address: \"0.0.0.0:2525\", tls: starttls, ...}")
+	}
+	names := map[string]bool{}
+	addrs := map[string]string{}
+	for i := range c.Listeners {
+		ls := &c.Listeners[i]
+		k := fmt.Sprintf("listeners[%d]", i)
+		l.checkName(k+".name", ls.Name, names)
+		if ls.Address == "" {
+			l.errorf(k+".address", "required, e.g. \"0.0.0.0:2525\" (all interfaces) or \"127.0.0.1:2525\"")
+		} else if _, port, err := net.SplitHostPort(ls.Address); err != nil || port == "" {
+			l.errorf(k+".address", "%q is not host:port; write e.g. \"0.0.0.0:2525\" or \"127.0.0.1:587\"", ls.Address)
+		} else if other, dup := addrs[ls.Address]; dup {
+			l.errorf(k+".address", "%s is already used by listener %q", ls.Address, other)
+		} else {
+			addrs[ls.Address] = ls.Name
+		}
+		switch ls.TLS {
+		case TLSNone:
+			if ls.CertFile != "" || ls.KeyFile != "" {
+				l.warnf(k+".tls", "cert_file/key_file are set but tls is none; they are ignored")
+			}
+			if !ls.AllowInsecureAuth {
+				l.errorf(k+".tls", "tls is none and allow_insecure_auth is false, so no device could ever log in here; "+
+					"set tls: starttls (or implicit) with cert_file and key_file, or allow_insecure_auth: true for a trusted LAN")
+			}
+		case TLSStartTLS, TLSImplicit:
+			l.checkListenerCert(k, ls)
+		default:
+			l.errorf(k+".tls", "%q is not one of none, starttls, implicit", ls.TLS)
+		}
+		if _, err := ParseTLSVersion(ls.MinTLSVersion); err != nil {
+			l.errorf(k+".min_tls_version", "%v", err)
+		}
+	}
+}
+
+func (l *loader) checkListenerCert(k string, ls *Listener) {
+	if ls.CertFile == "" || ls.KeyFile == "" {
+		l.errorf(k, "tls: %s needs cert_file and key_file (PEM)", ls.TLS)
+		return
+	}
+	ls.CertFile, ls.KeyFile = l.path(ls.CertFile), l.path(ls.KeyFile)
+	pair, err := tls.LoadX509KeyPair(ls.CertFile, ls.KeyFile)
+	if err != nil {
+		l.errorf(k+".cert_file", "cannot load the certificate and key: %v", err)
+		return
+	}
+	leaf := pair.Leaf
+	if leaf != nil && now().After(leaf.NotAfter) {
+		l.warnf(k+".cert_file", "the certificate expired on %s; devices that check it will refuse to connect", leaf.NotAfter.Format(time.DateOnly))
+	}
+}
+
+// ParseTLSVersion parses "1.0" .. "1.3".
+func ParseTLSVersion(s string) (uint16, error) {
+	switch s {
+	case "1.0":
+		return tls.VersionTLS10, nil
+	case "1.1":
+		return tls.VersionTLS11, nil
+	case "1.2":
+		return tls.VersionTLS12, nil
+	case "1.3":
+		return tls.VersionTLS13, nil
+	}
+	return 0, fmt.Errorf("%q is not one of \"1.0\", \"1.1\", \"1.2\", \"1.3\"", s)
+}
+
+func (l *loader) validateTenants(c *Config) {
+	if len(c.Tenants) == 0 {
+		l.errorf("tenants", "at least one tenant (an Entra ID app registration) is required")
+	}
+	names := map[string]bool{}
+	for i := range c.Tenants {
+		t := &c.Tenants[i]
+		k := fmt.Sprintf("tenants[%d]", i)
+		l.checkName(k+".name", t.Name, names)
+		switch {
+		case t.TenantID == "":
+			l.errorf(k+".tenant_id", "required: the Directory (tenant) ID from the app registration's Overview page, or a verified domain")
+		case strings.EqualFold(t.TenantID, "common"), strings.EqualFold(t.TenantID, "organizations"), strings.EqualFold(t.TenantID, "consumers"):
+			l.errorf(k+".tenant_id", "%q does not work for app-only tokens; use the Directory (tenant) ID or a verified domain", t.TenantID)
+		case !guidRE.MatchString(t.TenantID) && mailaddr.CheckDomain(t.TenantID) != nil:
+			l.errorf(k+".tenant_id", "%q is neither a GUID nor a domain name", t.TenantID)
+		}
+		if !guidRE.MatchString(t.ClientID) {
+			l.errorf(k+".client_id", "%q is not the Application (client) ID, a GUID like 11111111-2222-3333-4444-555555555555", t.ClientID)
+		}
+		l.loadCredential(k, t)
+		if u, err := url.Parse(t.AuthorityHost); err != nil || u.Scheme != "https" || u.Host == "" || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+			l.errorf(k+".authority_host", "%q must be an https URL with no path, e.g. %s", t.AuthorityHost, DefaultAuthorityHost)
+		} else {
+			t.AuthorityHost = "https://" + u.Host
+		}
+		if host, port, err := net.SplitHostPort(t.SMTPHost); err != nil || host == "" {
+			l.errorf(k+".smtp_host", "%q is not host:port, e.g. %s", t.SMTPHost, DefaultSMTPHost)
+		} else if port != "587" {
+			l.warnf(k+".smtp_host", "port %s: Exchange Online takes SMTP AUTH submissions on 587 with STARTTLS (smtpbridge always uses STARTTLS)", port)
+		}
+		if !strings.HasSuffix(t.TokenScope, "/.default") {
+			l.errorf(k+".token_scope", "%q must end in /.default for client-credential tokens, e.g. %s", t.TokenScope, DefaultTokenScope)
+		}
+	}
+}
+
+func (l *loader) validateDevices(c *Config) {
+	if len(c.Devices) == 0 {
+		l.errorf("devices", "at least one device is required; see the README's config reference")
+	}
+	names := map[string]bool{}
+	users := map[string]string{}
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		k := fmt.Sprintf("devices[%d]", i)
+		l.checkName(k+".name", d.Name, names)
+		switch {
+		case d.Username == "":
+			l.errorf(k+".username", "required: the user name the device logs in with")
+		case users[d.Username] != "":
+			l.errorf(k+".username", "%q is already used by device %q", d.Username, users[d.Username])
+		default:
+			users[d.Username] = d.Name
+		}
+		if d.PasswordHash == "" {
+			l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
+		} else if _, err := passwd.Parse(d.PasswordHash); err != nil {
+			l.errorf(k+".password_hash", "%v; create one with `smtpbridge hash-password` (never put the password itself here)", err)
+		}
+		if d.Tenant == "" {
+			l.errorf(k+".tenant", "required: the name of one of the tenants")
+		} else if c.Tenant(d.Tenant) == nil {
+			l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
+		}
+		if _, err := mailaddr.Parse(d.Mailbox); err != nil {
+			l.errorf(k+".mailbox", "%q: %v; this is the mailbox the device sends as, e.g. scanner@contoso.com", d.Mailbox, err)
+		}
+		switch d.FromPolicy {
+		case FromRewrite:
+			if len(d.AllowedFrom) > 0 {
+				l.warnf(k+".allowed_from", "only used with from_policy: enforce; with rewrite every message is sent as the mailbox")
+			}
+		case FromEnforce:
+		default:
+			l.errorf(k+".from_policy", "%q is not one of rewrite, enforce", d.FromPolicy)
+		}
+		for j, p := range d.AllowedFrom {
+			if _, err := mailaddr.Parse(p); err != nil {
+				if _, perr := mailaddr.ParsePattern(p); perr != nil {
+					l.errorf(fmt.Sprintf("%s.allowed_from[%d]", k, j), "%q: %v", p, perr)
+				}
+			}
+		}
+		for j, p := range d.AllowedRecipients {
+			if _, err := mailaddr.ParsePattern(p); err != nil {
+				l.errorf(fmt.Sprintf("%s.allowed_recipients[%d]", k, j), "%q: %v; write contoso.com, *@contoso.com or bob@partner.org", p, err)
+			}
+		}
+		for j, n := range d.Networks {
+			if _, err := ParseNetwork(n); err != nil {
+				l.errorf(fmt.Sprintf("%s.networks[%d]", k, j), "%v", err)
+			}
+		}
+	}
+}
+
+// ParseNetwork parses a CIDR prefix or a single IP address.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		if p != p.Masked() {
+			return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR (192.168.10.0/24) or an IP address", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+func (l *loader) validateGlobals(c *Config) {
+	switch {
+	case c.Limits.MaxMessageBytes < 0:
+		l.errorf("limits.max_message_bytes", "must be positive")
+	case c.Limits.MaxMessageBytes > ExchangeMaxMessageBytes:
+		l.warnf("limits.max_message_bytes", "%d is above Exchange Online's largest MaxSendSize (%d); Exchange will refuse such messages",
+			c.Limits.MaxMessageBytes, ExchangeMaxMessageBytes)
+	}
+	if c.Limits.MaxRecipients < 0 {
+		l.errorf("limits.max_recipients", "must be positive")
+	}
+	c.Spool.Dir = l.path(c.Spool.Dir)
+	if c.Sandbox.Dir != "" {
+		c.Sandbox.Dir = l.path(c.Sandbox.Dir)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		l.errorf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		l.errorf("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil || port == "" {
+		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)
+	}
+}
+
+func (l *loader) checkName(key, name string, seen map[string]bool) {
+	switch {
+	case name == "":
+		l.errorf(key, "required")
+	case !nameRE.MatchString(name):
+		l.errorf(key, "%q: use letters, digits, '-', '_' and '.' (it appears in logs and metric labels)", name)
+	case seen[name]:
+		l.errorf(key, "%q is used twice", name)
+	}
+	seen[name] = true
+}
+
+func tenantNames(c *Config) string {
+	var names []string
+	for _, t := range c.Tenants {
+		names = append(names, strconv.Quote(t.Name))
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
