@@ -1,0 +1,466 @@
+// Package fakeentra is an Entra ID-like token issuer for tests and sandbox
+// mode. It serves the OpenID configuration and the v2.0 token endpoint over
+// HTTPS, grants client-credential tokens to registered apps (client secret
+// or certificate assertion, as MSAL sends them), and refuses the rest with
+// Entra's own error codes (AADSTS7000215, AADSTS700016, AADSTS90002, ...).
+//
+// The access tokens are RS256 JWTs shaped like Entra's v1 tokens for
+// https://outlook.office365.com, and Verify lets the fake Exchange check
+// them. It is not a security boundary and must never be used as one.
+package fakeentra
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Resource is the audience of Exchange Online tokens.
+const Resource = "https://outlook.office365.com"
+
+// RoleSendAsApp is the application permission Exchange checks for SMTP.
+const RoleSendAsApp = "SMTP.SendAsApp"
+
+// App is an app registration with its service principal in one tenant.
+type App struct {
+	ClientID string
+	// ObjectID is the service principal's (Enterprise Application's)
+	// object ID, the one New-ServicePrincipal needs. Generated if empty.
+	ObjectID string
+	// AppObjectID is the App Registration's object ID, the one people
+	// wrongly pass to New-ServicePrincipal. Generated if empty.
+	AppObjectID  string
+	Secrets      []Secret
+	Certificates []*x509.Certificate
+	// Roles granted with admin consent. Nil means SMTP.SendAsApp; an empty
+	// non-nil slice means none (RBAC for Applications, or consent missing).
+	Roles []string
+}
+
+// Secret is a client secret with its expiry (zero: never).
+type Secret struct {
+	Value   string
+	Expires time.Time
+}
+
+// Claims are what Verify returns from a valid access token.
+type Claims struct {
+	Audience  string   `json:"aud"`
+	Issuer    string   `json:"iss"`
+	TenantID  string   `json:"tid"`
+	AppID     string   `json:"appid"`
+	ObjectID  string   `json:"oid"`
+	Roles     []string `json:"roles,omitempty"`
+	Expires   int64    `json:"exp"`
+	NotBefore int64    `json:"nbf"`
+}
+
+// Failure is a scripted error answer of the token endpoint.
+type Failure struct {
+	Status      int
+	Code        string // OAuth error, e.g. "temporarily_unavailable"
+	AADSTS      int
+	Description string
+}
+
+// Server is the fake issuer.
+type Server struct {
+	// TokenLifetime is the expires_in of issued tokens. MSAL treats a token
+	// within 5 minutes of expiry as expired, so keep it well above 300s.
+	TokenLifetime time.Duration
+
+	mu       sync.Mutex
+	tenants  map[string]*tenant // by ID and by domain
+	key      *rsa.PrivateKey
+	kid      string
+	failures []Failure
+	grants   map[string]int // client ID -> tokens issued
+	requests int
+
+	srv *http.Server
+	ln  net.Listener
+	url string
+}
+
+type tenant struct {
+	id   string
+	apps map[string]*App // by client ID
+}
+
+// New returns a server; call Start to serve.
+func New() (*Server, error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	kid := make([]byte, 8)
+	rand.Read(kid)
+	return &Server{
+		TokenLifetime: 3599 * time.Second,
+		tenants:       map[string]*tenant{},
+		key:           key,
+		kid:           hex.EncodeToString(kid),
+		grants:        map[string]int{},
+	}, nil
+}
+
+// Start serves HTTPS on addr ("127.0.0.1:0" for any port) with cert.
+func (s *Server) Start(addr string, cert tls.Certificate) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s.ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", s.openIDConfig)
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.token)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	s.url = "https://" + ln.Addr().String()
+	go s.srv.Serve(s.ln)
+	return nil
+}
+
+// SetURLHost makes the advertised URLs use host (e.g. "localhost") instead
+// of the listening IP, keeping the port.
+func (s *Server) SetURLHost(host string) {
+	_, port, _ := net.SplitHostPort(s.ln.Addr().String())
+	s.url = "https://" + net.JoinHostPort(host, port)
+}
+
+// URL is the authority host, e.g. https://127.0.0.1:43123.
+func (s *Server) URL() string { return s.url }
+
+// Close stops the server.
+func (s *Server) Close() error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
+
+// AddTenant registers a directory by ID, reachable also by its domains.
+func (s *Server) AddTenant(id string, domains ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := &tenant{id: id, apps: map[string]*App{}}
+	s.tenants[strings.ToLower(id)] = t
+	for _, d := range domains {
+		s.tenants[strings.ToLower(d)] = t
+	}
+}
+
+// AddApp registers an app in a tenant added before and returns it with
+// generated IDs filled in.
+func (s *Server) AddApp(tenantID string, app App) *App {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenants[strings.ToLower(tenantID)]
+	if t == nil {
+		panic("fakeentra: AddApp for unknown tenant " + tenantID)
+	}
+	if app.ObjectID == "" {
+		app.ObjectID = newGUID()
+	}
+	if app.AppObjectID == "" {
+		app.AppObjectID = newGUID()
+	}
+	if app.Roles == nil {
+		app.Roles = []string{RoleSendAsApp}
+	}
+	a := app
+	t.apps[strings.ToLower(app.ClientID)] = &a
+	return &a
+}
+
+// Fail makes the next token requests fail, one Failure per request.
+func (s *Server) Fail(f ...Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = append(s.failures, f...)
+}
+
+// Grants returns how many tokens were issued to clientID.
+func (s *Server) Grants(clientID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grants[strings.ToLower(clientID)]
+}
+
+// Requests returns how many token requests arrived, granted or not.
+func (s *Server) Requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+func (s *Server) openIDConfig(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("tenant")
+	s.mu.Lock()
+	t := s.tenants[strings.ToLower(name)]
+	s.mu.Unlock()
+	if t == nil {
+		writeError(w, Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf(
+			"Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", name)})
+		return
+	}
+	base := s.url + "/" + name
+	writeJSON(w, 200, map[string]any{
+		"token_endpoint":                        base + "/oauth2/v2.0/token",
+		"authorization_endpoint":                base + "/oauth2/v2.0/authorize",
+		"issuer":                                s.url + "/" + t.id + "/v2.0",
+		"jwks_uri":                              base + "/discovery/v2.0/keys",
+		"response_types_supported":              []string{"code", "id_token", "token"},
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},
+	})
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.requests++
+	var fail *Failure
+	if len(s.failures) > 0 {
+		fail = &s.failures[0]
+		s.failures = s.failures[1:]
+	}
+	s.mu.Unlock()
+	if fail != nil {
+		writeError(w, *fail)
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		writeError(w, Failure{Status: 400, Code: "invalid_request", AADSTS: 900144, Description: "The request body must be form-encoded."})
+		return
+	}
+	name := r.PathValue("tenant")
+	s.mu.Lock()
+	t := s.tenants[strings.ToLower(name)]
+	s.mu.Unlock()
+	if t == nil {
+		writeError(w, Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf("Tenant '%s' not found.", name)})
+		return
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != "client_credentials" {
+		writeError(w, Failure{Status: 400, Code: "unsupported_grant_type", AADSTS: 70003, Description: fmt.Sprintf("The app requested an unsupported grant type '%s'.", gt)})
+		return
+	}
+	clientID := r.PostForm.Get("client_id")
+	s.mu.Lock()
+	app := t.apps[strings.ToLower(clientID)]
+	s.mu.Unlock()
+	if app == nil {
+		writeError(w, Failure{Status: 400, Code: "unauthorized_client", AADSTS: 700016, Description: fmt.Sprintf(
+			"Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.", clientID, name)})
+		return
+	}
+	if f := s.checkCredential(r, app, s.url+r.URL.Path); f != nil {
+		writeError(w, *f)
+		return
+	}
+	resource, ok := parseScope(r.PostForm.Get("scope"))
+	if !ok {
+		writeError(w, Failure{Status: 400, Code: "invalid_scope", AADSTS: 1002012, Description: fmt.Sprintf(
+			"The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", r.PostForm.Get("scope"))})
+		return
+	}
+	if resource != Resource {
+		writeError(w, Failure{Status: 400, Code: "invalid_resource", AADSTS: 500011, Description: fmt.Sprintf(
+			"The resource principal named %s was not found in the tenant named %s.", resource, name)})
+		return
+	}
+	tok, err := s.issue(t, app, resource)
+	if err != nil {
+		writeError(w, Failure{Status: 500, Code: "server_error", AADSTS: 90000, Description: err.Error()})
+		return
+	}
+	s.mu.Lock()
+	s.grants[strings.ToLower(clientID)]++
+	s.mu.Unlock()
+	secs := int(s.TokenLifetime / time.Second)
+	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
+}
+
+// checkCredential verifies a client secret or a client assertion the way
+// Entra does, returning the failure to send or nil.
+func (s *Server) checkCredential(r *http.Request, app *App, tokenURL string) *Failure {
+	if secret := r.PostForm.Get("client_secret"); secret != "" {
+		for _, sec := range app.Secrets {
+			if sec.Value == secret {
+				if !sec.Expires.IsZero() && time.Now().After(sec.Expires) {
+					return &Failure{Status: 401, Code: "invalid_client", AADSTS: 7000222, Description: fmt.Sprintf(
+						"The provided client secret keys for app '%s' are expired. Visit the Azure portal to create new keys for your app.", app.ClientID)}
+				}
+				return nil
+			}
+		}
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 7000215, Description: fmt.Sprintf(
+			"Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '%s'.", app.ClientID)}
+	}
+	assertion := r.PostForm.Get("client_assertion")
+	if assertion == "" {
+		return &Failure{Status: 400, Code: "invalid_request", AADSTS: 7000218, Description: "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."}
+	}
+	if r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+		return &Failure{Status: 400, Code: "invalid_request", AADSTS: 50027, Description: "Invalid client_assertion_type."}
+	}
+	j, err := parseJWS(assertion)
+	if err != nil {
+		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 50027, Description: "JWT token is invalid or malformed: " + err.Error()}
+	}
+	cert := findCert(app.Certificates, j.header)
+	if cert == nil {
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700027, Description: fmt.Sprintf(
+			"The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '%s'.]", app.ClientID)}
+	}
+	pub, ok := cert.PublicKey.(*rsa.PublicKey)
+	if !ok || j.verify(pub) != nil {
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700027, Description: "Client assertion failed signature validation."}
+	}
+	var c struct {
+		Aud string `json:"aud"`
+		Iss string `json:"iss"`
+		Sub string `json:"sub"`
+		Exp int64  `json:"exp"`
+		Nbf int64  `json:"nbf"`
+	}
+	if err := json.Unmarshal(j.payload, &c); err != nil {
+		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 50027, Description: "JWT token is invalid or malformed."}
+	}
+	now := time.Now().Unix()
+	switch {
+	case !strings.EqualFold(c.Iss, app.ClientID) || !strings.EqualFold(c.Sub, app.ClientID):
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700021, Description: "Client assertion application identifier doesn't match 'client_id' parameter."}
+	case c.Aud != tokenURL:
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700212, Description: fmt.Sprintf("No matching federated identity record found for presented assertion audience '%s'.", c.Aud)}
+	case now > c.Exp+300 || now+300 < c.Nbf:
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700024, Description: "Client assertion is not within its valid time range."}
+	case time.Now().After(cert.NotAfter):
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700027, Description: "Client assertion contains an invalid signature. [Reason - The key used is expired.]"}
+	}
+	return nil
+}
+
+func findCert(certs []*x509.Certificate, header map[string]any) *x509.Certificate {
+	for _, c := range certs {
+		s256 := sha256.Sum256(c.Raw)
+		s1 := sha1.Sum(c.Raw)
+		if header["x5t#S256"] == base64.StdEncoding.EncodeToString(s256[:]) ||
+			header["x5t#S256"] == b64.EncodeToString(s256[:]) ||
+			header["x5t"] == base64.StdEncoding.EncodeToString(s1[:]) ||
+			header["x5t"] == b64.EncodeToString(s1[:]) {
+			return c
+		}
+	}
+	return nil
+}
+
+// parseScope returns the resource of a "<resource>/.default" scope, the
+// OpenID scopes MSAL adds being allowed beside it.
+func parseScope(scope string) (string, bool) {
+	var resource string
+	for _, s := range strings.Fields(scope) {
+		switch s {
+		case "openid", "profile", "offline_access":
+			continue
+		}
+		r, ok := strings.CutSuffix(s, "/.default")
+		if !ok || resource != "" {
+			return "", false
+		}
+		resource = r
+	}
+	return resource, resource != ""
+}
+
+func (s *Server) issue(t *tenant, app *App, resource string) (string, error) {
+	now := time.Now()
+	claims := map[string]any{
+		"aud":             resource,
+		"iss":             "https://sts.windows.net/" + t.id + "/",
+		"iat":             now.Unix(),
+		"nbf":             now.Unix(),
+		"exp":             now.Add(s.TokenLifetime).Unix(),
+		"aio":             strings.Repeat("E2ZgYJjD", 12),
+		"app_displayname": "smtpbridge",
+		"appid":           app.ClientID,
+		"appidacr":        "1",
+		"idp":             "https://sts.windows.net/" + t.id + "/",
+		"oid":             app.ObjectID,
+		"rh":              "0.AAAA" + strings.Repeat("x", 60),
+		"sub":             app.ObjectID,
+		"tid":             t.id,
+		"uti":             newGUID(),
+		"ver":             "1.0",
+		"wids":            []string{"0997a1d0-0d1d-4acb-b408-d5ca73121e90"},
+		// Real Exchange tokens run to 1.5-3 KB; pad so that the bridge's
+		// handling of long XOAUTH2 responses is exercised.
+		"xms_tcdt": strings.Repeat("1", 10),
+		"xms_pad":  strings.Repeat("A", 1200),
+	}
+	if len(app.Roles) > 0 {
+		claims["roles"] = app.Roles
+	}
+	return signRS256(s.key, s.kid, claims)
+}
+
+// Verify checks an access token's signature and lifetime and returns its
+// claims. It is what the fake Exchange uses to validate XOAUTH2 logins.
+func (s *Server) Verify(token string) (Claims, error) {
+	j, err := parseJWS(token)
+	if err != nil {
+		return Claims{}, err
+	}
+	if j.header["alg"] != "RS256" || j.header["kid"] != s.kid {
+		return Claims{}, errors.New("token not signed by this issuer")
+	}
+	if err := j.verify(&s.key.PublicKey); err != nil {
+		return Claims{}, fmt.Errorf("bad signature: %w", err)
+	}
+	var c Claims
+	if err := json.Unmarshal(j.payload, &c); err != nil {
+		return Claims{}, err
+	}
+	if now := time.Now().Unix(); now >= c.Expires || now+300 < c.NotBefore {
+		return Claims{}, errors.New("token expired or not yet valid")
+	}
+	return c, nil
+}
+
+func writeError(w http.ResponseWriter, f Failure) {
+	desc := fmt.Sprintf("AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s",
+		f.AADSTS, f.Description, newGUID(), newGUID(), time.Now().UTC().Format("2006-01-02 15:04:05Z"))
+	writeJSON(w, f.Status, map[string]any{
+		"error":             f.Code,
+		"error_description": desc,
+		"error_codes":       []int{f.AADSTS},
+		"timestamp":         time.Now().UTC().Format("2006-01-02 15:04:05Z"),
+		"trace_id":          newGUID(),
+		"correlation_id":    newGUID(),
+		"error_uri":         "https://login.microsoftonline.com/error?code=" + fmt.Sprint(f.AADSTS),
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store, no-cache")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func newGUID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}

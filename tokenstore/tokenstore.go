@@ -1,0 +1,191 @@
+// Package tokenstore gets OAuth 2.0 access tokens for Exchange Online from
+// Entra ID with MSAL for Go's client-credentials flow: one confidential
+// client per app registration, tokens served from MSAL's in-memory cache,
+// and concurrent requests for one tenant sharing a single grant.
+//
+// It knows nothing about SMTP. It must never log, print or put in an error
+// a client secret, a client assertion or an access token: errors carry only
+// what Entra's error response says (AADSTS code, description, correlation ID).
+package tokenstore
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/smtpbridge/smtpbridge/config"
+)
+
+// Tenant is what the store needs to know about one app registration.
+type Tenant struct {
+	Name          string // the config name, used in errors and metrics
+	TenantID      string
+	ClientID      string
+	Credential    config.Credential
+	AuthorityHost string // e.g. https://login.microsoftonline.com
+	Scope         string // e.g. https://outlook.office365.com/.default
+	// RootCAs, if set, replaces the system roots for this tenant's
+	// authority (sandbox mode). Production leaves it nil: the system trust
+	// store, which honours SSL_CERT_FILE, is used.
+	RootCAs *x509.CertPool
+}
+
+// Token is an access token. String does not reveal it.
+type Token struct {
+	AccessToken string
+	ExpiresOn   time.Time
+	// FromCache is true when MSAL served the token without asking Entra.
+	FromCache bool
+}
+
+// String implements fmt.Stringer without the token itself.
+func (t Token) String() string {
+	return fmt.Sprintf("token(expires %s, cached %v)", t.ExpiresOn.Format(time.RFC3339), t.FromCache)
+}
+
+// GoString implements fmt.GoStringer.
+func (t Token) GoString() string { return t.String() }
+
+// Observer is told about every token request; metrics implement it.
+type Observer interface {
+	ObserveToken(tenant string, tok Token, err error)
+}
+
+// requestTimeout bounds one grant, discovery included.
+var requestTimeout = 30 * time.Second
+
+// Store hands out tokens per tenant name.
+type Store struct {
+	clients  map[string]*client
+	group    singleflight.Group
+	observer Observer
+}
+
+type client struct {
+	tenant Tenant
+	msal   confidential.Client
+}
+
+// ErrUnknownTenant is returned by Token for a tenant name not configured.
+var ErrUnknownTenant = errors.New("unknown tenant")
+
+// New builds one MSAL confidential client per tenant. obs may be nil.
+func New(tenants []Tenant, obs Observer) (*Store, error) {
+	s := &Store{clients: map[string]*client{}, observer: obs}
+	for _, t := range tenants {
+		c, err := newClient(t)
+		if err != nil {
+			return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
+		}
+		s.clients[t.Name] = c
+	}
+	return s, nil
+}
+
+func newClient(t Tenant) (*client, error) {
+	var (
+		cred confidential.Credential
+		err  error
+	)
+	if t.Credential.IsCertificate() {
+		certs, key := t.Credential.Certificate()
+		cred, err = confidential.NewCredFromCert(certs, key)
+	} else {
+		cred, err = confidential.NewCredFromSecret(t.Credential.Secret())
+	}
+	if err != nil {
+		// MSAL's messages here name no secret ("secret can't be empty string").
+		return nil, fmt.Errorf("credential: %w", err)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if t.RootCAs != nil {
+		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
+	}
+	opts := []confidential.Option{
+		confidential.WithHTTPClient(&http.Client{Transport: transport, Timeout: requestTimeout}),
+	}
+	host := hostOf(t.AuthorityHost)
+	if !IsMicrosoftAuthority(host) {
+		// A national cloud proxy or a test issuer: MSAL would otherwise ask
+		// login.microsoftonline.com to validate the host and fail.
+		opts = append(opts, confidential.WithInstanceDiscovery(false))
+	}
+	authority := strings.TrimRight(t.AuthorityHost, "/") + "/" + t.TenantID
+	m, err := confidential.New(authority, t.ClientID, cred, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("MSAL client for %s: %w", authority, err)
+	}
+	return &client{tenant: t, msal: m}, nil
+}
+
+func hostOf(authority string) string {
+	u, err := url.Parse(authority)
+	if err != nil {
+		return ""
+	}
+	return strings.ToLower(u.Hostname())
+}
+
+// microsoftAuthorities are the Entra ID hosts of the public and national
+// clouds, for which MSAL's instance discovery stays on.
+var microsoftAuthorities = map[string]bool{
+	"login.microsoftonline.com":        true,
+	"login.microsoft.com":              true,
+	"login.windows.net":                true,
+	"sts.windows.net":                  true,
+	"login.microsoftonline.us":         true,
+	"login-us.microsoftonline.com":     true,
+	"login.usgovcloudapi.net":          true,
+	"login.partner.microsoftonline.cn": true,
+	"login.chinacloudapi.cn":           true,
+	"login.microsoftonline.de":         true,
+}
+
+// IsMicrosoftAuthority reports whether host is a known Entra ID host.
+func IsMicrosoftAuthority(host string) bool { return microsoftAuthorities[strings.ToLower(host)] }
+
+// Token returns a valid access token for the named tenant. Tokens come from
+// MSAL's cache while they have more than five minutes left; concurrent
+// callers for one tenant share one request to Entra ID.
+func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
+	c, ok := s.clients[tenant]
+	if !ok {
+		return Token{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
+	}
+	if err := ctx.Err(); err != nil {
+		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, err)
+	}
+	ch := s.group.DoChan(tenant, func() (any, error) {
+		// Detached from the first caller: its cancellation must not fail
+		// the grant for everyone waiting on it.
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+		defer cancel()
+		res, err := c.msal.AcquireTokenByCredential(gctx, []string{c.tenant.Scope})
+		if err != nil {
+			return Token{}, classify(c.tenant, err)
+		}
+		return Token{
+			AccessToken: res.AccessToken,
+			ExpiresOn:   res.ExpiresOn,
+			FromCache:   res.Metadata.TokenSource == confidential.TokenSourceCache,
+		}, nil
+	})
+	select {
+	case <-ctx.Done():
+		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, ctx.Err())
+	case r := <-ch:
+		tok, _ := r.Val.(Token)
+		if s.observer != nil {
+			s.observer.ObserveToken(tenant, tok, r.Err)
+		}
+		return tok, r.Err
+	}
+}
