@@ -1,0 +1,280 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+)
+
+// TokenSource gives an access token for a tenant; *tokenstore.Store is one.
+type TokenSource interface {
+	Token(ctx context.Context, tenant string) (tokenstore.Token, error)
+}
+
+// Route is where one tenant's mail goes.
+type Route struct {
+	// SMTPHost is host:port, e.g. smtp.office365.com:587.
+	SMTPHost string
+	// RootCAs replaces the system trust store for this host (sandbox
+	// mode). Nil in production: the system roots, which honour
+	// SSL_CERT_FILE, verify Exchange's certificate.
+	RootCAs *x509.CertPool
+}
+
+// Upstream submits messages to Exchange Online: STARTTLS (mandatory, the
+// certificate verified), AUTH XOAUTH2 as the device's mailbox, then MAIL,
+// RCPT and a streamed DATA. One connection per message; the spool issue
+// adds reuse.
+type Upstream struct {
+	Tokens   TokenSource
+	Routes   map[string]Route // by tenant name
+	Hostname string           // the EHLO name
+}
+
+// Upstream timeouts; tests shorten them.
+var (
+	upstreamDialTimeout = 30 * time.Second
+	// upstreamTimeout bounds a whole submission when the caller's context
+	// has no deadline: long enough for a 35 MB message on a slow line.
+	upstreamTimeout = 10 * time.Minute
+)
+
+// Stages of a submission, in UpstreamError.Stage.
+const (
+	StageConnect  = "connect"
+	StageStartTLS = "starttls"
+	StageAuth     = "auth"
+	StageMail     = "mail"
+	StageRcpt     = "rcpt"
+	StageData     = "data"
+)
+
+// UpstreamError is a failed submission, with Exchange's reply when there
+// was one.
+type UpstreamError struct {
+	Host      string
+	Stage     string
+	Code      int               // SMTP reply code; 0 for network failures
+	Enhanced  smtp.EnhancedCode // Exchange's enhanced status code, if any
+	Message   string            // Exchange's reply text
+	Recipient string            // the recipient refused, at StageRcpt
+	// Temporary means the device may retry: 4xx replies, network and TLS
+	// failures, and Exchange refusing the bridge's own login (a tenant
+	// set-up problem an admin fixes, not a fault of the message).
+	Temporary bool
+	Err       error // the network or TLS error, if any
+}
+
+func (e *UpstreamError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "exchange %s at %s", e.Host, e.Stage)
+	if e.Recipient != "" {
+		fmt.Fprintf(&b, " <%s>", e.Recipient)
+	}
+	if e.Code != 0 {
+		fmt.Fprintf(&b, ": %d", e.Code)
+		if e.Enhanced != smtp.NoEnhancedCode && e.Enhanced != smtp.EnhancedCodeNotSet {
+			fmt.Fprintf(&b, " %d.%d.%d", e.Enhanced[0], e.Enhanced[1], e.Enhanced[2])
+		}
+		b.WriteString(" " + e.Message)
+	} else if e.Err != nil {
+		b.WriteString(": " + e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *UpstreamError) Unwrap() error { return e.Err }
+
+// SourceError is a failure to read the message from the device (it went
+// away, or sent more than the size limit). The submission was aborted
+// before the final dot, so Exchange took nothing.
+type SourceError struct{ Err error }
+
+func (e *SourceError) Error() string { return "reading message from device: " + e.Err.Error() }
+func (e *SourceError) Unwrap() error { return e.Err }
+
+// Deliver implements Deliverer.
+func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
+	route, ok := u.Routes[m.Tenant]
+	if !ok {
+		return Receipt{}, fmt.Errorf("no route for tenant %q", m.Tenant)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, upstreamTimeout)
+		defer cancel()
+	}
+	// The token first: a tenant whose token fails costs no connection.
+	tok, err := u.Tokens.Token(ctx, m.Tenant)
+	if err != nil {
+		return Receipt{}, fmt.Errorf("token for %s: %w", m.Mailbox, err)
+	}
+	s := &submission{host: route.SMTPHost}
+	c, err := s.connect(ctx, route, u.Hostname)
+	if err != nil {
+		return Receipt{}, err
+	}
+	defer c.Close()
+	// Closing the connection is how a submission is aborted, on
+	// cancellation as on a source error: without the final dot Exchange
+	// discards what it has.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+
+	if err := c.Auth(&xoauth2Client{user: m.Mailbox, token: tok.AccessToken}); err != nil {
+		return Receipt{}, s.fail(StageAuth, "", err)
+	}
+	if err := c.Mail(m.From, nil); err != nil {
+		return Receipt{}, s.fail(StageMail, "", err)
+	}
+	for _, to := range m.To {
+		// One refused recipient fails the message: in this synchronous
+		// mode the device can only get one reply for it, and a partial
+		// delivery it cannot see would lose mail silently.
+		if err := c.Rcpt(to, nil); err != nil {
+			return Receipt{}, s.fail(StageRcpt, to, err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return Receipt{}, s.fail(StageData, "", err)
+	}
+	src := &sourceReader{r: m.Body}
+	if _, err := io.Copy(w, src); err != nil {
+		c.Close()
+		if src.err != nil {
+			return Receipt{}, &SourceError{Err: src.err}
+		}
+		return Receipt{}, s.fail(StageData, "", err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return Receipt{}, s.fail(StageData, "", err)
+	}
+	_ = c.Quit()
+	return Receipt{Reply: resp.StatusText, QueueID: queueID(resp.StatusText)}, nil
+}
+
+type submission struct{ host string }
+
+func (s *submission) connect(ctx context.Context, route Route, hostname string) (*smtp.Client, error) {
+	d := net.Dialer{Timeout: upstreamDialTimeout}
+	conn, err := d.DialContext(ctx, "tcp", route.SMTPHost)
+	if err != nil {
+		return nil, s.fail(StageConnect, "", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	serverName, _, _ := net.SplitHostPort(route.SMTPHost)
+	cfg := &tls.Config{ServerName: serverName, RootCAs: route.RootCAs, MinVersion: tls.VersionTLS12}
+	// NewClientStartTLS refuses a server that does not offer STARTTLS:
+	// the token is never sent in plaintext.
+	c, err := smtp.NewClientStartTLS(conn, cfg)
+	if err != nil {
+		conn.Close()
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return nil, s.fail(StageConnect, "", err)
+		}
+		return nil, s.fail(StageStartTLS, "", err)
+	}
+	c.CommandTimeout = 2 * time.Minute
+	c.SubmissionTimeout = 5 * time.Minute
+	if err := c.Hello(hostname); err != nil {
+		c.Close()
+		return nil, s.fail(StageStartTLS, "", err)
+	}
+	// The TLS handshake runs with the first command after STARTTLS; make
+	// it happen now and check it, before anything secret is written.
+	c.Extension("AUTH")
+	if st, ok := c.TLSConnectionState(); !ok || !st.HandshakeComplete {
+		c.Close()
+		return nil, s.fail(StageStartTLS, "", errors.New("TLS handshake with Exchange did not complete"))
+	}
+	if !c.SupportsAuth("XOAUTH2") {
+		c.Close()
+		return nil, s.fail(StageAuth, "", errors.New("server does not offer AUTH XOAUTH2"))
+	}
+	return c, nil
+}
+
+// fail builds an UpstreamError for err at stage.
+func (s *submission) fail(stage, rcpt string, err error) error {
+	e := &UpstreamError{Host: s.host, Stage: stage, Recipient: rcpt}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		e.Code, e.Enhanced, e.Message = se.Code, se.EnhancedCode, cleanText(se.Message)
+		// 530/535 mean Exchange does not accept the bridge's login for
+		// this mailbox: a set-up problem, not a fault of the message.
+		e.Temporary = se.Code/100 == 4 || stage == StageAuth || se.Code == 530 || se.Code == 535
+		return e
+	}
+	e.Err = err
+	e.Temporary = true
+	return e
+}
+
+var queueIDRE = regexp.MustCompile(`<([^<>\s]+)>`)
+
+func queueID(reply string) string {
+	if m := queueIDRE.FindStringSubmatch(reply); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// sourceReader remembers a read error of the message source, to tell it
+// from a write error towards Exchange.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// xoauth2Client is the XOAUTH2 SASL client. The initial response is sent
+// after Exchange's 334, not on the AUTH line: tokens run to several KB and
+// would exceed line limits (EXCHANGE.md).
+type xoauth2Client struct {
+	user, token string
+	step        int
+}
+
+func (x *xoauth2Client) Start() (string, []byte, error) {
+	return "XOAUTH2", nil, nil
+}
+
+func (x *xoauth2Client) Next(challenge []byte) ([]byte, error) {
+	x.step++
+	switch x.step {
+	case 1:
+		return []byte("user=" + x.user + "\x01auth=Bearer " + x.token + "\x01\x01"), nil
+	case 2:
+		// A second challenge is the server's JSON error report; the
+		// protocol wants an empty response, after which it sends the 535.
+		return []byte{}, nil
+	}
+	// go-sasl ends the exchange as a success when Next returns nil, nil.
+	return nil, errors.New("xoauth2: unexpected challenge")
+}
+
+var _ sasl.Client = (*xoauth2Client)(nil)

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/smtpbridge/smtpbridge/config"
+)
+
+// configError is a config that does not load; its problems were printed.
+type configError struct{ msg string }
+
+func (e configError) Error() string { return e.msg }
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	path := configFlag(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := requireConfig(*path); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path, stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d listener(s), %d tenant(s), %d device(s)", *path,
+		len(cfg.Listeners), len(cfg.Tenants), len(cfg.Devices))
+	if len(cfg.Warnings) > 0 {
+		fmt.Fprintf(stdout, ", %d warning(s)", len(cfg.Warnings))
+	}
+	fmt.Fprintln(stdout, ")")
+	return nil
+}
+
+// loadConfig loads path, printing every problem and warning to w.
+func loadConfig(path string, w io.Writer) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		n := 0
+		for _, p := range ce.Problems {
+			fmt.Fprintf(w, "%s:%s\n", ce.File, problemLine(p))
+			if !p.Warning {
+				n++
+			}
+		}
+		return nil, configError{fmt.Sprintf("%s: %d problem(s); nothing was started", path, n)}
+	}
+	if err != nil {
+		return nil, configError{err.Error()}
+	}
+	for _, p := range cfg.Warnings {
+		fmt.Fprintf(w, "%s:%s\n", path, problemLine(p))
+	}
+	return cfg, nil
+}
+
+func problemLine(p config.Problem) string {
+	s := p.String()
+	if p.Line > 0 {
+		// "line 12: key: msg" -> "12: key: msg", the file:line form editors jump to.
+		s = s[len("line "):]
+	} else {
+		s = " " + s
+	}
+	return s
+}

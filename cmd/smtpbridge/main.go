@@ -1,0 +1,130 @@
+// Command smtpbridge lets legacy devices that only know SMTP AUTH with a
+// username and password keep sending mail through Exchange Online, which
+// the bridge reaches with OAuth 2.0 (AUTH XOAUTH2).
+//
+// Usage:
+//
+//	smtpbridge serve --config FILE [--sandbox DIR]
+//	smtpbridge check-config --config FILE
+//	smtpbridge hash-password [--algorithm argon2id|bcrypt]
+//	smtpbridge version
+//
+// SMTPBRIDGE_CONFIG may name the config file instead of --config. This
+// package only parses flags, loads the config, wires the parts together
+// and handles signals; the relay lives in package bridge.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the command ran and failed (bridge stopped on error)
+	exitUsage   = 2 // bad flags or a bad config
+)
+
+// usageError is a mistake in how the command was called.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+const usage = `smtpbridge: SMTP AUTH for legacy devices, Exchange Online over OAuth 2.0
+
+Usage:
+  smtpbridge serve --config FILE [--sandbox DIR]   run the bridge
+  smtpbridge check-config --config FILE            list every problem in a config
+  smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
+  smtpbridge version                               print the version
+
+SMTPBRIDGE_CONFIG may name the config file instead of --config.
+See README.md for the config reference.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		err = cmdServe(rest, stderr)
+	case "check-config":
+		err = cmdCheckConfig(rest, stdout, stderr)
+	case "hash-password":
+		err = cmdHashPassword(rest, stdin, stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
+		return exitOK
+	case "help", "--help", "-h", "-help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "smtpbridge: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+	var ue usageError
+	var ce configError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue), errors.As(err, &ce):
+		fmt.Fprintf(stderr, "smtpbridge: %v\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "smtpbridge: %v\n", err)
+	return exitFailure
+}
+
+// configFlag adds --config to fs, defaulting to $SMTPBRIDGE_CONFIG.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", os.Getenv("SMTPBRIDGE_CONFIG"), "config file (default $SMTPBRIDGE_CONFIG)")
+}
+
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+func requireConfig(path string) error {
+	if path == "" {
+		return usageError{"no config file: pass --config FILE or set SMTPBRIDGE_CONFIG (try examples/sandbox.yaml)"}
+	}
+	return nil
+}

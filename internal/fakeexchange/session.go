@@ -1,0 +1,342 @@
+package fakeexchange
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+)
+
+// Exchange Online's reply texts (see ../shared/EXCHANGE.md).
+var (
+	errAuth = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3},
+		Message: "Authentication unsuccessful [FAKE0PR01CA0001.namprd01.prod.outlook.com]"}
+	errAuthDisabled = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139},
+		Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information."}
+	errBasicDisabled = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139},
+		Message: "Authentication unsuccessful, basic authentication is disabled."}
+	errNotAuthenticated = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57},
+		Message: "Client not authenticated to send mail. Error: 530 5.7.57 Client not authenticated to send mail."}
+	errStartTLSFirst = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "Must issue a STARTTLS command first"}
+	errSendAs = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60},
+		Message: "SMTP; Client does not have permissions to send as this sender"}
+	errThreads = &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+		Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}
+	errTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+		Message: "Message size exceeds fixed maximum message size"}
+	errTemporary = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Temporary server error. Please try again later. PRX4"}
+)
+
+type backend struct{ s *Server }
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{s: b.s, conn: c}, nil
+}
+
+type session struct {
+	s    *Server
+	conn *smtp.Conn
+
+	user    string // authenticated mailbox
+	appID   string
+	counted bool // counted in s.active
+	from    string
+	to      []string
+}
+
+func (se *session) tls() bool {
+	_, ok := se.conn.TLSConnectionState()
+	return ok
+}
+
+func (se *session) AuthMechanisms() []string { return []string{"LOGIN", "XOAUTH2"} }
+
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	if r, ok := se.s.scripted(StageAuth); ok {
+		return nil, se.reply(r)
+	}
+	switch mech {
+	case "LOGIN":
+		// Basic authentication is what smtpbridge exists to replace.
+		return nil, errBasicDisabled
+	case "XOAUTH2":
+		return &xoauth2Server{se: se}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// xoauth2Server checks "user=<mailbox>^Aauth=Bearer <token>^A^A".
+type xoauth2Server struct {
+	se      *session
+	started bool
+}
+
+func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if response == nil && !x.started {
+		x.started = true
+		return []byte{}, false, nil // 334 with an empty challenge
+	}
+	if !x.started {
+		x.se.s.mu.Lock()
+		x.se.s.inlineAuths++
+		x.se.s.mu.Unlock()
+	}
+	user, token, ok := parseXOAUTH2(response)
+	if !ok {
+		return nil, true, errAuth
+	}
+	return nil, true, x.se.login(user, token)
+}
+
+func parseXOAUTH2(b []byte) (user, token string, ok bool) {
+	parts := strings.Split(string(b), "\x01")
+	if len(parts) != 4 || parts[2] != "" || parts[3] != "" {
+		return "", "", false
+	}
+	user, ok1 := strings.CutPrefix(parts[0], "user=")
+	token, ok2 := strings.CutPrefix(parts[1], "auth=Bearer ")
+	return user, token, ok1 && ok2 && user != "" && token != ""
+}
+
+// login applies Exchange's checks, in the order that decides which of the
+// 535 replies an admin sees.
+func (se *session) login(user, token string) error {
+	claims, err := se.s.verifier.Verify(token)
+	if err != nil || claims.Audience != fakeentra.Resource {
+		return errAuth
+	}
+	mb := se.s.mailbox(user)
+	if mb == nil || !strings.EqualFold(mb.TenantID, claims.TenantID) {
+		return errAuth
+	}
+	if mb.SMTPAuthDisabled {
+		return errAuthDisabled
+	}
+	se.s.mu.Lock()
+	spObject, registered := se.s.principals[strings.ToLower(claims.TenantID)][strings.ToLower(claims.AppID)]
+	se.s.mu.Unlock()
+	// New-ServicePrincipal with the App Registration's object ID instead of
+	// the Enterprise Application's leaves the token's oid unmatched.
+	if !registered || spObject != strings.ToLower(claims.ObjectID) {
+		return errAuth
+	}
+	rbac := slices.ContainsFunc(mb.RBACApps, func(a string) bool { return strings.EqualFold(a, claims.AppID) })
+	fullAccess := slices.ContainsFunc(mb.FullAccess, func(o string) bool { return strings.EqualFold(o, claims.ObjectID) }) &&
+		slices.Contains(claims.Roles, fakeentra.RoleSendAsApp)
+	if !rbac && !fullAccess {
+		return errAuth
+	}
+	se.user, se.appID = mb.Address, claims.AppID
+	se.s.mu.Lock()
+	se.s.authLogins++
+	se.s.active[strings.ToLower(mb.Address)]++
+	se.counted = true
+	se.s.mu.Unlock()
+	return nil
+}
+
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
+	if !se.tls() {
+		return errStartTLSFirst
+	}
+	if se.user == "" {
+		return errNotAuthenticated
+	}
+	if r, ok := se.s.scripted(StageMail); ok {
+		return se.reply(r)
+	}
+	se.s.mu.Lock()
+	n := se.s.active[strings.ToLower(se.user)]
+	se.s.mu.Unlock()
+	if n > MaxConnectionsPerMailbox {
+		return errThreads
+	}
+	mb := se.s.mailbox(se.user)
+	if !mayUse(mb, from) {
+		return errSendAs
+	}
+	if opts != nil && opts.Size > 0 && opts.Size > maxSendSize(mb) {
+		return errTooBig
+	}
+	se.from = from
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if r, ok := se.s.scripted(StageRcpt); ok {
+		return se.reply(r)
+	}
+	se.to = append(se.to, to)
+	return nil
+}
+
+func mayUse(mb *Mailbox, addr string) bool {
+	if mb == nil {
+		return false
+	}
+	return strings.EqualFold(addr, mb.Address) ||
+		slices.ContainsFunc(mb.SendAs, func(a string) bool { return strings.EqualFold(a, addr) })
+}
+
+func maxSendSize(mb *Mailbox) int64 {
+	if mb == nil || mb.MaxSendSize == 0 {
+		return DefaultMaxSendSize
+	}
+	return mb.MaxSendSize
+}
+
+func (se *session) Data(r io.Reader) error {
+	mb := se.s.mailbox(se.user)
+	id := se.s.nextQueueID()
+
+	se.s.mu.Lock()
+	dir := se.s.mailDir
+	se.s.mu.Unlock()
+	var (
+		file *os.File
+		err  error
+	)
+	if dir != "" {
+		file, err = os.CreateTemp(dir, ".incoming-*")
+		if err != nil {
+			return errTemporary
+		}
+		defer func() {
+			if file != nil {
+				file.Close()
+				os.Remove(file.Name())
+			}
+		}()
+		fmt.Fprintf(file, "Return-Path: <%s>\r\nX-Sandbox-Rcpt-To: %s\r\nX-Sandbox-Mailbox: %s\r\nX-Sandbox-Queue-Id: <%s>\r\n",
+			se.from, strings.Join(se.to, ", "), se.user, id)
+	}
+
+	limit := maxSendSize(mb)
+	hash := sha256.New()
+	var keep bytes.Buffer
+	w := io.MultiWriter(hash, &capWriter{buf: &keep, max: keepBytes + 1})
+	if file != nil {
+		w = io.MultiWriter(w, file)
+	}
+	n, err := io.Copy(w, io.LimitReader(r, limit+1))
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return errTemporary
+	}
+	if n > limit {
+		io.Copy(io.Discard, r)
+		return errTooBig
+	}
+	headerFrom, _ := fromHeader(keep.Bytes())
+	if headerFrom != "" && !mayUse(mb, headerFrom) {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
+			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.", se.user, headerFrom)}
+	}
+	if r, ok := se.s.scripted(StageData); ok {
+		return se.reply(r)
+	}
+
+	msg := Message{
+		QueueID: id, AuthUser: se.user, AppID: se.appID, From: se.from,
+		To: append([]string(nil), se.to...), Size: n, HeaderFrom: headerFrom,
+	}
+	copy(msg.SHA256[:], hash.Sum(nil))
+	if n <= keepBytes {
+		msg.Data = bytes.Clone(keep.Bytes())
+	}
+	if st, ok := se.conn.TLSConnectionState(); ok {
+		msg.TLSVersion = st.Version
+	}
+	if file != nil {
+		name := filepath.Join(dir, time.Now().UTC().Format("20060102T150405Z")+"-"+randomHex(4)+".eml")
+		if err := file.Sync(); err != nil {
+			return errTemporary
+		}
+		if err := file.Close(); err != nil {
+			return errTemporary
+		}
+		if err := os.Rename(file.Name(), name); err != nil {
+			return errTemporary
+		}
+		file = nil
+		msg.File = name
+	}
+	se.s.mu.Lock()
+	se.s.messages = append(se.s.messages, msg)
+	se.s.mu.Unlock()
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+		Message: fmt.Sprintf("OK <%s> [Hostname=%s]", id, se.s.Hostname)}
+}
+
+// fromHeader returns the address in the From header of the message's
+// header block, if it parses.
+func fromHeader(data []byte) (string, error) {
+	m, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(data)))
+	if err != nil {
+		return "", err
+	}
+	a, err := mail.ParseAddress(m.Header.Get("From"))
+	if err != nil {
+		return "", err
+	}
+	return a.Address, nil
+}
+
+func (se *session) reply(r Reply) error {
+	if r.Hangup {
+		se.conn.Close()
+		return errTemporary
+	}
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Text}
+}
+
+func (se *session) Reset() { se.from, se.to = "", nil }
+
+func (se *session) Logout() error {
+	if se.counted {
+		se.s.mu.Lock()
+		se.s.active[strings.ToLower(se.user)]--
+		se.s.mu.Unlock()
+		se.counted = false
+	}
+	return nil
+}
+
+// capWriter keeps the first max bytes written and drops the rest.
+type capWriter struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	if room := c.max - c.buf.Len(); room > 0 {
+		c.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
