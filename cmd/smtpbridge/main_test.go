@@ -521,3 +521,52 @@ func TestHashPassword(t *testing.T) {
 		t.Errorf("version: %v %q", err, out)
 	}
 }
+
+// TestProductionExample keeps examples/smtpbridge.yaml valid: with its
+// certificate in place and CONTOSO_SECRET set, check-config accepts it.
+func TestProductionExample(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile("../../examples/smtpbridge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "smtpbridge.yaml"), string(data))
+	ca, err := pki.NewCA("example CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("smtpbridge.contoso.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
+
+	cmd := exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
+	cmd.Env = append(os.Environ(), "CONTOSO_SECRET=example-secret-value")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK (2 listener(s), 1 tenant(s), 2 device(s)") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "example-secret-value") {
+		t.Errorf("check-config printed the secret:\n%s", out)
+	}
+
+	cmd = exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
+	cmd.Env = filterEnv(os.Environ(), "CONTOSO_SECRET")
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "CONTOSO_SECRET") {
+		t.Errorf("a missing ${CONTOSO_SECRET} is not reported: %v\n%s", err, out)
+	}
+}
+
+func filterEnv(env []string, name string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
