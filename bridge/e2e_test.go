@@ -498,3 +498,28 @@ func TestManyMessagesOneGrant(t *testing.T) {
 		t.Errorf("grants = %d for %d messages, want 1", g, n)
 	}
 }
+
+// TestLongLines: a 5,000-byte line (an ERP's one-line HTML body) goes
+// through unchanged; a line over 64 KiB gets a permanent reply, since a
+// retry could never succeed.
+func TestLongLines(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	d := dial(t, e.addr("plain"))
+	d.login("mfp")
+	d.cmd("MAIL FROM:<erp@app.lan>", "250")
+	d.cmd("RCPT TO:<bob@contoso.example>", "250")
+	long := "<html>" + strings.Repeat("<p>row</p>", 500) + "</html>"
+	d.data("Subject: html\r\nContent-Type: text/html\r\n\r\n"+long+"\r\n", "250 2.0.0")
+	if m := lastMessage(t, e); !bytes.Contains(m.Data, []byte("\r\n\r\n"+long+"\r\n")) {
+		t.Error("long line changed on the way")
+	}
+
+	d = dial(t, e.addr("plain"))
+	d.login("mfp")
+	d.cmd("MAIL FROM:<erp@app.lan>", "250")
+	d.cmd("RCPT TO:<bob@contoso.example>", "250")
+	d.data("Subject: huge\r\n\r\n"+strings.Repeat("x", 70<<10)+"\r\n", "554 5.6.0")
+	if n := len(e.exo.Messages()); n != 1 {
+		t.Errorf("exchange got %d messages, want 1", n)
+	}
+}

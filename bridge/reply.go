@@ -29,6 +29,8 @@ var (
 		Message: "Message header block exceeds 256 KiB"}
 	errBadHeader = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "Message header is malformed"}
+	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Message has a line longer than 64 KiB"}
 	errInternal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Temporary local problem, try again later"}
 )
@@ -52,6 +54,9 @@ func replyFor(err error) *smtp.SMTPError {
 	case errors.As(err, &se):
 		if errors.As(se.Err, &sme) && sme.Code == smtp.ErrDataTooLarge.Code {
 			return errTooLarge
+		}
+		if errors.Is(se.Err, smtp.ErrTooLongLine) {
+			return errLineTooLong
 		}
 		return errInternal
 	case errors.As(err, &te):

@@ -42,6 +42,9 @@ type Options struct {
 	Log       zerolog.Logger
 }
 
+// maxLineLength bounds any line a device sends, command or message.
+const maxLineLength = 64 << 10
+
 // Session timeouts; the security issue makes them configurable.
 var (
 	commandTimeout = 5 * time.Minute
@@ -88,6 +91,10 @@ func NewServer(o Options) (*Server, error) {
 		ss.Domain = o.Hostname
 		ss.MaxMessageBytes = o.Limits.MaxMessageBytes
 		ss.MaxRecipients = o.Limits.MaxRecipients
+		// RFC 5322 caps lines at 998 bytes, but ERP systems send HTML in
+		// one long line and Exchange takes it; go-smtp's default of 2000
+		// would refuse such a message on every retry.
+		ss.MaxLineLength = maxLineLength
 		ss.ReadTimeout = commandTimeout
 		ss.WriteTimeout = writeTimeout
 		ss.AllowInsecureAuth = l.AllowInsecureAuth

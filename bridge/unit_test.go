@@ -43,6 +43,7 @@ func TestReplyFor(t *testing.T) {
 		{"dropped", network(StageData), "451 4.4.2"},
 		{"token", fmt.Errorf("token: %w", &tokenstore.Error{Tenant: "t", AADSTS: 7000215}), "451 4.7.0"},
 		{"device too large", &SourceError{Err: smtp.ErrDataTooLarge}, "552 5.3.4"},
+		{"line too long", &SourceError{Err: smtp.ErrTooLongLine}, "554 5.6.0"},
 		{"device went away", &SourceError{Err: io.ErrUnexpectedEOF}, "451 4.3.0"},
 		{"anything else", errors.New("boom: internal"), "451 4.3.0"},
 		{"cancelled", context.Canceled, "451 4.3.0"},
