@@ -1,0 +1,380 @@
+// Package spool keeps accepted messages on disk until Exchange Online takes
+// them. It is the store in store-and-forward: a message the device got a
+// 250 for is in the spool, durably, before that 250 is sent.
+//
+// Layout under the spool directory:
+//
+//	tmp/          files being written; removed at Open
+//	queue/ID.eml  the message as it will be submitted
+//	queue/ID.json its metadata: the commit record
+//	dead/         the same pair, for messages that will never be delivered
+//
+// Each file is written under tmp/, fsynced, renamed into place, and the
+// directory fsynced. The .json is written last: a message exists only when
+// its metadata does, so a crash while a message arrives leaves at most an
+// orphaned .eml, removed at the next Open (its device never got a 250).
+//
+// Metadata holds the envelope, device, tenant and delivery state. It must
+// never hold a password, a client secret, a token or the message body.
+package spool
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Meta is what the spool knows about a message besides its bytes.
+type Meta struct {
+	ID          string    `json:"id"`
+	Device      string    `json:"device"`
+	Tenant      string    `json:"tenant"`
+	Mailbox     string    `json:"mailbox"`
+	From        string    `json:"from"`
+	To          []string  `json:"to"`
+	Size        int64     `json:"size"`
+	Received    time.Time `json:"received"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+	LastReply   string    `json:"last_reply,omitempty"`
+	// DeadReason says why a message is in dead/.
+	DeadReason string `json:"dead_reason,omitempty"`
+}
+
+// Spool is an open spool directory. Its methods are safe for concurrent
+// use on different message IDs.
+type Spool struct {
+	dir string
+}
+
+const (
+	tmpDir   = "tmp"
+	queueDir = "queue"
+	deadDir  = "dead"
+)
+
+// ErrNotFound is returned for an ID not in the queue (or dead letters).
+var ErrNotFound = errors.New("message not in the spool")
+
+// Open creates the directory layout if needed, removes what a crash left
+// half-written, and returns the spool.
+func Open(dir string) (*Spool, error) {
+	s := &Spool{dir: dir}
+	for _, d := range []string{tmpDir, queueDir, deadDir} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	if err := s.recover(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dir is the spool's directory.
+func (s *Spool) Dir() string { return s.dir }
+
+func (s *Spool) recover() error {
+	tmps, err := os.ReadDir(filepath.Join(s.dir, tmpDir))
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for _, e := range tmps {
+		os.Remove(filepath.Join(s.dir, tmpDir, e.Name()))
+	}
+	entries, err := os.ReadDir(filepath.Join(s.dir, queueDir))
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".eml"); ok {
+			if _, err := os.Stat(s.metaPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
+				// Never committed: the device did not get a 250 for it.
+				os.Remove(filepath.Join(s.dir, queueDir, e.Name()))
+			}
+		}
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			if _, err := os.Stat(s.dataPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
+				// A crash in the middle of Bury: finish it.
+				if _, err := os.Stat(s.dataPath(deadDir, id)); err == nil {
+					if m, err := s.readMeta(queueDir, id); err == nil {
+						if m.DeadReason == "" {
+							m.DeadReason = "moved to dead letters (completed after a restart)"
+						}
+						if err := s.writeMeta(deadDir, m); err != nil {
+							return err
+						}
+					}
+					os.Remove(s.metaPath(queueDir, id))
+				}
+			}
+		}
+	}
+	return syncDir(filepath.Join(s.dir, queueDir))
+}
+
+// NewID returns a fresh message ID: time-ordered, 26 characters, safe in
+// file names.
+func NewID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%013x", time.Now().UnixMilli())[:13] + strings.ToLower(idEnc.EncodeToString(b[:]))[:13]
+}
+
+var idEnc = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Spool) dataPath(dir, id string) string { return filepath.Join(s.dir, dir, id+".eml") }
+func (s *Spool) metaPath(dir, id string) string { return filepath.Join(s.dir, dir, id+".json") }
+
+// Writer receives a message's bytes as they arrive. Nothing is in the
+// queue until Commit returns nil; Abort (or a failed Commit) leaves no
+// trace.
+type Writer struct {
+	s    *Spool
+	meta Meta
+	f    *os.File
+	n    int64
+	done bool
+}
+
+// Create starts a message with the given metadata; meta.ID is set if empty.
+func (s *Spool) Create(meta Meta) (*Writer, error) {
+	if meta.ID == "" {
+		meta.ID = NewID()
+	}
+	if !validID(meta.ID) {
+		return nil, fmt.Errorf("spool: invalid message ID %q", meta.ID)
+	}
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), meta.ID+"-*.eml")
+	if err != nil {
+		return nil, fmt.Errorf("spool: create message file: %w", err)
+	}
+	return &Writer{s: s, meta: meta, f: f}, nil
+}
+
+// ID is the message's ID.
+func (w *Writer) ID() string { return w.meta.ID }
+
+// Write implements io.Writer.
+func (w *Writer) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("spool: write message: %w", err)
+	}
+	return n, nil
+}
+
+// Commit makes the message durable and queued, and returns its metadata.
+func (w *Writer) Commit() (Meta, error) {
+	if w.done {
+		return Meta{}, errors.New("spool: writer already finished")
+	}
+	w.done = true
+	m := w.meta
+	m.Size = w.n
+	if m.Received.IsZero() {
+		m.Received = time.Now().UTC()
+	}
+	if m.NextAttempt.IsZero() {
+		m.NextAttempt = m.Received
+	}
+	fail := func(err error) (Meta, error) {
+		w.f.Close()
+		os.Remove(w.f.Name())
+		os.Remove(w.s.dataPath(queueDir, m.ID))
+		return Meta{}, err
+	}
+	if err := w.f.Sync(); err != nil {
+		return fail(fmt.Errorf("spool: sync message: %w", err))
+	}
+	if err := w.f.Close(); err != nil {
+		return fail(fmt.Errorf("spool: close message: %w", err))
+	}
+	if err := os.Rename(w.f.Name(), w.s.dataPath(queueDir, m.ID)); err != nil {
+		return fail(fmt.Errorf("spool: %w", err))
+	}
+	if err := w.s.writeMeta(queueDir, m); err != nil {
+		return fail(err)
+	}
+	return m, nil
+}
+
+// Abort discards the message.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.f.Close()
+	os.Remove(w.f.Name())
+}
+
+// writeMeta writes meta atomically and durably into dir.
+func (s *Spool) writeMeta(dir string, m Meta) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("spool: encode metadata: %w", err)
+	}
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), m.ID+"-*.json")
+	if err != nil {
+		return fmt.Errorf("spool: metadata: %w", err)
+	}
+	_, werr := f.Write(append(data, '\n'))
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("spool: write metadata: %w", err)
+	}
+	if err := os.Rename(f.Name(), s.metaPath(dir, m.ID)); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("spool: %w", err)
+	}
+	return syncDir(filepath.Join(s.dir, dir))
+}
+
+// Update rewrites a queued message's metadata (attempts, next attempt,
+// last reply). It is durable when it returns.
+func (s *Spool) Update(m Meta) error {
+	if !validID(m.ID) {
+		return ErrNotFound
+	}
+	if _, err := os.Stat(s.metaPath(queueDir, m.ID)); err != nil {
+		return fmt.Errorf("%w: %s", ErrNotFound, m.ID)
+	}
+	return s.writeMeta(queueDir, m)
+}
+
+// List returns the queued messages, oldest first. Metadata that cannot be
+// read is reported in the error alongside what could be read.
+func (s *Spool) List() ([]Meta, error) { return s.list(queueDir) }
+
+// Dead returns the dead letters, oldest first.
+func (s *Spool) Dead() ([]Meta, error) { return s.list(deadDir) }
+
+func (s *Spool) list(dir string) ([]Meta, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, dir))
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	var (
+		out  []Meta
+		errs []error
+	)
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		m, err := s.readMeta(dir, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Meta) int { return a.Received.Compare(b.Received) })
+	return out, errors.Join(errs...)
+}
+
+func (s *Spool) readMeta(dir, id string) (Meta, error) {
+	data, err := os.ReadFile(s.metaPath(dir, id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Meta{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Meta{}, fmt.Errorf("spool: %w", err)
+	}
+	var m Meta
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Meta{}, fmt.Errorf("spool: metadata of %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// Get returns a queued message's metadata.
+func (s *Spool) Get(id string) (Meta, error) {
+	if !validID(id) {
+		return Meta{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	return s.readMeta(queueDir, id)
+}
+
+// Open returns a reader for a queued message's bytes.
+func (s *Spool) Open(id string) (io.ReadCloser, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	f, err := os.Open(s.dataPath(queueDir, id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return f, err
+}
+
+// Remove deletes a delivered message: metadata first, so that a crash in
+// between leaves an orphaned .eml that Open cleans up, never a message
+// that would be delivered a second time.
+func (s *Spool) Remove(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if err := os.Remove(s.metaPath(queueDir, id)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return fmt.Errorf("spool: %w", err)
+	}
+	os.Remove(s.dataPath(queueDir, id))
+	return syncDir(filepath.Join(s.dir, queueDir))
+}
+
+// Bury moves a queued message to the dead letters with the reason.
+func (s *Spool) Bury(id, reason string) error {
+	m, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	m.DeadReason = reason
+	if err := os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if err := s.writeMeta(deadDir, m); err != nil {
+		return err
+	}
+	return s.Remove(id)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("spool: sync %s: %w", dir, err)
+	}
+	return nil
+}
