@@ -376,6 +376,7 @@ func TestReplyMapping(t *testing.T) {
 		mbox   string
 		want   string
 		inText string
+		inLog  string
 	}{
 		{name: "SendAsDenied after DATA", prep: func(e *env) {
 			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 252},
@@ -409,7 +410,7 @@ func TestReplyMapping(t *testing.T) {
 			e.entra.Fail(fakeentra.Failure{Status: 401, Code: "invalid_client", AADSTS: 7000215, Description: "Invalid client secret provided."})
 		}, want: "451 4.7.0", inText: "access token"},
 		{name: "Exchange not reachable", opts: envOptions{smtpHost: closedPort}, want: "451 4.4.1"},
-		{name: "Exchange certificate not trusted", opts: envOptions{untrusted: true}, want: "451 4.7.5"},
+		{name: "Exchange certificate not trusted", opts: envOptions{untrusted: true}, want: "451 4.7.5", inLog: "x509: certificate signed by unknown authority"},
 		{name: "connection dropped at DATA", prep: func(e *env) {
 			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Hangup: true})
 		}, want: "451 4.4.2"},
@@ -433,6 +434,9 @@ func TestReplyMapping(t *testing.T) {
 			got := d.data(simpleMessage, tc.want)
 			if tc.inText != "" && !strings.Contains(got, tc.inText) {
 				t.Errorf("reply %q lacks %q", got, tc.inText)
+			}
+			if tc.inLog != "" && !strings.Contains(e.logs.String(), tc.inLog) {
+				t.Errorf("log lacks %q:\n%s", tc.inLog, e.logs.String())
 			}
 			if len(got) > 320 || strings.ContainsAny(got, "\r\n") {
 				t.Errorf("reply not one bounded line: %q", got)

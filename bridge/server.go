@@ -68,6 +68,7 @@ type Server struct {
 type endpoint struct {
 	cfg     config.Listener
 	smtp    *smtp.Server
+	tls     *tls.Config // nil for tls: none
 	ln      net.Listener
 	tracker *trackingListener
 }
@@ -102,7 +103,7 @@ func NewServer(o Options) (*Server, error) {
 		if l.TLS == config.TLSStartTLS {
 			ss.TLSConfig = tlsCfg
 		}
-		s.endpoints = append(s.endpoints, &endpoint{cfg: l, smtp: ss})
+		s.endpoints = append(s.endpoints, &endpoint{cfg: l, smtp: ss, tls: tlsCfg})
 	}
 	return s, nil
 }
@@ -161,12 +162,7 @@ func (s *Server) Listen() error {
 		e.tracker = &trackingListener{Listener: raw, conns: map[net.Conn]struct{}{}}
 		e.ln = e.tracker
 		if e.cfg.TLS == config.TLSImplicit {
-			cfg, err := ListenerTLS(e.cfg)
-			if err != nil {
-				s.closeListeners()
-				return fmt.Errorf("listener %s: %w", e.cfg.Name, err)
-			}
-			e.ln = tls.NewListener(e.tracker, cfg)
+			e.ln = tls.NewListener(e.tracker, e.tls)
 		}
 	}
 	return nil

@@ -198,8 +198,13 @@ func (s *submission) connect(ctx context.Context, route Route, hostname string) 
 		return nil, s.fail(StageStartTLS, "", err)
 	}
 	// The TLS handshake runs with the first command after STARTTLS; make
-	// it happen now and check it, before anything secret is written.
-	c.Extension("AUTH")
+	// it happen now (NOOP costs one round trip and, unlike Extension,
+	// returns the handshake's error for the log) and check it, before
+	// anything secret is written.
+	if err := c.Noop(); err != nil {
+		c.Close()
+		return nil, s.fail(StageStartTLS, "", err)
+	}
 	if st, ok := c.TLSConnectionState(); !ok || !st.HandshakeComplete {
 		c.Close()
 		return nil, s.fail(StageStartTLS, "", errors.New("TLS handshake with Exchange did not complete"))
