@@ -140,9 +140,11 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 	srv.Domain = s.Hostname
 	srv.MaxMessageBytes = AdvertisedSize
 	srv.MaxRecipients = 0
-	// Exchange reads long XOAUTH2 lines; the bridge must not send the
-	// token inline anyway (InlineAuths counts it if it does).
-	srv.MaxLineLength = 16000
+	// Exchange reads long XOAUTH2 lines and long message lines; its real
+	// limit is not documented. Keep the fake's above the bridge's own
+	// (64 KiB), so that a too-long line is the bridge's to refuse. The
+	// bridge must not send the token inline anyway (InlineAuths counts it).
+	srv.MaxLineLength = 1 << 20
 	srv.ReadTimeout = 2 * time.Minute
 	srv.WriteTimeout = 2 * time.Minute
 	srv.ErrorLog = discardLogger{}
