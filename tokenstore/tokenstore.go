@@ -112,8 +112,7 @@ func newClient(t Tenant) (*client, error) {
 	opts := []confidential.Option{
 		confidential.WithHTTPClient(&http.Client{Transport: transport, Timeout: requestTimeout}),
 	}
-	host := hostOf(t.AuthorityHost)
-	if !IsMicrosoftAuthority(host) {
+	if !IsMicrosoftAuthority(t.AuthorityHost) {
 		// A national cloud proxy or a test issuer: MSAL would otherwise ask
 		// login.microsoftonline.com to validate the host and fail.
 		opts = append(opts, confidential.WithInstanceDiscovery(false))
@@ -149,8 +148,11 @@ var microsoftAuthorities = map[string]bool{
 	"login.microsoftonline.de":         true,
 }
 
-// IsMicrosoftAuthority reports whether host is a known Entra ID host.
-func IsMicrosoftAuthority(host string) bool { return microsoftAuthorities[strings.ToLower(host)] }
+// IsMicrosoftAuthority reports whether an authority_host URL names a known
+// Entra ID host.
+func IsMicrosoftAuthority(authority string) bool {
+	return microsoftAuthorities[strings.ToLower(hostOf(authority))]
+}
 
 // Token returns a valid access token for the named tenant. Tokens come from
 // MSAL's cache while they have more than five minutes left; concurrent

@@ -298,3 +298,18 @@ func wantEntraError(t *testing.T, err error, code int, temporary bool) *tokensto
 	}
 	return te
 }
+
+func TestIsMicrosoftAuthority(t *testing.T) {
+	for authority, want := range map[string]bool{
+		"https://login.microsoftonline.com":          true,
+		"https://LOGIN.microsoftonline.us/":          true,
+		"https://login.partner.microsoftonline.cn":   true,
+		"https://127.0.0.1:8443":                     false,
+		"https://login.microsoftonline.com.evil.net": false,
+		"not a url %": false,
+	} {
+		if got := tokenstore.IsMicrosoftAuthority(authority); got != want {
+			t.Errorf("IsMicrosoftAuthority(%q) = %v, want %v", authority, got, want)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -106,7 +105,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 			AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots,
 		})
 		routes[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots}
-		if cfg.Sandbox.Dir == "" && !tokenstore.IsMicrosoftAuthority(hostOnly(t.AuthorityHost)) {
+		if cfg.Sandbox.Dir == "" && !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
 			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
 		}
@@ -161,14 +160,6 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	}
 	log.Info().Msg("stopped")
 	return nil
-}
-
-func hostOnly(authority string) string {
-	u, err := url.Parse(authority)
-	if err != nil {
-		return ""
-	}
-	return u.Hostname()
 }
 
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {
