@@ -248,21 +248,20 @@ type dialog struct {
 func dial(t *testing.T, addr string) *dialog {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	d := &dialog{t: t, conn: c, text: textproto.NewConn(c)}
-	t.Cleanup(func() { c.Close() })
-	d.expect("220")
-	return d
+	return newDialog(t, c, err)
 }
 
 func dialTLS(t *testing.T, addr string, cfg *tls.Config) *dialog {
 	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
-	if err != nil {
-		t.Fatal(err)
+	return newDialog(t, c, err)
+}
+
+// newDialog starts a dialog on a fresh connection and reads the greeting.
+func newDialog(t *testing.T, c net.Conn, dialErr error) *dialog {
+	t.Helper()
+	if dialErr != nil {
+		t.Fatal(dialErr)
 	}
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	d := &dialog{t: t, conn: c, text: textproto.NewConn(c)}
