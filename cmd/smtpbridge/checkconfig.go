@@ -17,13 +17,7 @@ func (e configError) Error() string { return e.msg }
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	path := configFlag(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	if err := requireConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := loadConfig(*path, stderr)
+	cfg, err := parseConfigFlags(fs, path, args, stderr)
 	if err != nil {
 		return err
 	}

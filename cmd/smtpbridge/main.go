@@ -22,6 +22,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/smtpbridge/smtpbridge/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -122,9 +124,14 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	return nil
 }
 
-func requireConfig(path string) error {
-	if path == "" {
-		return usageError{"no config file: pass --config FILE or set SMTPBRIDGE_CONFIG (try examples/sandbox.yaml)"}
+// parseConfigFlags parses args into fs (which has --config from
+// configFlag) and loads the named config, printing its problems to stderr.
+func parseConfigFlags(fs *flag.FlagSet, path *string, args []string, stderr io.Writer) (*config.Config, error) {
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return nil, err
 	}
-	return nil
+	if *path == "" {
+		return nil, usageError{"no config file: pass --config FILE or set SMTPBRIDGE_CONFIG (try examples/sandbox.yaml)"}
+	}
+	return loadConfig(*path, stderr)
 }

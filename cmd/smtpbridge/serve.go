@@ -33,13 +33,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := configFlag(fs)
 	sandboxDir := fs.String("sandbox", "", "run against in-process fakes of Entra ID and Exchange Online, writing mail to `DIR` as .eml")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	if err := requireConfig(*path); err != nil {
-		return err
-	}
-	cfg, err := loadConfig(*path, stderr)
+	cfg, err := parseConfigFlags(fs, path, args, stderr)
 	if err != nil {
 		return err
 	}
