@@ -21,6 +21,7 @@ type Config struct {
 	Devices   []Device   `yaml:"devices"`
 	Limits    Limits     `yaml:"limits"`
 	Spool     Spool      `yaml:"spool"`
+	Delivery  Delivery   `yaml:"delivery"`
 	Log       Log        `yaml:"log"`
 	HTTP      HTTP       `yaml:"http"`
 	Sandbox   Sandbox    `yaml:"sandbox"`
@@ -62,6 +63,10 @@ type Tenant struct {
 	AuthorityHost       string `yaml:"authority_host"`
 	SMTPHost            string `yaml:"smtp_host"`
 	TokenScope          string `yaml:"token_scope"`
+	// Exchange Online's per-mailbox limits the bridge keeps to; 0 means
+	// the default (DefaultMaxConnectionsPerMailbox, DefaultMaxMessagesPerMinute).
+	MaxConnectionsPerMailbox int `yaml:"max_connections_per_mailbox"`
+	MaxMessagesPerMinute     int `yaml:"max_messages_per_minute"`
 
 	// Credential is the secret or certificate, read and checked by Load.
 	Credential Credential `yaml:"-"`
@@ -79,7 +84,44 @@ type Device struct {
 	AllowedFrom       []string `yaml:"allowed_from"`
 	AllowedRecipients []string `yaml:"allowed_recipients"`
 	Networks          []string `yaml:"networks"`
+	// Delivery overrides the global mode and bounce_to for this device.
+	Delivery DeviceDelivery `yaml:"delivery"`
 }
+
+// DeviceDelivery is a device's override of the global delivery settings.
+// Empty fields take the global value.
+type DeviceDelivery struct {
+	Mode     string `yaml:"mode"`
+	BounceTo string `yaml:"bounce_to"`
+}
+
+// Delivery says when a device gets its reply and how the queue retries.
+type Delivery struct {
+	// Mode is hybrid, queue or sync (see the Mode constants).
+	Mode string `yaml:"mode"`
+	// SyncTimeout is how long a hybrid session waits for Exchange before
+	// it answers "queued".
+	SyncTimeout time.Duration `yaml:"sync_timeout"`
+	// RetryInitial and RetryMax bound the exponential backoff between
+	// attempts; MaxAge is when the queue gives up.
+	RetryInitial time.Duration `yaml:"retry_initial"`
+	RetryMax     time.Duration `yaml:"retry_max"`
+	MaxAge       time.Duration `yaml:"max_age"`
+	// BounceTo receives a delivery status notification for each message
+	// that becomes a dead letter. Empty: none is sent.
+	BounceTo string `yaml:"bounce_to"`
+}
+
+// Delivery modes.
+const (
+	// ModeHybrid spools the message, then waits up to sync_timeout for
+	// Exchange: the device gets Exchange's 250 or 5xx, or "queued".
+	ModeHybrid = "hybrid"
+	// ModeQueue answers 250 as soon as the message is on disk.
+	ModeQueue = "queue"
+	// ModeSync relays while the device waits, with no spool.
+	ModeSync = "sync"
+)
 
 // Sender policies.
 const (
@@ -125,6 +167,13 @@ const (
 	DefaultMaxRecipients   = 500
 	DefaultSpoolDir        = "./spool"
 	DefaultHTTPAddress     = "127.0.0.1:9464"
+	DefaultSyncTimeout     = 20 * time.Second
+	DefaultRetryInitial    = time.Minute
+	DefaultRetryMax        = 30 * time.Minute
+	DefaultMaxAge          = 48 * time.Hour
+	// Exchange Online's SMTP AUTH limits per mailbox.
+	DefaultMaxConnectionsPerMailbox = 3
+	DefaultMaxMessagesPerMinute     = 30
 	// ExchangeMaxMessageBytes is the largest MaxSendSize Exchange Online
 	// allows a mailbox (150 MB).
 	ExchangeMaxMessageBytes = 157286400
@@ -154,6 +203,12 @@ func (c *Config) applyDefaults() {
 		if t.TokenScope == "" {
 			t.TokenScope = DefaultTokenScope
 		}
+		if t.MaxConnectionsPerMailbox == 0 {
+			t.MaxConnectionsPerMailbox = DefaultMaxConnectionsPerMailbox
+		}
+		if t.MaxMessagesPerMinute == 0 {
+			t.MaxMessagesPerMinute = DefaultMaxMessagesPerMinute
+		}
 	}
 	for i := range c.Devices {
 		if c.Devices[i].FromPolicy == "" {
@@ -168,6 +223,22 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Spool.Dir == "" {
 		c.Spool.Dir = DefaultSpoolDir
+	}
+	d := &c.Delivery
+	if d.Mode == "" {
+		d.Mode = ModeHybrid
+	}
+	if d.SyncTimeout == 0 {
+		d.SyncTimeout = DefaultSyncTimeout
+	}
+	if d.RetryInitial == 0 {
+		d.RetryInitial = DefaultRetryInitial
+	}
+	if d.RetryMax == 0 {
+		d.RetryMax = DefaultRetryMax
+	}
+	if d.MaxAge == 0 {
+		d.MaxAge = DefaultMaxAge
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -188,4 +259,17 @@ func (c *Config) Tenant(name string) *Tenant {
 		}
 	}
 	return nil
+}
+
+// DeliveryFor returns the delivery mode and bounce address for a device,
+// with its overrides applied.
+func (c *Config) DeliveryFor(d *Device) (mode, bounceTo string) {
+	mode, bounceTo = c.Delivery.Mode, c.Delivery.BounceTo
+	if d.Delivery.Mode != "" {
+		mode = d.Delivery.Mode
+	}
+	if d.Delivery.BounceTo != "" {
+		bounceTo = d.Delivery.BounceTo
+	}
+	return mode, bounceTo
 }

@@ -92,6 +92,71 @@ func TestLoadGood(t *testing.T) {
 	if cfg.Log.Level != "info" || cfg.Log.Format != "json" || cfg.HTTP.Address != DefaultHTTPAddress {
 		t.Error("log/http defaults not applied")
 	}
+	want := Delivery{Mode: ModeHybrid, SyncTimeout: 20 * time.Second, RetryInitial: time.Minute,
+		RetryMax: 30 * time.Minute, MaxAge: 48 * time.Hour}
+	if cfg.Delivery != want {
+		t.Errorf("delivery defaults = %+v, want %+v", cfg.Delivery, want)
+	}
+	if tn.MaxConnectionsPerMailbox != 3 || tn.MaxMessagesPerMinute != 30 {
+		t.Errorf("tenant limits = %d conns, %d/min; want Exchange's 3 and 30", tn.MaxConnectionsPerMailbox, tn.MaxMessagesPerMinute)
+	}
+}
+
+func TestDeliverySettings(t *testing.T) {
+	dir := t.TempDir()
+	base := fmt.Sprintf(goodConfig, testHash(t))
+	good := base + `
+delivery:
+  mode: queue
+  sync_timeout: 5s
+  retry_initial: 30s
+  retry_max: 10m
+  max_age: 24h
+  bounce_to: it@contoso.com
+`
+	good = strings.Replace(good, "    networks:", "    delivery: {mode: sync, bounce_to: printers@contoso.com}\n    networks:", 1)
+	cfg, err := LoadWithEnv(writeConfig(t, dir, good), env(map[string]string{"CONTOSO_SECRET": "x", "MAXR": "1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Delivery.RetryInitial != 30*time.Second || cfg.Delivery.MaxAge != 24*time.Hour {
+		t.Errorf("delivery = %+v", cfg.Delivery)
+	}
+	if mode, bounce := cfg.DeliveryFor(&cfg.Devices[0]); mode != ModeSync || bounce != "printers@contoso.com" {
+		t.Errorf("device override: mode %q bounce_to %q", mode, bounce)
+	}
+	cfg.Devices[0].Delivery = DeviceDelivery{}
+	if mode, bounce := cfg.DeliveryFor(&cfg.Devices[0]); mode != ModeQueue || bounce != "it@contoso.com" {
+		t.Errorf("global delivery: mode %q bounce_to %q", mode, bounce)
+	}
+
+	bad := base + `
+delivery:
+  mode: later
+  sync_timeout: 20
+  retry_initial: 10m
+  retry_max: 1m
+  bounce_to: "not an address"
+`
+	bad = strings.Replace(bad, "    networks:", "    max_messages_per_minute: 1\n    delivery: {mode: sometimes}\n    networks:", 1)
+	bad = strings.Replace(bad, "    client_secret:", "    max_connections_per_mailbox: -1\n    client_secret:", 1)
+	_, err = LoadWithEnv(writeConfig(t, dir, bad), env(map[string]string{"CONTOSO_SECRET": "x", "MAXR": "1"}))
+	if err == nil {
+		t.Fatal("bad delivery settings accepted")
+	}
+	for _, w := range []string{
+		`delivery.mode: "later" is not one of hybrid, queue, sync`,
+		`delivery.sync_timeout: wrong type`,
+		`delivery.retry_max: 1m0s is shorter than retry_initial (10m0s)`,
+		`delivery.bounce_to: "not an address"`,
+		`devices[0].delivery.mode: "sometimes" is not one of hybrid, queue, sync`,
+		`devices[0].max_messages_per_minute: unknown key`,
+		`tenants[0].max_connections_per_mailbox: must be positive`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("problem list lacks %q\ngot: %v", w, err)
+		}
+	}
 }
 
 // A broken config lists every problem at once, each with its key and line.

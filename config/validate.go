@@ -32,6 +32,7 @@ func (l *loader) validate(c *Config) {
 	l.validateListeners(c)
 	l.validateTenants(c)
 	l.validateDevices(c)
+	l.validateDelivery(c)
 	l.validateGlobals(c)
 }
 
@@ -140,6 +141,18 @@ func (l *loader) validateTenants(c *Config) {
 		if !strings.HasSuffix(t.TokenScope, "/.default") {
 			l.errorf(k+".token_scope", "%q must end in /.default for client-credential tokens, e.g. %s", t.TokenScope, DefaultTokenScope)
 		}
+		if t.MaxConnectionsPerMailbox < 0 {
+			l.errorf(k+".max_connections_per_mailbox", "must be positive (Exchange Online allows %d)", DefaultMaxConnectionsPerMailbox)
+		} else if t.MaxConnectionsPerMailbox > DefaultMaxConnectionsPerMailbox {
+			l.warnf(k+".max_connections_per_mailbox", "%d is above Exchange Online's limit of %d; the extra connections get 432 4.3.2",
+				t.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
+		}
+		if t.MaxMessagesPerMinute < 0 {
+			l.errorf(k+".max_messages_per_minute", "must be positive (Exchange Online allows %d)", DefaultMaxMessagesPerMinute)
+		} else if t.MaxMessagesPerMinute > DefaultMaxMessagesPerMinute {
+			l.warnf(k+".max_messages_per_minute", "%d is above Exchange Online's limit of %d; Exchange delays the excess",
+				t.MaxMessagesPerMinute, DefaultMaxMessagesPerMinute)
+		}
 	}
 }
 
@@ -200,6 +213,52 @@ func (l *loader) validateDevices(c *Config) {
 				l.errorf(fmt.Sprintf("%s.networks[%d]", k, j), "%v", err)
 			}
 		}
+		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
+		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
+	}
+}
+
+func (l *loader) checkMode(key, mode string, emptyOK bool) {
+	switch mode {
+	case ModeHybrid, ModeQueue, ModeSync:
+	case "":
+		if !emptyOK {
+			l.errorf(key, "required")
+		}
+	default:
+		l.errorf(key, "%q is not one of hybrid, queue, sync", mode)
+	}
+}
+
+func (l *loader) checkAddress(key, addr string) {
+	if addr == "" {
+		return
+	}
+	if _, err := mailaddr.Parse(addr); err != nil {
+		l.errorf(key, "%q: %v; write an address such as it-alerts@contoso.com", addr, err)
+	}
+}
+
+func (l *loader) validateDelivery(c *Config) {
+	d := &c.Delivery
+	l.checkMode("delivery.mode", d.Mode, false)
+	l.checkAddress("delivery.bounce_to", d.BounceTo)
+	positive := func(key string, v time.Duration) bool {
+		if v < 0 {
+			l.errorf(key, "%s must be positive, e.g. 1m", v)
+			return false
+		}
+		return true
+	}
+	if positive("delivery.sync_timeout", d.SyncTimeout) && d.SyncTimeout > 5*time.Minute {
+		l.warnf("delivery.sync_timeout", "%s: most devices give up long before; 20s is the default", d.SyncTimeout)
+	}
+	if positive("delivery.retry_initial", d.RetryInitial) && positive("delivery.retry_max", d.RetryMax) &&
+		d.RetryMax < d.RetryInitial {
+		l.errorf("delivery.retry_max", "%s is shorter than retry_initial (%s)", d.RetryMax, d.RetryInitial)
+	}
+	if positive("delivery.max_age", d.MaxAge) && d.MaxAge < d.RetryInitial {
+		l.errorf("delivery.max_age", "%s is shorter than retry_initial (%s): a message would die before its first retry", d.MaxAge, d.RetryInitial)
 	}
 }
 
