@@ -21,6 +21,8 @@ type Device struct {
 	AllowedFrom       mailaddr.Patterns
 	AllowedRecipients mailaddr.Patterns // empty: any
 	Networks          []netip.Prefix    // empty: any
+	// Mode is the device's delivery mode override; "" takes the server's.
+	Mode string
 
 	hash passwd.Hash
 }
@@ -108,7 +110,8 @@ func compileDevice(cd config.Device) (*Device, error) {
 	}
 	dev := &Device{
 		Name: cd.Name, Username: cd.Username, Tenant: cd.Tenant, Mailbox: mbox,
-		FromPolicy: cd.FromPolicy, AllowedFrom: from, AllowedRecipients: rcpts, hash: h,
+		FromPolicy: cd.FromPolicy, AllowedFrom: from, AllowedRecipients: rcpts,
+		Mode: cd.Delivery.Mode, hash: h,
 	}
 	for _, n := range cd.Networks {
 		p, err := config.ParseNetwork(n)

@@ -31,6 +31,8 @@ var (
 		Message: "Message header is malformed"}
 	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "Message has a line longer than 64 KiB"}
+	errStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
+		Message: "Insufficient system storage, message not accepted; try again later"}
 	errInternal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Temporary local problem, try again later"}
 )
@@ -46,11 +48,14 @@ func replyFor(err error) *smtp.SMTPError {
 		ue  *UpstreamError
 		te  *tokenstore.Error
 		se  *SourceError
+		ste *StorageError
 		sme *smtp.SMTPError
 	)
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &ste):
+		return errStorage
 	case errors.As(err, &se):
 		if errors.As(se.Err, &sme) && sme.Code == smtp.ErrDataTooLarge.Code {
 			return errTooLarge

@@ -2,9 +2,7 @@ package bridge
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/spool"
 )
 
 // Observer is told about events metrics count. The metrics package
@@ -37,8 +36,13 @@ type Options struct {
 	Listeners []config.Listener
 	Limits    config.Limits
 	Directory *Directory
-	Deliverer Deliverer
-	Observer  Observer
+	Deliverer Deliverer // sync mode, and hybrid/queue without a Spooler
+	Spooler   Spooler   // hybrid and queue mode
+	// Mode is the delivery mode of devices without their own (default
+	// hybrid); SyncTimeout is how long a hybrid session waits.
+	Mode        string
+	SyncTimeout time.Duration
+	Observer    Observer
 	Log       zerolog.Logger
 }
 
@@ -56,6 +60,9 @@ type Server struct {
 	hostname  string
 	dir       *Directory
 	deliverer Deliverer
+	spooler   Spooler
+	mode      string
+	syncWait  time.Duration
 	observer  Observer
 	log       zerolog.Logger
 	ctx       context.Context
@@ -80,8 +87,14 @@ func NewServer(o Options) (*Server, error) {
 		o.Observer = nopObserver{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{hostname: o.Hostname, dir: o.Directory, deliverer: o.Deliverer,
-		observer: o.Observer, log: o.Log, ctx: ctx, cancel: cancel}
+	if o.Mode == "" {
+		o.Mode = config.ModeHybrid
+	}
+	if o.SyncTimeout == 0 {
+		o.SyncTimeout = config.DefaultSyncTimeout
+	}
+	s := &Server{hostname: o.Hostname, dir: o.Directory, deliverer: o.Deliverer, spooler: o.Spooler,
+		mode: o.Mode, syncWait: o.SyncTimeout, observer: o.Observer, log: o.Log, ctx: ctx, cancel: cancel}
 	for _, l := range o.Listeners {
 		tlsCfg, err := ListenerTLS(l)
 		if err != nil {
@@ -306,14 +319,9 @@ func remoteAddr(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // newID returns a short random ID for connections and messages.
-func newID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return strings.ToLower(idEncoding.EncodeToString(b))
-}
+func newID() string { return spool.NewID() }
 
 // errorLog sends go-smtp's own errors to the process log.
 type errorLog struct{ log zerolog.Logger }

@@ -159,10 +159,39 @@ func (se *session) Data(r io.Reader) error {
 		ID: se.msgID, Device: dev, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
 		From: envelopeFrom, To: se.to, Body: counted,
 	}
-	ctx, cancel := context.WithTimeout(se.srv.ctx, upstreamTimeout)
-	defer cancel()
-	receipt, err := se.srv.deliverer.Deliver(ctx, msg)
-	size := counted.n
+	mode := dev.Mode
+	if mode == "" {
+		mode = se.srv.mode
+	}
+	if mode == config.ModeSync || se.srv.spooler == nil {
+		ctx, cancel := context.WithTimeout(se.srv.ctx, upstreamTimeout)
+		defer cancel()
+		receipt, err := se.srv.deliverer.Deliver(ctx, msg)
+		return se.outcome(msg, start, counted.n, receipt, err)
+	}
+
+	pending, err := se.srv.spooler.Spool(msg, mode == config.ModeHybrid)
+	if err != nil {
+		// Nothing was queued: the device must send it again.
+		return se.outcome(msg, start, counted.n, Receipt{}, err)
+	}
+	var first error // the first attempt's temporary failure, in hybrid mode
+	if mode == config.ModeHybrid {
+		receipt, err, done := pending.Wait(se.srv.syncWait)
+		if done && (err == nil || Permanent(err)) {
+			return se.outcome(msg, start, counted.n, receipt, err)
+		}
+		first = err
+	}
+	se.msgLog.Info().Str("event", "queued").Str("mode", mode).AnErr("first_attempt", first).
+		Str("from", envelopeFrom).Int("rcpts", len(se.to)).
+		Int64("size", counted.n).Dur("duration_ms", time.Since(start)).Msg("message queued")
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK " + se.msgID + " queued"}
+}
+
+// outcome logs a message's end and makes the device's reply: Exchange's
+// acceptance, or replyFor's 4xx/5xx for err.
+func (se *session) outcome(m *Message, start time.Time, size int64, receipt Receipt, err error) error {
 	if err != nil {
 		reply := replyFor(err)
 		ev := se.msgLog.Warn()
@@ -177,12 +206,12 @@ func (se *session) Data(r io.Reader) error {
 			ev = se.msgLog.Error()
 		}
 		ev.Str("event", event).Err(err).Int("reply_code", reply.Code).
-			Str("reply", enhanced(reply)).Str("from", envelopeFrom).Int("rcpts", len(se.to)).
+			Str("reply", enhanced(reply)).Str("from", m.From).Int("rcpts", len(m.To)).
 			Int64("size", size).Dur("duration_ms", time.Since(start)).
 			Msg("message not delivered")
 		return reply
 	}
-	se.msgLog.Info().Str("event", "delivered").Str("from", envelopeFrom).Int("rcpts", len(se.to)).
+	se.msgLog.Info().Str("event", "delivered").Str("from", m.From).Int("rcpts", len(m.To)).
 		Int64("size", size).Str("upstream_id", receipt.QueueID).Dur("duration_ms", time.Since(start)).
 		Msg("message delivered to Exchange Online")
 	text := "OK " + se.msgID + " delivered"

@@ -10,6 +10,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -31,16 +32,50 @@ type Route struct {
 	// mode). Nil in production: the system roots, which honour
 	// SSL_CERT_FILE, verify Exchange's certificate.
 	RootCAs *x509.CertPool
+	// MaxConnections and MaxPerMinute are the per-mailbox limits (0:
+	// Exchange Online's 3 connections; no rate limit).
+	MaxConnections int
+	MaxPerMinute   int
 }
 
 // Upstream submits messages to Exchange Online: STARTTLS (mandatory, the
 // certificate verified), AUTH XOAUTH2 as the device's mailbox, then MAIL,
-// RCPT and a streamed DATA. One connection per message; the spool issue
-// adds reuse.
+// RCPT and a streamed DATA. It keeps each mailbox within its route's
+// limits, and reuses a mailbox's connections for its next messages (RSET
+// between them) until they idle out or their token nears expiry.
 type Upstream struct {
 	Tokens   TokenSource
 	Routes   map[string]Route // by tenant name
 	Hostname string           // the EHLO name
+
+	mu    sync.Mutex
+	pools map[[2]string]*mailboxPool // by tenant and mailbox
+}
+
+func (u *Upstream) pool(tenant, mailbox string, r Route) *mailboxPool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.pools == nil {
+		u.pools = map[[2]string]*mailboxPool{}
+	}
+	k := [2]string{tenant, strings.ToLower(mailbox)}
+	p := u.pools[k]
+	if p == nil {
+		p = newMailboxPool(r.MaxConnections, r.MaxPerMinute)
+		u.pools[k] = p
+	}
+	return p
+}
+
+// Close closes the idle connections; submissions after it fail.
+func (u *Upstream) Close() {
+	u.mu.Lock()
+	pools := u.pools
+	u.pools = nil
+	u.mu.Unlock()
+	for _, p := range pools {
+		p.close()
+	}
 }
 
 // Upstream timeouts; tests shorten them.
@@ -116,33 +151,73 @@ func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
 		ctx, cancel = context.WithTimeout(ctx, upstreamTimeout)
 		defer cancel()
 	}
-	// The token first: a tenant whose token fails costs no connection.
-	tok, err := u.Tokens.Token(ctx, m.Tenant)
-	if err != nil {
-		return Receipt{}, fmt.Errorf("token for %s: %w", m.Mailbox, err)
-	}
 	s := &submission{host: route.SMTPHost}
-	c, err := s.connect(ctx, route, u.Hostname)
+	p := u.pool(m.Tenant, m.Mailbox, route)
+	uc, err := p.acquire(ctx)
 	if err != nil {
-		return Receipt{}, err
+		return Receipt{}, &UpstreamError{Host: route.SMTPHost, Stage: StageConnect, Err: err, Temporary: true}
 	}
-	defer c.Close()
+	keep := false
+	defer func() { p.release(uc, keep) }()
+
+	if uc != nil && !uc.fresh(time.Now()) {
+		uc.quit()
+		uc = nil
+	}
+	if uc != nil {
+		// A reused connection may have been closed by Exchange while it
+		// idled; RSET finds out before anything of the message is sent.
+		if err := uc.c.Reset(); err != nil {
+			uc.c.Close()
+			uc = nil
+		}
+	}
+	if uc == nil {
+		if uc, err = u.open(ctx, s, route, m.Tenant, m.Mailbox); err != nil {
+			return Receipt{}, err
+		}
+	}
+	c := uc.c
 	// Closing the connection is how a submission is aborted, on
 	// cancellation as on a source error: without the final dot Exchange
 	// discards what it has.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	receipt, err := s.send(c, m)
+	// The connection is kept for the next message unless it broke, was
+	// closed by cancellation, or Exchange is closing it (421).
+	keep = stop() && reusable(err)
+	return receipt, err
+}
 
-	if err := c.Auth(&xoauth2Client{user: m.Mailbox, token: tok.AccessToken}); err != nil {
-		return Receipt{}, s.fail(StageAuth, "", err)
+// open dials Exchange and logs in as mailbox. The token comes first: a
+// tenant whose token fails costs no connection.
+func (u *Upstream) open(ctx context.Context, s *submission, route Route, tenant, mailbox string) (*upConn, error) {
+	tok, err := u.Tokens.Token(ctx, tenant)
+	if err != nil {
+		return nil, fmt.Errorf("token for %s: %w", mailbox, err)
 	}
+	c, err := s.connect(ctx, route, u.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if err := c.Auth(&xoauth2Client{user: mailbox, token: tok.AccessToken}); err != nil {
+		c.Close()
+		return nil, s.fail(StageAuth, "", err)
+	}
+	return &upConn{c: c, tokenExpires: tok.ExpiresOn}, nil
+}
+
+// send runs one transaction on an authenticated connection.
+func (s *submission) send(c *smtp.Client, m *Message) (Receipt, error) {
 	if err := c.Mail(m.From, nil); err != nil {
 		return Receipt{}, s.fail(StageMail, "", err)
 	}
 	for _, to := range m.To {
-		// One refused recipient fails the message: in this synchronous
-		// mode the device can only get one reply for it, and a partial
-		// delivery it cannot see would lose mail silently.
+		// One refused recipient fails the message: the device can only
+		// get one reply for it, and a partial delivery it cannot see
+		// would lose mail silently.
 		if err := c.Rcpt(to, nil); err != nil {
 			return Receipt{}, s.fail(StageRcpt, to, err)
 		}
@@ -163,8 +238,18 @@ func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
 	if err != nil {
 		return Receipt{}, s.fail(StageData, "", err)
 	}
-	_ = c.Quit()
 	return Receipt{Reply: resp.StatusText, QueueID: queueID(resp.StatusText)}, nil
+}
+
+// reusable says whether a connection is still good after err: Exchange
+// answered (other than 421, which closes the connection) and nothing
+// broke.
+func reusable(err error) bool {
+	if err == nil {
+		return true
+	}
+	var ue *UpstreamError
+	return errors.As(err, &ue) && ue.Code != 0 && ue.Code != 421
 }
 
 type submission struct{ host string }

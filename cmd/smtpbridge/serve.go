@@ -98,7 +98,8 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 			Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
 			AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots,
 		})
-		routes[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots}
+		routes[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots,
+			MaxConnections: t.MaxConnectionsPerMailbox, MaxPerMinute: t.MaxMessagesPerMinute}
 		if cfg.Sandbox.Dir == "" && !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
 			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")

@@ -110,6 +110,7 @@ type Server struct {
 	scripts     map[Stage][]Reply
 	messages    []Message
 	active      map[string]int // mailbox -> authenticated connections
+	peak        map[string]int // mailbox -> most authenticated connections at once
 	authLogins  int
 	inlineAuths int
 	mailDir     string
@@ -126,6 +127,7 @@ func New(v TokenVerifier) *Server {
 		principals: map[string]map[string]string{},
 		scripts:    map[Stage][]Reply{},
 		active:     map[string]int{},
+		peak:       map[string]int{},
 	}
 }
 
@@ -225,6 +227,14 @@ func (s *Server) AuthLogins() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.authLogins
+}
+
+// PeakConnections is the largest number of authenticated connections the
+// mailbox had at once, those refused with 432 4.3.2 included.
+func (s *Server) PeakConnections(mailbox string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak[strings.ToLower(mailbox)]
 }
 
 // InlineAuths is how many XOAUTH2 attempts sent the token on the AUTH line

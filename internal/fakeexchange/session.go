@@ -146,7 +146,9 @@ func (se *session) login(user, token string) error {
 	se.user, se.appID = mb.Address, claims.AppID
 	se.s.mu.Lock()
 	se.s.authLogins++
-	se.s.active[strings.ToLower(mb.Address)]++
+	k := strings.ToLower(mb.Address)
+	se.s.active[k]++
+	se.s.peak[k] = max(se.s.peak[k], se.s.active[k])
 	se.counted = true
 	se.s.mu.Unlock()
 	return nil
