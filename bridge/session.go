@@ -167,19 +167,21 @@ func (se *session) Data(r io.Reader) error {
 		ctx, cancel := context.WithTimeout(se.srv.ctx, upstreamTimeout)
 		defer cancel()
 		receipt, err := se.srv.deliverer.Deliver(ctx, msg)
-		return se.outcome(msg, start, counted.n, receipt, err)
+		return se.outcome(msg, start, counted.n, receipt, err, true)
 	}
 
 	pending, err := se.srv.spooler.Spool(msg, mode == config.ModeHybrid)
 	if err != nil {
 		// Nothing was queued: the device must send it again.
-		return se.outcome(msg, start, counted.n, Receipt{}, err)
+		return se.outcome(msg, start, counted.n, Receipt{}, err, false)
 	}
 	var first error // the first attempt's temporary failure, in hybrid mode
 	if mode == config.ModeHybrid {
 		receipt, err, done := pending.Wait(se.srv.syncWait)
 		if done && (err == nil || Permanent(err)) {
-			return se.outcome(msg, start, counted.n, receipt, err)
+			// The queue logged the delivery; a refusal is the session's
+			// to log, since the device is told.
+			return se.outcome(msg, start, counted.n, receipt, err, false)
 		}
 		first = err
 	}
@@ -190,8 +192,8 @@ func (se *session) Data(r io.Reader) error {
 }
 
 // outcome logs a message's end and makes the device's reply: Exchange's
-// acceptance, or replyFor's 4xx/5xx for err.
-func (se *session) outcome(m *Message, start time.Time, size int64, receipt Receipt, err error) error {
+// acceptance (logged if logDelivered), or replyFor's 4xx/5xx for err.
+func (se *session) outcome(m *Message, start time.Time, size int64, receipt Receipt, err error, logDelivered bool) error {
 	if err != nil {
 		reply := replyFor(err)
 		ev := se.msgLog.Warn()
@@ -211,9 +213,11 @@ func (se *session) outcome(m *Message, start time.Time, size int64, receipt Rece
 			Msg("message not delivered")
 		return reply
 	}
-	se.msgLog.Info().Str("event", "delivered").Str("from", m.From).Int("rcpts", len(m.To)).
-		Int64("size", size).Str("upstream_id", receipt.QueueID).Dur("duration_ms", time.Since(start)).
-		Msg("message delivered to Exchange Online")
+	if logDelivered {
+		se.msgLog.Info().Str("event", "delivered").Str("from", m.From).Int("rcpts", len(m.To)).
+			Int64("size", size).Str("upstream_id", receipt.QueueID).Dur("duration_ms", time.Since(start)).
+			Msg("message delivered to Exchange Online")
+	}
 	text := "OK " + se.msgID + " delivered"
 	if receipt.QueueID != "" {
 		text += " as <" + receipt.QueueID + ">"

@@ -48,6 +48,21 @@ type Meta struct {
 	LastReply   string    `json:"last_reply,omitempty"`
 	// DeadReason says why a message is in dead/.
 	DeadReason string `json:"dead_reason,omitempty"`
+	// Requeued is when an admin moved the message back from the dead
+	// letters; max_age counts from it.
+	Requeued time.Time `json:"requeued,omitzero"`
+	// DSNFor is the ID of the message this one reports as undeliverable;
+	// a failed report gets no report of its own.
+	DSNFor string `json:"dsn_for,omitempty"`
+}
+
+// Since is when the message's max_age started: when it was received, or
+// requeued.
+func (m Meta) Since() time.Time {
+	if m.Requeued.After(m.Received) {
+		return m.Requeued
+	}
+	return m.Received
 }
 
 // Spool is an open spool directory. Its methods are safe for concurrent
@@ -98,6 +113,13 @@ func (s *Spool) recover() error {
 	for _, e := range entries {
 		if id, ok := strings.CutSuffix(e.Name(), ".eml"); ok {
 			if _, err := os.Stat(s.metaPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
+				if _, err := os.Stat(s.metaPath(deadDir, id)); err == nil {
+					// A crash in the middle of Requeue: undo it.
+					if err := os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
+						return fmt.Errorf("spool: %w", err)
+					}
+					continue
+				}
 				// Never committed: the device did not get a 250 for it.
 				os.Remove(filepath.Join(s.dir, queueDir, e.Name()))
 			}
@@ -118,6 +140,23 @@ func (s *Spool) recover() error {
 				}
 			}
 		}
+	}
+	deads, err := os.ReadDir(filepath.Join(s.dir, deadDir))
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for _, e := range deads {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			_, derr := os.Stat(s.dataPath(deadDir, id))
+			_, qerr := os.Stat(s.metaPath(queueDir, id))
+			if errors.Is(derr, fs.ErrNotExist) && qerr == nil {
+				// A crash at the end of Requeue: the queue has it.
+				os.Remove(s.metaPath(deadDir, id))
+			}
+		}
+	}
+	if err := syncDir(filepath.Join(s.dir, deadDir)); err != nil {
+		return err
 	}
 	return syncDir(filepath.Join(s.dir, queueDir))
 }
@@ -351,10 +390,12 @@ func (s *Spool) Remove(id string) error {
 	return syncDir(filepath.Join(s.dir, queueDir))
 }
 
-// Bury moves a queued message to the dead letters with the reason.
-func (s *Spool) Bury(id, reason string) error {
-	m, err := s.Get(id)
-	if err != nil {
+// Bury moves a queued message to the dead letters with the reason. m is
+// the metadata to keep (its latest attempt count and reply); m.ID names
+// the message.
+func (s *Spool) Bury(m Meta, reason string) error {
+	id := m.ID
+	if _, err := s.Get(id); err != nil {
 		return err
 	}
 	m.DeadReason = reason
@@ -365,6 +406,63 @@ func (s *Spool) Bury(id, reason string) error {
 		return err
 	}
 	return s.Remove(id)
+}
+
+// GetDead returns a dead letter's metadata.
+func (s *Spool) GetDead(id string) (Meta, error) {
+	if !validID(id) {
+		return Meta{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	return s.readMeta(deadDir, id)
+}
+
+// OpenDead returns a reader for a dead letter's bytes.
+func (s *Spool) OpenDead(id string) (io.ReadCloser, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	f, err := os.Open(s.dataPath(deadDir, id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return f, err
+}
+
+// Requeue moves a dead letter back into the queue, due now, with its
+// max_age restarted.
+func (s *Spool) Requeue(id string) (Meta, error) {
+	m, err := s.GetDead(id)
+	if err != nil {
+		return Meta{}, err
+	}
+	now := time.Now().UTC()
+	m.DeadReason, m.Requeued, m.NextAttempt = "", now, now
+	// Data first, then the queue's record, then the dead one's: Open
+	// finishes or undoes a crash at any point.
+	if err := os.Rename(s.dataPath(deadDir, id), s.dataPath(queueDir, id)); err != nil {
+		return Meta{}, fmt.Errorf("spool: %w", err)
+	}
+	if err := s.writeMeta(queueDir, m); err != nil {
+		os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id))
+		return Meta{}, err
+	}
+	os.Remove(s.metaPath(deadDir, id))
+	return m, syncDir(filepath.Join(s.dir, deadDir))
+}
+
+// RemoveDead deletes a dead letter.
+func (s *Spool) RemoveDead(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if err := os.Remove(s.metaPath(deadDir, id)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return fmt.Errorf("spool: %w", err)
+	}
+	os.Remove(s.dataPath(deadDir, id))
+	return syncDir(filepath.Join(s.dir, deadDir))
 }
 
 func syncDir(dir string) error {

@@ -114,7 +114,7 @@ func TestBury(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir)
 	m := put(t, s, "x\r\n")
-	if err := s.Bury(m.ID, "554 5.2.252 SendAsDenied"); err != nil {
+	if err := s.Bury(m, "554 5.2.252 SendAsDenied"); err != nil {
 		t.Fatal(err)
 	}
 	if list, _ := s.List(); len(list) != 0 {

@@ -22,6 +22,8 @@ import (
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/metrics"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -67,12 +69,22 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		}
 		hostname = h
 	}
-	if err := os.MkdirAll(cfg.Spool.Dir, 0o700); err != nil {
+	unlock, err := spool.Lock(cfg.Spool.Dir)
+	if err != nil {
+		if errors.Is(err, spool.ErrLocked) {
+			return fmt.Errorf("spool.dir: %w; each bridge needs its own spool directory", err)
+		}
+		return fmt.Errorf("spool.dir: %w", err)
+	}
+	defer unlock()
+	sp, err := spool.Open(cfg.Spool.Dir)
+	if err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 
 	tenants := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
 	routes := map[string]bridge.Route{}
+	concurrency := map[string]int{}
 	var roots *x509.CertPool
 	if cfg.Sandbox.Dir != "" {
 		sb, err := sandbox.Start(cfg, cfg.Sandbox.Dir)
@@ -100,6 +112,7 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		})
 		routes[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots,
 			MaxConnections: t.MaxConnectionsPerMailbox, MaxPerMinute: t.MaxMessagesPerMinute}
+		concurrency[t.Name] = t.MaxConnectionsPerMailbox
 		if cfg.Sandbox.Dir == "" && !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
 			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
@@ -114,14 +127,27 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	up := &bridge.Upstream{Tokens: store, Routes: routes, Hostname: hostname}
+	defer up.Close()
+	q, err := queue.New(queue.Options{
+		Spool: sp, Deliverer: up,
+		RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax, MaxAge: cfg.Delivery.MaxAge,
+		Concurrency: concurrency, BounceTo: bounceTo(cfg), Hostname: hostname, Log: log,
+	})
+	if err != nil {
+		return err
+	}
 	srv, err := bridge.NewServer(bridge.Options{
-		Hostname:  hostname,
-		Listeners: cfg.Listeners,
-		Limits:    cfg.Limits,
-		Directory: dir,
-		Deliverer: &bridge.Upstream{Tokens: store, Routes: routes, Hostname: hostname},
-		Observer:  m,
-		Log:       log,
+		Hostname:    hostname,
+		Listeners:   cfg.Listeners,
+		Limits:      cfg.Limits,
+		Directory:   dir,
+		Deliverer:   up,
+		Spooler:     q,
+		Mode:        cfg.Delivery.Mode,
+		SyncTimeout: cfg.Delivery.SyncTimeout,
+		Observer:    m,
+		Log:         log,
 	})
 	if err != nil {
 		return err
@@ -134,12 +160,16 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		srv.Shutdown(context.Background())
 		return fmt.Errorf("http.address: %w", err)
 	}
-	httpSrv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/api/", queue.Handler(q))
+	mux.Handle("/", m.Handler())
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("http listener stopped")
 		}
 	}()
+	q.Start()
 	srv.Serve()
 	log.Info().Str("version", buildVersion()).Str("hostname", hostname).Str("http", httpLn.Addr().String()).
 		Int("devices", len(cfg.Devices)).Int("tenants", len(cfg.Tenants)).Msg("smtpbridge started")
@@ -149,12 +179,38 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err = srv.Shutdown(sctx)
-	httpSrv.Shutdown(sctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("sessions still open at the end of the grace period were closed")
 	}
+	// Attempts in flight get what is left of the grace period; queued
+	// messages stay in the spool for the next start.
+	q.Close(max(time.Until(deadline(sctx)), time.Second))
+	httpSrv.Shutdown(sctx)
+	if items, err := q.List(); err == nil && len(items) > 0 {
+		log.Info().Int("queued", len(items)).Str("spool", cfg.Spool.Dir).Msg("queued messages stay in the spool and are delivered after the next start")
+	}
 	log.Info().Msg("stopped")
 	return nil
+}
+
+func deadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// bounceTo resolves a device's bounce address, its own or the global one.
+func bounceTo(cfg *config.Config) func(string) string {
+	byName := map[string]string{}
+	for i := range cfg.Devices {
+		_, b := cfg.DeliveryFor(&cfg.Devices[i])
+		byName[cfg.Devices[i].Name] = b
+	}
+	return func(device string) string {
+		if b, ok := byName[device]; ok {
+			return b
+		}
+		return cfg.Delivery.BounceTo // a device since removed from the config
+	}
 }
 
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {

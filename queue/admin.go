@@ -1,0 +1,276 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/spool"
+)
+
+// Item is a message as the queue tools show it.
+type Item struct {
+	spool.Meta
+	// State is queued (waiting for its first or next attempt), deferred
+	// (an attempt failed; it will be retried), delivering, or dead.
+	State string `json:"state"`
+}
+
+// States of an Item.
+const (
+	StateQueued     = "queued"
+	StateDeferred   = "deferred"
+	StateDelivering = "delivering"
+	StateDead       = "dead"
+)
+
+// Manager is what `smtpbridge queue` does, against a running daemon (the
+// Queue itself, reached through Handler and Client) or a stopped spool
+// (Offline).
+type Manager interface {
+	List() ([]Item, error)
+	Dead() ([]Item, error)
+	Show(id string) (Item, error)
+	// Retry makes a queued message due now; RetryAll all of them.
+	Retry(id string) error
+	RetryAll() (int, error)
+	// Drop deletes a queued message or a dead letter.
+	Drop(id string) error
+	// Requeue moves a dead letter back into the queue, due now.
+	Requeue(id string) error
+}
+
+// Errors of a Manager.
+var (
+	ErrNotFound = spool.ErrNotFound
+	ErrBusy     = errors.New("the message is being delivered right now; try again in a moment")
+)
+
+func stateOf(m spool.Meta) string {
+	if m.LastReply != "" {
+		return StateDeferred
+	}
+	return StateQueued
+}
+
+func deadItems(s *spool.Spool) ([]Item, error) {
+	metas, err := s.Dead()
+	items := make([]Item, 0, len(metas))
+	for _, m := range metas {
+		items = append(items, Item{Meta: m, State: StateDead})
+	}
+	return items, err
+}
+
+func showDead(s *spool.Spool, id string) (Item, error) {
+	m, err := s.GetDead(id)
+	if err != nil {
+		return Item{}, err
+	}
+	return Item{Meta: m, State: StateDead}, nil
+}
+
+var _ Manager = (*Queue)(nil)
+
+// List implements Manager.
+func (q *Queue) List() ([]Item, error) {
+	q.mu.Lock()
+	items := make([]Item, 0, len(q.entries))
+	for _, e := range q.entries {
+		it := Item{Meta: e.meta, State: stateOf(e.meta)}
+		if e.running {
+			it.State = StateDelivering
+		}
+		items = append(items, it)
+	}
+	q.mu.Unlock()
+	sortItems(items)
+	return items, nil
+}
+
+func sortItems(items []Item) {
+	slices.SortFunc(items, func(a, b Item) int {
+		if c := a.Received.Compare(b.Received); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+}
+
+// Dead implements Manager.
+func (q *Queue) Dead() ([]Item, error) { return deadItems(q.o.Spool) }
+
+// Show implements Manager.
+func (q *Queue) Show(id string) (Item, error) {
+	q.mu.Lock()
+	e := q.entries[id]
+	var it Item
+	if e != nil {
+		it = Item{Meta: e.meta, State: stateOf(e.meta)}
+		if e.running {
+			it.State = StateDelivering
+		}
+	}
+	q.mu.Unlock()
+	if e != nil {
+		return it, nil
+	}
+	return showDead(q.o.Spool, id)
+}
+
+// Retry implements Manager. It also lifts the mailbox's pause, so that an
+// admin who fixed the cause sees the result at once.
+func (q *Queue) Retry(id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e := q.entries[id]
+	if e == nil {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	e.due = time.Now()
+	if l := q.lanes[keyOf(e)]; l != nil {
+		l.pausedUntil = time.Time{}
+	}
+	q.kick()
+	return nil
+}
+
+// RetryAll implements Manager.
+func (q *Queue) RetryAll() (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	for _, e := range q.entries {
+		e.due = now
+	}
+	for _, l := range q.lanes {
+		l.pausedUntil = time.Time{}
+	}
+	q.kick()
+	return len(q.entries), nil
+}
+
+// Drop implements Manager.
+func (q *Queue) Drop(id string) error {
+	q.mu.Lock()
+	e := q.entries[id]
+	switch {
+	case e != nil && e.running:
+		q.mu.Unlock()
+		return ErrBusy
+	case e != nil:
+		delete(q.entries, id)
+		q.mu.Unlock()
+		q.o.Log.Warn().Str("event", "dropped").Str("msg_id", id).Str("device", e.meta.Device).Msg("message dropped by an admin")
+		return q.o.Spool.Remove(id)
+	}
+	q.mu.Unlock()
+	if err := q.o.Spool.RemoveDead(id); err != nil {
+		return err
+	}
+	q.o.Log.Warn().Str("event", "dropped").Str("msg_id", id).Msg("dead letter dropped by an admin")
+	return nil
+}
+
+// Requeue implements Manager.
+func (q *Queue) Requeue(id string) error {
+	m, err := q.o.Spool.Requeue(id)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	q.entries[id] = &entry{meta: m, due: time.Now()}
+	q.mu.Unlock()
+	q.kick()
+	q.o.Log.Info().Str("event", "requeued").Str("msg_id", id).Str("device", m.Device).Msg("dead letter requeued by an admin")
+	return nil
+}
+
+// Offline manages a stopped bridge's spool directly. Open holds the
+// spool's lock, so it fails while a bridge runs on the same spool.
+type Offline struct {
+	s      *spool.Spool
+	unlock func()
+}
+
+// OpenOffline locks and opens the spool at dir.
+func OpenOffline(dir string) (*Offline, error) {
+	unlock, err := spool.Lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := spool.Open(dir)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	return &Offline{s: s, unlock: unlock}, nil
+}
+
+// Close releases the spool.
+func (o *Offline) Close() { o.unlock() }
+
+var _ Manager = (*Offline)(nil)
+
+// List implements Manager.
+func (o *Offline) List() ([]Item, error) {
+	metas, err := o.s.List()
+	items := make([]Item, 0, len(metas))
+	for _, m := range metas {
+		items = append(items, Item{Meta: m, State: stateOf(m)})
+	}
+	return items, err
+}
+
+// Dead implements Manager.
+func (o *Offline) Dead() ([]Item, error) { return deadItems(o.s) }
+
+// Show implements Manager.
+func (o *Offline) Show(id string) (Item, error) {
+	if m, err := o.s.Get(id); err == nil {
+		return Item{Meta: m, State: stateOf(m)}, nil
+	}
+	return showDead(o.s, id)
+}
+
+// Retry implements Manager: the message is due as soon as the bridge
+// starts.
+func (o *Offline) Retry(id string) error {
+	m, err := o.s.Get(id)
+	if err != nil {
+		return err
+	}
+	m.NextAttempt = time.Now().UTC()
+	return o.s.Update(m)
+}
+
+// RetryAll implements Manager.
+func (o *Offline) RetryAll() (int, error) {
+	metas, err := o.s.List()
+	n := 0
+	for _, m := range metas {
+		m.NextAttempt = time.Now().UTC()
+		if uerr := o.s.Update(m); uerr != nil {
+			err = errors.Join(err, uerr)
+			continue
+		}
+		n++
+	}
+	return n, err
+}
+
+// Drop implements Manager.
+func (o *Offline) Drop(id string) error {
+	if err := o.s.Remove(id); !errors.Is(err, spool.ErrNotFound) {
+		return err
+	}
+	return o.s.RemoveDead(id)
+}
+
+// Requeue implements Manager.
+func (o *Offline) Requeue(id string) error {
+	_, err := o.s.Requeue(id)
+	return err
+}

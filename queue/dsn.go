@@ -1,0 +1,191 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"mime"
+	"net/textproto"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/spool"
+)
+
+// bury makes m a dead letter and, if its device has a bounce address,
+// queues a delivery status notification about it.
+func (q *Queue) bury(m spool.Meta, reason string, log zerolog.Logger) {
+	header, herr := q.originalHeader(m.ID)
+	if err := q.o.Spool.Bury(m, reason); err != nil {
+		// It stays queued on disk and is tried again after a restart.
+		log.Error().Err(err).Msg("could not move the message to the dead letters")
+		return
+	}
+	log.Warn().Str("event", "dead").Str("reason", reason).Msg("message moved to the dead letters")
+	if m.DSNFor != "" {
+		return // a report about a report would loop
+	}
+	to := q.o.BounceTo(m.Device)
+	if to == "" {
+		return
+	}
+	if herr != nil {
+		log.Warn().Err(herr).Msg("original header not readable; the report goes without it")
+	}
+	dsn := spool.Meta{
+		ID: spool.NewID(), Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
+		From: m.Mailbox, To: []string{to}, DSNFor: m.ID,
+	}
+	dsn.Received = time.Now().UTC()
+	dsn.Attempts, dsn.NextAttempt = 1, dsn.Received.Add(q.backoff(1))
+	body := buildDSN(q.o.Hostname, dsn.ID, to, m, reason, header, time.Now())
+	if _, err := q.add(dsn, bytes.NewReader(body), false); err != nil {
+		log.Error().Err(err).Msg("could not queue the delivery status notification")
+		return
+	}
+	log.Info().Str("event", "dsn").Str("dsn_id", dsn.ID).Str("bounce_to", to).Msg("delivery status notification queued")
+}
+
+// maxReportedHeader bounds the original header block a report carries.
+const maxReportedHeader = 64 << 10
+
+// originalHeader reads the header block of a queued message.
+func (q *Queue) originalHeader(id string) ([]byte, error) {
+	f, err := q.o.Spool.Open(id)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readHeaderBlock(f, maxReportedHeader)
+}
+
+func readHeaderBlock(r io.Reader, limit int) ([]byte, error) {
+	br := bufio.NewReader(io.LimitReader(r, int64(limit)))
+	var b bytes.Buffer
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimRight(line, "\r\n")) == 0 && (err == nil || len(line) > 0) {
+			return b.Bytes(), nil
+		}
+		b.Write(line)
+		if err == io.EOF {
+			return b.Bytes(), nil // header only, or cut at the limit
+		}
+		if err != nil {
+			return b.Bytes(), err
+		}
+	}
+}
+
+// buildDSN writes an RFC 3464 delivery status notification: a
+// multipart/report with a human-readable part, the machine-readable
+// message/delivery-status, and the original header block
+// (text/rfc822-headers). It is sent as the device's mailbox.
+func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, header []byte, now time.Time) []byte {
+	boundary := "=_smtpbridge_" + randomHex(12)
+	subject := "(no subject)"
+	if h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(append(header, '\r', '\n')))).ReadMIMEHeader(); err == nil {
+		if s := h.Get("Subject"); s != "" {
+			if dec, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+				s = dec
+			}
+			subject = oneLine(s, 150)
+		}
+	}
+	// Exchange's own permanent status, or 4.4.7 (delivery time expired)
+	// for a message given up after temporary failures.
+	status := "4.4.7"
+	if code := enhancedRE.FindString(m.LastReply); strings.HasPrefix(code, "5") {
+		status = code
+	}
+
+	var b bytes.Buffer
+	crlf := func(format string, a ...any) { fmt.Fprintf(&b, format+"\r\n", a...) }
+	crlf("From: %s <%s>", mime.QEncoding.Encode("utf-8", "Mail Delivery System (smtpbridge)"), m.Mailbox)
+	crlf("To: <%s>", to)
+	crlf("Subject: %s", mime.QEncoding.Encode("utf-8", "Undelivered: "+subject))
+	crlf("Date: %s", now.Format(time.RFC1123Z))
+	crlf("Message-ID: <%s@%s>", dsnID, hostname)
+	crlf("Auto-Submitted: auto-replied")
+	crlf("MIME-Version: 1.0")
+	crlf("Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"", boundary)
+	crlf("")
+	crlf("This is a MIME-encapsulated delivery status notification.")
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: text/plain; charset=utf-8")
+	crlf("Content-Transfer-Encoding: 8bit")
+	crlf("")
+	crlf("smtpbridge on %s could not deliver a message through Exchange Online.", hostname)
+	crlf("")
+	crlf("  Message ID:  %s", m.ID)
+	crlf("  Device:      %s", m.Device)
+	crlf("  Sent as:     %s", m.Mailbox)
+	crlf("  Received:    %s", m.Received.Format(time.RFC1123Z))
+	crlf("  Attempts:    %d", m.Attempts)
+	crlf("  Recipients:  %s", strings.Join(m.To, ", "))
+	crlf("  Reason:      %s", oneLine(reason, 500))
+	crlf("")
+	crlf("The message is kept in the bridge's dead letters. After fixing the cause, an")
+	crlf("administrator can send it again with: smtpbridge queue requeue %s", m.ID)
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: message/delivery-status")
+	crlf("")
+	crlf("Reporting-MTA: dns; %s", hostname)
+	crlf("X-Smtpbridge-Message-ID: %s", m.ID)
+	crlf("Arrival-Date: %s", m.Received.Format(time.RFC1123Z))
+	for _, rcpt := range m.To {
+		crlf("")
+		crlf("Final-Recipient: rfc822; %s", rcpt)
+		crlf("Action: failed")
+		crlf("Status: %s", status)
+		if m.LastReply != "" {
+			crlf("Diagnostic-Code: smtp; %s", oneLine(m.LastReply, 500))
+		}
+		crlf("Last-Attempt-Date: %s", now.Format(time.RFC1123Z))
+	}
+	crlf("")
+	crlf("--%s", boundary)
+	crlf("Content-Type: text/rfc822-headers")
+	crlf("")
+	b.Write(normalizeCRLF(header))
+	crlf("")
+	crlf("--%s--", boundary)
+	return b.Bytes()
+}
+
+var enhancedRE = regexp.MustCompile(`\b[245]\.\d{1,3}\.\d{1,3}\b`)
+
+// oneLine makes s safe for a header or report field: printable, one line,
+// at most n bytes.
+func oneLine(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		s = s[:n]
+	}
+	return s
+}
+
+func normalizeCRLF(b []byte) []byte {
+	b = bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n"))
+	return bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n"))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

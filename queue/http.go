@@ -1,0 +1,201 @@
+package queue
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Handler serves a Manager as the admin API on the bridge's http
+// listener:
+//
+//	GET    /api/queue             queued messages
+//	GET    /api/queue/{id}        one message, queued or dead
+//	POST   /api/queue/{id}/retry  make it due now
+//	POST   /api/queue/retry       make every queued message due now
+//	DELETE /api/queue/{id}        drop a message or dead letter
+//	GET    /api/dead              dead letters
+//	POST   /api/dead/{id}/requeue move a dead letter back into the queue
+//
+// It answers loopback clients only, whatever address the listener is
+// bound to: the queue holds envelope addresses, and its actions change
+// what gets delivered.
+func Handler(m Manager) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/queue", func(w http.ResponseWriter, r *http.Request) {
+		items, err := m.List()
+		reply(w, map[string]any{"messages": items}, err)
+	})
+	mux.HandleFunc("GET /api/dead", func(w http.ResponseWriter, r *http.Request) {
+		items, err := m.Dead()
+		reply(w, map[string]any{"messages": items}, err)
+	})
+	mux.HandleFunc("GET /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		it, err := m.Show(r.PathValue("id"))
+		reply(w, it, err)
+	})
+	mux.HandleFunc("POST /api/queue/{id}/retry", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]any{"retried": 1}, m.Retry(r.PathValue("id")))
+	})
+	mux.HandleFunc("POST /api/queue/retry", func(w http.ResponseWriter, r *http.Request) {
+		n, err := m.RetryAll()
+		reply(w, map[string]any{"retried": n}, err)
+	})
+	mux.HandleFunc("DELETE /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]any{"dropped": 1}, m.Drop(r.PathValue("id")))
+	})
+	mux.HandleFunc("POST /api/dead/{id}/requeue", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]any{"requeued": 1}, m.Requeue(r.PathValue("id")))
+	})
+	return loopbackOnly(mux)
+}
+
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			writeJSON(w, http.StatusForbidden, apiError{"the admin API answers loopback clients only; run smtpbridge queue on the bridge's host"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, v)
+	case errors.Is(err, ErrNotFound):
+		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+	case errors.Is(err, ErrBusy):
+		writeJSON(w, http.StatusConflict, apiError{err.Error()})
+	default:
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Client is a Manager that talks to a running bridge's admin API.
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:9464
+	HTTP    *http.Client
+}
+
+// ErrUnreachable is returned when no bridge answers at the address.
+var ErrUnreachable = errors.New("no smtpbridge answers there")
+
+var _ Manager = (*Client)(nil)
+
+func (c *Client) do(method, path string, out any) error {
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	req, err := http.NewRequest(method, strings.TrimRight(c.BaseURL, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%s: %w", c.BaseURL, ErrUnreachable)
+		}
+		return fmt.Errorf("admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		json.Unmarshal(body, &e)
+		switch resp.StatusCode {
+		case http.StatusNotFound:
+			if e.Error == "" {
+				return fmt.Errorf("admin API at %s: %s not found (is this an smtpbridge?)", c.BaseURL, path)
+			}
+			return fmt.Errorf("%w (%s)", ErrNotFound, e.Error)
+		case http.StatusConflict:
+			return ErrBusy
+		}
+		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("admin API: bad answer: %w", err)
+	}
+	return nil
+}
+
+type itemsReply struct {
+	Messages []Item `json:"messages"`
+}
+
+// List implements Manager.
+func (c *Client) List() ([]Item, error) {
+	var r itemsReply
+	err := c.do("GET", "/api/queue", &r)
+	return r.Messages, err
+}
+
+// Dead implements Manager.
+func (c *Client) Dead() ([]Item, error) {
+	var r itemsReply
+	err := c.do("GET", "/api/dead", &r)
+	return r.Messages, err
+}
+
+// Show implements Manager.
+func (c *Client) Show(id string) (Item, error) {
+	var it Item
+	err := c.do("GET", "/api/queue/"+pathID(id), &it)
+	return it, err
+}
+
+// Retry implements Manager.
+func (c *Client) Retry(id string) error {
+	return c.do("POST", "/api/queue/"+pathID(id)+"/retry", &map[string]any{})
+}
+
+// RetryAll implements Manager.
+func (c *Client) RetryAll() (int, error) {
+	var r struct {
+		Retried int `json:"retried"`
+	}
+	err := c.do("POST", "/api/queue/retry", &r)
+	return r.Retried, err
+}
+
+// Drop implements Manager.
+func (c *Client) Drop(id string) error {
+	return c.do("DELETE", "/api/queue/"+pathID(id), &map[string]any{})
+}
+
+// Requeue implements Manager.
+func (c *Client) Requeue(id string) error {
+	return c.do("POST", "/api/dead/"+pathID(id)+"/requeue", &map[string]any{})
+}
+
+// pathID keeps an ID from changing the request path; the spool refuses
+// anything that is not a valid ID anyway.
+func pathID(id string) string {
+	return strings.NewReplacer("/", "_", "?", "_", "#", "_", "%", "_").Replace(id)
+}
