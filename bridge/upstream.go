@@ -81,6 +81,10 @@ func (u *Upstream) Close() {
 // Upstream timeouts; tests shorten them.
 var (
 	upstreamDialTimeout = 30 * time.Second
+	// upstreamConnectTimeout bounds the dial, greeting, STARTTLS and
+	// EHLO: an Exchange front end that accepts and then hangs must not
+	// hold a mailbox's connection slot for the whole submission timeout.
+	upstreamConnectTimeout = time.Minute
 	// upstreamTimeout bounds a whole submission when the caller's context
 	// has no deadline: long enough for a 35 MB message on a slow line.
 	upstreamTimeout = 10 * time.Minute
@@ -255,14 +259,17 @@ func reusable(err error) bool {
 type submission struct{ host string }
 
 func (s *submission) connect(ctx context.Context, route Route, hostname string) (*smtp.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, upstreamConnectTimeout)
+	defer cancel()
 	d := net.Dialer{Timeout: upstreamDialTimeout}
 	conn, err := d.DialContext(ctx, "tcp", route.SMTPHost)
 	if err != nil {
 		return nil, s.fail(StageConnect, "", err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
+	// go-smtp sets its own deadline per command; closing the connection
+	// is what ends a wait for a silent server.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	serverName, _, _ := net.SplitHostPort(route.SMTPHost)
 	cfg := &tls.Config{ServerName: serverName, RootCAs: route.RootCAs, MinVersion: tls.VersionTLS12}
 	// NewClientStartTLS refuses a server that does not offer STARTTLS:

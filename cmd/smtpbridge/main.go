@@ -7,6 +7,7 @@
 //	smtpbridge serve --config FILE [--sandbox DIR]
 //	smtpbridge check-config --config FILE
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
+//	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
 //	smtpbridge version
 //
 // SMTPBRIDGE_CONFIG may name the config file instead of --config. This
@@ -57,6 +58,7 @@ Usage:
   smtpbridge serve --config FILE [--sandbox DIR]   run the bridge
   smtpbridge check-config --config FILE            list every problem in a config
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
+  smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge version                               print the version
 
 SMTPBRIDGE_CONFIG may name the config file instead of --config.
@@ -80,6 +82,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdCheckConfig(rest, stdout, stderr)
 	case "hash-password":
 		err = cmdHashPassword(rest, stdin, stdout, stderr)
+	case "queue":
+		err = cmdQueue(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

@@ -1,0 +1,360 @@
+package queue_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+)
+
+const (
+	tenantID       = "11111111-aaaa-4000-8000-000000000001"
+	clientID       = "aaaaaaaa-0000-4000-8000-00000000000a"
+	clientSecret   = "Zq8~client-secret-canary-7f3a"
+	devicePassword = "pr1nter-password-canary"
+	mailbox        = "scanner@contoso.example"
+	bodyCanary     = "This is the body canary"
+)
+
+// world is the upstream side: a fake Entra ID and a fake Exchange Online
+// behind a proxy the test can take down or black-hole.
+type world struct {
+	t     *testing.T
+	ca    *pki.CA
+	entra *fakeentra.Server
+	exo   *fakeexchange.Server
+	proxy *proxy
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	ca, err := pki.NewCA("queue test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entra, err := fakeentra.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { entra.Close() })
+	entra.AddTenant(tenantID)
+	app := entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	exo := fakeexchange.New(entra)
+	if err := exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exo.Close() })
+	exo.AddServicePrincipal(tenantID, clientID, app.ObjectID)
+	for _, mb := range []string{mailbox, "erp@contoso.example"} {
+		exo.AddMailbox(fakeexchange.Mailbox{Address: mb, TenantID: tenantID, FullAccess: []string{app.ObjectID}})
+	}
+	return &world{t: t, ca: ca, entra: entra, exo: exo, proxy: newProxy(t, exo.Addr())}
+}
+
+// proxy forwards TCP to the fake Exchange, or refuses connections (down),
+// or accepts them and never answers (hang).
+type proxy struct {
+	ln     net.Listener
+	target string
+	mode   atomic.Value // "up", "down", "hang"
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	p.mode.Store("up")
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			switch p.mode.Load() {
+			case "down":
+				c.Close()
+				continue
+			case "hang":
+				p.track(c)
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.track(c)
+			p.track(u)
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *proxy) track(c net.Conn) {
+	p.mu.Lock()
+	p.conns = append(p.conns, c)
+	p.mu.Unlock()
+}
+
+// set changes the mode and cuts the connections open so far.
+func (p *proxy) set(mode string) {
+	p.mode.Store(mode)
+	p.cut()
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// stackOptions shape one bridge instance.
+type stackOptions struct {
+	mode         string
+	syncTimeout  time.Duration
+	retryInitial time.Duration
+	retryMax     time.Duration
+	maxAge       time.Duration
+	bounceTo     string
+	spoolDir     string
+}
+
+// stack is one bridge instance (session server, queue, upstream) on a
+// spool directory.
+type stack struct {
+	t    *testing.T
+	w    *world
+	sp   *spool.Spool
+	q    *queue.Queue
+	up   *bridge.Upstream
+	srv  *bridge.Server
+	logs *syncBuffer
+	once sync.Once
+}
+
+func (w *world) start(o stackOptions) *stack {
+	t := w.t
+	t.Helper()
+	if o.spoolDir == "" {
+		o.spoolDir = t.TempDir()
+	}
+	if o.retryInitial == 0 {
+		o.retryInitial = 50 * time.Millisecond
+	}
+	if o.retryMax == 0 {
+		o.retryMax = 200 * time.Millisecond
+	}
+	if o.maxAge == 0 {
+		o.maxAge = time.Hour
+	}
+	if o.syncTimeout == 0 {
+		o.syncTimeout = 5 * time.Second
+	}
+	sp, err := spool.Open(o.spoolDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: tenantID, ClientID: clientID,
+		Credential: config.NewSecretCredential(clientSecret), AuthorityHost: w.entra.URL(),
+		Scope: config.DefaultTokenScope, RootCAs: w.ca.Pool()}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{t: t, w: w, sp: sp, logs: &syncBuffer{}}
+	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
+	s.up = &bridge.Upstream{Tokens: store, Hostname: "bridge.test", Routes: map[string]bridge.Route{
+		"contoso": {SMTPHost: w.proxy.addr(), RootCAs: w.ca.Pool(), MaxConnections: 3, MaxPerMinute: 1000}}}
+	s.q, err = queue.New(queue.Options{Spool: sp, Deliverer: s.up, RetryInitial: o.retryInitial, RetryMax: o.retryMax,
+		MaxAge: o.maxAge, BounceTo: func(string) string { return o.bounceTo }, Hostname: "bridge.test", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := passwd.NewBcrypt([]byte(devicePassword), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := bridge.NewDirectory([]config.Device{
+		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "contoso", Mailbox: mailbox, FromPolicy: config.FromRewrite},
+		{Name: "erp", Username: "erp", PasswordHash: hash, Tenant: "contoso", Mailbox: "erp@contoso.example",
+			FromPolicy: config.FromEnforce, AllowedFrom: []string{"erp@contoso.example", "billing@contoso.example"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.srv, err = bridge.NewServer(bridge.Options{
+		Hostname: "bridge.test", Directory: dir, Deliverer: s.up, Spooler: s.q, Mode: o.mode, SyncTimeout: o.syncTimeout,
+		Listeners: []config.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: config.TLSNone, AllowInsecureAuth: true, MinTLSVersion: "1.2"}},
+		Limits:    config.Limits{MaxMessageBytes: config.DefaultMaxMessageBytes, MaxRecipients: 100},
+		Log:       log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	s.q.Start()
+	s.srv.Serve()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// stop shuts the instance down as SIGTERM would.
+func (s *stack) stop() {
+	s.once.Do(func() {
+		s.srv.Shutdown(s.t.Context())
+		s.q.Close(5 * time.Second)
+		s.up.Close()
+		for _, canary := range []string{clientSecret, devicePassword, "Bearer", "auth=", bodyCanary} {
+			if strings.Contains(s.logs.String(), canary) {
+				s.t.Errorf("log output contains %q", canary)
+			}
+		}
+	})
+}
+
+func (s *stack) addr() string { return s.srv.Addr("lan").String() }
+
+// send submits one message as device user and returns the final reply
+// (code and text) or the refusal.
+func (s *stack) send(user, from, subject string, to ...string) (int, string) {
+	s.t.Helper()
+	c, err := smtp.Dial(s.addr())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", user, devicePassword)); err != nil {
+		s.t.Fatalf("auth: %v", err)
+	}
+	fail := func(err error) (int, string) {
+		if se, ok := err.(*smtp.SMTPError); ok {
+			return se.Code, fmt.Sprintf("%d.%d.%d %s", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		}
+		s.t.Fatalf("send: %v", err)
+		return 0, ""
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return fail(err)
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return fail(err)
+		}
+	}
+	wc, err := c.Data()
+	if err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(wc, "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\n%s\r\n", from, to[0], subject, subject, bodyCanary)
+	resp, err := wc.CloseWithResponse()
+	if err != nil {
+		return fail(err)
+	}
+	c.Quit()
+	return 250, resp.StatusText
+}
+
+// subjects counts the messages Exchange accepted, by subject.
+func (w *world) subjects() map[string]int {
+	got := map[string]int{}
+	for _, m := range w.exo.Messages() {
+		got[subjectOf(m.Data)]++
+	}
+	return got
+}
+
+func subjectOf(data []byte) string {
+	for _, line := range bytes.Split(data, []byte("\r\n")) {
+		if s, ok := bytes.CutPrefix(line, []byte("Subject: ")); ok {
+			return string(s)
+		}
+		if len(line) == 0 {
+			break
+		}
+	}
+	return ""
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *stack) queued() []queue.Item {
+	items, err := s.q.List()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return items
+}
+
+func (s *stack) dead() []queue.Item {
+	items, err := s.q.Dead()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return items
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

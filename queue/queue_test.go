@@ -1,0 +1,336 @@
+package queue_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+)
+
+// Hybrid mode: Exchange's acceptance reaches the device, and the spool is
+// empty afterwards.
+func TestHybridDelivered(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeHybrid})
+	code, text := s.send("mfp", "anyone@contoso.example", "hybrid-ok", "bob@contoso.example")
+	if code != 250 || !strings.Contains(text, "delivered as <") {
+		t.Fatalf("reply %d %q, want 250 ... delivered as <queue id>", code, text)
+	}
+	if got := w.subjects()["hybrid-ok"]; got != 1 {
+		t.Fatalf("Exchange got the message %d times", got)
+	}
+	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	assertSpoolEmpty(t, s)
+}
+
+// Hybrid mode: a permanent refusal reaches the device as Exchange's 5xx,
+// and the message leaves the spool (no dead letter: the device knows).
+func TestHybridPermanentRefusal(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeHybrid, bounceTo: "it@contoso.example"})
+	// billing@ is allowed by the device's policy, but the mailbox has no
+	// SendAs for it: Exchange refuses at MAIL FROM.
+	code, text := s.send("erp", "billing@contoso.example", "sendas", "bob@contoso.example")
+	if code != 550 || !strings.Contains(text, "5.7.60") {
+		t.Fatalf("reply %d %q, want Exchange's 550 5.7.60", code, text)
+	}
+	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	if d := s.dead(); len(d) != 0 {
+		t.Fatalf("a refusal the device was told about became a dead letter: %+v", d)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(w.exo.Messages()); n != 0 {
+		t.Fatalf("Exchange got %d messages (a report was sent for a refusal the device saw)", n)
+	}
+	assertSpoolEmpty(t, s)
+}
+
+// Hybrid mode: a temporary failure gives "queued", and the queue delivers
+// the message later, once.
+func TestHybridTemporaryThenDelivered(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeHybrid})
+	w.exo.Script(fakeexchange.StageMail, fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error"})
+	code, text := s.send("mfp", "x@contoso.example", "temp", "bob@contoso.example")
+	if code != 250 || !strings.Contains(text, "queued") {
+		t.Fatalf("reply %d %q, want 250 ... queued", code, text)
+	}
+	eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["temp"] == 1 })
+	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	time.Sleep(300 * time.Millisecond)
+	if got := w.subjects()["temp"]; got != 1 {
+		t.Fatalf("delivered %d times, want once", got)
+	}
+}
+
+// Hybrid mode: when Exchange does not answer within sync_timeout the
+// device gets "queued" at the deadline; the message arrives later.
+func TestHybridDeadline(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeHybrid, syncTimeout: 300 * time.Millisecond})
+	w.proxy.set("hang")
+	start := time.Now()
+	code, text := s.send("mfp", "x@contoso.example", "slow", "bob@contoso.example")
+	took := time.Since(start)
+	if code != 250 || !strings.Contains(text, "queued") {
+		t.Fatalf("reply %d %q, want 250 ... queued", code, text)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("the device waited %s, sync_timeout is 300ms", took)
+	}
+	w.proxy.set("up")
+	if _, err := s.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivery", 20*time.Second, func() bool { return w.subjects()["slow"] == 1 })
+}
+
+// Queue mode: 250 as soon as the message is on disk.
+func TestQueueMode(t *testing.T) {
+	w := newWorld(t)
+	w.proxy.set("down")
+	s := w.start(stackOptions{mode: config.ModeQueue})
+	code, text := s.send("mfp", "x@contoso.example", "queued-1", "bob@contoso.example")
+	if code != 250 || !strings.Contains(text, "queued") {
+		t.Fatalf("reply %d %q, want 250 ... queued", code, text)
+	}
+	if q := s.queued(); len(q) != 1 || q[0].Device != "mfp" || q[0].Mailbox != mailbox {
+		t.Fatalf("queue = %+v", q)
+	}
+	w.proxy.set("up")
+	eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["queued-1"] == 1 })
+}
+
+// Throttling: Exchange answers 432 4.3.2 and 451 for a while and enforces
+// 3 connections per mailbox. Every message arrives exactly once and the
+// bridge never holds more than 3 connections for the mailbox.
+func TestThrottling(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeQueue})
+	var replies []fakeexchange.Reply
+	for i := 0; i < 6; i++ {
+		replies = append(replies,
+			fakeexchange.Reply{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"},
+			fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error"})
+	}
+	w.exo.Script(fakeexchange.StageMail, replies...)
+	const n = 30
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, text := s.send("mfp", "x@contoso.example", fmt.Sprintf("burst-%02d", i), "bob@contoso.example"); code != 250 {
+				t.Errorf("message %d: %d %s", i, code, text)
+			}
+		}()
+	}
+	wg.Wait()
+	eventually(t, "all delivered", 30*time.Second, func() bool { return len(w.subjects()) == n })
+	eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
+	for subj, c := range w.subjects() {
+		if c != 1 {
+			t.Errorf("%s delivered %d times", subj, c)
+		}
+	}
+	if peak := w.exo.PeakConnections(mailbox); peak > 3 {
+		t.Errorf("the bridge held %d connections for the mailbox at once; Exchange allows 3", peak)
+	}
+	if logins := w.exo.AuthLogins(); logins >= n {
+		t.Errorf("%d logins for %d messages: connections are not reused", logins, n)
+	}
+	if !strings.Contains(s.logs.String(), "4.3.2") {
+		t.Error("the 432 throttling replies were not logged")
+	}
+}
+
+// Outage: Exchange unreachable, then back. Every message the devices got
+// a 250 for arrives, none twice.
+func TestOutage(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeHybrid})
+	w.proxy.set("down")
+	for i := 0; i < 10; i++ {
+		if code, text := s.send("mfp", "x@contoso.example", fmt.Sprintf("outage-%d", i), "bob@contoso.example"); code != 250 || !strings.Contains(text, "queued") {
+			t.Fatalf("message %d during the outage: %d %q, want 250 queued", i, code, text)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a few retry rounds against the dead host
+	if len(w.exo.Messages()) != 0 {
+		t.Fatal("messages delivered through a down proxy?")
+	}
+	w.proxy.set("up")
+	eventually(t, "all delivered", 20*time.Second, func() bool { return len(w.subjects()) == 10 })
+	eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
+	for subj, c := range w.subjects() {
+		if c != 1 {
+			t.Errorf("%s delivered %d times", subj, c)
+		}
+	}
+}
+
+// A restart reloads the queue from the spool and delivers what the last
+// run left.
+func TestRestartDeliversSpooled(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	w.proxy.set("down")
+	s1 := w.start(stackOptions{mode: config.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
+	for i := 0; i < 3; i++ {
+		if code, _ := s1.send("mfp", "x@contoso.example", fmt.Sprintf("restart-%d", i), "bob@contoso.example"); code != 250 {
+			t.Fatal("not accepted")
+		}
+	}
+	// One attempt fails; the mailbox then pauses rather than trying the
+	// others against a host that is down.
+	eventually(t, "a first attempt", 5*time.Second, func() bool {
+		for _, it := range s1.queued() {
+			if it.LastReply != "" {
+				return true
+			}
+		}
+		return false
+	})
+	s1.stop()
+	w.proxy.set("up")
+	s2 := w.start(stackOptions{mode: config.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
+	if got := len(s2.queued()); got != 3 {
+		t.Fatalf("after restart %d messages queued, want 3", got)
+	}
+	// Their next attempt is an hour away (persisted): a restart does not
+	// hammer. An admin's retry makes them due now.
+	time.Sleep(200 * time.Millisecond)
+	if len(w.exo.Messages()) != 0 {
+		t.Fatal("a restart retried messages before their persisted next attempt")
+	}
+	if _, err := s2.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivery after restart", 10*time.Second, func() bool { return len(w.subjects()) == 3 })
+}
+
+// A message Exchange refuses after it was queued becomes a dead letter, and
+// bounce_to gets an RFC 3464 report with the original header. Requeue
+// sends it again.
+func TestDeadLetterAndDSN(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: config.ModeQueue, bounceTo: "it@contoso.example"})
+	w.exo.Script(fakeexchange.StageRcpt, fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound; Recipient not found"})
+	if code, _ := s.send("mfp", "x@contoso.example", "doomed", "nobody@contoso.example"); code != 250 {
+		t.Fatal("not accepted")
+	}
+	eventually(t, "dead letter", 5*time.Second, func() bool { return len(s.dead()) == 1 })
+	d := s.dead()[0]
+	if !strings.Contains(d.DeadReason, "5.1.10") || d.Device != "mfp" {
+		t.Errorf("dead letter %+v lacks the reply or the device", d)
+	}
+	eventually(t, "report delivered", 5*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
+	dsn := w.exo.Messages()[0]
+	body := string(dsn.Data)
+	for _, want := range []string{
+		"Content-Type: multipart/report; report-type=delivery-status",
+		"Content-Type: message/delivery-status",
+		"Final-Recipient: rfc822; nobody@contoso.example",
+		"Action: failed",
+		"Status: 5.1.10",
+		"Diagnostic-Code: smtp; 550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+		"Content-Type: text/rfc822-headers",
+		"Subject: doomed",
+		"Auto-Submitted: auto-replied",
+		"smtpbridge queue requeue " + d.ID,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(body, bodyCanary) {
+		t.Error("the report carries the original body; it should carry the header only")
+	}
+	if len(dsn.To) != 1 || dsn.To[0] != "it@contoso.example" || dsn.From != mailbox {
+		t.Errorf("report envelope %s -> %v, want %s -> it@contoso.example", dsn.From, dsn.To, mailbox)
+	}
+	if err := s.q.Requeue(d.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "requeued delivery", 5*time.Second, func() bool { return w.subjects()["doomed"] == 1 })
+	if len(s.dead()) != 0 {
+		t.Error("requeued message still among the dead letters")
+	}
+}
+
+// A message that outlives max_age is given up with a 4.4.7 report.
+func TestMaxAge(t *testing.T) {
+	w := newWorld(t)
+	w.proxy.set("down")
+	s := w.start(stackOptions{mode: config.ModeQueue, maxAge: 300 * time.Millisecond, bounceTo: "it@contoso.example"})
+	if code, _ := s.send("mfp", "x@contoso.example", "too-old", "bob@contoso.example"); code != 250 {
+		t.Fatal("not accepted")
+	}
+	eventually(t, "expiry", 10*time.Second, func() bool { return len(s.dead()) == 1 })
+	if r := s.dead()[0].DeadReason; !strings.Contains(r, "not delivered within 300ms") {
+		t.Errorf("dead reason %q", r)
+	}
+	w.proxy.set("up")
+	if _, err := s.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "report", 10*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
+	if body := string(w.exo.Messages()[0].Data); !strings.Contains(body, "Status: 4.4.7") {
+		t.Errorf("expiry report lacks Status: 4.4.7:\n%s", body)
+	}
+	if w.subjects()["too-old"] != 0 {
+		t.Error("the expired message was delivered after all")
+	}
+}
+
+// When the spool cannot be written the device gets 452 4.3.1, and nothing
+// is queued or delivered.
+func TestSpoolWriteFailure(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	s := w.start(stackOptions{mode: config.ModeHybrid, spoolDir: dir})
+	// Replace tmp/ with a file: every new message file fails, even for
+	// root, who ignores permissions.
+	if err := os.RemoveAll(filepath.Join(dir, "tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tmp"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, text := s.send("mfp", "x@contoso.example", "nospace", "bob@contoso.example")
+	if code != 452 || !strings.HasPrefix(text, "4.3.1") {
+		t.Fatalf("reply %d %q, want 452 4.3.1", code, text)
+	}
+	if len(s.queued()) != 0 {
+		t.Error("a message the device was refused is queued")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if len(w.exo.Messages()) != 0 {
+		t.Error("a message the device was refused was delivered")
+	}
+	if strings.Contains(s.logs.String(), bodyCanary) {
+		t.Error("the body reached the log")
+	}
+}
+
+// assertSpoolEmpty checks that no message file is left on disk (the
+// queue forgets a message just before it deletes its files).
+func assertSpoolEmpty(t *testing.T, s *stack) {
+	t.Helper()
+	eventually(t, "no files left in the spool", 2*time.Second, func() bool {
+		for _, sub := range []string{"queue", "dead", "tmp"} {
+			if entries, _ := os.ReadDir(filepath.Join(s.sp.Dir(), sub)); len(entries) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
