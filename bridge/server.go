@@ -43,7 +43,7 @@ type Options struct {
 	Mode        string
 	SyncTimeout time.Duration
 	Observer    Observer
-	Log       zerolog.Logger
+	Log         zerolog.Logger
 }
 
 // maxLineLength bounds any line a device sends, command or message.
@@ -318,7 +318,6 @@ func remoteAddr(a net.Addr) netip.Addr {
 	}
 	return netip.Addr{}
 }
-
 
 // newID returns a short random ID for connections and messages.
 func newID() string { return spool.NewID() }

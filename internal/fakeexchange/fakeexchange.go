@@ -208,7 +208,8 @@ func (s *Server) AddMailbox(m Mailbox) {
 }
 
 // Script queues replies for a stage; each is used once, in order, before
-// the server's own logic runs again.
+// the server's own logic runs again. A zero Reply passes one command
+// through to the normal logic.
 func (s *Server) Script(stage Stage, r ...Reply) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -253,7 +254,8 @@ func (s *Server) scripted(stage Stage) (Reply, bool) {
 		return Reply{}, false
 	}
 	s.scripts[stage] = q[1:]
-	return q[0], true
+	// A zero Reply lets one command through to the normal logic.
+	return q[0], q[0] != Reply{}
 }
 
 func (s *Server) mailbox(addr string) *Mailbox {
