@@ -26,6 +26,7 @@ var (
 type mailboxPool struct {
 	maxConns  int
 	perMinute int
+	window    time.Duration // a minute; tests shorten it
 
 	mu      sync.Mutex
 	open    int         // connections open or being opened
@@ -46,7 +47,7 @@ func newMailboxPool(maxConns, perMinute int) *mailboxPool {
 	if maxConns <= 0 {
 		maxConns = 3
 	}
-	return &mailboxPool{maxConns: maxConns, perMinute: perMinute, changed: make(chan struct{})}
+	return &mailboxPool{maxConns: maxConns, perMinute: perMinute, window: time.Minute, changed: make(chan struct{})}
 }
 
 // broadcast wakes every waiter; p.mu is held.
@@ -66,13 +67,13 @@ func (p *mailboxPool) acquire(ctx context.Context) (*upConn, error) {
 			return nil, fmt.Errorf("upstream is shutting down")
 		}
 		now := time.Now()
-		for len(p.started) > 0 && now.Sub(p.started[0]) >= time.Minute {
+		for len(p.started) > 0 && now.Sub(p.started[0]) >= p.window {
 			p.started = p.started[1:]
 		}
 		wait := time.Duration(-1)
 		switch {
 		case p.perMinute > 0 && len(p.started) >= p.perMinute:
-			wait = p.started[0].Add(time.Minute).Sub(now)
+			wait = p.started[0].Add(p.window).Sub(now)
 		case len(p.idle) > 0:
 			c := p.idle[len(p.idle)-1]
 			p.idle = p.idle[:len(p.idle)-1]
