@@ -116,6 +116,7 @@ type Server struct {
 	mailDir     string
 	seq         int
 	noStartTLS  bool
+	dataDelay   time.Duration
 }
 
 // New returns a server that trusts tokens checked by v.
@@ -159,6 +160,14 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 	s.srv, s.ln = srv, ln
 	go srv.Serve(ln)
 	return nil
+}
+
+// SetSubmitDelay makes the server take d before its final reply to
+// DATA, as Exchange Online's submission to the mailbox store does.
+func (s *Server) SetSubmitDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dataDelay = d
 }
 
 // DisableStartTLS makes the server not offer STARTTLS (call before Start),

@@ -257,6 +257,10 @@ func (se *session) Data(r io.Reader) error {
 	if r, ok := se.s.scripted(StageData); ok {
 		return se.reply(r)
 	}
+	se.s.mu.Lock()
+	delay := se.s.dataDelay
+	se.s.mu.Unlock()
+	time.Sleep(delay)
 
 	msg := Message{
 		QueueID: id, AuthUser: se.user, AppID: se.appID, From: se.from,
