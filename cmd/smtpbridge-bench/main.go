@@ -69,9 +69,9 @@ type options struct {
 	devices  int
 	nLatency int
 	latency  time.Duration
-	size   int
-	big    int64
-	binary string
+	size     int
+	big      int64
+	binary   string
 }
 
 func run(args []string, out io.Writer) error {

@@ -9,9 +9,6 @@ import (
 // The benchmark runs end to end on a small load and prints all four
 // figures; the figures themselves are for people, not for assertions.
 func TestBenchSmoke(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the smtpbridge binary")
-	}
 	var out bytes.Buffer
 	if err := run([]string{"-n", "200", "-n-latency", "24", "-exchange-latency", "5ms", "-big", "5000000"}, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
