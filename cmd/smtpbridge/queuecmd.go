@@ -206,6 +206,10 @@ func loopbackAddr(addr string) string {
 }
 
 func printItems(w io.Writer, items []queue.Item, dead bool, where string) {
+	if len(items) == 0 {
+		fmt.Fprintf(w, "no messages (%s)\n", where)
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	last := "LAST REPLY"
 	if dead {
@@ -236,9 +240,6 @@ func printItems(w io.Writer, items []queue.Item, dead bool, where string) {
 		if counts[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}
-	}
-	if len(parts) == 0 {
-		parts = []string{"empty"}
 	}
 	fmt.Fprintf(w, "%d message(s): %s (%s)\n", len(items), strings.Join(parts, ", "), where)
 }
