@@ -68,6 +68,7 @@ type Queue struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	lanes   map[laneKey]*lane
+	started bool
 	closed  bool
 }
 
@@ -131,7 +132,14 @@ func New(o Options) (*Queue, error) {
 }
 
 // Start runs the queue until Close.
-func (q *Queue) Start() { go q.run() }
+func (q *Queue) Start() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.started && !q.closed {
+		q.started = true
+		go q.run()
+	}
+}
 
 // Close stops starting attempts, gives those in flight up to grace to
 // finish, then aborts the rest. Queued messages stay on disk.
@@ -142,9 +150,12 @@ func (q *Queue) Close(grace time.Duration) {
 		return
 	}
 	q.closed = true
+	started := q.started
 	q.mu.Unlock()
 	close(q.stop)
-	<-q.done
+	if started {
+		<-q.done
+	}
 	finished := make(chan struct{})
 	go func() { q.wg.Wait(); close(finished) }()
 	select {
