@@ -175,3 +175,65 @@ func TestIDs(t *testing.T) {
 		}
 	}
 }
+
+func TestRequeueAndRemoveDead(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	m := put(t, s, "x\r\n")
+	if err := s.Bury(m, "expired"); err != nil {
+		t.Fatal(err)
+	}
+	back, err := s.Requeue(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.DeadReason != "" || back.Requeued.IsZero() || !back.Since().Equal(back.Requeued) {
+		t.Errorf("requeued metadata %+v: reason kept or max_age not restarted", back)
+	}
+	if list, _ := s.List(); len(list) != 1 {
+		t.Fatalf("queue after requeue = %+v", list)
+	}
+	if dead, _ := s.Dead(); len(dead) != 0 {
+		t.Fatalf("dead letters after requeue = %+v", dead)
+	}
+
+	// A crash in the middle of Requeue (data moved back, no queue
+	// metadata yet) is undone at the next Open: the dead letter survives.
+	if err := s.Bury(back, "again"); err != nil {
+		t.Fatal(err)
+	}
+	os.Rename(filepath.Join(dir, "dead", m.ID+".eml"), filepath.Join(dir, "queue", m.ID+".eml"))
+	s, _ = Open(dir)
+	dead, _ := s.Dead()
+	if len(dead) != 1 {
+		t.Fatalf("dead letter lost in an interrupted requeue: %+v", dead)
+	}
+	if r, err := s.OpenDead(m.ID); err != nil {
+		t.Fatalf("dead letter's data lost: %v", err)
+	} else {
+		r.Close()
+	}
+	if err := s.RemoveDead(m.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveDead(m.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second RemoveDead: %v, want ErrNotFound", err)
+	}
+}
+
+func TestLock(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(dir); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Lock: %v, want ErrLocked", err)
+	}
+	unlock()
+	unlock2, err := Lock(dir)
+	if err != nil {
+		t.Fatalf("Lock after unlock: %v", err)
+	}
+	unlock2()
+}
