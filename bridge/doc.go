@@ -1,7 +1,9 @@
 // Package bridge is the relay: it accepts mail from legacy devices that log
 // in with AUTH PLAIN or AUTH LOGIN, applies each device's sender and
-// recipient policy, and hands the message to a Deliverer, which in
-// production submits it to Exchange Online with AUTH XOAUTH2.
+// recipient policy, and hands the message on: to a Spooler (package queue,
+// in hybrid and queue mode), which stores it and later calls a Deliverer,
+// or straight to a Deliverer (sync mode). In production the Deliverer is
+// Upstream, which submits to Exchange Online with AUTH XOAUTH2.
 //
 // A message travels one way through the files of this package:
 //
@@ -11,7 +13,8 @@
 //	session.go    the SMTP session: auth, MAIL, RCPT, DATA
 //	policy.go     sender and recipient policy
 //	header.go     the From/Reply-To rewrite, streaming the body untouched
-//	deliver.go    the Deliverer interface between the session and upstream
+//	deliver.go    the Spooler and Deliverer interfaces after the session
+//	pool.go       per-mailbox limits and connection reuse towards Exchange
 //	upstream.go   the Exchange Online client: STARTTLS, XOAUTH2, streaming DATA
 //	reply.go      the one place errors become SMTP replies for the device
 //
