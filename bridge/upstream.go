@@ -230,11 +230,11 @@ func (s *submission) send(c *smtp.Client, m *Message) (Receipt, error) {
 	if err != nil {
 		return Receipt{}, s.fail(StageData, "", err)
 	}
-	src := &sourceReader{r: m.Body}
+	src := &SourceReader{R: m.Body}
 	if _, err := io.Copy(w, src); err != nil {
 		c.Close()
-		if src.err != nil {
-			return Receipt{}, &SourceError{Err: src.err}
+		if src.Err != nil {
+			return Receipt{}, &SourceError{Err: src.Err}
 		}
 		return Receipt{}, s.fail(StageData, "", err)
 	}
@@ -333,17 +333,18 @@ func queueID(reply string) string {
 	return ""
 }
 
-// sourceReader remembers a read error of the message source, to tell it
-// from a write error towards Exchange.
-type sourceReader struct {
-	r   io.Reader
-	err error
+// SourceReader remembers a read error of the message source, so that a
+// copy that fails can tell the source's fault (the device went away, the
+// spool file could not be read) from the destination's.
+type SourceReader struct {
+	R   io.Reader
+	Err error // the first read error other than io.EOF
 }
 
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
+func (s *SourceReader) Read(p []byte) (int, error) {
+	n, err := s.R.Read(p)
 	if err != nil && err != io.EOF {
-		s.err = err
+		s.Err = err
 	}
 	return n, err
 }

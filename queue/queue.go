@@ -447,11 +447,11 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool) (bridge.Pending,
 	if err != nil {
 		return nil, &bridge.StorageError{Err: err}
 	}
-	src := &sourceReader{r: body}
+	src := &bridge.SourceReader{R: body}
 	if _, err := io.Copy(w, src); err != nil {
 		w.Abort()
-		if src.err != nil {
-			return nil, &bridge.SourceError{Err: src.err}
+		if src.Err != nil {
+			return nil, &bridge.SourceError{Err: src.Err}
 		}
 		return nil, &bridge.StorageError{Err: err}
 	}
@@ -498,19 +498,4 @@ func (p *pending) Wait(d time.Duration) (bridge.Receipt, error, bool) {
 	// settle took the waiter and sent the result under the same lock.
 	r := <-p.ch
 	return r.receipt, r.err, true
-}
-
-// sourceReader remembers a read error of the message source, to tell it
-// from a write error of the spool.
-type sourceReader struct {
-	r   io.Reader
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		s.err = err
-	}
-	return n, err
 }
