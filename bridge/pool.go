@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,8 +130,13 @@ func (p *mailboxPool) release(c *upConn, keep bool) {
 	if c != nil {
 		c.c.Close()
 	}
+	p.freed(1)
+}
+
+// freed gives back the slots of n connections that are now closed.
+func (p *mailboxPool) freed(n int) {
 	p.mu.Lock()
-	p.open--
+	p.open -= n
 	p.broadcast()
 	p.mu.Unlock()
 }
@@ -138,27 +144,15 @@ func (p *mailboxPool) release(c *upConn, keep bool) {
 // expire closes c if it is still idle.
 func (p *mailboxPool) expire(c *upConn) {
 	p.mu.Lock()
-	i := indexOf(p.idle, c)
+	i := slices.Index(p.idle, c)
 	if i < 0 {
 		p.mu.Unlock()
 		return
 	}
-	p.idle = append(p.idle[:i], p.idle[i+1:]...)
+	p.idle = slices.Delete(p.idle, i, i+1)
 	p.mu.Unlock()
 	c.quit()
-	p.mu.Lock()
-	p.open--
-	p.broadcast()
-	p.mu.Unlock()
-}
-
-func indexOf(s []*upConn, c *upConn) int {
-	for i, x := range s {
-		if x == c {
-			return i
-		}
-	}
-	return -1
+	p.freed(1)
 }
 
 // close closes the idle connections and makes later acquires fail.
@@ -172,10 +166,7 @@ func (p *mailboxPool) close() {
 		c.timer.Stop()
 		c.quit()
 	}
-	p.mu.Lock()
-	p.open -= len(idle)
-	p.broadcast()
-	p.mu.Unlock()
+	p.freed(len(idle))
 }
 
 // quit ends the session politely, so that Exchange frees the mailbox's
