@@ -55,6 +55,14 @@ func stateOf(m spool.Meta) string {
 	return StateQueued
 }
 
+// item describes a queued entry; q.mu is held.
+func (e *entry) item() Item {
+	if e.running {
+		return Item{Meta: e.meta, State: StateDelivering}
+	}
+	return Item{Meta: e.meta, State: stateOf(e.meta)}
+}
+
 func deadItems(s *spool.Spool) ([]Item, error) {
 	metas, err := s.Dead()
 	items := make([]Item, 0, len(metas))
@@ -79,11 +87,7 @@ func (q *Queue) List() ([]Item, error) {
 	q.mu.Lock()
 	items := make([]Item, 0, len(q.entries))
 	for _, e := range q.entries {
-		it := Item{Meta: e.meta, State: stateOf(e.meta)}
-		if e.running {
-			it.State = StateDelivering
-		}
-		items = append(items, it)
+		items = append(items, e.item())
 	}
 	q.mu.Unlock()
 	sortItems(items)
@@ -108,10 +112,7 @@ func (q *Queue) Show(id string) (Item, error) {
 	e := q.entries[id]
 	var it Item
 	if e != nil {
-		it = Item{Meta: e.meta, State: stateOf(e.meta)}
-		if e.running {
-			it.State = StateDelivering
-		}
+		it = e.item()
 	}
 	q.mu.Unlock()
 	if e != nil {

@@ -15,6 +15,7 @@ import (
 // Handler serves a Manager as the admin API on the bridge's http
 // listener:
 //
+//	GET    /api/ping              is this a bridge's admin API
 //	GET    /api/queue             queued messages
 //	GET    /api/queue/{id}        one message, queued or dead
 //	POST   /api/queue/{id}/retry  make it due now
@@ -28,6 +29,9 @@ import (
 // what gets delivered.
 func Handler(m Manager) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/ping", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]any{"ok": true}, nil)
+	})
 	mux.HandleFunc("GET /api/queue", func(w http.ResponseWriter, r *http.Request) {
 		items, err := m.List()
 		reply(w, map[string]any{"messages": items}, err)
@@ -147,6 +151,13 @@ func (c *Client) do(method, path string, out any) error {
 
 type itemsReply struct {
 	Messages []Item `json:"messages"`
+}
+
+// Ping checks that a bridge's admin API answers: ErrUnreachable if
+// nothing listens there.
+func (c *Client) Ping() error {
+	var r map[string]any
+	return c.do("GET", "/api/ping", &r)
 }
 
 // List implements Manager.

@@ -167,27 +167,25 @@ func queueManager(path, spoolDir, admin string, stderr io.Writer) (queue.Manager
 		}
 		url := "http://" + loopbackAddr(cfg.HTTP.Address)
 		c := &queue.Client{BaseURL: url}
-		if _, err := c.List(); !errors.Is(err, queue.ErrUnreachable) {
+		if err := c.Ping(); !errors.Is(err, queue.ErrUnreachable) {
 			return c, "bridge at " + url, nop, err
 		}
-		spoolDir = cfg.Spool.Dir
-		off, err := queue.OpenOffline(spoolDir)
-		if errors.Is(err, spool.ErrLocked) {
-			return nil, "", nop, fmt.Errorf("a bridge holds %s but its admin API at %s does not answer; check http.address", spoolDir, url)
-		}
-		if err != nil {
-			return nil, "", nop, err
-		}
-		return off, "stopped bridge, spool " + spoolDir, off.Close, nil
+		return openOffline(cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer; check http.address", url))
 	}
-	off, err := queue.OpenOffline(spoolDir)
+	return openOffline(spoolDir, "use --config or --admin to reach the running bridge")
+}
+
+// openOffline opens a stopped bridge's spool; whenLocked says what to do
+// if a running bridge holds it.
+func openOffline(dir, whenLocked string) (queue.Manager, string, func(), error) {
+	off, err := queue.OpenOffline(dir)
 	if errors.Is(err, spool.ErrLocked) {
-		return nil, "", nop, fmt.Errorf("%w: use --config or --admin to reach the running bridge", err)
+		return nil, "", func() {}, fmt.Errorf("%w: %s", err, whenLocked)
 	}
 	if err != nil {
-		return nil, "", nop, err
+		return nil, "", func() {}, err
 	}
-	return off, "stopped bridge, spool " + spoolDir, off.Close, nil
+	return off, "stopped bridge, spool " + dir, off.Close, nil
 }
 
 // loopbackAddr turns a wildcard listen address into one to connect to.
