@@ -1,7 +1,6 @@
 package bridge_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -22,6 +21,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -36,24 +36,6 @@ const (
 	devicePassword = "pr1nter-password-canary"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is a bridge in front of a fake Entra ID and a fake Exchange Online,
 // all on loopback with real TLS.
 type env struct {
@@ -63,7 +45,7 @@ type env struct {
 	exo     *fakeexchange.Server
 	srv     *bridge.Server
 	store   *tokenstore.Store
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	secret  *fakeentra.App
 	cert    *fakeentra.App
 	leafPEM [2]string // listener cert and key files
@@ -100,7 +82,7 @@ func device(name, mailbox string) config.Device {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, logs: &syncBuffer{}}
+	e := &env{t: t, logs: &syncbuf.Buffer{}}
 	var err error
 	if e.ca, err = pki.NewCA("bridge test CA"); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
@@ -166,7 +167,7 @@ type stack struct {
 	q    *queue.Queue
 	up   *bridge.Upstream
 	srv  *bridge.Server
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	once sync.Once
 }
 
@@ -198,7 +199,7 @@ func (w *world) start(o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{t: t, w: w, sp: sp, logs: &syncBuffer{}}
+	s := &stack{t: t, w: w, sp: sp, logs: &syncbuf.Buffer{}}
 	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
 	s.up = &bridge.Upstream{Tokens: store, Hostname: "bridge.test", Routes: map[string]bridge.Route{
 		"contoso": {SMTPHost: w.proxy.addr(), RootCAs: w.ca.Pool(), MaxConnections: 3, MaxPerMinute: 1000}}}
@@ -340,21 +341,4 @@ func (s *stack) dead() []queue.Item {
 		s.t.Fatal(err)
 	}
 	return items
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

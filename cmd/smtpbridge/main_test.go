@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 )
 
 // These tests build the smtpbridge binary and drive it the way devices
@@ -128,28 +127,11 @@ func freePort(t *testing.T) string {
 // bridgeProc is a running smtpbridge process.
 type bridgeProc struct {
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *syncbuf.Buffer
 	plain  string
 	tls    string
 	http   string
 	exited chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (u *upstream) config(t *testing.T, plain, tlsAddr, httpAddr string) string {
@@ -210,7 +192,7 @@ http:
 // startBridge runs `smtpbridge serve` and waits until it listens.
 func startBridge(t *testing.T, env []string, addrs []string, args ...string) *bridgeProc {
 	t.Helper()
-	p := &bridgeProc{logs: &lockedBuffer{}, exited: make(chan error, 1)}
+	p := &bridgeProc{logs: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.logs
