@@ -16,6 +16,7 @@ type Message struct {
 	Mailbox string   // the XOAUTH2 user
 	From    string   // envelope sender (the mailbox under the rewrite policy)
 	To      []string // envelope recipients
+	Mode    string   // the device's delivery mode (hybrid, queue, sync)
 	// Body is the whole message, header block first. It is read once,
 	// as it arrives from the device; a read error aborts the submission.
 	Body io.Reader
@@ -28,6 +29,8 @@ type Receipt struct {
 	Reply string
 	// QueueID is Exchange's message ID from Reply, when it has one.
 	QueueID string
+	// Enhanced is the reply's enhanced status code (2.0.0).
+	Enhanced [3]int
 }
 
 // Deliverer hands a message to the next hop. The session calls it while

@@ -25,6 +25,9 @@ type Device struct {
 	Mode string
 
 	hash passwd.Hash
+	// hashEnc is the configured password_hash, to tell whether a reload
+	// changed the password.
+	hashEnc string
 }
 
 // AuthResult says why a login failed, for logs and metrics. The device
@@ -111,7 +114,7 @@ func compileDevice(cd config.Device) (*Device, error) {
 	dev := &Device{
 		Name: cd.Name, Username: cd.Username, Tenant: cd.Tenant, Mailbox: mbox,
 		FromPolicy: cd.FromPolicy, AllowedFrom: from, AllowedRecipients: rcpts,
-		Mode: cd.Delivery.Mode, hash: h,
+		Mode: cd.Delivery.Mode, hash: h, hashEnc: cd.PasswordHash,
 	}
 	for _, n := range cd.Networks {
 		p, err := config.ParseNetwork(n)
@@ -143,6 +146,18 @@ func (d *Directory) Authenticate(username string, password []byte, remote netip.
 		return nil, AuthNetworkDenied, ErrLoginFailed
 	}
 	return dev, AuthSuccess, nil
+}
+
+// Lookup returns the device with the given username, or nil.
+func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
+
+// Devices returns the number of devices.
+func (d *Directory) Devices() int { return len(d.byUser) }
+
+// sameLogin says whether other is the same device with the same password,
+// so that a login made against it still holds.
+func (dev *Device) sameLogin(other *Device) bool {
+	return dev.Name == other.Name && dev.Username == other.Username && dev.hashEnc == other.hashEnc
 }
 
 func (dev *Device) allowedFrom(remote netip.Addr) bool {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
@@ -182,10 +183,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if limits.MaxRecipients == 0 {
 		limits.MaxRecipients = config.DefaultMaxRecipients
 	}
+	log := zerolog.New(e.logs).Level(zerolog.DebugLevel)
 	e.srv, err = bridge.NewServer(bridge.Options{
 		Hostname: "bridge.test", Listeners: listeners, Limits: limits, Directory: dirc,
 		Deliverer: &bridge.Upstream{Tokens: e.store, Routes: routes, Hostname: "bridge.test"},
-		Log:       zerolog.New(e.logs).Level(zerolog.DebugLevel),
+		Events:    audit.NewLogger(log), Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)

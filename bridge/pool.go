@@ -51,6 +51,38 @@ func newMailboxPool(maxConns, perMinute int) *mailboxPool {
 	return &mailboxPool{maxConns: maxConns, perMinute: perMinute, window: time.Minute, changed: make(chan struct{})}
 }
 
+// setLimits changes the limits (a config reload). Connections above a
+// lowered limit close as they finish.
+func (p *mailboxPool) setLimits(maxConns, perMinute int) {
+	if maxConns <= 0 {
+		maxConns = 3
+	}
+	p.mu.Lock()
+	p.maxConns, p.perMinute = maxConns, perMinute
+	var extra []*upConn
+	for p.open-len(extra) > p.maxConns && len(p.idle) > 0 {
+		c := p.idle[0]
+		p.idle = p.idle[1:]
+		c.timer.Stop()
+		extra = append(extra, c)
+	}
+	p.broadcast()
+	p.mu.Unlock()
+	for _, c := range extra {
+		c.quit()
+	}
+	if len(extra) > 0 {
+		p.freed(len(extra))
+	}
+}
+
+// openCount is the number of connections open or being opened.
+func (p *mailboxPool) openCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open
+}
+
 // broadcast wakes every waiter; p.mu is held.
 func (p *mailboxPool) broadcast() {
 	close(p.changed)
@@ -119,7 +151,7 @@ func (p *mailboxPool) acquire(ctx context.Context) (*upConn, error) {
 // slot freed.
 func (p *mailboxPool) release(c *upConn, keep bool) {
 	p.mu.Lock()
-	if keep && c != nil && !p.closed {
+	if keep && c != nil && !p.closed && p.open <= p.maxConns {
 		c.timer = time.AfterFunc(upstreamIdleTimeout, func() { p.expire(c) })
 		p.idle = append(p.idle, c)
 		p.broadcast()

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -13,6 +14,10 @@ import (
 var (
 	errNeedAuth = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 		Message: "Authentication required"}
+	errReauth = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+		Message: "Authentication required: this device's settings changed, log in again"}
+	errTooManyRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+		Message: "Too many recipients"}
 	errSenderNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "Sender address not allowed for this device"}
 	errHeaderFromNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
@@ -71,6 +76,41 @@ func replyFor(err error) *smtp.SMTPError {
 		return upstreamReply(ue)
 	}
 	return errInternal
+}
+
+// ReplyOf is what logs, the spool and dead letters keep of a delivery
+// error: Exchange's reply ("550 5.7.60 ..."), or the error's text. It never
+// holds a secret: these errors carry replies and Entra's error
+// descriptions, not requests.
+func ReplyOf(err error) string {
+	var ue *UpstreamError
+	if errors.As(err, &ue) && ue.Code != 0 {
+		s := fmt.Sprintf("%d", ue.Code)
+		if ue.Enhanced[0] != 0 {
+			s += fmt.Sprintf(" %d.%d.%d", ue.Enhanced[0], ue.Enhanced[1], ue.Enhanced[2])
+		}
+		s += " " + ue.Message
+		if ue.Recipient != "" {
+			s += " (recipient " + ue.Recipient + ")"
+		}
+		return s
+	}
+	s := err.Error()
+	if len(s) > 500 {
+		s = s[:500]
+	}
+	return s
+}
+
+// SetupProblem says whether err is the tenant's configuration, not the
+// message: a refused token or Exchange refusing the bridge's login. The
+// message is fine; an admin must act.
+func SetupProblem(err error) bool {
+	var (
+		te *tokenstore.Error
+		ue *UpstreamError
+	)
+	return errors.As(err, &te) || errors.As(err, &ue) && ue.Stage == StageAuth && ue.Code != 0
 }
 
 func upstreamReply(ue *UpstreamError) *smtp.SMTPError {

@@ -9,26 +9,33 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
-// Observer is told about events metrics count. The metrics package
-// implements it; nil means nobody listens.
+// Observer is told about connections and logins; metrics and the status
+// page implement it. Message events go to an audit.Observer instead.
 type Observer interface {
 	Connection(listener string)
-	AuthAttempt(listener, mechanism, result string)
+	ConnectionClosed(listener string)
+	// AuthAttempt reports a login. device is the device the username
+	// names ("" for an unknown username); result says whether it
+	// succeeded.
+	AuthAttempt(listener, mechanism, result, device string, remote netip.Addr)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Connection(string)                  {}
-func (nopObserver) AuthAttempt(string, string, string) {}
+func (nopObserver) Connection(string)                                      {}
+func (nopObserver) ConnectionClosed(string)                                {}
+func (nopObserver) AuthAttempt(string, string, string, string, netip.Addr) {}
 
 // Options configure a Server.
 type Options struct {
@@ -43,7 +50,19 @@ type Options struct {
 	Mode        string
 	SyncTimeout time.Duration
 	Observer    Observer
+	Events      audit.Observer
 	Log         zerolog.Logger
+}
+
+// Settings is what a reload replaces: the devices, their policies, the
+// limits and the listeners' TLS settings. A session takes the settings
+// current at each MAIL FROM and keeps them for that message.
+type Settings struct {
+	Listeners   []config.Listener
+	Limits      config.Limits
+	Directory   *Directory
+	Mode        string
+	SyncTimeout time.Duration
 }
 
 // maxLineLength bounds any line a device sends, command or message.
@@ -58,26 +77,28 @@ var (
 // Server runs the device-facing listeners.
 type Server struct {
 	hostname  string
-	dir       *Directory
 	deliverer Deliverer
 	spooler   Spooler
-	mode      string
-	syncWait  time.Duration
 	observer  Observer
+	events    audit.Observer
 	log       zerolog.Logger
-	ctx       context.Context
-	cancel    context.CancelFunc
+	// ctx is cancelled when Shutdown's grace period ends: deliveries in
+	// flight stop, replaced generations close their sessions.
+	ctx    context.Context
+	cancel context.CancelFunc
 
-	mu        sync.Mutex
+	settings atomic.Pointer[Settings]
+
+	mu        sync.Mutex // Listen, Reload and Shutdown, one at a time
 	endpoints []*endpoint
+	stopping  atomic.Bool
 }
 
-type endpoint struct {
-	cfg     config.Listener
-	smtp    *smtp.Server
-	tls     *tls.Config // nil for tls: none
-	ln      net.Listener
-	tracker *trackingListener
+// listenerSettings is one listener's configuration, compiled.
+type listenerSettings struct {
+	config.Listener
+	tls         *tls.Config // nil for tls: none
+	implicitTLS bool
 }
 
 // NewServer checks the listeners' TLS settings and builds the server. It
@@ -86,39 +107,104 @@ func NewServer(o Options) (*Server, error) {
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
+	if o.Events == nil {
+		o.Events = audit.Nop{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if o.Mode == "" {
-		o.Mode = config.ModeHybrid
+	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer, spooler: o.Spooler,
+		observer: o.Observer, events: o.Events, log: o.Log, ctx: ctx, cancel: cancel}
+	st := Settings{Listeners: o.Listeners, Limits: o.Limits, Directory: o.Directory, Mode: o.Mode, SyncTimeout: o.SyncTimeout}
+	if _, err := compileListeners(st.Listeners); err != nil {
+		cancel()
+		return nil, err
 	}
-	if o.SyncTimeout == 0 {
-		o.SyncTimeout = config.DefaultSyncTimeout
-	}
-	s := &Server{hostname: o.Hostname, dir: o.Directory, deliverer: o.Deliverer, spooler: o.Spooler,
-		mode: o.Mode, syncWait: o.SyncTimeout, observer: o.Observer, log: o.Log, ctx: ctx, cancel: cancel}
+	s.store(st)
 	for _, l := range o.Listeners {
-		tlsCfg, err := ListenerTLS(l)
-		if err != nil {
-			cancel()
-			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
-		}
-		ss := smtp.NewServer(&backend{s: s, listener: l.Name})
-		ss.Domain = o.Hostname
-		ss.MaxMessageBytes = o.Limits.MaxMessageBytes
-		ss.MaxRecipients = o.Limits.MaxRecipients
-		// RFC 5322 caps lines at 998 bytes, but ERP systems send HTML in
-		// one long line and Exchange takes it; go-smtp's default of 2000
-		// would refuse such a message on every retry.
-		ss.MaxLineLength = maxLineLength
-		ss.ReadTimeout = commandTimeout
-		ss.WriteTimeout = writeTimeout
-		ss.AllowInsecureAuth = l.AllowInsecureAuth
-		ss.ErrorLog = errorLog{log: o.Log.With().Str("listener", l.Name).Logger()}
-		if l.TLS == config.TLSStartTLS {
-			ss.TLSConfig = tlsCfg
-		}
-		s.endpoints = append(s.endpoints, &endpoint{cfg: l, smtp: ss, tls: tlsCfg})
+		s.endpoints = append(s.endpoints, &endpoint{name: l.Name, address: l.Address})
 	}
 	return s, nil
+}
+
+func (s *Server) store(st Settings) {
+	if st.Mode == "" {
+		st.Mode = config.ModeHybrid
+	}
+	if st.SyncTimeout == 0 {
+		st.SyncTimeout = config.DefaultSyncTimeout
+	}
+	s.settings.Store(&st)
+}
+
+// Settings returns the settings new sessions and messages get.
+func (s *Server) Settings() *Settings { return s.settings.Load() }
+
+// CheckListeners says whether the listeners' TLS settings load, as Reload
+// would need them to.
+func CheckListeners(ls []config.Listener) error {
+	_, err := compileListeners(ls)
+	return err
+}
+
+func compileListeners(ls []config.Listener) (map[string]listenerSettings, error) {
+	out := map[string]listenerSettings{}
+	for _, l := range ls {
+		tlsCfg, err := ListenerTLS(l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		out[l.Name] = listenerSettings{Listener: l, tls: tlsCfg, implicitTLS: l.TLS == config.TLSImplicit}
+	}
+	return out, nil
+}
+
+// Reload replaces the settings. It is all or nothing: if a listener's new
+// TLS certificate does not load, nothing changes. Listeners are matched by
+// name; their addresses stay bound as they are (a changed address needs a
+// restart, which the caller reports). Sessions in progress finish with
+// the settings they started with, and each message uses the settings
+// current at its MAIL FROM.
+func (s *Server) Reload(st Settings) error {
+	compiled, err := compileListeners(st.Listeners)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.store(st)
+	for _, e := range s.endpoints {
+		if e.tracker == nil {
+			continue
+		}
+		ls, ok := compiled[e.name]
+		if !ok {
+			// Removed from the config: it keeps its last settings until
+			// a restart unbinds it.
+			continue
+		}
+		e.replace(s.newGeneration(e, ls, st.Limits), s.ctx)
+	}
+	return nil
+}
+
+func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits config.Limits) *generation {
+	ss := smtp.NewServer(&backend{s: s, listener: e.name})
+	ss.Domain = s.hostname
+	ss.MaxMessageBytes = limits.MaxMessageBytes
+	// The session enforces max_recipients itself, so that it can count
+	// and log the refusal.
+	ss.MaxRecipients = 0
+	// RFC 5322 caps lines at 998 bytes, but ERP systems send HTML in
+	// one long line and Exchange takes it; go-smtp's default of 2000
+	// would refuse such a message on every retry.
+	ss.MaxLineLength = maxLineLength
+	ss.ReadTimeout = commandTimeout
+	ss.WriteTimeout = writeTimeout
+	ss.AllowInsecureAuth = ls.AllowInsecureAuth
+	ss.ErrorLog = errorLog{log: s.log.With().Str("listener", e.name).Logger()}
+	if ls.TLS == config.TLSStartTLS {
+		ss.TLSConfig = ls.tls
+	}
+	return &generation{cfg: ls, smtp: ss, queue: newConnQueue(e.tracker.Addr()), drained: make(chan struct{})}
 }
 
 // ListenerTLS returns the TLS configuration of a listener, nil for none.
@@ -165,89 +251,36 @@ func (s *Server) Listen() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.endpoints {
-		raw, err := net.Listen("tcp", e.cfg.Address)
+		raw, err := net.Listen("tcp", e.address)
 		if err != nil {
-			s.closeListeners()
-			return fmt.Errorf("listener %s: %w", e.cfg.Name, err)
+			for _, e := range s.endpoints {
+				if e.tracker != nil {
+					e.tracker.Close()
+					e.tracker = nil
+				}
+			}
+			return fmt.Errorf("listener %s: %w", e.name, err)
 		}
-		// Track the raw connections; TLS goes on top, so that go-smtp
-		// still sees a *tls.Conn on implicit-TLS listeners.
-		e.tracker = &trackingListener{Listener: raw, conns: map[net.Conn]struct{}{}}
-		e.ln = e.tracker
-		if e.cfg.TLS == config.TLSImplicit {
-			e.ln = tls.NewListener(e.tracker, e.tls)
-		}
+		e.tracker = &trackingListener{Listener: raw, name: e.name, observer: s.observer, conns: map[net.Conn]struct{}{}}
 	}
 	return nil
-}
-
-// trackingListener remembers open connections, so that Shutdown can close
-// the ones still open when its grace period ends (go-smtp's Shutdown only
-// waits for them).
-type trackingListener struct {
-	net.Listener
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	l.conns[tc] = struct{}{}
-	l.mu.Unlock()
-	return tc, nil
-}
-
-func (l *trackingListener) closeAll() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for c := range l.conns {
-		c.(*trackedConn).Conn.Close()
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-	})
-	return c.Conn.Close()
-}
-
-func (s *Server) closeListeners() {
-	for _, e := range s.endpoints {
-		if e.ln != nil {
-			e.ln.Close()
-			e.ln = nil
-		}
-	}
 }
 
 // Serve serves every bound listener until Shutdown.
 func (s *Server) Serve() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	st := s.Settings()
+	compiled, _ := compileListeners(st.Listeners) // checked by NewServer
 	for _, e := range s.endpoints {
-		e := e
-		s.log.Info().Str("listener", e.cfg.Name).Str("address", e.ln.Addr().String()).
-			Str("tls", e.cfg.TLS).Bool("allow_insecure_auth", e.cfg.AllowInsecureAuth).
-			Bool("legacy_ciphers", e.cfg.LegacyCiphers).Msg("listening")
-		go func() {
-			if err := e.smtp.Serve(e.ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-				s.log.Error().Err(err).Str("listener", e.cfg.Name).Msg("listener stopped")
-			}
-		}()
+		ls := compiled[e.name]
+		e.replace(s.newGeneration(e, ls, st.Limits), s.ctx)
+		s.log.Info().Str("listener", e.name).Str("address", e.tracker.Addr().String()).
+			Str("tls", ls.TLS).Bool("allow_insecure_auth", ls.AllowInsecureAuth).
+			Bool("legacy_ciphers", ls.LegacyCiphers).Msg("listening")
+		go e.serve(func(err error) {
+			s.log.Error().Err(err).Str("listener", e.name).Msg("accepting connections failed; retrying")
+		})
 	}
 }
 
@@ -256,8 +289,24 @@ func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.endpoints {
-		if e.cfg.Name == name && e.ln != nil {
-			return e.ln.Addr()
+		if e.name == name && e.tracker != nil {
+			return e.tracker.Addr()
+		}
+	}
+	return nil
+}
+
+// Ready says whether every listener is bound and serving; false once
+// Shutdown began.
+func (s *Server) Ready() error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.endpoints {
+		if e.tracker == nil || e.current() == nil {
+			return fmt.Errorf("listener %s is not serving", e.name)
 		}
 	}
 	return nil
@@ -267,27 +316,29 @@ func (s *Server) Addr(name string) net.Addr {
 // sessions to finish; then it closes what is left. Deliveries in flight are
 // cancelled when ctx ends, and their devices get a 451.
 func (s *Server) Shutdown(ctx context.Context) error {
-	var errs []error
+	s.stopping.Store(true)
 	s.mu.Lock()
 	eps := append([]*endpoint(nil), s.endpoints...)
 	s.mu.Unlock()
-	var wg sync.WaitGroup
-	var emu sync.Mutex
+	stop := context.AfterFunc(ctx, s.cancel)
+	defer stop()
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
 	for _, e := range eps {
+		if e.tracker == nil {
+			continue
+		}
 		wg.Go(func() {
-			err := e.smtp.Shutdown(ctx)
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				e.tracker.closeAll()
-			}
-			if err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+			if err := e.shutdown(ctx, s.ctx); err != nil {
 				emu.Lock()
-				errs = append(errs, fmt.Errorf("listener %s: %w", e.cfg.Name, err))
+				errs = append(errs, fmt.Errorf("listener %s: %w", e.name, err))
 				emu.Unlock()
 			}
 		})
 	}
-	stop := context.AfterFunc(ctx, s.cancel)
-	defer stop()
 	wg.Wait()
 	s.cancel()
 	return errors.Join(errs...)
@@ -305,9 +356,8 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if st, ok := c.TLSConnectionState(); ok {
 		log = log.With().Str("tls", tls.VersionName(st.Version)).Str("cipher", tls.CipherSuiteName(st.CipherSuite)).Logger()
 	}
-	b.s.observer.Connection(b.listener)
 	log.Debug().Str("helo", cleanText(c.Hostname())).Msg("session started")
-	return &session{srv: b.s, listener: b.listener, conn: c, remote: remote, log: log, msgLog: log, started: time.Now()}, nil
+	return &session{srv: b.s, listener: b.listener, conn: c, remote: remote, connLog: log, log: log, msgLog: log, started: time.Now()}, nil
 }
 
 func remoteAddr(a net.Addr) netip.Addr {

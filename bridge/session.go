@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 )
@@ -24,14 +25,22 @@ type session struct {
 	listener string
 	conn     *smtp.Conn
 	remote   netip.Addr
-	log      zerolog.Logger
+	connLog  zerolog.Logger // the connection's fields
+	log      zerolog.Logger // plus the device's, once logged in
 	started  time.Time
 
+	// device is who logged in. At each MAIL FROM the session looks the
+	// device up again in the current settings, so a reload's changes
+	// apply from the next message on.
 	device *Device
-	msgID  string
-	msgLog zerolog.Logger
-	from   string // envelope sender as the device gave it
-	to     []string
+
+	// The message in progress, from MAIL FROM on.
+	st      *Settings
+	msgID   string
+	msgLog  zerolog.Logger
+	from    string // envelope sender as the device gave it
+	to      []string
+	tooMany bool // a recipient beyond max_recipients was refused
 }
 
 func (se *session) AuthMechanisms() []string { return []string{mechPlain, mechLogin} }
@@ -52,9 +61,14 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (se *session) login(mech, username string, password []byte) error {
-	dev, result, err := se.srv.dir.Authenticate(username, password, se.remote)
-	se.srv.observer.AuthAttempt(se.listener, mech, string(result))
+	dir := se.srv.Settings().Directory
+	dev, result, err := dir.Authenticate(username, password, se.remote)
 	if err != nil {
+		name := ""
+		if d := dir.Lookup(username); d != nil {
+			name = d.Name
+		}
+		se.srv.observer.AuthAttempt(se.listener, mech, string(result), name, se.remote)
 		ev := se.log.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result))
 		if result == AuthUnknownUser {
 			// An unknown "username" may be a password typed in the wrong
@@ -66,10 +80,16 @@ func (se *session) login(mech, username string, password []byte) error {
 		ev.Msg("device login failed")
 		return errAuthFailed
 	}
-	se.device = dev
-	se.log = se.log.With().Str("device", dev.Name).Str("tenant", dev.Tenant).Logger()
+	se.srv.observer.AuthAttempt(se.listener, mech, string(result), dev.Name, se.remote)
+	se.setDevice(dev)
 	se.log.Info().Str("event", "auth").Str("mechanism", mech).Msg("device logged in")
 	return nil
+}
+
+func (se *session) setDevice(dev *Device) {
+	se.device = dev
+	se.log = se.connLog.With().Str("device", dev.Name).Str("tenant", dev.Tenant).Logger()
+	se.msgLog = se.log
 }
 
 func usernameHint(u string) string {
@@ -86,16 +106,28 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 		se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("MAIL FROM without AUTH")
 		return errNeedAuth
 	}
+	st := se.srv.Settings()
+	dev := st.Directory.Lookup(se.device.Username)
+	if dev == nil || !dev.sameLogin(se.device) || !dev.allowedFrom(se.remote) {
+		// A reload removed the device, changed its password or its
+		// networks: the login no longer holds.
+		se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("the device's settings changed since it logged in; it must log in again")
+		se.device = nil
+		se.log = se.connLog
+		return errReauth
+	}
+	se.setDevice(dev)
+	se.st = st
 	se.msgID = newID()
 	se.msgLog = se.log.With().Str("msg_id", se.msgID).Logger()
-	if se.device.FromPolicy == config.FromEnforce {
+	if dev.FromPolicy == config.FromEnforce {
 		a, err := mailaddr.Parse(from)
 		if err != nil {
-			se.reject("mail", errSenderSyntax, "sender", from)
+			se.reject("mail", errSenderSyntax, audit.ReasonPolicy, "sender "+from)
 			return errSenderSyntax
 		}
-		if !se.device.senderAllowed(a) {
-			se.reject("mail", errSenderNotAllowed, "sender", from)
+		if !dev.senderAllowed(a) {
+			se.reject("mail", errSenderNotAllowed, audit.ReasonPolicy, "sender "+from)
 			return errSenderNotAllowed
 		}
 	}
@@ -104,13 +136,21 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if max := se.st.Limits.MaxRecipients; max > 0 && len(se.to) >= max {
+		if !se.tooMany {
+			// Counted once per message, not once per refused address.
+			se.tooMany = true
+			se.reject("rcpt", errTooManyRecipients, audit.ReasonRecipients, fmt.Sprintf("more than %d recipients", max))
+		}
+		return errTooManyRecipients
+	}
 	a, err := mailaddr.Parse(to)
 	if err != nil {
-		se.reject("rcpt", errRecipientSyntax, "recipient", to)
+		se.reject("rcpt", errRecipientSyntax, audit.ReasonPolicy, "recipient "+to)
 		return errRecipientSyntax
 	}
 	if !se.device.recipientAllowed(a) {
-		se.reject("rcpt", errRecipientNotAllowed, "recipient", to)
+		se.reject("rcpt", errRecipientNotAllowed, audit.ReasonPolicy, "recipient "+to)
 		return errRecipientNotAllowed
 	}
 	se.to = append(se.to, a.String())
@@ -122,17 +162,20 @@ func (se *session) Data(r io.Reader) error {
 	dev := se.device
 	h, body, err := readHeader(r)
 	if err != nil {
-		reply := errBadHeader
+		reply, reason := errBadHeader, audit.ReasonMalformed
 		var sme *smtp.SMTPError
 		switch {
 		case errors.As(err, &sme) && sme.Code == smtp.ErrDataTooLarge.Code:
-			reply = errTooLarge
+			reply, reason = errTooLarge, audit.ReasonSize
 		case errors.Is(err, errHeaderTooLarge):
-			reply = errHeaderTooBig
+			reply, reason = errHeaderTooBig, audit.ReasonSize
+		case errors.Is(err, smtp.ErrTooLongLine):
+			reply, reason = errLineTooLong, audit.ReasonSize
 		case !errors.Is(err, errMalformedHeader):
-			reply = errInternal
+			se.msgLog.Warn().Err(err).Msg("reading the message from the device failed")
+			return errInternal
 		}
-		se.reject("data", reply, "", "")
+		se.reject("data", reply, reason, "")
 		return reply
 	}
 
@@ -143,7 +186,7 @@ func (se *session) Data(r io.Reader) error {
 		if i < 0 {
 			h.fields = append(h.fields, formatField("From", mailAddress(dev.Mailbox)))
 		} else if _, addr, ok := parseFrom(f.value()); !ok || !dev.senderAllowed(addr) {
-			se.reject("data", errHeaderFromNotAllowed, "header_from", addr.String())
+			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "header From "+addr.String())
 			return errHeaderFromNotAllowed
 		}
 	} else {
@@ -154,71 +197,101 @@ func (se *session) Data(r io.Reader) error {
 	}
 	h.prepend("Received", se.received())
 
+	mode := dev.Mode
+	if mode == "" {
+		mode = se.st.Mode
+	}
 	counted := &countingReader{r: io.MultiReader(bytes.NewReader(h.bytes()), body)}
 	msg := &Message{
 		ID: se.msgID, Device: dev, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
-		From: envelopeFrom, To: se.to, Body: counted,
-	}
-	mode := dev.Mode
-	if mode == "" {
-		mode = se.srv.mode
+		From: envelopeFrom, To: se.to, Body: counted, Mode: mode,
 	}
 	if mode == config.ModeSync || se.srv.spooler == nil {
 		ctx, cancel := context.WithTimeout(se.srv.ctx, upstreamTimeout)
 		defer cancel()
 		receipt, err := se.srv.deliverer.Deliver(ctx, msg)
-		return se.outcome(msg, start, counted.n, receipt, err, true)
+		return se.syncOutcome(msg, start, counted.n, receipt, err)
 	}
 
+	// The queue logs the message's events from here on: received, then
+	// each attempt's outcome.
 	pending, err := se.srv.spooler.Spool(msg, mode == config.ModeHybrid)
 	if err != nil {
-		// Nothing was queued: the device must send it again.
-		return se.outcome(msg, start, counted.n, Receipt{}, err, false)
+		return se.notTaken(msg, counted.n, err)
 	}
-	var first error // the first attempt's temporary failure, in hybrid mode
 	if mode == config.ModeHybrid {
-		receipt, err, done := pending.Wait(se.srv.syncWait)
-		if done && (err == nil || Permanent(err)) {
-			// The queue logged the delivery; a refusal is the session's
-			// to log, since the device is told.
-			return se.outcome(msg, start, counted.n, receipt, err, false)
+		receipt, err, done := pending.Wait(se.st.SyncTimeout)
+		if done && err == nil {
+			return delivered(se.msgID, receipt)
 		}
-		first = err
+		if done && Permanent(err) {
+			return replyFor(err)
+		}
 	}
-	se.msgLog.Info().Str("event", "queued").Str("mode", mode).AnErr("first_attempt", first).
-		Str("from", envelopeFrom).Int("rcpts", len(se.to)).
-		Int64("size", counted.n).Dur("duration_ms", time.Since(start)).Msg("message queued")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK " + se.msgID + " queued"}
 }
 
-// outcome logs a message's end and makes the device's reply: Exchange's
-// acceptance (logged if logDelivered), or replyFor's 4xx/5xx for err.
-func (se *session) outcome(m *Message, start time.Time, size int64, receipt Receipt, err error, logDelivered bool) error {
-	if err != nil {
-		reply := replyFor(err)
-		ev := se.msgLog.Warn()
-		event := "deferred"
-		if reply.Code/100 == 5 {
-			event = "refused"
-		}
-		var ue *UpstreamError
-		if errors.As(err, &ue) && ue.Stage == StageAuth {
-			// Exchange refused the bridge's own login: the tenant's set-up
-			// needs an admin, whatever the device does.
-			ev = se.msgLog.Error()
-		}
-		ev.Str("event", event).Err(err).Int("reply_code", reply.Code).
-			Str("reply", enhanced(reply)).Str("from", m.From).Int("rcpts", len(m.To)).
-			Int64("size", size).Dur("duration_ms", time.Since(start)).
-			Msg("message not delivered")
-		return reply
+// event describes the message in progress.
+func (se *session) event(k audit.Kind, m *Message, size int64) audit.Event {
+	return audit.Event{Kind: k, MsgID: se.msgID, Device: se.device.Name, Tenant: se.device.Tenant,
+		Mailbox: se.device.Mailbox.String(), From: m.From, Rcpts: len(m.To), Size: size, Mode: m.Mode}
+}
+
+// syncOutcome reports a sync-mode delivery and makes the device's reply:
+// Exchange's acceptance or refusal, or a 451 the device retries on.
+func (se *session) syncOutcome(m *Message, start time.Time, size int64, receipt Receipt, err error) error {
+	var src *SourceError
+	if errors.As(err, &src) {
+		return se.notTaken(m, size, err)
 	}
-	if logDelivered {
-		se.msgLog.Info().Str("event", "delivered").Str("from", m.From).Int("rcpts", len(m.To)).
-			Int64("size", size).Str("upstream_id", receipt.QueueID).Dur("duration_ms", time.Since(start)).
-			Msg("message delivered to Exchange Online")
+	took := time.Since(start)
+	switch {
+	case err == nil:
+		se.srv.events.Observe(se.event(audit.Received, m, size))
+		ev := se.event(audit.Delivered, m, size)
+		ev.Reply, ev.UpstreamID, ev.Accepted, ev.Duration = "250 "+receipt.Reply, receipt.QueueID, start, took
+		se.srv.events.Observe(ev)
+		return delivered(se.msgID, receipt)
+	case Permanent(err):
+		se.srv.events.Observe(se.event(audit.Received, m, size))
+		ev := se.event(audit.Bounced, m, size)
+		ev.Reply, ev.Reason, ev.Err, ev.Duration = ReplyOf(err), audit.ReasonPermanent, err, took
+		se.srv.events.Observe(ev)
+		return replyFor(err)
 	}
-	text := "OK " + se.msgID + " delivered"
+	reply := replyFor(err)
+	ev := se.event(audit.Deferred, m, size)
+	ev.Reply, ev.RetryBy, ev.Err, ev.Duration, ev.SetupProblem = enhanced(reply), audit.RetryByDevice, err, took, SetupProblem(err)
+	se.srv.events.Observe(ev)
+	return reply
+}
+
+// notTaken handles a message the bridge could not take: the device's data
+// could not be read, or the spool could not store it.
+func (se *session) notTaken(m *Message, size int64, err error) error {
+	reply := replyFor(err)
+	var (
+		src *SourceError
+		ste *StorageError
+	)
+	switch {
+	case errors.As(err, &src) && reply.Code/100 == 5:
+		// Too large, or a line too long.
+		se.reject("data", reply, audit.ReasonSize, "")
+	case errors.As(err, &ste):
+		se.msgLog.Error().Err(err).Msg("the spool could not store the message; the device was told to try again")
+		ev := se.event(audit.Deferred, m, size)
+		ev.Reply, ev.RetryBy, ev.Err = enhanced(reply)+" "+reply.Message, audit.RetryByDevice, err
+		se.srv.events.Observe(ev)
+	default:
+		se.msgLog.Warn().Err(err).Int("reply_code", reply.Code).Msg("the message did not arrive completely; nothing was kept")
+	}
+	return reply
+}
+
+// delivered is the device's reply for a message Exchange took.
+func delivered(msgID string, receipt Receipt) error {
+	text := "OK " + msgID + " delivered"
 	if receipt.QueueID != "" {
 		text += " as <" + receipt.QueueID + ">"
 	}
@@ -238,16 +311,13 @@ func (se *session) received() string {
 		helo, se.remote, se.srv.hostname, proto, se.msgID, time.Now().Format(time.RFC1123Z))
 }
 
-func (se *session) reject(stage string, reply *smtp.SMTPError, key, value string) {
-	ev := se.msgLog.Info()
-	if se.msgID == "" {
-		ev = se.log.Info()
-	}
-	ev = ev.Str("event", "rejected").Str("stage", stage).Str("reply", enhanced(reply))
-	if key != "" {
-		ev = ev.Str(key, cleanText(value))
-	}
-	ev.Msg(reply.Message)
+// reject reports a refusal of the bridge's own: the message, a sender or a
+// recipient against the device's policy or the limits.
+func (se *session) reject(stage string, reply *smtp.SMTPError, reason, detail string) {
+	ev := audit.Event{Kind: audit.Rejected, MsgID: se.msgID, Device: se.device.Name, Tenant: se.device.Tenant,
+		Mailbox: se.device.Mailbox.String(), Rcpts: len(se.to), Stage: stage, Reason: reason,
+		Reply: enhanced(reply) + " " + reply.Message, Detail: cleanText(detail)}
+	se.srv.events.Observe(ev)
 }
 
 func enhanced(r *smtp.SMTPError) string {
@@ -255,7 +325,7 @@ func enhanced(r *smtp.SMTPError) string {
 }
 
 func (se *session) Reset() {
-	se.from, se.to, se.msgID = "", nil, ""
+	se.from, se.to, se.msgID, se.tooMany, se.st = "", nil, "", false, nil
 	se.msgLog = se.log
 }
 

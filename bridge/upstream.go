@@ -38,6 +38,25 @@ type Route struct {
 	MaxPerMinute   int
 }
 
+// UpstreamObserver is told about each submission; metrics implement it.
+type UpstreamObserver interface {
+	// UpstreamStage reports how long a step took: token, connect
+	// (dial, greeting, STARTTLS, EHLO), auth, mail, rcpt (all
+	// recipients), data (DATA to the final reply).
+	UpstreamStage(tenant, stage string, took time.Duration)
+	// UpstreamReply reports Exchange's final reply to an attempt.
+	UpstreamReply(tenant string, code int, enhanced [3]int)
+	// UpstreamError reports an attempt that ended without a reply, at
+	// stage connect, auth, mail, rcpt or data.
+	UpstreamError(tenant, stage string)
+}
+
+type nopUpstreamObserver struct{}
+
+func (nopUpstreamObserver) UpstreamStage(string, string, time.Duration) {}
+func (nopUpstreamObserver) UpstreamReply(string, int, [3]int)           {}
+func (nopUpstreamObserver) UpstreamError(string, string)                {}
+
 // Upstream submits messages to Exchange Online: STARTTLS (mandatory, the
 // certificate verified), AUTH XOAUTH2 as the device's mailbox, then MAIL,
 // RCPT and a streamed DATA. It keeps each mailbox within its route's
@@ -45,16 +64,76 @@ type Route struct {
 // between them) until they idle out or their token nears expiry.
 type Upstream struct {
 	Tokens   TokenSource
-	Routes   map[string]Route // by tenant name
+	Routes   map[string]Route // by tenant name; SetRoutes replaces them
 	Hostname string           // the EHLO name
+	Observer UpstreamObserver // nil: nobody listens
 
 	mu    sync.Mutex
 	pools map[[2]string]*mailboxPool // by tenant and mailbox
 }
 
-func (u *Upstream) pool(tenant, mailbox string, r Route) *mailboxPool {
+func (u *Upstream) observer() UpstreamObserver {
+	if u.Observer == nil {
+		return nopUpstreamObserver{}
+	}
+	return u.Observer
+}
+
+func (u *Upstream) route(tenant string) (Route, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	r, ok := u.Routes[tenant]
+	return r, ok
+}
+
+// SetRoutes replaces the routes (a config reload). Mailboxes of a tenant
+// whose limits changed get the new limits at once; idle connections to a
+// tenant whose host or trust changed are closed, so that the next message
+// goes to the new host. Submissions in progress finish where they are.
+func (u *Upstream) SetRoutes(routes map[string]Route) {
+	u.mu.Lock()
+	old := u.Routes
+	u.Routes = routes
+	var stale []*mailboxPool
+	for k, p := range u.pools {
+		r, ok := routes[k[0]]
+		switch {
+		case !ok:
+			stale = append(stale, p)
+			delete(u.pools, k)
+		case r.SMTPHost != old[k[0]].SMTPHost || r.RootCAs != old[k[0]].RootCAs:
+			stale = append(stale, p)
+			delete(u.pools, k)
+		default:
+			p.setLimits(r.MaxConnections, r.MaxPerMinute)
+		}
+	}
+	u.mu.Unlock()
+	for _, p := range stale {
+		// Waiters and submissions in flight on a stale pool finish
+		// there; its idle connections close now.
+		p.close()
+	}
+}
+
+// Connections counts the connections to Exchange open or being opened,
+// per tenant.
+func (u *Upstream) Connections() map[string]int {
+	u.mu.Lock()
+	pools := make(map[[2]string]*mailboxPool, len(u.pools))
+	for k, p := range u.pools {
+		pools[k] = p
+	}
+	u.mu.Unlock()
+	out := map[string]int{}
+	for k, p := range pools {
+		out[k[0]] += p.openCount()
+	}
+	return out
+}
+
+// pool returns the mailbox's pool; u.mu is held.
+func (u *Upstream) pool(tenant, mailbox string, r Route) *mailboxPool {
 	if u.pools == nil {
 		u.pools = map[[2]string]*mailboxPool{}
 	}
@@ -146,7 +225,13 @@ func (e *SourceError) Unwrap() error { return e.Err }
 
 // Deliver implements Deliverer.
 func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
+	u.mu.Lock()
 	route, ok := u.Routes[m.Tenant]
+	var p *mailboxPool
+	if ok {
+		p = u.pool(m.Tenant, m.Mailbox, route)
+	}
+	u.mu.Unlock()
 	if !ok {
 		return Receipt{}, fmt.Errorf("no route for tenant %q", m.Tenant)
 	}
@@ -155,8 +240,7 @@ func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
 		ctx, cancel = context.WithTimeout(ctx, upstreamTimeout)
 		defer cancel()
 	}
-	s := &submission{host: route.SMTPHost}
-	p := u.pool(m.Tenant, m.Mailbox, route)
+	s := &submission{host: route.SMTPHost, tenant: m.Tenant, obs: u.observer()}
 	uc, err := p.acquire(ctx)
 	if err != nil {
 		return Receipt{}, &UpstreamError{Host: route.SMTPHost, Stage: StageConnect, Err: err, Temporary: true}
@@ -178,6 +262,7 @@ func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
 	}
 	if uc == nil {
 		if uc, err = u.open(ctx, s, route, m.Tenant, m.Mailbox); err != nil {
+			s.report(Receipt{}, err)
 			return Receipt{}, err
 		}
 	}
@@ -190,23 +275,58 @@ func (u *Upstream) Deliver(ctx context.Context, m *Message) (Receipt, error) {
 	// The connection is kept for the next message unless it broke, was
 	// closed by cancellation, or Exchange is closing it (421).
 	keep = stop() && reusable(err)
+	s.report(receipt, err)
 	return receipt, err
+}
+
+// report tells the observer how the attempt ended.
+func (s *submission) report(receipt Receipt, err error) {
+	var ue *UpstreamError
+	switch {
+	case err == nil:
+		s.obs.UpstreamReply(s.tenant, 250, receipt.Enhanced)
+	case errors.As(err, &ue) && ue.Code != 0:
+		s.obs.UpstreamReply(s.tenant, ue.Code, ue.Enhanced)
+	case errors.As(err, &ue):
+		stage := ue.Stage
+		if stage == StageStartTLS {
+			stage = StageConnect
+		}
+		s.obs.UpstreamError(s.tenant, stage)
+	}
+}
+
+// timed runs f and reports its duration as stage.
+func (s *submission) timed(stage string, f func() error) error {
+	start := time.Now()
+	err := f()
+	s.obs.UpstreamStage(s.tenant, stage, time.Since(start))
+	return err
 }
 
 // open dials Exchange and logs in as mailbox. The token comes first: a
 // tenant whose token fails costs no connection.
 func (u *Upstream) open(ctx context.Context, s *submission, route Route, tenant, mailbox string) (*upConn, error) {
-	tok, err := u.Tokens.Token(ctx, tenant)
+	var tok tokenstore.Token
+	err := s.timed("token", func() (err error) {
+		tok, err = u.Tokens.Token(ctx, tenant)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("token for %s: %w", mailbox, err)
 	}
-	c, err := s.connect(ctx, route, u.Hostname)
-	if err != nil {
+	var c *smtp.Client
+	if err := s.timed(StageConnect, func() (err error) {
+		c, err = s.connect(ctx, route, u.Hostname)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	if err := c.Auth(&xoauth2Client{user: mailbox, token: tok.AccessToken}); err != nil {
+	if err := s.timed(StageAuth, func() error {
+		return c.Auth(&xoauth2Client{user: mailbox, token: tok.AccessToken})
+	}); err != nil {
 		c.Close()
 		return nil, s.fail(StageAuth, "", err)
 	}
@@ -215,34 +335,56 @@ func (u *Upstream) open(ctx context.Context, s *submission, route Route, tenant,
 
 // send runs one transaction on an authenticated connection.
 func (s *submission) send(c *smtp.Client, m *Message) (Receipt, error) {
-	if err := c.Mail(m.From, nil); err != nil {
+	if err := s.timed(StageMail, func() error { return c.Mail(m.From, nil) }); err != nil {
 		return Receipt{}, s.fail(StageMail, "", err)
 	}
-	for _, to := range m.To {
-		// One refused recipient fails the message: the device can only
-		// get one reply for it, and a partial delivery it cannot see
-		// would lose mail silently.
-		if err := c.Rcpt(to, nil); err != nil {
-			return Receipt{}, s.fail(StageRcpt, to, err)
+	var refused string
+	if err := s.timed(StageRcpt, func() error {
+		for _, to := range m.To {
+			// One refused recipient fails the message: the device can
+			// only get one reply for it, and a partial delivery it
+			// cannot see would lose mail silently.
+			if err := c.Rcpt(to, nil); err != nil {
+				refused = to
+				return err
+			}
 		}
+		return nil
+	}); err != nil {
+		return Receipt{}, s.fail(StageRcpt, refused, err)
 	}
-	w, err := c.Data()
-	if err != nil {
-		return Receipt{}, s.fail(StageData, "", err)
-	}
-	src := &SourceReader{R: m.Body}
-	if _, err := io.Copy(w, src); err != nil {
-		c.Close()
-		if src.Err != nil {
-			return Receipt{}, &SourceError{Err: src.Err}
+	var receipt Receipt
+	err := s.timed(StageData, func() error {
+		w, err := c.Data()
+		if err != nil {
+			return s.fail(StageData, "", err)
 		}
-		return Receipt{}, s.fail(StageData, "", err)
+		src := &SourceReader{R: m.Body}
+		if _, err := io.Copy(w, src); err != nil {
+			c.Close()
+			if src.Err != nil {
+				return &SourceError{Err: src.Err}
+			}
+			return s.fail(StageData, "", err)
+		}
+		resp, err := w.CloseWithResponse()
+		if err != nil {
+			return s.fail(StageData, "", err)
+		}
+		receipt = Receipt{Reply: resp.StatusText, QueueID: queueID(resp.StatusText), Enhanced: enhancedOf(resp.StatusText)}
+		return nil
+	})
+	return receipt, err
+}
+
+// enhancedOf reads the enhanced status code at the start of a reply text,
+// e.g. "2.0.0 OK <id>"; 2.0.0 when there is none.
+func enhancedOf(text string) [3]int {
+	var e [3]int
+	if n, err := fmt.Sscanf(text, "%d.%d.%d", &e[0], &e[1], &e[2]); err != nil || n != 3 {
+		return [3]int{2, 0, 0}
 	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return Receipt{}, s.fail(StageData, "", err)
-	}
-	return Receipt{Reply: resp.StatusText, QueueID: queueID(resp.StatusText)}, nil
+	return e
 }
 
 // reusable says whether a connection is still good after err: Exchange
@@ -256,7 +398,12 @@ func reusable(err error) bool {
 	return errors.As(err, &ue) && ue.Code != 0 && ue.Code != 421
 }
 
-type submission struct{ host string }
+// submission is one attempt to hand a message to Exchange.
+type submission struct {
+	host   string
+	tenant string
+	obs    UpstreamObserver
+}
 
 func (s *submission) connect(ctx context.Context, route Route, hostname string) (*smtp.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, upstreamConnectTimeout)

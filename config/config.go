@@ -58,6 +58,9 @@ type Tenant struct {
 	ClientID            string `yaml:"client_id"`
 	ClientSecret        Secret `yaml:"client_secret"`
 	ClientSecretFile    string `yaml:"client_secret_file"`
+	// ClientSecretExpires is the secret's expiry date as Entra shows it
+	// (YYYY-MM-DD), for warnings and the credential expiry metric.
+	ClientSecretExpires string `yaml:"client_secret_expires"`
 	CertificateFile     string `yaml:"certificate_file"`
 	CertificatePassword Secret `yaml:"certificate_password"`
 	AuthorityHost       string `yaml:"authority_host"`
@@ -70,6 +73,17 @@ type Tenant struct {
 
 	// Credential is the secret or certificate, read and checked by Load.
 	Credential Credential `yaml:"-"`
+	// SecretExpires is ClientSecretExpires parsed (end of that day, UTC).
+	SecretExpires time.Time `yaml:"-"`
+}
+
+// CredentialExpiry is when the tenant's credential expires: the
+// certificate's NotAfter, or client_secret_expires. Zero when unknown.
+func (t *Tenant) CredentialExpiry() time.Time {
+	if exp := t.Credential.NotAfter(); !exp.IsZero() {
+		return exp
+	}
+	return t.SecretExpires
 }
 
 // Device is one legacy device (printer, scanner, application) that logs in
@@ -86,6 +100,10 @@ type Device struct {
 	Networks          []string `yaml:"networks"`
 	// Delivery overrides the global mode and bounce_to for this device.
 	Delivery DeviceDelivery `yaml:"delivery"`
+	// ExpectEvery says the device sends at least this often (an alarm
+	// panel's daily test mail): alert rules and the status page flag it
+	// when it stays silent longer. Zero: no expectation.
+	ExpectEvery time.Duration `yaml:"expect_every"`
 }
 
 // DeviceDelivery is a device's override of the global delivery settings.
@@ -140,10 +158,13 @@ type Spool struct {
 	Dir string `yaml:"dir"`
 }
 
-// Log configures the process log.
+// Log configures the process log and the audit log.
 type Log struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+	// AuditFile, if set, also receives every message event as one JSON
+	// line, whatever the level. Reopened on reload (log rotation).
+	AuditFile string `yaml:"audit_file"`
 }
 
 // HTTP is the listener for metrics and health checks.

@@ -31,6 +31,7 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 	if t.CertificatePassword != "" && t.CertificateFile == "" {
 		l.errorf(k+".certificate_password", "only used with certificate_file")
 	}
+	l.checkSecretExpiry(k, t)
 	switch {
 	case t.ClientSecret != "":
 		t.Credential = NewSecretCredential(t.ClientSecret.Value())
@@ -68,6 +69,35 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			l.warnf(k+".certificate_file", "the certificate expires on %s; upload a new one to the app registration before then",
 				exp.Format(time.DateOnly))
 		}
+	}
+}
+
+// checkSecretExpiry parses client_secret_expires and warns when the date
+// is near or past. Past is a warning, not an error: the secret may have
+// been renewed without the date being updated, and refusing to start would
+// stop every tenant's mail.
+func (l *loader) checkSecretExpiry(k string, t *Tenant) {
+	if t.ClientSecretExpires == "" {
+		return
+	}
+	key := k + ".client_secret_expires"
+	if t.CertificateFile != "" {
+		l.errorf(key, "only used with client_secret or client_secret_file; a certificate's expiry is read from the certificate")
+		return
+	}
+	d, err := time.Parse(time.DateOnly, t.ClientSecretExpires)
+	if err != nil {
+		l.errorf(key, "%q is not a date; write it as YYYY-MM-DD, e.g. \"2027-06-30\" (the Expires column under Certificates & secrets)", t.ClientSecretExpires)
+		return
+	}
+	t.SecretExpires = d.Add(24*time.Hour - time.Second)
+	switch {
+	case now().After(t.SecretExpires):
+		l.warnf(key, "the client secret expired on %s: token requests fail with AADSTS7000222 until you create a new secret (Certificates & secrets) and update client_secret and this date",
+			t.ClientSecretExpires)
+	case now().Add(CredentialWarnBefore).After(t.SecretExpires):
+		l.warnf(key, "the client secret expires on %s; create a new one under Certificates & secrets before then and update client_secret and this date",
+			t.ClientSecretExpires)
 	}
 }
 

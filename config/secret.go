@@ -75,6 +75,23 @@ func (c Credential) NotAfter() time.Time {
 	return c.certs[0].NotAfter
 }
 
+// Equal says whether c and o are the same credential.
+func (c Credential) Equal(o Credential) bool {
+	if c.secret != o.secret || len(c.certs) != len(o.certs) {
+		return false
+	}
+	for i := range c.certs {
+		if !c.certs[i].Equal(o.certs[i]) {
+			return false
+		}
+	}
+	if c.key == nil || o.key == nil {
+		return c.key == nil && o.key == nil
+	}
+	k, ok := c.key.(interface{ Equal(crypto.PrivateKey) bool })
+	return ok && k.Equal(o.key)
+}
+
 // String implements fmt.Stringer without revealing the credential.
 func (c Credential) String() string {
 	switch {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -213,6 +215,11 @@ func (l *loader) validateDevices(c *Config) {
 				l.errorf(fmt.Sprintf("%s.networks[%d]", k, j), "%v", err)
 			}
 		}
+		if d.ExpectEvery < 0 {
+			l.errorf(k+".expect_every", "%s must be positive, e.g. 24h", d.ExpectEvery)
+		} else if d.ExpectEvery > 0 && d.ExpectEvery < time.Minute {
+			l.errorf(k+".expect_every", "%s is too short to tell silence from a pause; use 1m or more, e.g. 24h for a daily test mail", d.ExpectEvery)
+		}
 		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
 		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
 	}
@@ -301,6 +308,12 @@ func (l *loader) validateGlobals(c *Config) {
 	case "json", "console":
 	default:
 		l.errorf("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	if c.Log.AuditFile != "" {
+		c.Log.AuditFile = l.path(c.Log.AuditFile)
+		if fi, err := os.Stat(filepath.Dir(c.Log.AuditFile)); err != nil || !fi.IsDir() {
+			l.errorf("log.audit_file", "the directory of %s does not exist; create it or choose another path", c.Log.AuditFile)
+		}
 	}
 	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil || port == "" {
 		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)

@@ -1,94 +1,349 @@
-// Package metrics holds smtpbridge's Prometheus collectors and the HTTP
-// handler that serves them with the health endpoint.
+// Package metrics holds smtpbridge's Prometheus collectors and the handler
+// that serves them.
 //
-// It knows Prometheus and nothing about SMTP sessions: the bridge and the
-// token store report events through small observer methods. Metric names
-// carry the smtpbridge_ prefix, counters end in _total, and every label set
-// the config defines is initialised to zero so that rate() sees the first
-// event. Labels never carry addresses, usernames or message data.
+// It knows Prometheus and nothing about SMTP sessions: the bridge, the
+// queue and the token store report events through small observer methods
+// (and audit events), and the queue's and upstream's state is read at
+// scrape time through Sources. Metric names carry the smtpbridge_ prefix,
+// counters end in _total, and every label set the config defines is
+// initialised to zero so that rate() sees the first event. Labels carry
+// configured names (listeners, tenants, devices) and fixed values, never
+// addresses, usernames or message data.
 package metrics
 
 import (
 	"net/http"
+	"net/netip"
 	"runtime"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 const namespace = "smtpbridge"
 
+// Label values.
+var (
+	// AuthResults are auth_attempts_total's result values.
+	AuthResults = []string{"success", "bad_credentials", "unknown_user", "blocked", "network_denied"}
+	// Mechanisms are the AUTH mechanisms devices use.
+	Mechanisms = []string{"PLAIN", "LOGIN"}
+	// RejectReasons are messages_rejected_total's reason values.
+	RejectReasons = []string{audit.ReasonPolicy, audit.ReasonSize, audit.ReasonRecipients, audit.ReasonMalformed}
+	// FailReasons are messages_failed_total's reason values.
+	FailReasons = []string{audit.ReasonPermanent, audit.ReasonExpired}
+	// UpstreamStages are upstream_duration_seconds' stage values.
+	UpstreamStages = []string{"token", "connect", "auth", "mail", "rcpt", "data"}
+	// QueueStates are queue_messages' state values.
+	QueueStates = []string{"queued", "deferred", "dead"}
+)
+
+// Inventory is what the config defines: the label sets to initialise.
+type Inventory struct {
+	Listeners []string
+	Tenants   []Tenant
+	Devices   []Device
+}
+
+// Tenant is a configured tenant.
+type Tenant struct {
+	Name string
+	// CredentialExpiry is the certificate's NotAfter or the configured
+	// client_secret_expires; zero when unknown.
+	CredentialExpiry time.Time
+}
+
+// Device is a configured device.
+type Device struct {
+	Name, Tenant string
+	// ExpectEvery is how often the device is expected to send; zero for
+	// devices that send when people use them.
+	ExpectEvery time.Duration
+}
+
+// Sources are read at scrape time. Any may be nil.
+type Sources struct {
+	Queue               func() QueueStats
+	UpstreamConnections func() map[string]int // by tenant
+	DeviceLastSeen      func() map[string]time.Time
+}
+
+// QueueStats is the queue's state.
+type QueueStats struct {
+	Queued, Deferred, Dead int
+	Oldest                 time.Time // zero when empty
+}
+
 // Metrics is the bridge's registry and collectors.
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	connections   *prometheus.CounterVec
-	authAttempts  *prometheus.CounterVec
-	tokenRequests *prometheus.CounterVec
-	tokenExpiry   *prometheus.GaugeVec
+	connections       *prometheus.CounterVec
+	connectionsActive *prometheus.GaugeVec
+	authAttempts      *prometheus.CounterVec
+
+	received  *prometheus.CounterVec
+	delivered *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	failed    *prometheus.CounterVec
+	size      prometheus.Histogram
+	latency   *prometheus.HistogramVec
+
+	upstreamReplies  *prometheus.CounterVec
+	upstreamDuration *prometheus.HistogramVec
+	upstreamErrors   *prometheus.CounterVec
+
+	tokenRequests    *prometheus.CounterVec
+	tokenExpiry      *prometheus.GaugeVec
+	credentialExpiry *prometheus.GaugeVec
+	deviceExpected   *prometheus.GaugeVec
+
+	reloadSuccess prometheus.Gauge
+	reloadTime    prometheus.Gauge
+
+	state *stateCollector
+
+	mu  sync.Mutex
+	inv Inventory
 }
 
-// Label values of auth_attempts_total's result.
-var authResults = []string{"success", "bad_credentials", "unknown_user", "network_denied"}
-
-// New registers the collectors. listeners and tenants are the configured
-// names, used to pre-set label combinations to zero.
-func New(version string, listeners, tenants []string) *Metrics {
+// New registers the collectors and initialises the label sets of inv.
+func New(version string, inv Inventory) *Metrics {
 	r := prometheus.NewRegistry()
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	}
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	}
 	m := &Metrics{
-		Registry: r,
-		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "connections_total",
-			Help: "SMTP sessions started by devices, per listener.",
-		}, []string{"listener"}),
-		authAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "auth_attempts_total",
-			Help: "Device AUTH attempts, per listener, mechanism and result.",
-		}, []string{"listener", "mechanism", "result"}),
-		tokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "token_requests_total",
-			Help: "Access token requests, per tenant, source (cache, identity_provider) and result (success, failure).",
-		}, []string{"tenant", "source", "result"}),
-		tokenExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "token_expiry_timestamp_seconds",
-			Help: "When the tenant's current access token expires (Unix time).",
-		}, []string{"tenant"}),
+		Registry:          r,
+		connections:       counter("connections_total", "TCP connections devices opened, per listener.", "listener"),
+		connectionsActive: gauge("connections_active", "Device connections open now, per listener.", "listener"),
+		authAttempts: counter("auth_attempts_total",
+			"Device AUTH attempts, per listener, mechanism and result (success, bad_credentials, unknown_user, blocked, network_denied).",
+			"listener", "mechanism", "result"),
+		received: counter("messages_received_total",
+			"Messages the bridge took from devices (spooled, or in sync mode handed to Exchange whole).", "device", "tenant"),
+		delivered: counter("messages_delivered_total", "Messages Exchange Online accepted (250).", "device", "tenant"),
+		rejected: counter("messages_rejected_total",
+			"Messages or recipients the bridge refused itself, per reason (policy, size, recipients, malformed).", "device", "reason"),
+		failed: counter("messages_failed_total",
+			"Messages that will not be delivered: refused by Exchange for good (permanent) or older than max_age (expired).",
+			"device", "tenant", "reason"),
+		size: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "message_size_bytes",
+			Help: "Size of the messages received, as submitted to Exchange.", Buckets: prometheus.ExponentialBuckets(1024, 4, 10)}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "delivery_latency_seconds",
+			Help:    "Time from the bridge taking a message to Exchange's 250, per tenant.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400}}, []string{"tenant"}),
+		upstreamReplies: counter("upstream_replies_total",
+			"Exchange Online's final reply to each submission attempt, per tenant, code class (2xx, 4xx, 5xx) and enhanced code (known Exchange codes, else other).",
+			"tenant", "code_class", "enhanced"),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "upstream_duration_seconds",
+			Help:    "Time each step of a submission to Exchange took, per tenant and stage (token, connect, auth, mail, rcpt, data).",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}}, []string{"tenant", "stage"}),
+		upstreamErrors: counter("upstream_errors_total",
+			"Submission attempts that ended without a reply from Exchange (unreachable, TLS failure, connection lost), per tenant and stage.",
+			"tenant", "stage"),
+		tokenRequests: counter("token_requests_total",
+			"Access token requests, per tenant, source (cache, identity_provider) and result (success, failure).", "tenant", "source", "result"),
+		tokenExpiry: gauge("token_expiry_timestamp_seconds", "When the tenant's current access token expires (Unix time).", "tenant"),
+		credentialExpiry: gauge("credential_expiry_timestamp_seconds",
+			"When the tenant's client certificate (NotAfter) or client secret (client_secret_expires) expires (Unix time); absent when unknown.", "tenant"),
+		deviceExpected: gauge("device_expected_interval_seconds",
+			"The device's expect_every: it should send at least this often; absent for devices without one.", "device"),
+		reloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_reload_success",
+			Help: "1 if the last configuration load (start or reload) succeeded, 0 if the last reload failed and the previous config is in use."}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_reload_timestamp_seconds",
+			Help: "When the configuration was last loaded or a reload was last tried (Unix time)."}),
+	}
+	m.state = &stateCollector{m: m,
+		queue:     prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
+		oldest:    prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
+		upstream:  prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
+		lastSeen:  prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
+		startTime: time.Now(),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; the labels say which build is running.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
-	r.MustRegister(m.connections, m.authAttempts, m.tokenRequests, m.tokenExpiry, buildInfo,
+	r.MustRegister(m.connections, m.connectionsActive, m.authAttempts,
+		m.received, m.delivered, m.rejected, m.failed, m.size, m.latency,
+		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
+		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected,
+		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Configure(inv)
+	m.reloadSuccess.Set(1)
+	m.reloadTime.Set(float64(time.Now().Unix()))
+	return m
+}
 
-	for _, l := range listeners {
+// Configure initialises the label sets of a (new) configuration and
+// deletes those of devices and tenants it no longer has, so that a
+// removed device stops showing as silent.
+func (m *Metrics) Configure(inv Inventory) {
+	m.mu.Lock()
+	old := m.inv
+	m.inv = inv
+	m.mu.Unlock()
+
+	for _, l := range inv.Listeners {
 		m.connections.WithLabelValues(l)
-		for _, mech := range []string{"PLAIN", "LOGIN"} {
-			for _, res := range authResults {
+		m.connectionsActive.WithLabelValues(l)
+		for _, mech := range Mechanisms {
+			for _, res := range AuthResults {
 				m.authAttempts.WithLabelValues(l, mech, res)
 			}
 		}
 	}
-	for _, t := range tenants {
-		for _, src := range []string{"cache", "identity_provider"} {
-			m.tokenRequests.WithLabelValues(t, src, "success")
+	for _, t := range old.Tenants {
+		if !slices.ContainsFunc(inv.Tenants, func(n Tenant) bool { return n.Name == t.Name }) {
+			m.deleteTenant(t.Name)
 		}
-		m.tokenRequests.WithLabelValues(t, "identity_provider", "failure")
 	}
-	return m
+	for _, t := range inv.Tenants {
+		for _, src := range []string{"cache", "identity_provider"} {
+			m.tokenRequests.WithLabelValues(t.Name, src, "success")
+		}
+		m.tokenRequests.WithLabelValues(t.Name, "identity_provider", "failure")
+		m.latency.WithLabelValues(t.Name)
+		for _, st := range UpstreamStages {
+			m.upstreamDuration.WithLabelValues(t.Name, st)
+			if st != "token" {
+				m.upstreamErrors.WithLabelValues(t.Name, st)
+			}
+		}
+		for _, k := range knownReplies {
+			m.upstreamReplies.WithLabelValues(t.Name, k[0], k[1])
+		}
+		if t.CredentialExpiry.IsZero() {
+			m.credentialExpiry.DeleteLabelValues(t.Name)
+		} else {
+			m.credentialExpiry.WithLabelValues(t.Name).Set(float64(t.CredentialExpiry.Unix()))
+		}
+	}
+	for _, d := range old.Devices {
+		if !slices.ContainsFunc(inv.Devices, func(n Device) bool { return n.Name == d.Name && n.Tenant == d.Tenant }) {
+			m.deleteDevice(d)
+		}
+	}
+	for _, d := range inv.Devices {
+		m.received.WithLabelValues(d.Name, d.Tenant)
+		m.delivered.WithLabelValues(d.Name, d.Tenant)
+		for _, r := range RejectReasons {
+			m.rejected.WithLabelValues(d.Name, r)
+		}
+		for _, r := range FailReasons {
+			m.failed.WithLabelValues(d.Name, d.Tenant, r)
+		}
+		if d.ExpectEvery > 0 {
+			m.deviceExpected.WithLabelValues(d.Name).Set(d.ExpectEvery.Seconds())
+		} else {
+			m.deviceExpected.DeleteLabelValues(d.Name)
+		}
+	}
 }
 
-// Connection counts a device session.
-func (m *Metrics) Connection(listener string) { m.connections.WithLabelValues(listener).Inc() }
+func (m *Metrics) deleteTenant(name string) {
+	l := prometheus.Labels{"tenant": name}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.latency, m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
+	} {
+		v.DeletePartialMatch(l)
+	}
+}
+
+func (m *Metrics) deleteDevice(d Device) {
+	l := prometheus.Labels{"device": d.Name}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.received, m.delivered, m.rejected, m.failed, m.deviceExpected,
+	} {
+		v.DeletePartialMatch(l)
+	}
+}
+
+// SetSources sets what the state metrics are read from.
+func (m *Metrics) SetSources(s Sources) {
+	m.state.mu.Lock()
+	m.state.src = s
+	m.state.mu.Unlock()
+}
+
+// Reloaded records the outcome of a configuration reload.
+func (m *Metrics) Reloaded(ok bool) {
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.reloadSuccess.Set(v)
+	m.reloadTime.Set(float64(time.Now().Unix()))
+}
+
+// Connection counts a device connection.
+func (m *Metrics) Connection(listener string) {
+	m.connections.WithLabelValues(listener).Inc()
+	m.connectionsActive.WithLabelValues(listener).Inc()
+}
+
+// ConnectionClosed counts a device connection's end.
+func (m *Metrics) ConnectionClosed(listener string) {
+	m.connectionsActive.WithLabelValues(listener).Dec()
+}
 
 // AuthAttempt counts a device login attempt.
-func (m *Metrics) AuthAttempt(listener, mechanism, result string) {
+func (m *Metrics) AuthAttempt(listener, mechanism, result, _ string, _ netip.Addr) {
 	m.authAttempts.WithLabelValues(listener, mechanism, result).Inc()
+}
+
+// Observe implements audit.Observer: it counts message events.
+func (m *Metrics) Observe(e audit.Event) {
+	if e.DSNFor != "" {
+		return // the bridge's own report, not a device's message
+	}
+	switch e.Kind {
+	case audit.Received:
+		m.received.WithLabelValues(e.Device, e.Tenant).Inc()
+		m.size.Observe(float64(e.Size))
+	case audit.Delivered:
+		m.delivered.WithLabelValues(e.Device, e.Tenant).Inc()
+		if !e.Accepted.IsZero() {
+			m.latency.WithLabelValues(e.Tenant).Observe(time.Since(e.Accepted).Seconds())
+		}
+	case audit.Rejected:
+		m.rejected.WithLabelValues(e.Device, e.Reason).Inc()
+	case audit.Bounced:
+		m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonPermanent).Inc()
+	case audit.Dead:
+		if e.Reason == audit.ReasonExpired {
+			m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonExpired).Inc()
+		}
+	}
+}
+
+// UpstreamStage records how long a step of a submission took.
+func (m *Metrics) UpstreamStage(tenant, stage string, took time.Duration) {
+	m.upstreamDuration.WithLabelValues(tenant, stage).Observe(took.Seconds())
+}
+
+// UpstreamReply counts Exchange's final reply to a submission attempt.
+func (m *Metrics) UpstreamReply(tenant string, code int, enhanced [3]int) {
+	class, enh := replyLabels(code, enhanced)
+	m.upstreamReplies.WithLabelValues(tenant, class, enh).Inc()
+}
+
+// UpstreamError counts a submission attempt that got no reply.
+func (m *Metrics) UpstreamError(tenant, stage string) {
+	m.upstreamErrors.WithLabelValues(tenant, stage).Inc()
 }
 
 // ObserveToken implements tokenstore.Observer.
@@ -96,21 +351,16 @@ func (m *Metrics) ObserveToken(tenant string, tok tokenstore.Token, err error) {
 	switch {
 	case err != nil:
 		m.tokenRequests.WithLabelValues(tenant, "identity_provider", "failure").Inc()
+		return
 	case tok.FromCache:
 		m.tokenRequests.WithLabelValues(tenant, "cache", "success").Inc()
 	default:
 		m.tokenRequests.WithLabelValues(tenant, "identity_provider", "success").Inc()
-		m.tokenExpiry.WithLabelValues(tenant).Set(float64(tok.ExpiresOn.Unix()))
 	}
+	m.tokenExpiry.WithLabelValues(tenant).Set(float64(tok.ExpiresOn.Unix()))
 }
 
-// Handler serves /metrics and /healthz.
+// Handler serves the registry in Prometheus' text (or OpenMetrics) format.
 func (m *Metrics) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("ok\n"))
-	})
-	return mux
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second})
 }

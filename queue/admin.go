@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
@@ -164,14 +165,22 @@ func (q *Queue) Drop(id string) error {
 	case e != nil:
 		delete(q.entries, id)
 		q.mu.Unlock()
-		q.o.Log.Warn().Str("event", "dropped").Str("msg_id", id).Str("device", e.meta.Device).Msg("message dropped by an admin")
+		ev := event(audit.Dropped, e.meta)
+		ev.Detail = "queued message"
+		q.o.Events.Observe(ev)
 		return q.o.Spool.Remove(id)
 	}
 	q.mu.Unlock()
+	m, _ := q.o.Spool.GetDead(id)
 	if err := q.o.Spool.RemoveDead(id); err != nil {
 		return err
 	}
-	q.o.Log.Warn().Str("event", "dropped").Str("msg_id", id).Msg("dead letter dropped by an admin")
+	q.mu.Lock()
+	q.dead--
+	q.mu.Unlock()
+	ev := event(audit.Dropped, m)
+	ev.MsgID, ev.Detail = id, "dead letter"
+	q.o.Events.Observe(ev)
 	return nil
 }
 
@@ -183,9 +192,10 @@ func (q *Queue) Requeue(id string) error {
 	}
 	q.mu.Lock()
 	q.entries[id] = &entry{meta: m, due: time.Now()}
+	q.dead--
 	q.mu.Unlock()
 	q.kick()
-	q.o.Log.Info().Str("event", "requeued").Str("msg_id", id).Str("device", m.Device).Msg("dead letter requeued by an admin")
+	q.o.Events.Observe(event(audit.Requeued, m))
 	return nil
 }
 
@@ -274,4 +284,32 @@ func (o *Offline) Drop(id string) error {
 func (o *Offline) Requeue(id string) error {
 	_, err := o.s.Requeue(id)
 	return err
+}
+
+// Stats is a summary of the queue for metrics and the status page.
+type Stats struct {
+	Queued   int // waiting for the first attempt, or being delivered
+	Deferred int // an attempt failed; waiting for the next
+	Dead     int
+	// Oldest is when the oldest queued message was received; zero when
+	// the queue is empty.
+	Oldest time.Time
+}
+
+// Stats summarises the queue from memory, without reading the spool.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	st := Stats{Dead: q.dead}
+	for _, e := range q.entries {
+		if stateOf(e.meta) == StateDeferred {
+			st.Deferred++
+		} else {
+			st.Queued++
+		}
+		if st.Oldest.IsZero() || e.meta.Received.Before(st.Oldest) {
+			st.Oldest = e.meta.Received
+		}
+	}
+	return st
 }

@@ -15,23 +15,30 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
 // bury makes m a dead letter and, if its device has a bounce address,
-// queues a delivery status notification about it.
-func (q *Queue) bury(m spool.Meta, reason string, log zerolog.Logger) {
+// queues a delivery status notification about it. why is
+// audit.ReasonPermanent or audit.ReasonExpired; reason says it in words.
+func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 	header, herr := q.originalHeader(m.ID)
 	if err := q.o.Spool.Bury(m, reason); err != nil {
 		// It stays queued on disk and is tried again after a restart.
 		log.Error().Err(err).Msg("could not move the message to the dead letters")
 		return
 	}
-	log.Warn().Str("event", "dead").Str("reason", reason).Msg("message moved to the dead letters")
+	q.mu.Lock()
+	q.dead++
+	q.mu.Unlock()
+	ev := event(audit.Dead, m)
+	ev.Attempt, ev.Reply, ev.Reason, ev.Detail = m.Attempts, m.LastReply, why, reason
+	q.o.Events.Observe(ev)
 	if m.DSNFor != "" {
 		return // a report about a report would loop
 	}
-	to := q.o.BounceTo(m.Device)
+	to := q.opts().BounceTo(m.Device)
 	if to == "" {
 		return
 	}
@@ -45,11 +52,13 @@ func (q *Queue) bury(m spool.Meta, reason string, log zerolog.Logger) {
 	dsn.Received = time.Now().UTC()
 	dsn.Attempts, dsn.NextAttempt = 1, dsn.Received.Add(q.backoff(1))
 	body := buildDSN(q.o.Hostname, dsn.ID, to, m, reason, header, time.Now())
-	if _, err := q.add(dsn, bytes.NewReader(body), false); err != nil {
+	if _, err := q.add(dsn, bytes.NewReader(body), false, nil); err != nil {
 		log.Error().Err(err).Msg("could not queue the delivery status notification")
 		return
 	}
-	log.Info().Str("event", "dsn").Str("dsn_id", dsn.ID).Str("bounce_to", to).Msg("delivery status notification queued")
+	ev = event(audit.DSN, m)
+	ev.Detail = "report " + dsn.ID + " to " + to
+	q.o.Events.Observe(ev)
 }
 
 // maxReportedHeader bounds the original header block a report carries.

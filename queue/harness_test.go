@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
@@ -204,7 +205,8 @@ func (w *world) start(o stackOptions) *stack {
 	s.up = &bridge.Upstream{Tokens: store, Hostname: "bridge.test", Routes: map[string]bridge.Route{
 		"contoso": {SMTPHost: w.proxy.addr(), RootCAs: w.ca.Pool(), MaxConnections: 3, MaxPerMinute: 1000}}}
 	s.q, err = queue.New(queue.Options{Spool: sp, Deliverer: s.up, RetryInitial: o.retryInitial, RetryMax: o.retryMax,
-		MaxAge: o.maxAge, BounceTo: func(string) string { return o.bounceTo }, Hostname: "bridge.test", Log: log})
+		MaxAge: o.maxAge, BounceTo: func(string) string { return o.bounceTo }, Hostname: "bridge.test", Log: log,
+		Events: audit.NewLogger(log)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +226,7 @@ func (w *world) start(o stackOptions) *stack {
 		Hostname: "bridge.test", Directory: dir, Deliverer: s.up, Spooler: s.q, Mode: o.mode, SyncTimeout: o.syncTimeout,
 		Listeners: []config.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: config.TLSNone, AllowInsecureAuth: true, MinTLSVersion: "1.2"}},
 		Limits:    config.Limits{MaxMessageBytes: config.DefaultMaxMessageBytes, MaxRecipients: 100},
-		Log:       log,
+		Events:    audit.NewLogger(log), Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)

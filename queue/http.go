@@ -7,9 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/loopback"
 )
 
 // Handler serves a Manager as the admin API on the bridge's http
@@ -57,18 +58,7 @@ func Handler(m Manager) http.Handler {
 	mux.HandleFunc("POST /api/dead/{id}/requeue", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]any{"requeued": 1}, m.Requeue(r.PathValue("id")))
 	})
-	return loopbackOnly(mux)
-}
-
-func loopbackOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		if err != nil || !ap.Addr().Unmap().IsLoopback() {
-			writeJSON(w, http.StatusForbidden, apiError{"the admin API answers loopback clients only; run smtpbridge queue on the bridge's host"})
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+	return loopback.Only(mux, "the admin API answers loopback clients only; run smtpbridge queue on the bridge's host")
 }
 
 type apiError struct {

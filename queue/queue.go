@@ -24,14 +24,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/spool"
-	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 // Options configure a Queue.
@@ -52,11 +53,15 @@ type Options struct {
 	// Hostname names the bridge in delivery status notifications.
 	Hostname string
 	Log      zerolog.Logger
+	// Events is told about every message event (audit log, metrics,
+	// status page); nil means nobody listens.
+	Events audit.Observer
 }
 
 // Queue is the delivery queue over a spool.
 type Queue struct {
-	o   Options
+	o   Options // fixed at New; the reloadable part is in cur
+	cur atomic.Pointer[Options]
 	ctx context.Context // attempts run under it
 	// cancel aborts attempts still running when Close's grace ends.
 	cancel context.CancelFunc
@@ -68,6 +73,7 @@ type Queue struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	lanes   map[laneKey]*lane
+	dead    int // dead letters in the spool
 	started bool
 	closed  bool
 }
@@ -101,22 +107,19 @@ type lane struct {
 // New loads the spool's queued messages and returns a queue; Start runs
 // it.
 func New(o Options) (*Queue, error) {
-	if o.RetryInitial <= 0 {
-		o.RetryInitial = time.Minute
-	}
-	if o.RetryMax < o.RetryInitial {
-		o.RetryMax = max(30*time.Minute, o.RetryInitial)
-	}
-	if o.MaxAge <= 0 {
-		o.MaxAge = 48 * time.Hour
-	}
-	if o.BounceTo == nil {
-		o.BounceTo = func(string) string { return "" }
+	if o.Events == nil {
+		o.Events = audit.Nop{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q := &Queue{o: o, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}),
 		entries: map[string]*entry{}, lanes: map[laneKey]*lane{}}
+	q.cur.Store(normalize(o))
+	dead, err := o.Spool.DeadCount()
+	if err != nil {
+		return nil, err
+	}
+	q.dead = dead
 	metas, err := o.Spool.List()
 	if err != nil {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
@@ -129,6 +132,49 @@ func New(o Options) (*Queue, error) {
 		o.Log.Info().Int("messages", len(metas)).Msg("queue reloaded from the spool")
 	}
 	return q, nil
+}
+
+func normalize(o Options) *Options {
+	if o.RetryInitial <= 0 {
+		o.RetryInitial = time.Minute
+	}
+	if o.RetryMax < o.RetryInitial {
+		o.RetryMax = max(30*time.Minute, o.RetryInitial)
+	}
+	if o.MaxAge <= 0 {
+		o.MaxAge = 48 * time.Hour
+	}
+	if o.BounceTo == nil {
+		o.BounceTo = func(string) string { return "" }
+	}
+	return &o
+}
+
+// opts returns the current reloadable settings.
+func (q *Queue) opts() *Options { return q.cur.Load() }
+
+// Reconfigure takes the retry schedule, max_age, per-tenant concurrency
+// and bounce addresses from o (its other fields are ignored). Messages
+// already deferred keep their next attempt; later ones use the new
+// schedule.
+func (q *Queue) Reconfigure(o Options) {
+	cur := *q.opts()
+	cur.RetryInitial, cur.RetryMax, cur.MaxAge = o.RetryInitial, o.RetryMax, o.MaxAge
+	cur.Concurrency, cur.BounceTo = o.Concurrency, o.BounceTo
+	q.cur.Store(normalize(cur))
+	q.mu.Lock()
+	for k, l := range q.lanes {
+		l.max = concurrency(q.opts(), k.tenant)
+	}
+	q.mu.Unlock()
+	q.kick()
+}
+
+func concurrency(o *Options, tenant string) int {
+	if n := o.Concurrency[tenant]; n > 0 {
+		return n
+	}
+	return 3
 }
 
 // Start runs the queue until Close.
@@ -250,11 +296,7 @@ func keyOf(e *entry) laneKey {
 func (q *Queue) lane(k laneKey, tenant string) *lane {
 	l := q.lanes[k]
 	if l == nil {
-		n := q.o.Concurrency[tenant]
-		if n <= 0 {
-			n = 3
-		}
-		l = &lane{max: n}
+		l = &lane{max: concurrency(q.opts(), tenant)}
 		q.lanes[k] = l
 	}
 	return l
@@ -298,10 +340,11 @@ func (q *Queue) deliver(m spool.Meta) (bridge.Receipt, error) {
 // then updates the spool.
 func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, err error, took time.Duration, log zerolog.Logger) {
 	now := time.Now()
+	o := q.opts()
 	permanent := bridge.Permanent(err)
-	expired := err != nil && !permanent && now.Sub(m.Since()) >= q.o.MaxAge
+	expired := err != nil && !permanent && now.Sub(m.Since()) >= o.MaxAge
 	if err != nil {
-		m.LastReply = lastReply(err)
+		m.LastReply = bridge.ReplyOf(err)
 	}
 
 	q.mu.Lock()
@@ -328,33 +371,40 @@ func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, 
 	q.mu.Unlock()
 	q.kick()
 
-	ev := log.With().Int("attempt", m.Attempts).Str("from", m.From).Int("rcpts", len(m.To)).
-		Int64("size", m.Size).Dur("duration_ms", took).Logger()
+	ev := event(audit.Delivered, m)
+	ev.Attempt, ev.Duration, ev.Err = m.Attempts, took, err
 	switch {
 	case err == nil:
-		ev.Info().Str("event", "delivered").Str("upstream_id", receipt.QueueID).
-			Dur("queued_ms", now.Sub(m.Received)).Msg("message delivered to Exchange Online")
-		q.remove(m.ID, log)
-	case permanent && waiter != nil:
-		// The session passes the refusal on to the device.
+		ev.Reply, ev.UpstreamID, ev.Accepted = "250 "+receipt.Reply, receipt.QueueID, m.Received
+		q.o.Events.Observe(ev)
 		q.remove(m.ID, log)
 	case permanent:
-		ev.Warn().Str("event", "failed").Err(err).Msg("Exchange Online refused the message; it is a dead letter")
-		q.bury(m, "refused by Exchange Online: "+m.LastReply, log)
-	case expired:
-		ev.Warn().Str("event", "expired").Err(err).Dur("max_age", q.o.MaxAge).Msg("message is older than max_age; it is a dead letter")
-		q.bury(m, fmt.Sprintf("not delivered within %s; last reply: %s", q.o.MaxAge, m.LastReply), log)
-	default:
-		lev := ev.Warn()
-		if setupProblem(err) {
-			// The message is fine; the tenant's set-up needs an admin.
-			lev = ev.Error().Str("problem", "tenant set-up")
+		ev.Kind, ev.Reply, ev.Reason = audit.Bounced, m.LastReply, audit.ReasonPermanent
+		if waiter != nil {
+			// The session passes the refusal on to the device.
+			ev.Detail = "the device was told"
+			q.o.Events.Observe(ev)
+			q.remove(m.ID, log)
+			return
 		}
-		lev.Str("event", "deferred").Err(err).Time("next_attempt", m.NextAttempt).Msg("delivery failed, will retry")
+		q.o.Events.Observe(ev)
+		q.bury(m, audit.ReasonPermanent, "refused by Exchange Online: "+m.LastReply, log)
+	case expired:
+		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", o.MaxAge, m.LastReply), log)
+	default:
+		ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
+		ev.SetupProblem = bridge.SetupProblem(err)
+		q.o.Events.Observe(ev)
 		if uerr := q.o.Spool.Update(m); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
 			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
 		}
 	}
+}
+
+// event describes a queued message.
+func event(k audit.Kind, m spool.Meta) audit.Event {
+	return audit.Event{Kind: k, MsgID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
+		From: m.From, Rcpts: len(m.To), Size: m.Size, DSNFor: m.DSNFor}
 }
 
 func (q *Queue) remove(id string, log zerolog.Logger) {
@@ -368,12 +418,13 @@ func (q *Queue) remove(id string, log zerolog.Logger) {
 // attempt, with ±20% jitter so that messages queued together spread out,
 // kept within [RetryInitial, RetryMax].
 func (q *Queue) backoff(n int) time.Duration {
-	d := q.o.RetryInitial
-	for i := 1; i < n && d < q.o.RetryMax; i++ {
+	o := q.opts()
+	d := o.RetryInitial
+	for i := 1; i < n && d < o.RetryMax; i++ {
 		d *= 2
 	}
 	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-	return min(max(d, q.o.RetryInitial), q.o.RetryMax)
+	return min(max(d, o.RetryInitial), o.RetryMax)
 }
 
 // throttled says whether err means Exchange wants the mailbox to slow
@@ -394,39 +445,6 @@ func throttled(err error) bool {
 	return false
 }
 
-// setupProblem says whether err is the tenant's configuration, not the
-// message: a refused token or Exchange refusing the bridge's login.
-func setupProblem(err error) bool {
-	var (
-		te *tokenstore.Error
-		ue *bridge.UpstreamError
-	)
-	return errors.As(err, &te) || errors.As(err, &ue) && ue.Stage == bridge.StageAuth && ue.Code != 0
-}
-
-// lastReply is what the spool and dead letters keep of an error: the
-// upstream's reply, or the error's text. It never holds a secret: errors
-// here carry replies and Entra's error descriptions, not requests.
-func lastReply(err error) string {
-	var ue *bridge.UpstreamError
-	if errors.As(err, &ue) && ue.Code != 0 {
-		s := fmt.Sprintf("%d", ue.Code)
-		if ue.Enhanced[0] != 0 {
-			s += fmt.Sprintf(" %d.%d.%d", ue.Enhanced[0], ue.Enhanced[1], ue.Enhanced[2])
-		}
-		s += " " + ue.Message
-		if ue.Recipient != "" {
-			s += " (recipient " + ue.Recipient + ")"
-		}
-		return s
-	}
-	s := err.Error()
-	if len(s) > 500 {
-		s = s[:500]
-	}
-	return s
-}
-
 // Spool implements bridge.Spooler.
 func (q *Queue) Spool(m *bridge.Message, wait bool) (bridge.Pending, error) {
 	now := time.Now().UTC()
@@ -439,10 +457,16 @@ func (q *Queue) Spool(m *bridge.Message, wait bool) (bridge.Pending, error) {
 	if m.Device != nil {
 		meta.Device = m.Device.Name
 	}
-	return q.add(meta, m.Body, wait)
+	return q.add(meta, m.Body, wait, func(meta spool.Meta) {
+		ev := event(audit.Received, meta)
+		ev.Mode = m.Mode
+		q.o.Events.Observe(ev)
+	})
 }
 
-func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool) (bridge.Pending, error) {
+// add stores a message and queues it. committed, if set, is called once
+// the message is safe on disk and before its first attempt starts.
+func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(spool.Meta)) (bridge.Pending, error) {
 	w, err := q.o.Spool.Create(meta)
 	if err != nil {
 		return nil, &bridge.StorageError{Err: err}
@@ -458,6 +482,9 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool) (bridge.Pending,
 	meta, err = w.Commit()
 	if err != nil {
 		return nil, &bridge.StorageError{Err: err}
+	}
+	if committed != nil {
+		committed(meta)
 	}
 	e := &entry{meta: meta, due: time.Now(), paid: true}
 	p := &pending{q: q, id: meta.ID}

@@ -411,6 +411,38 @@ func (s *Spool) Bury(m Meta, reason string) error {
 	return s.Remove(id)
 }
 
+// DeadCount counts the dead letters without reading them.
+func (s *Spool) DeadCount() (int, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, deadDir))
+	if err != nil {
+		return 0, fmt.Errorf("spool: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".json") {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// CheckWritable creates, syncs and removes a small file in the spool, to
+// tell whether the spool can take messages right now.
+func (s *Spool) CheckWritable() error {
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "ready-*")
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	_, werr := f.Write([]byte("ok\n"))
+	serr := f.Sync()
+	cerr := f.Close()
+	os.Remove(f.Name())
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
+}
+
 // GetDead returns a dead letter's metadata.
 func (s *Spool) GetDead(id string) (Meta, error) {
 	if !validID(id) {

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
@@ -64,6 +65,7 @@ var requestTimeout = 30 * time.Second
 
 // Store hands out tokens per tenant name.
 type Store struct {
+	mu       sync.RWMutex
 	clients  map[string]*client
 	group    singleflight.Group
 	observer Observer
@@ -88,6 +90,39 @@ func New(tenants []Tenant, obs Observer) (*Store, error) {
 		s.clients[t.Name] = c
 	}
 	return s, nil
+}
+
+// Reconfigure replaces the tenants (a config reload). A tenant whose
+// settings are unchanged keeps its MSAL client and so its cached token;
+// a new or changed one gets a new client, which asks Entra for a token on
+// first use. It is all or nothing: on error nothing changes.
+func (s *Store) Reconfigure(tenants []Tenant) error {
+	s.mu.RLock()
+	old := s.clients
+	s.mu.RUnlock()
+	next := make(map[string]*client, len(tenants))
+	for _, t := range tenants {
+		if c, ok := old[t.Name]; ok && c.tenant.equal(t) {
+			next[t.Name] = c
+			continue
+		}
+		c, err := newClient(t)
+		if err != nil {
+			return fmt.Errorf("tenant %s: %w", t.Name, err)
+		}
+		next[t.Name] = c
+	}
+	s.mu.Lock()
+	s.clients = next
+	s.mu.Unlock()
+	return nil
+}
+
+// equal says whether two tenants need the same MSAL client.
+func (t Tenant) equal(o Tenant) bool {
+	return t.Name == o.Name && t.TenantID == o.TenantID && t.ClientID == o.ClientID &&
+		t.AuthorityHost == o.AuthorityHost && t.Scope == o.Scope && t.RootCAs.Equal(o.RootCAs) &&
+		t.Credential.Equal(o.Credential)
 }
 
 func newClient(t Tenant) (*client, error) {
@@ -158,14 +193,18 @@ func IsMicrosoftAuthority(authority string) bool {
 // MSAL's cache while they have more than five minutes left; concurrent
 // callers for one tenant share one request to Entra ID.
 func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
+	s.mu.RLock()
 	c, ok := s.clients[tenant]
+	s.mu.RUnlock()
 	if !ok {
 		return Token{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
 	}
 	if err := ctx.Err(); err != nil {
 		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, err)
 	}
-	ch := s.group.DoChan(tenant, func() (any, error) {
+	// The key names the client, so that a reload's new credential never
+	// shares a grant made with the old one.
+	ch := s.group.DoChan(fmt.Sprintf("%s/%p", tenant, c), func() (any, error) {
 		// Detached from the first caller: its cancellation must not fail
 		// the grant for everyone waiting on it.
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)

@@ -9,27 +9,35 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 // shutdownGrace is how long sessions in progress may take to finish after
 // SIGTERM or SIGINT.
 const shutdownGrace = 30 * time.Second
+
+// statusSaveEvery is how often the status page's last-seen times are
+// written to the spool directory.
+const statusSaveEvery = 30 * time.Second
 
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -40,12 +48,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	if *sandboxDir != "" {
-		cfg.Sandbox.Dir = *sandboxDir
-	}
-	if cfg.Sandbox.Dir != "" {
-		abs, err := filepath.Abs(cfg.Sandbox.Dir)
+		abs, err := filepath.Abs(*sandboxDir)
 		if err != nil {
-			return usageError{fmt.Sprintf("sandbox directory %q: %v", cfg.Sandbox.Dir, err)}
+			return usageError{fmt.Sprintf("sandbox directory %q: %v", *sandboxDir, err)}
 		}
 		cfg.Sandbox.Dir = abs
 	}
@@ -56,18 +61,45 @@ func cmdServe(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return serve(ctx, cfg, *sandboxDir, log, hup)
 }
 
-// serve runs the bridge until ctx ends.
-func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
-	hostname := cfg.Hostname
-	if hostname == "" {
+// daemon is a running bridge: its parts, and the config they were built
+// from, which a reload replaces.
+type daemon struct {
+	log        zerolog.Logger
+	hostname   string
+	sandboxDir string // --sandbox, which overrides sandbox.dir on reloads too
+	sb         *sandbox.Sandbox
+	roots      *x509.CertPool // the sandbox's CA; nil in production
+
+	store  *tokenstore.Store
+	up     *bridge.Upstream
+	q      *queue.Queue
+	srv    *bridge.Server
+	m      *metrics.Metrics
+	board  *status.Board
+	audit  *audit.Logger
+	sp     *spool.Spool
+	httpLn net.Listener
+
+	mu  sync.Mutex // one reload at a time
+	cfg *config.Config
+}
+
+// serve runs the bridge until ctx ends, reloading the config on each value
+// from hup.
+func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerolog.Logger, hup <-chan os.Signal) error {
+	d := &daemon{log: log, cfg: cfg, sandboxDir: sandboxDir, hostname: cfg.Hostname}
+	if d.hostname == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
 			h = "smtpbridge"
 		}
-		hostname = h
+		d.hostname = h
 	}
 	unlock, err := spool.Lock(cfg.Spool.Dir)
 	if err != nil {
@@ -77,116 +109,115 @@ func serve(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	defer unlock()
-	sp, err := spool.Open(cfg.Spool.Dir)
-	if err != nil {
+	if d.sp, err = spool.Open(cfg.Spool.Dir); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 
-	tenants := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
-	routes := map[string]bridge.Route{}
-	concurrency := map[string]int{}
-	var roots *x509.CertPool
 	if cfg.Sandbox.Dir != "" {
-		sb, err := sandbox.Start(cfg, cfg.Sandbox.Dir)
-		if err != nil {
+		if d.sb, err = sandbox.Start(cfg, cfg.Sandbox.Dir); err != nil {
 			return fmt.Errorf("sandbox: %w", err)
 		}
-		defer sb.Close()
-		roots = sb.RootCAs()
-		for i := range cfg.Tenants {
-			cfg.Tenants[i].AuthorityHost = sb.AuthorityHost()
-			cfg.Tenants[i].SMTPHost = sb.SMTPHost()
-		}
-		log.Warn().Str("mail_dir", sb.MailDir).Str("authority", sb.AuthorityHost()).Str("smtp_host", sb.SMTPHost()).
+		defer d.sb.Close()
+		d.roots = d.sb.RootCAs()
+		d.sb.Apply(cfg)
+		log.Warn().Str("mail_dir", d.sb.MailDir).Str("authority", d.sb.AuthorityHost()).Str("smtp_host", d.sb.SMTPHost()).
 			Msg("SANDBOX MODE: tokens and Exchange Online are simulated on this machine; no mail leaves it, messages are written to mail_dir as .eml")
+	} else {
+		warnAuthorities(cfg, log)
 	}
-	var listenerNames, tenantNames []string
-	for _, l := range cfg.Listeners {
-		listenerNames = append(listenerNames, l.Name)
+
+	d.board = status.NewBoard()
+	if err := d.board.Load(filepath.Join(cfg.Spool.Dir, "status.json")); err != nil {
+		log.Warn().Err(err).Msg("the status page's saved last-seen times could not be read")
 	}
-	for _, t := range cfg.Tenants {
-		tenantNames = append(tenantNames, t.Name)
-		tenants = append(tenants, tokenstore.Tenant{
-			Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
-			AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots,
-		})
-		routes[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots,
-			MaxConnections: t.MaxConnectionsPerMailbox, MaxPerMinute: t.MaxMessagesPerMinute}
-		concurrency[t.Name] = t.MaxConnectionsPerMailbox
-		if cfg.Sandbox.Dir == "" && !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
-			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
-				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
-		}
+	d.board.Configure(statusInventory(cfg))
+	d.m = metrics.New(buildVersion(), metricsInventory(cfg))
+	d.audit = audit.NewLogger(log)
+	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
+		return fmt.Errorf("log.audit_file: %w", err)
 	}
-	m := metrics.New(buildVersion(), listenerNames, tenantNames)
-	store, err := tokenstore.New(tenants, m)
-	if err != nil {
+	defer d.audit.Close()
+	events := audit.Tee{d.audit, d.m, d.board}
+
+	if d.store, err = tokenstore.New(tokenTenants(cfg, d.roots), tokenObservers{d.m, d.board}); err != nil {
 		return err
 	}
 	dir, err := bridge.NewDirectory(cfg.Devices)
 	if err != nil {
 		return err
 	}
-	up := &bridge.Upstream{Tokens: store, Routes: routes, Hostname: hostname}
-	defer up.Close()
-	q, err := queue.New(queue.Options{
-		Spool: sp, Deliverer: up,
-		RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax, MaxAge: cfg.Delivery.MaxAge,
-		Concurrency: concurrency, BounceTo: bounceTo(cfg), Hostname: hostname, Log: log,
+	d.up = &bridge.Upstream{Tokens: d.store, Routes: routes(cfg, d.roots), Hostname: d.hostname, Observer: d.m}
+	defer d.up.Close()
+	qo := queueOptions(cfg)
+	qo.Spool, qo.Deliverer, qo.Hostname, qo.Log, qo.Events = d.sp, d.up, d.hostname, log, events
+	if d.q, err = queue.New(qo); err != nil {
+		return err
+	}
+	st := serverSettings(cfg, dir)
+	d.srv, err = bridge.NewServer(bridge.Options{
+		Hostname: d.hostname, Listeners: st.Listeners, Limits: st.Limits, Directory: dir,
+		Mode: st.Mode, SyncTimeout: st.SyncTimeout,
+		Deliverer: d.up, Spooler: d.q, Observer: connObservers{d.m, d.board}, Events: events, Log: log,
 	})
 	if err != nil {
 		return err
 	}
-	srv, err := bridge.NewServer(bridge.Options{
-		Hostname:    hostname,
-		Listeners:   cfg.Listeners,
-		Limits:      cfg.Limits,
-		Directory:   dir,
-		Deliverer:   up,
-		Spooler:     q,
-		Mode:        cfg.Delivery.Mode,
-		SyncTimeout: cfg.Delivery.SyncTimeout,
-		Observer:    m,
-		Log:         log,
+	d.m.SetSources(metrics.Sources{
+		Queue: func() metrics.QueueStats {
+			s := d.q.Stats()
+			return metrics.QueueStats{Queued: s.Queued, Deferred: s.Deferred, Dead: s.Dead, Oldest: s.Oldest}
+		},
+		UpstreamConnections: d.up.Connections,
+		DeviceLastSeen:      d.board.LastSeen,
 	})
-	if err != nil {
+
+	if err := d.srv.Listen(); err != nil {
 		return err
 	}
-	if err := srv.Listen(); err != nil {
-		return err
-	}
-	httpLn, err := net.Listen("tcp", cfg.HTTP.Address)
-	if err != nil {
-		srv.Shutdown(context.Background())
+	if d.httpLn, err = net.Listen("tcp", cfg.HTTP.Address); err != nil {
+		d.srv.Shutdown(context.Background())
 		return fmt.Errorf("http.address: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/api/", queue.Handler(q))
-	mux.Handle("/", m.Handler())
-	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
-		if err := httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("http listener stopped")
 		}
 	}()
-	q.Start()
-	srv.Serve()
-	log.Info().Str("version", buildVersion()).Str("hostname", hostname).Str("http", httpLn.Addr().String()).
+	saverStop, saverDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(saverDone)
+		d.board.SaveEvery(statusSaveEvery, saverStop, func(err error) {
+			log.Warn().Err(err).Msg("could not save the status page's last-seen times")
+		})
+	}()
+	d.q.Start()
+	d.srv.Serve()
+	log.Info().Str("version", buildVersion()).Str("hostname", d.hostname).Str("http", d.httpLn.Addr().String()).
 		Int("devices", len(cfg.Devices)).Int("tenants", len(cfg.Tenants)).Msg("smtpbridge started")
 
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-hup:
+			d.reload("SIGHUP")
+		}
+	}
+
 	log.Info().Str("grace", shutdownGrace.String()).Msg("shutting down: no new connections; waiting for sessions in progress")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	err = srv.Shutdown(sctx)
-	if err != nil {
+	if err := d.srv.Shutdown(sctx); err != nil {
 		log.Warn().Err(err).Msg("sessions still open at the end of the grace period were closed")
 	}
 	// Attempts in flight get what is left of the grace period; queued
 	// messages stay in the spool for the next start.
-	q.Close(max(time.Until(deadline(sctx)), time.Second))
+	d.q.Close(max(time.Until(deadline(sctx)), time.Second))
 	httpSrv.Shutdown(sctx)
-	if items, err := q.List(); err == nil && len(items) > 0 {
+	close(saverStop)
+	<-saverDone
+	if items, err := d.q.List(); err == nil && len(items) > 0 {
 		log.Info().Int("queued", len(items)).Str("spool", cfg.Spool.Dir).Msg("queued messages stay in the spool and are delivered after the next start")
 	}
 	log.Info().Msg("stopped")
@@ -198,27 +229,49 @@ func deadline(ctx context.Context) time.Time {
 	return d
 }
 
-// bounceTo resolves a device's bounce address, its own or the global one.
-func bounceTo(cfg *config.Config) func(string) string {
-	byName := map[string]string{}
-	for i := range cfg.Devices {
-		_, b := cfg.DeliveryFor(&cfg.Devices[i])
-		byName[cfg.Devices[i].Name] = b
-	}
-	return func(device string) string {
-		if b, ok := byName[device]; ok {
-			return b
+func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
+	for _, t := range cfg.Tenants {
+		if !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
+			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
+				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
 		}
-		return cfg.Delivery.BounceTo // a device since removed from the config
+	}
+}
+
+// tokenObservers tells metrics and the status page about token requests.
+type tokenObservers []tokenstore.Observer
+
+func (o tokenObservers) ObserveToken(tenant string, tok tokenstore.Token, err error) {
+	for _, x := range o {
+		x.ObserveToken(tenant, tok, err)
+	}
+}
+
+// connObservers tells metrics and the status page about connections and
+// logins.
+type connObservers []bridge.Observer
+
+func (o connObservers) Connection(l string) {
+	for _, x := range o {
+		x.Connection(l)
+	}
+}
+
+func (o connObservers) ConnectionClosed(l string) {
+	for _, x := range o {
+		x.ConnectionClosed(l)
+	}
+}
+
+func (o connObservers) AuthAttempt(listener, mechanism, result, device string, remote netip.Addr) {
+	for _, x := range o {
+		x.AuthAttempt(listener, mechanism, result, device, remote)
 	}
 }
 
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {
-	level, err := zerolog.ParseLevel(c.Level)
-	if err != nil {
-		level = zerolog.InfoLevel
-	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	setLogLevel(c.Level)
 	out := w
 	if c.Format == "console" {
 		noColor := true
@@ -227,5 +280,15 @@ func newLogger(c config.Log, w io.Writer) zerolog.Logger {
 		}
 		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: noColor}
 	}
-	return zerolog.New(out).Level(level).With().Timestamp().Logger()
+	// The logger itself lets everything through; the global level, which
+	// a reload may change, filters.
+	return zerolog.New(out).With().Timestamp().Logger()
+}
+
+func setLogLevel(s string) {
+	level, err := zerolog.ParseLevel(s)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	zerolog.SetGlobalLevel(level)
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
@@ -28,6 +29,10 @@ type Sandbox struct {
 	Entra    *fakeentra.Server
 	Exchange *fakeexchange.Server
 	MailDir  string
+
+	mu      sync.Mutex
+	apps    map[string]string // tenant ID + client ID -> service principal object ID
+	tenants map[string]bool   // tenant IDs registered
 }
 
 // Start starts the fakes on loopback and registers cfg's tenants and
@@ -57,19 +62,29 @@ func Start(cfg *config.Config, mailDir string) (*Sandbox, error) {
 		entra.Close()
 		return nil, fmt.Errorf("sandbox submission endpoint: %w", err)
 	}
-	sb := &Sandbox{CA: ca, Entra: entra, Exchange: exo, MailDir: mailDir}
-	if err := sb.register(cfg); err != nil {
+	sb := &Sandbox{CA: ca, Entra: entra, Exchange: exo, MailDir: mailDir, apps: map[string]string{}, tenants: map[string]bool{}}
+	if err := sb.Register(cfg); err != nil {
 		sb.Close()
 		return nil, err
 	}
 	return sb, nil
 }
 
-func (sb *Sandbox) register(cfg *config.Config) error {
+// Register makes cfg's tenants, apps and device mailboxes known to the
+// fakes, correctly permitted. It may be called again after a reload: what
+// was registered before keeps its IDs, so tokens already issued stay
+// valid, and a changed secret or certificate replaces the old one.
+func (sb *Sandbox) Register(cfg *config.Config) error {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
 	objectIDs := map[string]string{} // tenant name -> service principal object ID
 	for _, t := range cfg.Tenants {
-		sb.Entra.AddTenant(t.TenantID)
-		app := fakeentra.App{ClientID: t.ClientID}
+		if !sb.tenants[strings.ToLower(t.TenantID)] {
+			sb.Entra.AddTenant(t.TenantID)
+			sb.tenants[strings.ToLower(t.TenantID)] = true
+		}
+		key := strings.ToLower(t.TenantID + "/" + t.ClientID)
+		app := fakeentra.App{ClientID: t.ClientID, ObjectID: sb.apps[key]}
 		if t.Credential.IsCertificate() {
 			certs, _ := t.Credential.Certificate()
 			app.Certificates = certs[:1]
@@ -79,6 +94,7 @@ func (sb *Sandbox) register(cfg *config.Config) error {
 			return errors.New("sandbox: tenant " + t.Name + " has no credential")
 		}
 		a := sb.Entra.AddApp(t.TenantID, app)
+		sb.apps[key] = a.ObjectID
 		sb.Exchange.AddServicePrincipal(t.TenantID, t.ClientID, a.ObjectID)
 		objectIDs[t.Name] = a.ObjectID
 	}
@@ -107,6 +123,14 @@ func sendAs(d config.Device) []string {
 		}
 	}
 	return out
+}
+
+// Apply points cfg's tenants at the fakes.
+func (sb *Sandbox) Apply(cfg *config.Config) {
+	for i := range cfg.Tenants {
+		cfg.Tenants[i].AuthorityHost = sb.AuthorityHost()
+		cfg.Tenants[i].SMTPHost = sb.SMTPHost()
+	}
 }
 
 // AuthorityHost is what tenants' authority_host becomes in sandbox mode.

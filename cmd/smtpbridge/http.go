@@ -1,0 +1,71 @@
+package main
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/loopback"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/status"
+)
+
+// handler is everything the http listener serves:
+//
+//	GET  /          the status page
+//	GET  /metrics   Prometheus metrics
+//	GET  /healthz   the process answers
+//	GET  /readyz    listeners bound and the spool writable
+//	POST /-/reload  reload the config (loopback clients only)
+//	     /api/...   the queue admin API (loopback clients only)
+func (d *daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.q))
+	mux.Handle("GET /metrics", d.m.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		text(w, http.StatusOK, "ok\n")
+	})
+	mux.Handle("GET /readyz", d.readyHandler())
+	mux.Handle("POST /-/reload", loopback.Only(d.reloadHandler(), "reload answers loopback clients only; send SIGHUP or POST from the bridge's host"))
+	mux.Handle("/api/", queue.Handler(d.q))
+	return mux
+}
+
+// readyCacheFor keeps /readyz from writing to the spool on every probe of
+// a busy load balancer.
+const readyCacheFor = time.Second
+
+// readyHandler says whether the bridge should get mail: listeners bound,
+// not shutting down, and the spool writable. It does not ask Entra ID or
+// Exchange: while they fail, the queue holds the mail, so a load balancer
+// should keep sending it here.
+func (d *daemon) readyHandler() http.Handler {
+	var (
+		mu      sync.Mutex
+		checked time.Time
+		last    error
+	)
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		if time.Since(checked) > readyCacheFor {
+			last = d.srv.Ready()
+			if last == nil {
+				last = d.sp.CheckWritable()
+			}
+			checked = time.Now()
+		}
+		err := last
+		mu.Unlock()
+		if err != nil {
+			text(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
+			return
+		}
+		text(w, http.StatusOK, "ready\n")
+	})
+}
+
+func text(w http.ResponseWriter, code int, s string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	w.Write([]byte(s))
+}

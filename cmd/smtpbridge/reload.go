@@ -1,0 +1,181 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/config"
+)
+
+// reloadResult is what a reload did, for POST /-/reload.
+type reloadResult struct {
+	OK bool `json:"ok"`
+	// Problems stopped the reload: the previous config stays in use.
+	Problems []string `json:"problems,omitempty"`
+	// Warnings did not: settings that need a restart, and the config's
+	// own warnings.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// reload reads the config file again and applies it as a whole: devices,
+// their policies and limits, tenants, delivery settings, listener TLS
+// settings, log level and audit file. A config with any problem changes
+// nothing. Sessions in progress are not dropped (each keeps the settings
+// it started with until its next message) and queued messages stay
+// queued.
+func (d *daemon) reload(source string) reloadResult {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	log := d.log.With().Str("event", "reload").Str("source", source).Logger()
+	res := d.apply()
+	d.m.Reloaded(res.OK)
+	if !res.OK {
+		for _, p := range res.Problems {
+			log.Error().Msg("reload: " + p)
+		}
+		log.Error().Int("problems", len(res.Problems)).Msg("configuration reload failed; the previous configuration stays in use")
+		d.board.Reloaded(false, res.Problems)
+		return res
+	}
+	for _, w := range res.Warnings {
+		log.Warn().Msg("reload: " + w)
+	}
+	d.board.Reloaded(true, nil)
+	log.Info().Int("devices", len(d.cfg.Devices)).Int("tenants", len(d.cfg.Tenants)).Int("warnings", len(res.Warnings)).
+		Msg("configuration reloaded")
+	return res
+}
+
+func (d *daemon) apply() reloadResult {
+	path := d.cfg.Path
+	cfg, err := config.Load(path)
+	var ce *config.Error
+	switch {
+	case errors.As(err, &ce):
+		var res reloadResult
+		for _, p := range ce.Problems {
+			if !p.Warning {
+				res.Problems = append(res.Problems, path+":"+problemLine(p))
+			}
+		}
+		return res
+	case err != nil:
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	var warnings []string
+	for _, p := range cfg.Warnings {
+		warnings = append(warnings, path+":"+problemLine(p))
+	}
+	warnings = append(warnings, restartOnly(d.cfg, cfg)...)
+	if d.sb != nil {
+		// Sandbox mode stays on until a restart, whatever the file says.
+		cfg.Sandbox.Dir = d.cfg.Sandbox.Dir
+		d.sb.Apply(cfg)
+		if err := d.sb.Register(cfg); err != nil {
+			return reloadResult{Problems: []string{err.Error()}}
+		}
+	} else {
+		cfg.Sandbox.Dir = ""
+	}
+	// Keep what needs a restart as it runs, so that the next reload
+	// compares against it again.
+	cfg.Hostname, cfg.Spool, cfg.HTTP, cfg.Log.Format = d.cfg.Hostname, d.cfg.Spool, d.cfg.HTTP, d.cfg.Log.Format
+	cfg.Listeners = runningListeners(d.cfg.Listeners, cfg.Listeners)
+
+	// Everything that can fail first, and nothing changed until it has
+	// all succeeded.
+	dir, err := bridge.NewDirectory(cfg.Devices)
+	if err != nil {
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	if err := bridge.CheckListeners(cfg.Listeners); err != nil {
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	if err := d.store.Reconfigure(tokenTenants(cfg, d.roots)); err != nil {
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	if err := d.srv.Reload(serverSettings(cfg, dir)); err != nil {
+		// CheckListeners passed a moment ago: a certificate file changed
+		// in between. The tokens are already reconfigured, which is
+		// harmless: the new tenants are a superset the devices need.
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	d.up.SetRoutes(routes(cfg, d.roots))
+	d.q.Reconfigure(queueOptions(cfg))
+	d.m.Configure(metricsInventory(cfg))
+	d.board.Configure(statusInventory(cfg))
+	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
+		warnings = append(warnings, fmt.Sprintf("log.audit_file: %v; the audit log goes to the previous file", err))
+		cfg.Log.AuditFile = d.cfg.Log.AuditFile
+	}
+	setLogLevel(cfg.Log.Level)
+	d.cfg = cfg
+	return reloadResult{OK: true, Warnings: warnings}
+}
+
+// restartOnly lists the settings that differ between the running config
+// and next but only take effect after a restart.
+func restartOnly(cur, next *config.Config) []string {
+	var out []string
+	changed := func(key, from, to string) {
+		if from != to {
+			out = append(out, fmt.Sprintf("%s changed from %q to %q; restart smtpbridge to apply it (the rest of the new config is in use)", key, from, to))
+		}
+	}
+	changed("hostname", cur.Hostname, next.Hostname)
+	changed("spool.dir", cur.Spool.Dir, next.Spool.Dir)
+	changed("http.address", cur.HTTP.Address, next.HTTP.Address)
+	changed("log.format", cur.Log.Format, next.Log.Format)
+	changed("sandbox.dir", cur.Sandbox.Dir, next.Sandbox.Dir)
+	for _, l := range next.Listeners {
+		i := slices.IndexFunc(cur.Listeners, func(c config.Listener) bool { return c.Name == l.Name })
+		if i < 0 {
+			out = append(out, fmt.Sprintf("listener %q is new; restart smtpbridge to open it", l.Name))
+			continue
+		}
+		changed(fmt.Sprintf("listener %q address", l.Name), cur.Listeners[i].Address, l.Address)
+	}
+	for _, l := range cur.Listeners {
+		if !slices.ContainsFunc(next.Listeners, func(n config.Listener) bool { return n.Name == l.Name }) {
+			out = append(out, fmt.Sprintf("listener %q was removed; it keeps serving with its last settings until smtpbridge restarts", l.Name))
+		}
+	}
+	return out
+}
+
+// runningListeners is next's listeners as they can run without a
+// restart: the running ones, by name, with next's settings but their bound
+// address; new ones left out; removed ones kept as they are.
+func runningListeners(cur, next []config.Listener) []config.Listener {
+	var out []config.Listener
+	for _, c := range cur {
+		l := c
+		if i := slices.IndexFunc(next, func(n config.Listener) bool { return n.Name == c.Name }); i >= 0 {
+			l = next[i]
+			l.Address = c.Address
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// reloadHandler serves POST /-/reload: 200 with the warnings, or 422 with
+// the problems that kept the previous config in use.
+func (d *daemon) reloadHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		res := d.reload("http")
+		w.Header().Set("Content-Type", "application/json")
+		if res.OK {
+			w.WriteHeader(http.StatusOK)
+		} else {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(res)
+	})
+}

@@ -1,0 +1,125 @@
+package metrics
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// stateCollector reads the queue's, upstream's and devices' state when
+// Prometheus scrapes, so that these gauges are never stale and never
+// drift from what they count.
+type stateCollector struct {
+	m                                 *Metrics
+	queue, oldest, upstream, lastSeen *prometheus.Desc
+	startTime                         time.Time
+
+	mu  sync.Mutex
+	src Sources
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.queue
+	ch <- c.oldest
+	ch <- c.upstream
+	ch <- c.lastSeen
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	src := c.src
+	c.mu.Unlock()
+	c.m.mu.Lock()
+	inv := c.m.inv
+	c.m.mu.Unlock()
+
+	var qs QueueStats
+	if src.Queue != nil {
+		qs = src.Queue()
+	}
+	for state, n := range map[string]int{"queued": qs.Queued, "deferred": qs.Deferred, "dead": qs.Dead} {
+		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(n), state)
+	}
+	age := 0.0
+	if !qs.Oldest.IsZero() {
+		age = max(time.Since(qs.Oldest).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
+
+	var conns map[string]int
+	if src.UpstreamConnections != nil {
+		conns = src.UpstreamConnections()
+	}
+	seen := map[string]bool{}
+	for _, t := range inv.Tenants {
+		seen[t.Name] = true
+		ch <- prometheus.MustNewConstMetric(c.upstream, prometheus.GaugeValue, float64(conns[t.Name]), t.Name)
+	}
+	for t, n := range conns {
+		if !seen[t] && n > 0 {
+			// A tenant removed by a reload whose connections are still
+			// open.
+			ch <- prometheus.MustNewConstMetric(c.upstream, prometheus.GaugeValue, float64(n), t)
+		}
+	}
+
+	var last map[string]time.Time
+	if src.DeviceLastSeen != nil {
+		last = src.DeviceLastSeen()
+	}
+	for _, d := range inv.Devices {
+		v := 0.0
+		if t := last[d.Name]; !t.IsZero() {
+			v = float64(t.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(c.lastSeen, prometheus.GaugeValue, v, d.Name)
+	}
+}
+
+// knownReplies are the (code class, enhanced code) pairs of the replies
+// Exchange Online gives SMTP AUTH submissions that an admin acts on
+// (EXCHANGE.md); upstream_replies_total names them, and lumps the rest
+// into "other", so that the label set stays small.
+var knownReplies = [][2]string{
+	{"2xx", "2.0.0"}, // accepted
+	{"4xx", "4.3.2"}, // STOREDRV.ClientSubmit; sender thread limit exceeded
+	{"4xx", "4.7.0"}, // temporary server error
+	{"4xx", "4.7.66"},
+	{"5xx", "5.7.3"},   // authentication unsuccessful
+	{"5xx", "5.7.139"}, // SMTP AUTH disabled for the tenant or mailbox
+	{"5xx", "5.7.57"},  // client not authenticated to send mail
+	{"5xx", "5.7.60"},  // no SendAs for the envelope sender
+	{"5xx", "5.2.252"}, // SendAsDenied for the header From
+	{"5xx", "5.2.0"},   // SubmissionQuotaExceededException
+	{"5xx", "5.2.2"},   // mailbox full
+	{"5xx", "5.3.4"},   // message too large
+	{"5xx", "5.7.67"},  // TLS version not supported
+	{"5xx", "5.7.233"}, // tenant external recipient rate limit
+	{"5xx", "5.1.8"},   // sender blocked (bad outbound sender)
+	{"5xx", "5.7.708"}, // tenant's outbound traffic restricted
+	{"2xx", "other"}, {"4xx", "other"}, {"5xx", "other"},
+}
+
+var known = func() map[string]bool {
+	m := map[string]bool{}
+	for _, k := range knownReplies {
+		m[k[1]] = true
+	}
+	return m
+}()
+
+// replyLabels returns upstream_replies_total's code_class and enhanced
+// labels for a reply.
+func replyLabels(code int, enh [3]int) (class, enhanced string) {
+	class = fmt.Sprintf("%dxx", code/100)
+	if code < 200 || code > 599 {
+		class = "other"
+	}
+	enhanced = fmt.Sprintf("%d.%d.%d", enh[0], enh[1], enh[2])
+	if !known[enhanced] || enhanced == "other" || enh[0] != code/100 {
+		enhanced = "other"
+	}
+	return class, enhanced
+}

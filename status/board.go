@@ -1,0 +1,268 @@
+// Package status keeps what the status page shows, and serves the page:
+// every device with when it was last seen and its message counts, every
+// tenant with its token and credential health, the queue and its dead
+// letters, and the most recent failures. It is for the small IT shop
+// without Prometheus as much as for the ops team that wants a second look.
+//
+// The Board learns what happens from the same observers metrics use
+// (connections and logins, message events, token requests), so the page
+// and the metrics agree. It keeps addresses only as the audit log does
+// (envelope senders, Exchange's replies); never a password, secret, token
+// or message body. It remembers when each device was last seen across
+// restarts, in a small file in the spool directory.
+package status
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+)
+
+// Inventory is what the config defines, as the page shows it.
+type Inventory struct {
+	Devices []Device
+	Tenants []Tenant
+}
+
+// Device is a configured device.
+type Device struct {
+	Name, Tenant, Mailbox, Mode string
+	ExpectEvery                 time.Duration
+}
+
+// Tenant is a configured tenant.
+type Tenant struct {
+	Name, TenantID, ClientID string
+	Credential               string    // "client secret" or "certificate"
+	CredentialExpiry         time.Time // zero when unknown
+	SMTPHost                 string
+}
+
+// maxRecent bounds the recent failures kept.
+const maxRecent = 50
+
+// Board is the status page's state. Its methods are safe for concurrent
+// use.
+type Board struct {
+	started time.Time
+
+	mu       sync.Mutex
+	inv      Inventory
+	devices  map[string]*deviceState
+	tenants  map[string]*tenantState
+	recent   []Failure // newest last
+	reload   ReloadState
+	dirty    bool // last-seen times changed since the last save
+	statFile string
+}
+
+type deviceState struct {
+	LastSeen    time.Time `json:"last_seen,omitzero"`    // login or message
+	LastMessage time.Time `json:"last_message,omitzero"` // received
+
+	received, delivered, failed, rejected, authFailures int
+	lastFailure                                         *Failure
+}
+
+type tenantState struct {
+	tokenOK, tokenFailed time.Time
+	tokenExpires         time.Time
+	tokenError           string
+	delivered            time.Time
+	problem              time.Time // last tenant set-up problem
+	problemText          string
+}
+
+// Failure is one recent failure for the page.
+type Failure struct {
+	Time   time.Time
+	Kind   string // rejected, deferred, bounced, dead, auth
+	Device string
+	Tenant string
+	MsgID  string
+	Text   string
+}
+
+// ReloadState is the outcome of the last configuration load.
+type ReloadState struct {
+	OK       bool
+	At       time.Time
+	Problems []string
+}
+
+// NewBoard returns an empty board.
+func NewBoard() *Board {
+	now := time.Now()
+	return &Board{started: now, devices: map[string]*deviceState{}, tenants: map[string]*tenantState{},
+		reload: ReloadState{OK: true, At: now}}
+}
+
+// Configure sets the devices and tenants to show. State of devices and
+// tenants that stay is kept.
+func (b *Board) Configure(inv Inventory) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.inv = inv
+	for _, d := range inv.Devices {
+		if b.devices[d.Name] == nil {
+			b.devices[d.Name] = &deviceState{}
+		}
+	}
+	for _, t := range inv.Tenants {
+		if b.tenants[t.Name] == nil {
+			b.tenants[t.Name] = &tenantState{}
+		}
+	}
+}
+
+// Reloaded records a configuration reload's outcome.
+func (b *Board) Reloaded(ok bool, problems []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.reload = ReloadState{OK: ok, At: time.Now(), Problems: problems}
+}
+
+func (b *Board) device(name string) *deviceState {
+	d := b.devices[name]
+	if d == nil {
+		// A device removed from the config with messages still queued.
+		d = &deviceState{}
+		b.devices[name] = d
+	}
+	return d
+}
+
+func (b *Board) addFailure(f Failure) {
+	b.recent = append(b.recent, f)
+	if len(b.recent) > maxRecent {
+		b.recent = slices.Delete(b.recent, 0, len(b.recent)-maxRecent)
+	}
+}
+
+// Connection implements bridge.Observer.
+func (b *Board) Connection(string) {}
+
+// ConnectionClosed implements bridge.Observer.
+func (b *Board) ConnectionClosed(string) {}
+
+// AuthAttempt implements bridge.Observer: a login marks the device seen;
+// a failed one is a recent failure.
+func (b *Board) AuthAttempt(listener, mechanism, result, device string, remote netip.Addr) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if result == "success" {
+		b.device(device).LastSeen = now
+		b.dirty = true
+		return
+	}
+	f := Failure{Time: now, Kind: "auth", Device: device,
+		Text: "login failed on listener " + listener + " (" + mechanism + "): " + result + " from " + remote.String()}
+	if device != "" {
+		d := b.device(device)
+		d.authFailures++
+		d.lastFailure = &f
+	}
+	b.addFailure(f)
+}
+
+// Observe implements audit.Observer.
+func (b *Board) Observe(e audit.Event) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e.SetupProblem && e.Tenant != "" {
+		t := b.tenant(e.Tenant)
+		t.problem, t.problemText = now, problemText(e)
+	}
+	if e.DSNFor != "" {
+		return // the bridge's own report
+	}
+	d := b.device(e.Device)
+	f := Failure{Time: now, Kind: string(e.Kind), Device: e.Device, Tenant: e.Tenant, MsgID: e.MsgID}
+	switch e.Kind {
+	case audit.Received:
+		d.received++
+		d.LastSeen, d.LastMessage = now, now
+		b.dirty = true
+		return
+	case audit.Delivered:
+		d.delivered++
+		if e.Tenant != "" {
+			b.tenant(e.Tenant).delivered = now
+		}
+		return
+	case audit.Rejected:
+		d.rejected++
+		f.Text = e.Reason + ": " + e.Reply
+		if e.Detail != "" {
+			f.Text += " (" + e.Detail + ")"
+		}
+	case audit.Deferred:
+		f.Text = problemText(e)
+		if e.RetryBy == audit.RetryByQueue {
+			f.Text += " (will retry at " + e.NextAttempt.Format(time.TimeOnly) + ")"
+		} else {
+			f.Text += " (the device was told to retry)"
+		}
+	case audit.Bounced:
+		d.failed++
+		f.Text = "refused by Exchange: " + e.Reply
+	case audit.Dead:
+		if e.Reason == audit.ReasonExpired {
+			d.failed++
+		}
+		f.Text = "dead letter (" + e.Reason + "): " + e.Reply
+	default:
+		return
+	}
+	d.lastFailure = &f
+	b.addFailure(f)
+}
+
+func problemText(e audit.Event) string {
+	if e.Reply != "" {
+		return e.Reply
+	}
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	return string(e.Kind)
+}
+
+func (b *Board) tenant(name string) *tenantState {
+	t := b.tenants[name]
+	if t == nil {
+		t = &tenantState{}
+		b.tenants[name] = t
+	}
+	return t
+}
+
+// ObserveToken implements tokenstore.Observer.
+func (b *Board) ObserveToken(tenant string, tok tokenstore.Token, err error) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.tenant(tenant)
+	if err != nil {
+		t.tokenFailed, t.tokenError = now, err.Error()
+		return
+	}
+	t.tokenOK, t.tokenExpires = now, tok.ExpiresOn
+}
+
+// LastSeen returns when each device was last seen, for metrics.
+func (b *Board) LastSeen() map[string]time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]time.Time, len(b.devices))
+	for name, d := range b.devices {
+		out[name] = d.LastSeen
+	}
+	return out
+}

@@ -1,0 +1,282 @@
+package status
+
+import (
+	"cmp"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/queue"
+)
+
+// QueueView is what the page reads of the queue; *queue.Queue is one.
+type QueueView interface {
+	Stats() queue.Stats
+	Dead() ([]queue.Item, error)
+}
+
+// PageInfo names the bridge on the page.
+type PageInfo struct {
+	Version  string
+	Hostname string
+}
+
+// maxDeadShown bounds the dead letters listed on the page; the count is
+// always complete, and `smtpbridge queue dead` lists them all.
+const maxDeadShown = 20
+
+//go:embed page.html
+var pageHTML string
+
+var pageTmpl = template.Must(template.New("page").Parse(pageHTML))
+
+// Handler serves the status page: one server-rendered HTML page with its
+// styles inline, no script and no external asset, so that it works on a
+// phone and in a browser with no network beyond the bridge.
+func (b *Board) Handler(info PageInfo, q QueueView) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		v := b.view(info, q, time.Now())
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		// Nothing on the page needs a script, a frame or a remote asset.
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if err := pageTmpl.Execute(w, v); err != nil {
+			http.Error(w, "rendering the status page failed", http.StatusInternalServerError)
+		}
+	})
+}
+
+// Classes of a row or a value: how worried to look.
+const (
+	classOK   = "ok"
+	classWarn = "warn"
+	classBad  = "bad"
+	classNone = "none"
+)
+
+type view struct {
+	Info        PageInfo
+	Now         string
+	Started     stamp
+	Reload      ReloadState
+	ReloadAt    stamp
+	Devices     []deviceView
+	Tenants     []tenantView
+	Queue       queue.Stats
+	QueueClass  string
+	Oldest      string
+	Dead        []deadView
+	DeadMore    int
+	DeadErr     string
+	Recent      []failureView
+	Overdue     int
+	TenantIssue int
+}
+
+// stamp is a time shown as "3m ago" with the exact time on hover.
+type stamp struct {
+	Rel, Abs string
+}
+
+func stampOf(t, now time.Time) stamp {
+	if t.IsZero() {
+		return stamp{Rel: "never"}
+	}
+	return stamp{Rel: ago(now.Sub(t)), Abs: t.UTC().Format("2006-01-02 15:04:05 UTC")}
+}
+
+type deviceView struct {
+	Name, Tenant, Mailbox, Mode           string
+	LastSeen, LastMessage                 stamp
+	Received, Delivered, Failed, Rejected int
+	AuthFailures                          int
+	LastFailure                           string
+	LastFailureAt                         stamp
+	Class                                 string
+	Expect                                string
+	Note                                  string
+	HasFailure                            bool
+}
+
+type tenantView struct {
+	Name, TenantID, ClientID, Credential, SMTPHost string
+	CredExpiry, CredClass                          string
+	Token, TokenClass                              string
+	Exchange, ExchangeClass                        string
+}
+
+type deadView struct {
+	ID, Device, Reason string
+	Received           stamp
+	Rcpts              int
+}
+
+type failureView struct {
+	At                        stamp
+	Kind, Device, MsgID, Text string
+}
+
+func (b *Board) view(info PageInfo, q QueueView, now time.Time) view {
+	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
+
+	b.mu.Lock()
+	v.Reload = b.reload
+	v.ReloadAt = stampOf(b.reload.At, now)
+	for _, d := range b.inv.Devices {
+		dv := b.deviceView(d, now)
+		if dv.Class == classBad && dv.Note != "" {
+			v.Overdue++
+		}
+		v.Devices = append(v.Devices, dv)
+	}
+	for _, t := range b.inv.Tenants {
+		tv := b.tenantView(t, now)
+		if tv.TokenClass == classBad || tv.ExchangeClass == classBad || tv.CredClass == classBad {
+			v.TenantIssue++
+		}
+		v.Tenants = append(v.Tenants, tv)
+	}
+	for i := len(b.recent) - 1; i >= 0; i-- {
+		f := b.recent[i]
+		v.Recent = append(v.Recent, failureView{At: stampOf(f.Time, now), Kind: f.Kind, Device: f.Device, MsgID: f.MsgID, Text: f.Text})
+	}
+	b.mu.Unlock()
+
+	if q != nil {
+		v.Queue = q.Stats()
+		v.QueueClass = classOK
+		if !v.Queue.Oldest.IsZero() {
+			age := now.Sub(v.Queue.Oldest)
+			v.Oldest = ago(age)
+			switch {
+			case age > 30*time.Minute:
+				v.QueueClass = classBad
+			case age > 5*time.Minute:
+				v.QueueClass = classWarn
+			}
+		}
+		dead, err := q.Dead()
+		if err != nil {
+			v.DeadErr = err.Error()
+		}
+		slices.SortFunc(dead, func(a, b queue.Item) int { return b.Received.Compare(a.Received) })
+		if len(dead) > maxDeadShown {
+			v.DeadMore = len(dead) - maxDeadShown
+			dead = dead[:maxDeadShown]
+		}
+		for _, it := range dead {
+			v.Dead = append(v.Dead, deadView{ID: it.ID, Device: it.Device, Reason: it.DeadReason,
+				Received: stampOf(it.Received, now), Rcpts: len(it.To)})
+		}
+	}
+	return v
+}
+
+// deviceView describes a device; b.mu is held.
+func (b *Board) deviceView(d Device, now time.Time) deviceView {
+	st := b.devices[d.Name]
+	if st == nil {
+		st = &deviceState{}
+	}
+	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox, Mode: d.Mode,
+		LastSeen: stampOf(st.LastSeen, now), LastMessage: stampOf(st.LastMessage, now),
+		Received: st.received, Delivered: st.delivered, Failed: st.failed, Rejected: st.rejected,
+		AuthFailures: st.authFailures, Class: classOK}
+	if st.LastSeen.IsZero() {
+		dv.Class = classNone
+	}
+	if f := st.lastFailure; f != nil {
+		dv.HasFailure = true
+		dv.LastFailure, dv.LastFailureAt = f.Text, stampOf(f.Time, now)
+		if now.Sub(f.Time) < time.Hour {
+			dv.Class = classWarn
+		}
+	}
+	if d.ExpectEvery > 0 {
+		dv.Expect = "every " + human(d.ExpectEvery)
+		// A device never seen counts from the bridge's start, as the
+		// alert rule does.
+		since := cmp.Or(st.LastSeen, b.started)
+		if silent := now.Sub(since); silent > d.ExpectEvery {
+			dv.Class = classBad
+			dv.Note = "silent for " + human(silent) + ", expected " + dv.Expect
+		}
+	}
+	return dv
+}
+
+// tenantView describes a tenant; b.mu is held.
+func (b *Board) tenantView(t Tenant, now time.Time) tenantView {
+	st := b.tenants[t.Name]
+	if st == nil {
+		st = &tenantState{}
+	}
+	tv := tenantView{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential, SMTPHost: t.SMTPHost,
+		CredExpiry: "not known (set client_secret_expires)", CredClass: classNone,
+		Token: "not requested yet", TokenClass: classNone, Exchange: "no delivery yet", ExchangeClass: classNone}
+	if exp := t.CredentialExpiry; !exp.IsZero() {
+		left := exp.Sub(now)
+		tv.CredExpiry = exp.UTC().Format(time.DateOnly)
+		switch {
+		case left <= 0:
+			tv.CredExpiry += " (expired " + ago(-left) + ")"
+			tv.CredClass = classBad
+		case left < 30*24*time.Hour:
+			tv.CredExpiry += " (in " + human(left) + ")"
+			tv.CredClass = classWarn
+		default:
+			tv.CredExpiry += " (in " + human(left) + ")"
+			tv.CredClass = classOK
+		}
+	}
+	switch {
+	case !st.tokenFailed.IsZero() && st.tokenFailed.After(st.tokenOK):
+		tv.Token, tv.TokenClass = "failing since "+ago(now.Sub(st.tokenFailed))+": "+st.tokenError, classBad
+	case !st.tokenOK.IsZero():
+		tv.Token, tv.TokenClass = "OK, valid until "+st.tokenExpires.UTC().Format("15:04 UTC"), classOK
+	}
+	switch {
+	case !st.problem.IsZero() && st.problem.After(st.delivered):
+		tv.Exchange, tv.ExchangeClass = "failing since "+ago(now.Sub(st.problem))+": "+st.problemText, classBad
+	case !st.delivered.IsZero():
+		tv.Exchange, tv.ExchangeClass = "last delivery "+ago(now.Sub(st.delivered)), classOK
+	}
+	return tv
+}
+
+// ago says how long ago, coarsely: "12s ago", "5m ago", "3h ago", "2d ago".
+func ago(d time.Duration) string {
+	if d < time.Second {
+		return "just now"
+	}
+	return human(d) + " ago"
+}
+
+// human is a duration for people: 45s, 12m, 3h 5m, 4d 2h.
+func human(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		h, m := int(d.Hours()), int(d.Minutes())%60
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh %dm", h, m)
+	}
+	days, h := int(d.Hours())/24, int(d.Hours())%24
+	if h == 0 {
+		return fmt.Sprintf("%dd", days)
+	}
+	return fmt.Sprintf("%dd %dh", days, h)
+}
