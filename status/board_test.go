@@ -1,0 +1,184 @@
+package status
+
+import (
+	"errors"
+	"io"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+)
+
+type fakeQueue struct {
+	stats queue.Stats
+	dead  []queue.Item
+}
+
+func (f fakeQueue) Stats() queue.Stats          { return f.stats }
+func (f fakeQueue) Dead() ([]queue.Item, error) { return f.dead, nil }
+
+func render(t *testing.T, b *Board, q QueueView) string {
+	t.Helper()
+	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, q))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("GET / = %s %s", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
+		t.Errorf("no strict Content-Security-Policy: %q", csp)
+	}
+	if r, _ := srv.Client().Get(srv.URL + "/other"); r == nil || r.StatusCode != 404 {
+		t.Error("the page answers paths other than /")
+	}
+	return string(body)
+}
+
+func contains(t *testing.T, page string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(page, w) {
+			t.Errorf("page lacks %q", w)
+		}
+	}
+}
+
+func TestPage(t *testing.T) {
+	b := NewBoard()
+	b.started = time.Now().Add(-48 * time.Hour)
+	b.Configure(Inventory{
+		Devices: []Device{
+			{Name: "mfp-2f", Tenant: "contoso", Mailbox: "scanner@contoso.example", Mode: "hybrid"},
+			{Name: "alarm", Tenant: "contoso", Mailbox: "alarm@contoso.example", ExpectEvery: 24 * time.Hour},
+			{Name: "erp", Tenant: "fabrikam", Mailbox: "erp@fabrikam.example"},
+		},
+		Tenants: []Tenant{
+			{Name: "contoso", TenantID: "contoso.example", ClientID: "c1", Credential: "client secret",
+				CredentialExpiry: time.Now().Add(10 * 24 * time.Hour)},
+			{Name: "fabrikam", TenantID: "fabrikam.example", ClientID: "c2", Credential: "certificate",
+				CredentialExpiry: time.Now().Add(-time.Hour)},
+		},
+	})
+	remote := netip.MustParseAddr("10.20.0.7")
+	b.AuthAttempt("lan", "LOGIN", "success", "mfp-2f", remote)
+	b.AuthAttempt("lan", "PLAIN", "bad_credentials", "erp", remote)
+	ev := audit.Event{MsgID: "msg1", Device: "mfp-2f", Tenant: "contoso"}
+	for _, k := range []audit.Kind{audit.Received, audit.Delivered, audit.Received} {
+		ev.Kind = k
+		b.Observe(ev)
+	}
+	b.Observe(audit.Event{Kind: audit.Rejected, MsgID: "msg2", Device: "mfp-2f", Tenant: "contoso", Reason: audit.ReasonPolicy,
+		Reply: "550 5.7.1 Recipient not allowed for this device", Detail: "recipient <script>alert(1)</script>@x"})
+	b.Observe(audit.Event{Kind: audit.Deferred, MsgID: "msg3", Device: "erp", Tenant: "fabrikam", RetryBy: audit.RetryByQueue,
+		NextAttempt: time.Now().Add(time.Minute), Reply: "535 5.7.3 Authentication unsuccessful", SetupProblem: true})
+	b.Observe(audit.Event{Kind: audit.Dead, MsgID: "msg4", Device: "mfp-2f", Tenant: "contoso", Reason: audit.ReasonExpired,
+		Reply: "451 4.7.0 Temporary server error"})
+	// The bridge's own report neither counts nor shows as a device's.
+	b.Observe(audit.Event{Kind: audit.Received, MsgID: "dsn1", Device: "erp", Tenant: "fabrikam", DSNFor: "msg4"})
+	b.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
+	b.ObserveToken("fabrikam", tokenstore.Token{}, errors.New("token for tenant fabrikam: Entra ID refused: AADSTS7000215 invalid_client"))
+	b.Reloaded(false, []string{"smtpbridge.yaml:12: devices[0].tenant: unknown tenant \"nope\""})
+
+	q := fakeQueue{
+		stats: queue.Stats{Queued: 1, Deferred: 2, Dead: 1, Oldest: time.Now().Add(-45 * time.Minute)},
+		dead: []queue.Item{{State: queue.StateDead, Meta: spool.Meta{ID: "001deadletter", Device: "mfp-2f",
+			To: []string{"a@x", "b@x"}, Received: time.Now().Add(-time.Hour), DeadReason: "refused by Exchange Online: 554 5.2.0 quota"}}},
+	}
+	page := render(t, b, q)
+	contains(t, page,
+		"smtpbridge on bridge.test", "version 1.2.3",
+		`id="device-mfp-2f"`, "scanner@contoso.example",
+		`<td data-label="Received" class="num">2</td>`, `<td data-label="Delivered" class="num">1</td>`,
+		`<td data-label="Failed" class="num text-bad">1</td>`, `<td data-label="Rejected" class="num text-warn">1</td>`,
+		// alarm: expected daily, never seen, bridge up for two days.
+		`silent for 2d, expected every 24h`, `1 silent`,
+		// erp: a wrong password and its tenant's broken login.
+		`bad_credentials from 10.20.0.7`,
+		"failing since", "AADSTS7000215", "535 5.7.3 Authentication unsuccessful",
+		// credentials: contoso in 10 days (warn), fabrikam expired.
+		`(in 9d 23h)`, `(expired 1h ago)`,
+		"OK, valid until",
+		`<b id="queue-waiting">1 + 2</b>`, "oldest 45m", `<b id="dead-count">1</b>`,
+		"001deadletter", "554 5.2.0 quota",
+		"last reload failed", "unknown tenant &#34;nope&#34;",
+		"dead letter (expired): 451 4.7.0 Temporary server error",
+	)
+	if strings.Contains(page, "<script") {
+		t.Error("a device-controlled string reached the page unescaped")
+	}
+	if strings.Contains(page, "dsn1") {
+		t.Error("the bridge's own report shows on the page")
+	}
+}
+
+func TestPageEmpty(t *testing.T) {
+	b := NewBoard()
+	b.Configure(Inventory{Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "m@x"}}, Tenants: []Tenant{{Name: "t"}}})
+	page := render(t, b, fakeQueue{})
+	contains(t, page, "config loaded", "none overdue", ">never<", "not requested yet", "no delivery yet",
+		"None since the bridge started", `<b id="dead-count">0</b>`)
+}
+
+// Last-seen times survive a restart; counts do not (the page says so).
+func TestPersistLastSeen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status.json")
+	b := NewBoard()
+	if err := b.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	b.Configure(Inventory{Devices: []Device{{Name: "mfp"}}})
+	b.AuthAttempt("lan", "LOGIN", "success", "mfp", netip.Addr{})
+	b.Observe(audit.Event{Kind: audit.Received, Device: "mfp"})
+	if err := b.Save(); err != nil {
+		t.Fatal(err)
+	}
+	seen := b.LastSeen()["mfp"]
+
+	b2 := NewBoard()
+	if err := b2.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	b2.Configure(Inventory{Devices: []Device{{Name: "mfp"}}})
+	if got := b2.LastSeen()["mfp"]; !got.Equal(seen.UTC()) || got.IsZero() {
+		t.Errorf("last seen after restart = %v, want %v", got, seen)
+	}
+	if b2.devices["mfp"].LastMessage.IsZero() {
+		t.Error("last message not restored")
+	}
+	if b2.devices["mfp"].received != 0 {
+		t.Error("counts were persisted")
+	}
+}
+
+func TestHuman(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		5 * time.Second:                 "5s",
+		12 * time.Minute:                "12m",
+		3*time.Hour + 5*time.Minute:     "3h 5m",
+		30 * time.Hour:                  "30h",
+		4*24*time.Hour + 2*time.Hour:    "4d 2h",
+		10 * 24 * time.Hour:             "10d",
+		47*time.Hour + 59*time.Minute:   "47h 59m",
+		48*time.Hour + 30*time.Minute:   "2d",
+		time.Minute - time.Millisecond:  "59s",
+		time.Hour - time.Nanosecond:     "59m",
+		2*time.Hour + 30*time.Second:    "2h",
+		24*time.Hour + 60*time.Minute*2: "26h",
+	} {
+		if got := human(d); got != want {
+			t.Errorf("human(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
