@@ -50,6 +50,8 @@ type env struct {
 	secret  *fakeentra.App
 	cert    *fakeentra.App
 	leafPEM [2]string // listener cert and key files
+	// settings are the server's as started, for reload tests.
+	settings bridge.Settings
 }
 
 type envOptions struct {
@@ -184,8 +186,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 		limits.MaxRecipients = config.DefaultMaxRecipients
 	}
 	log := zerolog.New(e.logs).Level(zerolog.DebugLevel)
+	e.settings = bridge.Settings{Listeners: listeners, Limits: limits, Directory: dirc, Mode: config.ModeSync}
 	e.srv, err = bridge.NewServer(bridge.Options{
-		Hostname: "bridge.test", Listeners: listeners, Limits: limits, Directory: dirc,
+		Hostname: "bridge.test", Listeners: listeners, Limits: limits, Directory: dirc, Mode: config.ModeSync,
 		Deliverer: &bridge.Upstream{Tokens: e.store, Routes: routes, Hostname: "bridge.test"},
 		Events:    audit.NewLogger(log), Log: log,
 	})

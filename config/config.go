@@ -53,11 +53,11 @@ const (
 
 // Tenant is one Entra ID app registration in one Microsoft 365 tenant.
 type Tenant struct {
-	Name                string `yaml:"name"`
-	TenantID            string `yaml:"tenant_id"`
-	ClientID            string `yaml:"client_id"`
-	ClientSecret        Secret `yaml:"client_secret"`
-	ClientSecretFile    string `yaml:"client_secret_file"`
+	Name             string `yaml:"name"`
+	TenantID         string `yaml:"tenant_id"`
+	ClientID         string `yaml:"client_id"`
+	ClientSecret     Secret `yaml:"client_secret"`
+	ClientSecretFile string `yaml:"client_secret_file"`
 	// ClientSecretExpires is the secret's expiry date as Entra shows it
 	// (YYYY-MM-DD), for warnings and the credential expiry metric.
 	ClientSecretExpires string `yaml:"client_secret_expires"`

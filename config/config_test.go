@@ -273,12 +273,18 @@ func TestLoadEmptyAndInvalidYAML(t *testing.T) {
 func TestEnvExpansion(t *testing.T) {
 	l := &loader{lookup: env(map[string]string{"A": "x", "EMPTY": ""}), lines: map[string]int{}}
 	cases := map[string]string{
-		"${A}":           "x",
-		"pre-${A}-post":  "pre-x-post",
-		"$${A}":          "${A}",
-		"${EMPTY}":       "",
-		"$2a$10$abc":     "$2a$10$abc",
-		"cost $5 ${A}$$": "cost $5 x$$",
+		"${A}":                  "x",
+		"pre-${A}-post":         "pre-x-post",
+		"$${A}":                 "${A}",
+		"${EMPTY}":              "",
+		"$2a$10$abc":            "$2a$10$abc",
+		"cost $5 ${A}$$":        "cost $5 x$$",
+		"${A:-d}":               "x",
+		"${NOPE:-d}":            "d",
+		"${EMPTY:-d}":           "d",
+		"${NOPE:-}":             "",
+		"${NOPE:-a:b:c}":        "a:b:c",
+		"${NOPE:-1.2.3.4:9464}": "1.2.3.4:9464",
 	}
 	for in, want := range cases {
 		n := scalar(in)
@@ -290,7 +296,7 @@ func TestEnvExpansion(t *testing.T) {
 	if len(l.problems) != 0 {
 		t.Errorf("unexpected problems: %v", l.problems)
 	}
-	for _, bad := range []string{"${NOPE}", "${A", "${1X}"} {
+	for _, bad := range []string{"${NOPE}", "${A", "${1X}", "${1X:-d}", "${:-d}"} {
 		l.problems = nil
 		l.expandEnv(scalar(bad), "k")
 		if len(l.problems) != 1 {

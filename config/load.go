@@ -191,8 +191,8 @@ func (l *loader) typeError(msg string) {
 
 var envRE = regexp.MustCompile(`\$\$\{|\$\{([^}]*)\}?`)
 
-// expandEnv replaces ${VAR} in every scalar value. "$${" stands for a
-// literal "${". Keys are not expanded.
+// expandEnv replaces ${VAR} and ${VAR:-default} in every scalar value.
+// "$${" stands for a literal "${". Keys are not expanded.
 func (l *loader) expandEnv(n *yaml.Node, key string) {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -218,13 +218,19 @@ func (l *loader) expandEnv(n *yaml.Node, key string) {
 				return m
 			}
 			name := m[2 : len(m)-1]
+			// ${VAR:-default}: the default when VAR is unset or empty,
+			// as in the shell and Docker Compose.
+			name, def, hasDef := strings.Cut(name, ":-")
 			if !validEnvName(name) {
 				l.errorf(key, "%q is not a valid environment variable name", name)
 				return m
 			}
 			v, ok := l.lookup(name)
+			if hasDef && v == "" {
+				return def
+			}
 			if !ok {
-				l.errorf(key, "environment variable %s is not set; export it or remove ${%s} from the config", name, name)
+				l.errorf(key, "environment variable %s is not set; export it, give a default with ${%s:-value}, or remove ${%s} from the config", name, name, name)
 				return ""
 			}
 			return v

@@ -73,6 +73,7 @@ type Sources struct {
 	Queue               func() QueueStats
 	UpstreamConnections func() map[string]int // by tenant
 	DeviceLastSeen      func() map[string]time.Time
+	DeviceLastMessage   func() map[string]time.Time
 }
 
 // QueueStats is the queue's state.
@@ -169,6 +170,7 @@ func New(version string, inv Inventory) *Metrics {
 		oldest:    prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
 		upstream:  prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
 		lastSeen:  prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
+		lastMsg:   prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
 		startTime: time.Now(),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{

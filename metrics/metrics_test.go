@@ -57,6 +57,7 @@ func TestMetricsCountEvents(t *testing.T) {
 		},
 		UpstreamConnections: func() map[string]int { return map[string]int{"contoso": 2} },
 		DeviceLastSeen:      func() map[string]time.Time { return map[string]time.Time{"mfp-2f": seen} },
+		DeviceLastMessage:   func() map[string]time.Time { return map[string]time.Time{"mfp-2f": seen.Add(-time.Hour)} },
 	})
 	m.Connection("lan")
 	m.Connection("lan")
@@ -122,6 +123,8 @@ func TestMetricsCountEvents(t *testing.T) {
 		`smtpbridge_queue_messages{state="dead"} 4`,
 		`smtpbridge_device_last_seen_timestamp_seconds{device="mfp-2f"} 1.8e+09`,
 		`smtpbridge_device_last_seen_timestamp_seconds{device="alarm"} 0`,
+		`smtpbridge_device_last_message_timestamp_seconds{device="mfp-2f"} 1.7999964e+09`,
+		`smtpbridge_device_last_message_timestamp_seconds{device="alarm"} 0`,
 		`smtpbridge_device_expected_interval_seconds{device="alarm"} 86400`,
 		`smtpbridge_config_reload_success 1`,
 	)

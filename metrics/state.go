@@ -12,9 +12,9 @@ import (
 // Prometheus scrapes, so that these gauges are never stale and never
 // drift from what they count.
 type stateCollector struct {
-	m                                 *Metrics
-	queue, oldest, upstream, lastSeen *prometheus.Desc
-	startTime                         time.Time
+	m                                          *Metrics
+	queue, oldest, upstream, lastSeen, lastMsg *prometheus.Desc
+	startTime                                  time.Time
 
 	mu  sync.Mutex
 	src Sources
@@ -25,6 +25,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldest
 	ch <- c.upstream
 	ch <- c.lastSeen
+	ch <- c.lastMsg
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -65,16 +66,22 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
+	c.devices(ch, c.lastSeen, src.DeviceLastSeen, inv)
+	c.devices(ch, c.lastMsg, src.DeviceLastMessage, inv)
+}
+
+// devices sends one timestamp per configured device, 0 for never.
+func (c *stateCollector) devices(ch chan<- prometheus.Metric, desc *prometheus.Desc, src func() map[string]time.Time, inv Inventory) {
 	var last map[string]time.Time
-	if src.DeviceLastSeen != nil {
-		last = src.DeviceLastSeen()
+	if src != nil {
+		last = src()
 	}
 	for _, d := range inv.Devices {
 		v := 0.0
 		if t := last[d.Name]; !t.IsZero() {
 			v = float64(t.Unix())
 		}
-		ch <- prometheus.MustNewConstMetric(c.lastSeen, prometheus.GaugeValue, v, d.Name)
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, d.Name)
 	}
 }
 

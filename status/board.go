@@ -256,13 +256,23 @@ func (b *Board) ObserveToken(tenant string, tok tokenstore.Token, err error) {
 	t.tokenOK, t.tokenExpires = now, tok.ExpiresOn
 }
 
-// LastSeen returns when each device was last seen, for metrics.
+// LastSeen returns when each device was last seen (a login or a
+// message), for metrics.
 func (b *Board) LastSeen() map[string]time.Time {
+	return b.times(func(d *deviceState) time.Time { return d.LastSeen })
+}
+
+// LastMessage returns when each device last sent a message, for metrics.
+func (b *Board) LastMessage() map[string]time.Time {
+	return b.times(func(d *deviceState) time.Time { return d.LastMessage })
+}
+
+func (b *Board) times(f func(*deviceState) time.Time) map[string]time.Time {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := make(map[string]time.Time, len(b.devices))
 	for name, d := range b.devices {
-		out[name] = d.LastSeen
+		out[name] = f(d)
 	}
 	return out
 }

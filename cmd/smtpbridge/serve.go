@@ -169,6 +169,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		},
 		UpstreamConnections: d.up.Connections,
 		DeviceLastSeen:      d.board.LastSeen,
+		DeviceLastMessage:   d.board.LastMessage,
 	})
 
 	if err := d.srv.Listen(); err != nil {
