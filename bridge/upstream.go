@@ -79,36 +79,36 @@ func (u *Upstream) observer() UpstreamObserver {
 	return u.Observer
 }
 
-func (u *Upstream) route(tenant string) (Route, bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	r, ok := u.Routes[tenant]
-	return r, ok
-}
-
 // SetRoutes replaces the routes (a config reload). Mailboxes of a tenant
 // whose limits changed get the new limits at once; idle connections to a
 // tenant whose host or trust changed are closed, so that the next message
 // goes to the new host. Submissions in progress finish where they are.
 func (u *Upstream) SetRoutes(routes map[string]Route) {
+	type change struct {
+		p *mailboxPool
+		r Route
+	}
+	var (
+		stale   []*mailboxPool
+		changed []change
+	)
 	u.mu.Lock()
 	old := u.Routes
 	u.Routes = routes
-	var stale []*mailboxPool
 	for k, p := range u.pools {
 		r, ok := routes[k[0]]
-		switch {
-		case !ok:
+		if !ok || r.SMTPHost != old[k[0]].SMTPHost || !r.RootCAs.Equal(old[k[0]].RootCAs) {
 			stale = append(stale, p)
 			delete(u.pools, k)
-		case r.SMTPHost != old[k[0]].SMTPHost || r.RootCAs != old[k[0]].RootCAs:
-			stale = append(stale, p)
-			delete(u.pools, k)
-		default:
-			p.setLimits(r.MaxConnections, r.MaxPerMinute)
+			continue
 		}
+		changed = append(changed, change{p, r})
 	}
 	u.mu.Unlock()
+	// Outside u.mu: closing connections talks to Exchange.
+	for _, c := range changed {
+		c.p.setLimits(c.r.MaxConnections, c.r.MaxPerMinute)
+	}
 	for _, p := range stale {
 		// Waiters and submissions in flight on a stale pool finish
 		// there; its idle connections close now.
