@@ -42,6 +42,10 @@ type generation struct {
 // finish; ctx ending closes them. It returns at once.
 func (g *generation) drain(ctx context.Context) {
 	g.once.Do(func() {
+		// Closing the queue ends Serve's Accept loop even if Serve had not
+		// registered its listener with go-smtp yet, which Shutdown alone
+		// would miss.
+		g.queue.Close()
 		go func() {
 			g.smtp.Shutdown(ctx)
 			close(g.drained)

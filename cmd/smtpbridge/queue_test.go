@@ -32,8 +32,9 @@ func appendConfig(t *testing.T, path, yaml string) {
 	}
 }
 
-// sendOne submits a message as device mfp-2f; it returns the final reply
-// text, or an error for a refusal or a broken connection.
+// sendOne submits a message as device mfp-2f on a new connection; it
+// returns the final reply text, or an error for a refusal or a broken
+// connection.
 func sendOne(addr, subject string) (string, error) {
 	c, err := smtp.Dial(addr)
 	if err != nil {
@@ -43,6 +44,17 @@ func sendOne(addr, subject string) (string, error) {
 	if err := c.Auth(sasl.NewPlainClient("", "mfp-2f", password)); err != nil {
 		return "", err
 	}
+	text, err := sendOn(c, subject)
+	if err != nil {
+		return "", err
+	}
+	c.Quit()
+	return text, nil
+}
+
+// sendOn sends one message on an authenticated connection and returns the
+// final reply text.
+func sendOn(c *smtp.Client, subject string) (string, error) {
 	if err := c.Mail("scan@printer.lan", nil); err != nil {
 		return "", err
 	}
@@ -58,7 +70,6 @@ func sendOne(addr, subject string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c.Quit()
 	return resp.StatusText, nil
 }
 

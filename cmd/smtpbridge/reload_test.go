@@ -87,7 +87,11 @@ devices:
 				default:
 				}
 				subject := fmt.Sprintf("reload-%d-%04d", g, i)
-				if err := sendOn(c, subject); err != nil {
+				text, err := sendOn(c, subject)
+				if err == nil && !strings.Contains(text, "OK") {
+					err = fmt.Errorf("reply %q", text)
+				}
+				if err != nil {
 					fail(fmt.Errorf("%s: %w", subject, err))
 					return
 				}
@@ -165,27 +169,4 @@ devices:
 	}
 	t.Logf("%d messages on %d connections through 5 reloads (one refused)", len(acked), senders)
 	p.stop(t)
-}
-
-// sendOn sends one message on an authenticated client connection.
-func sendOn(c *smtp.Client, subject string) error {
-	if err := c.Mail("scan@printer.lan", nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("bob@contoso.example", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "Subject: %s\r\n\r\nscan %s\r\n", subject, subject)
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return err
-	}
-	if !strings.Contains(resp.StatusText, "OK") {
-		return fmt.Errorf("reply %q", resp.StatusText)
-	}
-	return nil
 }
