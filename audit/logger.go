@@ -71,7 +71,9 @@ func (l *Logger) Observe(e Event) {
 	l.mu.Lock()
 	if l.file != nil {
 		// Under the lock: SetFile must not close the file mid-line.
-		write(l.out.Info(), e)
+		// Log() writes whatever the process's log level: the file is the
+		// complete record, not a severity filter.
+		write(l.out.Log(), e)
 	}
 	l.mu.Unlock()
 }
