@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/queue"
 )
 
 // reloadResult is what a reload did, for POST /-/reload.
@@ -114,7 +116,26 @@ func (d *daemon) apply() reloadResult {
 	}
 	setLogLevel(cfg.Log.Level)
 	d.cfg = cfg
-	return reloadResult{OK: true, Warnings: warnings}
+	return reloadResult{OK: true, Warnings: append(warnings, orphans(d.q, cfg)...)}
+}
+
+// orphans warns about queued messages of tenants the config no longer
+// has: they cannot be delivered and become dead letters at max_age,
+// unless the tenant comes back.
+func orphans(q *queue.Queue, cfg *config.Config) []string {
+	items, _ := q.List()
+	n := map[string]int{}
+	for _, it := range items {
+		if cfg.Tenant(it.Tenant) == nil {
+			n[it.Tenant]++
+		}
+	}
+	var out []string
+	for _, t := range slices.Sorted(maps.Keys(n)) {
+		out = append(out, fmt.Sprintf("%d queued message(s) of tenant %q, which the config no longer has, cannot be delivered; "+
+			"add the tenant back, or drop them with smtpbridge queue drop", n[t], t))
+	}
+	return out
 }
 
 // restartOnly lists the settings that differ between the running config
