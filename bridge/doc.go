@@ -7,7 +7,8 @@
 //
 // A message travels one way through the files of this package:
 //
-//	server.go     listeners, TLS (including the legacy suites old devices need)
+//	server.go     listeners, TLS (including the legacy suites old devices need), reload
+//	listener.go   accepting connections; each reload's settings serve new ones
 //	sasl.go       the PLAIN and LOGIN SASL servers
 //	directory.go  devices, their password hashes and networks
 //	session.go    the SMTP session: auth, MAIL, RCPT, DATA
