@@ -8,6 +8,7 @@
 package config
 
 import (
+	"net/netip"
 	"time"
 )
 
@@ -20,6 +21,7 @@ type Config struct {
 	Tenants   []Tenant   `yaml:"tenants"`
 	Devices   []Device   `yaml:"devices"`
 	Limits    Limits     `yaml:"limits"`
+	Security  Security   `yaml:"security"`
 	Spool     Spool      `yaml:"spool"`
 	Delivery  Delivery   `yaml:"delivery"`
 	Log       Log        `yaml:"log"`
@@ -42,6 +44,15 @@ type Listener struct {
 	MinTLSVersion     string `yaml:"min_tls_version"`
 	LegacyCiphers     bool   `yaml:"legacy_ciphers"`
 	AllowInsecureAuth bool   `yaml:"allow_insecure_auth"`
+	// AllowedNetworks, if set, are the only sources this listener talks
+	// to; others get 554 5.7.1 at the greeting.
+	AllowedNetworks []string `yaml:"allowed_networks"`
+	// AllowUnauthenticated lets devices declared with auth: none send
+	// without AUTH, recognised by their source address.
+	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
+
+	// Networks is AllowedNetworks parsed.
+	Networks []netip.Prefix `yaml:"-"`
 }
 
 // Listener TLS modes.
@@ -63,9 +74,12 @@ type Tenant struct {
 	ClientSecretExpires string `yaml:"client_secret_expires"`
 	CertificateFile     string `yaml:"certificate_file"`
 	CertificatePassword Secret `yaml:"certificate_password"`
-	AuthorityHost       string `yaml:"authority_host"`
-	SMTPHost            string `yaml:"smtp_host"`
-	TokenScope          string `yaml:"token_scope"`
+	// CertificatePasswordFile holds certificate_password, for secrets
+	// kept out of the config file.
+	CertificatePasswordFile string `yaml:"certificate_password_file"`
+	AuthorityHost           string `yaml:"authority_host"`
+	SMTPHost                string `yaml:"smtp_host"`
+	TokenScope              string `yaml:"token_scope"`
 	// Exchange Online's per-mailbox limits the bridge keeps to; 0 means
 	// the default (DefaultMaxConnectionsPerMailbox, DefaultMaxMessagesPerMinute).
 	MaxConnectionsPerMailbox int `yaml:"max_connections_per_mailbox"`
@@ -89,7 +103,11 @@ func (t *Tenant) CredentialExpiry() time.Time {
 // Device is one legacy device (printer, scanner, application) that logs in
 // with a username and password and sends as one mailbox.
 type Device struct {
-	Name              string   `yaml:"name"`
+	Name string `yaml:"name"`
+	// Auth is password (the default: AUTH PLAIN or LOGIN) or none (the
+	// device cannot AUTH; it is recognised by its source address on
+	// listeners with allow_unauthenticated).
+	Auth              string   `yaml:"auth"`
 	Username          string   `yaml:"username"`
 	PasswordHash      string   `yaml:"password_hash"`
 	Tenant            string   `yaml:"tenant"`
@@ -104,7 +122,17 @@ type Device struct {
 	// panel's daily test mail): alert rules and the status page flag it
 	// when it stays silent longer. Zero: no expectation.
 	ExpectEvery time.Duration `yaml:"expect_every"`
+	// MaxMessagesPerHour bounds what the device may send in any hour, so
+	// that a stolen device password does not become a spam run. Zero: no
+	// bound.
+	MaxMessagesPerHour int `yaml:"max_messages_per_hour"`
 }
+
+// Device authentication.
+const (
+	AuthPassword = "password"
+	AuthNone     = "none"
+)
 
 // DeviceDelivery is a device's override of the global delivery settings.
 // Empty fields take the global value.
@@ -147,10 +175,37 @@ const (
 	FromEnforce = "enforce"
 )
 
-// Limits bound what one message may be.
+// Limits bound what one message, session and client may take.
 type Limits struct {
 	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 	MaxRecipients   int   `yaml:"max_recipients"`
+	// MaxConnections bounds device connections in all; MaxConnectionsPerIP
+	// those from one address.
+	MaxConnections      int `yaml:"max_connections"`
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// CommandTimeout is the longest wait for a client's next command (or
+	// next data during DATA); SessionTimeout the longest a session lasts.
+	CommandTimeout time.Duration `yaml:"command_timeout"`
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// MaxErrors is how many error replies a session gets before it is
+	// closed.
+	MaxErrors int `yaml:"max_errors"`
+	// MaxLineLength bounds a command or message line.
+	MaxLineLength int `yaml:"max_line_length"`
+}
+
+// Security is the brute-force defence.
+type Security struct {
+	// AuthMaxFailures failed logins from one address within AuthWindow
+	// block it for AuthBlock.
+	AuthMaxFailures int           `yaml:"auth_max_failures"`
+	AuthWindow      time.Duration `yaml:"auth_window"`
+	AuthBlock       time.Duration `yaml:"auth_block"`
+	// AuthExemptNetworks are never blocked.
+	AuthExemptNetworks []string `yaml:"auth_exempt_networks"`
+
+	// ExemptNetworks is AuthExemptNetworks parsed.
+	ExemptNetworks []netip.Prefix `yaml:"-"`
 }
 
 // Spool is where accepted messages are kept until Exchange takes them.
@@ -186,6 +241,19 @@ const (
 	DefaultMinTLSVersion   = "1.2"
 	DefaultMaxMessageBytes = 36700160 // Exchange Online's default MaxSendSize, 35 MB
 	DefaultMaxRecipients   = 500
+	// Session and client limits.
+	DefaultMaxConnections      = 200
+	DefaultMaxConnectionsPerIP = 20
+	DefaultCommandTimeout      = 5 * time.Minute
+	DefaultSessionTimeout      = 30 * time.Minute
+	DefaultMaxErrors           = 20
+	// DefaultMaxLineLength is far above RFC 5322's 998: ERP systems send
+	// HTML in one long line and Exchange takes it.
+	DefaultMaxLineLength = 64 << 10
+	// Brute-force defence.
+	DefaultAuthMaxFailures = 5
+	DefaultAuthWindow      = 10 * time.Minute
+	DefaultAuthBlock       = 15 * time.Minute
 	DefaultSpoolDir        = "./spool"
 	DefaultHTTPAddress     = "127.0.0.1:9464"
 	DefaultSyncTimeout     = 20 * time.Second
@@ -235,6 +303,9 @@ func (c *Config) applyDefaults() {
 		if c.Devices[i].FromPolicy == "" {
 			c.Devices[i].FromPolicy = FromRewrite
 		}
+		if c.Devices[i].Auth == "" {
+			c.Devices[i].Auth = AuthPassword
+		}
 	}
 	if c.Limits.MaxMessageBytes == 0 {
 		c.Limits.MaxMessageBytes = DefaultMaxMessageBytes
@@ -242,6 +313,17 @@ func (c *Config) applyDefaults() {
 	if c.Limits.MaxRecipients == 0 {
 		c.Limits.MaxRecipients = DefaultMaxRecipients
 	}
+	lim := &c.Limits
+	setDefault(&lim.MaxConnections, DefaultMaxConnections)
+	setDefault(&lim.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
+	setDefault(&lim.CommandTimeout, DefaultCommandTimeout)
+	setDefault(&lim.SessionTimeout, DefaultSessionTimeout)
+	setDefault(&lim.MaxErrors, DefaultMaxErrors)
+	setDefault(&lim.MaxLineLength, DefaultMaxLineLength)
+	sec := &c.Security
+	setDefault(&sec.AuthMaxFailures, DefaultAuthMaxFailures)
+	setDefault(&sec.AuthWindow, DefaultAuthWindow)
+	setDefault(&sec.AuthBlock, DefaultAuthBlock)
 	if c.Spool.Dir == "" {
 		c.Spool.Dir = DefaultSpoolDir
 	}
@@ -269,6 +351,13 @@ func (c *Config) applyDefaults() {
 	}
 	if c.HTTP.Address == "" {
 		c.HTTP.Address = DefaultHTTPAddress
+	}
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
 	}
 }
 

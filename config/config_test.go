@@ -271,7 +271,7 @@ func TestLoadEmptyAndInvalidYAML(t *testing.T) {
 }
 
 func TestEnvExpansion(t *testing.T) {
-	l := &loader{lookup: env(map[string]string{"A": "x", "EMPTY": ""}), lines: map[string]int{}}
+	l := &loader{lookup: env(map[string]string{"A": "x", "EMPTY": ""}), lines: map[string]int{}, fromEnv: map[string]bool{}}
 	cases := map[string]string{
 		"${A}":                  "x",
 		"pre-${A}-post":         "pre-x-post",

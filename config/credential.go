@@ -31,6 +31,23 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 	if t.CertificatePassword != "" && t.CertificateFile == "" {
 		l.errorf(k+".certificate_password", "only used with certificate_file")
 	}
+	if t.CertificatePasswordFile != "" {
+		switch {
+		case t.CertificatePassword != "":
+			l.errorf(k+".certificate_password_file", "set certificate_password or certificate_password_file, not both")
+		case t.CertificateFile == "":
+			l.errorf(k+".certificate_password_file", "only used with certificate_file")
+		default:
+			t.CertificatePasswordFile = l.path(t.CertificatePasswordFile)
+			data, err := os.ReadFile(t.CertificatePasswordFile)
+			if err != nil {
+				l.errorf(k+".certificate_password_file", "%v", err)
+				return
+			}
+			l.checkSecretFile(k+".certificate_password_file", t.CertificatePasswordFile)
+			t.CertificatePassword = Secret(strings.TrimRight(string(data), "\r\n"))
+		}
+	}
 	l.checkSecretExpiry(k, t)
 	switch {
 	case t.ClientSecret != "":
@@ -42,6 +59,7 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			l.errorf(k+".client_secret_file", "%v", err)
 			return
 		}
+		l.checkSecretFile(k+".client_secret_file", t.ClientSecretFile)
 		secret := strings.TrimRight(string(data), "\r\n")
 		if strings.TrimSpace(secret) == "" {
 			l.errorf(k+".client_secret_file", "%s is empty", t.ClientSecretFile)
@@ -55,6 +73,7 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			l.errorf(k+".certificate_file", "%v", err)
 			return
 		}
+		l.checkSecretFile(k+".certificate_file", t.CertificateFile)
 		certs, key, err := ParseCertificateCredential(data, t.CertificatePassword.Value())
 		if err != nil {
 			l.errorf(k+".certificate_file", "%v", err)
@@ -69,6 +88,14 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			l.warnf(k+".certificate_file", "the certificate expires on %s; upload a new one to the app registration before then",
 				exp.Format(time.DateOnly))
 		}
+	}
+}
+
+// checkSecretFile warns when a file holding a secret is readable by users
+// other than its owner and group.
+func (l *loader) checkSecretFile(key, path string) {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 {
+		l.warnf(key, "%s holds a secret and is readable by every user on this host; chmod o-r %s", path, path)
 	}
 }
 

@@ -74,12 +74,13 @@ func LoadWithEnv(path string, lookup func(string) (string, bool)) (*Config, erro
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}}
+	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, fromEnv: map[string]bool{}}
 	cfg := l.parse(data)
 	if cfg != nil {
 		cfg.Path = path
 		cfg.applyDefaults()
 		l.validate(cfg)
+		l.checkInlineSecrets(cfg)
 	}
 	slices.SortStableFunc(l.problems, func(a, b Problem) int { return a.Line - b.Line })
 	var errs []Problem
@@ -99,8 +100,29 @@ type loader struct {
 	file     string
 	dir      string
 	lookup   func(string) (string, bool)
-	lines    map[string]int // key path -> line, for messages
+	lines    map[string]int  // key path -> line, for messages
+	fromEnv  map[string]bool // keys whose value came from ${VAR}
 	problems []Problem
+}
+
+// checkInlineSecrets warns when the config file itself holds a secret
+// (not from ${VAR} or a _file setting) and every user on the host can read
+// it.
+func (l *loader) checkInlineSecrets(c *Config) {
+	fi, err := os.Stat(l.file)
+	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	for i, t := range c.Tenants {
+		for _, key := range []string{"client_secret", "certificate_password"} {
+			k := fmt.Sprintf("tenants[%d].%s", i, key)
+			inline := key == "client_secret" && t.ClientSecret != "" || key == "certificate_password" && t.CertificatePassword != "" && t.CertificatePasswordFile == ""
+			if inline && !l.fromEnv[k] {
+				l.warnf(k, "the config file holds this secret and is readable by every user on this host; chmod o-r %s, or move the secret to an environment variable (\"${VAR}\") or %s_file",
+					l.file, key)
+			}
+		}
+	}
 }
 
 func (l *loader) errorf(key, format string, args ...any) {
@@ -209,6 +231,7 @@ func (l *loader) expandEnv(n *yaml.Node, key string) {
 			return
 		}
 		l.lines[key] = n.Line
+		l.fromEnv[key] = true
 		out := envRE.ReplaceAllStringFunc(n.Value, func(m string) string {
 			if m == "$${" {
 				return "${"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -74,7 +75,80 @@ func (l *loader) validateListeners(c *Config) {
 		if _, err := ParseTLSVersion(ls.MinTLSVersion); err != nil {
 			l.errorf(k+".min_tls_version", "%v", err)
 		}
+		ls.Networks = l.networks(k+".allowed_networks", ls.AllowedNetworks)
+		l.checkExposure(k, ls)
 	}
+}
+
+// networks parses a list of CIDRs or addresses, reporting each bad one.
+func (l *loader) networks(key string, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for j, n := range list {
+		p, err := ParseNetwork(n)
+		if err != nil {
+			l.errorf(fmt.Sprintf("%s[%d]", key, j), "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// checkExposure warns when a legacy or unauthenticated switch is on for a
+// listener that public addresses can reach: bound to all interfaces or to
+// a public address, and not limited to private allowed_networks.
+func (l *loader) checkExposure(k string, ls *Listener) {
+	host, _, err := net.SplitHostPort(ls.Address)
+	if err != nil {
+		return
+	}
+	public := host == "" || host == "0.0.0.0" || host == "::"
+	if a, err := netip.ParseAddr(host); err == nil && !public {
+		public = !Private(a)
+	}
+	if !public {
+		return
+	}
+	if len(ls.Networks) > 0 && !slices.ContainsFunc(ls.Networks, func(p netip.Prefix) bool { return !PrivatePrefix(p) }) {
+		return // only private sources may connect
+	}
+	for _, sw := range []struct {
+		on       bool
+		key, why string
+	}{
+		{ls.AllowInsecureAuth, "allow_insecure_auth", "device passwords cross the network in clear text"},
+		{ls.LegacyCiphers, "legacy_ciphers", "TLS without forward secrecy and with CBC and 3DES suites"},
+		{ls.AllowUnauthenticated, "allow_unauthenticated", "mail is accepted by source address alone"},
+	} {
+		if sw.on {
+			l.warnf(k+"."+sw.key, "is on for a listener on %s, which may be reachable from outside private address ranges (%s); "+
+				"bind it to a LAN address or set allowed_networks to your device subnets", ls.Address, sw.why)
+		}
+	}
+}
+
+// Private reports whether a is loopback, link-local, RFC 1918, RFC 6598
+// (carrier-grade NAT) or IPv6 unique local: an address the Internet cannot
+// reach directly.
+func Private(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || cgnat.Contains(a)
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// PrivatePrefix reports whether every address of p is private.
+func PrivatePrefix(p netip.Prefix) bool {
+	p = p.Masked()
+	if p.Bits() == 0 || !Private(p.Addr()) {
+		return false
+	}
+	last := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(last)*8; i++ {
+		last[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(last)
+	return Private(a)
 }
 
 func (l *loader) checkListenerCert(k string, ls *Listener) {
@@ -169,6 +243,10 @@ func (l *loader) validateDevices(c *Config) {
 		k := fmt.Sprintf("devices[%d]", i)
 		l.checkName(k+".name", d.Name, names)
 		switch {
+		case d.Auth == AuthNone:
+			if d.Username != "" || d.PasswordHash != "" {
+				l.errorf(k+".auth", "a device with auth: none has no username or password_hash; remove them, or use auth: password")
+			}
 		case d.Username == "":
 			l.errorf(k+".username", "required: the user name the device logs in with")
 		case users[d.Username] != "":
@@ -176,7 +254,14 @@ func (l *loader) validateDevices(c *Config) {
 		default:
 			users[d.Username] = d.Name
 		}
-		if d.PasswordHash == "" {
+		switch d.Auth {
+		case AuthPassword, AuthNone:
+		default:
+			l.errorf(k+".auth", "%q is not one of password, none", d.Auth)
+		}
+		if d.Auth == AuthNone {
+			l.checkUnauthenticated(c, k, d)
+		} else if d.PasswordHash == "" {
 			l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
 		} else if _, err := passwd.Parse(d.PasswordHash); err != nil {
 			l.errorf(k+".password_hash", "%v; create one with `smtpbridge hash-password` (never put the password itself here)", err)
@@ -210,10 +295,9 @@ func (l *loader) validateDevices(c *Config) {
 				l.errorf(fmt.Sprintf("%s.allowed_recipients[%d]", k, j), "%q: %v; write contoso.com, *@contoso.com or bob@partner.org", p, err)
 			}
 		}
-		for j, n := range d.Networks {
-			if _, err := ParseNetwork(n); err != nil {
-				l.errorf(fmt.Sprintf("%s.networks[%d]", k, j), "%v", err)
-			}
+		l.networks(k+".networks", d.Networks)
+		if d.MaxMessagesPerHour < 0 {
+			l.errorf(k+".max_messages_per_hour", "must be positive, e.g. 200")
 		}
 		if d.ExpectEvery < 0 {
 			l.errorf(k+".expect_every", "%s must be positive, e.g. 24h", d.ExpectEvery)
@@ -222,6 +306,38 @@ func (l *loader) validateDevices(c *Config) {
 		}
 		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
 		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
+	}
+}
+
+// checkUnauthenticated checks a device with auth: none: it needs networks,
+// no other auth: none device may claim the same ones, and some listener
+// must allow it.
+func (l *loader) checkUnauthenticated(c *Config, k string, d *Device) {
+	if len(d.Networks) == 0 {
+		l.errorf(k+".networks", "required with auth: none: the device is recognised by its source address, e.g. [\"10.20.0.15\"]")
+		return
+	}
+	for _, n := range d.Networks {
+		p, err := ParseNetwork(n)
+		if err != nil {
+			continue
+		}
+		if !PrivatePrefix(p) {
+			l.warnf(k+".networks", "%s includes public addresses: anyone there could send as this device without a password", n)
+		}
+		for _, o := range c.Devices {
+			if o.Name == d.Name || o.Auth != AuthNone {
+				continue
+			}
+			for _, on := range o.Networks {
+				if op, err := ParseNetwork(on); err == nil && op == p {
+					l.errorf(k+".networks", "%s is also device %q's; a source address must name one device without AUTH", n, o.Name)
+				}
+			}
+		}
+	}
+	if !slices.ContainsFunc(c.Listeners, func(ls Listener) bool { return ls.AllowUnauthenticated }) {
+		l.warnf(k+".auth", "no listener sets allow_unauthenticated: true, so this device cannot send")
 	}
 }
 
@@ -295,6 +411,8 @@ func (l *loader) validateGlobals(c *Config) {
 	if c.Limits.MaxRecipients < 0 {
 		l.errorf("limits.max_recipients", "must be positive")
 	}
+	l.validateLimits(c)
+	l.validateSecurity(c)
 	c.Spool.Dir = l.path(c.Spool.Dir)
 	if c.Sandbox.Dir != "" {
 		c.Sandbox.Dir = l.path(c.Sandbox.Dir)
@@ -343,4 +461,52 @@ func tenantNames(c *Config) string {
 		return "none"
 	}
 	return strings.Join(names, ", ")
+}
+
+func (l *loader) validateLimits(c *Config) {
+	lim := &c.Limits
+	for _, v := range []struct {
+		key string
+		n   int
+		eg  string
+	}{
+		{"limits.max_connections", lim.MaxConnections, "200"},
+		{"limits.max_connections_per_ip", lim.MaxConnectionsPerIP, "20"},
+		{"limits.max_errors", lim.MaxErrors, "20"},
+	} {
+		if v.n < 0 {
+			l.errorf(v.key, "must be positive, e.g. %s", v.eg)
+		}
+	}
+	if lim.MaxConnectionsPerIP > lim.MaxConnections && lim.MaxConnections > 0 {
+		l.warnf("limits.max_connections_per_ip", "%d is above max_connections (%d), which then is the limit", lim.MaxConnectionsPerIP, lim.MaxConnections)
+	}
+	if lim.CommandTimeout < 0 || lim.CommandTimeout > 0 && lim.CommandTimeout < 10*time.Second {
+		l.errorf("limits.command_timeout", "%s is too short for a slow device; use 10s or more (RFC 5321 section 4.5.3.2 suggests 5m)", lim.CommandTimeout)
+	}
+	if lim.SessionTimeout < 0 || lim.SessionTimeout > 0 && lim.SessionTimeout < lim.CommandTimeout {
+		l.errorf("limits.session_timeout", "%s is shorter than command_timeout (%s)", lim.SessionTimeout, lim.CommandTimeout)
+	}
+	if lim.MaxLineLength < 0 || lim.MaxLineLength > 0 && lim.MaxLineLength < 1000 {
+		l.errorf("limits.max_line_length", "%d is below RFC 5321's minimum of 1000 (section 4.5.3.1.6); the default is %d", lim.MaxLineLength, DefaultMaxLineLength)
+	}
+}
+
+func (l *loader) validateSecurity(c *Config) {
+	sec := &c.Security
+	if sec.AuthMaxFailures < 0 {
+		l.errorf("security.auth_max_failures", "must be positive, e.g. %d", DefaultAuthMaxFailures)
+	}
+	if sec.AuthWindow < 0 {
+		l.errorf("security.auth_window", "must be positive, e.g. %s", DefaultAuthWindow)
+	}
+	if sec.AuthBlock < 0 {
+		l.errorf("security.auth_block", "must be positive, e.g. %s", DefaultAuthBlock)
+	}
+	sec.ExemptNetworks = l.networks("security.auth_exempt_networks", sec.AuthExemptNetworks)
+	for _, p := range sec.ExemptNetworks {
+		if p.Bits() == 0 {
+			l.warnf("security.auth_exempt_networks", "%s exempts every address: password guessing is never blocked", p)
+		}
+	}
 }
