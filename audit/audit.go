@@ -55,6 +55,7 @@ const (
 	ReasonSize       = "size"       // larger than max_message_bytes, or an overlong line or header
 	ReasonRecipients = "recipients" // more than max_recipients
 	ReasonMalformed  = "malformed"  // the header block could not be parsed
+	ReasonRate       = "rate"       // the device's max_messages_per_hour
 	// Bounced and Dead.
 	ReasonPermanent = "permanent" // Exchange refused the message
 	ReasonExpired   = "expired"   // not delivered within max_age

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
@@ -23,6 +24,12 @@ type Device struct {
 	Networks          []netip.Prefix    // empty: any
 	// Mode is the device's delivery mode override; "" takes the server's.
 	Mode string
+	// Unauthenticated devices (auth: none) are recognised by their source
+	// address among Networks, on listeners that allow it.
+	Unauthenticated bool
+	// MaxPerHour bounds the messages the device may send in any hour; 0
+	// for no bound.
+	MaxPerHour int
 
 	hash passwd.Hash
 	// hashEnc is the configured password_hash, to tell whether a reload
@@ -49,12 +56,19 @@ var ErrLoginFailed = errors.New("login failed")
 // Directory finds devices by username and checks their passwords.
 type Directory struct {
 	byUser map[string]*Device
+	// byNet are the devices without AUTH, most specific network first.
+	byNet []netDevice
 	// dummy is verified for an unknown username, so that it costs as much
 	// as a wrong password for a known one.
 	dummy passwd.Hash
 	// hashing bounds concurrent password checks: each argon2id check holds
 	// its memory cost (19 MiB by default) until done.
 	hashing chan struct{}
+}
+
+type netDevice struct {
+	prefix netip.Prefix
+	dev    *Device
 }
 
 // maxConcurrentHashes bounds password checks in flight.
@@ -71,12 +85,19 @@ func NewDirectory(devices []config.Device) (*Directory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("device %s: %w", cd.Name, err)
 		}
+		if dev.Unauthenticated {
+			for _, p := range dev.Networks {
+				d.byNet = append(d.byNet, netDevice{p, dev})
+			}
+			continue
+		}
 		d.byUser[dev.Username] = dev
 		costs[dev.hash.Cost()]++
 		if common == nil || costs[dev.hash.Cost()] > costs[common.Cost()] {
 			common = dev.hash
 		}
 	}
+	slices.SortStableFunc(d.byNet, func(a, b netDevice) int { return b.prefix.Bits() - a.prefix.Bits() })
 	if common == nil {
 		enc, err := passwd.NewArgon2id([]byte("no devices"))
 		if err != nil {
@@ -99,9 +120,14 @@ func compileDevice(cd config.Device) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mailbox: %w", err)
 	}
-	h, err := passwd.Parse(cd.PasswordHash)
-	if err != nil {
-		return nil, fmt.Errorf("password_hash: %w", err)
+	var h passwd.Hash
+	unauthenticated := cd.Auth == config.AuthNone
+	if !unauthenticated {
+		if h, err = passwd.Parse(cd.PasswordHash); err != nil {
+			return nil, fmt.Errorf("password_hash: %w", err)
+		}
+	} else if len(cd.Networks) == 0 {
+		return nil, errors.New("auth: none needs networks")
 	}
 	from, err := mailaddr.ParsePatterns(cd.AllowedFrom)
 	if err != nil {
@@ -115,6 +141,7 @@ func compileDevice(cd config.Device) (*Device, error) {
 		Name: cd.Name, Username: cd.Username, Tenant: cd.Tenant, Mailbox: mbox,
 		FromPolicy: cd.FromPolicy, AllowedFrom: from, AllowedRecipients: rcpts,
 		Mode: cd.Delivery.Mode, hash: h, hashEnc: cd.PasswordHash,
+		Unauthenticated: unauthenticated, MaxPerHour: cd.MaxMessagesPerHour,
 	}
 	for _, n := range cd.Networks {
 		p, err := config.ParseNetwork(n)
@@ -148,6 +175,18 @@ func (d *Directory) Authenticate(username string, password []byte, remote netip.
 	return dev, AuthSuccess, nil
 }
 
+// ByAddress returns the device without AUTH whose networks hold remote
+// most specifically, or nil.
+func (d *Directory) ByAddress(remote netip.Addr) *Device {
+	remote = remote.Unmap()
+	for _, nd := range d.byNet {
+		if nd.prefix.Contains(remote) {
+			return nd.dev
+		}
+	}
+	return nil
+}
+
 // Lookup returns the device with the given username, or nil.
 func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
 
@@ -157,7 +196,8 @@ func (d *Directory) Devices() int { return len(d.byUser) }
 // sameLogin says whether other is the same device with the same password,
 // so that a login made against it still holds.
 func (dev *Device) sameLogin(other *Device) bool {
-	return dev.Name == other.Name && dev.Username == other.Username && dev.hashEnc == other.hashEnc
+	return dev.Name == other.Name && dev.Username == other.Username && dev.hashEnc == other.hashEnc &&
+		dev.Unauthenticated == other.Unauthenticated
 }
 
 func (dev *Device) allowedFrom(remote netip.Addr) bool {

@@ -5,10 +5,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/guard"
 )
 
 // endpoint is one configured listener. Its socket stays bound for the
@@ -17,6 +23,7 @@ import (
 // keeps serving the sessions it has until they end, so a reload drops no
 // connection, and each session sees one configuration from start to end.
 type endpoint struct {
+	srv     *Server
 	name    string
 	address string
 	tracker *trackingListener
@@ -30,9 +37,10 @@ type endpoint struct {
 // generation is a go-smtp server with one version of a listener's
 // settings (TLS, limits, AUTH before TLS).
 type generation struct {
-	cfg   listenerSettings
-	smtp  *smtp.Server
-	queue *connQueue
+	cfg    listenerSettings
+	limits config.Limits
+	smtp   *smtp.Server
+	queue  *connQueue
 
 	once    sync.Once
 	drained chan struct{} // closed when its sessions have all ended
@@ -89,7 +97,8 @@ func (e *endpoint) replace(g *generation, ctx context.Context) {
 }
 
 // serve accepts connections and hands each to the current generation,
-// wrapped in TLS on an implicit-TLS listener.
+// wrapped in TLS on an implicit-TLS listener, unless the listener's
+// allowed_networks or the guard refuse it.
 func (e *endpoint) serve(log func(error)) {
 	var delay time.Duration
 	for {
@@ -109,22 +118,79 @@ func (e *endpoint) serve(log func(error)) {
 			continue
 		}
 		delay = 0
+		tc := c.(*trackedConn)
 		for {
 			g := e.current()
 			if g == nil {
 				c.Close() // shutting down
 				break
 			}
-			conn := c
+			if reply, reason := e.admit(g, tc); reply != "" {
+				e.srv.observer.ConnectionRefused(e.name, reason)
+				go refuse(g, tc, reply)
+				break
+			}
+			if d := g.limits.SessionTimeout; d > 0 {
+				tc.setSessionEnd(time.Now().Add(d))
+			}
+			conn := net.Conn(tc)
 			if g.cfg.implicitTLS {
-				conn = tls.Server(c, g.cfg.tls)
+				conn = tls.Server(tc, g.cfg.tls)
 			}
 			if g.queue.push(conn) {
 				break
 			}
 			// g was replaced between current() and push: try the new one.
+			tc.releaseGuard()
 		}
 	}
+}
+
+// Greeting replies to connections the bridge will not serve.
+const (
+	replyNetwork  = "554 5.7.1 Access denied: this address may not use this service"
+	replyBlocked  = "421 4.7.0 Too many failed logins from your address; try again later"
+	replyLimit    = "421 4.7.0 Too many connections; try again later"
+	replyLimitIP  = "421 4.7.0 Too many connections from your address; try again later"
+	refuseTimeout = 10 * time.Second
+)
+
+// admit checks a new connection against the listener's allowed_networks
+// and the guard. It returns the greeting to refuse it with and why, or ""
+// after taking a slot in the guard's connection counts.
+func (e *endpoint) admit(g *generation, tc *trackedConn) (reply, reason string) {
+	remote := remoteAddr(tc.RemoteAddr())
+	if len(g.cfg.Networks) > 0 && !slices.ContainsFunc(g.cfg.Networks, func(p netip.Prefix) bool { return p.Contains(remote) }) {
+		return replyNetwork, "network"
+	}
+	release, refused := e.srv.guard.Admit(remote)
+	switch refused {
+	case "":
+		tc.setRelease(release)
+		return "", ""
+	case guard.RefusedBlocked:
+		return replyBlocked, refused
+	case guard.RefusedLimitIP:
+		return replyLimitIP, refused
+	}
+	return replyLimit, refused
+}
+
+// refuse sends a client its refusal as the greeting (RFC 5321 section
+// 3.1: a 554 greeting means no service) and closes the connection. On an
+// implicit-TLS listener the handshake comes first, so that the client can
+// read it.
+func refuse(g *generation, c net.Conn, reply string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(refuseTimeout))
+	if g.cfg.implicitTLS {
+		tc := tls.Server(c, g.cfg.tls)
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		c = tc
+	}
+	c.Write([]byte(reply + "\r\n"))
 }
 
 // shutdown stops accepting, lets every generation's sessions finish until
@@ -234,10 +300,22 @@ func (l *trackingListener) closeAll() {
 	}
 }
 
+// trackedConn is a device connection as accepted, under any TLS. Besides
+// being tracked, it keeps the session within session_timeout (its
+// deadlines never reach past the session's end), can close itself after
+// the next reply, and counts what the guard limits per connection.
 type trackedConn struct {
 	net.Conn
 	l    *trackingListener
 	once sync.Once
+
+	mu         sync.Mutex
+	sessionEnd time.Time // zero: no limit
+	release    func()    // the guard's connection slot
+
+	closeAfterWrite atomic.Bool
+	authFailures    atomic.Int32
+	errors          atomic.Int32
 }
 
 func (c *trackedConn) Close() error {
@@ -245,7 +323,79 @@ func (c *trackedConn) Close() error {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.mu.Unlock()
+		c.releaseGuard()
 		c.l.observer.ConnectionClosed(c.l.name)
 	})
 	return c.Conn.Close()
 }
+
+func (c *trackedConn) setRelease(f func()) {
+	c.mu.Lock()
+	c.release = f
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) releaseGuard() {
+	c.mu.Lock()
+	f := c.release
+	c.release = nil
+	c.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+func (c *trackedConn) setSessionEnd(t time.Time) {
+	c.mu.Lock()
+	c.sessionEnd = t
+	c.mu.Unlock()
+	c.Conn.SetDeadline(t)
+}
+
+// clamp bounds a deadline by the session's end (plus grace, for writes:
+// the client is still told why it is cut off).
+func (c *trackedConn) clamp(t time.Time, grace time.Duration) time.Time {
+	c.mu.Lock()
+	end := c.sessionEnd
+	c.mu.Unlock()
+	if end.IsZero() {
+		return t
+	}
+	end = end.Add(grace)
+	if t.IsZero() || t.After(end) {
+		return end
+	}
+	return t
+}
+
+// sessionGrace is how long past session_timeout the final 421 may take to
+// write.
+const sessionGrace = 10 * time.Second
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(c.clamp(t, 0)); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(c.clamp(t, sessionGrace))
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	return c.Conn.SetReadDeadline(c.clamp(t, 0))
+}
+
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	return c.Conn.SetWriteDeadline(c.clamp(t, sessionGrace))
+}
+
+// Write writes, then closes the connection if a reply was the last one
+// (closeAfter).
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+// closeAfter makes the connection close once the next reply is written.
+func (c *trackedConn) closeAfter() { c.closeAfterWrite.Store(true) }

@@ -18,6 +18,10 @@ var (
 		Message: "Authentication required: this device's settings changed; reconnect and log in again"}
 	errTooManyRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 		Message: "Too many recipients"}
+	errDeviceRate = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1},
+		Message: "This device has sent its hourly maximum of messages; try again later"}
+	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many errors, closing connection"}
 	errSenderNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 		Message: "Sender address not allowed for this device"}
 	errHeaderFromNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},

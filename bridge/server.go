@@ -17,6 +17,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
@@ -25,6 +26,9 @@ import (
 type Observer interface {
 	Connection(listener string)
 	ConnectionClosed(listener string)
+	// ConnectionRefused reports a connection refused at the greeting:
+	// reason is network (allowed_networks), blocked, limit or limit_ip.
+	ConnectionRefused(listener, reason string)
 	// AuthAttempt reports a login. device is the device the username
 	// names ("" for an unknown username); result says whether it
 	// succeeded.
@@ -35,6 +39,7 @@ type nopObserver struct{}
 
 func (nopObserver) Connection(string)                                      {}
 func (nopObserver) ConnectionClosed(string)                                {}
+func (nopObserver) ConnectionRefused(string, string)                       {}
 func (nopObserver) AuthAttempt(string, string, string, string, netip.Addr) {}
 
 // Options configure a Server.
@@ -51,7 +56,10 @@ type Options struct {
 	SyncTimeout time.Duration
 	Observer    Observer
 	Events      audit.Observer
-	Log         zerolog.Logger
+	// Guard blocks password guessing and bounds connections; nil for one
+	// that blocks nothing and bounds nothing.
+	Guard *guard.Guard
+	Log   zerolog.Logger
 }
 
 // Settings is what a reload replaces: the devices, their policies, the
@@ -65,14 +73,8 @@ type Settings struct {
 	SyncTimeout time.Duration
 }
 
-// maxLineLength bounds any line a device sends, command or message.
-const maxLineLength = 64 << 10
-
-// Session timeouts; the security issue makes them configurable.
-var (
-	commandTimeout = 5 * time.Minute
-	writeTimeout   = time.Minute
-)
+// writeTimeout bounds each reply's write to a device.
+const writeTimeout = time.Minute
 
 // Server runs the device-facing listeners.
 type Server struct {
@@ -81,6 +83,7 @@ type Server struct {
 	spooler   Spooler
 	observer  Observer
 	events    audit.Observer
+	guard     *guard.Guard
 	log       zerolog.Logger
 	// ctx is cancelled when Shutdown's grace period ends: deliveries in
 	// flight stop, replaced generations close their sessions.
@@ -110,9 +113,12 @@ func NewServer(o Options) (*Server, error) {
 	if o.Events == nil {
 		o.Events = audit.Nop{}
 	}
+	if o.Guard == nil {
+		o.Guard = guard.New(guard.Settings{})
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer, spooler: o.Spooler,
-		observer: o.Observer, events: o.Events, log: o.Log, ctx: ctx, cancel: cancel}
+		observer: o.Observer, events: o.Events, guard: o.Guard, log: o.Log, ctx: ctx, cancel: cancel}
 	st := Settings{Listeners: o.Listeners, Limits: o.Limits, Directory: o.Directory, Mode: o.Mode, SyncTimeout: o.SyncTimeout}
 	if _, err := compileListeners(st.Listeners); err != nil {
 		cancel()
@@ -120,12 +126,19 @@ func NewServer(o Options) (*Server, error) {
 	}
 	s.store(st)
 	for _, l := range o.Listeners {
-		s.endpoints = append(s.endpoints, &endpoint{name: l.Name, address: l.Address})
+		s.endpoints = append(s.endpoints, &endpoint{srv: s, name: l.Name, address: l.Address})
 	}
 	return s, nil
 }
 
 func (s *Server) store(st Settings) {
+	lim := &st.Limits
+	if lim.CommandTimeout == 0 {
+		lim.CommandTimeout = config.DefaultCommandTimeout
+	}
+	if lim.MaxLineLength == 0 {
+		lim.MaxLineLength = config.DefaultMaxLineLength
+	}
 	if st.Mode == "" {
 		st.Mode = config.ModeHybrid
 	}
@@ -181,13 +194,13 @@ func (s *Server) Reload(st Settings) error {
 			// a restart unbinds it.
 			continue
 		}
-		e.replace(s.newGeneration(e, ls, st.Limits), s.ctx)
+		e.replace(s.newGeneration(e, ls, s.Settings().Limits), s.ctx)
 	}
 	return nil
 }
 
 func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits config.Limits) *generation {
-	ss := smtp.NewServer(&backend{s: s, listener: e.name})
+	ss := smtp.NewServer(&backend{s: s, listener: e.name, ls: ls, limits: limits})
 	ss.Domain = s.hostname
 	ss.MaxMessageBytes = limits.MaxMessageBytes
 	// The session enforces max_recipients itself, so that it can count
@@ -196,15 +209,15 @@ func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits config.L
 	// RFC 5322 caps lines at 998 bytes, but ERP systems send HTML in
 	// one long line and Exchange takes it; go-smtp's default of 2000
 	// would refuse such a message on every retry.
-	ss.MaxLineLength = maxLineLength
-	ss.ReadTimeout = commandTimeout
+	ss.MaxLineLength = limits.MaxLineLength
+	ss.ReadTimeout = limits.CommandTimeout
 	ss.WriteTimeout = writeTimeout
 	ss.AllowInsecureAuth = ls.AllowInsecureAuth
 	ss.ErrorLog = errorLog{log: s.log.With().Str("listener", e.name).Logger()}
 	if ls.TLS == config.TLSStartTLS {
 		ss.TLSConfig = ls.tls
 	}
-	return &generation{cfg: ls, smtp: ss, queue: newConnQueue(e.tracker.Addr()), drained: make(chan struct{})}
+	return &generation{cfg: ls, limits: limits, smtp: ss, queue: newConnQueue(e.tracker.Addr()), drained: make(chan struct{})}
 }
 
 // ListenerTLS returns the TLS configuration of a listener, nil for none.
@@ -347,6 +360,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 type backend struct {
 	s        *Server
 	listener string
+	ls       listenerSettings
+	limits   config.Limits
 }
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
@@ -357,7 +372,18 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		log = log.With().Str("tls", tls.VersionName(st.Version)).Str("cipher", tls.CipherSuiteName(st.CipherSuite)).Logger()
 	}
 	log.Debug().Str("helo", cleanText(c.Hostname())).Msg("session started")
-	return &session{srv: b.s, listener: b.listener, conn: c, remote: remote, connLog: log, log: log, msgLog: log, started: time.Now()}, nil
+	return &session{srv: b.s, listener: b.listener, ls: b.ls, limits: b.limits, conn: c, tc: trackedOf(c.Conn()),
+		remote: remote, connLog: log, log: log, msgLog: log, started: time.Now()}, nil
+}
+
+// trackedOf finds the tracked connection under any TLS; nil in tests that
+// serve go-smtp without the bridge's listeners.
+func trackedOf(c net.Conn) *trackedConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	tc, _ := c.(*trackedConn)
+	return tc
 }
 
 func remoteAddr(a net.Addr) netip.Addr {

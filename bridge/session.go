@@ -23,7 +23,10 @@ import (
 type session struct {
 	srv      *Server
 	listener string
+	ls       listenerSettings // the listener's settings for this connection
+	limits   config.Limits    // the limits for this connection
 	conn     *smtp.Conn
+	tc       *trackedConn // nil only in tests that bypass the listeners
 	remote   netip.Addr
 	connLog  zerolog.Logger // the connection's fields
 	log      zerolog.Logger // plus the device's, once logged in
@@ -60,10 +63,37 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 		Message: "Unsupported authentication mechanism, use PLAIN or LOGIN"}
 }
 
+// maxAuthFailures failed AUTHs close a session.
+const maxAuthFailures = 3
+
+// login checks a device's credentials. Every AUTH takes at least the
+// guard's minimum time, whatever the outcome; a blocked address gets 535
+// without a password check; each failure waits a little longer than the
+// last; the third failure closes the session.
 func (se *session) login(mech, username string, password []byte) error {
+	g := se.srv.guard
+	done := time.Now().Add(g.AuthDuration())
+	defer func() { time.Sleep(time.Until(done)) }()
+
+	if g.Blocked(se.remote) {
+		se.srv.observer.AuthAttempt(se.listener, mech, "blocked", "", se.remote)
+		se.log.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", "blocked").
+			Msg("login from a blocked address refused without a password check")
+		return se.authFailed()
+	}
 	dir := se.srv.Settings().Directory
 	dev, result, err := dir.Authenticate(username, password, se.remote)
 	if err != nil {
+		shown := username
+		if result == AuthUnknownUser {
+			shown = usernameHint(username)
+		}
+		delay, block := g.AuthFailed(se.remote, username, shown)
+		done = done.Add(delay)
+		if block != nil {
+			se.log.Warn().Str("event", "blocked").Str("addr", block.Addr.String()).Int("failures", block.Failures).
+				Time("until", block.Until).Msg("too many failed logins from this address; it is blocked")
+		}
 		name := ""
 		if d := dir.Lookup(username); d != nil {
 			name = d.Name
@@ -78,12 +108,38 @@ func (se *session) login(mech, username string, password []byte) error {
 			ev = ev.Str("username", username)
 		}
 		ev.Msg("device login failed")
-		return errAuthFailed
+		return se.authFailed()
 	}
 	se.srv.observer.AuthAttempt(se.listener, mech, string(result), dev.Name, se.remote)
 	se.setDevice(dev)
 	se.log.Info().Str("event", "auth").Str("mechanism", mech).Msg("device logged in")
 	return nil
+}
+
+// authFailed counts a failed AUTH on the connection: the third closes it,
+// after its 535.
+func (se *session) authFailed() error {
+	if se.tc != nil && se.tc.authFailures.Add(1) >= maxAuthFailures {
+		se.log.Info().Int("failures", maxAuthFailures).Msg("closing the connection after repeated failed logins")
+		se.tc.closeAfter()
+		return errAuthFailed
+	}
+	return se.refuse(errAuthFailed)
+}
+
+// refuse counts an error reply for the connection; once max_errors is
+// reached the client gets 421 and the connection closes.
+func (se *session) refuse(err error) error {
+	var sme *smtp.SMTPError
+	if se.tc == nil || !errors.As(err, &sme) || sme.Code < 400 {
+		return err
+	}
+	if max := se.limits.MaxErrors; max > 0 && int(se.tc.errors.Add(1)) >= max {
+		se.log.Info().Int("errors", max).Msg("closing the connection after too many errors")
+		se.tc.closeAfter()
+		return errTooManyErrors
+	}
+	return err
 }
 
 func (se *session) setDevice(dev *Device) {
@@ -100,14 +156,31 @@ func usernameHint(u string) string {
 	return fmt.Sprintf("%s...(%d chars)", string(r[:2]), len(r))
 }
 
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
-	if se.device == nil {
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
+	return se.refuse(se.mail(from, opts))
+}
+
+func (se *session) mail(from string, _ *smtp.MailOptions) error {
+	st := se.srv.Settings()
+	switch {
+	case se.device == nil && se.ls.AllowUnauthenticated:
+		// A device that cannot AUTH, known by its address.
+		dev := st.Directory.ByAddress(se.remote)
+		if dev == nil {
+			se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("MAIL FROM without AUTH from an address no device without AUTH has")
+			return errNeedAuth
+		}
+		se.setDevice(dev)
+		se.log.Info().Str("event", "auth").Str("mechanism", "none").Msg("device without AUTH recognised by its address")
+	case se.device == nil:
 		// RFC 4954 section 6: 530 5.7.0 when authentication is required.
 		se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("MAIL FROM without AUTH")
 		return errNeedAuth
 	}
-	st := se.srv.Settings()
 	dev := st.Directory.Lookup(se.device.Username)
+	if se.device.Unauthenticated {
+		dev = st.Directory.ByAddress(se.remote)
+	}
 	if dev == nil || !dev.sameLogin(se.device) || !dev.allowedFrom(se.remote) {
 		// A reload removed the device, changed its password or its
 		// networks: the login no longer holds.
@@ -120,6 +193,10 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	se.st = st
 	se.msgID = newID()
 	se.msgLog = se.log.With().Str("msg_id", se.msgID).Logger()
+	if !se.srv.guard.AllowMessage(dev.Name, dev.MaxPerHour) {
+		se.reject("mail", errDeviceRate, audit.ReasonRate, fmt.Sprintf("more than %d messages in an hour", dev.MaxPerHour))
+		return errDeviceRate
+	}
 	if dev.FromPolicy == config.FromEnforce {
 		a, err := mailaddr.Parse(from)
 		if err != nil {
@@ -135,7 +212,11 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	return se.refuse(se.rcpt(to, opts))
+}
+
+func (se *session) rcpt(to string, _ *smtp.RcptOptions) error {
 	if max := se.st.Limits.MaxRecipients; max > 0 && len(se.to) >= max {
 		if !se.tooMany {
 			// Counted once per message, not once per refused address.
@@ -158,6 +239,10 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (se *session) Data(r io.Reader) error {
+	return se.refuse(se.data(r))
+}
+
+func (se *session) data(r io.Reader) error {
 	start := time.Now()
 	dev := se.device
 	h, body, err := readHeader(r)

@@ -157,6 +157,25 @@ func (u *Upstream) Close() {
 	}
 }
 
+// microsoftSMTPHosts are Exchange Online's SMTP AUTH submission endpoints
+// in the public and national clouds.
+var microsoftSMTPHosts = map[string]bool{
+	"smtp.office365.com":      true,
+	"smtp-mail.outlook.com":   true,
+	"smtp.office365.us":       true, // GCC High, DoD
+	"smtp.partner.outlook.cn": true, // operated by 21Vianet
+}
+
+// IsMicrosoftSMTPHost reports whether an smtp_host (host:port) names a
+// known Exchange Online endpoint.
+func IsMicrosoftSMTPHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	return microsoftSMTPHosts[strings.ToLower(strings.TrimSuffix(host, "."))]
+}
+
 // Upstream timeouts; tests shorten them.
 var (
 	upstreamDialTimeout = 30 * time.Second

@@ -36,11 +36,13 @@ var (
 	// Mechanisms are the AUTH mechanisms devices use.
 	Mechanisms = []string{"PLAIN", "LOGIN"}
 	// RejectReasons are messages_rejected_total's reason values.
-	RejectReasons = []string{audit.ReasonPolicy, audit.ReasonSize, audit.ReasonRecipients, audit.ReasonMalformed}
+	RejectReasons = []string{audit.ReasonPolicy, audit.ReasonSize, audit.ReasonRecipients, audit.ReasonMalformed, audit.ReasonRate}
 	// FailReasons are messages_failed_total's reason values.
 	FailReasons = []string{audit.ReasonPermanent, audit.ReasonExpired}
 	// UpstreamStages are upstream_duration_seconds' stage values.
 	UpstreamStages = []string{"token", "connect", "auth", "mail", "rcpt", "data"}
+	// RefuseReasons are connections_refused_total's reason values.
+	RefuseReasons = []string{"network", "blocked", "limit", "limit_ip"}
 	// QueueStates are queue_messages' state values.
 	QueueStates = []string{"queued", "deferred", "dead"}
 )
@@ -74,6 +76,7 @@ type Sources struct {
 	UpstreamConnections func() map[string]int // by tenant
 	DeviceLastSeen      func() map[string]time.Time
 	DeviceLastMessage   func() map[string]time.Time
+	BlockedAddresses    func() int
 }
 
 // QueueStats is the queue's state.
@@ -88,6 +91,7 @@ type Metrics struct {
 
 	connections       *prometheus.CounterVec
 	connectionsActive *prometheus.GaugeVec
+	connsRefused      *prometheus.CounterVec
 	authAttempts      *prometheus.CounterVec
 
 	received  *prometheus.CounterVec
@@ -128,6 +132,9 @@ func New(version string, inv Inventory) *Metrics {
 		Registry:          r,
 		connections:       counter("connections_total", "TCP connections devices opened, per listener.", "listener"),
 		connectionsActive: gauge("connections_active", "Device connections open now, per listener.", "listener"),
+		connsRefused: counter("connections_refused_total",
+			"Device connections refused at the greeting, per listener and reason (network: not in allowed_networks; blocked: too many failed logins; limit, limit_ip: max_connections, max_connections_per_ip).",
+			"listener", "reason"),
 		authAttempts: counter("auth_attempts_total",
 			"Device AUTH attempts, per listener, mechanism and result (success, bad_credentials, unknown_user, blocked, network_denied).",
 			"listener", "mechanism", "result"),
@@ -135,7 +142,7 @@ func New(version string, inv Inventory) *Metrics {
 			"Messages the bridge took from devices (spooled, or in sync mode handed to Exchange whole).", "device", "tenant"),
 		delivered: counter("messages_delivered_total", "Messages Exchange Online accepted (250).", "device", "tenant"),
 		rejected: counter("messages_rejected_total",
-			"Messages or recipients the bridge refused itself, per reason (policy, size, recipients, malformed).", "device", "reason"),
+			"Messages or recipients the bridge refused itself, per reason (policy, size, recipients, malformed, rate).", "device", "reason"),
 		failed: counter("messages_failed_total",
 			"Messages that will not be delivered: refused by Exchange for good (permanent) or older than max_age (expired).",
 			"device", "tenant", "reason"),
@@ -170,6 +177,7 @@ func New(version string, inv Inventory) *Metrics {
 		oldest:    prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
 		upstream:  prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
 		lastSeen:  prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
+		blocked:   prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
 		lastMsg:   prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
 		startTime: time.Now(),
 	}
@@ -178,7 +186,7 @@ func New(version string, inv Inventory) *Metrics {
 		Help: "Always 1; the labels say which build is running.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
-	r.MustRegister(m.connections, m.connectionsActive, m.authAttempts,
+	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.authAttempts,
 		m.received, m.delivered, m.rejected, m.failed, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
 		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected,
@@ -202,6 +210,9 @@ func (m *Metrics) Configure(inv Inventory) {
 	for _, l := range inv.Listeners {
 		m.connections.WithLabelValues(l)
 		m.connectionsActive.WithLabelValues(l)
+		for _, r := range RefuseReasons {
+			m.connsRefused.WithLabelValues(l, r)
+		}
 		for _, mech := range Mechanisms {
 			for _, res := range AuthResults {
 				m.authAttempts.WithLabelValues(l, mech, res)
@@ -300,6 +311,11 @@ func (m *Metrics) Connection(listener string) {
 // ConnectionClosed counts a device connection's end.
 func (m *Metrics) ConnectionClosed(listener string) {
 	m.connectionsActive.WithLabelValues(listener).Dec()
+}
+
+// ConnectionRefused counts a connection refused at the greeting.
+func (m *Metrics) ConnectionRefused(listener, reason string) {
+	m.connsRefused.WithLabelValues(listener, reason).Inc()
 }
 
 // AuthAttempt counts a device login attempt.

@@ -12,9 +12,9 @@ import (
 // Prometheus scrapes, so that these gauges are never stale and never
 // drift from what they count.
 type stateCollector struct {
-	m                                          *Metrics
-	queue, oldest, upstream, lastSeen, lastMsg *prometheus.Desc
-	startTime                                  time.Time
+	m                                                   *Metrics
+	queue, oldest, upstream, lastSeen, lastMsg, blocked *prometheus.Desc
+	startTime                                           time.Time
 
 	mu  sync.Mutex
 	src Sources
@@ -26,6 +26,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.upstream
 	ch <- c.lastSeen
 	ch <- c.lastMsg
+	ch <- c.blocked
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -66,6 +67,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
+	blocked := 0
+	if src.BlockedAddresses != nil {
+		blocked = src.BlockedAddresses()
+	}
+	ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, float64(blocked))
 	c.devices(ch, c.lastSeen, src.DeviceLastSeen, inv)
 	c.devices(ch, c.lastMsg, src.DeviceLastMessage, inv)
 }

@@ -149,6 +149,9 @@ func (b *Board) Connection(string) {}
 // ConnectionClosed implements bridge.Observer.
 func (b *Board) ConnectionClosed(string) {}
 
+// ConnectionRefused implements bridge.Observer.
+func (b *Board) ConnectionRefused(string, string) {}
+
 // AuthAttempt implements bridge.Observer: a login marks the device seen;
 // a failed one is a recent failure.
 func (b *Board) AuthAttempt(listener, mechanism, result, device string, remote netip.Addr) {

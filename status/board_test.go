@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
@@ -26,7 +27,11 @@ func (f fakeQueue) Dead() ([]queue.Item, error) { return f.dead, nil }
 
 func render(t *testing.T, b *Board, q QueueView) string {
 	t.Helper()
-	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, q))
+	until := time.Now().Add(14 * time.Minute)
+	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, q, func() []guard.Block {
+		return []guard.Block{{Addr: netip.MustParseAddr("203.0.113.9"), Since: time.Now().Add(-time.Minute),
+			Until: until, Failures: 5, Username: "ad...(5 chars)"}}
+	}))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/")
 	if err != nil {
@@ -114,6 +119,7 @@ func TestPage(t *testing.T) {
 		"001deadletter", "554 5.2.0 quota",
 		"last reload failed", "unknown tenant &#34;nope&#34;",
 		"dead letter (expired): 451 4.7.0 Temporary server error",
+		`id="blocks"`, "203.0.113.9", "in 13m", "ad...(5 chars)",
 	)
 	if strings.Contains(page, "<script") {
 		t.Error("a device-controlled string reached the page unescaped")

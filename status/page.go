@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
 
@@ -36,13 +37,20 @@ var pageTmpl = template.Must(template.New("page").Parse(pageHTML))
 // Handler serves the status page: one server-rendered HTML page with its
 // styles inline, no script and no external asset, so that it works on a
 // phone and in a browser with no network beyond the bridge.
-func (b *Board) Handler(info PageInfo, q QueueView) http.Handler {
+// blocks, if not nil, lists the addresses blocked for failed logins.
+func (b *Board) Handler(info PageInfo, q QueueView, blocks func() []guard.Block) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
 			return
 		}
 		v := b.view(info, q, time.Now())
+		if blocks != nil {
+			for _, bl := range blocks() {
+				v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr.String(), Since: stampOf(bl.Since, v.now),
+					Until: "in " + human(bl.Until.Sub(v.now)), Failures: bl.Failures, Username: bl.Username})
+			}
+		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		// Nothing on the page needs a script, a frame or a remote asset.
@@ -79,6 +87,14 @@ type view struct {
 	Recent      []failureView
 	Overdue     int
 	TenantIssue int
+	Blocks      []blockView
+	now         time.Time
+}
+
+type blockView struct {
+	Addr, Until, Username string
+	Since                 stamp
+	Failures              int
 }
 
 // stamp is a time shown as "3m ago" with the exact time on hover.
@@ -125,7 +141,7 @@ type failureView struct {
 }
 
 func (b *Board) view(info PageInfo, q QueueView, now time.Time) view {
-	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
+	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now), now: now}
 
 	b.mu.Lock()
 	v.Reload = b.reload

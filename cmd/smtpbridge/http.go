@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/loopback"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
@@ -17,16 +18,18 @@ import (
 //	GET  /healthz   the process answers
 //	GET  /readyz    listeners bound and the spool writable
 //	POST /-/reload  reload the config (loopback clients only)
-//	     /api/...   the queue admin API (loopback clients only)
+//	     /api/...   the admin API: queue, blocks (loopback clients only)
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /{$}", d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.q))
+	mux.Handle("GET /{$}", d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.q, d.guard.Blocks))
 	mux.Handle("GET /metrics", d.m.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		text(w, http.StatusOK, "ok\n")
 	})
 	mux.Handle("GET /readyz", d.readyHandler())
 	mux.Handle("POST /-/reload", loopback.Only(d.reloadHandler(), "reload answers loopback clients only; send SIGHUP or POST from the bridge's host"))
+	mux.Handle("/api/blocks", guard.Handler(d.guard))
+	mux.Handle("/api/blocks/", guard.Handler(d.guard))
 	mux.Handle("/api/", queue.Handler(d.q))
 	return mux
 }

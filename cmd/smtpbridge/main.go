@@ -8,6 +8,7 @@
 //	smtpbridge check-config --config FILE
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
 //	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
+//	smtpbridge blocks [list|unblock ADDR] [--config FILE] [--json]
 //	smtpbridge version
 //
 // SMTPBRIDGE_CONFIG may name the config file instead of --config. This
@@ -59,6 +60,7 @@ Usage:
   smtpbridge check-config --config FILE            list every problem in a config
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
+  smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
   smtpbridge version                               print the version
 
 SMTPBRIDGE_CONFIG may name the config file instead of --config.
@@ -84,6 +86,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdHashPassword(rest, stdin, stdout, stderr)
 	case "queue":
 		err = cmdQueue(rest, stdout, stderr)
+	case "blocks":
+		err = cmdBlocks(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

@@ -5,6 +5,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
@@ -60,6 +61,12 @@ func bounceTo(cfg *config.Config) func(string) string {
 		}
 		return global // a device since removed from the config
 	}
+}
+
+func guardSettings(cfg *config.Config) guard.Settings {
+	sec := cfg.Security
+	return guard.Settings{MaxFailures: sec.AuthMaxFailures, Window: sec.AuthWindow, Block: sec.AuthBlock, Exempt: sec.ExemptNetworks,
+		MaxConnections: cfg.Limits.MaxConnections, MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP}
 }
 
 func serverSettings(cfg *config.Config, dir *bridge.Directory) bridge.Settings {

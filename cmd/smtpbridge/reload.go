@@ -106,6 +106,7 @@ func (d *daemon) apply() reloadResult {
 		// harmless: the new tenants are a superset the devices need.
 		return reloadResult{Problems: []string{err.Error()}}
 	}
+	d.guard.Reconfigure(guardSettings(cfg))
 	d.up.SetRoutes(routes(cfg, d.roots))
 	d.q.Reconfigure(queueOptions(cfg))
 	d.m.Configure(metricsInventory(cfg))

@@ -23,6 +23,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
@@ -76,6 +77,7 @@ type daemon struct {
 	sb         *sandbox.Sandbox
 	roots      *x509.CertPool // the sandbox's CA; nil in production
 
+	guard  *guard.Guard
 	store  *tokenstore.Store
 	up     *bridge.Upstream
 	q      *queue.Queue
@@ -154,10 +156,11 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return err
 	}
 	st := serverSettings(cfg, dir)
+	d.guard = guard.New(guardSettings(cfg))
 	d.srv, err = bridge.NewServer(bridge.Options{
 		Hostname: d.hostname, Listeners: st.Listeners, Limits: st.Limits, Directory: dir,
 		Mode: st.Mode, SyncTimeout: st.SyncTimeout,
-		Deliverer: d.up, Spooler: d.q, Observer: connObservers{d.m, d.board}, Events: events, Log: log,
+		Deliverer: d.up, Spooler: d.q, Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log,
 	})
 	if err != nil {
 		return err
@@ -170,6 +173,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		UpstreamConnections: d.up.Connections,
 		DeviceLastSeen:      d.board.LastSeen,
 		DeviceLastMessage:   d.board.LastMessage,
+		BlockedAddresses:    func() int { return len(d.guard.Blocks()) },
 	})
 
 	if err := d.srv.Listen(); err != nil {
@@ -232,6 +236,10 @@ func deadline(ctx context.Context) time.Time {
 
 func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 	for _, t := range cfg.Tenants {
+		if !bridge.IsMicrosoftSMTPHost(t.SMTPHost) {
+			log.Warn().Str("tenant", t.Name).Str("smtp_host", t.SMTPHost).
+				Msg("smtp_host is not a known Exchange Online endpoint; its certificate is still verified, and devices' mail and the tenant's tokens go there")
+		}
 		if !tokenstore.IsMicrosoftAuthority(t.AuthorityHost) {
 			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
@@ -261,6 +269,12 @@ func (o connObservers) Connection(l string) {
 func (o connObservers) ConnectionClosed(l string) {
 	for _, x := range o {
 		x.ConnectionClosed(l)
+	}
+}
+
+func (o connObservers) ConnectionRefused(l, reason string) {
+	for _, x := range o {
+		x.ConnectionRefused(l, reason)
 	}
 }
 

@@ -1,0 +1,307 @@
+// Package guard defends the device listeners: it counts failed logins per
+// source address and per username, blocks an address that fails too often,
+// slows each failure down a little more than the last, bounds connections
+// in all and per address, and bounds how many messages a device sends an
+// hour. It knows addresses, names and counts, nothing about SMTP.
+//
+// Usernames are counted but never locked out: an attacker could lock a
+// printer out from anywhere by failing its username on purpose. Failures
+// per username slow every failed attempt on it instead, and are logged.
+//
+// Blocks live in memory: a restart lifts them.
+package guard
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Settings are the guard's limits; zero values turn a limit off.
+type Settings struct {
+	// MaxFailures failed logins from one address within Window block it
+	// for Block.
+	MaxFailures int
+	Window      time.Duration
+	Block       time.Duration
+	// Exempt addresses are never blocked.
+	Exempt []netip.Prefix
+	// MaxConnections bounds connections in all, MaxConnectionsPerIP those
+	// from one address.
+	MaxConnections      int
+	MaxConnectionsPerIP int
+}
+
+// Login timing, when the guard is on (MaxFailures > 0). Every AUTH takes
+// at least authMin plus up to authJitter, whatever its outcome, so that
+// the reply's timing tells neither whether a username exists nor whether
+// a password was close: a hash check takes tens of milliseconds, and
+// varies. Each failed login then waits slowStep times the number of
+// recent failures (of its address or its username, whichever is more), up
+// to slowMax.
+var (
+	authMin    = 250 * time.Millisecond
+	authJitter = 100 * time.Millisecond
+	slowStep   = 200 * time.Millisecond
+	slowMax    = 3 * time.Second
+)
+
+// Guard is safe for concurrent use.
+type Guard struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	st      Settings
+	byAddr  map[netip.Addr][]time.Time // recent failures
+	byUser  map[string][]time.Time
+	blocks  map[netip.Addr]*Block
+	conns   map[netip.Addr]int
+	total   int
+	devices map[string]*hourly
+}
+
+// Block is a blocked address.
+type Block struct {
+	Addr     netip.Addr `json:"addr"`
+	Since    time.Time  `json:"since"`
+	Until    time.Time  `json:"until"`
+	Failures int        `json:"failures"`
+	// Username is the last username tried from the address, as the
+	// caller chose to show it (a hint only, for a username no device has:
+	// it may be a password typed in the wrong field).
+	Username string `json:"username"`
+}
+
+// New returns a guard with the given settings.
+func New(st Settings) *Guard {
+	return &Guard{now: time.Now, st: st, byAddr: map[netip.Addr][]time.Time{}, byUser: map[string][]time.Time{},
+		blocks: map[netip.Addr]*Block{}, conns: map[netip.Addr]int{}, devices: map[string]*hourly{}}
+}
+
+// Reconfigure changes the settings. Blocks in force stay until they end
+// (or Unblock); an address now exempt is unblocked.
+func (g *Guard) Reconfigure(st Settings) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.st = st
+	for a := range g.blocks {
+		if g.exempt(a) {
+			delete(g.blocks, a)
+		}
+	}
+}
+
+func (g *Guard) exempt(a netip.Addr) bool {
+	return slices.ContainsFunc(g.st.Exempt, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// AuthDuration is how long an AUTH should take at least: authMin plus a
+// random jitter; 0 when the guard is off.
+func (g *Guard) AuthDuration() time.Duration {
+	g.mu.Lock()
+	on := g.st.MaxFailures > 0
+	g.mu.Unlock()
+	if !on {
+		return 0
+	}
+	return authMin + rand.N(authJitter)
+}
+
+// Refusals of Admit.
+const (
+	RefusedBlocked = "blocked"
+	RefusedLimit   = "limit"    // max_connections
+	RefusedLimitIP = "limit_ip" // max_connections_per_ip
+)
+
+// Admit decides whether a new connection from a may proceed. If it may,
+// the caller must call release when the connection ends; otherwise reason
+// says why not.
+func (g *Guard) Admit(a netip.Addr) (release func(), reason string) {
+	a = a.Unmap()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case g.blockedLocked(a):
+		return nil, RefusedBlocked
+	case g.st.MaxConnections > 0 && g.total >= g.st.MaxConnections:
+		return nil, RefusedLimit
+	case g.st.MaxConnectionsPerIP > 0 && g.conns[a] >= g.st.MaxConnectionsPerIP:
+		return nil, RefusedLimitIP
+	}
+	g.total++
+	g.conns[a]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			g.total--
+			if g.conns[a]--; g.conns[a] <= 0 {
+				delete(g.conns, a)
+			}
+		})
+	}, ""
+}
+
+// Blocked says whether a is blocked now.
+func (g *Guard) Blocked(a netip.Addr) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.blockedLocked(a.Unmap())
+}
+
+func (g *Guard) blockedLocked(a netip.Addr) bool {
+	b := g.blocks[a]
+	if b == nil {
+		return false
+	}
+	if !g.now().Before(b.Until) {
+		delete(g.blocks, a)
+		return false
+	}
+	return true
+}
+
+// recent drops the times older than the window and returns the rest.
+func recent(ts []time.Time, now time.Time, window time.Duration) []time.Time {
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) >= window {
+		i++
+	}
+	return ts[i:]
+}
+
+// AuthFailed records a failed login from a as username (shown as shown in
+// blocks). It returns how long the caller should delay the reply, and the
+// block it caused, if this failure was the one too many.
+func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Duration, blocked *Block) {
+	a = a.Unmap()
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	window := g.window()
+	fa := append(recent(g.byAddr[a], now, window), now)
+	fu := append(recent(g.byUser[username], now, window), now)
+	g.byAddr[a], g.byUser[username] = fa, fu
+	g.sweep(now, window)
+	if g.st.MaxFailures <= 0 {
+		return 0, nil // the guard is off
+	}
+	n := max(len(fa), len(fu))
+	delay = min(time.Duration(n)*slowStep, slowMax)
+	if len(fa) >= g.st.MaxFailures && !g.exempt(a) && !g.blockedLocked(a) {
+		b := &Block{Addr: a, Since: now, Until: now.Add(g.st.Block), Failures: len(fa), Username: shown}
+		g.blocks[a] = b
+		cp := *b
+		blocked = &cp
+	}
+	return delay, blocked
+}
+
+// UserFailures returns the failed logins for username within the window.
+func (g *Guard) UserFailures(username string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(recent(g.byUser[username], g.now(), g.window()))
+}
+
+// window is the failure-counting window; g.mu is held.
+func (g *Guard) window() time.Duration {
+	if g.st.Window <= 0 {
+		return 10 * time.Minute
+	}
+	return g.st.Window
+}
+
+// sweep forgets addresses and usernames with no recent failures, so that
+// a scan of many addresses does not grow the maps for ever; g.mu is held.
+func (g *Guard) sweep(now time.Time, window time.Duration) {
+	if len(g.byAddr)+len(g.byUser) < 1024 {
+		return
+	}
+	for a, ts := range g.byAddr {
+		if len(recent(ts, now, window)) == 0 {
+			delete(g.byAddr, a)
+		}
+	}
+	for u, ts := range g.byUser {
+		if len(recent(ts, now, window)) == 0 {
+			delete(g.byUser, u)
+		}
+	}
+}
+
+// Blocks returns the blocks in force, oldest first.
+func (g *Guard) Blocks() []Block {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []Block
+	for a, b := range g.blocks {
+		if g.blockedLocked(a) {
+			out = append(out, *b)
+		}
+	}
+	slices.SortFunc(out, func(x, y Block) int { return x.Since.Compare(y.Since) })
+	return out
+}
+
+// Unblock lifts the block on a and forgets its failures. It reports
+// whether a was blocked.
+func (g *Guard) Unblock(a netip.Addr) bool {
+	a = a.Unmap()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	was := g.blockedLocked(a)
+	delete(g.blocks, a)
+	delete(g.byAddr, a)
+	return was
+}
+
+// hourly counts events in the last hour in one-minute buckets.
+type hourly struct {
+	minute [60]int64 // the Unix minute each bucket counts
+	count  [60]int
+}
+
+func (h *hourly) total(now int64) int {
+	n := 0
+	for i := range h.minute {
+		if now-h.minute[i] < 60 {
+			n += h.count[i]
+		}
+	}
+	return n
+}
+
+func (h *hourly) add(now int64) {
+	i := now % 60
+	if h.minute[i] != now {
+		h.minute[i], h.count[i] = now, 0
+	}
+	h.count[i]++
+}
+
+// AllowMessage counts a message of device against limit messages an hour
+// (0: no limit). It returns false, counting nothing, when the device has
+// reached its limit.
+func (g *Guard) AllowMessage(device string, limit int) bool {
+	if limit <= 0 {
+		return true
+	}
+	now := g.now().Unix() / 60
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	h := g.devices[device]
+	if h == nil {
+		h = &hourly{}
+		g.devices[device] = h
+	}
+	if h.total(now) >= limit {
+		return false
+	}
+	h.add(now)
+	return true
+}

@@ -1,0 +1,202 @@
+package guard
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time      { return c.t }
+func (c *clock) add(d time.Duration) { c.t = c.t.Add(d) }
+func newGuard(st Settings) (*Guard, *clock) {
+	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	g := New(st)
+	g.now = c.now
+	return g, c
+}
+
+var (
+	attacker = netip.MustParseAddr("203.0.113.9")
+	printer  = netip.MustParseAddr("10.20.0.15")
+	monitor  = netip.MustParseAddr("10.99.0.1")
+)
+
+func TestBlockAfterFailures(t *testing.T) {
+	g, c := newGuard(Settings{MaxFailures: 5, Window: 10 * time.Minute, Block: 15 * time.Minute,
+		Exempt: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}})
+	var last time.Duration
+	for i := 1; i <= 5; i++ {
+		delay, b := g.AuthFailed(attacker, fmt.Sprintf("user%d", i), fmt.Sprintf("user%d", i))
+		if delay <= last {
+			t.Errorf("failure %d delayed %s, not more than the last (%s)", i, delay, last)
+		}
+		last = delay
+		if (b != nil) != (i == 5) {
+			t.Fatalf("failure %d: block %v", i, b)
+		}
+		if i == 5 && (b.Addr != attacker || b.Failures != 5 || b.Until != c.t.Add(15*time.Minute) || b.Username != "user5") {
+			t.Errorf("block = %+v", b)
+		}
+		c.add(time.Second)
+	}
+	if !g.Blocked(attacker) || g.Blocked(printer) {
+		t.Error("the attacker is not blocked, or the printer is")
+	}
+	if _, reason := g.Admit(attacker); reason != RefusedBlocked {
+		t.Errorf("Admit(blocked) = %q", reason)
+	}
+	// A sixth failure does not make a second block.
+	if _, b := g.AuthFailed(attacker, "x", "x"); b != nil {
+		t.Error("a blocked address was blocked again")
+	}
+	if bs := g.Blocks(); len(bs) != 1 || bs[0].Addr != attacker {
+		t.Errorf("Blocks() = %+v", bs)
+	}
+	c.add(15 * time.Minute)
+	if g.Blocked(attacker) || len(g.Blocks()) != 0 {
+		t.Error("the block did not end after auth_block")
+	}
+
+	// Failures spread wider than the window do not add up.
+	for i := 0; i < 10; i++ {
+		if _, b := g.AuthFailed(printer, "mfp", "mfp"); b != nil {
+			t.Fatalf("failure %d spread over 2 hours blocked the printer", i)
+		}
+		c.add(3 * time.Minute)
+	}
+	// Exempt networks are never blocked.
+	for i := 0; i < 20; i++ {
+		if _, b := g.AuthFailed(monitor, "probe", "probe"); b != nil {
+			t.Fatal("an exempt address was blocked")
+		}
+	}
+}
+
+func TestUsernamesSlowButNeverBlock(t *testing.T) {
+	g, _ := newGuard(Settings{MaxFailures: 3, Window: time.Minute, Block: time.Hour})
+	var last time.Duration
+	// A distributed guess at one username: many addresses, one try each.
+	for i := 0; i < 10; i++ {
+		a := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+		delay, b := g.AuthFailed(a, "mfp-2f", "mfp-2f")
+		if b != nil {
+			t.Fatalf("one failure from %s blocked it", a)
+		}
+		if delay < last {
+			t.Errorf("failure %d on the username delayed %s, less than before", i, delay)
+		}
+		last = delay
+	}
+	if last != min(10*slowStep, slowMax) {
+		t.Errorf("10 failures on one username delay %s, want %s", last, min(10*slowStep, slowMax))
+	}
+	if g.UserFailures("mfp-2f") != 10 {
+		t.Errorf("UserFailures = %d", g.UserFailures("mfp-2f"))
+	}
+	if _, reason := g.Admit(printer); reason != "" {
+		t.Errorf("the printer's own address was refused: %s", reason)
+	}
+}
+
+func TestUnblockAndReconfigure(t *testing.T) {
+	g, _ := newGuard(Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour})
+	g.AuthFailed(attacker, "x", "x")
+	g.AuthFailed(printer, "y", "y")
+	if !g.Unblock(attacker) || g.Blocked(attacker) || g.Unblock(attacker) {
+		t.Error("Unblock")
+	}
+	g.Reconfigure(Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour, Exempt: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	if g.Blocked(printer) {
+		t.Error("an address made exempt by a reload stays blocked")
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	g, _ := newGuard(Settings{MaxConnections: 3, MaxConnectionsPerIP: 2})
+	r1, _ := g.Admit(attacker)
+	r2, _ := g.Admit(attacker)
+	if _, reason := g.Admit(attacker); reason != RefusedLimitIP {
+		t.Errorf("third connection from one address: %q", reason)
+	}
+	r3, reason := g.Admit(printer)
+	if reason != "" {
+		t.Fatalf("another address refused: %q", reason)
+	}
+	if _, reason := g.Admit(monitor); reason != RefusedLimit {
+		t.Errorf("fourth connection in all: %q", reason)
+	}
+	r1()
+	r1() // release is idempotent
+	if _, reason := g.Admit(monitor); reason != "" {
+		t.Errorf("after a release: %q", reason)
+	}
+	r2()
+	r3()
+	// ::ffff:a.b.c.d and a.b.c.d are one address.
+	g2, _ := newGuard(Settings{MaxConnectionsPerIP: 1})
+	g2.Admit(netip.MustParseAddr("::ffff:10.20.0.15"))
+	if _, reason := g2.Admit(printer); reason != RefusedLimitIP {
+		t.Error("a v4-mapped address counted apart from its IPv4 form")
+	}
+}
+
+func TestAllowMessage(t *testing.T) {
+	g, c := newGuard(Settings{})
+	for i := 0; i < 5; i++ {
+		if !g.AllowMessage("mfp", 5) {
+			t.Fatalf("message %d refused", i+1)
+		}
+		c.add(10 * time.Minute)
+	}
+	if g.AllowMessage("mfp", 5) {
+		t.Error("a sixth message within the hour was allowed")
+	}
+	if !g.AllowMessage("erp", 5) || !g.AllowMessage("mfp", 0) {
+		t.Error("another device, or no limit, was refused")
+	}
+	c.add(11 * time.Minute) // the first message is now more than an hour old
+	if !g.AllowMessage("mfp", 5) {
+		t.Error("the window did not slide")
+	}
+	if g.AllowMessage("mfp", 5) {
+		t.Error("the window slid too far")
+	}
+}
+
+func TestSweepBoundsMemory(t *testing.T) {
+	g, c := newGuard(Settings{MaxFailures: 100, Window: time.Minute, Block: time.Hour})
+	for i := 0; i < 5000; i++ {
+		g.AuthFailed(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), fmt.Sprint("u", i), "u")
+		c.add(100 * time.Millisecond)
+	}
+	if n := len(g.byAddr) + len(g.byUser); n > 2*1024+1300 {
+		t.Errorf("%d entries kept for failures mostly older than the window", n)
+	}
+}
+
+func TestOffGuard(t *testing.T) {
+	g, _ := newGuard(Settings{})
+	for i := 0; i < 50; i++ {
+		if d, b := g.AuthFailed(attacker, "x", "x"); d != 0 || b != nil {
+			t.Fatal("a guard without max failures slowed or blocked")
+		}
+	}
+	if g.AuthDuration() != 0 {
+		t.Error("a guard that is off imposes a login time")
+	}
+	on, _ := newGuard(Settings{MaxFailures: 5})
+	seen := map[time.Duration]bool{}
+	for i := 0; i < 20; i++ {
+		d := on.AuthDuration()
+		if d < authMin || d >= authMin+authJitter {
+			t.Fatalf("AuthDuration = %s, want in [%s, %s)", d, authMin, authMin+authJitter)
+		}
+		seen[d] = true
+	}
+	if len(seen) < 2 {
+		t.Error("AuthDuration has no jitter")
+	}
+}
