@@ -17,6 +17,10 @@ type Message struct {
 	From    string   // envelope sender (the mailbox under the rewrite policy)
 	To      []string // envelope recipients
 	Mode    string   // the device's delivery mode (hybrid, queue, sync)
+	// Size is the message's size when known (spooled), declared to
+	// Exchange with SIZE= so that it refuses a too-large message at MAIL
+	// FROM, before the upload.
+	Size int64
 	// Body is the whole message, header block first. It is read once,
 	// as it arrives from the device; a read error aborts the submission.
 	Body io.Reader

@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -62,6 +63,7 @@ func readHeader(r io.Reader) (*header, io.Reader, error) {
 				return nil, nil, errMalformedHeader
 			}
 			last := &h.fields[len(h.fields)-1]
+			cleanLine(line)
 			last.raw = append(last.raw, line...)
 		default:
 			name, ok := fieldName(line)
@@ -70,6 +72,7 @@ func readHeader(r io.Reader) (*header, io.Reader, error) {
 				// line, and this line is the first of the body.
 				return h, io.MultiReader(bytes.NewReader(line), br), nil
 			}
+			cleanLine(line)
 			h.fields = append(h.fields, field{name: name, raw: line})
 		}
 		if errors.Is(err, io.EOF) {
@@ -93,6 +96,21 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 			continue
 		}
 		return line, err
+	}
+}
+
+// cleanLine replaces NUL and every CR that does not end the line with a
+// space, in place. Some parsers take a bare CR for a line break: left in,
+// it could start a header field of its own at Exchange that the bridge's
+// policy never saw.
+func cleanLine(line []byte) {
+	for i, c := range line {
+		switch {
+		case c == 0:
+			line[i] = ' '
+		case c == '\r' && !(i == len(line)-2 && line[i+1] == '\n'):
+			line[i] = ' '
+		}
 	}
 }
 
@@ -126,6 +144,17 @@ func (h *header) get(name string) (field, int) {
 		}
 	}
 	return field{}, -1
+}
+
+// all returns every field with the given name.
+func (h *header) all(name string) []field {
+	var out []field
+	for _, f := range h.fields {
+		if f.name == name {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // value returns an unfolded field value.
@@ -170,6 +199,26 @@ func parseFrom(v string) (name string, addr mailaddr.Address, ok bool) {
 	return list[0].Name, a, true
 }
 
+// fromAddresses parses every address of a From value. RFC 5322 allows
+// several authors; the enforce policy must check each, or a second one
+// would ride along unchecked.
+func fromAddresses(v string) ([]mailaddr.Address, bool) {
+	p := mail.AddressParser{WordDecoder: wordDecoder}
+	list, err := p.ParseList(v)
+	if err != nil || len(list) == 0 {
+		return nil, false
+	}
+	out := make([]mailaddr.Address, 0, len(list))
+	for _, a := range list {
+		pa, err := mailaddr.Parse(a.Address)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, pa)
+	}
+	return out, true
+}
+
 // cleanDisplayName makes a device's display name safe to keep in front of
 // the mailbox address. Exchange's SendAs check reads an "@" in a display
 // name as an address (554 5.2.252), so it becomes " at "; control
@@ -203,11 +252,13 @@ func rewriteFrom(h *header, mailbox mailaddr.Address) (orig mailaddr.Address, ha
 		name, orig, had = parseFrom(f.value())
 	}
 	from := formatField("From", mail.Address{Name: cleanDisplayName(name), Address: mailbox.String()})
-	if i >= 0 {
-		h.fields[i] = from
-	} else {
-		h.fields = append(h.fields, from)
+	// Every From field goes: a second one would be an author the
+	// rewrite left standing.
+	if i < 0 {
+		i = len(h.fields)
 	}
+	h.remove("from")
+	h.fields = slices.Insert(h.fields, min(i, len(h.fields)), from)
 	if _, ri := h.get("reply-to"); ri < 0 && had && !orig.Equal(mailbox) {
 		h.fields = append(h.fields, formatField("Reply-To", mail.Address{Address: orig.String()}))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -270,8 +271,14 @@ func (se *session) data(r io.Reader) error {
 		f, i := h.get("from")
 		if i < 0 {
 			h.fields = append(h.fields, formatField("From", mailAddress(dev.Mailbox)))
-		} else if _, addr, ok := parseFrom(f.value()); !ok || !dev.senderAllowed(addr) {
-			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "header From "+addr.String())
+		} else if addrs, ok := fromAddresses(f.value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.senderAllowed(a) }) {
+			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "header From "+cleanText(f.value()))
+			return errHeaderFromNotAllowed
+		}
+		if len(h.all("from")) > 1 {
+			// A second From field would be an author the policy did not
+			// check (RFC 5322 section 3.6 allows one).
+			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "more than one From field")
 			return errHeaderFromNotAllowed
 		}
 	} else {

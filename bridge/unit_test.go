@@ -111,6 +111,21 @@ func TestReadHeaderAndRewrite(t *testing.T) {
 			wantFrom: "From: <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "this is body text\r\n",
 		},
 		{
+			name:     "bare CR starting a field",
+			in:       "From: a@x.lan\r\nSubject: hi\rBcc: evil@x.lan\r\n\r\nb",
+			wantFrom: "From: <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b",
+		},
+		{
+			name:     "NUL and CR in a folded value",
+			in:       "From: a@x.lan\r\nX-Note: a\x00b\r\n c\rBcc: evil@x.lan\r\n\r\nb\x00\r",
+			wantFrom: "From: <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b\x00\r",
+		},
+		{
+			name:     "two From fields",
+			in:       "From: a@x.lan\r\nSubject: s\r\nFrom: ceo@contoso.example\r\n\r\nb",
+			wantFrom: "From: <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b",
+		},
+		{
 			name:     "header injection in display name",
 			in:       "From: \"x\r\n Bcc: evil@x.lan\" <a@x.lan>\r\n\r\nb",
 			wantFrom: "From: \"x Bcc: evil at x.lan\" <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b",
@@ -140,11 +155,24 @@ func TestReadHeaderAndRewrite(t *testing.T) {
 			if tc.wantReplyTo == "" && strings.Count(out, "Reply-To:") > strings.Count(tc.in, "Reply-To:") {
 				t.Errorf("Reply-To added:\n%s", out)
 			}
-			if strings.Contains(out, "\nBcc:") {
-				t.Errorf("injected field:\n%s", out)
+			if strings.Contains(out, "\nBcc:") || strings.Contains(out, "\rBcc:") || strings.Contains(out, "ceo@") {
+				t.Errorf("injected field:\n%q", out)
+			}
+			if bareCR(out) || strings.ContainsRune(out, 0) {
+				t.Errorf("a bare CR or NUL reached the header:\n%q", out)
 			}
 		})
 	}
+}
+
+// bareCR says whether s has a CR that does not start a CRLF.
+func bareCR(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\r' && (i+1 == len(s) || s[i+1] != '\n') {
+			return true
+		}
+	}
+	return false
 }
 
 func boolInt(b bool) int {
@@ -253,6 +281,8 @@ func FuzzRewriteHeader(f *testing.F) {
 	f.Add("From: \"x\r\n Bcc: e@x\" <a@x.lan>\r\n\r\nb")
 	f.Add("From: =?utf-8?b?w7w=?= <a@b.lan>\nTo: c@d.lan\n\nbody\n")
 	f.Add("no header here\r\n\r\n")
+	f.Add("Subject: a\rBcc: x@y\r\nFrom: a@b.lan\r\nFrom: c@d.lan\r\n\r\n")
+	f.Add("X: \x00\r\n \r\r\n\r\n")
 	f.Add("")
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
 	f.Fuzz(func(t *testing.T, in string) {
@@ -281,6 +311,9 @@ func FuzzRewriteHeader(f *testing.F) {
 		}
 		if froms != 1 {
 			t.Fatalf("%d From fields in %q", froms, out)
+		}
+		if bareCR(string(out)) || bytes.IndexByte(out, 0) >= 0 {
+			t.Fatalf("a bare CR or NUL reached the header block: %q", out)
 		}
 	})
 }

@@ -354,7 +354,11 @@ func (u *Upstream) open(ctx context.Context, s *submission, route Route, tenant,
 
 // send runs one transaction on an authenticated connection.
 func (s *submission) send(c *smtp.Client, m *Message) (Receipt, error) {
-	if err := s.timed(StageMail, func() error { return c.Mail(m.From, nil) }); err != nil {
+	var opts *smtp.MailOptions
+	if m.Size > 0 {
+		opts = &smtp.MailOptions{Size: m.Size}
+	}
+	if err := s.timed(StageMail, func() error { return c.Mail(m.From, opts) }); err != nil {
 		return Receipt{}, s.fail(StageMail, "", err)
 	}
 	var refused string

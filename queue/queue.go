@@ -332,7 +332,7 @@ func (q *Queue) deliver(m spool.Meta) (bridge.Receipt, error) {
 		return bridge.Receipt{}, fmt.Errorf("open spooled message: %w", err)
 	}
 	defer f.Close()
-	msg := &bridge.Message{ID: m.ID, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Body: f}
+	msg := &bridge.Message{ID: m.ID, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Size: m.Size, Body: f}
 	return q.o.Deliverer.Deliver(q.ctx, msg)
 }
 
