@@ -140,3 +140,41 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPattern: a recipient pattern never matches an address at another
+// domain, a wildcard never matches a subdomain, and an exact pattern
+// matches only its own address; whatever the pattern and the address.
+func FuzzPattern(f *testing.F) {
+	for _, s := range [][2]string{
+		{"contoso.com", "bob@contoso.com"}, {"*@contoso.com", "bob@eu.contoso.com"}, {"bob@partner.org", "BOB@Partner.org"},
+		{"contoso.com", "bob@contoso.com.evil.example"}, {"*@*", "a@b"}, {" contoso.com ", "x@contoso.com"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pat, addr string) {
+		p, err := ParsePattern(pat)
+		if err != nil {
+			return
+		}
+		a, err := Parse(addr)
+		if err != nil {
+			return
+		}
+		// The canonical form parses back to the same pattern.
+		if q, err := ParsePattern(p.String()); err != nil || q != p {
+			t.Fatalf("pattern %q -> %q does not parse back (%v)", pat, p.String(), err)
+		}
+		if !p.Match(a) {
+			return
+		}
+		if !strings.EqualFold(a.Domain, p.domain) {
+			t.Fatalf("%q matched %q at another domain", pat, addr)
+		}
+		if p.local != "" && !strings.EqualFold(a.Local, p.local) {
+			t.Fatalf("exact pattern %q matched %q", pat, addr)
+		}
+		if !Patterns([]Pattern{p}).Match(a) {
+			t.Fatalf("a list of %q does not match what %q matches", pat, pat)
+		}
+	})
+}
