@@ -132,7 +132,10 @@ func (se *session) authFailed() error {
 // reached the client gets 421 and the connection closes.
 func (se *session) refuse(err error) error {
 	var sme *smtp.SMTPError
-	if se.tc == nil || !errors.As(err, &sme) || sme.Code < 400 {
+	if se.tc == nil || !errors.As(err, &sme) || sme.Code < 400 || sme == errTooManyRecipients {
+		// 452 4.5.3 is not an error of the client's: RFC 5321 section
+		// 4.5.3.1.10 has it send the message to the recipients taken and
+		// the rest later.
 		return err
 	}
 	if max := se.limits.MaxErrors; max > 0 && int(se.tc.errors.Add(1)) >= max {

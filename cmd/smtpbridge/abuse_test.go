@@ -1,0 +1,597 @@
+package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The abuse suite: hostile and broken clients against the built binary
+// with the default security settings (and tighter limits, to keep it
+// quick). Each case checks the documented reply, that nothing is relayed
+// that should not be, and that a device keeps sending meanwhile; at the
+// end, the bridge's memory stayed bounded and no secret reached its log.
+//
+// Clients come from different loopback addresses (127.0.0.x), so that a
+// block or a per-address limit on one does not touch the others.
+
+// conv is one SMTP conversation from a chosen source address.
+type conv struct {
+	t    *testing.T
+	c    net.Conn
+	text *textproto.Conn
+}
+
+func dialFrom(t *testing.T, src, addr string) (*conv, string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	cv := &conv{t: t, c: c, text: textproto.NewConn(c)}
+	greeting, err := cv.read()
+	if err != nil {
+		t.Fatalf("greeting from %s: %v", src, err)
+	}
+	return cv, greeting
+}
+
+// read returns the last line of the next reply.
+func (cv *conv) read() (string, error) {
+	for {
+		line, err := cv.text.ReadLine()
+		if err != nil {
+			return "", err
+		}
+		if len(line) < 4 || line[3] != '-' {
+			return line, nil
+		}
+	}
+}
+
+// do sends a line and checks the reply starts with want.
+func (cv *conv) do(line, want string) string {
+	cv.t.Helper()
+	if err := cv.text.PrintfLine("%s", line); err != nil {
+		cv.t.Fatalf("send %q: %v", truncate(line, 60), err)
+	}
+	got, err := cv.read()
+	if err != nil {
+		cv.t.Fatalf("reply to %q: %v", truncate(line, 60), err)
+	}
+	if !strings.HasPrefix(got, want) {
+		cv.t.Fatalf("%q: got %q, want %q", truncate(line, 60), got, want)
+	}
+	return got
+}
+
+func (cv *conv) login(user, pass string) {
+	cv.t.Helper()
+	cv.do("EHLO device.lan", "250")
+	cv.do("AUTH PLAIN "+b64(plainResp(user, pass)), "235 2.0.0")
+}
+
+func plainResp(user, pass string) string { return "\x00" + user + "\x00" + pass }
+
+// closed says whether the server closed the connection.
+func (cv *conv) closed() bool {
+	cv.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := cv.text.ReadLine()
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || err != nil && strings.Contains(err.Error(), "reset")
+}
+
+type abuseBridge struct {
+	u     *upstream
+	p     *bridgeProc
+	plain string // password listener
+	panel string // listener for devices without AUTH
+	http  string
+}
+
+func startAbuseBridge(t *testing.T) *abuseBridge {
+	t.Helper()
+	u := startUpstream(t)
+	b := &abuseBridge{u: u, plain: freePort(t), panel: freePort(t), http: freePort(t)}
+	cfg := fmt.Sprintf(`
+hostname: bridge.test
+listeners:
+  - name: lan
+    address: %q
+    allow_insecure_auth: true
+  - name: panel
+    address: %q
+    allow_insecure_auth: true
+    allow_unauthenticated: true
+    allowed_networks: ["127.0.0.0/28"]
+tenants:
+  - name: contoso
+    tenant_id: %q
+    client_id: %q
+    client_secret: "${TEST_CLIENT_SECRET}"
+    authority_host: %q
+    smtp_host: %q
+    max_messages_per_minute: 100000
+devices:
+  - name: mfp-2f
+    username: mfp-2f
+    password_hash: %q
+    tenant: contoso
+    mailbox: scanner@contoso.example
+    allowed_recipients: [contoso.example]
+  - name: spammy
+    username: spammy
+    password_hash: %q
+    tenant: contoso
+    mailbox: scanner@contoso.example
+    max_messages_per_hour: 3
+  - name: alarm
+    auth: none
+    networks: ["127.0.0.9"]
+    tenant: contoso
+    mailbox: scanner@contoso.example
+    allowed_recipients: [alerts.example]
+limits:
+  max_message_bytes: 10000000
+  max_recipients: 100
+  max_connections_per_ip: 5
+  command_timeout: 10s
+  session_timeout: 20s
+spool:
+  dir: spool
+http:
+  address: %q
+`, b.plain, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
+	path := filepath.Join(u.dir, "abuse.yaml")
+	writeFile(t, path, cfg)
+	b.p = startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
+		[]string{b.plain, b.panel, b.http}, "serve", "--config", path)
+	return b
+}
+
+// stillServes sends one message as mfp-2f from 127.0.0.1 and checks it
+// arrives: whatever else is going on, devices keep sending.
+func (b *abuseBridge) stillServes(t *testing.T, tag string) {
+	t.Helper()
+	cv, greeting := dialFrom(t, "127.0.0.1", b.plain)
+	if !strings.HasPrefix(greeting, "220") {
+		t.Fatalf("a device got %q at the greeting", greeting)
+	}
+	cv.login("mfp-2f", password)
+	cv.do("MAIL FROM:<scan@printer.lan>", "250")
+	cv.do("RCPT TO:<bob@contoso.example>", "250")
+	cv.do("DATA", "354")
+	w := cv.text.DotWriter()
+	fmt.Fprintf(w, "Subject: still serving %s\r\n\r\nok\r\n", tag)
+	w.Close()
+	if got, err := cv.read(); err != nil || !strings.HasPrefix(got, "250 2.0.0 OK") {
+		t.Fatalf("a device's message during %s: %q %v", tag, got, err)
+	}
+	cv.do("QUIT", "221")
+}
+
+// relayedTo lists every recipient Exchange got a message for.
+func (b *abuseBridge) relayedTo() map[string]bool {
+	out := map[string]bool{}
+	for _, m := range b.u.exo.Messages() {
+		for _, to := range m.To {
+			out[strings.ToLower(to)] = true
+		}
+	}
+	return out
+}
+
+func TestAbuse(t *testing.T) {
+	b := startAbuseBridge(t)
+
+	slowLoris := func(t *testing.T) {
+		// A silent client is cut off at command_timeout (a command
+		// trickled byte by byte too: the timeout is per command); one that
+		// keeps its session alive with a NOOP every 2 s, at
+		// session_timeout. A device is served meanwhile.
+		silent, _ := dialFrom(t, "127.0.0.11", b.plain)
+		dribble, _ := dialFrom(t, "127.0.0.11", b.plain)
+		chatty, _ := dialFrom(t, "127.0.0.12", b.plain)
+		start := time.Now()
+		go func() {
+			for i := 0; i < 40; i++ {
+				if _, err := dribble.c.Write([]byte("N")); err != nil {
+					return
+				}
+				time.Sleep(time.Second)
+			}
+		}()
+		type end struct {
+			reply string
+			took  time.Duration
+		}
+		chattyEnd := make(chan end, 1)
+		go func() {
+			for {
+				if err := chatty.text.PrintfLine("NOOP"); err != nil {
+					chattyEnd <- end{err.Error(), time.Since(start)}
+					return
+				}
+				got, err := chatty.read()
+				if err != nil || !strings.HasPrefix(got, "250") {
+					chattyEnd <- end{got, time.Since(start)}
+					return
+				}
+				time.Sleep(2 * time.Second)
+			}
+		}()
+		b.stillServes(t, "slow loris")
+		for name, c := range map[string]struct {
+			cv    *conv
+			limit time.Duration
+		}{
+			"silent": {silent, 15 * time.Second}, // command_timeout
+			// Each timed-out partial command gets a 501, then a fresh
+			// command_timeout; session_timeout ends it.
+			"byte-by-byte": {dribble, 25 * time.Second},
+		} {
+			cv := c.cv
+			// The last reply before the server closes the connection.
+			cv.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			var last string
+			for {
+				got, err := cv.read()
+				if err != nil {
+					break
+				}
+				last = got
+			}
+			if took := time.Since(start); !strings.HasPrefix(last, "421 4.4.2") || took > c.limit {
+				t.Errorf("a %s client: %q, closed after %s (command_timeout 10s, session_timeout 20s)", name, last, took.Round(time.Second))
+			}
+		}
+		select {
+		case e := <-chattyEnd:
+			if !strings.HasPrefix(e.reply, "421 4.4.2") || e.took < 18*time.Second || e.took > 30*time.Second {
+				t.Errorf("a client sending NOOPs: %q after %s (session_timeout 20s)", e.reply, e.took.Round(time.Second))
+			}
+		case <-time.After(40 * time.Second):
+			t.Error("a client sending NOOPs was never cut off")
+		}
+	}
+
+	// The slow clients take command_timeout and session_timeout to be cut
+	// off: they run beside the other cases.
+	t.Run("abuse", func(t *testing.T) {
+		t.Run("slow loris", func(t *testing.T) {
+			t.Parallel()
+			slowLoris(t)
+		})
+		t.Run("the rest", func(t *testing.T) {
+			t.Parallel()
+			t.Run("open relay without AUTH", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.2", b.plain)
+				cv.do("EHLO spammer", "250")
+				cv.do("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
+				cv.do("RCPT TO:<victim@evil.example>", "502 5.5.1") // go-smtp: no MAIL
+				// A listener that takes devices without AUTH, from an address
+				// that is no device's.
+				cv2, _ := dialFrom(t, "127.0.0.3", b.panel)
+				cv2.do("HELO spammer", "250")
+				cv2.do("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
+				// And from outside its allowed_networks: refused at the greeting.
+				_, greeting := dialFrom(t, "127.0.0.100", b.panel)
+				if !strings.HasPrefix(greeting, "554 5.7.1") {
+					t.Errorf("greeting outside allowed_networks: %q", greeting)
+				}
+				b.stillServes(t, "relay without AUTH")
+			})
+
+			t.Run("open relay with AUTH", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.4", b.plain)
+				cv.login("mfp-2f", password)
+				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				cv.do("RCPT TO:<victim@evil.example>", "550 5.7.1")
+				cv.do("RCPT TO:<victim@contoso.example.evil.example>", "550 5.7.1")
+				cv.do("RCPT TO:<victim@eu.contoso.example>", "550 5.7.1")
+				// The device without AUTH, within and outside its policy.
+				pv, _ := dialFrom(t, "127.0.0.9", b.panel)
+				pv.do("HELO panel", "250")
+				pv.do("MAIL FROM:<panel@lan>", "250")
+				pv.do("RCPT TO:<ceo@contoso.example>", "550 5.7.1")
+				pv.do("RCPT TO:<noc@alerts.example>", "250")
+				pv.do("DATA", "354")
+				w := pv.text.DotWriter()
+				io.WriteString(w, "Subject: alarm zone 3\r\n\r\nzone 3\r\n")
+				w.Close()
+				if got, _ := pv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+					t.Errorf("the panel's alarm: %q", got)
+				}
+				b.stillServes(t, "relay with AUTH")
+			})
+
+			t.Run("recipient policy bypasses", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.5", b.plain)
+				cv.login("mfp-2f", password)
+				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				for rcpt, want := range map[string]string{
+					"<@contoso.example:victim@evil.example>":  "550 5.7.1", // source route: the real address is checked
+					"<victim%evil.example@contoso.example>":   "553 5.1.3",
+					"<victim!evil.example@contoso.example>":   "553 5.1.3",
+					`<"victim@evil.example"@contoso.example>`: "553 5.1.3",
+					"<victim@[192.0.2.1]>":                    "553 5.1.3",
+					"<victim@contoso.example.>":               "553 5.1.3",
+					"<VICTIM@EVIL.EXAMPLE>":                   "550 5.7.1",
+				} {
+					cv.do("RCPT TO:"+rcpt, want)
+				}
+				cv.do("QUIT", "221")
+			})
+
+			t.Run("header injection through the rewritten From", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.6", b.plain)
+				cv.login("mfp-2f", password)
+				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				cv.do("RCPT TO:<bob@contoso.example>", "250")
+				cv.do("DATA", "354")
+				w := cv.text.DotWriter()
+				io.WriteString(w, "From: \"Scanner\r\n Bcc: victim@evil.example\" <scan@printer.lan>\r\n"+
+					"From: =?utf-8?q?x=0D=0ABcc:_victim2@evil.example?= <ceo@contoso.example>\r\n"+
+					"Subject: injection\rBcc: victim3@evil.example\r\nX-Null: a\x00b\r\n\r\nbody\r\n")
+				w.Close()
+				if got, _ := cv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+					t.Fatalf("reply %q", got)
+				}
+				var data []byte
+				for _, m := range b.u.exo.Messages() {
+					if strings.Contains(string(m.Data), "injection") {
+						data = m.Data
+					}
+				}
+				head, _, _ := strings.Cut(string(data), "\r\n\r\n")
+				if strings.Count(strings.ToLower("\r\n"+head), "\r\nfrom:") != 1 || strings.Contains(strings.ToLower(head), "\nbcc:") ||
+					strings.Contains(head, "\rBcc") || strings.ContainsRune(head, 0) || strings.Contains(head, "ceo@") {
+					t.Errorf("the header Exchange got:\n%q", head)
+				}
+				if !strings.Contains(head, "From: \"Scanner Bcc: victim at evil.example\" <scanner@contoso.example>") {
+					t.Errorf("From not rewritten to the mailbox:\n%s", head)
+				}
+			})
+
+			t.Run("10,000 recipients", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.7", b.plain)
+				cv.login("mfp-2f", password)
+				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				// Pipelined, as a bulk sender would.
+				go func() {
+					for i := 0; i < 10000; i++ {
+						fmt.Fprintf(cv.text.W, "RCPT TO:<r%d@contoso.example>\r\n", i)
+					}
+					cv.text.W.Flush()
+				}()
+				ok, over := 0, 0
+				for i := 0; i < 10000; i++ {
+					got, err := cv.read()
+					if err != nil {
+						t.Fatalf("after %d replies: %v", i, err)
+					}
+					switch {
+					case strings.HasPrefix(got, "250"):
+						ok++
+					case strings.HasPrefix(got, "452 4.5.3"):
+						over++
+					default:
+						t.Fatalf("reply %d: %q", i, got)
+					}
+				}
+				if ok != 100 || over != 9900 {
+					t.Errorf("%d accepted, %d refused with 452 4.5.3; want 100 and 9900", ok, over)
+				}
+				// The session goes on, for the recipients it has (RFC 5321
+				// section 4.5.3.1.10).
+				cv.do("DATA", "354")
+				w := cv.text.DotWriter()
+				io.WriteString(w, "Subject: many\r\n\r\nx\r\n")
+				w.Close()
+				if got, _ := cv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+					t.Errorf("DATA after 10,000 RCPTs: %q", got)
+				}
+				for _, m := range b.u.exo.Messages() {
+					if strings.Contains(string(m.Data), "Subject: many") && len(m.To) != 100 {
+						t.Errorf("Exchange got %d recipients, want 100", len(m.To))
+					}
+				}
+			})
+
+			t.Run("1 GB DATA", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.8", b.plain)
+				cv.login("mfp-2f", password)
+				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				cv.do("RCPT TO:<bob@contoso.example>", "250")
+				cv.do("DATA", "354")
+				cv.c.SetDeadline(time.Now().Add(5 * time.Minute))
+				line := strings.Repeat("0123456789", 99) + "\r\n" // 1,000 bytes
+				chunk := []byte(strings.Repeat(line, 1000))       // 1 MB
+				bw := bufio.NewWriterSize(cv.c, 1<<20)
+				io.WriteString(bw, "Subject: huge\r\n\r\n")
+				for i := 0; i < 1000; i++ {
+					if _, err := bw.Write(chunk); err != nil {
+						t.Fatalf("after %d MB: %v", i, err)
+					}
+				}
+				io.WriteString(bw, ".\r\n")
+				bw.Flush()
+				if got, err := cv.read(); err != nil || !strings.HasPrefix(got, "552 5.3.4") {
+					t.Errorf("1 GB DATA: %q %v", got, err)
+				}
+				b.stillServes(t, "1 GB DATA")
+			})
+
+			t.Run("endless line", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.10", b.plain)
+				cv.do("EHLO x", "250")
+				go func() {
+					cv.text.W.WriteString("NOOP ")
+					for i := 0; i < 64; i++ {
+						cv.text.W.WriteString(strings.Repeat("x", 16<<10))
+					}
+					cv.text.W.Flush()
+				}()
+				if got, _ := cv.read(); !strings.HasPrefix(got, "500 5.4.0") {
+					t.Errorf("a 1 MB command line: %q", got)
+				}
+				if !cv.closed() {
+					t.Error("the connection stayed open after an overlong line")
+				}
+				b.stillServes(t, "endless line")
+			})
+
+			t.Run("connection flood from one address", func(t *testing.T) {
+				var refused, served int
+				for i := 0; i < 30; i++ {
+					_, greeting := dialFrom(t, "127.0.0.13", b.plain)
+					switch {
+					case strings.HasPrefix(greeting, "220"):
+						served++
+					case strings.HasPrefix(greeting, "421 4.7.0 Too many connections from your address"):
+						refused++
+					default:
+						t.Fatalf("greeting %q", greeting)
+					}
+				}
+				if served != 5 || refused != 25 {
+					t.Errorf("%d served, %d refused; want 5 (max_connections_per_ip) and 25", served, refused)
+				}
+				b.stillServes(t, "connection flood")
+			})
+
+			t.Run("50 wrong passwords", func(t *testing.T) {
+				const attacker = "127.0.0.14"
+				start := time.Now()
+				tries, refusedAtGreeting := 0, 0
+				for tries+refusedAtGreeting < 50 {
+					cv, greeting := dialFrom(t, attacker, b.plain)
+					if strings.HasPrefix(greeting, "421 4.7.0 Too many failed logins") {
+						refusedAtGreeting++
+						continue
+					}
+					cv.do("EHLO guesser", "250")
+					for i := 0; i < 3 && tries < 50; i++ {
+						t0 := time.Now()
+						cv.do("AUTH PLAIN "+b64(plainResp("mfp-2f", "guess"+strconv.Itoa(tries))), "535 5.7.8")
+						if d := time.Since(t0); d < 250*time.Millisecond {
+							t.Errorf("a failed AUTH took %s, less than the minimum", d)
+						}
+						tries++
+					}
+					if !cv.closed() {
+						t.Error("the session stayed open after 3 failed AUTHs")
+					}
+				}
+				if tries > 6 {
+					t.Errorf("%d passwords were tried before the block (auth_max_failures 5)", tries)
+				}
+				// The right password from the blocked address: refused at the
+				// greeting, never checked.
+				_, greeting := dialFrom(t, attacker, b.plain)
+				if !strings.HasPrefix(greeting, "421 4.7.0") {
+					t.Errorf("the blocked address got %q", greeting)
+				}
+				t.Logf("50 attempts: %d AUTHs answered, %d connections refused at the greeting, in %s", tries, refusedAtGreeting, time.Since(start).Round(time.Millisecond))
+				b.stillServes(t, "password guessing")
+
+				out, err := runCmd(t, "", binary, "blocks", "--admin", "http://"+b.http)
+				if err != nil || !strings.Contains(out, attacker) || !strings.Contains(out, "1 address(es) blocked") {
+					t.Errorf("smtpbridge blocks: %v\n%s", err, out)
+				}
+				_, m := httpGet(t, "http://"+b.http+"/metrics")
+				for _, want := range []string{`smtpbridge_blocked_addresses 1`, `smtpbridge_connections_refused_total{listener="lan",reason="blocked"}`} {
+					if !strings.Contains(m, want) {
+						t.Errorf("/metrics lacks %s", want)
+					}
+				}
+				if _, page := httpGet(t, "http://"+b.http+"/"); !strings.Contains(page, attacker) {
+					t.Error("the status page does not list the blocked address")
+				}
+				if out, err := runCmd(t, "", binary, "blocks", "unblock", attacker, "--admin", "http://"+b.http); err != nil || !strings.Contains(out, "unblocked") {
+					t.Errorf("blocks unblock: %v\n%s", err, out)
+				}
+				cv, greeting := dialFrom(t, attacker, b.plain)
+				if !strings.HasPrefix(greeting, "220") {
+					t.Fatalf("after unblock: %q", greeting)
+				}
+				cv.login("mfp-2f", password)
+			})
+
+			t.Run("hourly limit of a device", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.15", b.plain)
+				cv.login("spammy", password)
+				for i := 0; i < 3; i++ {
+					cv.do("MAIL FROM:<x@printer.lan>", "250")
+					cv.do("RSET", "250")
+				}
+				cv.do("MAIL FROM:<x@printer.lan>", "450 4.7.1")
+				b.stillServes(t, "hourly limit")
+			})
+
+		})
+	})
+
+	// Nothing went anywhere but where the policies allow.
+	for to := range b.relayedTo() {
+		if !strings.HasSuffix(to, "@contoso.example") && !strings.HasSuffix(to, "@alerts.example") {
+			t.Errorf("relayed to %s", to)
+		}
+	}
+	// Memory stayed bounded through 1 GB of DATA, 10,000 recipients and
+	// the floods.
+	if hwm := peakRSS(t, b.p.cmd.Process.Pid); hwm > 150<<20 {
+		t.Errorf("the bridge's peak RSS was %d MiB", hwm>>20)
+	} else {
+		t.Logf("the bridge's peak RSS: %d MiB", hwm>>20)
+	}
+	b.p.stop(t)
+	logs := b.p.logs.String()
+	for _, canary := range []string{clientSecret, password, "Bearer", "eyJ0eXAi", b64(plainResp("mfp-2f", password))} {
+		if strings.Contains(logs, canary) {
+			t.Errorf("the log contains %q", canary)
+		}
+	}
+	if t.Failed() {
+		t.Logf("bridge log (last 60 lines):\n%s", tail(logs, 60))
+	}
+}
+
+// peakRSS reads a process's peak resident set (VmHWM) in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
