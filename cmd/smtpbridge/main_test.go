@@ -369,7 +369,8 @@ print("ok")
 			t.Errorf("log contains %q", canary)
 		}
 	}
-	for _, want := range []string{`"event":"delivered"`, `"event":"auth_failed"`, `"message":"stopped"`} {
+	for _, want := range []string{`"event":"delivered"`, `"event":"auth_failed"`, `"message":"stopped"`,
+		`"smtp_host is not a known Exchange Online endpoint`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s", want)
 		}
