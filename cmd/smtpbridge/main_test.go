@@ -529,7 +529,7 @@ func TestProductionExample(t *testing.T) {
 	cmd := exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
 	cmd.Env = append(os.Environ(), "CONTOSO_SECRET=example-secret-value")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "OK (2 listener(s), 1 tenant(s), 2 device(s)") {
+	if err != nil || !strings.Contains(string(out), "OK (2 listener(s), 1 tenant(s), 3 device(s)") {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if strings.Contains(string(out), "example-secret-value") {
