@@ -558,6 +558,20 @@ func TestAbuse(t *testing.T) {
 		t.Logf("the bridge's peak RSS: %d MiB", hwm>>20)
 	}
 	b.p.stop(t)
+	// Nor in anything the bridge wrote to disk: spool metadata, dead
+	// letters, the status page's state.
+	filepath.WalkDir(filepath.Join(b.u.dir, "spool"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".eml") {
+			return nil
+		}
+		data, _ := os.ReadFile(path)
+		for _, canary := range []string{clientSecret, password, "Bearer"} {
+			if strings.Contains(string(data), canary) {
+				t.Errorf("%s contains %q", path, canary)
+			}
+		}
+		return nil
+	})
 	logs := b.p.logs.String()
 	for _, canary := range []string{clientSecret, password, "Bearer", "eyJ0eXAi", b64(plainResp("mfp-2f", password))} {
 		if strings.Contains(logs, canary) {
