@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/hints"
 )
 
 // Logger writes each event as one line to the process log, at a level that
@@ -126,6 +128,12 @@ func write(ev *zerolog.Event, e Event) {
 	}
 	if e.Kind == Delivered && !e.Accepted.IsZero() {
 		ev = ev.Dur("latency_ms", time.Since(e.Accepted))
+	}
+	if e.Kind == Deferred || e.Kind == Bounced || e.Kind == Dead {
+		// The same explanation doctor and the README give.
+		if h := hints.ForReply(e.Reply); h != nil {
+			ev = ev.Str("hint", h.Meaning+" Fix: "+h.Fix)
+		}
 	}
 	str("dsn_for", e.DSNFor)
 	str("detail", e.Detail)

@@ -66,6 +66,9 @@ func TestLogger(t *testing.T) {
 	if file[2]["reply"] != "535 5.7.3 Authentication unsuccessful" || file[2]["error"] != "exchange refused the login" {
 		t.Errorf("deferred line: %v", file[2])
 	}
+	if h, _ := file[2]["hint"].(string); !strings.Contains(h, "New-ServicePrincipal") {
+		t.Errorf("the deferred line's hint: %q", h)
+	}
 	for _, m := range file {
 		if _, ok := m["time"]; !ok {
 			t.Errorf("audit file line without a time: %v", m)

@@ -187,6 +187,21 @@ func (d *Directory) ByAddress(remote netip.Addr) *Device {
 	return nil
 }
 
+// Device returns the device with the given name, or nil.
+func (d *Directory) Device(name string) *Device {
+	for _, dev := range d.byUser {
+		if dev.Name == name {
+			return dev
+		}
+	}
+	for _, nd := range d.byNet {
+		if nd.dev.Name == name {
+			return nd.dev
+		}
+	}
+	return nil
+}
+
 // Lookup returns the device with the given username, or nil.
 func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
 

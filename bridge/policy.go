@@ -13,6 +13,9 @@ func (dev *Device) senderAllowed(a mailaddr.Address) bool {
 	return a.Equal(dev.Mailbox) || dev.AllowedFrom.Match(a)
 }
 
+// RecipientAllowed checks allowed_recipients; an empty list allows any.
+func (dev *Device) RecipientAllowed(a mailaddr.Address) bool { return dev.recipientAllowed(a) }
+
 // recipientAllowed checks allowed_recipients; an empty list allows any.
 func (dev *Device) recipientAllowed(a mailaddr.Address) bool {
 	return len(dev.AllowedRecipients) == 0 || dev.AllowedRecipients.Match(a)

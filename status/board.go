@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/hints"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -229,6 +230,9 @@ func (b *Board) Observe(e audit.Event) {
 
 func problemText(e audit.Event) string {
 	if e.Reply != "" {
+		if h := hints.ForReply(e.Reply); h != nil && h.Setup {
+			return e.Reply + ". " + h.Meaning + " Fix: " + h.Fix
+		}
 		return e.Reply
 	}
 	if e.Err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+
+	"github.com/smtpbridge/smtpbridge/hints"
 )
 
 // Error is a failed token request. It holds only what Entra said and what
@@ -52,27 +54,17 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-// entraHints explains the AADSTS codes an admin setting up smtpbridge
-// meets, with the fix.
-var entraHints = map[int]string{
-	7000215: "wrong client secret: use the secret's Value, not its Secret ID",
-	7000222: "the client secret has expired: create a new one under Certificates & secrets",
-	700016:  "the client_id is not an app in this tenant, or admin consent was never given",
-	90002:   "tenant_id not found: use the Directory (tenant) ID or a verified domain, and the right cloud",
-	700027:  "the certificate is not registered on the app: upload its public part under Certificates & secrets",
-	700024:  "the client assertion is outside its valid time: check this host's clock",
-	1002012: "token_scope must be a resource followed by /.default",
-	500011:  "token_scope names a resource this tenant does not have; for Exchange Online it is https://outlook.office365.com/.default",
-	7000218: "no credential was sent",
-	50049:   "transient Entra ID error; it is retried",
-	90033:   "transient Entra ID error; it is retried",
-}
-
 // transientAADSTS are codes Entra documents as temporary.
 var transientAADSTS = map[int]bool{50049: true, 90033: true}
 
-// Hint returns what an admin should do about the error, or "".
-func (e *Error) Hint() string { return entraHints[e.AADSTS] }
+// Hint returns what the error means and what an admin should do about it,
+// or "".
+func (e *Error) Hint() string {
+	if h := hints.ForAADSTS(e.AADSTS); h != nil {
+		return h.Meaning + " " + h.Fix
+	}
+	return ""
+}
 
 var aadstsRE = regexp.MustCompile(`AADSTS(\d+)`)
 

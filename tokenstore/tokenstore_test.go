@@ -184,9 +184,9 @@ func TestEntraErrors(t *testing.T) {
 		hint      string
 		temporary bool
 	}{
-		{"wrong secret", func(tn *tokenstore.Tenant) { tn.Credential = config.NewSecretCredential("not-the-secret") }, 7000215, "Value, not its Secret ID", false},
-		{"unknown tenant", func(tn *tokenstore.Tenant) { tn.TenantID = "nosuch.example" }, 90002, "tenant_id not found", false},
-		{"unknown app", func(tn *tokenstore.Tenant) { tn.ClientID = "00000000-0000-0000-0000-000000000000" }, 700016, "admin consent", false},
+		{"wrong secret", func(tn *tokenstore.Tenant) { tn.Credential = config.NewSecretCredential("not-the-secret") }, 7000215, "secret's Value", false},
+		{"unknown tenant", func(tn *tokenstore.Tenant) { tn.TenantID = "nosuch.example" }, 90002, "Tenant not found. Use the Directory (tenant) ID", false},
+		{"unknown app", func(tn *tokenstore.Tenant) { tn.ClientID = "00000000-0000-0000-0000-000000000000" }, 700016, "No app with this client_id in this tenant", false},
 		{"expired secret", func(tn *tokenstore.Tenant) { tn.ClientID = "expired-app" }, 7000222, "expired", false},
 		{"bad scope", func(tn *tokenstore.Tenant) { tn.Scope = "https://outlook.office365.com/SMTP.Send" }, 1002012, "/.default", false},
 	}

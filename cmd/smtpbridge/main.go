@@ -6,6 +6,9 @@
 //
 //	smtpbridge serve --config FILE [--sandbox DIR]
 //	smtpbridge check-config --config FILE
+//	smtpbridge doctor --config FILE [--tenant NAME] [--device NAME] [--json]
+//	smtpbridge send-test --config FILE --device NAME --to ADDRESS [--subject S]
+//	smtpbridge exchange-script --config FILE [--tenant NAME] [--rbac]
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
 //	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
 //	smtpbridge blocks [list|unblock ADDR] [--config FILE] [--json]
@@ -58,6 +61,12 @@ const usage = `smtpbridge: SMTP AUTH for legacy devices, Exchange Online over OA
 Usage:
   smtpbridge serve --config FILE [--sandbox DIR]   run the bridge
   smtpbridge check-config --config FILE            list every problem in a config
+  smtpbridge doctor --config FILE [--tenant T] [--device D] [--json]
+                                                   check each tenant's set-up step by step
+  smtpbridge send-test --config FILE --device D --to ADDRESS
+                                                   send one test message through a device's mapping
+  smtpbridge exchange-script --config FILE [--tenant T] [--rbac]
+                                                   print the Exchange Online PowerShell the config needs
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
@@ -88,6 +97,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdQueue(rest, stdout, stderr)
 	case "blocks":
 		err = cmdBlocks(rest, stdout, stderr)
+	case "doctor":
+		err = cmdDoctor(rest, stdout, stderr)
+	case "send-test":
+		err = cmdSendTest(rest, stdout, stderr)
+	case "exchange-script":
+		err = cmdExchangeScript(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

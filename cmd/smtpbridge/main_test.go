@@ -60,6 +60,7 @@ type upstream struct {
 	caFile string
 	dir    string
 	leaf   *pki.Leaf
+	app    *fakeentra.App // the secret tenant's app, as registered
 }
 
 func startUpstream(t *testing.T) *upstream {
@@ -88,6 +89,7 @@ func startUpstream(t *testing.T) *upstream {
 	u.entra.AddTenant(tenantID, "contoso.example")
 	u.entra.AddTenant(certTenantID, "fabrikam.example")
 	app := u.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	u.app = app
 	appCert, err := pki.NewAppCert("fabrikam smtpbridge", time.Now().AddDate(1, 0, 0))
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/doctor"
+	"github.com/smtpbridge/smtpbridge/internal/sandbox"
+)
+
+// doctorTimeout bounds a whole doctor run.
+const doctorTimeout = 5 * time.Minute
+
+// errDoctorFailed is a doctor run with a failed step: exit status 1.
+var errDoctorFailed = errors.New("some checks failed; see the fix under each")
+
+func cmdDoctor(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	path := configFlag(fs)
+	tenant := fs.String("tenant", "", "check only this tenant")
+	device := fs.String("device", "", "check only this device's tenant and mailbox")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	cfg, err := parseConfigFlags(fs, path, args, stderr)
+	if err != nil {
+		return err
+	}
+	roots, stop, err := sandboxFor(cfg)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), doctorTimeout)
+	defer cancel()
+	p := &doctorPrinter{w: stdout}
+	o := doctor.Options{Tenant: *tenant, Device: *device, RootCAs: roots}
+	if !*asJSON {
+		fmt.Fprintf(stdout, "smtpbridge doctor: %s\n", cfg.Path)
+		o.Progress = p.step
+	}
+	rep, err := doctor.Run(ctx, cfg, o)
+	if errors.Is(err, doctor.ErrNoSuch) {
+		return usageError{"doctor: " + err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "\n%d tenant(s), %d mailbox(es): %d failed, %d warning(s)\n", rep.Tenants, rep.Mailboxes, rep.Failed, rep.Warnings)
+	}
+	if rep.Failed > 0 {
+		return errDoctorFailed
+	}
+	return nil
+}
+
+// sandboxFor starts the in-process fakes for a sandbox config, so that
+// doctor and send-test see what serve would.
+func sandboxFor(cfg *config.Config) (*x509.CertPool, func(), error) {
+	if cfg.Sandbox.Dir == "" {
+		return nil, func() {}, nil
+	}
+	sb, err := sandbox.Start(cfg, cfg.Sandbox.Dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox: %w", err)
+	}
+	sb.Apply(cfg)
+	return sb.RootCAs(), func() { sb.Close() }, nil
+}
+
+// doctorPrinter prints steps as they finish, under a heading per tenant
+// and mailbox.
+type doctorPrinter struct {
+	w               io.Writer
+	tenant, mailbox string
+}
+
+var marks = map[doctor.Status]string{doctor.Pass: "[ ok ]", doctor.Warn: "[warn]", doctor.Fail: "[FAIL]", doctor.Skip: "[skip]"}
+
+func (p *doctorPrinter) step(s doctor.Step) {
+	if s.Tenant != p.tenant {
+		p.tenant, p.mailbox = s.Tenant, ""
+		fmt.Fprintf(p.w, "\ntenant %s\n", s.Tenant)
+	}
+	if s.Mailbox != "" && s.Mailbox != p.mailbox {
+		p.mailbox = s.Mailbox
+		fmt.Fprintf(p.w, "  mailbox %s (device %s)\n", s.Mailbox, strings.Join(s.Devices, ", "))
+	}
+	indent := "  "
+	if s.Mailbox != "" {
+		indent = "    "
+	}
+	fmt.Fprintf(p.w, "%s%s %-11s%s\n", indent, marks[s.Status], s.Name, s.Detail)
+	pad := indent + strings.Repeat(" ", 7)
+	if s.Code != "" || s.Meaning != "" {
+		code := ""
+		if s.Code != "" {
+			code = s.Code + ": "
+		}
+		fmt.Fprintf(p.w, "%smeans: %s%s\n", pad, code, s.Meaning)
+	}
+	if s.Fix != "" {
+		fmt.Fprintf(p.w, "%sfix:   %s\n", pad, s.Fix)
+	}
+}
+
+func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("exchange-script", flag.ContinueOnError)
+	path := configFlag(fs)
+	tenant := fs.String("tenant", "", "only this tenant")
+	rbac := fs.Bool("rbac", false, "grant the mailboxes with RBAC for Applications (a management scope) instead of FullAccess")
+	cfg, err := parseConfigFlags(fs, path, args, stderr)
+	if err != nil {
+		return err
+	}
+	script, err := doctor.ExchangeScript(cfg, *tenant, *rbac)
+	if errors.Is(err, doctor.ErrNoSuch) {
+		return usageError{"exchange-script: " + err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(stdout, script)
+	return err
+}

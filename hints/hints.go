@@ -1,0 +1,190 @@
+// Package hints explains the errors an admin meets when setting up and
+// running smtpbridge: Exchange Online's SMTP replies and Entra ID's AADSTS
+// codes, each with what it means and what fixes it (a PowerShell command or
+// a portal step). One table feeds the bridge's log lines, the status page,
+// `smtpbridge doctor` and the README's troubleshooting table, so that a
+// live failure and a diagnosis say the same thing.
+//
+// Sources: Microsoft Learn ("Authenticate an IMAP, POP or SMTP connection
+// using OAuth", the SMTP AUTH client submission limits, the Entra ID error
+// code reference) and replies seen in the field; see EXCHANGE.md.
+package hints
+
+import (
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Hint explains one error.
+type Hint struct {
+	// Code is what the hint is for: an SMTP reply with its enhanced code
+	// ("535 5.7.3") or an Entra code ("AADSTS7000215").
+	Code    string
+	Meaning string
+	// Fix is what to do, with the command or portal step.
+	Fix string
+	// Setup marks the tenant's configuration as the cause, not the
+	// message: nothing a device can change.
+	Setup bool
+}
+
+// smtp are Exchange Online's replies, most specific first: Match takes
+// the first whose code and enhanced code match, and whose Contains (if
+// set) is in the text.
+var smtp = []struct {
+	code     int
+	enhanced string
+	contains string
+	Hint
+}{
+	{535, "5.7.139", "", Hint{
+		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
+		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant).",
+		Setup:   true}},
+	{535, "5.7.3", "", Hint{
+		Meaning: "Exchange refused the token: the service principal is missing in Exchange, or was created with the App Registration's object ID instead of the Enterprise Application's; or the app may not use this mailbox (no FullAccess, or no RBAC assignment); or SMTP.SendAsApp lacks admin consent.",
+		Fix:     "New-ServicePrincipal -AppId <client_id> -ObjectId <Enterprise application's Object ID>; Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights FullAccess; in Entra, grant admin consent for SMTP.SendAsApp (smtpbridge exchange-script prints all of it).",
+		Setup:   true}},
+	{530, "5.7.57", "", Hint{
+		Meaning: "Exchange did not take a login before MAIL FROM.",
+		Fix:     "Check token_scope (https://outlook.office365.com/.default) and that smtp_host is Exchange Online; smtpbridge doctor shows the token's audience.",
+		Setup:   true}},
+	{550, "5.7.60", "", Hint{
+		Meaning: "The envelope sender is not the mailbox, and the mailbox has no SendAs right for it.",
+		Fix:     "Add-RecipientPermission -Identity <sender address> -Trustee <mailbox> -AccessRights SendAs, or use from_policy: rewrite so that the device sends as its mailbox."}},
+	{554, "5.2.252", "", Hint{
+		Meaning: "The header From is not the mailbox, and the mailbox has no SendAs right for it (SendAsDenied).",
+		Fix:     "Add-RecipientPermission -Identity <From address> -Trustee <mailbox> -AccessRights SendAs, or use from_policy: rewrite."}},
+	{432, "4.3.2", "", Hint{
+		Meaning: "More than 3 connections for this mailbox at once (STOREDRV.ClientSubmit; sender thread limit exceeded).",
+		Fix:     "Keep max_connections_per_mailbox at 3 or less, and look for other clients using the same mailbox; the bridge retries."}},
+	{554, "5.2.0", "SubmissionQuota", Hint{
+		Meaning: "The mailbox reached Exchange Online's 10,000 recipients a day.",
+		Fix:     "Spread the devices over more mailboxes, or send fewer recipients; the quota is a rolling 24 hours."}},
+	{421, "4.7.66", "", Hint{
+		Meaning: "Exchange refuses TLS 1.0 and 1.1 on this endpoint.",
+		Fix:     "The bridge uses TLS 1.2 or newer towards Exchange; look for a TLS-intercepting proxy between the bridge and smtp.office365.com."}},
+	{550, "5.7.67", "", Hint{
+		Meaning: "Exchange refuses TLS 1.0 and 1.1 on this endpoint.",
+		Fix:     "The bridge uses TLS 1.2 or newer towards Exchange; look for a TLS-intercepting proxy between the bridge and smtp.office365.com."}},
+	{451, "4.7.0", "", Hint{
+		Meaning: "A temporary server error at Exchange Online.",
+		Fix:     "Nothing: the bridge retries. If it lasts, check the Microsoft 365 service health page."}},
+	{550, "5.7.233", "", Hint{
+		Meaning: "The tenant exceeded Exchange's external recipient rate limit.",
+		Fix:     "Wait for the limit to lift; check the Microsoft 365 Defender portal for a device or account sending more than it should."}},
+	{554, "5.2.2", "", Hint{
+		Meaning: "The mailbox is full: Exchange keeps a copy of each sent message in Sent Items.",
+		Fix:     "Empty the mailbox's Sent Items, or give it a retention policy that deletes old items."}},
+	{552, "5.3.4", "", Hint{
+		Meaning: "The message is larger than the mailbox's MaxSendSize (35 MB by default).",
+		Fix:     "Set-Mailbox -Identity <mailbox> -MaxSendSize 150MB (up to 150 MB), or set limits.max_message_bytes to the mailbox's size so that devices are told at once."}},
+	{550, "5.1.8", "", Hint{
+		Meaning: "The mailbox is blocked from sending (Access denied, bad outbound sender), usually after it sent spam.",
+		Fix:     "Release it under Restricted entities in the Microsoft 365 Defender portal, and find out why it was blocked.",
+		Setup:   true}},
+	{550, "5.7.708", "", Hint{
+		Meaning: "Exchange restricts the whole tenant's outbound mail (traffic not accepted from this IP or tenant).",
+		Fix:     "Open a case with Microsoft support.",
+		Setup:   true}},
+}
+
+// aadsts are Entra ID's codes at the token endpoint.
+var aadsts = map[int]Hint{
+	7000215: {Meaning: "Wrong client secret.", Setup: true,
+		Fix: "Use the secret's Value (shown once, when it was created), not its Secret ID: create a new one under App registrations > Certificates & secrets."},
+	7000222: {Meaning: "The client secret has expired.", Setup: true,
+		Fix: "Create a new secret under App registrations > Certificates & secrets, put it in the config (and client_secret_expires), and reload."},
+	700016: {Meaning: "No app with this client_id in this tenant.", Setup: true,
+		Fix: "Check client_id (the Application (client) ID) and tenant_id; for an app registered in another tenant, an admin of this one must consent to it."},
+	7000229: {Meaning: "The app has no service principal (Enterprise application) in the tenant.", Setup: true,
+		Fix: "Grant admin consent for the app in this tenant (Enterprise applications), which creates it."},
+	90002: {Meaning: "Tenant not found.", Setup: true,
+		Fix: "Use the Directory (tenant) ID or a verified domain as tenant_id, and the authority_host of the tenant's cloud."},
+	700027: {Meaning: "The client certificate is not registered on the app, or the assertion is not valid.", Setup: true,
+		Fix: "Upload the certificate's public part under App registrations > Certificates & secrets, and check that certificate_file holds the matching key."},
+	700024: {Meaning: "The client assertion is outside its valid time.", Setup: true,
+		Fix: "Check this host's clock (timedatectl; run NTP)."},
+	1002012: {Meaning: "token_scope is not a resource followed by /.default.", Setup: true,
+		Fix: "Set token_scope: https://outlook.office365.com/.default (national clouds differ)."},
+	500011: {Meaning: "token_scope names a resource this tenant does not have.", Setup: true,
+		Fix: "Set token_scope: https://outlook.office365.com/.default (national clouds differ), and check the tenant has Exchange Online."},
+	7000218: {Meaning: "No credential was sent.", Setup: true,
+		Fix: "Set client_secret, client_secret_file or certificate_file for the tenant."},
+	7000112: {Meaning: "The application is disabled.", Setup: true,
+		Fix: "Enable it under Enterprise applications > Properties > Enabled for users to sign-in."},
+	53003: {Meaning: "A Conditional Access policy blocked the app.", Setup: true,
+		Fix: "Exclude the app (workload identity) from the policy, or allow the bridge's address in it."},
+	50049: {Meaning: "A transient Entra ID error.", Fix: "Nothing: the bridge retries."},
+	90033: {Meaning: "A transient Entra ID error.", Fix: "Nothing: the bridge retries."},
+}
+
+var replyRE = regexp.MustCompile(`^\s*([2-5]\d\d)[ -]+([245]\.\d{1,3}\.\d{1,3})?`)
+
+// ForReply explains an SMTP reply such as "535 5.7.3 Authentication
+// unsuccessful"; nil if the table does not know it.
+func ForReply(reply string) *Hint {
+	m := replyRE.FindStringSubmatch(reply)
+	if m == nil {
+		return nil
+	}
+	code, _ := strconv.Atoi(m[1])
+	return Match(code, m[2], reply)
+}
+
+// Match explains a reply by its code, enhanced code ("5.7.3") and text.
+func Match(code int, enhanced, text string) *Hint {
+	for _, e := range smtp {
+		if e.code == code && e.enhanced == enhanced && strings.Contains(text, e.contains) {
+			h := e.Hint
+			h.Code = fmt.Sprintf("%d %s", e.code, e.enhanced)
+			return &h
+		}
+	}
+	return nil
+}
+
+// ForAADSTS explains an Entra ID error code; nil if the table does not
+// know it.
+func ForAADSTS(code int) *Hint {
+	h, ok := aadsts[code]
+	if !ok {
+		return nil
+	}
+	h.Code = fmt.Sprintf("AADSTS%d", code)
+	return &h
+}
+
+// All returns every hint, SMTP replies first, for documentation.
+func All() []Hint {
+	var out []Hint
+	for _, e := range smtp {
+		h := e.Hint
+		h.Code = fmt.Sprintf("%d %s", e.code, e.enhanced)
+		out = append(out, h)
+	}
+	for _, code := range slices.Sorted(maps.Keys(aadsts)) {
+		out = append(out, *ForAADSTS(code))
+	}
+	return out
+}
+
+// Markdown renders the table for the README.
+func Markdown() string {
+	var b strings.Builder
+	b.WriteString("| error | what it means | what fixes it |\n|---|---|---|\n")
+	for _, h := range All() {
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", h.Code, escape(h.Meaning), escape(h.Fix))
+	}
+	return b.String()
+}
+
+// escape keeps a cell one cell, and "<mailbox>" visible: Markdown would
+// take it for an HTML tag.
+func escape(s string) string {
+	return strings.NewReplacer("|", "\\|", "<", "&lt;", ">", "&gt;").Replace(s)
+}

@@ -1,0 +1,99 @@
+package hints
+
+import (
+	"flag"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestForReply(t *testing.T) {
+	for reply, want := range map[string]string{
+		"535 5.7.3 Authentication unsuccessful [SN4PR0601CA0002.namprd06.prod.outlook.com]":                       "535 5.7.3",
+		"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox":          "535 5.7.139",
+		"554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message":    "554 5.2.0",
+		"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded":                                          "432 4.3.2",
+		"550 5.7.60 SMTP; Client does not have permissions to send as this sender":                               "550 5.7.60",
+		"554 5.2.252 SendAsDenied; scanner@contoso.com not allowed to send as billing@contoso.com":               "554 5.2.252",
+		"  421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.": "421 4.7.66",
+		"554 5.2.0 something else":  "",
+		"250 2.0.0 OK <id>":         "",
+		"535 Authentication failed": "",
+		"garbage":                   "",
+		"":                          "",
+	} {
+		h := ForReply(reply)
+		switch {
+		case want == "" && h != nil:
+			t.Errorf("ForReply(%q) = %s, want none", reply, h.Code)
+		case want != "" && (h == nil || h.Code != want):
+			t.Errorf("ForReply(%q) = %v, want %s", reply, h, want)
+		}
+	}
+	if h := ForReply("535 5.7.3 x"); !h.Setup || !strings.Contains(h.Fix, "New-ServicePrincipal") || !strings.Contains(h.Meaning, "Enterprise Application") {
+		t.Errorf("5.7.3: %+v", h)
+	}
+	if h := ForReply("535 5.7.139 x"); !strings.Contains(h.Fix, "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false") {
+		t.Errorf("5.7.139 fix: %s", h.Fix)
+	}
+}
+
+func TestForAADSTS(t *testing.T) {
+	for _, code := range []int{7000215, 7000222, 700016, 90002, 700027} {
+		h := ForAADSTS(code)
+		if h == nil || h.Meaning == "" || h.Fix == "" || !h.Setup {
+			t.Errorf("AADSTS%d: %+v", code, h)
+		}
+	}
+	if ForAADSTS(12345) != nil {
+		t.Error("an unknown code has a hint")
+	}
+	if ForAADSTS(50049).Setup {
+		t.Error("a transient code is marked as a set-up problem")
+	}
+}
+
+func TestAllComplete(t *testing.T) {
+	seen := map[string]bool{}
+	for _, h := range All() {
+		if h.Code == "" || h.Meaning == "" || h.Fix == "" {
+			t.Errorf("incomplete hint %+v", h)
+		}
+		if seen[h.Code] {
+			t.Errorf("%s twice", h.Code)
+		}
+		seen[h.Code] = true
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite README.md's troubleshooting table from the hints")
+
+const (
+	beginMark = "<!-- troubleshooting table: generated from hints/hints.go by go test ./hints -update -->\n"
+	endMark   = "<!-- end of troubleshooting table -->\n"
+)
+
+// TestREADMETable keeps the README's troubleshooting table the same as the
+// table the bridge and doctor use.
+func TestREADMETable(t *testing.T) {
+	data, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	i, j := strings.Index(s, beginMark), strings.Index(s, endMark)
+	if i < 0 || j < i {
+		t.Fatalf("README.md lacks the troubleshooting table's markers %q ... %q", beginMark, endMark)
+	}
+	want := s[:i+len(beginMark)] + Markdown() + s[j:]
+	if want == s {
+		return
+	}
+	if *update {
+		if err := os.WriteFile("../README.md", []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Error("README.md's troubleshooting table differs from hints.Markdown(); run go test ./hints -update")
+}
