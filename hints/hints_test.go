@@ -9,12 +9,12 @@ import (
 
 func TestForReply(t *testing.T) {
 	for reply, want := range map[string]string{
-		"535 5.7.3 Authentication unsuccessful [SN4PR0601CA0002.namprd06.prod.outlook.com]":                       "535 5.7.3",
-		"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox":          "535 5.7.139",
-		"554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message":    "554 5.2.0",
-		"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded":                                          "432 4.3.2",
-		"550 5.7.60 SMTP; Client does not have permissions to send as this sender":                               "550 5.7.60",
-		"554 5.2.252 SendAsDenied; scanner@contoso.com not allowed to send as billing@contoso.com":               "554 5.2.252",
+		"535 5.7.3 Authentication unsuccessful [SN4PR0601CA0002.namprd06.prod.outlook.com]":                     "535 5.7.3",
+		"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox":         "535 5.7.139",
+		"554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message":   "554 5.2.0",
+		"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded":                                         "432 4.3.2",
+		"550 5.7.60 SMTP; Client does not have permissions to send as this sender":                              "550 5.7.60",
+		"554 5.2.252 SendAsDenied; scanner@contoso.com not allowed to send as billing@contoso.com":              "554 5.2.252",
 		"  421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.": "421 4.7.66",
 		"554 5.2.0 something else":  "",
 		"250 2.0.0 OK <id>":         "",
