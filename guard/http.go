@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/internal/loopback"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 )
 
 // Handler serves the blocks as part of the admin API, to loopback clients
@@ -26,29 +26,21 @@ func Handler(g *Guard) http.Handler {
 		if blocks == nil {
 			blocks = []Block{}
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"blocks": blocks})
+		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"blocks": blocks})
 	})
 	mux.HandleFunc("DELETE /api/blocks/{addr}", func(w http.ResponseWriter, r *http.Request) {
 		a, err := netip.ParseAddr(r.PathValue("addr"))
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("%q is not an IP address", r.PathValue("addr"))})
+			adminapi.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("%q is not an IP address", r.PathValue("addr"))})
 			return
 		}
 		if !g.Unblock(a) {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": a.String() + " is not blocked"})
+			adminapi.WriteJSON(w, http.StatusNotFound, map[string]string{"error": a.String() + " is not blocked"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"unblocked": a.String()})
+		adminapi.WriteJSON(w, http.StatusOK, map[string]string{"unblocked": a.String()})
 	})
-	return loopback.Only(mux, "the admin API answers loopback clients only; run smtpbridge blocks on the bridge's host")
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	return adminapi.LoopbackOnly(mux, "the admin API answers loopback clients only; run smtpbridge blocks on the bridge's host")
 }
 
 // Client talks to a running bridge's blocks API.

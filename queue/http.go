@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/internal/loopback"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 )
 
 // Handler serves a Manager as the admin API on the bridge's http
@@ -58,7 +58,7 @@ func Handler(m Manager) http.Handler {
 	mux.HandleFunc("POST /api/dead/{id}/requeue", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]any{"requeued": 1}, m.Requeue(r.PathValue("id")))
 	})
-	return loopback.Only(mux, "the admin API answers loopback clients only; run smtpbridge queue on the bridge's host")
+	return adminapi.LoopbackOnly(mux, "the admin API answers loopback clients only; run smtpbridge queue on the bridge's host")
 }
 
 type apiError struct {
@@ -68,22 +68,14 @@ type apiError struct {
 func reply(w http.ResponseWriter, v any, err error) {
 	switch {
 	case err == nil:
-		writeJSON(w, http.StatusOK, v)
+		adminapi.WriteJSON(w, http.StatusOK, v)
 	case errors.Is(err, ErrNotFound):
-		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+		adminapi.WriteJSON(w, http.StatusNotFound, apiError{err.Error()})
 	case errors.Is(err, ErrBusy):
-		writeJSON(w, http.StatusConflict, apiError{err.Error()})
+		adminapi.WriteJSON(w, http.StatusConflict, apiError{err.Error()})
 	default:
-		writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		adminapi.WriteJSON(w, http.StatusInternalServerError, apiError{err.Error()})
 	}
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }
 
 // Client is a Manager that talks to a running bridge's admin API.

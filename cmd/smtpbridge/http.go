@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/guard"
-	"github.com/smtpbridge/smtpbridge/internal/loopback"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
 )
@@ -27,7 +27,7 @@ func (d *daemon) handler() http.Handler {
 		text(w, http.StatusOK, "ok\n")
 	})
 	mux.Handle("GET /readyz", d.readyHandler())
-	mux.Handle("POST /-/reload", loopback.Only(d.reloadHandler(), "reload answers loopback clients only; send SIGHUP or POST from the bridge's host"))
+	mux.Handle("POST /-/reload", adminapi.LoopbackOnly(d.reloadHandler(), "reload answers loopback clients only; send SIGHUP or POST from the bridge's host"))
 	mux.Handle("/api/blocks", guard.Handler(d.guard))
 	mux.Handle("/api/blocks/", guard.Handler(d.guard))
 	mux.Handle("/api/", queue.Handler(d.q))

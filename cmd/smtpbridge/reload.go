@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
 
@@ -190,14 +190,10 @@ func runningListeners(cur, next []config.Listener) []config.Listener {
 func (d *daemon) reloadHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := d.reload("http")
-		w.Header().Set("Content-Type", "application/json")
-		if res.OK {
-			w.WriteHeader(http.StatusOK)
-		} else {
-			w.WriteHeader(http.StatusUnprocessableEntity)
+		code := http.StatusOK
+		if !res.OK {
+			code = http.StatusUnprocessableEntity
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(res)
+		adminapi.WriteJSON(w, code, res)
 	})
 }

@@ -1,4 +1,4 @@
-package loopback
+package adminapi
 
 import (
 	"net/http"
@@ -8,7 +8,7 @@ import (
 )
 
 func TestOnly(t *testing.T) {
-	h := Only(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("done")) }), `loopback "only"`)
+	h := LoopbackOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("done")) }), `loopback "only"`)
 	for addr, want := range map[string]int{
 		"127.0.0.1:5555":        200,
 		"[::1]:5555":            200,
@@ -25,7 +25,7 @@ func TestOnly(t *testing.T) {
 		if w.Code != want {
 			t.Errorf("%s: %d, want %d", addr, w.Code, want)
 		}
-		if want == 403 && !strings.Contains(w.Body.String(), `{"error":"loopback \"only\""}`) {
+		if want == 403 && !strings.Contains(w.Body.String(), `"error": "loopback \"only\""`) {
 			t.Errorf("%s: body %q", addr, w.Body.String())
 		}
 		if want == 200 && w.Body.String() != "done" {
