@@ -48,6 +48,16 @@ var (
 	slowMax    = 3 * time.Second
 )
 
+// Bounds on what failed logins may make the guard keep, whatever a
+// distributed guess sends: usernames are cut to maxUsernameKey bytes, and
+// at most maxTracked addresses and usernames are counted at once (past
+// that, new ones are slowed as the first failure, and blocks of those
+// already counted go on).
+const (
+	maxUsernameKey = 256
+	maxTracked     = 100_000
+)
+
 // Guard is safe for concurrent use.
 type Guard struct {
 	now func() time.Time
@@ -179,14 +189,24 @@ func recent(ts []time.Time, now time.Time, window time.Duration) []time.Time {
 // block it caused, if this failure was the one too many.
 func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Duration, blocked *Block) {
 	a = a.Unmap()
+	if len(username) > maxUsernameKey {
+		// No device has such a username; the key only has to tell
+		// guesses apart, not keep a client's 64 KiB line.
+		username = username[:maxUsernameKey]
+	}
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	window := g.window()
+	g.sweep(now, window)
 	fa := append(recent(g.byAddr[a], now, window), now)
 	fu := append(recent(g.byUser[username], now, window), now)
-	g.byAddr[a], g.byUser[username] = fa, fu
-	g.sweep(now, window)
+	if len(g.byAddr) < maxTracked || g.byAddr[a] != nil {
+		g.byAddr[a] = fa
+	}
+	if len(g.byUser) < maxTracked || g.byUser[username] != nil {
+		g.byUser[username] = fu
+	}
 	if g.st.MaxFailures <= 0 {
 		return 0, nil // the guard is off
 	}

@@ -3,6 +3,7 @@ package guard
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -198,5 +199,20 @@ func TestOffGuard(t *testing.T) {
 	}
 	if len(seen) < 2 {
 		t.Error("AuthDuration has no jitter")
+	}
+}
+
+func TestLongUsernamesBounded(t *testing.T) {
+	g, _ := newGuard(Settings{MaxFailures: 5, Window: time.Hour, Block: time.Hour})
+	long := strings.Repeat("u", 64<<10)
+	for i := 0; i < 100; i++ {
+		g.AuthFailed(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), long+fmt.Sprint(i), "hint")
+	}
+	size := 0
+	for u := range g.byUser {
+		size += len(u)
+	}
+	if size > 100*maxUsernameKey {
+		t.Errorf("%d bytes of usernames kept for 100 failures", size)
 	}
 }
