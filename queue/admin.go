@@ -175,9 +175,6 @@ func (q *Queue) Drop(id string) error {
 	if err := q.o.Spool.RemoveDead(id); err != nil {
 		return err
 	}
-	q.mu.Lock()
-	q.dead--
-	q.mu.Unlock()
 	ev := event(audit.Dropped, m)
 	ev.MsgID, ev.Detail = id, "dead letter"
 	q.o.Events.Observe(ev)
@@ -192,7 +189,6 @@ func (q *Queue) Requeue(id string) error {
 	}
 	q.mu.Lock()
 	q.entries[id] = &entry{meta: m, due: time.Now()}
-	q.dead--
 	q.mu.Unlock()
 	q.kick()
 	q.o.Events.Observe(event(audit.Requeued, m))
@@ -296,11 +292,13 @@ type Stats struct {
 	Oldest time.Time
 }
 
-// Stats summarises the queue from memory, without reading the spool.
+// Stats summarises the queue: the queued messages from memory, the dead
+// letters by counting their files (not reading them).
 func (q *Queue) Stats() Stats {
+	dead, _ := q.o.Spool.DeadCount()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	st := Stats{Dead: q.dead}
+	st := Stats{Dead: dead}
 	for _, e := range q.entries {
 		if stateOf(e.meta) == StateDeferred {
 			st.Deferred++

@@ -29,9 +29,6 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 		log.Error().Err(err).Msg("could not move the message to the dead letters")
 		return
 	}
-	q.mu.Lock()
-	q.dead++
-	q.mu.Unlock()
 	ev := event(audit.Dead, m)
 	ev.Attempt, ev.Reply, ev.Reason, ev.Detail = m.Attempts, m.LastReply, why, reason
 	q.o.Events.Observe(ev)

@@ -73,7 +73,6 @@ type Queue struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	lanes   map[laneKey]*lane
-	dead    int // dead letters in the spool
 	started bool
 	closed  bool
 }
@@ -115,11 +114,6 @@ func New(o Options) (*Queue, error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 		entries: map[string]*entry{}, lanes: map[laneKey]*lane{}}
 	q.cur.Store(normalize(o))
-	dead, err := o.Spool.DeadCount()
-	if err != nil {
-		return nil, err
-	}
-	q.dead = dead
 	metas, err := o.Spool.List()
 	if err != nil {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
