@@ -90,7 +90,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	settings atomic.Pointer[Settings]
+	settings  atomic.Pointer[Settings]
+	listeners map[string]listenerSettings // Settings().Listeners compiled; s.mu is held
 
 	mu        sync.Mutex // Listen, Reload and Shutdown, one at a time
 	endpoints []*endpoint
@@ -120,11 +121,13 @@ func NewServer(o Options) (*Server, error) {
 	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer, spooler: o.Spooler,
 		observer: o.Observer, events: o.Events, guard: o.Guard, log: o.Log, ctx: ctx, cancel: cancel}
 	st := Settings{Listeners: o.Listeners, Limits: o.Limits, Directory: o.Directory, Mode: o.Mode, SyncTimeout: o.SyncTimeout}
-	if _, err := compileListeners(st.Listeners); err != nil {
+	compiled, err := compileListeners(st.Listeners)
+	if err != nil {
 		cancel()
 		return nil, err
 	}
 	s.store(st)
+	s.listeners = compiled
 	for _, l := range o.Listeners {
 		s.endpoints = append(s.endpoints, &endpoint{srv: s, name: l.Name, address: l.Address})
 	}
@@ -150,13 +153,6 @@ func (s *Server) store(st Settings) {
 
 // Settings returns the settings new sessions and messages get.
 func (s *Server) Settings() *Settings { return s.settings.Load() }
-
-// CheckListeners says whether the listeners' TLS settings load, as Reload
-// would need them to.
-func CheckListeners(ls []config.Listener) error {
-	_, err := compileListeners(ls)
-	return err
-}
 
 func compileListeners(ls []config.Listener) (map[string]listenerSettings, error) {
 	out := map[string]listenerSettings{}
@@ -184,6 +180,7 @@ func (s *Server) Reload(st Settings) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.store(st)
+	s.listeners = compiled
 	for _, e := range s.endpoints {
 		if e.tracker == nil {
 			continue
@@ -225,9 +222,16 @@ func ListenerTLS(l config.Listener) (*tls.Config, error) {
 	if l.TLS == config.TLSNone {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load cert_file/key_file: %w", err)
+	// config.Load has read the files; listeners built by hand (tests)
+	// name only the files.
+	var cert tls.Certificate
+	if l.Certificate != nil {
+		cert = *l.Certificate
+	} else {
+		var err error
+		if cert, err = tls.LoadX509KeyPair(l.CertFile, l.KeyFile); err != nil {
+			return nil, fmt.Errorf("load cert_file/key_file: %w", err)
+		}
 	}
 	minVersion, err := config.ParseTLSVersion(l.MinTLSVersion)
 	if err != nil {
@@ -284,9 +288,8 @@ func (s *Server) Serve() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.Settings()
-	compiled, _ := compileListeners(st.Listeners) // checked by NewServer
 	for _, e := range s.endpoints {
-		ls := compiled[e.name]
+		ls := s.listeners[e.name]
 		e.replace(s.newGeneration(e, ls, st.Limits), s.ctx)
 		s.log.Info().Str("listener", e.name).Str("address", e.tracker.Addr().String()).
 			Str("tls", ls.TLS).Bool("allow_insecure_auth", ls.AllowInsecureAuth).

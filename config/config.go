@@ -8,6 +8,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"net/netip"
 	"time"
 )
@@ -53,6 +54,9 @@ type Listener struct {
 
 	// Networks is AllowedNetworks parsed.
 	Networks []netip.Prefix `yaml:"-"`
+	// Certificate is cert_file and key_file, loaded by Load; nil for
+	// tls: none.
+	Certificate *tls.Certificate `yaml:"-"`
 }
 
 // Listener TLS modes.

@@ -162,6 +162,7 @@ func (l *loader) checkListenerCert(k string, ls *Listener) {
 		l.errorf(k+".cert_file", "cannot load the certificate and key: %v", err)
 		return
 	}
+	ls.Certificate = &pair
 	leaf := pair.Leaf
 	if leaf != nil && now().After(leaf.NotAfter) {
 		l.warnf(k+".cert_file", "the certificate expired on %s; devices that check it will refuse to connect", leaf.NotAfter.Format(time.DateOnly))
