@@ -328,8 +328,16 @@ func (se *session) data(r io.Reader) error {
 
 // event describes the message in progress.
 func (se *session) event(k audit.Kind, m *Message, size int64) audit.Event {
+	ev := se.baseEvent(k)
+	ev.From, ev.Size, ev.Mode = m.From, size, m.Mode
+	return ev
+}
+
+// baseEvent describes the device's message in progress, as far as the
+// session has it.
+func (se *session) baseEvent(k audit.Kind) audit.Event {
 	return audit.Event{Kind: k, MsgID: se.msgID, Device: se.device.Name, Tenant: se.device.Tenant,
-		Mailbox: se.device.Mailbox.String(), From: m.From, Rcpts: len(m.To), Size: size, Mode: m.Mode}
+		Mailbox: se.device.Mailbox.String(), Rcpts: len(se.to)}
 }
 
 // syncOutcome reports a sync-mode delivery and makes the device's reply:
@@ -409,9 +417,8 @@ func (se *session) received() string {
 // reject reports a refusal of the bridge's own: the message, a sender or a
 // recipient against the device's policy or the limits.
 func (se *session) reject(stage string, reply *smtp.SMTPError, reason, detail string) {
-	ev := audit.Event{Kind: audit.Rejected, MsgID: se.msgID, Device: se.device.Name, Tenant: se.device.Tenant,
-		Mailbox: se.device.Mailbox.String(), Rcpts: len(se.to), Stage: stage, Reason: reason,
-		Reply: enhanced(reply) + " " + reply.Message, Detail: cleanText(detail)}
+	ev := se.baseEvent(audit.Rejected)
+	ev.Stage, ev.Reason, ev.Reply, ev.Detail = stage, reason, enhanced(reply)+" "+reply.Message, cleanText(detail)
 	se.srv.events.Observe(ev)
 }
 
