@@ -153,8 +153,7 @@ func (r *run) tenant(ctx context.Context, t *config.Tenant, devices []config.Dev
 	}
 	r.add(r.credential(t))
 
-	store, err := tokenstore.New([]tokenstore.Tenant{{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
-		Credential: t.Credential, AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: r.o.RootCAs}}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{tokenstore.TenantOf(t, r.o.RootCAs)}, nil)
 	var tok tokenstore.Token
 	if err == nil {
 		tok, err = store.Token(ctx, t.Name)

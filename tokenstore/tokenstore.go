@@ -39,6 +39,13 @@ type Tenant struct {
 	RootCAs *x509.CertPool
 }
 
+// TenantOf is what the store needs of a configured tenant. roots, if not
+// nil, replaces the system roots for its authority (sandbox mode).
+func TenantOf(t *config.Tenant, roots *x509.CertPool) Tenant {
+	return Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
+		AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots}
+}
+
 // Token is an access token. String does not reveal it.
 type Token struct {
 	AccessToken string

@@ -17,11 +17,8 @@ import (
 
 func tokenTenants(cfg *config.Config, roots *x509.CertPool) []tokenstore.Tenant {
 	out := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
-	for _, t := range cfg.Tenants {
-		out = append(out, tokenstore.Tenant{
-			Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
-			AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots,
-		})
+	for i := range cfg.Tenants {
+		out = append(out, tokenstore.TenantOf(&cfg.Tenants[i], roots))
 	}
 	return out
 }

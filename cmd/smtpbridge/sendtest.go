@@ -55,8 +55,7 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	}
 	defer stop()
 	t := cfg.Tenant(dev.Tenant)
-	store, err := tokenstore.New([]tokenstore.Tenant{{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
-		AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots}}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{tokenstore.TenantOf(t, roots)}, nil)
 	if err != nil {
 		return err
 	}
