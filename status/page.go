@@ -44,13 +44,7 @@ func (b *Board) Handler(info PageInfo, q QueueView, blocks func() []guard.Block)
 			http.NotFound(w, r)
 			return
 		}
-		v := b.view(info, q, time.Now())
-		if blocks != nil {
-			for _, bl := range blocks() {
-				v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr.String(), Since: stampOf(bl.Since, v.now),
-					Until: "in " + human(bl.Until.Sub(v.now)), Failures: bl.Failures, Username: bl.Username})
-			}
-		}
+		v := b.view(info, q, blocks, time.Now())
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		// Nothing on the page needs a script, a frame or a remote asset.
@@ -88,7 +82,6 @@ type view struct {
 	Overdue     int
 	TenantIssue int
 	Blocks      []blockView
-	now         time.Time
 }
 
 type blockView struct {
@@ -140,8 +133,14 @@ type failureView struct {
 	Kind, Device, MsgID, Text string
 }
 
-func (b *Board) view(info PageInfo, q QueueView, now time.Time) view {
-	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now), now: now}
+func (b *Board) view(info PageInfo, q QueueView, blocks func() []guard.Block, now time.Time) view {
+	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
+	if blocks != nil {
+		for _, bl := range blocks() {
+			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr.String(), Since: stampOf(bl.Since, now),
+				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: bl.Username})
+		}
+	}
 
 	b.mu.Lock()
 	v.Reload = b.reload
