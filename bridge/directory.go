@@ -205,9 +205,6 @@ func (d *Directory) Device(name string) *Device {
 // Lookup returns the device with the given username, or nil.
 func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
 
-// Devices returns the number of devices.
-func (d *Directory) Devices() int { return len(d.byUser) }
-
 // sameLogin says whether other is the same device with the same password,
 // so that a login made against it still holds.
 func (dev *Device) sameLogin(other *Device) bool {

@@ -221,13 +221,6 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	return delay, blocked
 }
 
-// UserFailures returns the failed logins for username within the window.
-func (g *Guard) UserFailures(username string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(recent(g.byUser[username], g.now(), g.window()))
-}
-
 // window is the failure-counting window; g.mu is held.
 func (g *Guard) window() time.Duration {
 	if g.st.Window <= 0 {

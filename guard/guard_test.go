@@ -94,8 +94,8 @@ func TestUsernamesSlowButNeverBlock(t *testing.T) {
 	if last != min(10*slowStep, slowMax) {
 		t.Errorf("10 failures on one username delay %s, want %s", last, min(10*slowStep, slowMax))
 	}
-	if g.UserFailures("mfp-2f") != 10 {
-		t.Errorf("UserFailures = %d", g.UserFailures("mfp-2f"))
+	if n := len(g.byUser["mfp-2f"]); n != 10 {
+		t.Errorf("%d failures counted for the username, want 10", n)
 	}
 	if _, reason := g.Admit(printer); reason != "" {
 		t.Errorf("the printer's own address was refused: %s", reason)

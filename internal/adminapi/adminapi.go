@@ -13,7 +13,7 @@ import (
 // with the error message msg.
 func LoopbackOnly(h http.Handler, msg string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !IsLoopback(r) {
+		if !isLoopback(r) {
 			WriteJSON(w, http.StatusForbidden, map[string]string{"error": msg})
 			return
 		}
@@ -21,8 +21,8 @@ func LoopbackOnly(h http.Handler, msg string) http.Handler {
 	})
 }
 
-// IsLoopback says whether the request comes from the bridge's host.
-func IsLoopback(r *http.Request) bool {
+// isLoopback says whether the request comes from the bridge's host.
+func isLoopback(r *http.Request) bool {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	return err == nil && ap.Addr().Unmap().IsLoopback()
 }
