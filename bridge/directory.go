@@ -6,23 +6,24 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 )
 
-// Device is a configured device, compiled for the session's checks.
+// Device is a configured device, compiled: what the session checks.
 type Device struct {
 	Name     string
-	Username string
+	Username string // "" for a device without AUTH
 	Tenant   string
 	// Mailbox is the mailbox the device sends as: the XOAUTH2 user.
-	Mailbox           mailaddr.Address
-	FromPolicy        string
+	Mailbox mailaddr.Address
+	// EnforceFrom is from_policy: enforce (senders outside AllowedFrom
+	// are refused); otherwise the From is rewritten to the mailbox.
+	EnforceFrom       bool
 	AllowedFrom       mailaddr.Patterns
 	AllowedRecipients mailaddr.Patterns // empty: any
 	Networks          []netip.Prefix    // empty: any
-	// Mode is the device's delivery mode override; "" takes the server's.
+	// Mode is the device's delivery mode (message.ModeHybrid, ...).
 	Mode string
 	// Unauthenticated devices (auth: none) are recognised by their source
 	// address among Networks, on listeners that allow it.
@@ -30,11 +31,8 @@ type Device struct {
 	// MaxPerHour bounds the messages the device may send in any hour; 0
 	// for no bound.
 	MaxPerHour int
-
-	hash passwd.Hash
-	// hashEnc is the configured password_hash, to tell whether a reload
-	// changed the password.
-	hashEnc string
+	// PasswordHash checks the device's password; nil without AUTH.
+	PasswordHash passwd.Hash
 }
 
 // AuthResult says why a login failed, for logs and metrics. The device
@@ -53,7 +51,8 @@ const (
 // ErrLoginFailed is returned by Authenticate for any failed login.
 var ErrLoginFailed = errors.New("login failed")
 
-// Directory finds devices by username and checks their passwords.
+// Directory finds devices by username or source address and checks their
+// passwords.
 type Directory struct {
 	byUser map[string]*Device
 	// byNet are the devices without AUTH, most specific network first.
@@ -74,27 +73,30 @@ type netDevice struct {
 // maxConcurrentHashes bounds password checks in flight.
 const maxConcurrentHashes = 8
 
-// NewDirectory compiles the configured devices. The config is expected to
-// be valid (config.Load checked it); errors here name the device anyway.
-func NewDirectory(devices []config.Device) (*Directory, error) {
+// NewDirectory indexes the devices. Every device with a Username needs a
+// PasswordHash; every one without needs Networks.
+func NewDirectory(devices []Device) (*Directory, error) {
 	d := &Directory{byUser: map[string]*Device{}, hashing: make(chan struct{}, maxConcurrentHashes)}
 	costs := map[string]int{}
 	var common passwd.Hash
-	for _, cd := range devices {
-		dev, err := compileDevice(cd)
-		if err != nil {
-			return nil, fmt.Errorf("device %s: %w", cd.Name, err)
-		}
+	for i := range devices {
+		dev := &devices[i]
 		if dev.Unauthenticated {
+			if len(dev.Networks) == 0 {
+				return nil, fmt.Errorf("device %s: a device without AUTH needs networks", dev.Name)
+			}
 			for _, p := range dev.Networks {
 				d.byNet = append(d.byNet, netDevice{p, dev})
 			}
 			continue
 		}
+		if dev.Username == "" || dev.PasswordHash == nil {
+			return nil, fmt.Errorf("device %s: a device with AUTH needs a username and a password hash", dev.Name)
+		}
 		d.byUser[dev.Username] = dev
-		costs[dev.hash.Cost()]++
-		if common == nil || costs[dev.hash.Cost()] > costs[common.Cost()] {
-			common = dev.hash
+		costs[dev.PasswordHash.Cost()]++
+		if common == nil || costs[dev.PasswordHash.Cost()] > costs[common.Cost()] {
+			common = dev.PasswordHash
 		}
 	}
 	slices.SortStableFunc(d.byNet, func(a, b netDevice) int { return b.prefix.Bits() - a.prefix.Bits() })
@@ -115,44 +117,6 @@ func NewDirectory(devices []config.Device) (*Directory, error) {
 	return d, nil
 }
 
-func compileDevice(cd config.Device) (*Device, error) {
-	mbox, err := mailaddr.Parse(cd.Mailbox)
-	if err != nil {
-		return nil, fmt.Errorf("mailbox: %w", err)
-	}
-	var h passwd.Hash
-	unauthenticated := cd.Auth == config.AuthNone
-	if !unauthenticated {
-		if h, err = passwd.Parse(cd.PasswordHash); err != nil {
-			return nil, fmt.Errorf("password_hash: %w", err)
-		}
-	} else if len(cd.Networks) == 0 {
-		return nil, errors.New("auth: none needs networks")
-	}
-	from, err := mailaddr.ParsePatterns(cd.AllowedFrom)
-	if err != nil {
-		return nil, fmt.Errorf("allowed_from: %w", err)
-	}
-	rcpts, err := mailaddr.ParsePatterns(cd.AllowedRecipients)
-	if err != nil {
-		return nil, fmt.Errorf("allowed_recipients: %w", err)
-	}
-	dev := &Device{
-		Name: cd.Name, Username: cd.Username, Tenant: cd.Tenant, Mailbox: mbox,
-		FromPolicy: cd.FromPolicy, AllowedFrom: from, AllowedRecipients: rcpts,
-		Mode: cd.Delivery.Mode, hash: h, hashEnc: cd.PasswordHash,
-		Unauthenticated: unauthenticated, MaxPerHour: cd.MaxMessagesPerHour,
-	}
-	for _, n := range cd.Networks {
-		p, err := config.ParseNetwork(n)
-		if err != nil {
-			return nil, fmt.Errorf("networks: %w", err)
-		}
-		dev.Networks = append(dev.Networks, p)
-	}
-	return dev, nil
-}
-
 // Authenticate checks username and password for a connection from remote.
 // An unknown username costs one hash verification, like a known one.
 func (d *Directory) Authenticate(username string, password []byte, remote netip.Addr) (*Device, AuthResult, error) {
@@ -164,7 +128,7 @@ func (d *Directory) Authenticate(username string, password []byte, remote netip.
 		d.dummy.Verify(password)
 		return nil, AuthUnknownUser, ErrLoginFailed
 	}
-	if !dev.hash.Verify(password) {
+	if !dev.PasswordHash.Verify(password) {
 		return nil, AuthBadCredentials, ErrLoginFailed
 	}
 	// The network is checked after the password so that the answer's
@@ -187,29 +151,29 @@ func (d *Directory) ByAddress(remote netip.Addr) *Device {
 	return nil
 }
 
-// Device returns the device with the given name, or nil.
-func (d *Directory) Device(name string) *Device {
-	for _, dev := range d.byUser {
-		if dev.Name == name {
-			return dev
-		}
-	}
-	for _, nd := range d.byNet {
-		if nd.dev.Name == name {
-			return nd.dev
-		}
-	}
-	return nil
-}
-
 // Lookup returns the device with the given username, or nil.
 func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
+
+// current returns the device as the directory has it now for a login made
+// against dev, from remote: nil when the login no longer holds (a reload
+// removed the device, changed its password or its networks).
+func (d *Directory) current(dev *Device, remote netip.Addr) *Device {
+	now := d.Lookup(dev.Username)
+	if dev.Unauthenticated {
+		now = d.ByAddress(remote)
+	}
+	if now == nil || !now.sameLogin(dev) || !now.allowedFrom(remote) {
+		return nil
+	}
+	return now
+}
 
 // sameLogin says whether other is the same device with the same password,
 // so that a login made against it still holds.
 func (dev *Device) sameLogin(other *Device) bool {
-	return dev.Name == other.Name && dev.Username == other.Username && dev.hashEnc == other.hashEnc &&
-		dev.Unauthenticated == other.Unauthenticated
+	return dev.Name == other.Name && dev.Username == other.Username && dev.Unauthenticated == other.Unauthenticated &&
+		(dev.PasswordHash == nil) == (other.PasswordHash == nil) &&
+		(dev.PasswordHash == nil || dev.PasswordHash.String() == other.PasswordHash.String())
 }
 
 func (dev *Device) allowedFrom(remote netip.Addr) bool {

@@ -5,20 +5,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 )
 
 func newTestDirectory(tb testing.TB) *Directory {
 	tb.Helper()
-	hash, err := passwd.NewArgon2id([]byte("right password"))
+	enc, err := passwd.NewArgon2id([]byte("right password"))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d, err := NewDirectory([]config.Device{
-		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: "scanner@contoso.example", FromPolicy: config.FromRewrite},
-		{Name: "lab", Username: "lab", PasswordHash: hash, Tenant: "t", Mailbox: "scanner@contoso.example", FromPolicy: config.FromRewrite,
-			Networks: []string{"192.0.2.0/24"}},
+	hash, err := passwd.Parse(enc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mbox, _ := mailaddr.Parse("scanner@contoso.example")
+	d, err := NewDirectory([]Device{
+		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: mbox},
+		{Name: "lab", Username: "lab", PasswordHash: hash, Tenant: "t", Mailbox: mbox,
+			Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
 	})
 	if err != nil {
 		tb.Fatal(err)

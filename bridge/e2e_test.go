@@ -8,15 +8,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // TestAuthVariants drives every form of AUTH PLAIN and AUTH LOGIN that
@@ -25,71 +27,70 @@ import (
 func TestAuthVariants(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	addr := e.addr("plain")
-	variants := map[string]func(d *dialog){
-		"PLAIN initial response": func(d *dialog) {
-			d.cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235 2.0.0")
+	variants := map[string]func(d *testenv.Dialog){
+		"PLAIN initial response": func(d *testenv.Dialog) {
+			d.Cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235 2.0.0")
 		},
-		"PLAIN two-step": func(d *dialog) {
-			d.cmd("AUTH PLAIN", "334")
-			d.cmd(plainAuth("mfp", devicePassword), "235 2.0.0")
+		"PLAIN two-step": func(d *testenv.Dialog) {
+			d.Cmd("AUTH PLAIN", "334")
+			d.Cmd(plainAuth("mfp", devicePassword), "235 2.0.0")
 		},
-		"PLAIN with authzid": func(d *dialog) {
-			d.cmd("AUTH PLAIN "+b64("mfp\x00mfp\x00"+devicePassword), "235 2.0.0")
+		"PLAIN with authzid": func(d *testenv.Dialog) {
+			d.Cmd("AUTH PLAIN "+b64("mfp\x00mfp\x00"+devicePassword), "235 2.0.0")
 		},
-		"LOGIN": func(d *dialog) {
-			if got := d.cmd("AUTH LOGIN", "334"); got != "334 "+b64("Username:") {
+		"LOGIN": func(d *testenv.Dialog) {
+			if got := d.Cmd("AUTH LOGIN", "334"); got != "334 "+b64("Username:") {
 				t.Errorf("LOGIN first challenge = %q", got)
 			}
-			if got := d.cmd(b64("mfp"), "334"); got != "334 "+b64("Password:") {
+			if got := d.Cmd(b64("mfp"), "334"); got != "334 "+b64("Password:") {
 				t.Errorf("LOGIN second challenge = %q", got)
 			}
-			d.cmd(b64(devicePassword), "235 2.0.0")
+			d.Cmd(b64(devicePassword), "235 2.0.0")
 		},
-		"LOGIN with username on the AUTH line": func(d *dialog) {
-			d.cmd("AUTH LOGIN "+b64("mfp"), "334 "+b64("Password:"))
-			d.cmd(b64(devicePassword), "235 2.0.0")
+		"LOGIN with username on the AUTH line": func(d *testenv.Dialog) {
+			d.Cmd("AUTH LOGIN "+b64("mfp"), "334 "+b64("Password:"))
+			d.Cmd(b64(devicePassword), "235 2.0.0")
 		},
-		"lower-case mechanism": func(d *dialog) {
-			d.cmd("auth login", "334")
-			d.cmd(b64("mfp"), "334")
-			d.cmd(b64(devicePassword), "235 2.0.0")
+		"lower-case mechanism": func(d *testenv.Dialog) {
+			d.Cmd("auth login", "334")
+			d.Cmd(b64("mfp"), "334")
+			d.Cmd(b64(devicePassword), "235 2.0.0")
 		},
 	}
 	n := 0
 	for name, auth := range variants {
 		t.Run(name, func(t *testing.T) {
 			d := dial(t, addr)
-			d.t = t
-			d.cmd("EHLO device.lan", "250")
+			d.Cmd("EHLO device.lan", "250")
 			auth(d)
-			d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-			d.cmd("RCPT TO:<bob@contoso.example>", "250")
-			d.data(simpleMessage, "250 2.0.0")
-			d.cmd("QUIT", "221")
+			d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+			d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+			d.Data(simpleMessage, "250 2.0.0")
+			d.Cmd("QUIT", "221")
 			n++
 		})
 	}
-	msgs := e.exo.Messages()
+	msgs := e.world.Exchange.Messages()
 	if len(msgs) != n {
 		t.Fatalf("exchange got %d messages, want %d", len(msgs), n)
 	}
 	for _, m := range msgs {
-		if m.AuthUser != "scanner@contoso.example" || m.From != "scanner@contoso.example" || m.AppID != secretClientID {
+		if m.AuthUser != "scanner@contoso.example" || m.From != "scanner@contoso.example" || m.AppID != testenv.ClientID {
 			t.Errorf("message %+v: want XOAUTH2 user and envelope sender scanner@contoso.example", m)
 		}
 	}
-	if e.exo.InlineAuths() != 0 {
-		t.Errorf("%d XOAUTH2 logins sent the token on the AUTH line", e.exo.InlineAuths())
+	if e.world.Exchange.InlineAuths() != 0 {
+		t.Errorf("%d XOAUTH2 logins sent the token on the AUTH line", e.world.Exchange.InlineAuths())
 	}
-	if g := e.entra.Grants(secretClientID); g != 1 {
+	if g := e.world.Entra.Grants(testenv.ClientID); g != 1 {
 		t.Errorf("token grants = %d, want 1 for %d messages", g, n)
 	}
 }
 
 func TestAuthFailures(t *testing.T) {
 	restricted := device("lab", "scanner@contoso.example")
-	restricted.Networks = []string{"192.0.2.0/24"}
-	e := newEnv(t, envOptions{devices: []config.Device{device("mfp", "scanner@contoso.example"), restricted}})
+	restricted.Networks = []netip.Prefix{network("192.0.2.0/24")}
+	e := newEnv(t, envOptions{devices: []bridge.Device{device("mfp", "scanner@contoso.example"), restricted}})
 	addr := e.addr("plain")
 	tests := []struct {
 		name, auth, want string
@@ -105,14 +106,13 @@ func TestAuthFailures(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			d := dial(t, addr)
-			d.t = t
-			d.cmd("EHLO device.lan", "250")
-			d.cmd(tc.auth, tc.want)
+			d.Cmd("EHLO device.lan", "250")
+			d.Cmd(tc.auth, tc.want)
 			// Still unauthenticated: MAIL is refused.
-			d.cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
+			d.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
 		})
 	}
-	if n := len(e.exo.Messages()); n != 0 {
+	if n := len(e.world.Exchange.Messages()); n != 0 {
 		t.Errorf("exchange got %d messages", n)
 	}
 	for _, want := range []string{`"result":"bad_credentials"`, `"result":"unknown_user"`, `"result":"network_denied"`} {
@@ -123,19 +123,18 @@ func TestAuthFailures(t *testing.T) {
 }
 
 func TestTLSListeners(t *testing.T) {
-	e := newEnv(t, envOptions{listeners: []config.Listener{
-		{Name: "starttls", Address: "127.0.0.1:0", TLS: config.TLSStartTLS},
-		{Name: "implicit", Address: "127.0.0.1:0", TLS: config.TLSImplicit},
+	e := newEnv(t, envOptions{listeners: []bridge.Listener{
+		{Name: "starttls", Address: "127.0.0.1:0", TLS: bridge.TLSStartTLS},
+		{Name: "implicit", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit},
 	}})
-	tlsCfg := &tls.Config{RootCAs: e.ca.Pool(), ServerName: "127.0.0.1"}
+	tlsCfg := &tls.Config{RootCAs: e.world.CA.Pool(), ServerName: "127.0.0.1"}
 
 	t.Run("AUTH only after STARTTLS", func(t *testing.T) {
 		d := dial(t, e.addr("starttls"))
-		d.t = t
-		ehlo := d.cmd("EHLO device.lan", "250")
+		ehlo := d.Cmd("EHLO device.lan", "250")
 		_ = ehlo
-		d.cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "523 5.7.10")
-		d.cmd("MAIL FROM:<a@b.example>", "530 5.7.0")
+		d.Cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "523 5.7.10")
+		d.Cmd("MAIL FROM:<a@b.example>", "530 5.7.0")
 	})
 	t.Run("go-smtp client over STARTTLS", func(t *testing.T) {
 		c, err := smtp.DialStartTLS(e.addr("starttls"), tlsCfg)
@@ -155,51 +154,49 @@ func TestTLSListeners(t *testing.T) {
 	})
 	t.Run("implicit TLS", func(t *testing.T) {
 		d := dialTLS(t, e.addr("implicit"), tlsCfg)
-		d.t = t
-		d.login("mfp")
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
-		d.data(simpleMessage, "250 2.0.0")
+		d.Login("mfp", devicePassword)
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Data(simpleMessage, "250 2.0.0")
 	})
-	if n := len(e.exo.Messages()); n != 2 {
+	if n := len(e.world.Exchange.Messages()); n != 2 {
 		t.Errorf("exchange got %d messages, want 2", n)
 	}
 }
 
 func TestPolicy(t *testing.T) {
 	enforce := device("erp", "erp@contoso.example")
-	enforce.FromPolicy = config.FromEnforce
-	enforce.AllowedFrom = []string{"billing@contoso.example", "noreply@contoso.example"}
-	enforce.AllowedRecipients = []string{"contoso.example", "bob@partner.example"}
+	enforce.EnforceFrom = true
+	enforce.AllowedFrom = patterns("billing@contoso.example", "noreply@contoso.example")
+	enforce.AllowedRecipients = patterns("contoso.example", "bob@partner.example")
 	e := newEnv(t, envOptions{
-		devices: []config.Device{device("mfp", "scanner@contoso.example"), enforce},
-		limits:  config.Limits{MaxRecipients: 3, MaxMessageBytes: 64 << 10},
+		devices: []bridge.Device{device("mfp", "scanner@contoso.example"), enforce},
+		limits:  bridge.Limits{MaxRecipients: 3, MaxMessageBytes: 64 << 10},
 	})
 	addr := e.addr("plain")
-	start := func(t *testing.T, user string) *dialog {
+	start := func(t *testing.T, user string) *testenv.Dialog {
 		d := dial(t, addr)
-		d.t = t
-		d.login(user)
+		d.Login(user, devicePassword)
 		return d
 	}
 
 	t.Run("enforce refuses another sender", func(t *testing.T) {
 		d := start(t, "erp")
-		d.cmd("MAIL FROM:<ceo@contoso.example>", "550 5.7.1")
-		d.cmd("MAIL FROM:<>", "553 5.1.7")
-		d.cmd("MAIL FROM:<erp@contoso.example>", "250")
+		d.Cmd("MAIL FROM:<ceo@contoso.example>", "550 5.7.1")
+		d.Cmd("MAIL FROM:<>", "553 5.1.7")
+		d.Cmd("MAIL FROM:<erp@contoso.example>", "250")
 	})
 	t.Run("enforce refuses a header From not allowed", func(t *testing.T) {
 		d := start(t, "erp")
-		d.cmd("MAIL FROM:<erp@contoso.example>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
-		d.data("From: CEO <ceo@contoso.example>\r\nSubject: x\r\n\r\nbody\r\n", "550 5.7.1")
+		d.Cmd("MAIL FROM:<erp@contoso.example>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Data("From: CEO <ceo@contoso.example>\r\nSubject: x\r\n\r\nbody\r\n", "550 5.7.1")
 	})
 	t.Run("enforce passes an allowed sender unchanged", func(t *testing.T) {
 		d := start(t, "erp")
-		d.cmd("MAIL FROM:<billing@contoso.example>", "250")
-		d.cmd("RCPT TO:<bob@partner.example>", "250")
-		d.data("From: Billing <billing@contoso.example>\r\nSubject: invoice\r\n\r\nbody\r\n", "250 2.0.0")
+		d.Cmd("MAIL FROM:<billing@contoso.example>", "250")
+		d.Cmd("RCPT TO:<bob@partner.example>", "250")
+		d.Data("From: Billing <billing@contoso.example>\r\nSubject: invoice\r\n\r\nbody\r\n", "250 2.0.0")
 		m := lastMessage(t, e)
 		if m.From != "billing@contoso.example" || m.HeaderFrom != "billing@contoso.example" {
 			t.Errorf("envelope %q, header From %q", m.From, m.HeaderFrom)
@@ -207,49 +204,48 @@ func TestPolicy(t *testing.T) {
 	})
 	t.Run("allowed_from with no SendAs right is Exchange's 5.7.60", func(t *testing.T) {
 		d := start(t, "erp")
-		d.cmd("MAIL FROM:<noreply@contoso.example>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
-		got := d.data("From: <noreply@contoso.example>\r\n\r\nbody\r\n", "550 5.7.60")
+		d.Cmd("MAIL FROM:<noreply@contoso.example>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+		got := d.Data("From: <noreply@contoso.example>\r\n\r\nbody\r\n", "550 5.7.60")
 		if !strings.Contains(got, "send as this sender") {
 			t.Errorf("reply %q lacks Exchange's text", got)
 		}
 	})
 	t.Run("recipients", func(t *testing.T) {
 		d := start(t, "erp")
-		d.cmd("MAIL FROM:<erp@contoso.example>", "250")
-		d.cmd("RCPT TO:<eve@elsewhere.example>", "550 5.7.1")
-		d.cmd("RCPT TO:<bob@eu.contoso.example>", "550 5.7.1")
-		d.cmd(`RCPT TO:<"bob@contoso.example"@elsewhere.example>`, "553 5.1.3")
-		d.cmd("RCPT TO:<bob%elsewhere.example@contoso.example>", "553 5.1.3")
+		d.Cmd("MAIL FROM:<erp@contoso.example>", "250")
+		d.Cmd("RCPT TO:<eve@elsewhere.example>", "550 5.7.1")
+		d.Cmd("RCPT TO:<bob@eu.contoso.example>", "550 5.7.1")
+		d.Cmd(`RCPT TO:<"bob@contoso.example"@elsewhere.example>`, "553 5.1.3")
+		d.Cmd("RCPT TO:<bob%elsewhere.example@contoso.example>", "553 5.1.3")
 		// RFC 5321 section 3.3: a source route is ignored, so the policy
 		// sees, and refuses, the real recipient.
-		d.cmd("RCPT TO:<@contoso.example:eve@elsewhere.example>", "550 5.7.1")
-		d.cmd("RCPT TO:<a@contoso.example>", "250")
-		d.cmd("RCPT TO:<b@contoso.example>", "250")
-		d.cmd("RCPT TO:<c@contoso.example>", "250")
-		d.cmd("RCPT TO:<d@contoso.example>", "452 4.5.3")
+		d.Cmd("RCPT TO:<@contoso.example:eve@elsewhere.example>", "550 5.7.1")
+		d.Cmd("RCPT TO:<a@contoso.example>", "250")
+		d.Cmd("RCPT TO:<b@contoso.example>", "250")
+		d.Cmd("RCPT TO:<c@contoso.example>", "250")
+		d.Cmd("RCPT TO:<d@contoso.example>", "452 4.5.3")
 	})
 	t.Run("size", func(t *testing.T) {
 		d := start(t, "mfp")
-		d.cmd("MAIL FROM:<scan@printer.lan> SIZE=999999", "552 5.3.4")
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Cmd("MAIL FROM:<scan@printer.lan> SIZE=999999", "552 5.3.4")
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
 		big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 100)
-		d.data(big, "552 5.3.4")
+		d.Data(big, "552 5.3.4")
 		// The session goes on.
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
 	})
 	t.Run("MAIL without AUTH", func(t *testing.T) {
 		d := dial(t, addr)
-		d.t = t
-		d.cmd("EHLO device.lan", "250")
-		d.cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
+		d.Cmd("EHLO device.lan", "250")
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
 	})
 }
 
 func lastMessage(t *testing.T, e *env) fakeexchange.Message {
 	t.Helper()
-	msgs := e.exo.Messages()
+	msgs := e.world.Exchange.Messages()
 	if len(msgs) == 0 {
 		t.Fatal("exchange got no message")
 	}
@@ -341,18 +337,18 @@ func randomBody(t *testing.T, n int) string {
 func TestCertificateTenant(t *testing.T) {
 	dev := device("fab", "mfp@fabrikam.example")
 	dev.Tenant = "cert"
-	e := newEnv(t, envOptions{devices: []config.Device{dev}})
+	e := newEnv(t, envOptions{devices: []bridge.Device{dev}})
 	for range 3 {
 		d := dial(t, e.addr("plain"))
-		d.login("fab")
-		d.cmd("MAIL FROM:<x@printer.lan>", "250")
-		d.cmd("RCPT TO:<bob@fabrikam.example>", "250")
-		d.data(simpleMessage, "250 2.0.0")
+		d.Login("fab", devicePassword)
+		d.Cmd("MAIL FROM:<x@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@fabrikam.example>", "250")
+		d.Data(simpleMessage, "250 2.0.0")
 	}
-	if g := e.entra.Grants(certClientID); g != 1 {
+	if g := e.world.Entra.Grants(testenv.CertClientID); g != 1 {
 		t.Errorf("grants = %d, want 1", g)
 	}
-	if m := lastMessage(t, e); m.AppID != certClientID || m.AuthUser != "mfp@fabrikam.example" {
+	if m := lastMessage(t, e); m.AppID != testenv.CertClientID || m.AuthUser != "mfp@fabrikam.example" {
 		t.Errorf("message %+v", m)
 	}
 }
@@ -379,40 +375,40 @@ func TestReplyMapping(t *testing.T) {
 		inLog  string
 	}{
 		{name: "SendAsDenied after DATA", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 252},
+			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 252},
 				Text: "SendAsDenied; scanner@contoso.example not allowed to send as x@y; STOREDRV.Submission.Exception:SendAsDeniedException"})
 		}, want: "554 5.2.252", inText: "SendAsDenied"},
 		{name: "quota", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0},
+			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0},
 				Text: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"})
 		}, want: "554 5.2.0", inText: "SubmissionQuotaExceeded"},
 		{name: "recipient refused", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageRcpt, fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 233}, Text: "tenant external recipient rate limit"})
+			e.world.Exchange.Script(fakeexchange.StageRcpt, fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 233}, Text: "tenant external recipient rate limit"})
 		}, want: "550 5.7.233"},
 		{name: "too large for the mailbox", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 552, Enhanced: smtp.EnhancedCode{5, 3, 4}, Text: "Message size exceeds fixed maximum message size"})
+			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 552, Enhanced: smtp.EnhancedCode{5, 3, 4}, Text: "Message size exceeds fixed maximum message size"})
 		}, want: "552 5.3.4"},
 		{name: "sender thread limit", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageMail, fakeexchange.Reply{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"})
+			e.world.Exchange.Script(fakeexchange.StageMail, fakeexchange.Reply{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"})
 		}, want: "451 4.3.2", inText: "sender thread limit"},
 		{name: "temporary server error", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error. Please try again later"})
+			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error. Please try again later"})
 		}, want: "451 4.7.0"},
 		{name: "TLS version refused", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageAuth, fakeexchange.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 66}, Text: "TLS 1.0 and 1.1 are not supported"})
+			e.world.Exchange.Script(fakeexchange.StageAuth, fakeexchange.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 66}, Text: "TLS 1.0 and 1.1 are not supported"})
 		}, want: "451 4.7.66"},
 		{name: "mailbox without permission (535 5.7.3)", mbox: "nobody@contoso.example", want: "451 4.7.0", inText: "refused the bridge's login"},
 		{name: "SMTP AUTH disabled (535 5.7.139)", mbox: "alarm@contoso.example", prep: func(e *env) {
-			e.exo.AddMailbox(fakeexchange.Mailbox{Address: "alarm@contoso.example", TenantID: secretTenantID,
-				FullAccess: []string{e.secret.ObjectID}, SMTPAuthDisabled: true})
+			e.world.Exchange.AddMailbox(fakeexchange.Mailbox{Address: "alarm@contoso.example", TenantID: testenv.TenantID,
+				FullAccess: []string{e.std.Secret.ObjectID}, SMTPAuthDisabled: true})
 		}, want: "451 4.7.0", inText: "SmtpClientAuthentication is disabled"},
 		{name: "token refused (wrong secret)", prep: func(e *env) {
-			e.entra.Fail(fakeentra.Failure{Status: 401, Code: "invalid_client", AADSTS: 7000215, Description: "Invalid client secret provided."})
+			e.world.Entra.Fail(fakeentra.Failure{Status: 401, Code: "invalid_client", AADSTS: 7000215, Description: "Invalid client secret provided."})
 		}, want: "451 4.7.0", inText: "access token"},
 		{name: "Exchange not reachable", opts: envOptions{smtpHost: closedPort}, want: "451 4.4.1"},
 		{name: "Exchange certificate not trusted", opts: envOptions{untrusted: true}, want: "451 4.7.5", inLog: "x509: certificate signed by unknown authority"},
 		{name: "connection dropped at DATA", prep: func(e *env) {
-			e.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Hangup: true})
+			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Hangup: true})
 		}, want: "451 4.4.2"},
 	}
 	for _, tc := range tests {
@@ -421,17 +417,16 @@ func TestReplyMapping(t *testing.T) {
 			if mbox == "" {
 				mbox = "scanner@contoso.example"
 			}
-			tc.opts.devices = []config.Device{device("mfp", mbox)}
+			tc.opts.devices = []bridge.Device{device("mfp", mbox)}
 			e := newEnv(t, tc.opts)
 			if tc.prep != nil {
 				tc.prep(e)
 			}
 			d := dial(t, e.addr("plain"))
-			d.t = t
-			d.login("mfp")
-			d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-			d.cmd("RCPT TO:<bob@contoso.example>", "250")
-			got := d.data(simpleMessage, tc.want)
+			d.Login("mfp", devicePassword)
+			d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+			d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+			got := d.Data(simpleMessage, tc.want)
 			if tc.inText != "" && !strings.Contains(got, tc.inText) {
 				t.Errorf("reply %q lacks %q", got, tc.inText)
 			}
@@ -441,12 +436,12 @@ func TestReplyMapping(t *testing.T) {
 			if len(got) > 320 || strings.ContainsAny(got, "\r\n") {
 				t.Errorf("reply not one bounded line: %q", got)
 			}
-			if n := len(e.exo.Messages()); n != 0 {
+			if n := len(e.world.Exchange.Messages()); n != 0 {
 				t.Errorf("exchange kept %d messages", n)
 			}
 			// The device can go on in the same session.
-			d.cmd("RSET", "250")
-			d.cmd("NOOP", "250")
+			d.Cmd("RSET", "250")
+			d.Cmd("NOOP", "250")
 		})
 	}
 }
@@ -456,11 +451,11 @@ func TestReplyMapping(t *testing.T) {
 func TestNoTokenWithoutTLS(t *testing.T) {
 	e := newEnv(t, envOptions{exoSetup: func(s *fakeexchange.Server) { s.DisableStartTLS() }})
 	d := dial(t, e.addr("plain"))
-	d.login("mfp")
-	d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-	d.cmd("RCPT TO:<bob@contoso.example>", "250")
-	d.data(simpleMessage, "451 4.7.5")
-	if n := e.exo.AuthLogins() + e.exo.InlineAuths(); n != 0 {
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+	d.Data(simpleMessage, "451 4.7.5")
+	if n := e.world.Exchange.AuthLogins() + e.world.Exchange.InlineAuths(); n != 0 {
 		t.Errorf("%d logins reached a server without TLS", n)
 	}
 }
@@ -495,10 +490,10 @@ func TestManyMessagesOneGrant(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if got := len(e.exo.Messages()); got != n {
+	if got := len(e.world.Exchange.Messages()); got != n {
 		t.Errorf("exchange got %d messages, want %d", got, n)
 	}
-	if g := e.entra.Grants(secretClientID); g != 1 {
+	if g := e.world.Entra.Grants(testenv.ClientID); g != 1 {
 		t.Errorf("grants = %d for %d messages, want 1", g, n)
 	}
 }
@@ -509,21 +504,21 @@ func TestManyMessagesOneGrant(t *testing.T) {
 func TestLongLines(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	d := dial(t, e.addr("plain"))
-	d.login("mfp")
-	d.cmd("MAIL FROM:<erp@app.lan>", "250")
-	d.cmd("RCPT TO:<bob@contoso.example>", "250")
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<erp@app.lan>", "250")
+	d.Cmd("RCPT TO:<bob@contoso.example>", "250")
 	long := "<html>" + strings.Repeat("<p>row</p>", 500) + "</html>"
-	d.data("Subject: html\r\nContent-Type: text/html\r\n\r\n"+long+"\r\n", "250 2.0.0")
+	d.Data("Subject: html\r\nContent-Type: text/html\r\n\r\n"+long+"\r\n", "250 2.0.0")
 	if m := lastMessage(t, e); !bytes.Contains(m.Data, []byte("\r\n\r\n"+long+"\r\n")) {
 		t.Error("long line changed on the way")
 	}
 
 	d = dial(t, e.addr("plain"))
-	d.login("mfp")
-	d.cmd("MAIL FROM:<erp@app.lan>", "250")
-	d.cmd("RCPT TO:<bob@contoso.example>", "250")
-	d.data("Subject: huge\r\n\r\n"+strings.Repeat("x", 70<<10)+"\r\n", "554 5.6.0")
-	if n := len(e.exo.Messages()); n != 1 {
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<erp@app.lan>", "250")
+	d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+	d.Data("Subject: huge\r\n\r\n"+strings.Repeat("x", 70<<10)+"\r\n", "554 5.6.0")
+	if n := len(e.world.Exchange.Messages()); n != 1 {
 		t.Errorf("exchange got %d messages, want 1", n)
 	}
 }

@@ -7,22 +7,22 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/bridge"
 )
 
 // The ESMTP extensions the bridge offers work, and those it does not are
 // neither offered nor accepted.
 func TestExtensions(t *testing.T) {
-	e := newEnv(t, envOptions{limits: config.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 10}})
+	e := newEnv(t, envOptions{limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 10}})
 
 	t.Run("EHLO", func(t *testing.T) {
 		d := dial(t, e.addr("plain"))
-		if err := d.text.PrintfLine("EHLO device.lan"); err != nil {
+		if err := d.Text.PrintfLine("EHLO device.lan"); err != nil {
 			t.Fatal(err)
 		}
 		var caps []string
 		for {
-			line, err := d.text.ReadLine()
+			line, err := d.Text.ReadLine()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -42,25 +42,25 @@ func TestExtensions(t *testing.T) {
 				t.Errorf("EHLO offers %s, which the bridge does not relay", not)
 			}
 		}
-		d.cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235")
-		d.cmd("MAIL FROM:<scan@printer.lan> SMTPUTF8", "504 5.5.4")
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-		d.cmd("RCPT TO:<j\xc3\xbcrgen@contoso.example>", "553 5.1.3")
+		d.Cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235")
+		d.Cmd("MAIL FROM:<scan@printer.lan> SMTPUTF8", "504 5.5.4")
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<j\xc3\xbcrgen@contoso.example>", "553 5.1.3")
 	})
 
 	t.Run("PIPELINING", func(t *testing.T) {
 		d := dial(t, e.addr("plain"))
-		d.login("mfp")
+		d.Login("mfp", devicePassword)
 		// Everything up to DATA in one write (RFC 2920); the replies come
 		// in order.
-		d.conn.Write([]byte("MAIL FROM:<scan@printer.lan>\r\nRCPT TO:<a@contoso.example>\r\nRCPT TO:<eve@evil.example\r\nRCPT TO:<b@contoso.example>\r\nDATA\r\n"))
+		d.Conn.Write([]byte("MAIL FROM:<scan@printer.lan>\r\nRCPT TO:<a@contoso.example>\r\nRCPT TO:<eve@evil.example\r\nRCPT TO:<b@contoso.example>\r\nDATA\r\n"))
 		for _, want := range []string{"250", "250", "501", "250", "354"} {
-			d.expect(want)
+			d.Expect(want)
 		}
-		w := d.text.DotWriter()
+		w := d.Text.DotWriter()
 		w.Write([]byte("Subject: pipelined\r\n\r\nx\r\n"))
 		w.Close()
-		d.expect("250 2.0.0")
+		d.Expect("250 2.0.0")
 		if m := lastMessage(t, e); len(m.To) != 2 {
 			t.Errorf("recipients %v, want a@ and b@", m.To)
 		}
@@ -68,11 +68,11 @@ func TestExtensions(t *testing.T) {
 
 	t.Run("8BITMIME", func(t *testing.T) {
 		d := dial(t, e.addr("plain"))
-		d.login("mfp")
-		d.cmd("MAIL FROM:<scan@printer.lan> BODY=8BITMIME", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Login("mfp", devicePassword)
+		d.Cmd("MAIL FROM:<scan@printer.lan> BODY=8BITMIME", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
 		body := "Gr\xc3\xbc\xc3\x9fe \xe2\x82\xac 100\r\n\xff\xfe raw bytes\r\n"
-		d.data("Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"+body, "250 2.0.0")
+		d.Data("Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"+body, "250 2.0.0")
 		m := lastMessage(t, e)
 		if !bytes.HasSuffix(m.Data, []byte("\r\n\r\n"+body)) {
 			t.Errorf("8-bit body changed on the way:\n%q", m.Data)
@@ -81,9 +81,9 @@ func TestExtensions(t *testing.T) {
 
 	t.Run("CHUNKING", func(t *testing.T) {
 		d := dial(t, e.addr("plain"))
-		d.login("mfp")
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Login("mfp", devicePassword)
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
 		msg := "From: x@printer.lan\r\nSubject: chunked\r\n\r\n" + strings.Repeat("chunk data.\r\n", 3000)
 		// BDAT in uneven pieces, the last marked LAST (RFC 3030); the
 		// policy (From rewrite) applies as with DATA.
@@ -93,11 +93,11 @@ func TestExtensions(t *testing.T) {
 			if i+n == len(msg) {
 				last = " LAST"
 			}
-			fmt.Fprintf(d.conn, "BDAT %d%s\r\n%s", n, last, msg[i:i+n])
+			fmt.Fprintf(d.Conn, "BDAT %d%s\r\n%s", n, last, msg[i:i+n])
 			if last != "" {
-				d.expect("250 2.0.0 OK")
+				d.Expect("250 2.0.0 OK")
 			} else {
-				d.expect("250")
+				d.Expect("250")
 			}
 		}
 		m := lastMessage(t, e)
@@ -107,28 +107,28 @@ func TestExtensions(t *testing.T) {
 			t.Errorf("BDAT message arrived as:\n%.300q", m.Data)
 		}
 		// Too large in BDAT, as in DATA.
-		d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-		d.cmd("RCPT TO:<bob@contoso.example>", "250")
-		fmt.Fprintf(d.conn, "BDAT %d LAST\r\n%s", 2<<20, strings.Repeat("x", 2<<20))
-		d.expect("552 5.3.4")
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+		fmt.Fprintf(d.Conn, "BDAT %d LAST\r\n%s", 2<<20, strings.Repeat("x", 2<<20))
+		d.Expect("552 5.3.4")
 	})
 }
 
 // Error replies are counted: at limits.max_errors the client gets 421 and
 // the connection closes.
 func TestMaxErrors(t *testing.T) {
-	e := newEnv(t, envOptions{limits: config.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 100, MaxErrors: 5}})
+	e := newEnv(t, envOptions{limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 100, MaxErrors: 5}})
 	dev := device("mfp", "scanner@contoso.example")
-	dev.AllowedRecipients = []string{"contoso.example"}
-	e.reload([]config.Device{dev}, config.Limits{}, nil)
+	dev.AllowedRecipients = patterns("contoso.example")
+	e.reload([]bridge.Device{dev}, bridge.Limits{}, nil)
 	d := dial(t, e.addr("plain"))
-	d.login("mfp")
-	d.cmd("MAIL FROM:<scan@printer.lan>", "250")
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
 	for i := 0; i < 4; i++ {
-		d.cmd(fmt.Sprintf("RCPT TO:<r%d@evil.example>", i), "550 5.7.1")
+		d.Cmd(fmt.Sprintf("RCPT TO:<r%d@evil.example>", i), "550 5.7.1")
 	}
-	d.cmd("RCPT TO:<r5@evil.example>", "421 4.7.0 Too many errors")
-	if line, err := d.text.ReadLine(); err == nil {
+	d.Cmd("RCPT TO:<r5@evil.example>", "421 4.7.0 Too many errors")
+	if line, err := d.Text.ReadLine(); err == nil {
 		t.Errorf("the connection stayed open: %q", line)
 	}
 }

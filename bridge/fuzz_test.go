@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"strings"
 	"sync"
@@ -14,7 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // recorder is a Deliverer that keeps what it is given.
@@ -28,14 +29,14 @@ type recorded struct {
 	to           []string
 }
 
-func (r *recorder) Deliver(_ context.Context, m *bridge.Message) (bridge.Receipt, error) {
+func (r *recorder) Deliver(_ context.Context, m *message.Message) (message.Receipt, error) {
 	if _, err := io.Copy(io.Discard, m.Body); err != nil {
-		return bridge.Receipt{}, &bridge.SourceError{Err: err}
+		return message.Receipt{}, &message.Error{Stage: message.StageSource, Err: err}
 	}
 	r.mu.Lock()
-	r.msgs = append(r.msgs, recorded{device: m.Device.Name, from: m.From, to: append([]string(nil), m.To...)})
+	r.msgs = append(r.msgs, recorded{device: m.Device, from: m.From, to: append([]string(nil), m.To...)})
 	r.mu.Unlock()
-	return bridge.Receipt{Reply: "2.0.0 OK <fuzz@x>", QueueID: "fuzz@x"}, nil
+	return message.Receipt{Reply: message.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Text: "OK <fuzz@x>"}, UpstreamID: "fuzz@x"}, nil
 }
 
 func (r *recorder) take() []recorded {
@@ -68,19 +69,20 @@ func FuzzSession(f *testing.F) {
 	}
 	rec := &recorder{}
 	mfp := device("mfp", "scanner@contoso.example")
-	mfp.AllowedRecipients = []string{"contoso.example"}
-	alarm := config.Device{Name: "alarm", Auth: config.AuthNone, Tenant: "secret", Mailbox: "alarm@contoso.example",
-		FromPolicy: config.FromRewrite, Networks: []string{"127.0.0.1"}, AllowedRecipients: []string{"alerts.example"}}
-	dir, err := bridge.NewDirectory([]config.Device{mfp, alarm})
+	mfp.AllowedRecipients = patterns("contoso.example")
+	alarm := bridge.Device{Name: "alarm", Unauthenticated: true, Tenant: "secret", Mailbox: addr("alarm@contoso.example"),
+		Networks: []netip.Prefix{network("127.0.0.1/32")}, AllowedRecipients: patterns("alerts.example"), Mode: message.ModeSync}
+	dir, err := bridge.NewDirectory([]bridge.Device{mfp, alarm})
 	if err != nil {
 		f.Fatal(err)
 	}
 	srv, err := bridge.NewServer(bridge.Options{
-		Hostname: "bridge.test", Directory: dir, Deliverer: rec, Mode: config.ModeSync,
-		Listeners: []config.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: config.TLSNone, AllowInsecureAuth: true,
-			AllowUnauthenticated: true, MinTLSVersion: "1.2"}},
-		Limits: config.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 20, MaxErrors: 50, CommandTimeout: 10 * time.Second},
-		Log:    zerolog.Nop(),
+		Hostname: "bridge.test", Deliverer: rec, Log: zerolog.Nop(),
+		Settings: bridge.Settings{Directory: dir,
+			Listeners: []bridge.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: bridge.TLSNone, AllowInsecureAuth: true,
+				AllowUnauthenticated: true}},
+			Limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 20, MaxErrors: 50, CommandTimeout: 10 * time.Second,
+				MaxLineLength: 64 << 10}},
 	})
 	if err != nil {
 		f.Fatal(err)

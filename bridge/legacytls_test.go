@@ -1,13 +1,16 @@
+//go:build integration
+
 package bridge_test
 
 import (
 	"context"
+	"crypto/tls"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/bridge"
 )
 
 // TestLegacyTLS checks the claim in the README: a listener with
@@ -16,10 +19,10 @@ import (
 // not. The clients are OpenSSL's s_client and Python's ssl module, as an
 // old printer's TLS stack would be.
 func TestLegacyTLS(t *testing.T) {
-	e := newEnv(t, envOptions{listeners: []config.Listener{
-		{Name: "legacy", Address: "127.0.0.1:0", TLS: config.TLSImplicit, MinTLSVersion: "1.0", LegacyCiphers: true},
-		{Name: "legacy-starttls", Address: "127.0.0.1:0", TLS: config.TLSStartTLS, MinTLSVersion: "1.0", LegacyCiphers: true},
-		{Name: "default", Address: "127.0.0.1:0", TLS: config.TLSImplicit},
+	e := newEnv(t, envOptions{listeners: []bridge.Listener{
+		{Name: "legacy", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit, MinTLSVersion: tls.VersionTLS10, LegacyCiphers: true},
+		{Name: "legacy-starttls", Address: "127.0.0.1:0", TLS: bridge.TLSStartTLS, MinTLSVersion: tls.VersionTLS10, LegacyCiphers: true},
+		{Name: "default", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit},
 	}})
 
 	t.Run("openssl", func(t *testing.T) {

@@ -8,12 +8,10 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
 )
 
@@ -38,7 +36,7 @@ type endpoint struct {
 // settings (TLS, limits, AUTH before TLS).
 type generation struct {
 	cfg    listenerSettings
-	limits config.Limits
+	limits Limits
 	smtp   *smtp.Server
 	queue  *connQueue
 
@@ -125,7 +123,7 @@ func (e *endpoint) serve(log func(error)) {
 				c.Close() // shutting down
 				break
 			}
-			if reply, reason := e.admit(g, tc); reply != "" {
+			if reply, reason := e.admit(g, tc); reply != nil {
 				e.srv.observer.ConnectionRefused(e.name, reason)
 				go refuse(g, tc, reply)
 				break
@@ -146,19 +144,13 @@ func (e *endpoint) serve(log func(error)) {
 	}
 }
 
-// Greeting replies to connections the bridge will not serve.
-const (
-	replyNetwork  = "554 5.7.1 Access denied: this address may not use this service"
-	replyBlocked  = "421 4.7.0 Too many failed logins from your address; try again later"
-	replyLimit    = "421 4.7.0 Too many connections; try again later"
-	replyLimitIP  = "421 4.7.0 Too many connections from your address; try again later"
-	refuseTimeout = 10 * time.Second
-)
+// refuseTimeout bounds the refusal of a connection at the greeting.
+const refuseTimeout = 10 * time.Second
 
 // admit checks a new connection against the listener's allowed_networks
-// and the guard. It returns the greeting to refuse it with and why, or ""
-// after taking a slot in the guard's connection counts.
-func (e *endpoint) admit(g *generation, tc *trackedConn) (reply, reason string) {
+// and the guard. It returns the greeting to refuse it with and why, or
+// nil after taking a slot in the guard's connection counts.
+func (e *endpoint) admit(g *generation, tc *trackedConn) (reply *smtp.SMTPError, reason string) {
 	remote := remoteAddr(tc.RemoteAddr())
 	if len(g.cfg.Networks) > 0 && !slices.ContainsFunc(g.cfg.Networks, func(p netip.Prefix) bool { return p.Contains(remote) }) {
 		return replyNetwork, "network"
@@ -167,7 +159,7 @@ func (e *endpoint) admit(g *generation, tc *trackedConn) (reply, reason string) 
 	switch refused {
 	case "":
 		tc.setRelease(release)
-		return "", ""
+		return nil, ""
 	case guard.RefusedBlocked:
 		return replyBlocked, refused
 	case guard.RefusedLimitIP:
@@ -180,7 +172,7 @@ func (e *endpoint) admit(g *generation, tc *trackedConn) (reply, reason string) 
 // 3.1: a 554 greeting means no service) and closes the connection. On an
 // implicit-TLS listener the handshake comes first, so that the client can
 // read it.
-func refuse(g *generation, c net.Conn, reply string) {
+func refuse(g *generation, c net.Conn, reply *smtp.SMTPError) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(refuseTimeout))
 	if g.cfg.implicitTLS {
@@ -190,7 +182,7 @@ func refuse(g *generation, c net.Conn, reply string) {
 		}
 		c = tc
 	}
-	c.Write([]byte(reply + "\r\n"))
+	c.Write(greeting(reply))
 }
 
 // shutdown stops accepting, lets every generation's sessions finish until
@@ -263,139 +255,3 @@ func (q *connQueue) Close() error {
 }
 
 func (q *connQueue) Addr() net.Addr { return q.addr }
-
-// trackingListener remembers open connections, so that Shutdown can close
-// the ones still open when its grace period ends (go-smtp's Shutdown only
-// waits for them), and tells the observer about each connection.
-type trackingListener struct {
-	net.Listener
-	name     string
-	observer Observer
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	l.conns[tc] = struct{}{}
-	l.mu.Unlock()
-	l.observer.Connection(l.name)
-	return tc, nil
-}
-
-func (l *trackingListener) closeAll() {
-	l.mu.Lock()
-	conns := make([]net.Conn, 0, len(l.conns))
-	for c := range l.conns {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-// trackedConn is a device connection as accepted, under any TLS. Besides
-// being tracked, it keeps the session within session_timeout (its
-// deadlines never reach past the session's end), can close itself after
-// the next reply, and counts what the guard limits per connection.
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-
-	mu         sync.Mutex
-	sessionEnd time.Time // zero: no limit
-	release    func()    // the guard's connection slot
-
-	closeAfterWrite atomic.Bool
-	authFailures    atomic.Int32
-	errors          atomic.Int32
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-		c.releaseGuard()
-		c.l.observer.ConnectionClosed(c.l.name)
-	})
-	return c.Conn.Close()
-}
-
-func (c *trackedConn) setRelease(f func()) {
-	c.mu.Lock()
-	c.release = f
-	c.mu.Unlock()
-}
-
-func (c *trackedConn) releaseGuard() {
-	c.mu.Lock()
-	f := c.release
-	c.release = nil
-	c.mu.Unlock()
-	if f != nil {
-		f()
-	}
-}
-
-func (c *trackedConn) setSessionEnd(t time.Time) {
-	c.mu.Lock()
-	c.sessionEnd = t
-	c.mu.Unlock()
-	c.Conn.SetDeadline(t)
-}
-
-// clamp bounds a deadline by the session's end (plus grace, for writes:
-// the client is still told why it is cut off).
-func (c *trackedConn) clamp(t time.Time, grace time.Duration) time.Time {
-	c.mu.Lock()
-	end := c.sessionEnd
-	c.mu.Unlock()
-	if end.IsZero() {
-		return t
-	}
-	end = end.Add(grace)
-	if t.IsZero() || t.After(end) {
-		return end
-	}
-	return t
-}
-
-// sessionGrace is how long past session_timeout the final 421 may take to
-// write.
-const sessionGrace = 10 * time.Second
-
-func (c *trackedConn) SetDeadline(t time.Time) error {
-	if err := c.Conn.SetReadDeadline(c.clamp(t, 0)); err != nil {
-		return err
-	}
-	return c.Conn.SetWriteDeadline(c.clamp(t, sessionGrace))
-}
-
-func (c *trackedConn) SetReadDeadline(t time.Time) error {
-	return c.Conn.SetReadDeadline(c.clamp(t, 0))
-}
-
-func (c *trackedConn) SetWriteDeadline(t time.Time) error {
-	return c.Conn.SetWriteDeadline(c.clamp(t, sessionGrace))
-}
-
-// Write writes, then closes the connection if a reply was the last one
-// (closeAfter).
-func (c *trackedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if c.closeAfterWrite.Load() {
-		c.Close()
-	}
-	return n, err
-}
-
-// closeAfter makes the connection close once the next reply is written.
-func (c *trackedConn) closeAfter() { c.closeAfterWrite.Store(true) }

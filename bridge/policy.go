@@ -1,8 +1,6 @@
 package bridge
 
 import (
-	"net/mail"
-
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 )
 
@@ -14,11 +12,6 @@ func (dev *Device) senderAllowed(a mailaddr.Address) bool {
 }
 
 // RecipientAllowed checks allowed_recipients; an empty list allows any.
-func (dev *Device) RecipientAllowed(a mailaddr.Address) bool { return dev.recipientAllowed(a) }
-
-// recipientAllowed checks allowed_recipients; an empty list allows any.
-func (dev *Device) recipientAllowed(a mailaddr.Address) bool {
+func (dev *Device) RecipientAllowed(a mailaddr.Address) bool {
 	return len(dev.AllowedRecipients) == 0 || dev.AllowedRecipients.Match(a)
 }
-
-func mailAddress(a mailaddr.Address) mail.Address { return mail.Address{Address: a.String()} }

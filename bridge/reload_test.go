@@ -3,21 +3,19 @@ package bridge_test
 import (
 	"crypto/tls"
 	"net"
-	"net/textproto"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // reload applies devices and limits to the running server, keeping its
 // listeners.
-func (e *env) reload(devices []config.Device, limits config.Limits, listeners []config.Listener) {
+func (e *env) reload(devices []bridge.Device, limits bridge.Limits, listeners []bridge.Listener) {
 	e.t.Helper()
 	dir, err := bridge.NewDirectory(devices)
 	if err != nil {
@@ -25,8 +23,8 @@ func (e *env) reload(devices []config.Device, limits config.Limits, listeners []
 	}
 	st := e.settings
 	st.Directory = dir
-	if limits != (config.Limits{}) {
-		st.Limits = limits
+	if limits != (bridge.Limits{}) {
+		st.Limits = withDefaults(limits)
 	}
 	if listeners != nil {
 		st.Listeners = listeners
@@ -41,22 +39,22 @@ func (e *env) reload(devices []config.Device, limits config.Limits, listeners []
 func TestReloadPolicyAppliesToOpenSession(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	d := dial(t, e.addr("plain"))
-	d.login("mfp")
-	d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-	d.cmd("RCPT TO:<bob@partner.example>", "250")
-	d.data(simpleMessage, "250 2.0.0")
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	d.Cmd("RCPT TO:<bob@partner.example>", "250")
+	d.Data(simpleMessage, "250 2.0.0")
 
 	restricted := device("mfp", "scanner@contoso.example")
-	restricted.AllowedRecipients = []string{"contoso.example"}
-	e.reload([]config.Device{restricted}, config.Limits{}, nil)
+	restricted.AllowedRecipients = patterns("contoso.example")
+	e.reload([]bridge.Device{restricted}, bridge.Limits{}, nil)
 
 	// The same connection, no new login: the new policy applies.
-	d.cmd("MAIL FROM:<scan@printer.lan>", "250")
-	d.cmd("RCPT TO:<bob@partner.example>", "550 5.7.1")
-	d.cmd("RCPT TO:<bob@contoso.example>", "250")
-	d.data(simpleMessage, "250 2.0.0")
-	d.cmd("QUIT", "221")
-	if n := len(e.exo.Messages()); n != 2 {
+	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	d.Cmd("RCPT TO:<bob@partner.example>", "550 5.7.1")
+	d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+	d.Data(simpleMessage, "250 2.0.0")
+	d.Cmd("QUIT", "221")
+	if n := len(e.world.Exchange.Messages()); n != 2 {
 		t.Errorf("Exchange got %d messages, want 2", n)
 	}
 }
@@ -65,36 +63,40 @@ func TestReloadPolicyAppliesToOpenSession(t *testing.T) {
 // made with the old one: the next MAIL FROM gets 530, and the device must
 // connect and log in again, with the new password.
 func TestReloadRevokesLogin(t *testing.T) {
-	e := newEnv(t, envOptions{devices: []config.Device{device("mfp", "scanner@contoso.example"), device("erp", "erp@contoso.example")}})
+	e := newEnv(t, envOptions{devices: []bridge.Device{device("mfp", "scanner@contoso.example"), device("erp", "erp@contoso.example")}})
 	mfp := dial(t, e.addr("plain"))
-	mfp.login("mfp")
+	mfp.Login("mfp", devicePassword)
 	erp := dial(t, e.addr("plain"))
-	erp.login("erp")
+	erp.Login("erp", devicePassword)
 
-	newHash, err := passwd.NewBcrypt([]byte("a-new-password"), 4)
+	enc, err := passwd.NewBcrypt([]byte("a-new-password"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newHash, err := passwd.Parse(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	changed := device("mfp", "scanner@contoso.example")
 	changed.PasswordHash = newHash
-	e.reload([]config.Device{changed}, config.Limits{}, nil) // erp removed
+	e.reload([]bridge.Device{changed}, bridge.Limits{}, nil) // erp removed
 
-	mfp.cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
-	mfp.cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
-	mfp.cmd("QUIT", "221")
+	mfp.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
+	mfp.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
+	mfp.Cmd("QUIT", "221")
 	mfp = dial(t, e.addr("plain"))
-	mfp.cmd("EHLO device.lan", "250")
-	mfp.cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "535 5.7.8")
-	mfp.cmd("AUTH PLAIN "+plainAuth("mfp", "a-new-password"), "235 2.0.0")
-	mfp.cmd("MAIL FROM:<scan@printer.lan>", "250")
-	mfp.cmd("RCPT TO:<bob@contoso.example>", "250")
-	mfp.data(simpleMessage, "250 2.0.0")
+	mfp.Cmd("EHLO device.lan", "250")
+	mfp.Cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "535 5.7.8")
+	mfp.Cmd("AUTH PLAIN "+plainAuth("mfp", "a-new-password"), "235 2.0.0")
+	mfp.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	mfp.Cmd("RCPT TO:<bob@contoso.example>", "250")
+	mfp.Data(simpleMessage, "250 2.0.0")
 
-	erp.cmd("MAIL FROM:<erp@contoso.example>", "530 5.7.0")
+	erp.Cmd("MAIL FROM:<erp@contoso.example>", "530 5.7.0")
 	erp = dial(t, e.addr("plain"))
-	erp.cmd("EHLO device.lan", "250")
-	erp.cmd("AUTH PLAIN "+plainAuth("erp", devicePassword), "535 5.7.8")
-	if n := len(e.exo.Messages()); n != 1 {
+	erp.Cmd("EHLO device.lan", "250")
+	erp.Cmd("AUTH PLAIN "+plainAuth("erp", devicePassword), "535 5.7.8")
+	if n := len(e.world.Exchange.Messages()); n != 1 {
 		t.Errorf("Exchange got %d messages, want 1", n)
 	}
 }
@@ -102,52 +104,49 @@ func TestReloadRevokesLogin(t *testing.T) {
 // Limits change for connections made after the reload; a session that was
 // open keeps the limits it started with until it ends.
 func TestReloadLimitsForNewConnections(t *testing.T) {
-	e := newEnv(t, envOptions{limits: config.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 3}})
+	e := newEnv(t, envOptions{limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 3}})
 	old := dial(t, e.addr("plain"))
-	old.login("mfp")
-	e.reload([]config.Device{device("mfp", "scanner@contoso.example")}, config.Limits{MaxMessageBytes: 2000, MaxRecipients: 1}, nil)
+	old.Login("mfp", devicePassword)
+	e.reload([]bridge.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{MaxMessageBytes: 2000, MaxRecipients: 1}, nil)
 
 	fresh := dial(t, e.addr("plain"))
-	if got := fresh.cmd("EHLO device.lan", "250"); got == "" {
+	if got := fresh.Cmd("EHLO device.lan", "250"); got == "" {
 		t.Fatal("no EHLO reply")
 	}
-	fresh.cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235")
-	fresh.cmd("MAIL FROM:<scan@printer.lan> SIZE=5000", "552 5.3.4")
-	fresh.cmd("MAIL FROM:<scan@printer.lan>", "250")
-	fresh.cmd("RCPT TO:<a@contoso.example>", "250")
-	fresh.cmd("RCPT TO:<b@contoso.example>", "452 4.5.3")
+	fresh.Cmd("AUTH PLAIN "+plainAuth("mfp", devicePassword), "235")
+	fresh.Cmd("MAIL FROM:<scan@printer.lan> SIZE=5000", "552 5.3.4")
+	fresh.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	fresh.Cmd("RCPT TO:<a@contoso.example>", "250")
+	fresh.Cmd("RCPT TO:<b@contoso.example>", "452 4.5.3")
 
 	// The open session: max_recipients is read per message, so the new
 	// limit applies to it too; the size limit is its connection's.
-	old.cmd("MAIL FROM:<scan@printer.lan> SIZE=5000", "250")
-	old.cmd("RCPT TO:<a@contoso.example>", "250")
-	old.cmd("RCPT TO:<b@contoso.example>", "452 4.5.3")
-	old.data(simpleMessage+strings.Repeat("x", 3000)+"\r\n", "250 2.0.0")
+	old.Cmd("MAIL FROM:<scan@printer.lan> SIZE=5000", "250")
+	old.Cmd("RCPT TO:<a@contoso.example>", "250")
+	old.Cmd("RCPT TO:<b@contoso.example>", "452 4.5.3")
+	old.Data(simpleMessage+strings.Repeat("x", 3000)+"\r\n", "250 2.0.0")
 }
 
 // A reload can replace a listener's certificate: new connections get the
 // new one, without a restart.
 func TestReloadListenerCertificate(t *testing.T) {
-	e := newEnv(t, envOptions{listeners: []config.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: config.TLSImplicit}}})
+	e := newEnv(t, envOptions{listeners: []bridge.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit}}})
 	first := peerCert(t, e.addr("tls"))
 
-	leaf, err := e.ca.Issue("127.0.0.1", "renewed.example")
+	leaf, err := e.world.CA.Issue("127.0.0.1", "renewed.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	writeTestFile(t, dir+"/new.crt", leaf.CertPEM)
-	writeTestFile(t, dir+"/new.key", leaf.KeyPEM)
-	ls := []config.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: config.TLSImplicit, CertFile: dir + "/new.crt", KeyFile: dir + "/new.key", MinTLSVersion: "1.2"}}
-	e.reload([]config.Device{device("mfp", "scanner@contoso.example")}, config.Limits{}, ls)
+	ls := []bridge.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit, Certificate: &leaf.TLS, MinTLSVersion: tls.VersionTLS12}}
+	e.reload([]bridge.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{}, ls)
 	second := peerCert(t, e.addr("tls"))
 	if first == second || !strings.Contains(second, "renewed.example") {
 		t.Errorf("certificate after reload: %q (before: %q)", second, first)
 	}
 
-	// A certificate that does not load fails the reload and changes
+	// A TLS listener without a certificate fails the reload and changes
 	// nothing.
-	bad := []config.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: config.TLSImplicit, CertFile: dir + "/missing.crt", KeyFile: dir + "/new.key", MinTLSVersion: "1.2"}}
+	bad := []bridge.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit, MinTLSVersion: tls.VersionTLS12}}
 	dirc, _ := bridge.NewDirectory(nil)
 	st := e.settings
 	st.Listeners, st.Directory = bad, dirc
@@ -157,8 +156,8 @@ func TestReloadListenerCertificate(t *testing.T) {
 	if got := peerCert(t, e.addr("tls")); got != second {
 		t.Errorf("a failed reload changed the certificate to %q", got)
 	}
-	d := dialTLS(t, e.addr("tls"), &tls.Config{RootCAs: e.ca.Pool()})
-	d.login("mfp") // the devices of the failed reload (none) were not applied
+	d := dialTLS(t, e.addr("tls"), &tls.Config{RootCAs: e.world.CA.Pool()})
+	d.Login("mfp", devicePassword) // the devices of the failed reload (none) were not applied
 }
 
 func peerCert(t *testing.T, addr string) string {
@@ -188,11 +187,11 @@ func TestReloadUnderLoad(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			d := &dialog{conn: c, text: textproto.NewConn(c)}
+			d := testenv.Over(c)
 			for _, step := range []struct{ line, want string }{
 				{"", "220"}, {"EHLO device.lan", "250"}, {"AUTH PLAIN " + plainAuth("mfp", devicePassword), "235"},
 			} {
-				if got := d.try(step.line, step.want); got != "" {
+				if got := d.Try(step.line, step.want); got != "" {
 					errs <- got
 					return
 				}
@@ -203,7 +202,7 @@ func TestReloadUnderLoad(t *testing.T) {
 					return
 				}
 			}
-			if got := d.try("QUIT", "221"); got != "" {
+			if got := d.Try("QUIT", "221"); got != "" {
 				errs <- got
 			}
 		})
@@ -218,7 +217,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			dir, err := bridge.NewDirectory([]config.Device{device("mfp", "scanner@contoso.example")})
+			dir, err := bridge.NewDirectory([]bridge.Device{device("mfp", "scanner@contoso.example")})
 			if err == nil {
 				st := e.settings
 				st.Directory = dir
@@ -238,7 +237,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := len(e.exo.Messages()); n != senders*each {
+	if n := len(e.world.Exchange.Messages()); n != senders*each {
 		t.Errorf("Exchange got %d messages, want %d", n, senders*each)
 	}
 	if reloads < 3 {
@@ -249,54 +248,22 @@ func TestReloadUnderLoad(t *testing.T) {
 
 // sendOn sends one message on an authenticated dialog without failing the
 // test from another goroutine; it returns what went wrong.
-func sendOn(d *dialog) string {
+func sendOn(d *testenv.Dialog) string {
 	for _, step := range []struct{ line, want string }{
 		{"MAIL FROM:<scan@printer.lan>", "250"},
 		{"RCPT TO:<bob@contoso.example>", "250"},
 		{"DATA", "354"},
 	} {
-		if got := d.try(step.line, step.want); got != "" {
+		if got := d.Try(step.line, step.want); got != "" {
 			return got
 		}
 	}
-	w := d.text.DotWriter()
+	w := d.Text.DotWriter()
 	w.Write([]byte(simpleMessage))
 	w.Close()
-	line, err := d.text.ReadLine()
+	line, err := d.Text.ReadLine()
 	if err != nil || !strings.HasPrefix(line, "250 2.0.0") {
 		return "DATA: " + line
 	}
 	return ""
-}
-
-// try sends line (none if empty) and reads the reply; it returns "" if the
-// reply starts with want, else what went wrong. Unlike cmd it may run on
-// any goroutine.
-func (d *dialog) try(line, want string) string {
-	d.conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if line != "" {
-		if err := d.text.PrintfLine("%s", line); err != nil {
-			return line + ": " + err.Error()
-		}
-	}
-	for {
-		got, err := d.text.ReadLine()
-		if err != nil {
-			return line + ": " + err.Error()
-		}
-		if len(got) >= 4 && got[3] == '-' {
-			continue
-		}
-		if !strings.HasPrefix(got, want) {
-			return line + ": got " + got + ", want " + want
-		}
-		return ""
-	}
-}
-
-func writeTestFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -1,179 +1,83 @@
 package bridge
 
 import (
-	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
-// Replies the session gives on its own.
+// Every reply the bridge gives a device is here: its own refusals (this
+// table), and the outcome of a delivery (deliveryReply, through
+// message.ReplyFor, the one mapper from a failure's class to a reply).
+// go-smtp turns any error that is not an *smtp.SMTPError into a permanent
+// 554 with the error's text, so no other error may reach it.
+
+// Replies at the greeting, to connections the bridge will not serve (RFC
+// 5321 section 3.1: a 554 greeting means no service).
 var (
-	errNeedAuth = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-		Message: "Authentication required"}
-	errReauth = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-		Message: "Authentication required: this device's settings changed; reconnect and log in again"}
-	errTooManyRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
-		Message: "Too many recipients"}
-	errDeviceRate = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1},
-		Message: "This device has sent its hourly maximum of messages; try again later"}
-	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message: "Too many errors, closing connection"}
-	errSenderNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-		Message: "Sender address not allowed for this device"}
-	errHeaderFromNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-		Message: "From header address not allowed for this device"}
-	errRecipientNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-		Message: "Recipient not allowed for this device"}
-	errRecipientSyntax = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3},
-		Message: "Recipient address syntax not accepted (use local@domain, no quotes or routes)"}
-	errSenderSyntax = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
-		Message: "Sender address syntax not accepted"}
-	errTooLarge = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "Message size exceeds fixed maximum message size"}
-	errHeaderTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-		Message: "Message header block exceeds 256 KiB"}
-	errBadHeader = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Message header is malformed"}
-	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-		Message: "Message has a line longer than 64 KiB"}
-	errStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1},
-		Message: "Insufficient system storage, message not accepted; try again later"}
-	errInternal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "Temporary local problem, try again later"}
+	replyNetwork = reply(554, 5, 7, 1, "Access denied: this address may not use this service")
+	replyBlocked = reply(421, 4, 7, 0, "Too many failed logins from your address; try again later")
+	replyLimit   = reply(421, 4, 7, 0, "Too many connections; try again later")
+	replyLimitIP = reply(421, 4, 7, 0, "Too many connections from your address; try again later")
 )
 
-// replyFor turns a delivery error into the reply for the device. It is
-// the only place that does: the device must get a permanent 5xx only when
-// Exchange will never take the message, and a 451 it may retry for
-// everything else, including the bridge's own set-up problems. Reply text
-// never carries err.Error() of an internal error; Exchange's own reply text
-// is passed on, cleaned, for its 5xx refusals.
-func replyFor(err error) *smtp.SMTPError {
-	var (
-		ue  *UpstreamError
-		te  *tokenstore.Error
-		se  *SourceError
-		ste *StorageError
-		sme *smtp.SMTPError
-	)
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &ste):
-		return errStorage
-	case errors.As(err, &se):
-		if errors.As(se.Err, &sme) && sme.Code == smtp.ErrDataTooLarge.Code {
-			return errTooLarge
-		}
-		if errors.Is(se.Err, smtp.ErrTooLongLine) {
-			return errLineTooLong
-		}
-		return errInternal
-	case errors.As(err, &te):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: "Could not get an access token for this device's mailbox, try again later"}
-	case errors.As(err, &ue):
-		return upstreamReply(ue)
-	}
-	return errInternal
+// Replies to AUTH.
+var (
+	errAuthFailed    = reply(535, 5, 7, 8, "Authentication credentials invalid")
+	errAuthMalformed = reply(501, 5, 5, 2, "Malformed authentication response")
+	errAuthAgain     = reply(503, 5, 5, 1, "Already authenticated")
+	errAuthMechanism = reply(504, 5, 5, 4, "Unsupported authentication mechanism, use PLAIN or LOGIN")
+)
+
+// Replies to MAIL, RCPT and DATA.
+var (
+	// RFC 4954 section 6: 530 5.7.0 when authentication is required.
+	errNeedAuth = reply(530, 5, 7, 0, "Authentication required")
+	errReauth   = reply(530, 5, 7, 0, "Authentication required: this device's settings changed; reconnect and log in again")
+	// RFC 5321 section 4.1.4: MAIL may not come within a transaction.
+	errNestedMail        = reply(503, 5, 5, 1, "Nested MAIL command: send RSET first")
+	errTooManyRecipients = reply(452, 4, 5, 3, "Too many recipients")
+	errDeviceRate        = reply(450, 4, 7, 1, "This device has sent its hourly maximum of messages; try again later")
+	errTooManyErrors     = reply(421, 4, 7, 0, "Too many errors, closing connection")
+	errDataTimeout       = reply(421, 4, 4, 2, "Timeout waiting for message data, closing connection")
+	errSenderNotAllowed  = reply(550, 5, 7, 1, "Sender address not allowed for this device")
+	errHeaderFromDenied  = reply(550, 5, 7, 1, "From header address not allowed for this device")
+	errRcptNotAllowed    = reply(550, 5, 7, 1, "Recipient not allowed for this device")
+	errRecipientSyntax   = reply(553, 5, 1, 3, "Recipient address syntax not accepted (use local@domain, no quotes or routes)")
+	errSenderSyntax      = reply(553, 5, 1, 7, "Sender address syntax not accepted")
+	errHeaderTooBig      = reply(552, 5, 3, 4, "Message header block exceeds 256 KiB")
+	errBadHeader         = reply(554, 5, 6, 0, "Message header is malformed")
+)
+
+func reply(code, c, s, d int, text string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{c, s, d}, Message: text}
 }
 
-// ReplyOf is what logs, the spool and dead letters keep of a delivery
-// error: Exchange's reply ("550 5.7.60 ..."), or the error's text. It never
-// holds a secret: these errors carry replies and Entra's error
-// descriptions, not requests.
-func ReplyOf(err error) string {
-	var ue *UpstreamError
-	if errors.As(err, &ue) && ue.Code != 0 {
-		s := fmt.Sprintf("%d", ue.Code)
-		if ue.Enhanced[0] != 0 {
-			s += fmt.Sprintf(" %d.%d.%d", ue.Enhanced[0], ue.Enhanced[1], ue.Enhanced[2])
-		}
-		s += " " + ue.Message
-		if ue.Recipient != "" {
-			s += " (recipient " + ue.Recipient + ")"
-		}
-		return s
-	}
-	s := err.Error()
-	if len(s) > 500 {
-		s = s[:500]
-	}
-	return s
+// deliveryReply is the device's reply for a failed delivery.
+func deliveryReply(err error) *smtp.SMTPError {
+	r := message.ReplyFor(err)
+	return reply(r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], r.Text)
 }
 
-// SetupProblem says whether err is the tenant's configuration, not the
-// message: a refused token or Exchange refusing the bridge's login. The
-// message is fine; an admin must act.
-func SetupProblem(err error) bool {
-	var (
-		te *tokenstore.Error
-		ue *UpstreamError
-	)
-	return errors.As(err, &te) || errors.As(err, &ue) && ue.Stage == StageAuth && ue.Code != 0
+// accepted is the device's reply for a message the delivery side took:
+// Exchange's acceptance, or the queue's.
+func accepted(id string, r message.Receipt) *smtp.SMTPError {
+	text := "OK " + id + " queued"
+	if !r.Queued {
+		text = "OK " + id + " delivered"
+		if r.UpstreamID != "" {
+			text += " as <" + r.UpstreamID + ">"
+		}
+	}
+	return reply(250, 2, 0, 0, message.CleanText(text))
 }
 
-func upstreamReply(ue *UpstreamError) *smtp.SMTPError {
-	if ue.Code == 0 {
-		switch ue.Stage {
-		case StageStartTLS:
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 5},
-				Message: "Secure connection to Exchange Online failed, try again later"}
-		case StageConnect:
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
-				Message: "Exchange Online not reachable, try again later"}
-		case StageAuth:
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-				Message: "Exchange Online login not possible, try again later"}
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-			Message: "Connection to Exchange Online lost, try again later"}
-	}
-	text := ue.Message
-	if ue.Temporary {
-		enh := ue.Enhanced
-		if enh[0] != 4 {
-			// Exchange refused the bridge's login (535 5.7.3, 5.7.139) or
-			// sent no enhanced code: the message is fine, the tenant
-			// set-up is not.
-			enh = smtp.EnhancedCode{4, 7, 0}
-			text = "Exchange Online refused the bridge's login for this mailbox (" + text + "), try again later"
-		} else {
-			text = "Exchange Online: " + text
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: enh, Message: bound(text)}
-	}
-	enh := ue.Enhanced
-	if enh[0] != 5 {
-		enh = smtp.EnhancedCode{5, 0, 0}
-	}
-	code := ue.Code
-	if code/100 != 5 {
-		code = 554
-	}
-	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: bound("Exchange Online: " + text)}
+// replyOf is a reply in the one form logs and the audit log keep.
+func replyOf(r *smtp.SMTPError) string {
+	return message.Reply{Code: r.Code, Enhanced: [3]int(r.EnhancedCode), Text: r.Message}.String()
 }
 
-// cleanText makes a remote reply text safe to log and to repeat to a
-// device: printable ASCII on one line.
-func cleanText(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return ' '
-		}
-		return r
-	}, s)
-	return strings.Join(strings.Fields(s), " ")
-}
-
-// bound keeps a reply line short enough for any device to show.
-func bound(s string) string {
-	if len(s) > 300 {
-		return s[:297] + "..."
-	}
-	return s
-}
+// greeting is a refusal as the line that replaces the 220 greeting.
+func greeting(r *smtp.SMTPError) []byte { return []byte(fmt.Sprintf("%s\r\n", replyOf(r))) }

@@ -4,22 +4,12 @@ import (
 	"bytes"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 )
 
 // SASL mechanisms offered to devices.
 const (
 	mechPlain = "PLAIN"
 	mechLogin = "LOGIN"
-)
-
-var (
-	errAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-		Message: "Authentication credentials invalid"}
-	errAuthMalformed = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message: "Malformed authentication response"}
-	errAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-		Message: "Temporary authentication failure, try again later"}
 )
 
 // loginFunc checks a username and password. It returns nil on success or

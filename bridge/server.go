@@ -16,9 +16,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/audit"
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
-	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // Observer is told about connections and logins; metrics and the status
@@ -42,20 +41,58 @@ func (nopObserver) ConnectionClosed(string)                                {}
 func (nopObserver) ConnectionRefused(string, string)                       {}
 func (nopObserver) AuthAttempt(string, string, string, string, netip.Addr) {}
 
+// TLSMode is how a listener speaks TLS.
+type TLSMode string
+
+// Listener TLS modes, as the config names them.
+const (
+	TLSNone     TLSMode = "none"
+	TLSStartTLS TLSMode = "starttls" // offers STARTTLS
+	TLSImplicit TLSMode = "implicit" // TLS from the first byte, port-465 style
+)
+
+// Listener is one device-facing listener.
+type Listener struct {
+	Name    string
+	Address string // host:port
+	TLS     TLSMode
+	// Certificate, MinTLSVersion (a tls.VersionTLS1x) and LegacyCiphers
+	// apply with TLS other than TLSNone.
+	Certificate   *tls.Certificate
+	MinTLSVersion uint16
+	LegacyCiphers bool
+	// AllowInsecureAuth allows AUTH before TLS.
+	AllowInsecureAuth bool
+	// Networks, if set, are the only sources the listener talks to;
+	// others get 554 5.7.1 at the greeting.
+	Networks []netip.Prefix
+	// AllowUnauthenticated lets devices without AUTH send here,
+	// recognised by their source address.
+	AllowUnauthenticated bool
+}
+
+// Limits bound what one message and one session may take.
+type Limits struct {
+	MaxMessageBytes int64
+	MaxRecipients   int
+	// CommandTimeout is the longest wait for a client's next command, or
+	// for more data during DATA; SessionTimeout the longest a session
+	// lasts (0: no limit).
+	CommandTimeout time.Duration
+	SessionTimeout time.Duration
+	// MaxErrors error replies close a session (0: no limit).
+	MaxErrors     int
+	MaxLineLength int
+}
+
 // Options configure a Server.
 type Options struct {
-	Hostname  string // greeting and Received name
-	Listeners []config.Listener
-	Limits    config.Limits
-	Directory *Directory
-	Deliverer Deliverer // sync mode, and hybrid/queue without a Spooler
-	Spooler   Spooler   // hybrid and queue mode
-	// Mode is the delivery mode of devices without their own (default
-	// hybrid); SyncTimeout is how long a hybrid session waits.
-	Mode        string
-	SyncTimeout time.Duration
-	Observer    Observer
-	Events      audit.Observer
+	Hostname string // greeting and Received name
+	Settings
+	// Deliverer takes each message the devices send.
+	Deliverer Deliverer
+	Observer  Observer
+	Events    audit.Observer
 	// Guard blocks password guessing and bounds connections; nil for one
 	// that blocks nothing and bounds nothing.
 	Guard *guard.Guard
@@ -66,11 +103,9 @@ type Options struct {
 // limits and the listeners' TLS settings. A session takes the settings
 // current at each MAIL FROM and keeps them for that message.
 type Settings struct {
-	Listeners   []config.Listener
-	Limits      config.Limits
-	Directory   *Directory
-	Mode        string
-	SyncTimeout time.Duration
+	Listeners []Listener
+	Limits    Limits
+	Directory *Directory
 }
 
 // writeTimeout bounds each reply's write to a device.
@@ -80,7 +115,6 @@ const writeTimeout = time.Minute
 type Server struct {
 	hostname  string
 	deliverer Deliverer
-	spooler   Spooler
 	observer  Observer
 	events    audit.Observer
 	guard     *guard.Guard
@@ -100,7 +134,7 @@ type Server struct {
 
 // listenerSettings is one listener's configuration, compiled.
 type listenerSettings struct {
-	config.Listener
+	Listener
 	tls         *tls.Config // nil for tls: none
 	implicitTLS bool
 }
@@ -118,15 +152,15 @@ func NewServer(o Options) (*Server, error) {
 		o.Guard = guard.New(guard.Settings{})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer, spooler: o.Spooler,
+	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer,
 		observer: o.Observer, events: o.Events, guard: o.Guard, log: o.Log, ctx: ctx, cancel: cancel}
-	st := Settings{Listeners: o.Listeners, Limits: o.Limits, Directory: o.Directory, Mode: o.Mode, SyncTimeout: o.SyncTimeout}
+	st := o.Settings
 	compiled, err := compileListeners(st.Listeners)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	s.store(st)
+	s.settings.Store(&st)
 	s.listeners = compiled
 	for _, l := range o.Listeners {
 		s.endpoints = append(s.endpoints, &endpoint{srv: s, name: l.Name, address: l.Address})
@@ -134,34 +168,17 @@ func NewServer(o Options) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) store(st Settings) {
-	lim := &st.Limits
-	if lim.CommandTimeout == 0 {
-		lim.CommandTimeout = config.DefaultCommandTimeout
-	}
-	if lim.MaxLineLength == 0 {
-		lim.MaxLineLength = config.DefaultMaxLineLength
-	}
-	if st.Mode == "" {
-		st.Mode = config.ModeHybrid
-	}
-	if st.SyncTimeout == 0 {
-		st.SyncTimeout = config.DefaultSyncTimeout
-	}
-	s.settings.Store(&st)
-}
-
 // Settings returns the settings new sessions and messages get.
 func (s *Server) Settings() *Settings { return s.settings.Load() }
 
-func compileListeners(ls []config.Listener) (map[string]listenerSettings, error) {
+func compileListeners(ls []Listener) (map[string]listenerSettings, error) {
 	out := map[string]listenerSettings{}
 	for _, l := range ls {
-		tlsCfg, err := ListenerTLS(l)
+		tlsCfg, err := listenerTLS(l)
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
-		out[l.Name] = listenerSettings{Listener: l, tls: tlsCfg, implicitTLS: l.TLS == config.TLSImplicit}
+		out[l.Name] = listenerSettings{Listener: l, tls: tlsCfg, implicitTLS: l.TLS == TLSImplicit}
 	}
 	return out, nil
 }
@@ -179,7 +196,7 @@ func (s *Server) Reload(st Settings) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.store(st)
+	s.settings.Store(&st)
 	s.listeners = compiled
 	for _, e := range s.endpoints {
 		if e.tracker == nil {
@@ -196,7 +213,7 @@ func (s *Server) Reload(st Settings) error {
 	return nil
 }
 
-func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits config.Limits) *generation {
+func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits Limits) *generation {
 	ss := smtp.NewServer(&backend{s: s, listener: e.name, ls: ls, limits: limits})
 	ss.Domain = s.hostname
 	ss.MaxMessageBytes = limits.MaxMessageBytes
@@ -211,33 +228,21 @@ func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits config.L
 	ss.WriteTimeout = writeTimeout
 	ss.AllowInsecureAuth = ls.AllowInsecureAuth
 	ss.ErrorLog = errorLog{log: s.log.With().Str("listener", e.name).Logger()}
-	if ls.TLS == config.TLSStartTLS {
+	if ls.TLS == TLSStartTLS {
 		ss.TLSConfig = ls.tls
 	}
 	return &generation{cfg: ls, limits: limits, smtp: ss, queue: newConnQueue(e.tracker.Addr()), drained: make(chan struct{})}
 }
 
-// ListenerTLS returns the TLS configuration of a listener, nil for none.
-func ListenerTLS(l config.Listener) (*tls.Config, error) {
-	if l.TLS == config.TLSNone {
+// listenerTLS returns the TLS configuration of a listener, nil for none.
+func listenerTLS(l Listener) (*tls.Config, error) {
+	if l.TLS == TLSNone {
 		return nil, nil
 	}
-	// config.Load has read the files; listeners built by hand (tests)
-	// name only the files.
-	var cert tls.Certificate
-	if l.Certificate != nil {
-		cert = *l.Certificate
-	} else {
-		var err error
-		if cert, err = tls.LoadX509KeyPair(l.CertFile, l.KeyFile); err != nil {
-			return nil, fmt.Errorf("load cert_file/key_file: %w", err)
-		}
+	if l.Certificate == nil {
+		return nil, fmt.Errorf("tls: %s needs a certificate", l.TLS)
 	}
-	minVersion, err := config.ParseTLSVersion(l.MinTLSVersion)
-	if err != nil {
-		return nil, err
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: minVersion}
+	cfg := &tls.Config{Certificates: []tls.Certificate{*l.Certificate}, MinVersion: l.MinTLSVersion}
 	if l.LegacyCiphers {
 		cfg.CipherSuites = legacySuites()
 	}
@@ -292,7 +297,7 @@ func (s *Server) Serve() {
 		ls := s.listeners[e.name]
 		e.replace(s.newGeneration(e, ls, st.Limits), s.ctx)
 		s.log.Info().Str("listener", e.name).Str("address", e.tracker.Addr().String()).
-			Str("tls", ls.TLS).Bool("allow_insecure_auth", ls.AllowInsecureAuth).
+			Str("tls", string(ls.TLS)).Bool("allow_insecure_auth", ls.AllowInsecureAuth).
 			Bool("legacy_ciphers", ls.LegacyCiphers).Msg("listening")
 		go e.serve(func(err error) {
 			s.log.Error().Err(err).Str("listener", e.name).Msg("accepting connections failed; retrying")
@@ -364,19 +369,19 @@ type backend struct {
 	s        *Server
 	listener string
 	ls       listenerSettings
-	limits   config.Limits
+	limits   Limits
 }
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	id := newID()
+	id := message.NewID()
 	remote := remoteAddr(c.Conn().RemoteAddr())
 	log := b.s.log.With().Str("conn_id", id).Str("listener", b.listener).Str("remote", remote.String()).Logger()
 	if st, ok := c.TLSConnectionState(); ok {
 		log = log.With().Str("tls", tls.VersionName(st.Version)).Str("cipher", tls.CipherSuiteName(st.CipherSuite)).Logger()
 	}
-	log.Debug().Str("helo", cleanText(c.Hostname())).Msg("session started")
+	log.Debug().Str("helo", message.CleanText(c.Hostname())).Msg("session started")
 	return &session{srv: b.s, listener: b.listener, ls: b.ls, limits: b.limits, conn: c, tc: trackedOf(c.Conn()),
-		remote: remote, connLog: log, log: log, msgLog: log, started: time.Now()}, nil
+		remote: remote, connLog: log, log: log, started: time.Now()}, nil
 }
 
 // trackedOf finds the tracked connection under any TLS; nil in tests that
@@ -397,9 +402,6 @@ func remoteAddr(a net.Addr) netip.Addr {
 	}
 	return netip.Addr{}
 }
-
-// newID returns a short random ID for connections and messages.
-func newID() string { return spool.NewID() }
 
 // errorLog sends go-smtp's own errors to the process log.
 type errorLog struct{ log zerolog.Logger }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -15,43 +16,70 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/audit"
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
+// deliverTimeout bounds how long a device waits for its message's
+// delivery (sync mode waits for Exchange; the others for the spool, and
+// hybrid for the first attempt up to sync_timeout).
+const deliverTimeout = 10 * time.Minute
+
 // session is one device connection. go-smtp calls its methods one at a
-// time; every error it returns is an *smtp.SMTPError.
+// time, except that with BDAT it runs Data in a goroutine of its own while
+// it reads the next chunk, and calls Reset from its reading goroutine when
+// a transfer is aborted (RSET, EHLO, QUIT). So the transaction is kept
+// under mu, Data works on the transaction as it was when Data began, and
+// Reset waits for a Data in progress to end. Every error a method returns
+// is an *smtp.SMTPError from reply.go.
 type session struct {
 	srv      *Server
 	listener string
 	ls       listenerSettings // the listener's settings for this connection
-	limits   config.Limits    // the limits for this connection
+	limits   Limits           // the limits for this connection
 	conn     *smtp.Conn
 	tc       *trackedConn // nil only in tests that bypass the listeners
 	remote   netip.Addr
 	connLog  zerolog.Logger // the connection's fields
-	log      zerolog.Logger // plus the device's, once logged in
 	started  time.Time
 
+	mu sync.Mutex
 	// device is who logged in. At each MAIL FROM the session looks the
 	// device up again in the current settings, so a reload's changes
-	// apply from the next message on.
+	// apply from the next message on; at RCPT and DATA it checks that
+	// the login still holds.
 	device *Device
+	log    zerolog.Logger // connLog plus the device's fields
+	tx     *transaction   // the message in progress, from MAIL FROM on
+	// The Data in progress: cancel stops its delivery, done is closed
+	// when it returns.
+	dataCancel context.CancelFunc
+	dataDone   chan struct{}
+}
 
-	// The message in progress, from MAIL FROM on.
-	st      *Settings
-	msgID   string
-	msgLog  zerolog.Logger
+// transaction is one message in progress, from MAIL FROM on. Once Data
+// began, only Data uses it.
+type transaction struct {
+	st      *Settings // the settings current at MAIL FROM
+	device  *Device
+	id      string
+	log     zerolog.Logger
 	from    string // envelope sender as the device gave it
 	to      []string
-	tooMany bool // a recipient beyond max_recipients was refused
+	tooMany bool   // a recipient beyond max_recipients was refused
+	helo    string // for the Received field
+	tls     bool
 }
 
 func (se *session) AuthMechanisms() []string { return []string{mechPlain, mechLogin} }
 
 func (se *session) Auth(mech string) (sasl.Server, error) {
-	if se.device != nil {
-		return nil, &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Already authenticated"}
+	se.mu.Lock()
+	in := se.device != nil
+	se.mu.Unlock()
+	if in {
+		return nil, errAuthAgain
 	}
 	login := func(username string, password []byte) error { return se.login(mech, username, password) }
 	switch mech {
@@ -60,8 +88,7 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 	case mechLogin:
 		return &loginServer{login: login}, nil
 	}
-	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4},
-		Message: "Unsupported authentication mechanism, use PLAIN or LOGIN"}
+	return nil, errAuthMechanism
 }
 
 // maxAuthFailures failed AUTHs close a session.
@@ -78,7 +105,7 @@ func (se *session) login(mech, username string, password []byte) error {
 
 	if g.Blocked(se.remote) {
 		se.srv.observer.AuthAttempt(se.listener, mech, "blocked", "", se.remote)
-		se.log.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", "blocked").
+		se.connLog.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", "blocked").
 			Msg("login from a blocked address refused without a password check")
 		return se.authFailed()
 	}
@@ -92,7 +119,7 @@ func (se *session) login(mech, username string, password []byte) error {
 		delay, block := g.AuthFailed(se.remote, username, shown)
 		done = done.Add(delay)
 		if block != nil {
-			se.log.Warn().Str("event", "blocked").Str("addr", block.Addr.String()).Int("failures", block.Failures).
+			se.connLog.Warn().Str("event", "blocked").Str("addr", block.Addr.String()).Int("failures", block.Failures).
 				Time("until", block.Until).Msg("too many failed logins from this address; it is blocked")
 		}
 		name := ""
@@ -100,7 +127,7 @@ func (se *session) login(mech, username string, password []byte) error {
 			name = d.Name
 		}
 		se.srv.observer.AuthAttempt(se.listener, mech, string(result), name, se.remote)
-		ev := se.log.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result))
+		ev := se.connLog.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result))
 		if result == AuthUnknownUser {
 			// An unknown "username" may be a password typed in the wrong
 			// field: log only a hint of it.
@@ -112,8 +139,11 @@ func (se *session) login(mech, username string, password []byte) error {
 		return se.authFailed()
 	}
 	se.srv.observer.AuthAttempt(se.listener, mech, string(result), dev.Name, se.remote)
+	se.mu.Lock()
 	se.setDevice(dev)
-	se.log.Info().Str("event", "auth").Str("mechanism", mech).Msg("device logged in")
+	log := se.log
+	se.mu.Unlock()
+	log.Info().Str("event", "auth").Str("mechanism", mech).Msg("device logged in")
 	return nil
 }
 
@@ -121,7 +151,7 @@ func (se *session) login(mech, username string, password []byte) error {
 // after its 535.
 func (se *session) authFailed() error {
 	if se.tc != nil && se.tc.authFailures.Add(1) >= maxAuthFailures {
-		se.log.Info().Int("failures", maxAuthFailures).Msg("closing the connection after repeated failed logins")
+		se.connLog.Info().Int("failures", maxAuthFailures).Msg("closing the connection after repeated failed logins")
 		se.tc.closeAfter()
 		return errAuthFailed
 	}
@@ -139,17 +169,29 @@ func (se *session) refuse(err error) error {
 		return err
 	}
 	if max := se.limits.MaxErrors; max > 0 && int(se.tc.errors.Add(1)) >= max {
-		se.log.Info().Int("errors", max).Msg("closing the connection after too many errors")
+		se.connLog.Info().Int("errors", max).Msg("closing the connection after too many errors")
 		se.tc.closeAfter()
 		return errTooManyErrors
 	}
 	return err
 }
 
+// setDevice records who logged in; se.mu is held.
 func (se *session) setDevice(dev *Device) {
 	se.device = dev
+	if dev == nil {
+		se.log = se.connLog
+		return
+	}
 	se.log = se.connLog.With().Str("device", dev.Name).Str("tenant", dev.Tenant).Logger()
-	se.msgLog = se.log
+}
+
+// revoke ends a login a reload took away; se.mu is held.
+func (se *session) revoke(stage string) error {
+	se.log.Info().Str("event", "rejected").Str("stage", stage).Msg("the device's settings changed since it logged in; it must log in again")
+	se.setDevice(nil)
+	se.tx = nil
+	return errReauth
 }
 
 func usernameHint(u string) string {
@@ -161,12 +203,17 @@ func usernameHint(u string) string {
 }
 
 func (se *session) Mail(from string, opts *smtp.MailOptions) error {
-	return se.refuse(se.mail(from, opts))
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return se.refuse(se.mail(from))
 }
 
-func (se *session) mail(from string, _ *smtp.MailOptions) error {
+// mail starts a transaction; se.mu is held.
+func (se *session) mail(from string) error {
 	st := se.srv.Settings()
 	switch {
+	case se.tx != nil:
+		return errNestedMail
 	case se.device == nil && se.ls.AllowUnauthenticated:
 		// A device that cannot AUTH, known by its address.
 		dev := st.Directory.ByAddress(se.remote)
@@ -177,272 +224,258 @@ func (se *session) mail(from string, _ *smtp.MailOptions) error {
 		se.setDevice(dev)
 		se.log.Info().Str("event", "auth").Str("mechanism", "none").Msg("device without AUTH recognised by its address")
 	case se.device == nil:
-		// RFC 4954 section 6: 530 5.7.0 when authentication is required.
 		se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("MAIL FROM without AUTH")
 		return errNeedAuth
 	}
-	dev := st.Directory.Lookup(se.device.Username)
-	if se.device.Unauthenticated {
-		dev = st.Directory.ByAddress(se.remote)
-	}
-	if dev == nil || !dev.sameLogin(se.device) || !dev.allowedFrom(se.remote) {
-		// A reload removed the device, changed its password or its
-		// networks: the login no longer holds.
-		se.log.Info().Str("event", "rejected").Str("stage", "mail").Msg("the device's settings changed since it logged in; it must log in again")
-		se.device = nil
-		se.log = se.connLog
-		return errReauth
+	dev := st.Directory.current(se.device, se.remote)
+	if dev == nil {
+		return se.revoke("mail")
 	}
 	se.setDevice(dev)
-	se.st = st
-	se.msgID = newID()
-	se.msgLog = se.log.With().Str("msg_id", se.msgID).Logger()
+	_, tls := se.conn.TLSConnectionState()
+	tx := &transaction{st: st, device: dev, id: message.NewID(), from: from, helo: message.CleanText(se.conn.Hostname()), tls: tls}
+	tx.log = se.log.With().Str("msg_id", tx.id).Logger()
 	if !se.srv.guard.AllowMessage(dev.Name, dev.MaxPerHour) {
-		se.reject("mail", errDeviceRate, audit.ReasonRate, fmt.Sprintf("more than %d messages in an hour", dev.MaxPerHour))
+		se.reject(tx, "mail", errDeviceRate, audit.ReasonRate, fmt.Sprintf("more than %d messages in an hour", dev.MaxPerHour))
 		return errDeviceRate
 	}
-	if dev.FromPolicy == config.FromEnforce {
+	if dev.EnforceFrom {
 		a, err := mailaddr.Parse(from)
 		if err != nil {
-			se.reject("mail", errSenderSyntax, audit.ReasonPolicy, "sender "+from)
+			se.reject(tx, "mail", errSenderSyntax, audit.ReasonPolicy, "sender "+from)
 			return errSenderSyntax
 		}
 		if !dev.senderAllowed(a) {
-			se.reject("mail", errSenderNotAllowed, audit.ReasonPolicy, "sender "+from)
+			se.reject(tx, "mail", errSenderNotAllowed, audit.ReasonPolicy, "sender "+from)
 			return errSenderNotAllowed
 		}
 	}
-	se.from = from
+	se.tx = tx
 	return nil
 }
 
 func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	return se.refuse(se.rcpt(to, opts))
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return se.refuse(se.rcpt(to))
 }
 
-func (se *session) rcpt(to string, _ *smtp.RcptOptions) error {
-	if max := se.st.Limits.MaxRecipients; max > 0 && len(se.to) >= max {
-		if !se.tooMany {
+// rcpt adds a recipient; se.mu is held.
+func (se *session) rcpt(to string) error {
+	tx, err := se.transaction("rcpt")
+	if err != nil {
+		return err
+	}
+	if max := tx.st.Limits.MaxRecipients; max > 0 && len(tx.to) >= max {
+		if !tx.tooMany {
 			// Counted once per message, not once per refused address.
-			se.tooMany = true
-			se.reject("rcpt", errTooManyRecipients, audit.ReasonRecipients, fmt.Sprintf("more than %d recipients", max))
+			tx.tooMany = true
+			se.reject(tx, "rcpt", errTooManyRecipients, audit.ReasonRecipients, fmt.Sprintf("more than %d recipients", max))
 		}
 		return errTooManyRecipients
 	}
 	a, err := mailaddr.Parse(to)
 	if err != nil {
-		se.reject("rcpt", errRecipientSyntax, audit.ReasonPolicy, "recipient "+to)
+		se.reject(tx, "rcpt", errRecipientSyntax, audit.ReasonPolicy, "recipient "+to)
 		return errRecipientSyntax
 	}
-	if !se.device.recipientAllowed(a) {
-		se.reject("rcpt", errRecipientNotAllowed, audit.ReasonPolicy, "recipient "+to)
-		return errRecipientNotAllowed
+	if !tx.device.RecipientAllowed(a) {
+		se.reject(tx, "rcpt", errRcptNotAllowed, audit.ReasonPolicy, "recipient "+to)
+		return errRcptNotAllowed
 	}
-	se.to = append(se.to, a.String())
+	tx.to = append(tx.to, a.String())
 	return nil
 }
 
-func (se *session) Data(r io.Reader) error {
-	return se.refuse(se.data(r))
+// transaction returns the transaction in progress, if the login it was
+// started with still holds; se.mu is held.
+func (se *session) transaction(stage string) (*transaction, error) {
+	if se.device == nil {
+		return nil, errNeedAuth
+	}
+	if se.srv.Settings().Directory.current(se.device, se.remote) == nil {
+		return nil, se.revoke(stage)
+	}
+	if se.tx == nil {
+		// go-smtp only passes RCPT and DATA on within a transaction, and
+		// every transaction here starts with one.
+		return nil, errNeedAuth
+	}
+	return se.tx, nil
 }
 
-func (se *session) data(r io.Reader) error {
-	start := time.Now()
-	dev := se.device
-	h, body, err := readHeader(r)
+func (se *session) Data(r io.Reader) error {
+	se.mu.Lock()
+	tx, err := se.transaction("data")
+	ctx, cancel := context.WithTimeout(se.srv.ctx, deliverTimeout)
+	done := make(chan struct{})
+	se.dataCancel, se.dataDone = cancel, done
+	se.mu.Unlock()
+	defer func() {
+		cancel()
+		close(done)
+	}()
+	if _, bdat := r.(*io.PipeReader); !bdat && se.tc != nil {
+		// DATA reads the connection itself; BDAT's chunks are read by
+		// go-smtp under each chunk's command deadline.
+		se.tc.beginData(se.limits.CommandTimeout, se.limits.MaxMessageBytes+maxDiscard(se.limits.MaxMessageBytes))
+	}
+	if err != nil {
+		return se.refuse(err)
+	}
+	err = se.data(ctx, tx, &deviceReader{r: r})
+	if se.tc != nil && se.tc.dataTimedOut.Load() {
+		// RFC 5321 section 4.5.3.2.6: a server that times out waiting
+		// for data closes the connection.
+		tx.log.Info().Dur("command_timeout", se.limits.CommandTimeout).Msg("the device stopped sending in the middle of DATA; closing the connection")
+		return errDataTimeout
+	}
+	return se.refuse(err)
+}
+
+// maxDiscard bounds what the bridge reads and throws away after a message
+// went over the size limit, before it answers 552 and closes instead.
+func maxDiscard(limit int64) int64 { return max(limit, 32<<20) }
+
+// data hands the message on and makes the device's reply.
+func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error {
+	dev := tx.device
+	h, body, err := header.Read(r)
 	if err != nil {
 		reply, reason := errBadHeader, audit.ReasonMalformed
-		var sme *smtp.SMTPError
 		switch {
-		case errors.As(err, &sme) && sme.Code == smtp.ErrDataTooLarge.Code:
-			reply, reason = errTooLarge, audit.ReasonSize
-		case errors.Is(err, errHeaderTooLarge):
+		case errors.Is(err, header.ErrTooLarge):
 			reply, reason = errHeaderTooBig, audit.ReasonSize
-		case errors.Is(err, smtp.ErrTooLongLine):
-			reply, reason = errLineTooLong, audit.ReasonSize
-		case !errors.Is(err, errMalformedHeader):
-			se.msgLog.Warn().Err(err).Msg("reading the message from the device failed")
-			return errInternal
+		case errors.Is(err, message.ErrTooLarge), errors.Is(err, message.ErrLineTooLong):
+			reply, reason = deliveryReply(&message.Error{Stage: message.StageSource, Err: err}), audit.ReasonSize
+		case !errors.Is(err, header.ErrMalformed):
+			tx.log.Warn().Err(err).Msg("reading the message from the device failed")
+			return deliveryReply(err)
 		}
-		se.reject("data", reply, reason, "")
+		se.reject(tx, "data", reply, reason, "")
 		return reply
 	}
 
 	envelopeFrom := dev.Mailbox.String()
-	if dev.FromPolicy == config.FromEnforce {
-		envelopeFrom = se.from
-		f, i := h.get("from")
+	if dev.EnforceFrom {
+		envelopeFrom = tx.from
+		f, i := h.Get("from")
 		if i < 0 {
-			h.fields = append(h.fields, formatField("From", mailAddress(dev.Mailbox)))
-		} else if addrs, ok := fromAddresses(f.value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.senderAllowed(a) }) {
-			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "header From "+cleanText(f.value()))
-			return errHeaderFromNotAllowed
+			h.Fields = append(h.Fields, formatField("From", mailAddress(dev.Mailbox)))
+		} else if addrs, ok := fromAddresses(f.Value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.senderAllowed(a) }) {
+			se.reject(tx, "data", errHeaderFromDenied, audit.ReasonPolicy, "header From "+message.CleanText(f.Value()))
+			return errHeaderFromDenied
 		}
-		if len(h.all("from")) > 1 {
+		if len(h.All("from")) > 1 {
 			// A second From field would be an author the policy did not
 			// check (RFC 5322 section 3.6 allows one).
-			se.reject("data", errHeaderFromNotAllowed, audit.ReasonPolicy, "more than one From field")
-			return errHeaderFromNotAllowed
+			se.reject(tx, "data", errHeaderFromDenied, audit.ReasonPolicy, "more than one From field")
+			return errHeaderFromDenied
 		}
 	} else {
 		orig, had := rewriteFrom(h, dev.Mailbox)
 		if had && !orig.Equal(dev.Mailbox) {
-			se.msgLog.Debug().Str("original_from", orig.String()).Msg("From rewritten to the mailbox")
+			tx.log.Debug().Str("original_from", orig.String()).Msg("From rewritten to the mailbox")
 		}
 	}
-	h.prepend("Received", se.received())
+	h.Prepend("Received", se.received(tx))
 
-	mode := dev.Mode
-	if mode == "" {
-		mode = se.st.Mode
+	msg := &message.Message{
+		ID: tx.id, Device: dev.Name, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
+		From: envelopeFrom, To: tx.to, Mode: dev.Mode,
+		Body: io.MultiReader(bytes.NewReader(h.Bytes()), body),
 	}
-	counted := &countingReader{r: io.MultiReader(bytes.NewReader(h.bytes()), body)}
-	msg := &Message{
-		ID: se.msgID, Device: dev, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
-		From: envelopeFrom, To: se.to, Body: counted, Mode: mode,
-	}
-	if mode == config.ModeSync || se.srv.spooler == nil {
-		ctx, cancel := context.WithTimeout(se.srv.ctx, upstreamTimeout)
-		defer cancel()
-		receipt, err := se.srv.deliverer.Deliver(ctx, msg)
-		return se.syncOutcome(msg, start, counted.n, receipt, err)
-	}
-
-	// The queue logs the message's events from here on: received, then
-	// each attempt's outcome.
-	pending, err := se.srv.spooler.Spool(msg, mode == config.ModeHybrid)
+	receipt, err := se.srv.deliverer.Deliver(ctx, msg)
 	if err != nil {
-		return se.notTaken(msg, counted.n, err)
+		return se.notDelivered(tx, err)
 	}
-	if mode == config.ModeHybrid {
-		receipt, err, done := pending.Wait(se.st.SyncTimeout)
-		if done && err == nil {
-			return delivered(se.msgID, receipt)
+	return accepted(tx.id, receipt)
+}
+
+// notDelivered makes the device's reply for a message that was not
+// delivered, and reports what the delivery side does not: a message the
+// bridge could not take at all.
+func (se *session) notDelivered(tx *transaction, err error) error {
+	reply := deliveryReply(err)
+	switch message.StageOf(err) {
+	case message.StageSource:
+		if reply.Code/100 == 5 {
+			// Too large, or a line too long.
+			se.reject(tx, "data", reply, audit.ReasonSize, "")
+		} else {
+			tx.log.Warn().Err(err).Int("reply_code", reply.Code).Msg("the message did not arrive completely; nothing was kept")
 		}
-		if done && Permanent(err) {
-			return replyFor(err)
-		}
-	}
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK " + se.msgID + " queued"}
-}
-
-// event describes the message in progress.
-func (se *session) event(k audit.Kind, m *Message, size int64) audit.Event {
-	ev := se.baseEvent(k)
-	ev.From, ev.Size, ev.Mode = m.From, size, m.Mode
-	return ev
-}
-
-// baseEvent describes the device's message in progress, as far as the
-// session has it.
-func (se *session) baseEvent(k audit.Kind) audit.Event {
-	return audit.Event{Kind: k, MsgID: se.msgID, Device: se.device.Name, Tenant: se.device.Tenant,
-		Mailbox: se.device.Mailbox.String(), Rcpts: len(se.to)}
-}
-
-// syncOutcome reports a sync-mode delivery and makes the device's reply:
-// Exchange's acceptance or refusal, or a 451 the device retries on.
-func (se *session) syncOutcome(m *Message, start time.Time, size int64, receipt Receipt, err error) error {
-	var src *SourceError
-	if errors.As(err, &src) {
-		return se.notTaken(m, size, err)
-	}
-	took := time.Since(start)
-	switch {
-	case err == nil:
-		se.srv.events.Observe(se.event(audit.Received, m, size))
-		ev := se.event(audit.Delivered, m, size)
-		ev.Reply, ev.UpstreamID, ev.Accepted, ev.Duration = "250 "+receipt.Reply, receipt.QueueID, start, took
+	case message.StageSpool:
+		tx.log.Error().Err(err).Msg("the spool could not store the message; the device was told to try again")
+		ev := se.event(tx, audit.Deferred)
+		ev.Reply, ev.RetryBy, ev.Err = replyOf(reply), audit.RetryByDevice, err
 		se.srv.events.Observe(ev)
-		return delivered(se.msgID, receipt)
-	case Permanent(err):
-		se.srv.events.Observe(se.event(audit.Received, m, size))
-		ev := se.event(audit.Bounced, m, size)
-		ev.Reply, ev.Reason, ev.Err, ev.Duration = ReplyOf(err), audit.ReasonPermanent, err, took
-		se.srv.events.Observe(ev)
-		return replyFor(err)
-	}
-	reply := replyFor(err)
-	ev := se.event(audit.Deferred, m, size)
-	ev.Reply, ev.RetryBy, ev.Err, ev.Duration, ev.SetupProblem = enhanced(reply), audit.RetryByDevice, err, took, SetupProblem(err)
-	se.srv.events.Observe(ev)
-	return reply
-}
-
-// notTaken handles a message the bridge could not take: the device's data
-// could not be read, or the spool could not store it.
-func (se *session) notTaken(m *Message, size int64, err error) error {
-	reply := replyFor(err)
-	var (
-		src *SourceError
-		ste *StorageError
-	)
-	switch {
-	case errors.As(err, &src) && reply.Code/100 == 5:
-		// Too large, or a line too long.
-		se.reject("data", reply, audit.ReasonSize, "")
-	case errors.As(err, &ste):
-		se.msgLog.Error().Err(err).Msg("the spool could not store the message; the device was told to try again")
-		ev := se.event(audit.Deferred, m, size)
-		ev.Reply, ev.RetryBy, ev.Err = enhanced(reply)+" "+reply.Message, audit.RetryByDevice, err
-		se.srv.events.Observe(ev)
-	default:
-		se.msgLog.Warn().Err(err).Int("reply_code", reply.Code).Msg("the message did not arrive completely; nothing was kept")
 	}
 	return reply
 }
 
-// delivered is the device's reply for a message Exchange took.
-func delivered(msgID string, receipt Receipt) error {
-	text := "OK " + msgID + " delivered"
-	if receipt.QueueID != "" {
-		text += " as <" + receipt.QueueID + ">"
-	}
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: cleanText(text)}
+// event describes the device's message in progress.
+func (se *session) event(tx *transaction, k audit.Kind) audit.Event {
+	return audit.Event{Kind: k, MsgID: tx.id, Device: tx.device.Name, Tenant: tx.device.Tenant,
+		Mailbox: tx.device.Mailbox.String(), Rcpts: len(tx.to), Mode: tx.device.Mode}
 }
 
-func (se *session) received() string {
+func (se *session) received(tx *transaction) string {
 	proto := "ESMTPA"
-	if _, ok := se.conn.TLSConnectionState(); ok {
+	if tx.tls {
 		proto = "ESMTPSA"
 	}
-	helo := cleanText(se.conn.Hostname())
+	helo := tx.helo
 	if len(helo) > 64 {
 		helo = helo[:64]
 	}
 	return fmt.Sprintf("from %s ([%s])\r\n\tby %s (smtpbridge) with %s id %s;\r\n\t%s",
-		helo, se.remote, se.srv.hostname, proto, se.msgID, time.Now().Format(time.RFC1123Z))
+		helo, se.remote, se.srv.hostname, proto, tx.id, time.Now().Format(time.RFC1123Z))
 }
 
 // reject reports a refusal of the bridge's own: the message, a sender or a
 // recipient against the device's policy or the limits.
-func (se *session) reject(stage string, reply *smtp.SMTPError, reason, detail string) {
-	ev := se.baseEvent(audit.Rejected)
-	ev.Stage, ev.Reason, ev.Reply, ev.Detail = stage, reason, enhanced(reply)+" "+reply.Message, cleanText(detail)
+func (se *session) reject(tx *transaction, stage string, reply *smtp.SMTPError, reason, detail string) {
+	ev := se.event(tx, audit.Rejected)
+	ev.Mode = ""
+	ev.Stage, ev.Reason, ev.Reply, ev.Detail = stage, reason, replyOf(reply), message.CleanText(detail)
 	se.srv.events.Observe(ev)
 }
 
-func enhanced(r *smtp.SMTPError) string {
-	return fmt.Sprintf("%d %d.%d.%d", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2])
-}
-
+// Reset ends the transaction. A BDAT transfer it aborts is stopped, and
+// its Data waited for, first.
 func (se *session) Reset() {
-	se.from, se.to, se.msgID, se.tooMany, se.st = "", nil, "", false, nil
-	se.msgLog = se.log
+	se.mu.Lock()
+	cancel, done := se.dataCancel, se.dataDone
+	se.dataCancel, se.dataDone = nil, nil
+	se.mu.Unlock()
+	if done != nil {
+		cancel()
+		<-done
+	}
+	se.mu.Lock()
+	se.tx = nil
+	se.mu.Unlock()
 }
 
 func (se *session) Logout() error {
-	se.log.Debug().Dur("duration_ms", time.Since(se.started)).Msg("connection closed")
+	se.connLog.Debug().Dur("duration_ms", time.Since(se.started)).Msg("connection closed")
 	return nil
 }
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
+// deviceReader is the message as the device sends it. It turns go-smtp's
+// size and line limit errors into message's, so that every stage of the
+// path can tell them apart.
+type deviceReader struct{ r io.Reader }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
+func (d *deviceReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	switch {
+	case err == nil, err == io.EOF:
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		err = message.ErrTooLarge
+	case errors.Is(err, smtp.ErrTooLongLine):
+		err = message.ErrLineTooLong
+	}
 	return n, err
 }

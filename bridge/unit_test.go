@@ -2,62 +2,51 @@ package bridge
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
-	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
-func TestReplyFor(t *testing.T) {
-	up := func(stage string, code int, enh smtp.EnhancedCode, temp bool) error {
-		return fmt.Errorf("deliver: %w", &UpstreamError{Host: "h:587", Stage: stage, Code: code, Enhanced: enh, Message: "text from exchange", Temporary: temp})
+// TestReplies checks every reply the bridge gives on its own: a code and
+// an enhanced code of the same class (RFC 3463), and a text.
+func TestReplies(t *testing.T) {
+	for _, r := range []*smtp.SMTPError{
+		replyNetwork, replyBlocked, replyLimit, replyLimitIP,
+		errAuthFailed, errAuthMalformed, errAuthAgain, errAuthMechanism,
+		errNeedAuth, errReauth, errNestedMail, errTooManyRecipients, errDeviceRate, errTooManyErrors, errDataTimeout,
+		errSenderNotAllowed, errHeaderFromDenied, errRcptNotAllowed, errRecipientSyntax, errSenderSyntax,
+		errHeaderTooBig, errBadHeader,
+	} {
+		if r.Code/100 != r.EnhancedCode[0] || r.Code < 400 || r.Message == "" {
+			t.Errorf("malformed reply %s", replyOf(r))
+		}
 	}
-	network := func(stage string) error {
-		return &UpstreamError{Host: "h:587", Stage: stage, Err: errors.New("dial tcp: secret-ish internal detail"), Temporary: true}
+	if got := string(greeting(replyLimitIP)); got != "421 4.7.0 Too many connections from your address; try again later\r\n" {
+		t.Errorf("greeting %q", got)
 	}
-	tests := []struct {
-		name string
-		err  error
-		want string // "code x.y.z"
+	for _, tc := range []struct {
+		r    message.Receipt
+		want string
 	}{
-		{"SendAsDenied passes through", up(StageData, 554, smtp.EnhancedCode{5, 2, 252}, false), "554 5.2.252"},
-		{"5.7.60 at MAIL passes through", up(StageMail, 550, smtp.EnhancedCode{5, 7, 60}, false), "550 5.7.60"},
-		{"size passes through", up(StageData, 552, smtp.EnhancedCode{5, 3, 4}, false), "552 5.3.4"},
-		{"5xx without enhanced code", up(StageRcpt, 550, smtp.NoEnhancedCode, false), "550 5.0.0"},
-		{"535 5.7.3 is the tenant's problem", up(StageAuth, 535, smtp.EnhancedCode{5, 7, 3}, true), "451 4.7.0"},
-		{"535 5.7.139", up(StageAuth, 535, smtp.EnhancedCode{5, 7, 139}, true), "451 4.7.0"},
-		{"530 5.7.57 at MAIL", up(StageMail, 530, smtp.EnhancedCode{5, 7, 57}, true), "451 4.7.0"},
-		{"432 4.3.2 keeps its enhanced code", up(StageMail, 432, smtp.EnhancedCode{4, 3, 2}, true), "451 4.3.2"},
-		{"421 4.7.66", up(StageAuth, 421, smtp.EnhancedCode{4, 7, 66}, true), "451 4.7.66"},
-		{"451 4.7.0", up(StageData, 451, smtp.EnhancedCode{4, 7, 0}, true), "451 4.7.0"},
-		{"connect", network(StageConnect), "451 4.4.1"},
-		{"starttls", network(StageStartTLS), "451 4.7.5"},
-		{"no XOAUTH2", network(StageAuth), "451 4.7.0"},
-		{"dropped", network(StageData), "451 4.4.2"},
-		{"token", fmt.Errorf("token: %w", &tokenstore.Error{Tenant: "t", AADSTS: 7000215}), "451 4.7.0"},
-		{"device too large", &SourceError{Err: smtp.ErrDataTooLarge}, "552 5.3.4"},
-		{"line too long", &SourceError{Err: smtp.ErrTooLongLine}, "554 5.6.0"},
-		{"device went away", &SourceError{Err: io.ErrUnexpectedEOF}, "451 4.3.0"},
-		{"anything else", errors.New("boom: internal"), "451 4.3.0"},
-		{"cancelled", context.Canceled, "451 4.3.0"},
+		{message.Receipt{Queued: true}, "250 2.0.0 OK id1 queued"},
+		{message.Receipt{UpstreamID: "X1@prod.outlook.com"}, "250 2.0.0 OK id1 delivered as <X1@prod.outlook.com>"},
+		{message.Receipt{}, "250 2.0.0 OK id1 delivered"},
+	} {
+		if got := replyOf(accepted("id1", tc.r)); got != tc.want {
+			t.Errorf("accepted(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			r := replyFor(tc.err)
-			if got := enhanced(r); got != tc.want {
-				t.Errorf("replyFor = %s %q, want %s", got, r.Message, tc.want)
-			}
-			if strings.Contains(r.Message, "internal") {
-				t.Errorf("reply leaks the internal error: %q", r.Message)
-			}
-		})
+	// A delivery failure's reply comes from message.ReplyFor, whole.
+	r := deliveryReply(&message.Error{Stage: message.StageSpool, Err: errors.New("disk full")})
+	if replyOf(r) != message.ReplyFor(&message.Error{Stage: message.StageSpool}).String() {
+		t.Errorf("deliveryReply = %s", replyOf(r))
 	}
 }
 
@@ -133,12 +122,12 @@ func TestReadHeaderAndRewrite(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h, body, err := readHeader(strings.NewReader(tc.in))
+			h, body, err := header.Read(strings.NewReader(tc.in))
 			if err != nil {
 				t.Fatal(err)
 			}
 			rewriteFrom(h, mbox)
-			out := string(h.bytes())
+			out := string(h.Bytes())
 			rest, _ := io.ReadAll(body)
 			if string(rest) != tc.keepBody {
 				t.Errorf("body = %q, want %q", rest, tc.keepBody)
@@ -180,23 +169,6 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func TestReadHeaderLimits(t *testing.T) {
-	huge := "X-Long: " + strings.Repeat("a", maxHeaderBytes) + "\r\n\r\nbody"
-	if _, _, err := readHeader(strings.NewReader(huge)); !errors.Is(err, errHeaderTooLarge) {
-		t.Errorf("err = %v, want errHeaderTooLarge", err)
-	}
-	if _, _, err := readHeader(strings.NewReader(" continuation first\r\n\r\n")); !errors.Is(err, errMalformedHeader) {
-		t.Errorf("err = %v, want errMalformedHeader", err)
-	}
-	h, body, err := readHeader(strings.NewReader("Subject: only headers"))
-	if err != nil || len(h.fields) != 1 {
-		t.Fatalf("h=%v err=%v", h, err)
-	}
-	if rest, _ := io.ReadAll(body); len(rest) != 0 {
-		t.Errorf("body %q", rest)
-	}
 }
 
 func TestSASLServers(t *testing.T) {
@@ -286,26 +258,26 @@ func FuzzRewriteHeader(f *testing.F) {
 	f.Add("")
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
 	f.Fuzz(func(t *testing.T, in string) {
-		h, body, err := readHeader(strings.NewReader(in))
+		h, body, err := header.Read(strings.NewReader(in))
 		if err != nil {
 			return
 		}
 		rewriteFrom(h, mbox)
-		out := h.bytes()
+		out := h.Bytes()
 		rest, _ := io.ReadAll(body)
 		if !strings.HasSuffix(in, string(rest)) {
 			t.Fatalf("body %q is not the tail of the input", rest)
 		}
 		froms := 0
-		for _, fl := range h.fields {
-			if fl.name == "from" {
+		for _, fl := range h.Fields {
+			if fl.Name == "from" {
 				froms++
-				_, a, ok := parseFrom(fl.value())
+				_, a, ok := parseFrom(fl.Value())
 				if !ok || !a.Equal(mbox) {
-					t.Fatalf("From field %q does not parse to the mailbox", fl.raw)
+					t.Fatalf("From field %q does not parse to the mailbox", fl.Raw)
 				}
-				if bytes.Count(fl.raw, []byte("\n")) != 1 {
-					t.Fatalf("From field spans lines: %q", fl.raw)
+				if bytes.Count(fl.Raw, []byte("\n")) != 1 {
+					t.Fatalf("From field spans lines: %q", fl.Raw)
 				}
 			}
 		}

@@ -5,12 +5,24 @@
 // (client secrets, certificates) and reports every problem it finds at once,
 // each with the key, its line and how to fix it. It never prints a secret:
 // secret values are held in types whose String and Format redact them.
+//
+// What Load returns is compiled: besides the values as written, every
+// address, pattern, network, password hash, TLS version and credential is
+// parsed once, here, into the fields marked yaml:"-", and every default is
+// applied (this package holds them all). Only package main reads a Config:
+// it hands each part of the bridge a small settings type of that part's
+// own, so that no other package depends on the file's layout.
 package config
 
 import (
 	"crypto/tls"
 	"net/netip"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // Config is the whole configuration file.
@@ -57,6 +69,8 @@ type Listener struct {
 	// Certificate is cert_file and key_file, loaded by Load; nil for
 	// tls: none.
 	Certificate *tls.Certificate `yaml:"-"`
+	// MinVersion is MinTLSVersion parsed (a tls.VersionTLS1x).
+	MinVersion uint16 `yaml:"-"`
 }
 
 // Listener TLS modes.
@@ -68,16 +82,16 @@ const (
 
 // Tenant is one Entra ID app registration in one Microsoft 365 tenant.
 type Tenant struct {
-	Name             string `yaml:"name"`
-	TenantID         string `yaml:"tenant_id"`
-	ClientID         string `yaml:"client_id"`
-	ClientSecret     Secret `yaml:"client_secret"`
-	ClientSecretFile string `yaml:"client_secret_file"`
+	Name             string        `yaml:"name"`
+	TenantID         string        `yaml:"tenant_id"`
+	ClientID         string        `yaml:"client_id"`
+	ClientSecret     secret.String `yaml:"client_secret"`
+	ClientSecretFile string        `yaml:"client_secret_file"`
 	// ClientSecretExpires is the secret's expiry date as Entra shows it
 	// (YYYY-MM-DD), for warnings and the credential expiry metric.
-	ClientSecretExpires string `yaml:"client_secret_expires"`
-	CertificateFile     string `yaml:"certificate_file"`
-	CertificatePassword Secret `yaml:"certificate_password"`
+	ClientSecretExpires string        `yaml:"client_secret_expires"`
+	CertificateFile     string        `yaml:"certificate_file"`
+	CertificatePassword secret.String `yaml:"certificate_password"`
 	// CertificatePasswordFile holds certificate_password, for secrets
 	// kept out of the config file.
 	CertificatePasswordFile string `yaml:"certificate_password_file"`
@@ -90,7 +104,7 @@ type Tenant struct {
 	MaxMessagesPerMinute     int `yaml:"max_messages_per_minute"`
 
 	// Credential is the secret or certificate, read and checked by Load.
-	Credential Credential `yaml:"-"`
+	Credential secret.Credential `yaml:"-"`
 	// SecretExpires is ClientSecretExpires parsed (end of that day, UTC).
 	SecretExpires time.Time `yaml:"-"`
 }
@@ -130,6 +144,23 @@ type Device struct {
 	// that a stolen device password does not become a spam run. Zero: no
 	// bound.
 	MaxMessagesPerHour int `yaml:"max_messages_per_hour"`
+
+	// Parsed is the device as Load parsed it.
+	Parsed ParsedDevice `yaml:"-"`
+}
+
+// ParsedDevice is a device's settings parsed, with the global delivery
+// settings applied.
+type ParsedDevice struct {
+	// PasswordHash is password_hash parsed; nil for auth: none.
+	PasswordHash      passwd.Hash
+	Mailbox           mailaddr.Address
+	AllowedFrom       mailaddr.Patterns
+	AllowedRecipients mailaddr.Patterns
+	Networks          []netip.Prefix
+	// Mode and BounceTo are the device's own delivery.mode and
+	// delivery.bounce_to, or the global ones.
+	Mode, BounceTo string
 }
 
 // Device authentication.
@@ -162,15 +193,11 @@ type Delivery struct {
 	BounceTo string `yaml:"bounce_to"`
 }
 
-// Delivery modes.
+// Delivery modes, as message defines them.
 const (
-	// ModeHybrid spools the message, then waits up to sync_timeout for
-	// Exchange: the device gets Exchange's 250 or 5xx, or "queued".
-	ModeHybrid = "hybrid"
-	// ModeQueue answers 250 as soon as the message is on disk.
-	ModeQueue = "queue"
-	// ModeSync relays while the device waits, with no spool.
-	ModeSync = "sync"
+	ModeHybrid = message.ModeHybrid
+	ModeQueue  = message.ModeQueue
+	ModeSync   = message.ModeSync
 )
 
 // Sender policies.
@@ -375,15 +402,12 @@ func (c *Config) Tenant(name string) *Tenant {
 	return nil
 }
 
-// DeliveryFor returns the delivery mode and bounce address for a device,
-// with its overrides applied.
-func (c *Config) DeliveryFor(d *Device) (mode, bounceTo string) {
-	mode, bounceTo = c.Delivery.Mode, c.Delivery.BounceTo
-	if d.Delivery.Mode != "" {
-		mode = d.Delivery.Mode
+// Device returns the device with the given name, or nil.
+func (c *Config) Device(name string) *Device {
+	for i := range c.Devices {
+		if c.Devices[i].Name == name {
+			return &c.Devices[i]
+		}
 	}
-	if d.Delivery.BounceTo != "" {
-		bounceTo = d.Delivery.BounceTo
-	}
-	return mode, bounceTo
+	return nil
 }

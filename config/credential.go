@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 )
 
 // loadCredential checks that exactly one credential is configured, reads
@@ -45,13 +47,13 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 				return
 			}
 			l.checkSecretFile(k+".certificate_password_file", t.CertificatePasswordFile)
-			t.CertificatePassword = Secret(strings.TrimRight(string(data), "\r\n"))
+			t.CertificatePassword = secret.String(strings.TrimRight(string(data), "\r\n"))
 		}
 	}
 	l.checkSecretExpiry(k, t)
 	switch {
 	case t.ClientSecret != "":
-		t.Credential = NewSecretCredential(t.ClientSecret.Value())
+		t.Credential = secret.NewClientSecret(t.ClientSecret.Value())
 	case t.ClientSecretFile != "":
 		t.ClientSecretFile = l.path(t.ClientSecretFile)
 		data, err := os.ReadFile(t.ClientSecretFile)
@@ -60,12 +62,12 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			return
 		}
 		l.checkSecretFile(k+".client_secret_file", t.ClientSecretFile)
-		secret := strings.TrimRight(string(data), "\r\n")
-		if strings.TrimSpace(secret) == "" {
+		value := strings.TrimRight(string(data), "\r\n")
+		if strings.TrimSpace(value) == "" {
 			l.errorf(k+".client_secret_file", "%s is empty", t.ClientSecretFile)
 			return
 		}
-		t.Credential = NewSecretCredential(secret)
+		t.Credential = secret.NewClientSecret(value)
 	default:
 		t.CertificateFile = l.path(t.CertificateFile)
 		data, err := os.ReadFile(t.CertificateFile)
@@ -79,7 +81,7 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			l.errorf(k+".certificate_file", "%v", err)
 			return
 		}
-		t.Credential = NewCertCredential(certs, key)
+		t.Credential = secret.NewCertificate(certs, key)
 		switch exp := certs[0].NotAfter; {
 		case now().After(exp):
 			l.errorf(k+".certificate_file", "the certificate expired on %s; create a new one and upload it to the app registration (Certificates & secrets)",

@@ -72,8 +72,10 @@ func (l *loader) validateListeners(c *Config) {
 		default:
 			l.errorf(k+".tls", "%q is not one of none, starttls, implicit", ls.TLS)
 		}
-		if _, err := ParseTLSVersion(ls.MinTLSVersion); err != nil {
+		if v, err := ParseTLSVersion(ls.MinTLSVersion); err != nil {
 			l.errorf(k+".min_tls_version", "%v", err)
+		} else {
+			ls.MinVersion = v
 		}
 		ls.Networks = l.networks(k+".allowed_networks", ls.AllowedNetworks)
 		l.checkExposure(k, ls)
@@ -260,20 +262,25 @@ func (l *loader) validateDevices(c *Config) {
 		default:
 			l.errorf(k+".auth", "%q is not one of password, none", d.Auth)
 		}
+		p := &d.Parsed
 		if d.Auth == AuthNone {
 			l.checkUnauthenticated(c, k, d)
 		} else if d.PasswordHash == "" {
 			l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
-		} else if _, err := passwd.Parse(d.PasswordHash); err != nil {
+		} else if h, err := passwd.Parse(d.PasswordHash); err != nil {
 			l.errorf(k+".password_hash", "%v; create one with `smtpbridge hash-password` (never put the password itself here)", err)
+		} else {
+			p.PasswordHash = h
 		}
 		if d.Tenant == "" {
 			l.errorf(k+".tenant", "required: the name of one of the tenants")
 		} else if c.Tenant(d.Tenant) == nil {
 			l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
 		}
-		if _, err := mailaddr.Parse(d.Mailbox); err != nil {
+		if a, err := mailaddr.Parse(d.Mailbox); err != nil {
 			l.errorf(k+".mailbox", "%q: %v; this is the mailbox the device sends as, e.g. scanner@contoso.com", d.Mailbox, err)
+		} else {
+			p.Mailbox = a
 		}
 		switch d.FromPolicy {
 		case FromRewrite:
@@ -284,19 +291,9 @@ func (l *loader) validateDevices(c *Config) {
 		default:
 			l.errorf(k+".from_policy", "%q is not one of rewrite, enforce", d.FromPolicy)
 		}
-		for j, p := range d.AllowedFrom {
-			if _, err := mailaddr.Parse(p); err != nil {
-				if _, perr := mailaddr.ParsePattern(p); perr != nil {
-					l.errorf(fmt.Sprintf("%s.allowed_from[%d]", k, j), "%q: %v", p, perr)
-				}
-			}
-		}
-		for j, p := range d.AllowedRecipients {
-			if _, err := mailaddr.ParsePattern(p); err != nil {
-				l.errorf(fmt.Sprintf("%s.allowed_recipients[%d]", k, j), "%q: %v; write contoso.com, *@contoso.com or bob@partner.org", p, err)
-			}
-		}
-		l.networks(k+".networks", d.Networks)
+		p.AllowedFrom = l.patterns(k+".allowed_from", d.AllowedFrom, "write an address, or contoso.com or *@contoso.com for a whole domain")
+		p.AllowedRecipients = l.patterns(k+".allowed_recipients", d.AllowedRecipients, "write contoso.com, *@contoso.com or bob@partner.org")
+		p.Networks = l.networks(k+".networks", d.Networks)
 		if d.MaxMessagesPerHour < 0 {
 			l.errorf(k+".max_messages_per_hour", "must be positive, e.g. 200")
 		}
@@ -307,7 +304,28 @@ func (l *loader) validateDevices(c *Config) {
 		}
 		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
 		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
+		p.Mode, p.BounceTo = c.Delivery.Mode, c.Delivery.BounceTo
+		if d.Delivery.Mode != "" {
+			p.Mode = d.Delivery.Mode
+		}
+		if d.Delivery.BounceTo != "" {
+			p.BounceTo = d.Delivery.BounceTo
+		}
 	}
+}
+
+// patterns parses a list of address patterns, reporting each bad one.
+func (l *loader) patterns(key string, list []string, hint string) mailaddr.Patterns {
+	out := make(mailaddr.Patterns, 0, len(list))
+	for j, s := range list {
+		p, err := mailaddr.ParsePattern(s)
+		if err != nil {
+			l.errorf(fmt.Sprintf("%s[%d]", key, j), "%q: %v; %s", s, err, hint)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // checkUnauthenticated checks a device with auth: none: it needs networks,

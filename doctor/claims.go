@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/smtpbridge/smtpbridge/config"
 )
 
 // roleSendAsApp is the application permission Exchange checks for SMTP
@@ -56,7 +54,7 @@ func decode(token string) (claims, error) {
 var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // claims decodes the token and checks its audience, tenant, app and role.
-func (r *run) claims(t *config.Tenant, token string) (claims, Step) {
+func (r *run) claims(t *Tenant, token string) (claims, Step) {
 	s := Step{Tenant: t.Name, Name: "claims", Status: Pass}
 	c, err := decode(token)
 	if err != nil {
@@ -69,7 +67,7 @@ func (r *run) claims(t *config.Tenant, token string) (claims, Step) {
 	}
 	s.Detail = fmt.Sprintf("audience %s, tenant %s, app %s, roles %s, expires %s", c.Audience, c.TenantID, c.AppID, roles,
 		time.Unix(c.Expires, 0).UTC().Format("15:04 UTC"))
-	resource := strings.TrimSuffix(t.TokenScope, "/.default")
+	resource := strings.TrimSuffix(t.Scope, "/.default")
 	switch {
 	case !strings.EqualFold(strings.TrimRight(c.Audience, "/"), strings.TrimRight(resource, "/")) && c.Audience != exchangeAppID:
 		s.Status = Fail

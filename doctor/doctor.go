@@ -11,18 +11,37 @@ package doctor
 import (
 	"context"
 	"crypto/sha1"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/bridge"
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
+
+// Tenant is what doctor checks of one tenant: its app registration and
+// how to ask Entra ID for its token, where its Exchange Online is, and
+// the devices that send through it.
+type Tenant struct {
+	tokenstore.Tenant
+	// SecretExpires is client_secret_expires; zero when not set.
+	SecretExpires time.Time
+	SMTP          upsmtp.Route
+	Devices       []Device
+}
+
+// Device is a device as doctor and ExchangeScript need it.
+type Device struct {
+	Name, Mailbox string
+	// EnforceFrom and AllowedFrom: with from_policy: enforce, the
+	// mailbox needs SendAs for the plain addresses in allowed_from.
+	EnforceFrom bool
+	AllowedFrom []string
+}
 
 // Status of a step.
 type Status string
@@ -56,11 +75,11 @@ type Options struct {
 	// Tenant and Device limit the run to one tenant, or to one device
 	// (and its tenant).
 	Tenant, Device string
-	// RootCAs, if set, replaces the system roots for the authority and
-	// Exchange (sandbox mode, tests).
-	RootCAs *x509.CertPool
 	// Hostname is the EHLO name.
 	Hostname string
+	// WarnBefore is how long before a credential expires it is a
+	// warning.
+	WarnBefore time.Duration
 	// Progress, if set, is called with each step as it finishes.
 	Progress func(Step)
 	// Now is the clock for expiry checks; nil for time.Now.
@@ -97,68 +116,67 @@ func (r *run) add(s Step) {
 	}
 }
 
-// Run checks cfg's tenants and their devices' mailboxes.
-func Run(ctx context.Context, cfg *config.Config, o Options) (Report, error) {
+// Run checks the tenants and their devices' mailboxes.
+func Run(ctx context.Context, tenants []Tenant, o Options) (Report, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.Hostname == "" {
-		o.Hostname = cfg.Hostname
-	}
-	if o.Hostname == "" {
 		o.Hostname = "smtpbridge.doctor"
 	}
-	tenants, devices, err := pick(cfg, o)
+	picked, err := pick(tenants, o)
 	if err != nil {
 		return Report{}, err
 	}
 	r := &run{o: o}
-	for _, t := range tenants {
-		r.tenant(ctx, t, devices)
+	for i := range picked {
+		r.tenant(ctx, &picked[i])
 	}
 	return r.rep, nil
 }
 
-// pick returns the tenants and devices a run covers.
-func pick(cfg *config.Config, o Options) ([]*config.Tenant, []config.Device, error) {
-	devices := cfg.Devices
-	tenantName := o.Tenant
-	if o.Device != "" {
-		i := slices.IndexFunc(cfg.Devices, func(d config.Device) bool { return d.Name == o.Device })
-		if i < 0 {
-			return nil, nil, fmt.Errorf("device %q: %w", o.Device, ErrNoSuch)
+// pick returns the tenants a run covers, each with the devices it checks.
+func pick(tenants []Tenant, o Options) ([]Tenant, error) {
+	var out []Tenant
+	for _, t := range tenants {
+		if o.Tenant != "" && t.Name != o.Tenant {
+			continue
 		}
-		devices = cfg.Devices[i : i+1]
-		if tenantName != "" && tenantName != devices[0].Tenant {
-			return nil, nil, fmt.Errorf("device %q belongs to tenant %q, not %q", o.Device, devices[0].Tenant, tenantName)
+		if o.Device != "" {
+			i := slices.IndexFunc(t.Devices, func(d Device) bool { return d.Name == o.Device })
+			if i < 0 {
+				continue
+			}
+			t.Devices = t.Devices[i : i+1]
 		}
-		tenantName = devices[0].Tenant
+		out = append(out, t)
 	}
-	var tenants []*config.Tenant
-	for i := range cfg.Tenants {
-		if tenantName == "" || cfg.Tenants[i].Name == tenantName {
-			tenants = append(tenants, &cfg.Tenants[i])
-		}
+	switch {
+	case len(out) > 0:
+		return out, nil
+	case o.Device != "" && o.Tenant != "" && slices.ContainsFunc(tenants, func(t Tenant) bool {
+		return slices.ContainsFunc(t.Devices, func(d Device) bool { return d.Name == o.Device })
+	}):
+		return nil, fmt.Errorf("device %q does not belong to tenant %q", o.Device, o.Tenant)
+	case o.Device != "":
+		return nil, fmt.Errorf("device %q: %w", o.Device, ErrNoSuch)
 	}
-	if len(tenants) == 0 {
-		return nil, nil, fmt.Errorf("tenant %q: %w", tenantName, ErrNoSuch)
-	}
-	return tenants, devices, nil
+	return nil, fmt.Errorf("tenant %q: %w", o.Tenant, ErrNoSuch)
 }
 
-func (r *run) tenant(ctx context.Context, t *config.Tenant, devices []config.Device) {
+func (r *run) tenant(ctx context.Context, t *Tenant) {
 	r.rep.Tenants++
 	step := func(name string, st Status, detail string) Step {
 		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
 	}
 	r.add(r.credential(t))
 
-	store, err := tokenstore.New([]tokenstore.Tenant{tokenstore.TenantOf(t, r.o.RootCAs)}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{t.Tenant}, nil)
 	var tok tokenstore.Token
 	if err == nil {
 		tok, err = store.Token(ctx, t.Name)
 	}
-	mailboxes := mailboxesOf(t.Name, devices)
+	mailboxes := mailboxesOf(t.Devices)
 	if err != nil {
 		r.add(tokenFailure(step("token", Fail, ""), err))
 		r.add(step("claims", Skip, "no token"))
@@ -187,12 +205,9 @@ type mailbox struct {
 }
 
 // mailboxesOf lists the mailboxes of a tenant's devices, each once.
-func mailboxesOf(tenant string, devices []config.Device) []mailbox {
+func mailboxesOf(devices []Device) []mailbox {
 	var out []mailbox
 	for _, d := range devices {
-		if d.Tenant != tenant {
-			continue
-		}
 		i := slices.IndexFunc(out, func(m mailbox) bool { return strings.EqualFold(m.address, d.Mailbox) })
 		if i < 0 {
 			out = append(out, mailbox{address: d.Mailbox})
@@ -204,7 +219,7 @@ func mailboxesOf(tenant string, devices []config.Device) []mailbox {
 }
 
 // credential describes the tenant's secret or certificate and its expiry.
-func (r *run) credential(t *config.Tenant) Step {
+func (r *run) credential(t *Tenant) Step {
 	s := Step{Tenant: t.Name, Name: "credential", Status: Pass}
 	now := r.o.Now()
 	if t.Credential.IsCertificate() {
@@ -218,7 +233,7 @@ func (r *run) credential(t *config.Tenant) Step {
 		case now.After(c.NotAfter):
 			s.Status, s.Code = Fail, "AADSTS700027"
 			s.Meaning, s.Fix = "The certificate has expired: Entra refuses its assertions.", "Create a new certificate, upload its public part under App registrations > Certificates & secrets, and point certificate_file at it."
-		case now.Add(config.CredentialWarnBefore).After(c.NotAfter):
+		case now.Add(r.o.WarnBefore).After(c.NotAfter):
 			s.Status = Warn
 			s.Meaning, s.Fix = fmt.Sprintf("The certificate expires in %d days.", days(c.NotAfter.Sub(now))), "Upload a new certificate to the app registration before then."
 		}
@@ -233,7 +248,7 @@ func (r *run) credential(t *config.Tenant) Step {
 		s.Detail += ", expired on " + exp.Format(time.DateOnly)
 		h := hints.ForAADSTS(7000222)
 		s.Meaning, s.Fix = h.Meaning, h.Fix
-	case now.Add(config.CredentialWarnBefore).After(exp):
+	case now.Add(r.o.WarnBefore).After(exp):
 		s.Status = Warn
 		s.Detail += fmt.Sprintf(", expires on %s (in %d days)", exp.Format(time.DateOnly), days(exp.Sub(now)))
 		s.Meaning, s.Fix = "The client secret expires soon.", "Create a new secret under App registrations > Certificates & secrets, update client_secret and client_secret_expires, and reload."
@@ -266,19 +281,18 @@ func tokenFailure(s Step, err error) Step {
 }
 
 // mailbox probes Exchange Online for one mailbox.
-func (r *run) mailbox(ctx context.Context, t *config.Tenant, m mailbox, tok tokenstore.Token, c claims) {
-	route := bridge.Route{SMTPHost: t.SMTPHost, RootCAs: r.o.RootCAs}
-	steps := bridge.Probe(ctx, route, r.o.Hostname, m.address, tok.AccessToken)
-	names := []string{bridge.StageConnect, bridge.StageStartTLS, bridge.StageAuth, bridge.StageMail}
+func (r *run) mailbox(ctx context.Context, t *Tenant, m mailbox, tok tokenstore.Token, c claims) {
+	steps := upsmtp.Probe(ctx, t.SMTP, r.o.Hostname, m.address, tok.AccessToken)
+	names := []message.Stage{message.StageConnect, message.StageStartTLS, message.StageAuth, message.StageMail}
 	failed := false
 	for i, name := range names {
-		s := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: name}
+		s := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: string(name)}
 		switch {
 		case failed || i >= len(steps):
 			s.Status, s.Detail = Skip, "not tried: an earlier step failed"
 		case steps[i].Err == nil:
 			s.Status, s.Detail = Pass, steps[i].Detail
-			if name == bridge.StageAuth && !c.hasRole() {
+			if name == message.StageAuth && !c.hasRole() {
 				s.Detail += "; the token has no SMTP.SendAsApp role, so RBAC for Applications grants this app the mailbox"
 			}
 		default:
@@ -290,17 +304,17 @@ func (r *run) mailbox(ctx context.Context, t *config.Tenant, m mailbox, tok toke
 }
 
 // probeFailure explains a failed probe step.
-func probeFailure(s Step, t *config.Tenant, err error, c claims) Step {
+func probeFailure(s Step, t *Tenant, err error, c claims) Step {
 	s.Status = Fail
-	var ue *bridge.UpstreamError
-	if !errors.As(err, &ue) {
+	var me *message.Error
+	if !errors.As(err, &me) {
 		s.Detail = err.Error()
 		return s
 	}
-	if ue.Code != 0 {
-		s.Detail = bridge.ReplyOf(err)
-		s.Code = fmt.Sprintf("%d %d.%d.%d", ue.Code, ue.Enhanced[0], ue.Enhanced[1], ue.Enhanced[2])
-		if h := hints.Match(ue.Code, fmt.Sprintf("%d.%d.%d", ue.Enhanced[0], ue.Enhanced[1], ue.Enhanced[2]), ue.Message); h != nil {
+	if r := me.Reply; r.Code != 0 {
+		s.Detail = message.ReplyOf(err).String()
+		s.Code = fmt.Sprintf("%d %s", r.Code, r.EnhancedString())
+		if h := hints.Match(r.Code, r.EnhancedString(), r.Text); h != nil {
 			s.Meaning, s.Fix = h.Meaning, h.Fix
 		}
 		if s.Code == "535 5.7.3" && !c.hasRole() {
@@ -310,12 +324,12 @@ func probeFailure(s Step, t *config.Tenant, err error, c claims) Step {
 		}
 		return s
 	}
-	s.Detail = ue.Err.Error()
-	switch ue.Stage {
-	case bridge.StageConnect:
+	s.Detail = me.Err.Error()
+	switch me.Stage {
+	case message.StageConnect:
 		s.Meaning = "Exchange Online did not answer."
-		s.Fix = fmt.Sprintf("Check smtp_host (%s), DNS, and that the firewall lets the bridge reach it on TCP 587.", t.SMTPHost)
-	case bridge.StageStartTLS:
+		s.Fix = fmt.Sprintf("Check smtp_host (%s), DNS, and that the firewall lets the bridge reach it on TCP 587.", t.SMTP.Host)
+	case message.StageStartTLS:
 		s.Meaning = "STARTTLS with Exchange failed: no STARTTLS offered, a handshake error, or a certificate that did not verify."
 		s.Fix = "Look for a TLS-intercepting proxy or firewall between the bridge and Exchange; the bridge trusts the system's CA certificates (SSL_CERT_FILE) and never sends a token without verified TLS."
 	default:

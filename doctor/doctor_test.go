@@ -7,18 +7,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/doctor"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 const (
-	tenantID = "0b5c1c5e-7d2f-4d1e-9a63-000000000001"
-	clientID = "5f0c6a0e-3b7d-4c55-8f43-00000000000a"
-	secret   = "Qx9~doctor-test-secret"
-	mailbox  = "scanner@contoso.example"
+	tenantID     = "0b5c1c5e-7d2f-4d1e-9a63-000000000001"
+	clientID     = "5f0c6a0e-3b7d-4c55-8f43-00000000000a"
+	clientSecret = "Qx9~doctor-test-secret"
+	mailbox      = "scanner@contoso.example"
 )
 
 // world is a fake Entra ID and Exchange Online, set up correctly unless a
@@ -28,13 +30,14 @@ type world struct {
 	entra *fakeentra.Server
 	exo   *fakeexchange.Server
 	app   *fakeentra.App
-	cfg   *config.Config
+	// tenants is the config, as doctor gets it.
+	tenants []doctor.Tenant
 }
 
 type mistake struct {
 	app     func(*fakeentra.App)                // before the app is registered
 	exo     func(*world, *fakeexchange.Mailbox) // before Exchange starts
-	tenant  func(*world, *config.Tenant)        // the config
+	tenant  func(*world, *doctor.Tenant)        // the config
 	noStart bool                                // Exchange never starts
 }
 
@@ -57,7 +60,7 @@ func newWorld(t *testing.T, m mistake) *world {
 	}
 	t.Cleanup(func() { w.entra.Close() })
 	w.entra.AddTenant(tenantID, "contoso.example")
-	app := fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}}
+	app := fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}}
 	if m.app != nil {
 		m.app(&app)
 	}
@@ -75,18 +78,23 @@ func newWorld(t *testing.T, m mistake) *world {
 		}
 		t.Cleanup(func() { w.exo.Close() })
 	}
-	tn := config.Tenant{Name: "contoso", TenantID: tenantID, ClientID: clientID, Credential: config.NewSecretCredential(secret),
-		AuthorityHost: w.entra.URL(), TokenScope: config.DefaultTokenScope, SecretExpires: time.Now().AddDate(1, 0, 0)}
+	tn := doctor.Tenant{
+		Tenant: tokenstore.Tenant{Name: "contoso", TenantID: tenantID, ClientID: clientID, Credential: secret.NewClientSecret(clientSecret),
+			AuthorityHost: w.entra.URL(), Scope: "https://outlook.office365.com/.default", RootCAs: w.ca.Pool()},
+		SecretExpires: time.Now().AddDate(1, 0, 0),
+		SMTP:          upsmtp.Route{RootCAs: w.ca.Pool()},
+		Devices: []doctor.Device{
+			{Name: "mfp-2f", Mailbox: mailbox},
+			{Name: "mfp-3f", Mailbox: "SCANNER@contoso.example"}, // the same mailbox: checked once
+		},
+	}
 	if !m.noStart {
-		tn.SMTPHost = w.exo.Addr()
+		tn.SMTP.Host = w.exo.Addr()
 	}
 	if m.tenant != nil {
 		m.tenant(w, &tn)
 	}
-	w.cfg = &config.Config{Path: "test.yaml", Tenants: []config.Tenant{tn}, Devices: []config.Device{
-		{Name: "mfp-2f", Tenant: "contoso", Mailbox: mailbox},
-		{Name: "mfp-3f", Tenant: "contoso", Mailbox: "SCANNER@contoso.example"}, // the same mailbox: checked once
-	}}
+	w.tenants = []doctor.Tenant{tn}
 	return w
 }
 
@@ -95,7 +103,7 @@ func (w *world) run(t *testing.T) doctor.Report {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var progress []string
-	rep, err := doctor.Run(ctx, w.cfg, doctor.Options{RootCAs: w.ca.Pool(), Hostname: "bridge.test",
+	rep, err := doctor.Run(ctx, w.tenants, doctor.Options{Hostname: "bridge.test", WarnBefore: 30 * 24 * time.Hour,
 		Progress: func(s doctor.Step) { progress = append(progress, s.Name) }})
 	if err != nil {
 		t.Fatal(err)
@@ -157,12 +165,12 @@ func TestMistakes(t *testing.T) {
 		inFix    string
 		statuses string
 	}{
-		{name: "wrong secret", mistake: mistake{tenant: func(_ *world, tn *config.Tenant) { tn.Credential = config.NewSecretCredential("the-secret-id") }},
+		{name: "wrong secret", mistake: mistake{tenant: func(_ *world, tn *doctor.Tenant) { tn.Credential = secret.NewClientSecret("the-secret-id") }},
 			step: "token", code: "AADSTS7000215", inMean: "Wrong client secret", inFix: "Value",
 			statuses: "credential:pass token:fail claims:skip connect:skip"},
-		{name: "unknown tenant", mistake: mistake{tenant: func(_ *world, tn *config.Tenant) { tn.TenantID = "nosuch.example" }},
+		{name: "unknown tenant", mistake: mistake{tenant: func(_ *world, tn *doctor.Tenant) { tn.TenantID = "nosuch.example" }},
 			step: "token", code: "AADSTS90002", inMean: "Tenant not found", inFix: "Directory (tenant) ID"},
-		{name: "unknown app", mistake: mistake{tenant: func(_ *world, tn *config.Tenant) { tn.ClientID = "00000000-0000-0000-0000-000000000009" }},
+		{name: "unknown app", mistake: mistake{tenant: func(_ *world, tn *doctor.Tenant) { tn.ClientID = "00000000-0000-0000-0000-000000000009" }},
 			step: "token", code: "AADSTS700016", inFix: "client_id"},
 		{name: "token without the role", mistake: mistake{app: func(a *fakeentra.App) { a.Roles = []string{} }},
 			step: "auth", code: "535 5.7.3", inMean: "no SMTP.SendAsApp role", inFix: "exchange-script --rbac",
@@ -174,13 +182,13 @@ func TestMistakes(t *testing.T) {
 		}}, step: "auth", code: "535 5.7.3", inFix: "New-ServicePrincipal -AppId <client_id> -ObjectId <Enterprise application's Object ID>"},
 		{name: "SMTP AUTH disabled", mistake: mistake{exo: func(_ *world, mb *fakeexchange.Mailbox) { mb.SMTPAuthDisabled = true }},
 			step: "auth", code: "535 5.7.139", inMean: "SMTP AUTH is disabled", inFix: "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false"},
-		{name: "unreachable host", mistake: mistake{noStart: true, tenant: func(_ *world, tn *config.Tenant) { tn.SMTPHost = closedPort(t) }},
+		{name: "unreachable host", mistake: mistake{noStart: true, tenant: func(_ *world, tn *doctor.Tenant) { tn.SMTP.Host = closedPort(t) }},
 			step: "connect", inMean: "did not answer", inFix: "TCP 587",
 			statuses: "credential:pass token:pass claims:pass connect:fail starttls:skip auth:skip mail:skip"},
-		{name: "TLS failure", mistake: mistake{noStart: true, tenant: func(w *world, tn *config.Tenant) { tn.SMTPHost = untrustedExchange(t, w) }},
+		{name: "TLS failure", mistake: mistake{noStart: true, tenant: func(w *world, tn *doctor.Tenant) { tn.SMTP.Host = untrustedExchange(t, w) }},
 			step: "starttls", inMean: "certificate that did not verify", inFix: "TLS-intercepting proxy",
 			statuses: "credential:pass token:pass claims:pass connect:pass starttls:fail auth:skip mail:skip"},
-		{name: "expired secret", mistake: mistake{tenant: func(_ *world, tn *config.Tenant) { tn.SecretExpires = time.Now().Add(-time.Hour) }},
+		{name: "expired secret", mistake: mistake{tenant: func(_ *world, tn *doctor.Tenant) { tn.SecretExpires = time.Now().Add(-time.Hour) }},
 			step: "credential", code: "AADSTS7000222", inFix: "client_secret_expires"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -221,16 +229,16 @@ func TestRBAC(t *testing.T) {
 
 func TestFilters(t *testing.T) {
 	w := newWorld(t, mistake{})
-	w.cfg.Devices = append(w.cfg.Devices, config.Device{Name: "other", Tenant: "contoso", Mailbox: "erp@contoso.example"})
-	rep, err := doctor.Run(context.Background(), w.cfg, doctor.Options{Device: "other", RootCAs: w.ca.Pool()})
+	w.tenants[0].Devices = append(w.tenants[0].Devices, doctor.Device{Name: "other", Mailbox: "erp@contoso.example"})
+	rep, err := doctor.Run(context.Background(), w.tenants, doctor.Options{Device: "other"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Mailboxes != 1 || step(t, rep, "auth").Mailbox != "erp@contoso.example" {
 		t.Errorf("--device other checked %d mailboxes: %+v", rep.Mailboxes, rep.Steps)
 	}
-	for _, o := range []doctor.Options{{Device: "nope"}, {Tenant: "nope"}} {
-		if _, err := doctor.Run(context.Background(), w.cfg, o); err == nil {
+	for _, o := range []doctor.Options{{Device: "nope"}, {Tenant: "nope"}, {Tenant: "nope", Device: "other"}} {
+		if _, err := doctor.Run(context.Background(), w.tenants, o); err == nil {
 			t.Errorf("%+v accepted", o)
 		}
 	}

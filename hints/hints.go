@@ -27,9 +27,6 @@ type Hint struct {
 	Meaning string
 	// Fix is what to do, with the command or portal step.
 	Fix string
-	// Setup marks the tenant's configuration as the cause, not the
-	// message: nothing a device can change.
-	Setup bool
 }
 
 // smtp are Exchange Online's replies, most specific first: Match takes
@@ -43,16 +40,13 @@ var smtp = []struct {
 }{
 	{535, "5.7.139", "", Hint{
 		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
-		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant).",
-		Setup:   true}},
+		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant)."}},
 	{535, "5.7.3", "", Hint{
 		Meaning: "Exchange refused the token: the service principal is missing in Exchange, or was created with the App Registration's object ID instead of the Enterprise Application's; or the app may not use this mailbox (no FullAccess, or no RBAC assignment); or SMTP.SendAsApp lacks admin consent.",
-		Fix:     "New-ServicePrincipal -AppId <client_id> -ObjectId <Enterprise application's Object ID>; Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights FullAccess; in Entra, grant admin consent for SMTP.SendAsApp (smtpbridge exchange-script prints all of it).",
-		Setup:   true}},
+		Fix:     "New-ServicePrincipal -AppId <client_id> -ObjectId <Enterprise application's Object ID>; Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights FullAccess; in Entra, grant admin consent for SMTP.SendAsApp (smtpbridge exchange-script prints all of it)."}},
 	{530, "5.7.57", "", Hint{
 		Meaning: "Exchange did not take a login before MAIL FROM.",
-		Fix:     "Check token_scope (https://outlook.office365.com/.default) and that smtp_host is Exchange Online; smtpbridge doctor shows the token's audience.",
-		Setup:   true}},
+		Fix:     "Check token_scope (https://outlook.office365.com/.default) and that smtp_host is Exchange Online; smtpbridge doctor shows the token's audience."}},
 	{550, "5.7.60", "", Hint{
 		Meaning: "The envelope sender is not the mailbox, and the mailbox has no SendAs right for it.",
 		Fix:     "Add-RecipientPermission -Identity <sender address> -Trustee <mailbox> -AccessRights SendAs, or use from_policy: rewrite so that the device sends as its mailbox."}},
@@ -85,39 +79,37 @@ var smtp = []struct {
 		Fix:     "Set-Mailbox -Identity <mailbox> -MaxSendSize 150MB (up to 150 MB), or set limits.max_message_bytes to the mailbox's size so that devices are told at once."}},
 	{550, "5.1.8", "", Hint{
 		Meaning: "The mailbox is blocked from sending (Access denied, bad outbound sender), usually after it sent spam.",
-		Fix:     "Release it under Restricted entities in the Microsoft 365 Defender portal, and find out why it was blocked.",
-		Setup:   true}},
+		Fix:     "Release it under Restricted entities in the Microsoft 365 Defender portal, and find out why it was blocked."}},
 	{550, "5.7.708", "", Hint{
 		Meaning: "Exchange restricts the whole tenant's outbound mail (traffic not accepted from this IP or tenant).",
-		Fix:     "Open a case with Microsoft support.",
-		Setup:   true}},
+		Fix:     "Open a case with Microsoft support."}},
 }
 
 // aadsts are Entra ID's codes at the token endpoint.
 var aadsts = map[int]Hint{
-	7000215: {Meaning: "Wrong client secret.", Setup: true,
+	7000215: {Meaning: "Wrong client secret.",
 		Fix: "Use the secret's Value (shown once, when it was created), not its Secret ID: create a new one under App registrations > Certificates & secrets."},
-	7000222: {Meaning: "The client secret has expired.", Setup: true,
+	7000222: {Meaning: "The client secret has expired.",
 		Fix: "Create a new secret under App registrations > Certificates & secrets, put it in the config (and client_secret_expires), and reload."},
-	700016: {Meaning: "No app with this client_id in this tenant.", Setup: true,
+	700016: {Meaning: "No app with this client_id in this tenant.",
 		Fix: "Check client_id (the Application (client) ID) and tenant_id; for an app registered in another tenant, an admin of this one must consent to it."},
-	7000229: {Meaning: "The app has no service principal (Enterprise application) in the tenant.", Setup: true,
+	7000229: {Meaning: "The app has no service principal (Enterprise application) in the tenant.",
 		Fix: "Grant admin consent for the app in this tenant (Enterprise applications), which creates it."},
-	90002: {Meaning: "Tenant not found.", Setup: true,
+	90002: {Meaning: "Tenant not found.",
 		Fix: "Use the Directory (tenant) ID or a verified domain as tenant_id, and the authority_host of the tenant's cloud."},
-	700027: {Meaning: "The client certificate is not registered on the app, or the assertion is not valid.", Setup: true,
+	700027: {Meaning: "The client certificate is not registered on the app, or the assertion is not valid.",
 		Fix: "Upload the certificate's public part under App registrations > Certificates & secrets, and check that certificate_file holds the matching key."},
-	700024: {Meaning: "The client assertion is outside its valid time.", Setup: true,
+	700024: {Meaning: "The client assertion is outside its valid time.",
 		Fix: "Check this host's clock (timedatectl; run NTP)."},
-	1002012: {Meaning: "token_scope is not a resource followed by /.default.", Setup: true,
+	1002012: {Meaning: "token_scope is not a resource followed by /.default.",
 		Fix: "Set token_scope: https://outlook.office365.com/.default (national clouds differ)."},
-	500011: {Meaning: "token_scope names a resource this tenant does not have.", Setup: true,
+	500011: {Meaning: "token_scope names a resource this tenant does not have.",
 		Fix: "Set token_scope: https://outlook.office365.com/.default (national clouds differ), and check the tenant has Exchange Online."},
-	7000218: {Meaning: "No credential was sent.", Setup: true,
+	7000218: {Meaning: "No credential was sent.",
 		Fix: "Set client_secret, client_secret_file or certificate_file for the tenant."},
-	7000112: {Meaning: "The application is disabled.", Setup: true,
+	7000112: {Meaning: "The application is disabled.",
 		Fix: "Enable it under Enterprise applications > Properties > Enabled for users to sign-in."},
-	53003: {Meaning: "A Conditional Access policy blocked the app.", Setup: true,
+	53003: {Meaning: "A Conditional Access policy blocked the app.",
 		Fix: "Exclude the app (workload identity) from the policy, or allow the bridge's address in it."},
 	50049: {Meaning: "A transient Entra ID error.", Fix: "Nothing: the bridge retries."},
 	90033: {Meaning: "A transient Entra ID error.", Fix: "Nothing: the bridge retries."},

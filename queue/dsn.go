@@ -1,14 +1,12 @@
 package queue
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"mime"
-	"net/textproto"
 	"regexp"
 	"strings"
 	"time"
@@ -16,6 +14,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/header"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
@@ -23,7 +23,7 @@ import (
 // queues a delivery status notification about it. why is
 // audit.ReasonPermanent or audit.ReasonExpired; reason says it in words.
 func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
-	header, herr := q.originalHeader(m.ID)
+	orig, herr := q.originalHeader(m.ID)
 	if err := q.o.Spool.Bury(m, reason); err != nil {
 		// It stays queued on disk and is tried again after a restart.
 		log.Error().Err(err).Msg("could not move the message to the dead letters")
@@ -35,7 +35,7 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 	if m.DSNFor != "" {
 		return // a report about a report would loop
 	}
-	to := q.opts().BounceTo(m.Device)
+	to := q.bounceTo(m.Device)
 	if to == "" {
 		return
 	}
@@ -43,12 +43,12 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 		log.Warn().Err(herr).Msg("original header not readable; the report goes without it")
 	}
 	dsn := spool.Meta{
-		ID: spool.NewID(), Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
+		ID: message.NewID(), Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
 		From: m.Mailbox, To: []string{to}, DSNFor: m.ID,
 	}
 	dsn.Received = time.Now().UTC()
 	dsn.Attempts, dsn.NextAttempt = 1, dsn.Received.Add(q.backoff(1))
-	body := buildDSN(q.o.Hostname, dsn.ID, to, m, reason, header, time.Now())
+	body := buildDSN(q.o.Hostname, dsn.ID, to, m, reason, orig, time.Now())
 	if _, err := q.add(dsn, bytes.NewReader(body), false, nil); err != nil {
 		log.Error().Err(err).Msg("could not queue the delivery status notification")
 		return
@@ -61,48 +61,34 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 // maxReportedHeader bounds the original header block a report carries.
 const maxReportedHeader = 64 << 10
 
-// originalHeader reads the header block of a queued message.
-func (q *Queue) originalHeader(id string) ([]byte, error) {
+// originalHeader reads the header block of a queued message, at most
+// maxReportedHeader of it.
+func (q *Queue) originalHeader(id string) (*header.Header, error) {
 	f, err := q.o.Spool.Open(id)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return readHeaderBlock(f, maxReportedHeader)
-}
-
-func readHeaderBlock(r io.Reader, limit int) ([]byte, error) {
-	br := bufio.NewReader(io.LimitReader(r, int64(limit)))
-	var b bytes.Buffer
-	for {
-		line, err := br.ReadBytes('\n')
-		if len(bytes.TrimRight(line, "\r\n")) == 0 && (err == nil || len(line) > 0) {
-			return b.Bytes(), nil
-		}
-		b.Write(line)
-		if err == io.EOF {
-			return b.Bytes(), nil // header only, or cut at the limit
-		}
-		if err != nil {
-			return b.Bytes(), err
-		}
-	}
+	h, _, err := header.Read(io.LimitReader(f, maxReportedHeader))
+	return h, err
 }
 
 // buildDSN writes an RFC 3464 delivery status notification: a
 // multipart/report with a human-readable part, the machine-readable
 // message/delivery-status, and the original header block
 // (text/rfc822-headers). It is sent as the device's mailbox.
-func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, header []byte, now time.Time) []byte {
+func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, orig *header.Header, now time.Time) []byte {
 	boundary := "=_smtpbridge_" + randomHex(12)
 	subject := "(no subject)"
-	if h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(append(header, '\r', '\n')))).ReadMIMEHeader(); err == nil {
-		if s := h.Get("Subject"); s != "" {
-			if dec, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
-				s = dec
-			}
-			subject = oneLine(s, 150)
+	if orig == nil {
+		orig = &header.Header{}
+	}
+	if f, i := orig.Get("subject"); i >= 0 && f.Value() != "" {
+		s := f.Value()
+		if dec, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+			s = dec
 		}
+		subject = oneLine(s, 150)
 	}
 	// Exchange's own permanent status, or 4.4.7 (delivery time expired)
 	// for a message given up after temporary failures.
@@ -161,7 +147,9 @@ func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, header []
 	crlf("--%s", boundary)
 	crlf("Content-Type: text/rfc822-headers")
 	crlf("")
-	b.Write(normalizeCRLF(header))
+	for _, f := range orig.Fields {
+		b.Write(normalizeCRLF(f.Raw))
+	}
 	crlf("")
 	crlf("--%s--", boundary)
 	return b.Bytes()

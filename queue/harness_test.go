@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,66 +16,42 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
-	"github.com/smtpbridge/smtpbridge/config"
-	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
-	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 const (
-	tenantID       = "11111111-aaaa-4000-8000-000000000001"
-	clientID       = "aaaaaaaa-0000-4000-8000-00000000000a"
-	clientSecret   = "Zq8~client-secret-canary-7f3a"
-	devicePassword = "pr1nter-password-canary"
+	devicePassword = testenv.DevicePassword
 	mailbox        = "scanner@contoso.example"
-	bodyCanary     = "This is the body canary"
+	bodyCanary     = testenv.BodyCanary
 )
 
-// world is the upstream side: a fake Entra ID and a fake Exchange Online
-// behind a proxy the test can take down or black-hole.
+// world is the upstream side: the test World (a fake Entra ID and a fake
+// Exchange Online) behind a proxy the test can take down or black-hole.
 type world struct {
 	t     *testing.T
-	ca    *pki.CA
-	entra *fakeentra.Server
+	tw    *testenv.World
 	exo   *fakeexchange.Server
 	proxy *proxy
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	ca, err := pki.NewCA("queue test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	entra, err := fakeentra.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { entra.Close() })
-	entra.AddTenant(tenantID)
-	app := entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
-	exo := fakeexchange.New(entra)
-	if err := exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { exo.Close() })
-	exo.AddServicePrincipal(tenantID, clientID, app.ObjectID)
+	tw, std := testenv.Start(t)
 	for _, mb := range []string{mailbox, "erp@contoso.example"} {
-		exo.AddMailbox(fakeexchange.Mailbox{Address: mb, TenantID: tenantID, FullAccess: []string{app.ObjectID}})
+		tw.AddMailbox(mb, testenv.TenantID, std.Secret)
 	}
-	return &world{t: t, ca: ca, entra: entra, exo: exo, proxy: newProxy(t, exo.Addr())}
+	return &world{t: t, tw: tw, exo: tw.Exchange, proxy: newProxy(t, tw.Exchange.Addr())}
 }
 
 // proxy forwards TCP to the fake Exchange, or refuses connections (down),
@@ -159,14 +134,14 @@ type stackOptions struct {
 	spoolDir     string
 }
 
-// stack is one bridge instance (session server, queue, upstream) on a
-// spool directory.
+// stack is one bridge instance (session server, delivery modes, queue,
+// transport) on a spool directory.
 type stack struct {
 	t    *testing.T
 	w    *world
 	sp   *spool.Spool
 	q    *queue.Queue
-	up   *bridge.Upstream
+	exo  *upsmtp.Transport
 	srv  *bridge.Server
 	logs *syncbuf.Buffer
 	once sync.Once
@@ -194,39 +169,46 @@ func (w *world) start(o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: tenantID, ClientID: clientID,
-		Credential: config.NewSecretCredential(clientSecret), AuthorityHost: w.entra.URL(),
-		Scope: config.DefaultTokenScope, RootCAs: w.ca.Pool()}}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: testenv.TenantID, ClientID: testenv.ClientID,
+		Credential: secret.NewClientSecret(testenv.ClientSecret), AuthorityHost: w.tw.Entra.URL(),
+		Scope: testenv.TokenScope, RootCAs: w.tw.CA.Pool()}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &stack{t: t, w: w, sp: sp, logs: &syncbuf.Buffer{}}
 	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
-	s.up = &bridge.Upstream{Tokens: store, Hostname: "bridge.test", Routes: map[string]bridge.Route{
-		"contoso": {SMTPHost: w.proxy.addr(), RootCAs: w.ca.Pool(), MaxConnections: 3, MaxPerMinute: 1000}}}
-	s.q, err = queue.New(queue.Options{Spool: sp, Deliverer: s.up, RetryInitial: o.retryInitial, RetryMax: o.retryMax,
-		MaxAge: o.maxAge, BounceTo: func(string) string { return o.bounceTo }, Hostname: "bridge.test", Log: log,
-		Events: audit.NewLogger(log)})
+	events := audit.NewLogger(log)
+	s.exo = upsmtp.New(upsmtp.Options{Tokens: store, Hostname: "bridge.test",
+		Limiter: upstream.NewLocal(map[string]upstream.Limits{"contoso": {Connections: 3, PerMinute: 1000}}),
+		Routes:  map[string]upsmtp.Route{"contoso": {Host: w.proxy.addr(), RootCAs: w.tw.CA.Pool()}}})
+	s.q, err = queue.New(queue.Options{Spool: sp, Transport: s.exo, Hostname: "bridge.test", Log: log, Events: events,
+		Settings: queue.Settings{RetryInitial: o.retryInitial, RetryMax: o.retryMax, MaxAge: o.maxAge, SyncTimeout: o.syncTimeout,
+			BounceTo: func(string) string { return o.bounceTo }}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hash, err := passwd.NewBcrypt([]byte(devicePassword), 4)
+	enc, err := passwd.NewBcrypt([]byte(devicePassword), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := bridge.NewDirectory([]config.Device{
-		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "contoso", Mailbox: mailbox, FromPolicy: config.FromRewrite},
-		{Name: "erp", Username: "erp", PasswordHash: hash, Tenant: "contoso", Mailbox: "erp@contoso.example",
-			FromPolicy: config.FromEnforce, AllowedFrom: []string{"erp@contoso.example", "billing@contoso.example"}},
+	hash, _ := passwd.Parse(enc)
+	mbox, _ := mailaddr.Parse(mailbox)
+	erp, _ := mailaddr.Parse("erp@contoso.example")
+	allowed, _ := mailaddr.ParsePatterns([]string{"erp@contoso.example", "billing@contoso.example"})
+	dir, err := bridge.NewDirectory([]bridge.Device{
+		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "contoso", Mailbox: mbox, Mode: o.mode},
+		{Name: "erp", Username: "erp", PasswordHash: hash, Tenant: "contoso", Mailbox: erp, Mode: o.mode,
+			EnforceFrom: true, AllowedFrom: allowed},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.srv, err = bridge.NewServer(bridge.Options{
-		Hostname: "bridge.test", Directory: dir, Deliverer: s.up, Spooler: s.q, Mode: o.mode, SyncTimeout: o.syncTimeout,
-		Listeners: []config.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: config.TLSNone, AllowInsecureAuth: true, MinTLSVersion: "1.2"}},
-		Limits:    config.Limits{MaxMessageBytes: config.DefaultMaxMessageBytes, MaxRecipients: 100},
-		Events:    audit.NewLogger(log), Log: log,
+	modes := queue.Modes{message.ModeSync: queue.Sync{Transport: s.exo, Events: events}, message.ModeQueue: s.q, message.ModeHybrid: s.q.Hybrid()}
+	s.srv, err = bridge.NewServer(bridge.Options{Hostname: "bridge.test", Deliverer: modes, Events: events, Log: log,
+		Settings: bridge.Settings{Directory: dir,
+			Listeners: []bridge.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: bridge.TLSNone, AllowInsecureAuth: true}},
+			Limits: bridge.Limits{MaxMessageBytes: 36700160, MaxRecipients: 100, CommandTimeout: time.Minute,
+				MaxLineLength: 64 << 10}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -245,12 +227,8 @@ func (s *stack) stop() {
 	s.once.Do(func() {
 		s.srv.Shutdown(s.t.Context())
 		s.q.Close(5 * time.Second)
-		s.up.Close()
-		for _, canary := range []string{clientSecret, devicePassword, "Bearer", "auth=", bodyCanary} {
-			if strings.Contains(s.logs.String(), canary) {
-				s.t.Errorf("log output contains %q", canary)
-			}
-		}
+		s.exo.Close()
+		testenv.CheckNoSecrets(s.t, "the log", s.logs.String())
 	})
 }
 
@@ -317,16 +295,9 @@ func subjectOf(data []byte) string {
 	return ""
 }
 
-// eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, what, d, cond)
 }
 
 func (s *stack) queued() []queue.Item {

@@ -1,18 +1,28 @@
-// Package queue delivers spooled messages: the forward in
-// store-and-forward. A session hands it a message (Spool); the queue writes
-// it to the spool, makes the first attempt at once, and retries temporary
-// failures with exponential backoff until Exchange takes the message or it
-// outlives max_age. Messages that fail for good become dead letters, with
-// a delivery status notification to bounce_to if one is configured.
+// Package queue is the middle of the message's path, between the device
+// side (package bridge) and an Exchange transport (package upstream): the
+// three delivery modes a device can have, each a Deliverer like the
+// transport it wraps.
 //
-// The queue keeps each mailbox within Exchange Online's limits: no more
-// attempts in flight than the mailbox's connection limit, and after a
-// throttling reply (432 4.3.2, 421, 451) or an unreachable Exchange it
-// pauses that mailbox instead of trying every queued message.
+//   - Queue (queue mode) stores the message in the spool and answers as
+//     soon as it is safe on disk; it makes the first attempt at once and
+//     retries temporary failures with exponential backoff until Exchange
+//     takes the message or it outlives max_age. Messages that fail for
+//     good become dead letters, with a delivery status notification to
+//     bounce_to if one is configured.
+//   - Hybrid (hybrid mode) is the queue plus a wait: the device gets
+//     Exchange's answer if the first attempt ends within sync_timeout.
+//   - Sync (sync mode) hands the message straight to the transport while
+//     the device waits, and keeps nothing.
+//
+// Modes dispatches each message to its device's mode. The transport keeps
+// each mailbox within Exchange Online's limits; the queue only pauses a
+// mailbox's messages after a throttling reply or while Exchange cannot be
+// reached, instead of trying each of them.
 //
 // Every attempt's next-attempt time is on disk before the attempt starts,
 // so a crash neither loses a message nor makes the restart hammer
-// Exchange with it.
+// Exchange with it. The queue emits the audit events of the messages it
+// handles; it must never log a message body.
 package queue
 
 import (
@@ -27,29 +37,45 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/audit"
-	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
 
+// Deliverer takes one message: a transport to Exchange, or one of the
+// delivery modes here, which wrap one.
+type Deliverer interface {
+	Deliver(ctx context.Context, m *message.Message) (message.Receipt, error)
+}
+
+// Settings are the queue's reloadable settings; config holds their
+// defaults.
+type Settings struct {
+	// RetryInitial and RetryMax bound the backoff; MaxAge is when a
+	// message is given up.
+	RetryInitial, RetryMax, MaxAge time.Duration
+	// SyncTimeout is how long Hybrid waits for the first attempt.
+	SyncTimeout time.Duration
+	// BounceTo returns where a device's dead letters are reported; ""
+	// for nowhere. Nil: nowhere.
+	BounceTo func(device string) string
+}
+
+// Check says whether the settings can run a queue.
+func (s Settings) Check() error {
+	if s.RetryInitial <= 0 || s.RetryMax < s.RetryInitial || s.MaxAge <= 0 || s.SyncTimeout <= 0 {
+		return fmt.Errorf("queue: retry_initial, retry_max, max_age and sync_timeout must be positive, retry_max at least retry_initial (%+v)", s)
+	}
+	return nil
+}
+
 // Options configure a Queue.
 type Options struct {
+	Settings
 	Spool     *spool.Spool
-	Deliverer bridge.Deliverer
-	// RetryInitial, RetryMax bound the backoff; MaxAge is when a message
-	// is given up. Zero values take the config package's defaults.
-	RetryInitial time.Duration
-	RetryMax     time.Duration
-	MaxAge       time.Duration
-	// Concurrency is the most attempts in flight for one mailbox of a
-	// tenant (its connection limit); 0 or missing means 3.
-	Concurrency map[string]int
-	// BounceTo returns where a device's dead letters are reported; ""
-	// for nowhere.
-	BounceTo func(device string) string
+	Transport Deliverer
 	// Hostname names the bridge in delivery status notifications.
 	Hostname string
 	Log      zerolog.Logger
@@ -58,10 +84,10 @@ type Options struct {
 	Events audit.Observer
 }
 
-// Queue is the delivery queue over a spool.
+// Queue is the delivery queue over a spool: queue mode.
 type Queue struct {
 	o   Options // fixed at New; the reloadable part is in cur
-	cur atomic.Pointer[Options]
+	cur atomic.Pointer[Settings]
 	ctx context.Context // attempts run under it
 	// cancel aborts attempts still running when Close's grace ends.
 	cancel context.CancelFunc
@@ -70,12 +96,18 @@ type Queue struct {
 	done   chan struct{}
 	wg     sync.WaitGroup // attempts in flight
 
-	mu      sync.Mutex
-	entries map[string]*entry
-	lanes   map[laneKey]*lane
-	started bool
-	closed  bool
+	mu       sync.Mutex
+	entries  map[string]*entry
+	lanes    map[laneKey]*lane
+	inFlight int // attempts running that no device waits for
+	started  bool
+	closed   bool
 }
+
+// maxInFlight bounds the attempts running at once that no device waits
+// for (each holds a spool file open while it waits for its mailbox's
+// connection slot). Attempts a hybrid device waits for always start.
+const maxInFlight = 100
 
 // entry is a queued message as the runner sees it.
 type entry struct {
@@ -89,16 +121,15 @@ type entry struct {
 }
 
 type result struct {
-	receipt bridge.Receipt
+	receipt message.Receipt
 	err     error
 }
 
 type laneKey struct{ tenant, mailbox string }
 
-// lane is one mailbox's share of the runner.
+// lane is one mailbox's pause: after a throttling reply or while Exchange
+// cannot be reached, its messages wait together.
 type lane struct {
-	active      int
-	max         int
 	pausedUntil time.Time
 	pauses      int // consecutive throttled or failed attempts
 }
@@ -106,6 +137,9 @@ type lane struct {
 // New loads the spool's queued messages and returns a queue; Start runs
 // it.
 func New(o Options) (*Queue, error) {
+	if err := o.Settings.Check(); err != nil {
+		return nil, err
+	}
 	if o.Events == nil {
 		o.Events = audit.Nop{}
 	}
@@ -113,7 +147,7 @@ func New(o Options) (*Queue, error) {
 	q := &Queue{o: o, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}),
 		entries: map[string]*entry{}, lanes: map[laneKey]*lane{}}
-	q.cur.Store(normalize(o))
+	q.cur.Store(&o.Settings)
 	metas, err := o.Spool.List()
 	if err != nil {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
@@ -128,47 +162,21 @@ func New(o Options) (*Queue, error) {
 	return q, nil
 }
 
-func normalize(o Options) *Options {
-	if o.RetryInitial <= 0 {
-		o.RetryInitial = time.Minute
-	}
-	if o.RetryMax < o.RetryInitial {
-		o.RetryMax = max(30*time.Minute, o.RetryInitial)
-	}
-	if o.MaxAge <= 0 {
-		o.MaxAge = 48 * time.Hour
-	}
-	if o.BounceTo == nil {
-		o.BounceTo = func(string) string { return "" }
-	}
-	return &o
-}
+// settings returns the current reloadable settings.
+func (q *Queue) settings() *Settings { return q.cur.Load() }
 
-// opts returns the current reloadable settings.
-func (q *Queue) opts() *Options { return q.cur.Load() }
-
-// Reconfigure takes the retry schedule, max_age, per-tenant concurrency
-// and bounce addresses from o (its other fields are ignored). Messages
-// already deferred keep their next attempt; later ones use the new
-// schedule.
-func (q *Queue) Reconfigure(o Options) {
-	cur := *q.opts()
-	cur.RetryInitial, cur.RetryMax, cur.MaxAge = o.RetryInitial, o.RetryMax, o.MaxAge
-	cur.Concurrency, cur.BounceTo = o.Concurrency, o.BounceTo
-	q.cur.Store(normalize(cur))
-	q.mu.Lock()
-	for k, l := range q.lanes {
-		l.max = concurrency(q.opts(), k.tenant)
-	}
-	q.mu.Unlock()
+// Reconfigure takes new settings (which Check). Messages already
+// deferred keep their next attempt; later ones use the new schedule.
+func (q *Queue) Reconfigure(s Settings) {
+	q.cur.Store(&s)
 	q.kick()
 }
 
-func concurrency(o *Options, tenant string) int {
-	if n := o.Concurrency[tenant]; n > 0 {
-		return n
+func (q *Queue) bounceTo(device string) string {
+	if f := q.settings().BounceTo; f != nil {
+		return f(device)
 	}
-	return 3
+	return ""
 }
 
 // Start runs the queue until Close.
@@ -233,8 +241,8 @@ func (q *Queue) run() {
 // idleWait is how long the runner sleeps with nothing due.
 const idleWait = time.Minute
 
-// dispatch starts every attempt that is due and allowed, and returns how
-// long until the next one may be.
+// dispatch starts every attempt that is due and not paused, and returns
+// how long until the next one may be.
 func (q *Queue) dispatch(now time.Time) time.Duration {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -271,14 +279,16 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 		return strings.Compare(a.meta.ID, b.meta.ID)
 	})
 	for _, e := range ready {
-		l := q.lane(keyOf(e), e.meta.Tenant)
-		if l.active >= l.max {
-			continue
+		counted := e.waiter == nil
+		if counted && q.inFlight >= maxInFlight {
+			break
 		}
-		l.active++
+		if counted {
+			q.inFlight++
+		}
 		e.running = true
 		q.wg.Add(1)
-		go q.attempt(e, l)
+		go q.attempt(e, counted)
 	}
 	return max(next.Sub(now), time.Millisecond)
 }
@@ -287,17 +297,17 @@ func keyOf(e *entry) laneKey {
 	return laneKey{e.meta.Tenant, strings.ToLower(e.meta.Mailbox)}
 }
 
-func (q *Queue) lane(k laneKey, tenant string) *lane {
+func (q *Queue) lane(k laneKey) *lane {
 	l := q.lanes[k]
 	if l == nil {
-		l = &lane{max: concurrency(q.opts(), tenant)}
+		l = &lane{}
 		q.lanes[k] = l
 	}
 	return l
 }
 
 // attempt delivers e once and settles the outcome.
-func (q *Queue) attempt(e *entry, l *lane) {
+func (q *Queue) attempt(e *entry, counted bool) {
 	defer q.wg.Done()
 	q.mu.Lock()
 	m := e.meta
@@ -317,35 +327,39 @@ func (q *Queue) attempt(e *entry, l *lane) {
 	}
 	start := time.Now()
 	receipt, err := q.deliver(m)
-	q.settle(e, l, m, receipt, err, time.Since(start), log)
+	q.settle(e, counted, m, receipt, err, time.Since(start), log)
 }
 
-func (q *Queue) deliver(m spool.Meta) (bridge.Receipt, error) {
+func (q *Queue) deliver(m spool.Meta) (message.Receipt, error) {
 	f, err := q.o.Spool.Open(m.ID)
 	if err != nil {
-		return bridge.Receipt{}, fmt.Errorf("open spooled message: %w", err)
+		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageSource,
+			Err: fmt.Errorf("open spooled message: %w", err)}
 	}
 	defer f.Close()
-	msg := &bridge.Message{ID: m.ID, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Size: m.Size, Body: f}
-	return q.o.Deliverer.Deliver(q.ctx, msg)
+	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Size: m.Size, Body: f}
+	return q.o.Transport.Deliver(q.ctx, msg)
 }
 
 // settle records an attempt's outcome in memory, tells a waiting session,
 // then updates the spool.
-func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, err error, took time.Duration, log zerolog.Logger) {
+func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Receipt, err error, took time.Duration, log zerolog.Logger) {
 	now := time.Now()
-	o := q.opts()
-	permanent := bridge.Permanent(err)
-	expired := err != nil && !permanent && now.Sub(m.Since()) >= o.MaxAge
+	permanent := message.IsPermanent(err)
+	expired := err != nil && !permanent && now.Sub(m.Since()) >= q.settings().MaxAge
 	if err != nil {
-		m.LastReply = bridge.ReplyOf(err)
+		m.LastReply = message.ReplyOf(err).String()
 	}
 
 	q.mu.Lock()
-	l.active--
+	if counted {
+		q.inFlight--
+	}
 	e.running = false
 	waiter := e.waiter
 	e.waiter = nil
+	l := q.lane(keyOf(e))
+	var me *message.Error
 	switch {
 	case err == nil:
 		l.pauses, l.pausedUntil = 0, time.Time{}
@@ -354,7 +368,7 @@ func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, 
 		delete(q.entries, m.ID)
 	default:
 		e.meta, e.due = m, m.NextAttempt
-		if throttled(err) {
+		if errors.As(err, &me) && me.Pauses() {
 			l.pauses++
 			l.pausedUntil = now.Add(q.backoff(l.pauses))
 		}
@@ -369,7 +383,7 @@ func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, 
 	ev.Attempt, ev.Duration, ev.Err = m.Attempts, took, err
 	switch {
 	case err == nil:
-		ev.Reply, ev.UpstreamID, ev.Accepted = "250 "+receipt.Reply, receipt.QueueID, m.Received
+		ev.Reply, ev.UpstreamID, ev.Accepted = receipt.Reply.String(), receipt.UpstreamID, m.Received
 		q.o.Events.Observe(ev)
 		q.remove(m.ID, log)
 	case permanent:
@@ -384,10 +398,10 @@ func (q *Queue) settle(e *entry, l *lane, m spool.Meta, receipt bridge.Receipt, 
 		q.o.Events.Observe(ev)
 		q.bury(m, audit.ReasonPermanent, "refused by Exchange Online: "+m.LastReply, log)
 	case expired:
-		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", o.MaxAge, m.LastReply), log)
+		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", q.settings().MaxAge, m.LastReply), log)
 	default:
 		ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
-		ev.SetupProblem = bridge.SetupProblem(err)
+		ev.SetupProblem = message.ClassOf(err) == message.Setup
 		q.o.Events.Observe(ev)
 		if uerr := q.o.Spool.Update(m); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
 			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
@@ -412,44 +426,35 @@ func (q *Queue) remove(id string, log zerolog.Logger) {
 // attempt, with ±20% jitter so that messages queued together spread out,
 // kept within [RetryInitial, RetryMax].
 func (q *Queue) backoff(n int) time.Duration {
-	o := q.opts()
-	d := o.RetryInitial
-	for i := 1; i < n && d < o.RetryMax; i++ {
+	s := q.settings()
+	d := s.RetryInitial
+	for i := 1; i < n && d < s.RetryMax; i++ {
 		d *= 2
 	}
 	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-	return min(max(d, o.RetryInitial), o.RetryMax)
+	return min(max(d, s.RetryInitial), s.RetryMax)
 }
 
-// throttled says whether err means Exchange wants the mailbox to slow
-// down, or cannot be reached: the mailbox's other messages wait too.
-func throttled(err error) bool {
-	var ue *bridge.UpstreamError
-	if !errors.As(err, &ue) {
-		return false
+// Deliver implements Deliverer for queue mode: the message is stored and
+// queued, and the receipt says Queued. A *message.Error at StageSource
+// (the device's data could not be read) or StageSpool (it could not be
+// stored) means nothing was queued.
+func (q *Queue) Deliver(_ context.Context, m *message.Message) (message.Receipt, error) {
+	if _, err := q.spool(m, false); err != nil {
+		return message.Receipt{}, err
 	}
-	switch {
-	case ue.Code == 0:
-		return true // unreachable, TLS failure, connection lost
-	case ue.Code == 421 || ue.Code == 451:
-		return true
-	case ue.Code == 432 || ue.Enhanced == smtp.EnhancedCode{4, 3, 2}:
-		return true
-	}
-	return false
+	return message.Receipt{Queued: true}, nil
 }
 
-// Spool implements bridge.Spooler.
-func (q *Queue) Spool(m *bridge.Message, wait bool) (bridge.Pending, error) {
+// spool stores a device's message and queues it; with wait, its pending
+// can wait for the first attempt.
+func (q *Queue) spool(m *message.Message, wait bool) (*pending, error) {
 	now := time.Now().UTC()
 	meta := spool.Meta{
-		ID: m.ID, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Received: now,
+		ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Received: now,
 		// The first attempt follows at once; the record says so already,
 		// so that a crash during it makes the restart wait before the next.
 		Attempts: 1, NextAttempt: now.Add(q.backoff(1)),
-	}
-	if m.Device != nil {
-		meta.Device = m.Device.Name
 	}
 	return q.add(meta, m.Body, wait, func(meta spool.Meta) {
 		ev := event(audit.Received, meta)
@@ -460,22 +465,22 @@ func (q *Queue) Spool(m *bridge.Message, wait bool) (bridge.Pending, error) {
 
 // add stores a message and queues it. committed, if set, is called once
 // the message is safe on disk and before its first attempt starts.
-func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(spool.Meta)) (bridge.Pending, error) {
+func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(spool.Meta)) (*pending, error) {
 	w, err := q.o.Spool.Create(meta)
 	if err != nil {
-		return nil, &bridge.StorageError{Err: err}
+		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}
 	}
-	src := &bridge.SourceReader{R: body}
+	src := &sourceReader{r: body}
 	if _, err := io.Copy(w, src); err != nil {
 		w.Abort()
-		if src.Err != nil {
-			return nil, &bridge.SourceError{Err: src.Err}
+		if src.err != nil {
+			return nil, &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: src.err}
 		}
-		return nil, &bridge.StorageError{Err: err}
+		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}
 	}
 	meta, err = w.Commit()
 	if err != nil {
-		return nil, &bridge.StorageError{Err: err}
+		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}
 	}
 	if committed != nil {
 		committed(meta)
@@ -493,15 +498,34 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(s
 	return p, nil
 }
 
+// sourceReader remembers a read error of the message source, so that a
+// failed copy can tell the device's fault from the spool's.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// pending is a spooled message whose first attempt a device may wait for.
 type pending struct {
 	q  *Queue
 	id string
 	ch chan result
 }
 
-func (p *pending) Wait(d time.Duration) (bridge.Receipt, error, bool) {
+// wait waits up to d (or until ctx ends) for the first attempt. done is
+// false if it did not finish in time: the queue then owns the message's
+// fate.
+func (p *pending) wait(ctx context.Context, d time.Duration) (message.Receipt, error, bool) {
 	if p.ch == nil {
-		return bridge.Receipt{}, nil, false
+		return message.Receipt{}, nil, false
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -509,12 +533,13 @@ func (p *pending) Wait(d time.Duration) (bridge.Receipt, error, bool) {
 	case r := <-p.ch:
 		return r.receipt, r.err, true
 	case <-t.C:
+	case <-ctx.Done():
 	}
 	p.q.mu.Lock()
 	defer p.q.mu.Unlock()
 	if e := p.q.entries[p.id]; e != nil && e.waiter == p.ch {
 		e.waiter = nil // from now on the queue alone decides
-		return bridge.Receipt{}, nil, false
+		return message.Receipt{}, nil, false
 	}
 	// settle took the waiter and sent the result under the same lock.
 	r := <-p.ch

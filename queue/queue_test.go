@@ -11,15 +11,15 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // Hybrid mode: Exchange's acceptance reaches the device, and the spool is
 // empty afterwards.
 func TestHybridDelivered(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeHybrid})
+	s := w.start(stackOptions{mode: message.ModeHybrid})
 	code, text := s.send("mfp", "anyone@contoso.example", "hybrid-ok", "bob@contoso.example")
 	if code != 250 || !strings.Contains(text, "delivered as <") {
 		t.Fatalf("reply %d %q, want 250 ... delivered as <queue id>", code, text)
@@ -35,7 +35,7 @@ func TestHybridDelivered(t *testing.T) {
 // and the message leaves the spool (no dead letter: the device knows).
 func TestHybridPermanentRefusal(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeHybrid, bounceTo: "it@contoso.example"})
+	s := w.start(stackOptions{mode: message.ModeHybrid, bounceTo: "it@contoso.example"})
 	// billing@ is allowed by the device's policy, but the mailbox has no
 	// SendAs for it: Exchange refuses at MAIL FROM.
 	code, text := s.send("erp", "billing@contoso.example", "sendas", "bob@contoso.example")
@@ -57,7 +57,7 @@ func TestHybridPermanentRefusal(t *testing.T) {
 // the message later, once.
 func TestHybridTemporaryThenDelivered(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeHybrid})
+	s := w.start(stackOptions{mode: message.ModeHybrid})
 	w.exo.Script(fakeexchange.StageMail, fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error"})
 	code, text := s.send("mfp", "x@contoso.example", "temp", "bob@contoso.example")
 	if code != 250 || !strings.Contains(text, "queued") {
@@ -75,7 +75,7 @@ func TestHybridTemporaryThenDelivered(t *testing.T) {
 // device gets "queued" at the deadline; the message arrives later.
 func TestHybridDeadline(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeHybrid, syncTimeout: 300 * time.Millisecond})
+	s := w.start(stackOptions{mode: message.ModeHybrid, syncTimeout: 300 * time.Millisecond})
 	w.proxy.set("hang")
 	start := time.Now()
 	code, text := s.send("mfp", "x@contoso.example", "slow", "bob@contoso.example")
@@ -97,7 +97,7 @@ func TestHybridDeadline(t *testing.T) {
 func TestQueueMode(t *testing.T) {
 	w := newWorld(t)
 	w.proxy.set("down")
-	s := w.start(stackOptions{mode: config.ModeQueue})
+	s := w.start(stackOptions{mode: message.ModeQueue})
 	code, text := s.send("mfp", "x@contoso.example", "queued-1", "bob@contoso.example")
 	if code != 250 || !strings.Contains(text, "queued") {
 		t.Fatalf("reply %d %q, want 250 ... queued", code, text)
@@ -114,7 +114,7 @@ func TestQueueMode(t *testing.T) {
 // bridge never holds more than 3 connections for the mailbox.
 func TestThrottling(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeQueue})
+	s := w.start(stackOptions{mode: message.ModeQueue})
 	var replies []fakeexchange.Reply
 	for i := 0; i < 6; i++ {
 		replies = append(replies,
@@ -156,7 +156,7 @@ func TestThrottling(t *testing.T) {
 // a 250 for arrives, none twice.
 func TestOutage(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeHybrid})
+	s := w.start(stackOptions{mode: message.ModeHybrid})
 	w.proxy.set("down")
 	for i := 0; i < 10; i++ {
 		if code, text := s.send("mfp", "x@contoso.example", fmt.Sprintf("outage-%d", i), "bob@contoso.example"); code != 250 || !strings.Contains(text, "queued") {
@@ -183,7 +183,7 @@ func TestRestartDeliversSpooled(t *testing.T) {
 	w := newWorld(t)
 	dir := t.TempDir()
 	w.proxy.set("down")
-	s1 := w.start(stackOptions{mode: config.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
+	s1 := w.start(stackOptions{mode: message.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
 	for i := 0; i < 3; i++ {
 		if code, _ := s1.send("mfp", "x@contoso.example", fmt.Sprintf("restart-%d", i), "bob@contoso.example"); code != 250 {
 			t.Fatal("not accepted")
@@ -201,7 +201,7 @@ func TestRestartDeliversSpooled(t *testing.T) {
 	})
 	s1.stop()
 	w.proxy.set("up")
-	s2 := w.start(stackOptions{mode: config.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
+	s2 := w.start(stackOptions{mode: message.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
 	if got := len(s2.queued()); got != 3 {
 		t.Fatalf("after restart %d messages queued, want 3", got)
 	}
@@ -222,7 +222,7 @@ func TestRestartDeliversSpooled(t *testing.T) {
 // sends it again.
 func TestDeadLetterAndDSN(t *testing.T) {
 	w := newWorld(t)
-	s := w.start(stackOptions{mode: config.ModeQueue, bounceTo: "it@contoso.example"})
+	s := w.start(stackOptions{mode: message.ModeQueue, bounceTo: "it@contoso.example"})
 	w.exo.Script(fakeexchange.StageRcpt, fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound; Recipient not found"})
 	if code, _ := s.send("mfp", "x@contoso.example", "doomed", "nobody@contoso.example"); code != 250 {
 		t.Fatal("not accepted")
@@ -270,7 +270,7 @@ func TestDeadLetterAndDSN(t *testing.T) {
 func TestMaxAge(t *testing.T) {
 	w := newWorld(t)
 	w.proxy.set("down")
-	s := w.start(stackOptions{mode: config.ModeQueue, maxAge: 300 * time.Millisecond, bounceTo: "it@contoso.example"})
+	s := w.start(stackOptions{mode: message.ModeQueue, maxAge: 300 * time.Millisecond, bounceTo: "it@contoso.example"})
 	if code, _ := s.send("mfp", "x@contoso.example", "too-old", "bob@contoso.example"); code != 250 {
 		t.Fatal("not accepted")
 	}
@@ -296,7 +296,7 @@ func TestMaxAge(t *testing.T) {
 func TestSpoolWriteFailure(t *testing.T) {
 	w := newWorld(t)
 	dir := t.TempDir()
-	s := w.start(stackOptions{mode: config.ModeHybrid, spoolDir: dir})
+	s := w.start(stackOptions{mode: message.ModeHybrid, spoolDir: dir})
 	// Replace tmp/ with a file: every new message file fails, even for
 	// root, who ignores permissions.
 	if err := os.RemoveAll(filepath.Join(dir, "tmp")); err != nil {

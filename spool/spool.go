@@ -19,8 +19,6 @@
 package spool
 
 import (
-	"crypto/rand"
-	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +29,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // Meta is what the spool knows about a message besides its bytes.
@@ -161,16 +161,6 @@ func (s *Spool) recover() error {
 	return syncDir(filepath.Join(s.dir, queueDir))
 }
 
-// NewID returns a fresh message ID: time-ordered, 26 characters, safe in
-// file names.
-func NewID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("%013x", time.Now().UnixMilli())[:13] + strings.ToLower(idEnc.EncodeToString(b[:]))[:13]
-}
-
-var idEnc = base32.StdEncoding.WithPadding(base32.NoPadding)
-
 func validID(id string) bool {
 	if id == "" || len(id) > 64 {
 		return false
@@ -200,7 +190,7 @@ type Writer struct {
 // Create starts a message with the given metadata; meta.ID is set if empty.
 func (s *Spool) Create(meta Meta) (*Writer, error) {
 	if meta.ID == "" {
-		meta.ID = NewID()
+		meta.ID = message.NewID()
 	}
 	if !validID(meta.ID) {
 		return nil, fmt.Errorf("spool: invalid message ID %q", meta.ID)

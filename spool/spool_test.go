@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 func put(t *testing.T, s *Spool, body string) Meta {
@@ -158,12 +160,12 @@ func TestUnwritableSpool(t *testing.T) {
 }
 
 func TestIDs(t *testing.T) {
-	a, b := NewID(), NewID()
+	a, b := message.NewID(), message.NewID()
 	if a == b || !validID(a) || len(a) != 26 {
 		t.Errorf("NewID = %q, %q", a, b)
 	}
 	time.Sleep(2 * time.Millisecond)
-	if c := NewID(); c < a {
+	if c := message.NewID(); c < a {
 		t.Errorf("IDs not time-ordered: %q < %q", c, a)
 	}
 	for _, bad := range []string{"", "../x", "a/b", "A", strings.Repeat("a", 65)} {

@@ -230,7 +230,7 @@ func (b *Board) Observe(e audit.Event) {
 
 func problemText(e audit.Event) string {
 	if e.Reply != "" {
-		if h := hints.ForReply(e.Reply); h != nil && h.Setup {
+		if h := hints.ForReply(e.Reply); h != nil {
 			return e.Reply + ". " + h.Meaning + " Fix: " + h.Fix
 		}
 		return e.Reply

@@ -22,7 +22,7 @@ import (
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 )
 
 // Tenant is what the store needs to know about one app registration.
@@ -30,20 +30,13 @@ type Tenant struct {
 	Name          string // the config name, used in errors and metrics
 	TenantID      string
 	ClientID      string
-	Credential    config.Credential
+	Credential    secret.Credential
 	AuthorityHost string // e.g. https://login.microsoftonline.com
 	Scope         string // e.g. https://outlook.office365.com/.default
 	// RootCAs, if set, replaces the system roots for this tenant's
 	// authority (sandbox mode). Production leaves it nil: the system trust
 	// store, which honours SSL_CERT_FILE, is used.
 	RootCAs *x509.CertPool
-}
-
-// TenantOf is what the store needs of a configured tenant. roots, if not
-// nil, replaces the system roots for its authority (sandbox mode).
-func TenantOf(t *config.Tenant, roots *x509.CertPool) Tenant {
-	return Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
-		AuthorityHost: t.AuthorityHost, Scope: t.TokenScope, RootCAs: roots}
 }
 
 // Token is an access token. String does not reveal it.

@@ -10,16 +10,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 const (
-	tenantID = "11111111-2222-3333-4444-555555555555"
-	clientID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-	secret   = "s3cr3t~Value.Of-The_Secret"
+	tenantID     = "11111111-2222-3333-4444-555555555555"
+	clientID     = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+	clientSecret = "s3cr3t~Value.Of-The_Secret"
 )
 
 type env struct {
@@ -49,14 +49,14 @@ func newEnv(t *testing.T) *env {
 	return &env{entra: e, ca: ca}
 }
 
-func (e *env) tenant(cred config.Credential) tokenstore.Tenant {
+func (e *env) tenant(cred secret.Credential) tokenstore.Tenant {
 	return tokenstore.Tenant{
 		Name:          "contoso",
 		TenantID:      tenantID,
 		ClientID:      clientID,
 		Credential:    cred,
 		AuthorityHost: e.entra.URL(),
-		Scope:         config.DefaultTokenScope,
+		Scope:         "https://outlook.office365.com/.default",
 		RootCAs:       e.ca.Pool(),
 	}
 }
@@ -72,8 +72,8 @@ func newStore(t *testing.T, tenants ...tokenstore.Tenant) *tokenstore.Store {
 
 func TestOneGrantForManyRequests(t *testing.T) {
 	e := newEnv(t)
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
-	s := newStore(t, e.tenant(config.NewSecretCredential(secret)))
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 
 	var first string
 	for i := range 50 {
@@ -115,8 +115,8 @@ func TestOneGrantForManyRequests(t *testing.T) {
 
 func TestConcurrentRequestsShareOneGrant(t *testing.T) {
 	e := newEnv(t)
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
-	s := newStore(t, e.tenant(config.NewSecretCredential(secret)))
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
@@ -147,11 +147,7 @@ func TestCertificateCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Certificates: []*x509.Certificate{cert.Cert}})
-	certs, key, err := config.ParseCertificateCredential(cert.PEM, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newStore(t, e.tenant(config.NewCertCredential(certs, key)))
+	s := newStore(t, e.tenant(secret.NewCertificate([]*x509.Certificate{cert.Cert}, cert.Key)))
 	tok, err := s.Token(context.Background(), "contoso")
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +161,7 @@ func TestCertificateCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tn := e.tenant(config.NewCertCredential([]*x509.Certificate{other.Cert}, other.Key))
+	tn := e.tenant(secret.NewCertificate([]*x509.Certificate{other.Cert}, other.Key))
 	tn.Name = "other"
 	s = newStore(t, tn)
 	_, err = s.Token(context.Background(), "other")
@@ -174,8 +170,8 @@ func TestCertificateCredential(t *testing.T) {
 
 func TestEntraErrors(t *testing.T) {
 	e := newEnv(t)
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: "expired-app", Secrets: []fakeentra.Secret{{Value: secret, Expires: time.Now().Add(-time.Hour)}}})
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: "expired-app", Secrets: []fakeentra.Secret{{Value: clientSecret, Expires: time.Now().Add(-time.Hour)}}})
 
 	tests := []struct {
 		name      string
@@ -184,7 +180,7 @@ func TestEntraErrors(t *testing.T) {
 		hint      string
 		temporary bool
 	}{
-		{"wrong secret", func(tn *tokenstore.Tenant) { tn.Credential = config.NewSecretCredential("not-the-secret") }, 7000215, "secret's Value", false},
+		{"wrong secret", func(tn *tokenstore.Tenant) { tn.Credential = secret.NewClientSecret("not-the-secret") }, 7000215, "secret's Value", false},
 		{"unknown tenant", func(tn *tokenstore.Tenant) { tn.TenantID = "nosuch.example" }, 90002, "Tenant not found. Use the Directory (tenant) ID", false},
 		{"unknown app", func(tn *tokenstore.Tenant) { tn.ClientID = "00000000-0000-0000-0000-000000000000" }, 700016, "No app with this client_id in this tenant", false},
 		{"expired secret", func(tn *tokenstore.Tenant) { tn.ClientID = "expired-app" }, 7000222, "expired", false},
@@ -192,7 +188,7 @@ func TestEntraErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tn := e.tenant(config.NewSecretCredential(secret))
+			tn := e.tenant(secret.NewClientSecret(clientSecret))
 			tc.edit(&tn)
 			s := newStore(t, tn)
 			_, err := s.Token(context.Background(), "contoso")
@@ -200,7 +196,7 @@ func TestEntraErrors(t *testing.T) {
 			if te != nil && !strings.Contains(err.Error(), tc.hint) {
 				t.Errorf("error %q lacks hint %q", err, tc.hint)
 			}
-			for _, s := range []string{secret, "not-the-secret"} {
+			for _, s := range []string{clientSecret, "not-the-secret"} {
 				if strings.Contains(err.Error(), s) {
 					t.Errorf("error reveals the secret: %q", err)
 				}
@@ -211,9 +207,9 @@ func TestEntraErrors(t *testing.T) {
 
 func TestTransientFailureRecovers(t *testing.T) {
 	e := newEnv(t)
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
 	e.entra.Fail(fakeentra.Failure{Status: 503, Code: "temporarily_unavailable", AADSTS: 90033, Description: "A transient error has occurred. Please try again."})
-	s := newStore(t, e.tenant(config.NewSecretCredential(secret)))
+	s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 
 	_, err := s.Token(context.Background(), "contoso")
 	var te *tokenstore.Error
@@ -227,10 +223,10 @@ func TestTransientFailureRecovers(t *testing.T) {
 
 func TestUnreachableAndUntrusted(t *testing.T) {
 	e := newEnv(t)
-	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
 
 	t.Run("untrusted certificate", func(t *testing.T) {
-		tn := e.tenant(config.NewSecretCredential(secret))
+		tn := e.tenant(secret.NewClientSecret(clientSecret))
 		other, err := pki.NewCA("someone else")
 		if err != nil {
 			t.Fatal(err)
@@ -254,7 +250,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		ln.Close()
-		tn := e.tenant(config.NewSecretCredential(secret))
+		tn := e.tenant(secret.NewClientSecret(clientSecret))
 		tn.AuthorityHost = "https://" + addr
 		s := newStore(t, tn)
 		_, err = s.Token(context.Background(), "contoso")
@@ -275,7 +271,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 	})
 
 	t.Run("caller gives up", func(t *testing.T) {
-		s := newStore(t, e.tenant(config.NewSecretCredential(secret)))
+		s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if _, err := s.Token(ctx, "contoso"); !errors.Is(err, context.Canceled) {

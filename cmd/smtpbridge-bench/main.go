@@ -46,15 +46,16 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 const (
-	tenantID = "0b5c1c5e-7d2f-4d1e-9a63-00000000beef"
-	clientID = "5f0c6a0e-3b7d-4c55-8f43-00000000beef"
-	secret   = "bench-client-secret"
-	password = "bench-device-password"
-	mailbox  = "scanner@contoso.example"
+	tenantID     = "0b5c1c5e-7d2f-4d1e-9a63-00000000beef"
+	clientID     = "5f0c6a0e-3b7d-4c55-8f43-00000000beef"
+	clientSecret = "bench-client-secret"
+	password     = "bench-device-password"
+	mailbox      = "scanner@contoso.example"
 )
 
 func main() {
@@ -250,7 +251,7 @@ func startWorld(dir string) (*world, error) {
 		return nil, err
 	}
 	w.entra.AddTenant(tenantID)
-	app := w.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: secret}}})
+	app := w.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
 	w.exo = fakeexchange.New(w.entra)
 	w.exo.AddServicePrincipal(tenantID, clientID, app.ObjectID)
 	w.exo.AddMailbox(fakeexchange.Mailbox{Address: mailbox, TenantID: tenantID, FullAccess: []string{app.ObjectID},
@@ -259,7 +260,7 @@ func startWorld(dir string) (*world, error) {
 		return nil, err
 	}
 	w.store, err = tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: tenantID, ClientID: clientID,
-		Credential: config.NewSecretCredential(secret), AuthorityHost: w.entra.URL(), Scope: config.DefaultTokenScope,
+		Credential: secret.NewClientSecret(clientSecret), AuthorityHost: w.entra.URL(), Scope: config.DefaultTokenScope,
 		RootCAs: ca.Pool()}}, nil)
 	return w, err
 }
@@ -311,7 +312,7 @@ delivery: {mode: hybrid}
 spool: {dir: spool}
 log: {level: warn}
 http: {address: %q}
-`, addr, tenantID, clientID, secret, w.entra.URL(), w.exo.Addr(), o.c, hash, mailbox, maxBytes, httpAddr)
+`, addr, tenantID, clientID, clientSecret, w.entra.URL(), w.exo.Addr(), o.c, hash, mailbox, maxBytes, httpAddr)
 	path := filepath.Join(dir, "bench.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err

@@ -2,18 +2,16 @@ package main
 
 import (
 	"bufio"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // The abuse suite: hostile and broken clients against the built binary
@@ -25,76 +23,15 @@ import (
 // Clients come from different loopback addresses (127.0.0.x), so that a
 // block or a per-address limit on one does not touch the others.
 
-// conv is one SMTP conversation from a chosen source address.
-type conv struct {
-	t    *testing.T
-	c    net.Conn
-	text *textproto.Conn
-}
-
-func dialFrom(t *testing.T, src, addr string) (*conv, string) {
+func dialFrom(t *testing.T, src, addr string) (*testenv.Dialog, string) {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("dial from %s: %v", src, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	cv := &conv{t: t, c: c, text: textproto.NewConn(c)}
-	greeting, err := cv.read()
-	if err != nil {
-		t.Fatalf("greeting from %s: %v", src, err)
-	}
-	return cv, greeting
-}
-
-// read returns the last line of the next reply.
-func (cv *conv) read() (string, error) {
-	for {
-		line, err := cv.text.ReadLine()
-		if err != nil {
-			return "", err
-		}
-		if len(line) < 4 || line[3] != '-' {
-			return line, nil
-		}
-	}
-}
-
-// do sends a line and checks the reply starts with want.
-func (cv *conv) do(line, want string) string {
-	cv.t.Helper()
-	if err := cv.text.PrintfLine("%s", line); err != nil {
-		cv.t.Fatalf("send %q: %v", truncate(line, 60), err)
-	}
-	got, err := cv.read()
-	if err != nil {
-		cv.t.Fatalf("reply to %q: %v", truncate(line, 60), err)
-	}
-	if !strings.HasPrefix(got, want) {
-		cv.t.Fatalf("%q: got %q, want %q", truncate(line, 60), got, want)
-	}
-	return got
-}
-
-func (cv *conv) login(user, pass string) {
-	cv.t.Helper()
-	cv.do("EHLO device.lan", "250")
-	cv.do("AUTH PLAIN "+b64(plainResp(user, pass)), "235 2.0.0")
+	return testenv.DialFrom(t, src, addr)
 }
 
 func plainResp(user, pass string) string { return "\x00" + user + "\x00" + pass }
 
-// closed says whether the server closed the connection.
-func (cv *conv) closed() bool {
-	cv.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err := cv.text.ReadLine()
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || err != nil && strings.Contains(err.Error(), "reset")
-}
-
 type abuseBridge struct {
-	u     *upstream
+	u     *fakes
 	p     *bridgeProc
 	plain string // password listener
 	panel string // listener for devices without AUTH
@@ -103,7 +40,7 @@ type abuseBridge struct {
 
 func startAbuseBridge(t *testing.T) *abuseBridge {
 	t.Helper()
-	u := startUpstream(t)
+	u := startFakes(t)
 	b := &abuseBridge{u: u, plain: freePort(t), panel: freePort(t), http: freePort(t)}
 	cfg := fmt.Sprintf(`
 hostname: bridge.test
@@ -169,17 +106,17 @@ func (b *abuseBridge) stillServes(t *testing.T, tag string) {
 	if !strings.HasPrefix(greeting, "220") {
 		t.Fatalf("a device got %q at the greeting", greeting)
 	}
-	cv.login("mfp-2f", password)
-	cv.do("MAIL FROM:<scan@printer.lan>", "250")
-	cv.do("RCPT TO:<bob@contoso.example>", "250")
-	cv.do("DATA", "354")
-	w := cv.text.DotWriter()
+	cv.Login("mfp-2f", password)
+	cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+	cv.Cmd("RCPT TO:<bob@contoso.example>", "250")
+	cv.Cmd("DATA", "354")
+	w := cv.Text.DotWriter()
 	fmt.Fprintf(w, "Subject: still serving %s\r\n\r\nok\r\n", tag)
 	w.Close()
-	if got, err := cv.read(); err != nil || !strings.HasPrefix(got, "250 2.0.0 OK") {
+	if got, err := cv.Read(); err != nil || !strings.HasPrefix(got, "250 2.0.0 OK") {
 		t.Fatalf("a device's message during %s: %q %v", tag, got, err)
 	}
-	cv.do("QUIT", "221")
+	cv.Cmd("QUIT", "221")
 }
 
 // relayedTo lists every recipient Exchange got a message for.
@@ -207,7 +144,7 @@ func TestAbuse(t *testing.T) {
 		start := time.Now()
 		go func() {
 			for i := 0; i < 40; i++ {
-				if _, err := dribble.c.Write([]byte("N")); err != nil {
+				if _, err := dribble.Conn.Write([]byte("N")); err != nil {
 					return
 				}
 				time.Sleep(time.Second)
@@ -220,11 +157,11 @@ func TestAbuse(t *testing.T) {
 		chattyEnd := make(chan end, 1)
 		go func() {
 			for {
-				if err := chatty.text.PrintfLine("NOOP"); err != nil {
+				if err := chatty.Text.PrintfLine("NOOP"); err != nil {
 					chattyEnd <- end{err.Error(), time.Since(start)}
 					return
 				}
-				got, err := chatty.read()
+				got, err := chatty.Read()
 				if err != nil || !strings.HasPrefix(got, "250") {
 					chattyEnd <- end{got, time.Since(start)}
 					return
@@ -234,7 +171,7 @@ func TestAbuse(t *testing.T) {
 		}()
 		b.stillServes(t, "slow loris")
 		for name, c := range map[string]struct {
-			cv    *conv
+			cv    *testenv.Dialog
 			limit time.Duration
 		}{
 			"silent": {silent, 15 * time.Second}, // command_timeout
@@ -244,10 +181,10 @@ func TestAbuse(t *testing.T) {
 		} {
 			cv := c.cv
 			// The last reply before the server closes the connection.
-			cv.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			cv.Conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 			var last string
 			for {
-				got, err := cv.read()
+				got, err := cv.Read()
 				if err != nil {
 					break
 				}
@@ -278,14 +215,14 @@ func TestAbuse(t *testing.T) {
 			t.Parallel()
 			t.Run("open relay without AUTH", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.2", b.plain)
-				cv.do("EHLO spammer", "250")
-				cv.do("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
-				cv.do("RCPT TO:<victim@evil.example>", "502 5.5.1") // go-smtp: no MAIL
+				cv.Cmd("EHLO spammer", "250")
+				cv.Cmd("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
+				cv.Cmd("RCPT TO:<victim@evil.example>", "502 5.5.1") // go-smtp: no MAIL
 				// A listener that takes devices without AUTH, from an address
 				// that is no device's.
 				cv2, _ := dialFrom(t, "127.0.0.3", b.panel)
-				cv2.do("HELO spammer", "250")
-				cv2.do("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
+				cv2.Cmd("HELO spammer", "250")
+				cv2.Cmd("MAIL FROM:<ceo@contoso.example>", "530 5.7.0")
 				// And from outside its allowed_networks: refused at the greeting.
 				_, greeting := dialFrom(t, "127.0.0.100", b.panel)
 				if !strings.HasPrefix(greeting, "554 5.7.1") {
@@ -296,22 +233,22 @@ func TestAbuse(t *testing.T) {
 
 			t.Run("open relay with AUTH", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.4", b.plain)
-				cv.login("mfp-2f", password)
-				cv.do("MAIL FROM:<scan@printer.lan>", "250")
-				cv.do("RCPT TO:<victim@evil.example>", "550 5.7.1")
-				cv.do("RCPT TO:<victim@contoso.example.evil.example>", "550 5.7.1")
-				cv.do("RCPT TO:<victim@eu.contoso.example>", "550 5.7.1")
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Cmd("RCPT TO:<victim@evil.example>", "550 5.7.1")
+				cv.Cmd("RCPT TO:<victim@contoso.example.evil.example>", "550 5.7.1")
+				cv.Cmd("RCPT TO:<victim@eu.contoso.example>", "550 5.7.1")
 				// The device without AUTH, within and outside its policy.
 				pv, _ := dialFrom(t, "127.0.0.9", b.panel)
-				pv.do("HELO panel", "250")
-				pv.do("MAIL FROM:<panel@lan>", "250")
-				pv.do("RCPT TO:<ceo@contoso.example>", "550 5.7.1")
-				pv.do("RCPT TO:<noc@alerts.example>", "250")
-				pv.do("DATA", "354")
-				w := pv.text.DotWriter()
+				pv.Cmd("HELO panel", "250")
+				pv.Cmd("MAIL FROM:<panel@lan>", "250")
+				pv.Cmd("RCPT TO:<ceo@contoso.example>", "550 5.7.1")
+				pv.Cmd("RCPT TO:<noc@alerts.example>", "250")
+				pv.Cmd("DATA", "354")
+				w := pv.Text.DotWriter()
 				io.WriteString(w, "Subject: alarm zone 3\r\n\r\nzone 3\r\n")
 				w.Close()
-				if got, _ := pv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+				if got, _ := pv.Read(); !strings.HasPrefix(got, "250 2.0.0") {
 					t.Errorf("the panel's alarm: %q", got)
 				}
 				b.stillServes(t, "relay with AUTH")
@@ -319,8 +256,8 @@ func TestAbuse(t *testing.T) {
 
 			t.Run("recipient policy bypasses", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.5", b.plain)
-				cv.login("mfp-2f", password)
-				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
 				for rcpt, want := range map[string]string{
 					"<@contoso.example:victim@evil.example>":  "550 5.7.1", // source route: the real address is checked
 					"<victim%evil.example@contoso.example>":   "553 5.1.3",
@@ -330,23 +267,23 @@ func TestAbuse(t *testing.T) {
 					"<victim@contoso.example.>":               "553 5.1.3",
 					"<VICTIM@EVIL.EXAMPLE>":                   "550 5.7.1",
 				} {
-					cv.do("RCPT TO:"+rcpt, want)
+					cv.Cmd("RCPT TO:"+rcpt, want)
 				}
-				cv.do("QUIT", "221")
+				cv.Cmd("QUIT", "221")
 			})
 
 			t.Run("header injection through the rewritten From", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.6", b.plain)
-				cv.login("mfp-2f", password)
-				cv.do("MAIL FROM:<scan@printer.lan>", "250")
-				cv.do("RCPT TO:<bob@contoso.example>", "250")
-				cv.do("DATA", "354")
-				w := cv.text.DotWriter()
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Cmd("RCPT TO:<bob@contoso.example>", "250")
+				cv.Cmd("DATA", "354")
+				w := cv.Text.DotWriter()
 				io.WriteString(w, "From: \"Scanner\r\n Bcc: victim@evil.example\" <scan@printer.lan>\r\n"+
 					"From: =?utf-8?q?x=0D=0ABcc:_victim2@evil.example?= <ceo@contoso.example>\r\n"+
 					"Subject: injection\rBcc: victim3@evil.example\r\nX-Null: a\x00b\r\n\r\nbody\r\n")
 				w.Close()
-				if got, _ := cv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+				if got, _ := cv.Read(); !strings.HasPrefix(got, "250 2.0.0") {
 					t.Fatalf("reply %q", got)
 				}
 				var data []byte
@@ -367,18 +304,20 @@ func TestAbuse(t *testing.T) {
 
 			t.Run("10,000 recipients", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.7", b.plain)
-				cv.login("mfp-2f", password)
-				cv.do("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
 				// Pipelined, as a bulk sender would.
+				written := make(chan struct{})
 				go func() {
+					defer close(written)
 					for i := 0; i < 10000; i++ {
-						fmt.Fprintf(cv.text.W, "RCPT TO:<r%d@contoso.example>\r\n", i)
+						fmt.Fprintf(cv.Text.W, "RCPT TO:<r%d@contoso.example>\r\n", i)
 					}
-					cv.text.W.Flush()
+					cv.Text.W.Flush()
 				}()
 				ok, over := 0, 0
 				for i := 0; i < 10000; i++ {
-					got, err := cv.read()
+					got, err := cv.Read()
 					if err != nil {
 						t.Fatalf("after %d replies: %v", i, err)
 					}
@@ -391,16 +330,17 @@ func TestAbuse(t *testing.T) {
 						t.Fatalf("reply %d: %q", i, got)
 					}
 				}
+				<-written // the writer is done with cv.Text before the test uses it again
 				if ok != 100 || over != 9900 {
 					t.Errorf("%d accepted, %d refused with 452 4.5.3; want 100 and 9900", ok, over)
 				}
 				// The session goes on, for the recipients it has (RFC 5321
 				// section 4.5.3.1.10).
-				cv.do("DATA", "354")
-				w := cv.text.DotWriter()
+				cv.Cmd("DATA", "354")
+				w := cv.Text.DotWriter()
 				io.WriteString(w, "Subject: many\r\n\r\nx\r\n")
 				w.Close()
-				if got, _ := cv.read(); !strings.HasPrefix(got, "250 2.0.0") {
+				if got, _ := cv.Read(); !strings.HasPrefix(got, "250 2.0.0") {
 					t.Errorf("DATA after 10,000 RCPTs: %q", got)
 				}
 				for _, m := range b.u.exo.Messages() {
@@ -412,14 +352,14 @@ func TestAbuse(t *testing.T) {
 
 			t.Run("1 GB DATA", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.8", b.plain)
-				cv.login("mfp-2f", password)
-				cv.do("MAIL FROM:<scan@printer.lan>", "250")
-				cv.do("RCPT TO:<bob@contoso.example>", "250")
-				cv.do("DATA", "354")
-				cv.c.SetDeadline(time.Now().Add(5 * time.Minute))
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Cmd("RCPT TO:<bob@contoso.example>", "250")
+				cv.Cmd("DATA", "354")
+				cv.Conn.SetDeadline(time.Now().Add(5 * time.Minute))
 				line := strings.Repeat("0123456789", 99) + "\r\n" // 1,000 bytes
 				chunk := []byte(strings.Repeat(line, 1000))       // 1 MB
-				bw := bufio.NewWriterSize(cv.c, 1<<20)
+				bw := bufio.NewWriterSize(cv.Conn, 1<<20)
 				io.WriteString(bw, "Subject: huge\r\n\r\n")
 				for i := 0; i < 1000; i++ {
 					if _, err := bw.Write(chunk); err != nil {
@@ -428,7 +368,7 @@ func TestAbuse(t *testing.T) {
 				}
 				io.WriteString(bw, ".\r\n")
 				bw.Flush()
-				if got, err := cv.read(); err != nil || !strings.HasPrefix(got, "552 5.3.4") {
+				if got, err := cv.Read(); err != nil || !strings.HasPrefix(got, "552 5.3.4") {
 					t.Errorf("1 GB DATA: %q %v", got, err)
 				}
 				b.stillServes(t, "1 GB DATA")
@@ -436,18 +376,18 @@ func TestAbuse(t *testing.T) {
 
 			t.Run("endless line", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.10", b.plain)
-				cv.do("EHLO x", "250")
+				cv.Cmd("EHLO x", "250")
 				go func() {
-					cv.text.W.WriteString("NOOP ")
+					cv.Text.W.WriteString("NOOP ")
 					for i := 0; i < 64; i++ {
-						cv.text.W.WriteString(strings.Repeat("x", 16<<10))
+						cv.Text.W.WriteString(strings.Repeat("x", 16<<10))
 					}
-					cv.text.W.Flush()
+					cv.Text.W.Flush()
 				}()
-				if got, _ := cv.read(); !strings.HasPrefix(got, "500 5.4.0") {
+				if got, _ := cv.Read(); !strings.HasPrefix(got, "500 5.4.0") {
 					t.Errorf("a 1 MB command line: %q", got)
 				}
-				if !cv.closed() {
+				if !cv.Closed() {
 					t.Error("the connection stayed open after an overlong line")
 				}
 				b.stillServes(t, "endless line")
@@ -482,16 +422,16 @@ func TestAbuse(t *testing.T) {
 						refusedAtGreeting++
 						continue
 					}
-					cv.do("EHLO guesser", "250")
+					cv.Cmd("EHLO guesser", "250")
 					for i := 0; i < 3 && tries < 50; i++ {
 						t0 := time.Now()
-						cv.do("AUTH PLAIN "+b64(plainResp("mfp-2f", "guess"+strconv.Itoa(tries))), "535 5.7.8")
+						cv.Cmd("AUTH PLAIN "+b64(plainResp("mfp-2f", "guess"+strconv.Itoa(tries))), "535 5.7.8")
 						if d := time.Since(t0); d < 250*time.Millisecond {
 							t.Errorf("a failed AUTH took %s, less than the minimum", d)
 						}
 						tries++
 					}
-					if !cv.closed() {
+					if !cv.Closed() {
 						t.Error("the session stayed open after 3 failed AUTHs")
 					}
 				}
@@ -527,17 +467,17 @@ func TestAbuse(t *testing.T) {
 				if !strings.HasPrefix(greeting, "220") {
 					t.Fatalf("after unblock: %q", greeting)
 				}
-				cv.login("mfp-2f", password)
+				cv.Login("mfp-2f", password)
 			})
 
 			t.Run("hourly limit of a device", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.15", b.plain)
-				cv.login("spammy", password)
+				cv.Login("spammy", password)
 				for i := 0; i < 3; i++ {
-					cv.do("MAIL FROM:<x@printer.lan>", "250")
-					cv.do("RSET", "250")
+					cv.Cmd("MAIL FROM:<x@printer.lan>", "250")
+					cv.Cmd("RSET", "250")
 				}
-				cv.do("MAIL FROM:<x@printer.lan>", "450 4.7.1")
+				cv.Cmd("MAIL FROM:<x@printer.lan>", "450 4.7.1")
 				b.stillServes(t, "hourly limit")
 			})
 
@@ -608,4 +548,4 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+func b64(s string) string { return testenv.B64(s) }

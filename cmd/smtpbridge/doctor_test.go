@@ -30,7 +30,7 @@ func runBridge(t *testing.T, env []string, args ...string) (string, int) {
 // would with the binary: doctor names each and the command that fixes it;
 // after the fix, doctor passes and send-test delivers.
 func TestOnboarding(t *testing.T) {
-	u := startUpstream(t)
+	u := startFakes(t)
 	path := u.config(t, freePort(t), freePort(t), freePort(t))
 	good := []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret}
 	mbox := fakeexchange.Mailbox{Address: "scanner@contoso.example", TenantID: tenantID, FullAccess: []string{u.app.ObjectID}}

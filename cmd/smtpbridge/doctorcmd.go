@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -32,7 +31,7 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	roots, stop, err := sandboxFor(cfg)
+	ms, stop, err := sandboxFor(cfg)
 	if err != nil {
 		return err
 	}
@@ -41,12 +40,12 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), doctorTimeout)
 	defer cancel()
 	p := &doctorPrinter{w: stdout}
-	o := doctor.Options{Tenant: *tenant, Device: *device, RootCAs: roots}
+	o := doctor.Options{Tenant: *tenant, Device: *device, Hostname: cfg.Hostname, WarnBefore: config.CredentialWarnBefore}
 	if !*asJSON {
 		fmt.Fprintf(stdout, "smtpbridge doctor: %s\n", cfg.Path)
 		o.Progress = p.step
 	}
-	rep, err := doctor.Run(ctx, cfg, o)
+	rep, err := doctor.Run(ctx, ms.doctorTenants(cfg), o)
 	if errors.Is(err, doctor.ErrNoSuch) {
 		return usageError{"doctor: " + err.Error()}
 	}
@@ -70,16 +69,16 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 
 // sandboxFor starts the in-process fakes for a sandbox config, so that
 // doctor and send-test see what serve would.
-func sandboxFor(cfg *config.Config) (*x509.CertPool, func(), error) {
+func sandboxFor(cfg *config.Config) (microsoft, func(), error) {
 	if cfg.Sandbox.Dir == "" {
-		return nil, func() {}, nil
+		return microsoft{}, func() {}, nil
 	}
-	sb, err := sandbox.Start(cfg, cfg.Sandbox.Dir)
+	ts, mbs := sandboxSetup(cfg)
+	sb, err := sandbox.Start(cfg.Sandbox.Dir, ts, mbs)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sandbox: %w", err)
+		return microsoft{}, nil, fmt.Errorf("sandbox: %w", err)
 	}
-	sb.Apply(cfg)
-	return sb.RootCAs(), func() { sb.Close() }, nil
+	return microsoft{sb: sb}, func() { sb.Close() }, nil
 }
 
 // doctorPrinter prints steps as they finish, under a heading per tenant
@@ -127,7 +126,7 @@ func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	script, err := doctor.ExchangeScript(cfg, *tenant, *rbac)
+	script, err := doctor.ExchangeScript(microsoft{}.doctorTenants(cfg), cfg.Path, *tenant, *rbac)
 	if errors.Is(err, doctor.ErrNoSuch) {
 		return usageError{"exchange-script: " + err.Error()}
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // These tests build the smtpbridge binary and drive it the way devices
@@ -45,67 +45,34 @@ func TestMain(m *testing.M) {
 }
 
 const (
-	tenantID     = "0b5c1c5e-7d2f-4d1e-9a63-000000000001"
-	certTenantID = "0b5c1c5e-7d2f-4d1e-9a63-000000000002"
-	clientID     = "5f0c6a0e-3b7d-4c55-8f43-00000000000a"
-	certClientID = "5f0c6a0e-3b7d-4c55-8f43-00000000000b"
-	clientSecret = "Qx9~binary-test-client-secret"
-	password     = "device-pass-word-canary"
+	tenantID     = testenv.TenantID
+	certTenantID = testenv.CertTenantID
+	clientID     = testenv.ClientID
+	certClientID = testenv.CertClientID
+	clientSecret = testenv.ClientSecret
+	password     = testenv.DevicePassword
 )
 
-// upstream is the fake Microsoft side, independent of the bridge process.
-type upstream struct {
+// fakes is the fake Microsoft side, independent of the bridge process:
+// the test World, with Contoso's mailbox scanner@contoso.example and
+// Fabrikam's mfp@fabrikam.example, and Fabrikam's app certificate in
+// dir/app.pem.
+type fakes struct {
+	*testenv.World
 	entra  *fakeentra.Server
 	exo    *fakeexchange.Server
 	caFile string
 	dir    string
-	leaf   *pki.Leaf
 	app    *fakeentra.App // the secret tenant's app, as registered
 }
 
-func startUpstream(t *testing.T) *upstream {
+func startFakes(t *testing.T) *fakes {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.NewCA("binary test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue("127.0.0.1", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &upstream{dir: dir, caFile: filepath.Join(dir, "ca.pem"), leaf: leaf}
-	writeFile(t, u.caFile, string(ca.CertPEM()))
-	writeFile(t, filepath.Join(dir, "listener.crt"), string(leaf.CertPEM))
-	writeFile(t, filepath.Join(dir, "listener.key"), string(leaf.KeyPEM))
-
-	if u.entra, err = fakeentra.New(); err != nil {
-		t.Fatal(err)
-	}
-	if err := u.entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { u.entra.Close() })
-	u.entra.AddTenant(tenantID, "contoso.example")
-	u.entra.AddTenant(certTenantID, "fabrikam.example")
-	app := u.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
-	u.app = app
-	appCert, err := pki.NewAppCert("fabrikam smtpbridge", time.Now().AddDate(1, 0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "app.pem"), string(appCert.PEM))
-	certApp := u.entra.AddApp(certTenantID, fakeentra.App{ClientID: certClientID, Certificates: []*x509.Certificate{appCert.Cert}})
-
-	u.exo = fakeexchange.New(u.entra)
-	u.exo.AddServicePrincipal(tenantID, clientID, app.ObjectID)
-	u.exo.AddServicePrincipal(certTenantID, certClientID, certApp.ObjectID)
-	u.exo.AddMailbox(fakeexchange.Mailbox{Address: "scanner@contoso.example", TenantID: tenantID, FullAccess: []string{app.ObjectID}})
-	u.exo.AddMailbox(fakeexchange.Mailbox{Address: "mfp@fabrikam.example", TenantID: certTenantID, FullAccess: []string{certApp.ObjectID}})
-	if err := u.exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { u.exo.Close() })
+	w, std := testenv.Start(t)
+	u := &fakes{World: w, entra: w.Entra, exo: w.Exchange, caFile: w.CAFile, dir: w.Dir, app: std.Secret}
+	writeFile(t, filepath.Join(u.dir, "app.pem"), string(std.AppCert.PEM))
+	w.AddMailbox("scanner@contoso.example", tenantID, std.Secret)
+	w.AddMailbox("mfp@fabrikam.example", certTenantID, std.Cert)
 	return u
 }
 
@@ -136,7 +103,7 @@ type bridgeProc struct {
 	exited chan error
 }
 
-func (u *upstream) config(t *testing.T, plain, tlsAddr, httpAddr string) string {
+func (u *fakes) config(t *testing.T, plain, tlsAddr, httpAddr string) string {
 	t.Helper()
 	hash, err := passwd.NewArgon2id([]byte(password))
 	if err != nil {
@@ -252,188 +219,6 @@ func runCmd(t *testing.T, stdin string, name string, args ...string) (string, er
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
-}
-
-func lookTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install it (see .ci/run) to run this test", name)
-	}
-	return p
-}
-
-func TestRealClients(t *testing.T) {
-	u := startUpstream(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
-	cfg := u.config(t, plain, secure, httpAddr)
-	p := startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
-		[]string{plain, secure}, "serve", "--config", cfg)
-
-	swaks, curl, python := lookTool(t, "swaks"), lookTool(t, "curl"), lookTool(t, "python3")
-	msgFile := filepath.Join(u.dir, "msg.eml")
-	writeFile(t, msgFile, "From: Scanner <scan@printer.lan>\r\nTo: bob@contoso.example\r\nSubject: curl scan\r\n\r\nscanned page\r\n")
-
-	sent := 0
-	clients := []struct {
-		name string
-		cmd  []string
-		want string
-	}{
-		{"swaks AUTH LOGIN", []string{swaks, "--server", plain, "--auth", "LOGIN", "--auth-user", "mfp-2f", "--auth-password", password,
-			"--from", "scan@printer.lan", "--to", "bob@contoso.example", "--h-Subject", "swaks login"}, "250 2.0.0 OK"},
-		{"swaks AUTH PLAIN over STARTTLS", []string{swaks, "--server", secure, "-tls", "--auth", "PLAIN", "--auth-user", "mfp-2f", "--auth-password", password,
-			"--from", "scan@printer.lan", "--to", "bob@contoso.example"}, "250 2.0.0 OK"},
-		{"swaks on the certificate tenant", []string{swaks, "--server", plain, "--auth", "LOGIN", "--auth-user", "fab-mfp", "--auth-password", password,
-			"--from", "x@printer.lan", "--to", "ann@fabrikam.example"}, "250 2.0.0 OK"},
-		{"curl smtp:// with STARTTLS", []string{curl, "-sS", "-v", "--ssl-reqd", "--cacert", u.caFile, "smtp://" + secure,
-			"--mail-from", "scan@printer.lan", "--mail-rcpt", "bob@contoso.example", "--user", "mfp-2f:" + password, "--upload-file", msgFile}, "250 2.0.0 OK"},
-		{"curl smtp:// plaintext AUTH LOGIN", []string{curl, "-sS", "-v", "smtp://" + plain, "--login-options", "AUTH=LOGIN",
-			"--mail-from", "scan@printer.lan", "--mail-rcpt", "bob@contoso.example", "--user", "mfp-2f:" + password, "--upload-file", msgFile}, "250 2.0.0 OK"},
-	}
-	for _, c := range clients {
-		t.Run(c.name, func(t *testing.T) {
-			out, err := runCmd(t, "", c.cmd[0], c.cmd[1:]...)
-			if err != nil || !strings.Contains(out, c.want) {
-				t.Fatalf("%v\n%s", err, out)
-			}
-			sent++
-		})
-	}
-	t.Run("python smtplib", func(t *testing.T) {
-		script := `
-import smtplib, ssl, sys
-from email.message import EmailMessage
-plain, secure, ca, pw = sys.argv[1:5]
-def msg(subject):
-    m = EmailMessage()
-    m["From"] = "ERP <erp@app.lan>"
-    m["To"] = "bob@contoso.example"
-    m["Subject"] = subject
-    m.set_content("invoice attached\n")
-    return m
-h, p = secure.rsplit(":", 1)
-with smtplib.SMTP(h, int(p), timeout=30) as s:
-    s.starttls(context=ssl.create_default_context(cafile=ca))
-    s.login("mfp-2f", pw)
-    s.send_message(msg("smtplib starttls plain"))
-h, p = plain.rsplit(":", 1)
-with smtplib.SMTP(h, int(p), timeout=30) as s:
-    s.ehlo()
-    s.user, s.password = "mfp-2f", pw
-    s.auth("LOGIN", s.auth_login)
-    s.send_message(msg("smtplib login"))
-try:
-    with smtplib.SMTP(h, int(p), timeout=30) as s:
-        s.login("mfp-2f", "wrong")
-except smtplib.SMTPAuthenticationError as e:
-    print("refused", e.smtp_code, e.smtp_error.decode())
-print("ok")
-`
-		out, err := runCmd(t, "", python, "-c", script, plain, secure, u.caFile, password)
-		if err != nil || !strings.Contains(out, "refused 535 5.7.8") || !strings.HasSuffix(strings.TrimSpace(out), "ok") {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		sent += 2
-	})
-
-	msgs := u.exo.Messages()
-	if len(msgs) != sent {
-		t.Errorf("exchange got %d messages, want %d", len(msgs), sent)
-	}
-	for _, m := range msgs {
-		if m.AuthUser != m.From || m.HeaderFrom != m.From {
-			t.Errorf("message sent as %q with envelope %q and From %q", m.AuthUser, m.From, m.HeaderFrom)
-		}
-	}
-	if g := u.entra.Grants(clientID); g != 1 {
-		t.Errorf("secret tenant: %d token grants for %d messages, want 1", g, sent-1)
-	}
-	if g := u.entra.Grants(certClientID); g != 1 {
-		t.Errorf("certificate tenant: %d token grants, want 1", g)
-	}
-	if u.exo.InlineAuths() != 0 {
-		t.Error("the token was sent on the AUTH line")
-	}
-	if _, err := os.Stat(filepath.Join(u.dir, "spool")); err != nil {
-		t.Errorf("spool.dir not created: %v", err)
-	}
-
-	metrics, err := runCmd(t, "", curl, "-sS", "http://"+httpAddr+"/metrics")
-	if err != nil || !strings.Contains(metrics, `smtpbridge_token_requests_total{result="success",source="identity_provider",tenant="contoso"} 1`) {
-		t.Errorf("metrics: %v\n%s", err, grep(metrics, "smtpbridge_token"))
-	}
-
-	p.stop(t)
-	logs := p.logs.String()
-	for _, canary := range []string{clientSecret, password, "Bearer", "eyJ0eXAi", "scanned page", "invoice attached"} {
-		if strings.Contains(logs, canary) {
-			t.Errorf("log contains %q", canary)
-		}
-	}
-	for _, want := range []string{`"event":"delivered"`, `"event":"auth_failed"`, `"message":"stopped"`,
-		`"smtp_host is not a known Exchange Online endpoint`} {
-		if !strings.Contains(logs, want) {
-			t.Errorf("log lacks %s", want)
-		}
-	}
-	if t.Failed() {
-		t.Logf("bridge log:\n%s", logs)
-	}
-}
-
-func grep(s, substr string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
-// TestSandboxQuickStart runs the shipped examples/sandbox.yaml (on free
-// ports) the way the README's quick start does, named by
-// SMTPBRIDGE_CONFIG, and sends the README's swaks command to it.
-func TestSandboxQuickStart(t *testing.T) {
-	swaks := lookTool(t, "swaks")
-	data, err := os.ReadFile("../../examples/sandbox.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	smtpAddr, httpAddr := freePort(t), freePort(t)
-	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1)
-	if cfg == string(data) {
-		t.Fatal("examples/sandbox.yaml no longer listens on 127.0.0.1:2525; update the README and this test")
-	}
-	cfg += fmt.Sprintf("\nhttp:\n  address: %q\n", httpAddr)
-	path := filepath.Join(dir, "conf", "sandbox.yaml")
-	os.MkdirAll(filepath.Dir(path), 0o755)
-	writeFile(t, path, cfg)
-
-	p := startBridge(t, []string{"SMTPBRIDGE_CONFIG=" + path}, []string{smtpAddr}, "serve")
-	out, err := runCmd(t, "", swaks, "--server", smtpAddr, "--auth", "LOGIN", "--auth-user", "mfp-sandbox", "--auth-password", "scan-to-mail",
-		"--from", "printer@lan.example", "--to", "someone@example.com", "--body", "sandbox body text")
-	if err != nil || !strings.Contains(out, "250 2.0.0 OK") {
-		t.Fatalf("swaks: %v\n%s\nbridge log:\n%s", err, out, p.logs.String())
-	}
-	// sandbox.dir is ../sandbox-mail relative to the config file.
-	emls, _ := filepath.Glob(filepath.Join(dir, "sandbox-mail", "*.eml"))
-	if len(emls) != 1 {
-		t.Fatalf("%d .eml files in %s, want 1\n%s", len(emls), dir, p.logs.String())
-	}
-	eml, _ := os.ReadFile(emls[0])
-	for _, want := range []string{"X-Sandbox-Rcpt-To: someone@example.com", "From: <scanner@sandbox.example>",
-		"Reply-To: <printer@lan.example>", "sandbox body text"} {
-		if !strings.Contains(string(eml), want) {
-			t.Errorf(".eml lacks %q:\n%s", want, eml)
-		}
-	}
-	if !strings.Contains(p.logs.String(), "SANDBOX MODE") {
-		t.Errorf("no sandbox warning in the log:\n%s", p.logs.String())
-	}
-	p.stop(t)
 }
 
 func TestCheckConfig(t *testing.T) {
@@ -554,4 +339,13 @@ func filterEnv(env []string, name string) []string {
 		}
 	}
 	return out
+}
+
+func hashOf(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := passwd.NewBcrypt([]byte(pw), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

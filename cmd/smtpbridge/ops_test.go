@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -5,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/png"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 )
 
@@ -25,44 +25,6 @@ import (
 // scraped by a real Prometheus server (with the shipped alert rules), the
 // status page in a real headless Chromium, health endpoints, the audit
 // file and its rotation, and reloads.
-
-// insertDevices adds device entries (YAML list items) to a config's
-// devices list.
-func insertDevices(t *testing.T, path, items string) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := strings.Replace(string(data), "\ndevices:\n", "\ndevices:\n"+items, 1)
-	if s == string(data) {
-		t.Fatal("no devices list in the config")
-	}
-	writeFile(t, path, s)
-}
-
-// httpGet returns the status and body of a GET.
-func httpGet(t *testing.T, u string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // prometheusServer is a real Prometheus (Debian's package) scraping the
 // bridge every second and evaluating the shipped alert rules.
@@ -213,7 +175,7 @@ func chromium(t *testing.T, args ...string) string {
 
 func TestOperations(t *testing.T) {
 	swaks := lookTool(t, "swaks")
-	u := startUpstream(t)
+	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	// erp queues its mail, and sends as an address the mailbox has no
@@ -420,42 +382,6 @@ func TestOperations(t *testing.T) {
 	}
 }
 
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-func post(t *testing.T, u string) (int, string) {
-	t.Helper()
-	resp, err := http.Post(u, "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// auditID returns the msg_id of the first audit line of the given event.
-func auditID(t *testing.T, path, event string) string {
-	t.Helper()
-	for _, line := range strings.Split(readFile(t, path), "\n") {
-		var e struct {
-			Event string `json:"event"`
-			MsgID string `json:"msg_id"`
-		}
-		if json.Unmarshal([]byte(line), &e) == nil && e.Event == event {
-			return e.MsgID
-		}
-	}
-	t.Fatalf("no %s event in the audit log", event)
-	return ""
-}
-
 // dashboardQueries returns the PromQL of every panel of the shipped
 // Grafana dashboard.
 func dashboardQueries(t *testing.T) []string {
@@ -480,13 +406,4 @@ func dashboardQueries(t *testing.T) []string {
 		t.Fatalf("only %d dashboard queries", len(out))
 	}
 	return out
-}
-
-func hashOf(t *testing.T, pw string) string {
-	t.Helper()
-	h, err := passwd.NewBcrypt([]byte(pw), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
 }

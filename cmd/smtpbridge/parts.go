@@ -5,51 +5,108 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/doctor"
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 // What each part of the bridge takes from a config, at start and on each
-// reload.
+// reload: the config is read here, and every part gets a settings type of
+// its own.
 
-func tokenTenants(cfg *config.Config, roots *x509.CertPool) []tokenstore.Tenant {
+// microsoft is where the tenants' Entra ID and Exchange Online are: as
+// configured, or in sandbox mode the in-process fakes.
+type microsoft struct {
+	sb *sandbox.Sandbox // nil in production
+}
+
+func (ms microsoft) authorityHost(t *config.Tenant) string {
+	if ms.sb != nil {
+		return ms.sb.AuthorityHost()
+	}
+	return t.AuthorityHost
+}
+
+func (ms microsoft) smtpHost(t *config.Tenant) string {
+	if ms.sb != nil {
+		return ms.sb.SMTPHost()
+	}
+	return t.SMTPHost
+}
+
+// roots is the trust store for Entra and Exchange: nil (the system's,
+// which honours SSL_CERT_FILE) in production.
+func (ms microsoft) roots() *x509.CertPool {
+	if ms.sb != nil {
+		return ms.sb.RootCAs()
+	}
+	return nil
+}
+
+func (ms microsoft) tokenTenant(t *config.Tenant) tokenstore.Tenant {
+	return tokenstore.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
+		AuthorityHost: ms.authorityHost(t), Scope: t.TokenScope, RootCAs: ms.roots()}
+}
+
+func (ms microsoft) tokenTenants(cfg *config.Config) []tokenstore.Tenant {
 	out := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
 	for i := range cfg.Tenants {
-		out = append(out, tokenstore.TenantOf(&cfg.Tenants[i], roots))
+		out = append(out, ms.tokenTenant(&cfg.Tenants[i]))
 	}
 	return out
 }
 
-func routes(cfg *config.Config, roots *x509.CertPool) map[string]bridge.Route {
-	out := map[string]bridge.Route{}
-	for _, t := range cfg.Tenants {
-		out[t.Name] = bridge.Route{SMTPHost: t.SMTPHost, RootCAs: roots,
-			MaxConnections: t.MaxConnectionsPerMailbox, MaxPerMinute: t.MaxMessagesPerMinute}
+func (ms microsoft) route(t *config.Tenant) upsmtp.Route {
+	return upsmtp.Route{Host: ms.smtpHost(t), RootCAs: ms.roots()}
+}
+
+func (ms microsoft) routes(cfg *config.Config) map[string]upsmtp.Route {
+	out := map[string]upsmtp.Route{}
+	for i := range cfg.Tenants {
+		out[cfg.Tenants[i].Name] = ms.route(&cfg.Tenants[i])
 	}
 	return out
 }
 
-// queueOptions are the queue's reloadable settings.
-func queueOptions(cfg *config.Config) queue.Options {
-	concurrency := map[string]int{}
+// sandboxSetup is what the sandbox registers: every tenant's app and
+// every device's mailbox.
+func sandboxSetup(cfg *config.Config) ([]sandbox.Tenant, []sandbox.Mailbox) {
+	var ts []sandbox.Tenant
 	for _, t := range cfg.Tenants {
-		concurrency[t.Name] = t.MaxConnectionsPerMailbox
+		ts = append(ts, sandbox.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential})
 	}
-	return queue.Options{
-		RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax, MaxAge: cfg.Delivery.MaxAge,
-		Concurrency: concurrency, BounceTo: bounceTo(cfg),
+	var ms []sandbox.Mailbox
+	for _, d := range cfg.Devices {
+		ms = append(ms, sandbox.Mailbox{Address: d.Mailbox, Tenant: d.Tenant, AllowedFrom: d.AllowedFrom})
 	}
+	return ts, ms
+}
+
+func mailboxLimits(cfg *config.Config) map[string]upstream.Limits {
+	out := map[string]upstream.Limits{}
+	for _, t := range cfg.Tenants {
+		out[t.Name] = upstream.Limits{Connections: t.MaxConnectionsPerMailbox, PerMinute: t.MaxMessagesPerMinute}
+	}
+	return out
+}
+
+func queueSettings(cfg *config.Config) queue.Settings {
+	d := cfg.Delivery
+	return queue.Settings{RetryInitial: d.RetryInitial, RetryMax: d.RetryMax, MaxAge: d.MaxAge,
+		SyncTimeout: d.SyncTimeout, BounceTo: bounceTo(cfg)}
 }
 
 // bounceTo resolves a device's bounce address, its own or the global one.
 func bounceTo(cfg *config.Config) func(string) string {
 	byName := map[string]string{}
-	for i := range cfg.Devices {
-		_, b := cfg.DeliveryFor(&cfg.Devices[i])
-		byName[cfg.Devices[i].Name] = b
+	for _, d := range cfg.Devices {
+		byName[d.Name] = d.Parsed.BounceTo
 	}
 	global := cfg.Delivery.BounceTo
 	return func(device string) string {
@@ -66,9 +123,39 @@ func guardSettings(cfg *config.Config) guard.Settings {
 		MaxConnections: cfg.Limits.MaxConnections, MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP}
 }
 
-func serverSettings(cfg *config.Config, dir *bridge.Directory) bridge.Settings {
-	return bridge.Settings{Listeners: cfg.Listeners, Limits: cfg.Limits, Directory: dir,
-		Mode: cfg.Delivery.Mode, SyncTimeout: cfg.Delivery.SyncTimeout}
+// serverSettings is the device side's part: listeners, limits, devices.
+func serverSettings(cfg *config.Config) (bridge.Settings, error) {
+	dir, err := bridge.NewDirectory(devices(cfg))
+	if err != nil {
+		return bridge.Settings{}, err
+	}
+	l := cfg.Limits
+	return bridge.Settings{Listeners: listeners(cfg.Listeners), Directory: dir, Limits: bridge.Limits{
+		MaxMessageBytes: l.MaxMessageBytes, MaxRecipients: l.MaxRecipients, CommandTimeout: l.CommandTimeout,
+		SessionTimeout: l.SessionTimeout, MaxErrors: l.MaxErrors, MaxLineLength: l.MaxLineLength,
+	}}, nil
+}
+
+func listeners(ls []config.Listener) []bridge.Listener {
+	out := make([]bridge.Listener, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, bridge.Listener{Name: l.Name, Address: l.Address, TLS: bridge.TLSMode(l.TLS),
+			Certificate: l.Certificate, MinTLSVersion: l.MinVersion, LegacyCiphers: l.LegacyCiphers,
+			AllowInsecureAuth: l.AllowInsecureAuth, Networks: l.Networks, AllowUnauthenticated: l.AllowUnauthenticated})
+	}
+	return out
+}
+
+func devices(cfg *config.Config) []bridge.Device {
+	out := make([]bridge.Device, 0, len(cfg.Devices))
+	for _, d := range cfg.Devices {
+		p := d.Parsed
+		out = append(out, bridge.Device{Name: d.Name, Username: d.Username, Tenant: d.Tenant, Mailbox: p.Mailbox,
+			EnforceFrom: d.FromPolicy == config.FromEnforce, AllowedFrom: p.AllowedFrom, AllowedRecipients: p.AllowedRecipients,
+			Networks: p.Networks, Mode: p.Mode, Unauthenticated: d.Auth == config.AuthNone, MaxPerHour: d.MaxMessagesPerHour,
+			PasswordHash: p.PasswordHash})
+	}
+	return out
 }
 
 func metricsInventory(cfg *config.Config) metrics.Inventory {
@@ -86,13 +173,11 @@ func metricsInventory(cfg *config.Config) metrics.Inventory {
 	return inv
 }
 
-func statusInventory(cfg *config.Config) status.Inventory {
+func (ms microsoft) statusInventory(cfg *config.Config) status.Inventory {
 	var inv status.Inventory
-	for i := range cfg.Devices {
-		d := &cfg.Devices[i]
-		mode, _ := cfg.DeliveryFor(d)
+	for _, d := range cfg.Devices {
 		inv.Devices = append(inv.Devices, status.Device{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox,
-			Mode: mode, ExpectEvery: d.ExpectEvery})
+			Mode: d.Parsed.Mode, ExpectEvery: d.ExpectEvery})
 	}
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
@@ -101,7 +186,25 @@ func statusInventory(cfg *config.Config) status.Inventory {
 			cred = "certificate"
 		}
 		inv.Tenants = append(inv.Tenants, status.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
-			Credential: cred, CredentialExpiry: t.CredentialExpiry(), SMTPHost: t.SMTPHost})
+			Credential: cred, CredentialExpiry: t.CredentialExpiry(), SMTPHost: ms.smtpHost(t)})
 	}
 	return inv
+}
+
+// doctorTenants is what doctor and exchange-script check: each tenant
+// with the devices that send through it.
+func (ms microsoft) doctorTenants(cfg *config.Config) []doctor.Tenant {
+	var out []doctor.Tenant
+	for i := range cfg.Tenants {
+		t := &cfg.Tenants[i]
+		dt := doctor.Tenant{Tenant: ms.tokenTenant(t), SecretExpires: t.SecretExpires, SMTP: ms.route(t)}
+		for _, d := range cfg.Devices {
+			if d.Tenant == t.Name {
+				dt.Devices = append(dt.Devices, doctor.Device{Name: d.Name, Mailbox: d.Mailbox,
+					EnforceFrom: d.FromPolicy == config.FromEnforce, AllowedFrom: d.AllowedFrom})
+			}
+		}
+		out = append(out, dt)
+	}
+	return out
 }

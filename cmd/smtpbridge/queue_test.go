@@ -90,7 +90,7 @@ func delivered(exo *fakeexchange.Server) map[string]int {
 // so that messages sit in the queue. After a restart every message a
 // device got a 250 for reaches Exchange.
 func TestCrashSafety(t *testing.T) {
-	u := startUpstream(t)
+	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 300ms\n  retry_max: 1s\n")
@@ -197,7 +197,7 @@ func TestCrashSafety(t *testing.T) {
 // The queue command against a running bridge (admin API) and a stopped
 // one (the spool directory).
 func TestQueueCommand(t *testing.T) {
-	u := startUpstream(t)
+	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n")

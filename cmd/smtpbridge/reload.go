@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/queue"
@@ -76,8 +75,7 @@ func (d *daemon) apply() reloadResult {
 	if d.sb != nil {
 		// Sandbox mode stays on until a restart, whatever the file says.
 		cfg.Sandbox.Dir = d.cfg.Sandbox.Dir
-		d.sb.Apply(cfg)
-		if err := d.sb.Register(cfg); err != nil {
+		if err := d.sb.Register(sandboxSetup(cfg)); err != nil {
 			return reloadResult{Problems: []string{err.Error()}}
 		}
 	} else {
@@ -90,24 +88,28 @@ func (d *daemon) apply() reloadResult {
 
 	// Everything that can fail first, and nothing changed until it has
 	// all succeeded.
-	dir, err := bridge.NewDirectory(cfg.Devices)
+	st, err := serverSettings(cfg)
 	if err != nil {
 		return reloadResult{Problems: []string{err.Error()}}
 	}
-	if err := d.store.Reconfigure(tokenTenants(cfg, d.roots)); err != nil {
+	qs := queueSettings(cfg)
+	if err := qs.Check(); err != nil {
 		return reloadResult{Problems: []string{err.Error()}}
 	}
-	if err := d.srv.Reload(serverSettings(cfg, dir)); err != nil {
-		// config.Load has loaded the certificates, so only a bad
-		// min_tls_version gets here, and Load refuses those too. The
-		// tokens are already reconfigured, which is harmless.
+	if err := d.store.Reconfigure(d.ms.tokenTenants(cfg)); err != nil {
 		return reloadResult{Problems: []string{err.Error()}}
 	}
+	if err := d.srv.Reload(st); err != nil {
+		// config.Load has loaded the certificates, so nothing should get
+		// here. The tokens are already reconfigured, which is harmless.
+		return reloadResult{Problems: []string{err.Error()}}
+	}
+	d.q.Reconfigure(qs)
 	d.guard.Reconfigure(guardSettings(cfg))
-	d.up.SetRoutes(routes(cfg, d.roots))
-	d.q.Reconfigure(queueOptions(cfg))
+	d.limiter.SetLimits(mailboxLimits(cfg))
+	d.exo.SetRoutes(d.ms.routes(cfg))
 	d.m.Configure(metricsInventory(cfg))
-	d.board.Configure(statusInventory(cfg))
+	d.board.Configure(d.ms.statusInventory(cfg))
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
 		warnings = append(warnings, fmt.Sprintf("log.audit_file: %v; the audit log goes to the previous file", err))
 		cfg.Log.AuditFile = d.cfg.Log.AuditFile

@@ -1,3 +1,5 @@
+//go:build integration
+
 package main
 
 import (
@@ -18,7 +20,7 @@ import (
 // sent twice, and the new config's device can send at once.
 func TestReloadUnderLoad(t *testing.T) {
 	swaks := lookTool(t, "swaks")
-	u := startUpstream(t)
+	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	// Above Exchange's 30 a minute (a warning), so that the load is not

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
@@ -16,13 +18,15 @@ func TestReloadWarnsAboutOrphans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := queue.New(queue.Options{Spool: sp}) // not started: messages stay queued
+	// Not started: messages stay queued.
+	q, err := queue.New(queue.Options{Spool: sp, Settings: queueSettings(&config.Config{Delivery: config.Delivery{
+		RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second}})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tenant := range []string{"contoso", "fabrikam", "fabrikam"} {
-		if _, err := q.Spool(&bridge.Message{Tenant: tenant, Mailbox: "m@x", From: "m@x", To: []string{"r@x"},
-			Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")}, false); err != nil {
+		if _, err := q.Deliver(context.Background(), &message.Message{ID: message.NewID(), Tenant: tenant, Mailbox: "m@x", From: "m@x",
+			To: []string{"r@x"}, Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,8 +14,10 @@ import (
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/hints"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
-	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 // sendTestTimeout bounds a send-test.
@@ -34,11 +36,12 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	if *device == "" || *to == "" {
 		return usageError{"send-test: --device NAME and --to ADDRESS are required"}
 	}
-	dir, err := bridge.NewDirectory(cfg.Devices)
-	if err != nil {
-		return err
+	var dev *bridge.Device
+	for _, d := range devices(cfg) {
+		if d.Name == *device {
+			dev = &d
+		}
 	}
-	dev := dir.Device(*device)
 	if dev == nil {
 		return usageError{fmt.Sprintf("send-test: no device %q in %s", *device, cfg.Path)}
 	}
@@ -49,13 +52,13 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	if !dev.RecipientAllowed(rcpt) {
 		return fmt.Errorf("device %s may not send to %s: it is not in the device's allowed_recipients (the device would get 550 5.7.1)", dev.Name, rcpt)
 	}
-	roots, stop, err := sandboxFor(cfg)
+	ms, stop, err := sandboxFor(cfg)
 	if err != nil {
 		return err
 	}
 	defer stop()
 	t := cfg.Tenant(dev.Tenant)
-	store, err := tokenstore.New([]tokenstore.Tenant{tokenstore.TenantOf(t, roots)}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{ms.tokenTenant(t)}, nil)
 	if err != nil {
 		return err
 	}
@@ -63,25 +66,30 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	up := &bridge.Upstream{Tokens: store, Hostname: hostname,
-		Routes: map[string]bridge.Route{t.Name: {SMTPHost: t.SMTPHost, RootCAs: roots, MaxConnections: 1}}}
-	defer up.Close()
+	route := ms.route(t)
+	exo := upsmtp.New(upsmtp.Options{Tokens: store, Hostname: hostname, Routes: map[string]upsmtp.Route{t.Name: route},
+		Limiter: upstream.NewLocal(map[string]upstream.Limits{t.Name: {Connections: 1}})})
+	defer exo.Close()
 
 	if *subject == "" {
 		*subject = "smtpbridge test from " + dev.Name
 	}
-	id := spool.NewID()
-	body := testMessage(id, hostname, dev, t.Name, t.SMTPHost, rcpt.String(), *subject)
-	fmt.Fprintf(stdout, "sending as %s (device %s, tenant %s) to %s through %s ...\n", dev.Mailbox, dev.Name, t.Name, rcpt, t.SMTPHost)
+	id := message.NewID()
+	body := testMessage(id, hostname, dev, t.Name, route.Host, rcpt.String(), *subject)
+	fmt.Fprintf(stdout, "sending as %s (device %s, tenant %s) to %s through %s ...\n", dev.Mailbox, dev.Name, t.Name, rcpt, route.Host)
 	ctx, cancel := context.WithTimeout(context.Background(), sendTestTimeout)
 	defer cancel()
 	start := time.Now()
-	receipt, err := up.Deliver(ctx, &bridge.Message{ID: id, Device: dev, Tenant: t.Name, Mailbox: dev.Mailbox.String(),
+	receipt, err := exo.Deliver(ctx, &message.Message{ID: id, Device: dev.Name, Tenant: t.Name, Mailbox: dev.Mailbox.String(),
 		From: dev.Mailbox.String(), To: []string{rcpt.String()}, Size: int64(len(body)), Body: strings.NewReader(body)})
 	if err != nil {
-		fmt.Fprintf(stdout, "not delivered: %s\n", bridge.ReplyOf(err))
+		reply := message.ReplyOf(err).String()
+		fmt.Fprintf(stdout, "not delivered: %s\n", reply)
+		if detail := err.Error(); message.StageOf(err) != "" {
+			fmt.Fprintf(stdout, "  (%s)\n", detail)
+		}
 		var te *tokenstore.Error
-		h := hints.ForReply(bridge.ReplyOf(err))
+		h := hints.ForReply(reply)
 		if errors.As(err, &te) {
 			h = hints.ForAADSTS(te.AADSTS)
 		}
@@ -91,9 +99,9 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "  smtpbridge doctor --device "+dev.Name+" checks the whole path step by step.")
 		return errors.New("the test message was not delivered")
 	}
-	fmt.Fprintf(stdout, "delivered in %s: 250 %s\n", time.Since(start).Round(time.Millisecond), receipt.Reply)
-	if receipt.QueueID != "" {
-		fmt.Fprintf(stdout, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n", receipt.QueueID)
+	fmt.Fprintf(stdout, "delivered in %s: %s\n", time.Since(start).Round(time.Millisecond), receipt.Reply)
+	if receipt.UpstreamID != "" {
+		fmt.Fprintf(stdout, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n", receipt.UpstreamID)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,11 +24,14 @@ import (
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
+	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 // shutdownGrace is how long sessions in progress may take to finish after
@@ -75,18 +77,19 @@ type daemon struct {
 	hostname   string
 	sandboxDir string // --sandbox, which overrides sandbox.dir on reloads too
 	sb         *sandbox.Sandbox
-	roots      *x509.CertPool // the sandbox's CA; nil in production
+	ms         microsoft // where Entra ID and Exchange are
 
-	guard  *guard.Guard
-	store  *tokenstore.Store
-	up     *bridge.Upstream
-	q      *queue.Queue
-	srv    *bridge.Server
-	m      *metrics.Metrics
-	board  *status.Board
-	audit  *audit.Logger
-	sp     *spool.Spool
-	httpLn net.Listener
+	guard   *guard.Guard
+	store   *tokenstore.Store
+	limiter *upstream.Local
+	exo     *upsmtp.Transport
+	q       *queue.Queue
+	srv     *bridge.Server
+	m       *metrics.Metrics
+	board   *status.Board
+	audit   *audit.Logger
+	sp      *spool.Spool
+	httpLn  net.Listener
 
 	mu  sync.Mutex // one reload at a time
 	cfg *config.Config
@@ -116,12 +119,12 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	}
 
 	if cfg.Sandbox.Dir != "" {
-		if d.sb, err = sandbox.Start(cfg, cfg.Sandbox.Dir); err != nil {
+		ts, mbs := sandboxSetup(cfg)
+		if d.sb, err = sandbox.Start(cfg.Sandbox.Dir, ts, mbs); err != nil {
 			return fmt.Errorf("sandbox: %w", err)
 		}
 		defer d.sb.Close()
-		d.roots = d.sb.RootCAs()
-		d.sb.Apply(cfg)
+		d.ms = microsoft{sb: d.sb}
 		log.Warn().Str("mail_dir", d.sb.MailDir).Str("authority", d.sb.AuthorityHost()).Str("smtp_host", d.sb.SMTPHost()).
 			Msg("SANDBOX MODE: tokens and Exchange Online are simulated on this machine; no mail leaves it, messages are written to mail_dir as .eml")
 	} else {
@@ -132,7 +135,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if err := d.board.Load(filepath.Join(cfg.Spool.Dir, "status.json")); err != nil {
 		log.Warn().Err(err).Msg("the status page's saved last-seen times could not be read")
 	}
-	d.board.Configure(statusInventory(cfg))
+	d.board.Configure(d.ms.statusInventory(cfg))
 	d.m = metrics.New(buildVersion(), metricsInventory(cfg))
 	d.audit = audit.NewLogger(log)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
@@ -141,27 +144,30 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	defer d.audit.Close()
 	events := audit.Tee{d.audit, d.m, d.board}
 
-	if d.store, err = tokenstore.New(tokenTenants(cfg, d.roots), tokenObservers{d.m, d.board}); err != nil {
+	// The message's path, wired from the end: Exchange, the delivery
+	// modes, the device side.
+	if d.store, err = tokenstore.New(d.ms.tokenTenants(cfg), tokenObservers{d.m, d.board}); err != nil {
 		return err
 	}
-	dir, err := bridge.NewDirectory(cfg.Devices)
+	d.limiter = upstream.NewLocal(mailboxLimits(cfg))
+	d.exo = upsmtp.New(upsmtp.Options{Tokens: d.store, Limiter: d.limiter, Routes: d.ms.routes(cfg), Hostname: d.hostname, Observer: d.m})
+	defer d.exo.Close()
+	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.exo,
+		Hostname: d.hostname, Log: log, Events: events}); err != nil {
+		return err
+	}
+	modes := queue.Modes{
+		message.ModeSync:   queue.Sync{Transport: d.exo, Events: events},
+		message.ModeQueue:  d.q,
+		message.ModeHybrid: d.q.Hybrid(),
+	}
+	st, err := serverSettings(cfg)
 	if err != nil {
 		return err
 	}
-	d.up = &bridge.Upstream{Tokens: d.store, Routes: routes(cfg, d.roots), Hostname: d.hostname, Observer: d.m}
-	defer d.up.Close()
-	qo := queueOptions(cfg)
-	qo.Spool, qo.Deliverer, qo.Hostname, qo.Log, qo.Events = d.sp, d.up, d.hostname, log, events
-	if d.q, err = queue.New(qo); err != nil {
-		return err
-	}
-	st := serverSettings(cfg, dir)
 	d.guard = guard.New(guardSettings(cfg))
-	d.srv, err = bridge.NewServer(bridge.Options{
-		Hostname: d.hostname, Listeners: st.Listeners, Limits: st.Limits, Directory: dir,
-		Mode: st.Mode, SyncTimeout: st.SyncTimeout,
-		Deliverer: d.up, Spooler: d.q, Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log,
-	})
+	d.srv, err = bridge.NewServer(bridge.Options{Hostname: d.hostname, Settings: st, Deliverer: modes,
+		Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log})
 	if err != nil {
 		return err
 	}
@@ -170,7 +176,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 			s := d.q.Stats()
 			return metrics.QueueStats{Queued: s.Queued, Deferred: s.Deferred, Dead: s.Dead, Oldest: s.Oldest}
 		},
-		UpstreamConnections: d.up.Connections,
+		UpstreamConnections: d.exo.Connections,
 		DeviceLastSeen:      d.board.LastSeen,
 		DeviceLastMessage:   d.board.LastMessage,
 		BlockedAddresses:    func() int { return len(d.guard.Blocks()) },
@@ -236,7 +242,7 @@ func deadline(ctx context.Context) time.Time {
 
 func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 	for _, t := range cfg.Tenants {
-		if !bridge.IsMicrosoftSMTPHost(t.SMTPHost) {
+		if !upsmtp.IsMicrosoftHost(t.SMTPHost) {
 			log.Warn().Str("tenant", t.Name).Str("smtp_host", t.SMTPHost).
 				Msg("smtp_host is not a known Exchange Online endpoint; its certificate is still verified, and devices' mail and the tenant's tokens go there")
 		}

@@ -9,10 +9,10 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -60,7 +60,7 @@ func TestExchangeChecks(t *testing.T) {
 
 	token := func(client string) string {
 		s, err := tokenstore.New([]tokenstore.Tenant{{Name: client, TenantID: tenant, ClientID: client,
-			Credential: config.NewSecretCredential("s"), AuthorityHost: entra.URL(), Scope: config.DefaultTokenScope, RootCAs: ca.Pool()}}, nil)
+			Credential: secret.NewClientSecret("s"), AuthorityHost: entra.URL(), Scope: "https://outlook.office365.com/.default", RootCAs: ca.Pool()}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

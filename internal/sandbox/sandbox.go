@@ -1,9 +1,9 @@
 // Package sandbox runs smtpbridge's whole upstream path without a Microsoft
-// tenant: an Entra ID-like token issuer and an Exchange Online-like
-// submission endpoint (the test fakes) on loopback, with real TLS from a
-// throw-away CA, set up from the config so that every configured tenant,
-// app and device mailbox is known and correctly permitted. What the fake
-// Exchange accepts is written to a directory as .eml files.
+// tenant: the test environment's fake Entra ID and fake Exchange Online
+// (testenv.World) on loopback, with real TLS from a throw-away CA, set up
+// so that every configured tenant, app and device mailbox is known and
+// correctly permitted. What the fake Exchange accepts is written to a
+// directory as .eml files.
 //
 // It is for trying the bridge and testing devices. It must never be used
 // to send real mail: nothing leaves the machine.
@@ -17,72 +17,72 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
-	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
-	"github.com/smtpbridge/smtpbridge/internal/pki"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
+
+// Tenant is what the sandbox needs of a configured tenant.
+type Tenant struct {
+	Name, TenantID, ClientID string
+	Credential               secret.Credential
+}
+
+// Mailbox is a device's mailbox: the tenant name it belongs to, and the
+// device's allowed_from, whose plain addresses get SendAs.
+type Mailbox struct {
+	Address, Tenant string
+	AllowedFrom     []string
+}
 
 // Sandbox is a running pair of fakes.
 type Sandbox struct {
-	CA       *pki.CA
-	Entra    *fakeentra.Server
-	Exchange *fakeexchange.Server
-	MailDir  string
+	World   *testenv.World
+	MailDir string
 
-	mu      sync.Mutex
-	apps    map[string]string // tenant ID + client ID -> service principal object ID
-	tenants map[string]bool   // tenant IDs registered
+	mu   sync.Mutex
+	apps map[string]string // tenant ID + client ID -> service principal object ID
 }
 
-// Start starts the fakes on loopback and registers cfg's tenants and
-// device mailboxes. Messages go to mailDir, which is created.
-func Start(cfg *config.Config, mailDir string) (*Sandbox, error) {
+// Start starts the fakes on loopback and registers the tenants and
+// mailboxes. Messages go to mailDir, which is created.
+func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, error) {
 	if err := os.MkdirAll(mailDir, 0o750); err != nil {
 		return nil, fmt.Errorf("sandbox mail directory: %w", err)
 	}
-	ca, err := pki.NewCA("smtpbridge sandbox CA")
+	dir, err := os.MkdirTemp("", "smtpbridge-sandbox")
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.Issue("127.0.0.1", "localhost")
+	w, err := testenv.NewWorld(dir)
+	// The CA and listener files were only needed by tests; the sandbox
+	// trusts the CA in memory.
+	os.RemoveAll(dir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	entra, err := fakeentra.New()
-	if err != nil {
-		return nil, err
+	w.Exchange.SetMailDir(mailDir)
+	if err := w.Listen(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	if err := entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		return nil, fmt.Errorf("sandbox token issuer: %w", err)
-	}
-	exo := fakeexchange.New(entra)
-	exo.SetMailDir(mailDir)
-	if err := exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		entra.Close()
-		return nil, fmt.Errorf("sandbox submission endpoint: %w", err)
-	}
-	sb := &Sandbox{CA: ca, Entra: entra, Exchange: exo, MailDir: mailDir, apps: map[string]string{}, tenants: map[string]bool{}}
-	if err := sb.Register(cfg); err != nil {
+	sb := &Sandbox{World: w, MailDir: mailDir, apps: map[string]string{}}
+	if err := sb.Register(tenants, mailboxes); err != nil {
 		sb.Close()
 		return nil, err
 	}
 	return sb, nil
 }
 
-// Register makes cfg's tenants, apps and device mailboxes known to the
-// fakes, correctly permitted. It may be called again after a reload: what
-// was registered before keeps its IDs, so tokens already issued stay
-// valid, and a changed secret or certificate replaces the old one.
-func (sb *Sandbox) Register(cfg *config.Config) error {
+// Register makes the tenants, apps and mailboxes known to the fakes,
+// correctly permitted. It may be called again after a reload: what was
+// registered before keeps its IDs, so tokens already issued stay valid,
+// and a changed secret or certificate replaces the old one.
+func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	objectIDs := map[string]string{} // tenant name -> service principal object ID
-	for _, t := range cfg.Tenants {
-		if !sb.tenants[strings.ToLower(t.TenantID)] {
-			sb.Entra.AddTenant(t.TenantID)
-			sb.tenants[strings.ToLower(t.TenantID)] = true
-		}
+	apps := map[string]*fakeentra.App{} // tenant name -> its app
+	for _, t := range tenants {
 		key := strings.ToLower(t.TenantID + "/" + t.ClientID)
 		app := fakeentra.App{ClientID: t.ClientID, ObjectID: sb.apps[key]}
 		if t.Credential.IsCertificate() {
@@ -93,31 +93,29 @@ func (sb *Sandbox) Register(cfg *config.Config) error {
 		} else {
 			return errors.New("sandbox: tenant " + t.Name + " has no credential")
 		}
-		a := sb.Entra.AddApp(t.TenantID, app)
+		a := sb.World.AddApp(t.TenantID, app)
 		sb.apps[key] = a.ObjectID
-		sb.Exchange.AddServicePrincipal(t.TenantID, t.ClientID, a.ObjectID)
-		objectIDs[t.Name] = a.ObjectID
+		apps[t.Name] = a
 	}
-	for _, d := range cfg.Devices {
-		t := cfg.Tenant(d.Tenant)
-		if t == nil {
+	tenantIDs := map[string]string{}
+	for _, t := range tenants {
+		tenantIDs[t.Name] = t.TenantID
+	}
+	for _, m := range mailboxes {
+		app := apps[m.Tenant]
+		if app == nil {
 			continue
 		}
-		sb.Exchange.AddMailbox(fakeexchange.Mailbox{
-			Address:    d.Mailbox,
-			TenantID:   t.TenantID,
-			FullAccess: []string{objectIDs[t.Name]},
-			SendAs:     sendAs(d),
-		})
+		sb.World.AddMailbox(m.Address, tenantIDs[m.Tenant], app, sendAs(m.AllowedFrom)...)
 	}
 	return nil
 }
 
 // sendAs grants the mailbox SendAs for the plain addresses in allowed_from,
 // as an admin would with Add-RecipientPermission.
-func sendAs(d config.Device) []string {
+func sendAs(allowedFrom []string) []string {
 	var out []string
-	for _, a := range d.AllowedFrom {
+	for _, a := range allowedFrom {
 		if strings.Contains(a, "@") && !strings.HasPrefix(a, "*@") {
 			out = append(out, a)
 		}
@@ -125,24 +123,14 @@ func sendAs(d config.Device) []string {
 	return out
 }
 
-// Apply points cfg's tenants at the fakes.
-func (sb *Sandbox) Apply(cfg *config.Config) {
-	for i := range cfg.Tenants {
-		cfg.Tenants[i].AuthorityHost = sb.AuthorityHost()
-		cfg.Tenants[i].SMTPHost = sb.SMTPHost()
-	}
-}
+// AuthorityHost is the tenants' authority_host in sandbox mode.
+func (sb *Sandbox) AuthorityHost() string { return sb.World.Entra.URL() }
 
-// AuthorityHost is what tenants' authority_host becomes in sandbox mode.
-func (sb *Sandbox) AuthorityHost() string { return sb.Entra.URL() }
-
-// SMTPHost is what tenants' smtp_host becomes in sandbox mode.
-func (sb *Sandbox) SMTPHost() string { return sb.Exchange.Addr() }
+// SMTPHost is the tenants' smtp_host in sandbox mode.
+func (sb *Sandbox) SMTPHost() string { return sb.World.Exchange.Addr() }
 
 // RootCAs trusts the sandbox's certificates.
-func (sb *Sandbox) RootCAs() *x509.CertPool { return sb.CA.Pool() }
+func (sb *Sandbox) RootCAs() *x509.CertPool { return sb.World.CA.Pool() }
 
 // Close stops both fakes.
-func (sb *Sandbox) Close() error {
-	return errors.Join(sb.Exchange.Close(), sb.Entra.Close())
-}
+func (sb *Sandbox) Close() error { return sb.World.Close() }

@@ -1,4 +1,9 @@
-package config
+// Package secret holds the values smtpbridge must never print: a secret
+// string (a client secret, a certificate password) and a tenant's resolved
+// client credential. Both print as "[redacted]" with every fmt verb, in
+// JSON, YAML and zerolog, so that a config or an error dumped by mistake
+// shows no secret. Read them only where they are used: MSAL's credential.
+package secret
 
 import (
 	"crypto"
@@ -10,28 +15,28 @@ import (
 
 const redacted = "[redacted]"
 
-// Secret holds a client secret or password. It prints as "[redacted]" with
+// String holds a client secret or password. It prints as "[redacted]" with
 // every fmt verb, in JSON and in zerolog, so a config dumped by mistake
 // shows no secret. Use Value to read it.
-type Secret string
+type String string
 
 // Value returns the secret itself.
-func (s Secret) Value() string { return string(s) }
+func (s String) Value() string { return string(s) }
 
 // String implements fmt.Stringer.
-func (s Secret) String() string { return redactIfSet(s != "") }
+func (s String) String() string { return redactIfSet(s != "") }
 
 // GoString implements fmt.GoStringer.
-func (s Secret) GoString() string { return s.String() }
+func (s String) GoString() string { return s.String() }
 
 // Format implements fmt.Formatter for every verb, including %x and %q.
-func (s Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.String()) }
+func (s String) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.String()) }
 
 // MarshalJSON implements json.Marshaler.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+func (s String) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
 
 // MarshalText implements encoding.TextMarshaler (used by YAML and zerolog).
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+func (s String) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func redactIfSet(set bool) string {
 	if set {
@@ -44,17 +49,17 @@ func redactIfSet(set bool) string {
 // certificate with its RSA private key. Like Secret it never prints its
 // contents.
 type Credential struct {
-	secret Secret
+	secret String
 	certs  []*x509.Certificate
 	key    crypto.PrivateKey
 }
 
-// NewSecretCredential returns a credential holding a client secret.
-func NewSecretCredential(secret string) Credential { return Credential{secret: Secret(secret)} }
+// NewClientSecret returns a credential holding a client secret.
+func NewClientSecret(secret string) Credential { return Credential{secret: String(secret)} }
 
-// NewCertCredential returns a credential holding a certificate chain (the
+// NewCertificate returns a credential holding a certificate chain (the
 // app's certificate first) and its private key.
-func NewCertCredential(certs []*x509.Certificate, key crypto.PrivateKey) Credential {
+func NewCertificate(certs []*x509.Certificate, key crypto.PrivateKey) Credential {
 	return Credential{certs: certs, key: key}
 }
 

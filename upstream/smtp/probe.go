@@ -1,19 +1,22 @@
-package bridge
+package smtp
 
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/message"
+	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
 // ProbeStep is one step of a probe of Exchange Online for a mailbox.
 type ProbeStep struct {
-	// Stage is StageConnect (dial and greeting), StageStartTLS, StageAuth
-	// (AUTH XOAUTH2 as the mailbox) or StageMail (MAIL FROM:<mailbox>).
-	Stage string
-	// Err is nil when the step passed; an *UpstreamError otherwise.
+	// Stage is message.StageConnect (dial and greeting),
+	// StageStartTLS, StageAuth (AUTH XOAUTH2 as the mailbox) or
+	// StageMail (MAIL FROM:<mailbox>).
+	Stage message.Stage
+	// Err is nil when the step passed; a *message.Error otherwise.
 	Err error
 	// Detail says what passed: the TLS version and certificate, ...
 	Detail string
@@ -26,44 +29,40 @@ type ProbeStep struct {
 // MAIL FROM:<mailbox>. Then it resets and quits: nothing is sent. It
 // returns the steps tried; the last one failed, unless all passed.
 func Probe(ctx context.Context, route Route, hostname, mailbox, token string) []ProbeStep {
-	s := &submission{host: route.SMTPHost, obs: nopUpstreamObserver{}}
+	s := &submission{host: route.Host, obs: upstream.NopObserver{}}
 	var steps []ProbeStep
 	start := time.Now()
 	c, err := s.connect(ctx, route, hostname)
 	if err != nil {
-		var ue *UpstreamError
-		stage := StageConnect
-		if errors.As(err, &ue) {
-			stage = ue.Stage
-		}
-		if stage != StageConnect {
-			steps = append(steps, ProbeStep{Stage: StageConnect, Detail: route.SMTPHost + " answered"})
+		stage := message.StageOf(err)
+		if stage != message.StageConnect {
+			steps = append(steps, ProbeStep{Stage: message.StageConnect, Detail: route.Host + " answered"})
 		}
 		return append(steps, ProbeStep{Stage: stage, Err: err, Took: time.Since(start)})
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	steps = append(steps, ProbeStep{Stage: StageConnect, Detail: route.SMTPHost + " answered"})
+	steps = append(steps, ProbeStep{Stage: message.StageConnect, Detail: route.Host + " answered"})
 	st, _ := c.TLSConnectionState()
 	detail := tls.VersionName(st.Version) + ", " + tls.CipherSuiteName(st.CipherSuite)
 	if len(st.PeerCertificates) > 0 {
 		cert := st.PeerCertificates[0]
 		detail += fmt.Sprintf(", certificate %q verified, valid until %s", cert.Subject.CommonName, cert.NotAfter.Format(time.DateOnly))
 	}
-	steps = append(steps, ProbeStep{Stage: StageStartTLS, Detail: detail, Took: time.Since(start)})
+	steps = append(steps, ProbeStep{Stage: message.StageStartTLS, Detail: detail, Took: time.Since(start)})
 
 	t := time.Now()
 	if err := c.Auth(&xoauth2Client{user: mailbox, token: token}); err != nil {
-		return append(steps, ProbeStep{Stage: StageAuth, Err: s.fail(StageAuth, "", err), Took: time.Since(t)})
+		return append(steps, ProbeStep{Stage: message.StageAuth, Err: s.fail(message.StageAuth, "", err), Took: time.Since(t)})
 	}
-	steps = append(steps, ProbeStep{Stage: StageAuth, Detail: "logged in as " + mailbox, Took: time.Since(t)})
+	steps = append(steps, ProbeStep{Stage: message.StageAuth, Detail: "logged in as " + mailbox, Took: time.Since(t)})
 
 	t = time.Now()
 	if err := c.Mail(mailbox, nil); err != nil {
-		return append(steps, ProbeStep{Stage: StageMail, Err: s.fail(StageMail, "", err), Took: time.Since(t)})
+		return append(steps, ProbeStep{Stage: message.StageMail, Err: s.fail(message.StageMail, "", err), Took: time.Since(t)})
 	}
-	steps = append(steps, ProbeStep{Stage: StageMail, Detail: "MAIL FROM:<" + mailbox + "> accepted", Took: time.Since(t)})
+	steps = append(steps, ProbeStep{Stage: message.StageMail, Detail: "MAIL FROM:<" + mailbox + "> accepted", Took: time.Since(t)})
 	c.Reset()
 	c.CommandTimeout = 10 * time.Second
 	c.Quit()

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// insertDevices adds device entries (YAML list items) to a config's
+// devices list.
+func insertDevices(t *testing.T, path, items string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(data), "\ndevices:\n", "\ndevices:\n"+items, 1)
+	if s == string(data) {
+		t.Fatal("no devices list in the config")
+	}
+	writeFile(t, path, s)
+}
+
+// httpGet returns the status and body of a GET.
+func httpGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func post(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(u, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// auditID returns the msg_id of the first audit line of the given event.
+func auditID(t *testing.T, path, event string) string {
+	t.Helper()
+	for _, line := range strings.Split(readFile(t, path), "\n") {
+		var e struct {
+			Event string `json:"event"`
+			MsgID string `json:"msg_id"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.Event == event {
+			return e.MsgID
+		}
+	}
+	t.Fatalf("no %s event in the audit log", event)
+	return ""
+}

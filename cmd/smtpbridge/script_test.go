@@ -1,0 +1,65 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/doctor"
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// TestExchangeScript turns testdata/onboarding.yaml into Exchange
+// PowerShell, as `smtpbridge exchange-script` does, and compares it with
+// reviewed golden files (go test ./cmd/smtpbridge -run TestExchangeScript
+// -update rewrites them; review the diff).
+func TestExchangeScript(t *testing.T) {
+	hash, err := passwd.NewBcrypt([]byte("x"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("testdata/onboarding.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "smtpbridge.yaml")
+	os.WriteFile(p, []byte(strings.ReplaceAll(string(data), "HASH", `"`+hash+`"`)), 0o600)
+	cfg, err := config.LoadWithEnv(p, func(string) (string, bool) { return "s", true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenants := microsoft{}.doctorTenants(cfg)
+	for _, c := range []struct {
+		golden, tenant string
+		rbac           bool
+	}{
+		{"exchange-script.ps1", "", false},
+		{"exchange-script-rbac.ps1", "", true},
+		{"exchange-script-fabrikam.ps1", "fabrikam", false},
+	} {
+		got, err := doctor.ExchangeScript(tenants, "/etc/smtpbridge/smtpbridge.yaml", c.tenant, c.rbac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join("testdata", c.golden)
+		if *update {
+			os.WriteFile(path, []byte(got), 0o644)
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != string(want) {
+			t.Errorf("%s differs from the script:\n%s", path, got)
+		}
+	}
+	if _, err := doctor.ExchangeScript(tenants, "x", "nope", false); err == nil {
+		t.Error("an unknown tenant was accepted")
+	}
+}

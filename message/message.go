@@ -1,0 +1,81 @@
+// Package message is what travels through smtpbridge, from the device side
+// (package bridge) through a delivery mode (package queue) to an Exchange
+// transport (package upstream and below it): the message with its
+// envelope, the receipt Exchange gives for it, and the one error type that
+// says how a delivery failed and what that means for the message.
+//
+// It is the leaf of the module: it imports no other package of smtpbridge,
+// so that every stage of the path may import it and none need import
+// another stage. It must never hold a password, a client secret or a
+// token; a Message's Body is read once, as it streams by, and never kept.
+package message
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Message is one message on its way to Exchange Online, after the device's
+// policy was applied.
+type Message struct {
+	// ID is the bridge's message ID, in logs, the Received field and
+	// the spool.
+	ID      string
+	Device  string // the device's name; "" for the bridge's own reports
+	Tenant  string // the tenant's name in the config
+	Mailbox string // the mailbox it is sent as: the XOAUTH2 user
+	From    string // envelope sender (the mailbox under the rewrite policy)
+	To      []string
+	// Mode is the delivery mode of the device (ModeHybrid, ModeQueue or
+	// ModeSync); the delivery side dispatches on it.
+	Mode string
+	// Size is the message's size when known (spooled), declared to
+	// Exchange with SIZE= so that a too-large message is refused at MAIL
+	// FROM, before the upload.
+	Size int64
+	// Body is the whole message, header block first. It is read once; a
+	// read error aborts the delivery (StageSource).
+	Body io.Reader
+}
+
+// Delivery modes: when a device gets its reply.
+const (
+	// ModeHybrid spools the message, then waits a while for Exchange:
+	// the device gets Exchange's 250 or 5xx, or "queued".
+	ModeHybrid = "hybrid"
+	// ModeQueue answers 250 as soon as the message is on disk.
+	ModeQueue = "queue"
+	// ModeSync relays while the device waits, with no spool.
+	ModeSync = "sync"
+)
+
+// Receipt is what the delivery side says when it took a message.
+type Receipt struct {
+	// Queued means the queue took the message and will deliver it
+	// later; Reply and the rest are then empty.
+	Queued bool
+	// Reply is Exchange's final reply, e.g. 250 2.0.0 "OK
+	// <...@...prod.outlook.com> [Hostname=...]".
+	Reply Reply
+	// UpstreamID is Exchange's message ID, from Reply, when it has one.
+	UpstreamID string
+	// Accepted are the recipients Exchange took. A recipient Exchange
+	// refuses fails the whole message today (Error.Recipient names it),
+	// so this is every recipient; it is per recipient so that a partial
+	// delivery fits.
+	Accepted []string
+}
+
+// NewID returns a fresh message or connection ID: time-ordered, 26
+// characters of [0-9a-z], safe in file names.
+func NewID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%013x", time.Now().UnixMilli())[:13] + strings.ToLower(idEnc.EncodeToString(b[:]))[:13]
+}
+
+var idEnc = base32.StdEncoding.WithPadding(base32.NoPadding)

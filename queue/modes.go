@@ -1,0 +1,113 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/message"
+)
+
+// Modes hands each message to the Deliverer of its device's delivery
+// mode (message.ModeHybrid, ModeQueue, ModeSync).
+type Modes map[string]Deliverer
+
+// Deliver implements Deliverer.
+func (ms Modes) Deliver(ctx context.Context, m *message.Message) (message.Receipt, error) {
+	d := ms[m.Mode]
+	if d == nil {
+		return message.Receipt{}, fmt.Errorf("no delivery mode %q", m.Mode)
+	}
+	return d.Deliver(ctx, m)
+}
+
+// Hybrid is hybrid mode: the queue plus a wait. The device gets
+// Exchange's answer when the first attempt ends within sync_timeout
+// (delivered, or refused for good), and "queued" otherwise: a temporary
+// failure, throttling, an outage or the deadline. A scanner that would
+// drop a scan on a 4xx therefore never sees one for a problem on
+// Exchange's side.
+func (q *Queue) Hybrid() Deliverer { return hybrid{q} }
+
+type hybrid struct{ q *Queue }
+
+func (h hybrid) Deliver(ctx context.Context, m *message.Message) (message.Receipt, error) {
+	p, err := h.q.spool(m, true)
+	if err != nil {
+		return message.Receipt{}, err
+	}
+	receipt, err, done := p.wait(ctx, h.q.settings().SyncTimeout)
+	switch {
+	case done && err == nil:
+		return receipt, nil
+	case done && message.IsPermanent(err):
+		// The queue has dropped it: the device is told.
+		return message.Receipt{}, err
+	}
+	return message.Receipt{Queued: true}, nil
+}
+
+// Sync is sync mode: the message goes straight to the transport while the
+// device waits, and nothing is kept. A failure the device may retry is
+// its to retry (it gets a 4xx).
+type Sync struct {
+	Transport Deliverer
+	Events    audit.Observer
+}
+
+// Deliver implements Deliverer.
+func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt, error) {
+	start := time.Now()
+	counted := &countingReader{r: m.Body}
+	mm := *m
+	mm.Body = counted
+	receipt, err := s.Transport.Deliver(ctx, &mm)
+	if message.StageOf(err) == message.StageSource {
+		// The device's data did not arrive: nothing was taken, and the
+		// device side reports it.
+		return receipt, err
+	}
+	ev := syncEvent(audit.Received, m, counted.n)
+	if err == nil || message.IsPermanent(err) {
+		s.observe(ev)
+	}
+	took := time.Since(start)
+	switch {
+	case err == nil:
+		ev = syncEvent(audit.Delivered, m, counted.n)
+		ev.Reply, ev.UpstreamID, ev.Accepted, ev.Duration = receipt.Reply.String(), receipt.UpstreamID, start, took
+	case message.IsPermanent(err):
+		ev = syncEvent(audit.Bounced, m, counted.n)
+		ev.Reply, ev.Reason, ev.Err, ev.Duration = message.ReplyOf(err).String(), audit.ReasonPermanent, err, took
+	default:
+		ev = syncEvent(audit.Deferred, m, counted.n)
+		ev.Reply, ev.RetryBy, ev.Err, ev.Duration = message.ReplyOf(err).String(), audit.RetryByDevice, err, took
+		ev.SetupProblem = message.ClassOf(err) == message.Setup
+	}
+	s.observe(ev)
+	return receipt, err
+}
+
+func (s Sync) observe(ev audit.Event) {
+	if s.Events != nil {
+		s.Events.Observe(ev)
+	}
+}
+
+func syncEvent(k audit.Kind, m *message.Message, size int64) audit.Event {
+	return audit.Event{Kind: k, MsgID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
+		From: m.From, Rcpts: len(m.To), Size: size, Mode: m.Mode}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

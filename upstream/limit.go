@@ -1,0 +1,200 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Mailbox is one tenant's sending mailbox: the unit Exchange Online
+// limits.
+type Mailbox struct {
+	Tenant  string
+	Address string // lower case
+}
+
+// MailboxOf names a tenant's mailbox.
+func MailboxOf(tenant, address string) Mailbox {
+	return Mailbox{Tenant: tenant, Address: strings.ToLower(address)}
+}
+
+// Limiter keeps each mailbox within Exchange Online's limits (EXCHANGE.md,
+// "Limits"): connections open at once, submissions started per minute,
+// and recipients per day. A caller over a limit waits; nothing is refused.
+// Local is the one for a single process; a limiter shared between
+// replicas implements the same interface.
+type Limiter interface {
+	// Connect waits for one of the mailbox's connection slots, held for
+	// as long as the connection stays open, idle time included: Exchange
+	// counts idle connections too.
+	Connect(ctx context.Context, mb Mailbox) (Lease, error)
+	// Submit waits until the mailbox may start one more submission, of
+	// rcpts recipients.
+	Submit(ctx context.Context, mb Mailbox, rcpts int) error
+}
+
+// Lease is a connection slot.
+type Lease interface {
+	// Held says whether the slot still counts within the mailbox's
+	// limit: false once the limit was lowered below the connections
+	// open (or a shared lease was lost). A connection whose lease is not
+	// held closes when its submission ends, instead of idling.
+	Held() bool
+	// Release gives the slot back; the connection has closed.
+	Release()
+}
+
+// Limits are one tenant's per-mailbox limits.
+type Limits struct {
+	// Connections is how many may be open at once (Exchange Online
+	// allows 3; beyond, 432 4.3.2).
+	Connections int
+	// PerMinute is how many submissions may start in any 60 seconds (30
+	// for Exchange Online, which delays the excess); 0 for no limit.
+	PerMinute int
+}
+
+// Local is the Limiter of one process.
+type Local struct {
+	window time.Duration // a minute; tests shorten it
+
+	mu     sync.Mutex
+	limits map[string]Limits // by tenant
+	boxes  map[Mailbox]*box
+}
+
+// box is one mailbox's state.
+type box struct {
+	open    int         // connection slots held
+	started []time.Time // submission starts in the last window, oldest first
+	changed chan struct{}
+}
+
+// NewLocal returns a limiter with limits per tenant name.
+func NewLocal(limits map[string]Limits) *Local {
+	return &Local{window: time.Minute, limits: limits, boxes: map[Mailbox]*box{}}
+}
+
+// SetLimits replaces the limits (a config reload). A lower connection
+// limit applies to connections opened from now on; those above it close
+// as their submissions end (Lease.Held).
+func (l *Local) SetLimits(limits map[string]Limits) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.limits = limits
+	for _, b := range l.boxes {
+		b.broadcast()
+	}
+}
+
+// box returns mb's state; l.mu is held.
+func (l *Local) box(mb Mailbox) *box {
+	b := l.boxes[mb]
+	if b == nil {
+		b = &box{changed: make(chan struct{})}
+		l.boxes[mb] = b
+	}
+	return b
+}
+
+// broadcast wakes every waiter; l.mu is held.
+func (b *box) broadcast() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// limitsOf returns the tenant's limits; l.mu is held.
+func (l *Local) limitsOf(mb Mailbox) (Limits, error) {
+	lim, ok := l.limits[mb.Tenant]
+	if !ok || lim.Connections <= 0 {
+		return Limits{}, fmt.Errorf("no connection limit for tenant %q", mb.Tenant)
+	}
+	return lim, nil
+}
+
+// Connect implements Limiter.
+func (l *Local) Connect(ctx context.Context, mb Mailbox) (Lease, error) {
+	for {
+		l.mu.Lock()
+		lim, err := l.limitsOf(mb)
+		if err != nil {
+			l.mu.Unlock()
+			return nil, err
+		}
+		b := l.box(mb)
+		if b.open < lim.Connections {
+			b.open++
+			l.mu.Unlock()
+			return &localLease{l: l, mb: mb, b: b}, nil
+		}
+		ch := b.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a free connection to Exchange (limit %d per mailbox): %w", lim.Connections, context.Cause(ctx))
+		}
+	}
+}
+
+// Submit implements Limiter. rcpts is not counted yet: the room is there
+// for Exchange's 10,000 recipients a day.
+func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) error {
+	for {
+		l.mu.Lock()
+		lim, err := l.limitsOf(mb)
+		if err != nil {
+			l.mu.Unlock()
+			return err
+		}
+		b := l.box(mb)
+		now := time.Now()
+		for len(b.started) > 0 && now.Sub(b.started[0]) >= l.window {
+			b.started = b.started[1:]
+		}
+		if lim.PerMinute <= 0 || len(b.started) < lim.PerMinute {
+			if lim.PerMinute > 0 {
+				b.started = append(b.started, now)
+			}
+			l.mu.Unlock()
+			return nil
+		}
+		wait := b.started[0].Add(l.window).Sub(now)
+		ch := b.changed
+		l.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ch: // the limits changed
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting to submit within %d messages a minute per mailbox: %w", lim.PerMinute, context.Cause(ctx))
+		}
+		t.Stop()
+	}
+}
+
+type localLease struct {
+	l    *Local
+	mb   Mailbox
+	b    *box
+	once sync.Once
+}
+
+func (le *localLease) Held() bool {
+	le.l.mu.Lock()
+	defer le.l.mu.Unlock()
+	lim, err := le.l.limitsOf(le.mb)
+	return err == nil && le.b.open <= lim.Connections
+}
+
+func (le *localLease) Release() {
+	le.once.Do(func() {
+		le.l.mu.Lock()
+		le.b.open--
+		le.b.broadcast()
+		le.l.mu.Unlock()
+	})
+}
