@@ -197,7 +197,7 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	window := g.window()
+	window := g.st.Window
 	g.sweep(now, window)
 	fa := append(recent(g.byAddr[a], now, window), now)
 	fu := append(recent(g.byUser[username], now, window), now)
@@ -219,14 +219,6 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 		blocked = &cp
 	}
 	return delay, blocked
-}
-
-// window is the failure-counting window; g.mu is held.
-func (g *Guard) window() time.Duration {
-	if g.st.Window <= 0 {
-		return 10 * time.Minute
-	}
-	return g.st.Window
 }
 
 // sweep forgets addresses and usernames with no recent failures, so that
