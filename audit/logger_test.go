@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 func lines(t *testing.T, s string) []map[string]any {
@@ -49,7 +50,7 @@ func TestLogger(t *testing.T) {
 		SetupProblem: true, RetryBy: RetryByQueue, NextAttempt: accepted, Err: errors.New("exchange refused the login")})
 	l.Observe(Event{Kind: Dead, MsgID: "m3", Device: "erp", Reason: ReasonExpired})
 
-	file := lines(t, readFile(t, path))
+	file := lines(t, testenv.ReadFile(t, path))
 	if len(file) != 4 {
 		t.Fatalf("audit file has %d lines, want 4", len(file))
 	}
@@ -88,29 +89,20 @@ func TestLogger(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Observe(Event{Kind: Rejected, MsgID: "m4", Device: "mfp", Reason: ReasonPolicy})
-	if got := lines(t, readFile(t, path)); len(got) != 1 || got[0]["event"] != "rejected" {
+	if got := lines(t, testenv.ReadFile(t, path)); len(got) != 1 || got[0]["event"] != "rejected" {
 		t.Errorf("after reopening: %v", got)
 	}
-	if got := lines(t, readFile(t, path+".1")); len(got) != 4 {
+	if got := lines(t, testenv.ReadFile(t, path+".1")); len(got) != 4 {
 		t.Errorf("the rotated file changed: %d lines", len(got))
 	}
 	if err := l.SetFile(filepath.Join(t.TempDir(), "missing", "audit.log")); err == nil {
 		t.Error("SetFile into a missing directory succeeded")
 	}
 	l.Observe(Event{Kind: Dropped, MsgID: "m5"})
-	if got := lines(t, readFile(t, path)); len(got) != 2 {
+	if got := lines(t, testenv.ReadFile(t, path)); len(got) != 2 {
 		t.Errorf("a failed SetFile did not keep the previous file: %d lines", len(got))
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // TestLegacyTLS checks the claim in the README: a listener with
@@ -26,7 +27,7 @@ func TestLegacyTLS(t *testing.T) {
 	}})
 
 	t.Run("openssl", func(t *testing.T) {
-		openssl := lookTool(t, "openssl")
+		openssl := testenv.LookTool(t, "openssl")
 		run := func(addr string, extra ...string) (string, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -54,7 +55,7 @@ func TestLegacyTLS(t *testing.T) {
 	})
 
 	t.Run("python", func(t *testing.T) {
-		python := lookTool(t, "python3")
+		python := testenv.LookTool(t, "python3")
 		script := `
 import socket, ssl, sys
 host, port = sys.argv[1].rsplit(":", 1)
@@ -92,16 +93,4 @@ except (ssl.SSLError, ConnectionError) as e:
 			t.Errorf("default listener: %q, want a failed handshake", got)
 		}
 	})
-}
-
-// lookTool finds a client program the test suite needs. .ci/run installs
-// them; a missing one fails the test rather than skipping it, so a green
-// run always means the clients were exercised.
-func lookTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install it (see .ci/run) to run this test", name)
-	}
-	return p
 }

@@ -79,3 +79,20 @@ func NewID() string {
 }
 
 var idEnc = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// SourceReader reads a message's Body and remembers its first read error
+// other than io.EOF, so that a copy that fails can tell the source's fault
+// (the device went away, the spool file could not be read: StageSource)
+// from the destination's.
+type SourceReader struct {
+	R   io.Reader
+	Err error
+}
+
+func (s *SourceReader) Read(p []byte) (int, error) {
+	n, err := s.R.Read(p)
+	if err != nil && err != io.EOF && s.Err == nil {
+		s.Err = err
+	}
+	return n, err
+}

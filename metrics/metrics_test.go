@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -129,7 +130,7 @@ func TestMetricsCountEvents(t *testing.T) {
 		`smtpbridge_config_reload_success 1`,
 	)
 	if !strings.Contains(body, "smtpbridge_queue_oldest_message_age_seconds 9") {
-		t.Errorf("oldest message age is not about 90 s:\n%s", grep(body, "oldest"))
+		t.Errorf("oldest message age is not about 90 s:\n%s", testenv.Grep(body, "oldest"))
 	}
 	for _, absent := range []string{
 		`smtpbridge_credential_expiry_timestamp_seconds{tenant="fabrikam"}`, // unknown
@@ -191,7 +192,7 @@ func TestMetricsConfigure(t *testing.T) {
 	)
 	for _, gone := range []string{`device="alarm"`, `tenant="fabrikam"`, `smtpbridge_credential_expiry_timestamp_seconds{tenant="contoso"}`} {
 		if strings.Contains(body, gone) {
-			t.Errorf("/metrics still has %s after the reload:\n%s", gone, grep(body, gone))
+			t.Errorf("/metrics still has %s after the reload:\n%s", gone, testenv.Grep(body, gone))
 		}
 	}
 }
@@ -217,16 +218,6 @@ func TestReplyLabels(t *testing.T) {
 			t.Errorf("replyLabels(%d, %v) = %s, %s; want %s, %s", c.code, c.enh, class, enh, c.class, c.enc)
 		}
 	}
-}
-
-func grep(s, substr string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 func goVersion() string { return runtime.Version() }

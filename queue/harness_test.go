@@ -295,11 +295,6 @@ func subjectOf(data []byte) string {
 	return ""
 }
 
-func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	testenv.Eventually(t, what, d, cond)
-}
-
 func (s *stack) queued() []queue.Item {
 	items, err := s.q.List()
 	if err != nil {

@@ -470,11 +470,11 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(s
 	if err != nil {
 		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}
 	}
-	src := &sourceReader{r: body}
+	src := &message.SourceReader{R: body}
 	if _, err := io.Copy(w, src); err != nil {
 		w.Abort()
-		if src.err != nil {
-			return nil, &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: src.err}
+		if src.Err != nil {
+			return nil, &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: src.Err}
 		}
 		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}
 	}
@@ -496,21 +496,6 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(s
 	q.mu.Unlock()
 	q.kick()
 	return p, nil
-}
-
-// sourceReader remembers a read error of the message source, so that a
-// failed copy can tell the device's fault from the spool's.
-type sourceReader struct {
-	r   io.Reader
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF && s.err == nil {
-		s.err = err
-	}
-	return n, err
 }
 
 // pending is a spooled message whose first attempt a device may wait for.

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -27,7 +28,7 @@ func TestHybridDelivered(t *testing.T) {
 	if got := w.subjects()["hybrid-ok"]; got != 1 {
 		t.Fatalf("Exchange got the message %d times", got)
 	}
-	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	testenv.Eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
 	assertSpoolEmpty(t, s)
 }
 
@@ -42,7 +43,7 @@ func TestHybridPermanentRefusal(t *testing.T) {
 	if code != 550 || !strings.Contains(text, "5.7.60") {
 		t.Fatalf("reply %d %q, want Exchange's 550 5.7.60", code, text)
 	}
-	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	testenv.Eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
 	if d := s.dead(); len(d) != 0 {
 		t.Fatalf("a refusal the device was told about became a dead letter: %+v", d)
 	}
@@ -63,8 +64,8 @@ func TestHybridTemporaryThenDelivered(t *testing.T) {
 	if code != 250 || !strings.Contains(text, "queued") {
 		t.Fatalf("reply %d %q, want 250 ... queued", code, text)
 	}
-	eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["temp"] == 1 })
-	eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
+	testenv.Eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["temp"] == 1 })
+	testenv.Eventually(t, "empty spool", 2*time.Second, func() bool { return len(s.queued()) == 0 })
 	time.Sleep(300 * time.Millisecond)
 	if got := w.subjects()["temp"]; got != 1 {
 		t.Fatalf("delivered %d times, want once", got)
@@ -90,7 +91,7 @@ func TestHybridDeadline(t *testing.T) {
 	if _, err := s.q.RetryAll(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "delivery", 20*time.Second, func() bool { return w.subjects()["slow"] == 1 })
+	testenv.Eventually(t, "delivery", 20*time.Second, func() bool { return w.subjects()["slow"] == 1 })
 }
 
 // Queue mode: 250 as soon as the message is on disk.
@@ -106,7 +107,7 @@ func TestQueueMode(t *testing.T) {
 		t.Fatalf("queue = %+v", q)
 	}
 	w.proxy.set("up")
-	eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["queued-1"] == 1 })
+	testenv.Eventually(t, "delivery", 5*time.Second, func() bool { return w.subjects()["queued-1"] == 1 })
 }
 
 // Throttling: Exchange answers 432 4.3.2 and 451 for a while and enforces
@@ -134,8 +135,8 @@ func TestThrottling(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	eventually(t, "all delivered", 30*time.Second, func() bool { return len(w.subjects()) == n })
-	eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
+	testenv.Eventually(t, "all delivered", 30*time.Second, func() bool { return len(w.subjects()) == n })
+	testenv.Eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
 	for subj, c := range w.subjects() {
 		if c != 1 {
 			t.Errorf("%s delivered %d times", subj, c)
@@ -168,8 +169,8 @@ func TestOutage(t *testing.T) {
 		t.Fatal("messages delivered through a down proxy?")
 	}
 	w.proxy.set("up")
-	eventually(t, "all delivered", 20*time.Second, func() bool { return len(w.subjects()) == 10 })
-	eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
+	testenv.Eventually(t, "all delivered", 20*time.Second, func() bool { return len(w.subjects()) == 10 })
+	testenv.Eventually(t, "empty queue", 5*time.Second, func() bool { return len(s.queued()) == 0 })
 	for subj, c := range w.subjects() {
 		if c != 1 {
 			t.Errorf("%s delivered %d times", subj, c)
@@ -191,7 +192,7 @@ func TestRestartDeliversSpooled(t *testing.T) {
 	}
 	// One attempt fails; the mailbox then pauses rather than trying the
 	// others against a host that is down.
-	eventually(t, "a first attempt", 5*time.Second, func() bool {
+	testenv.Eventually(t, "a first attempt", 5*time.Second, func() bool {
 		for _, it := range s1.queued() {
 			if it.LastReply != "" {
 				return true
@@ -214,7 +215,7 @@ func TestRestartDeliversSpooled(t *testing.T) {
 	if _, err := s2.q.RetryAll(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "delivery after restart", 10*time.Second, func() bool { return len(w.subjects()) == 3 })
+	testenv.Eventually(t, "delivery after restart", 10*time.Second, func() bool { return len(w.subjects()) == 3 })
 }
 
 // A message Exchange refuses after it was queued becomes a dead letter, and
@@ -227,12 +228,12 @@ func TestDeadLetterAndDSN(t *testing.T) {
 	if code, _ := s.send("mfp", "x@contoso.example", "doomed", "nobody@contoso.example"); code != 250 {
 		t.Fatal("not accepted")
 	}
-	eventually(t, "dead letter", 5*time.Second, func() bool { return len(s.dead()) == 1 })
+	testenv.Eventually(t, "dead letter", 5*time.Second, func() bool { return len(s.dead()) == 1 })
 	d := s.dead()[0]
 	if !strings.Contains(d.DeadReason, "5.1.10") || d.Device != "mfp" {
 		t.Errorf("dead letter %+v lacks the reply or the device", d)
 	}
-	eventually(t, "report delivered", 5*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
+	testenv.Eventually(t, "report delivered", 5*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
 	dsn := w.exo.Messages()[0]
 	body := string(dsn.Data)
 	for _, want := range []string{
@@ -260,7 +261,7 @@ func TestDeadLetterAndDSN(t *testing.T) {
 	if err := s.q.Requeue(d.ID); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "requeued delivery", 5*time.Second, func() bool { return w.subjects()["doomed"] == 1 })
+	testenv.Eventually(t, "requeued delivery", 5*time.Second, func() bool { return w.subjects()["doomed"] == 1 })
 	if len(s.dead()) != 0 {
 		t.Error("requeued message still among the dead letters")
 	}
@@ -274,7 +275,7 @@ func TestMaxAge(t *testing.T) {
 	if code, _ := s.send("mfp", "x@contoso.example", "too-old", "bob@contoso.example"); code != 250 {
 		t.Fatal("not accepted")
 	}
-	eventually(t, "expiry", 10*time.Second, func() bool { return len(s.dead()) == 1 })
+	testenv.Eventually(t, "expiry", 10*time.Second, func() bool { return len(s.dead()) == 1 })
 	if r := s.dead()[0].DeadReason; !strings.Contains(r, "not delivered within 300ms") {
 		t.Errorf("dead reason %q", r)
 	}
@@ -282,7 +283,7 @@ func TestMaxAge(t *testing.T) {
 	if _, err := s.q.RetryAll(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "report", 10*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
+	testenv.Eventually(t, "report", 10*time.Second, func() bool { return len(w.exo.Messages()) == 1 })
 	if body := string(w.exo.Messages()[0].Data); !strings.Contains(body, "Status: 4.4.7") {
 		t.Errorf("expiry report lacks Status: 4.4.7:\n%s", body)
 	}
@@ -325,7 +326,7 @@ func TestSpoolWriteFailure(t *testing.T) {
 // queue forgets a message just before it deletes its files).
 func assertSpoolEmpty(t *testing.T, s *stack) {
 	t.Helper()
-	eventually(t, "no files left in the spool", 2*time.Second, func() bool {
+	testenv.Eventually(t, "no files left in the spool", 2*time.Second, func() bool {
 		for _, sub := range []string{"queue", "dead", "tmp"} {
 			if entries, _ := os.ReadDir(filepath.Join(s.sp.Dir(), sub)); len(entries) != 0 {
 				return false

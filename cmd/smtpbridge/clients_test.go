@@ -5,23 +5,15 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // Tests with real clients: swaks, curl and Python's smtplib drive the
 // binary as devices do. .ci/run installs them.
-
-func lookTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install it (see .ci/run) to run this test", name)
-	}
-	return p
-}
 
 func TestRealClients(t *testing.T) {
 	u := startFakes(t)
@@ -30,7 +22,7 @@ func TestRealClients(t *testing.T) {
 	p := startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
 		[]string{plain, secure}, "serve", "--config", cfg)
 
-	swaks, curl, python := lookTool(t, "swaks"), lookTool(t, "curl"), lookTool(t, "python3")
+	swaks, curl, python := testenv.LookTool(t, "swaks"), testenv.LookTool(t, "curl"), testenv.LookTool(t, "python3")
 	msgFile := filepath.Join(u.dir, "msg.eml")
 	writeFile(t, msgFile, "From: Scanner <scan@printer.lan>\r\nTo: bob@contoso.example\r\nSubject: curl scan\r\n\r\nscanned page\r\n")
 
@@ -121,7 +113,7 @@ print("ok")
 
 	metrics, err := runCmd(t, "", curl, "-sS", "http://"+httpAddr+"/metrics")
 	if err != nil || !strings.Contains(metrics, `smtpbridge_token_requests_total{result="success",source="identity_provider",tenant="contoso"} 1`) {
-		t.Errorf("metrics: %v\n%s", err, grep(metrics, "smtpbridge_token"))
+		t.Errorf("metrics: %v\n%s", err, testenv.Grep(metrics, "smtpbridge_token"))
 	}
 
 	p.stop(t)
@@ -142,21 +134,11 @@ print("ok")
 	}
 }
 
-func grep(s, substr string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
 // TestSandboxQuickStart runs the shipped examples/sandbox.yaml (on free
 // ports) the way the README's quick start does, named by
 // SMTPBRIDGE_CONFIG, and sends the README's swaks command to it.
 func TestSandboxQuickStart(t *testing.T) {
-	swaks := lookTool(t, "swaks")
+	swaks := testenv.LookTool(t, "swaks")
 	data, err := os.ReadFile("../../examples/sandbox.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // insertDevices adds device entries (YAML list items) to a config's
@@ -37,26 +38,6 @@ func httpGet(t *testing.T, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 func post(t *testing.T, u string) (int, string) {
 	t.Helper()
 	resp, err := http.Post(u, "application/json", nil)
@@ -71,7 +52,7 @@ func post(t *testing.T, u string) (int, string) {
 // auditID returns the msg_id of the first audit line of the given event.
 func auditID(t *testing.T, path, event string) string {
 	t.Helper()
-	for _, line := range strings.Split(readFile(t, path), "\n") {
+	for _, line := range strings.Split(testenv.ReadFile(t, path), "\n") {
 		var e struct {
 			Event string `json:"event"`
 			MsgID string `json:"msg_id"`

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // The operations side as an admin meets it, on the built binary: metrics
@@ -35,7 +36,7 @@ type prometheusServer struct {
 
 func startPrometheus(t *testing.T, target string) *prometheusServer {
 	t.Helper()
-	bin := lookTool(t, "prometheus")
+	bin := testenv.LookTool(t, "prometheus")
 	dir := t.TempDir()
 	rules, err := filepath.Abs("../../examples/prometheus/alerts.yml")
 	if err != nil {
@@ -158,7 +159,7 @@ func (p *prometheusServer) firing(t *testing.T) map[string]map[string]string {
 // closed network needs, and returns what it printed.
 func chromium(t *testing.T, args ...string) string {
 	t.Helper()
-	bin := lookTool(t, "chromium")
+	bin := testenv.LookTool(t, "chromium")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -174,7 +175,7 @@ func chromium(t *testing.T, args ...string) string {
 }
 
 func TestOperations(t *testing.T) {
-	swaks := lookTool(t, "swaks")
+	swaks := testenv.LookTool(t, "swaks")
 	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
@@ -199,7 +200,7 @@ func TestOperations(t *testing.T) {
 	base := "http://" + httpAddr
 	// Prometheus has seen the bridge before anything happens, so that the
 	// alert rules see the counters change.
-	waitFor(t, "the first scrape", 20*time.Second, func() bool { return prom.value(t, `up{job="smtpbridge"}`) == "1" })
+	testenv.Eventually(t, "the first scrape", 20*time.Second, func() bool { return prom.value(t, `up{job="smtpbridge"}`) == "1" })
 
 	for _, c := range []struct {
 		user, from, want string
@@ -217,7 +218,7 @@ func TestOperations(t *testing.T) {
 		"--from", "x@printer.lan", "--to", "bob@contoso.example"); !strings.Contains(out, "535 5.7.8") {
 		t.Fatalf("wrong password:\n%s", out)
 	}
-	waitFor(t, "the dead letter", 20*time.Second, func() bool {
+	testenv.Eventually(t, "the dead letter", 20*time.Second, func() bool {
 		_, m := httpGet(t, base+"/metrics")
 		return strings.Contains(m, `smtpbridge_queue_messages{state="dead"} 1`)
 	})
@@ -290,7 +291,7 @@ func TestOperations(t *testing.T) {
 	})
 
 	t.Run("Prometheus", func(t *testing.T) {
-		waitFor(t, "Prometheus to read the delivered count", 20*time.Second, func() bool {
+		testenv.Eventually(t, "Prometheus to read the delivered count", 20*time.Second, func() bool {
 			return prom.value(t, `smtpbridge_messages_delivered_total{device="mfp-2f"}`) == "1"
 		})
 		if got := prom.value(t, `sum(smtpbridge_messages_delivered_total)`); got != "1" {
@@ -298,7 +299,7 @@ func TestOperations(t *testing.T) {
 		}
 		// The shipped alert rules, evaluated by Prometheus on the real
 		// metrics: the dead letter and Exchange's refusal fire.
-		waitFor(t, "SmtpbridgeDeadLetters and SmtpbridgeUpstreamRejections to fire", 30*time.Second, func() bool {
+		testenv.Eventually(t, "SmtpbridgeDeadLetters and SmtpbridgeUpstreamRejections to fire", 30*time.Second, func() bool {
 			f := prom.firing(t)
 			return f["SmtpbridgeDeadLetters"] != nil && f["SmtpbridgeUpstreamRejections"]["enhanced"] == "5.7.60"
 		})
@@ -320,7 +321,7 @@ func TestOperations(t *testing.T) {
 	})
 
 	t.Run("audit log and rotation", func(t *testing.T) {
-		log := readFile(t, audit)
+		log := testenv.ReadFile(t, audit)
 		for _, want := range []string{`"event":"received"`, `"event":"delivered"`, `"event":"bounced"`, `"event":"dead"`,
 			`"upstream_id":"`, `"reply":"550 5.7.60`, `"device":"erp"`, `"rcpts":1`} {
 			if !strings.Contains(log, want) {
@@ -331,18 +332,18 @@ func TestOperations(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.cmd.Process.Signal(syscall.SIGHUP)
-		waitFor(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logs.String(), "configuration reloaded") })
+		testenv.Eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logs.String(), "configuration reloaded") })
 		if _, err := sendOne(plain, "after rotation"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the new audit file", 10*time.Second, func() bool {
+		testenv.Eventually(t, "the new audit file", 10*time.Second, func() bool {
 			b, _ := os.ReadFile(audit)
 			return strings.Contains(string(b), `"event":"delivered"`)
 		})
 	})
 
 	t.Run("failed reload keeps the config", func(t *testing.T) {
-		good := readFile(t, path)
+		good := testenv.ReadFile(t, path)
 		writeFile(t, path, strings.Replace(good, "    tenant: fabrikam\n", "    tenant: nosuchtenant\n", 1))
 		code, body := post(t, base+"/-/reload")
 		if code != 422 || !strings.Contains(body, `unknown tenant \"nosuchtenant\"`) {
@@ -371,7 +372,7 @@ func TestOperations(t *testing.T) {
 
 	p.stop(t)
 	rotated, _ := os.ReadFile(audit + ".1")
-	logs := p.logs.String() + readFile(t, audit) + string(rotated)
+	logs := p.logs.String() + testenv.ReadFile(t, audit) + string(rotated)
 	for _, canary := range []string{clientSecret, password, "Bearer", "ops body canary", "eyJ0eXAi"} {
 		if strings.Contains(logs, canary) {
 			t.Errorf("a log contains %q", canary)
@@ -393,7 +394,7 @@ func dashboardQueries(t *testing.T) []string {
 			} `json:"targets"`
 		} `json:"panels"`
 	}
-	if err := json.Unmarshal([]byte(readFile(t, "../../examples/grafana/dashboards/smtpbridge.json")), &d); err != nil {
+	if err := json.Unmarshal([]byte(testenv.ReadFile(t, "../../examples/grafana/dashboards/smtpbridge.json")), &d); err != nil {
 		t.Fatal(err)
 	}
 	var out []string

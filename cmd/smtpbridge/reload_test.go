@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // TestReloadUnderLoad reloads the running binary's config (SIGHUP and
@@ -19,13 +20,13 @@ import (
 // on long-lived connections: no session is dropped, no message is lost or
 // sent twice, and the new config's device can send at once.
 func TestReloadUnderLoad(t *testing.T) {
-	swaks := lookTool(t, "swaks")
+	swaks := testenv.LookTool(t, "swaks")
 	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	// Above Exchange's 30 a minute (a warning), so that the load is not
 	// held back by the bridge's rate limit.
-	original := strings.Replace(readFile(t, path), "  - name: contoso\n", "  - name: contoso\n    max_messages_per_minute: 100000\n", 1)
+	original := strings.Replace(testenv.ReadFile(t, path), "  - name: contoso\n", "  - name: contoso\n    max_messages_per_minute: 100000\n", 1)
 	writeFile(t, path, original)
 	// v2: a new device, and mfp-2f restricted to its own domain (which
 	// the load sends to, so it keeps going).
@@ -110,20 +111,20 @@ devices:
 		defer mu.Unlock()
 		return len(acked)
 	}
-	waitFor(t, "load", 20*time.Second, func() bool { return sent() >= 20 })
+	testenv.Eventually(t, "load", 20*time.Second, func() bool { return sent() >= 20 })
 
 	writeFile(t, path, v2)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "the SIGHUP reload", 10*time.Second, func() bool { return strings.Count(p.logs.String(), "configuration reloaded") == 1 })
+	testenv.Eventually(t, "the SIGHUP reload", 10*time.Second, func() bool { return strings.Count(p.logs.String(), "configuration reloaded") == 1 })
 	before := sent()
-	waitFor(t, "load after the reload", 20*time.Second, func() bool { return sent() >= before+20 })
+	testenv.Eventually(t, "load after the reload", 20*time.Second, func() bool { return sent() >= before+20 })
 
 	writeFile(t, path, bad)
 	if code, body := post(t, base+"/-/reload"); code != 422 || !strings.Contains(body, "nosuchtenant") {
 		t.Errorf("bad config: POST /-/reload = %d %s", code, body)
 	}
 	before = sent()
-	waitFor(t, "load after the failed reload", 20*time.Second, func() bool { return sent() >= before+20 })
+	testenv.Eventually(t, "load after the failed reload", 20*time.Second, func() bool { return sent() >= before+20 })
 
 	writeFile(t, path, v2)
 	for i := 0; i < 3; i++ {
@@ -143,7 +144,7 @@ devices:
 		t.Errorf("mfp-2f's new allowed_recipients not applied:\n%s", out)
 	}
 	before = sent()
-	waitFor(t, "load after the last reload", 20*time.Second, func() bool { return sent() >= before+20 })
+	testenv.Eventually(t, "load after the last reload", 20*time.Second, func() bool { return sent() >= before+20 })
 	close(stop)
 	wg.Wait()
 
@@ -155,7 +156,7 @@ devices:
 			t.Errorf("sender %d sent nothing", g)
 		}
 	}
-	waitFor(t, "every message at Exchange", 30*time.Second, func() bool { return len(delivered(u.exo)) >= len(acked)+1 })
+	testenv.Eventually(t, "every message at Exchange", 30*time.Second, func() bool { return len(delivered(u.exo)) >= len(acked)+1 })
 	got := delivered(u.exo)
 	for _, s := range acked {
 		if got[s] != 1 {
@@ -167,7 +168,7 @@ devices:
 	}
 	_, m := httpGet(t, base+"/metrics")
 	if !strings.Contains(m, "smtpbridge_config_reload_success 1") || !strings.Contains(m, `smtpbridge_messages_received_total{device="new-scanner",tenant="contoso"} 1`) {
-		t.Errorf("metrics after the reloads:\n%s", grep(m, "reload_success\n"))
+		t.Errorf("metrics after the reloads:\n%s", testenv.Grep(m, "reload_success\n"))
 	}
 	t.Logf("%d messages on %d connections through 5 reloads (one refused)", len(acked), senders)
 	p.stop(t)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 )
@@ -199,4 +201,36 @@ func (d *Dialog) Try(line, want string) string {
 		return line + ": got " + got + ", want " + want
 	}
 	return ""
+}
+
+// LookTool finds a program an integration test needs (.ci/run installs
+// them); the test fails, rather than skips, without it.
+func LookTool(t TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: install it (see .ci/run) to run this test", name)
+	}
+	return p
+}
+
+// ReadFile returns a file's content, or fails the test.
+func ReadFile(t TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return string(b)
+}
+
+// Grep returns the lines of s that contain substr.
+func Grep(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -135,11 +135,11 @@ func (s *submission) send(c *gosmtp.Client, m *message.Message) (message.Receipt
 		if err != nil {
 			return s.fail(message.StageData, "", err)
 		}
-		src := &sourceReader{r: m.Body}
+		src := &message.SourceReader{R: m.Body}
 		if _, err := io.Copy(w, src); err != nil {
 			c.Close()
-			if src.err != nil {
-				return &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: src.err}
+			if src.Err != nil {
+				return &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: src.Err}
 			}
 			return s.fail(message.StageData, "", err)
 		}
@@ -198,22 +198,6 @@ func queueID(reply string) string {
 		return m[1]
 	}
 	return ""
-}
-
-// sourceReader remembers a read error of the message source, so that a
-// copy that fails can tell the source's fault (the device went away, the
-// spool file could not be read) from Exchange's.
-type sourceReader struct {
-	r   io.Reader
-	err error // the first read error other than io.EOF
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF && s.err == nil {
-		s.err = err
-	}
-	return n, err
 }
 
 // xoauth2Client is the XOAUTH2 SASL client. The initial response is sent
