@@ -12,19 +12,20 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 const (
-	tenantID     = "0b5c1c5e-7d2f-4d1e-9a63-000000000001"
-	clientID     = "5f0c6a0e-3b7d-4c55-8f43-00000000000a"
-	clientSecret = "Qx9~doctor-test-secret"
+	tenantID     = testenv.TenantID
+	clientID     = testenv.ClientID
+	clientSecret = testenv.ClientSecret
 	mailbox      = "scanner@contoso.example"
 )
 
-// world is a fake Entra ID and Exchange Online, set up correctly unless a
-// test's mistake changes it.
+// world is the test World, set up correctly unless a test's mistake
+// changes it.
 type world struct {
 	ca    *pki.CA
 	entra *fakeentra.Server
@@ -35,49 +36,26 @@ type world struct {
 }
 
 type mistake struct {
-	app     func(*fakeentra.App)                // before the app is registered
-	exo     func(*world, *fakeexchange.Mailbox) // before Exchange starts
+	app     func(*fakeentra.App)                // the app as registered
+	exo     func(*world, *fakeexchange.Mailbox) // the mailbox, and Exchange's service principals
 	tenant  func(*world, *doctor.Tenant)        // the config
-	noStart bool                                // Exchange never starts
+	noStart bool                                // the config names no running Exchange
 }
 
 func newWorld(t *testing.T, m mistake) *world {
 	t.Helper()
-	w := &world{}
-	var err error
-	if w.ca, err = pki.NewCA("doctor test CA"); err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := w.ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if w.entra, err = fakeentra.New(); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.entra.Close() })
-	w.entra.AddTenant(tenantID, "contoso.example")
-	app := fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}}
+	tw, std := testenv.Start(t)
+	w := &world{ca: tw.CA, entra: tw.Entra, exo: tw.Exchange, app: std.Secret}
 	if m.app != nil {
+		app := *std.Secret
 		m.app(&app)
+		w.app = tw.Entra.AddApp(tenantID, app) // the same object ID, changed
 	}
-	w.app = w.entra.AddApp(tenantID, app)
-	w.exo = fakeexchange.New(w.entra)
-	w.exo.AddServicePrincipal(tenantID, clientID, w.app.ObjectID)
 	mb := fakeexchange.Mailbox{Address: mailbox, TenantID: tenantID, FullAccess: []string{w.app.ObjectID}}
 	if m.exo != nil {
 		m.exo(w, &mb)
 	}
 	w.exo.AddMailbox(mb)
-	if !m.noStart {
-		if err := w.exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { w.exo.Close() })
-	}
 	tn := doctor.Tenant{
 		Tenant: tokenstore.Tenant{Name: "contoso", TenantID: tenantID, ClientID: clientID, Credential: secret.NewClientSecret(clientSecret),
 			AuthorityHost: w.entra.URL(), Scope: "https://outlook.office365.com/.default", RootCAs: w.ca.Pool()},
@@ -265,9 +243,10 @@ func untrustedExchange(t *testing.T, w *world) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
+	exo := fakeexchange.New(w.entra)
+	if err := exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { w.exo.Close() })
-	return w.exo.Addr()
+	t.Cleanup(func() { exo.Close() })
+	return exo.Addr()
 }

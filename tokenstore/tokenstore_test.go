@@ -13,6 +13,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -27,26 +28,13 @@ type env struct {
 	ca    *pki.CA
 }
 
+// newEnv is the test World's Entra ID with a tenant of the tests' own,
+// whose apps each test registers.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ca, err := pki.NewCA("tokenstore test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue("127.0.0.1", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := fakeentra.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	e.AddTenant(tenantID, "contoso.example")
-	return &env{entra: e, ca: ca}
+	w, _ := testenv.Start(t)
+	w.AddTenant(tenantID, "contoso.example")
+	return &env{entra: w.Entra, ca: w.CA}
 }
 
 func (e *env) tenant(cred secret.Credential) tokenstore.Tenant {

@@ -47,6 +47,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -222,8 +223,10 @@ func makeBody(size int) []byte {
 	return b.Bytes()
 }
 
-// world is the fake Microsoft side.
+// world is the fake Microsoft side: the test environment's World, with
+// one app and one mailbox that takes Exchange's largest messages.
 type world struct {
+	*testenv.World
 	ca     *pki.CA
 	caFile string
 	entra  *fakeentra.Server
@@ -232,43 +235,25 @@ type world struct {
 }
 
 func startWorld(dir string) (*world, error) {
-	ca, err := pki.NewCA("bench CA")
+	tw, err := testenv.NewWorld(dir)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	w := &world{ca: ca, caFile: filepath.Join(dir, "ca.pem")}
-	if err := os.WriteFile(w.caFile, ca.CertPEM(), 0o600); err != nil {
-		return nil, err
-	}
-	if w.entra, err = fakeentra.New(); err != nil {
-		return nil, err
-	}
-	if err := w.entra.Start("127.0.0.1:0", leaf.TLS); err != nil {
-		return nil, err
-	}
-	w.entra.AddTenant(tenantID)
-	app := w.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
-	w.exo = fakeexchange.New(w.entra)
-	w.exo.AddServicePrincipal(tenantID, clientID, app.ObjectID)
+	w := &world{World: tw, ca: tw.CA, caFile: tw.CAFile, entra: tw.Entra, exo: tw.Exchange}
+	app := tw.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
 	w.exo.AddMailbox(fakeexchange.Mailbox{Address: mailbox, TenantID: tenantID, FullAccess: []string{app.ObjectID},
 		MaxSendSize: config.ExchangeMaxMessageBytes})
-	if err := w.exo.Start("127.0.0.1:0", leaf.TLS); err != nil {
+	if err := tw.Listen(); err != nil {
+		tw.Close()
 		return nil, err
 	}
 	w.store, err = tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: tenantID, ClientID: clientID,
 		Credential: secret.NewClientSecret(clientSecret), AuthorityHost: w.entra.URL(), Scope: config.DefaultTokenScope,
-		RootCAs: ca.Pool()}}, nil)
+		RootCAs: w.ca.Pool()}}, nil)
 	return w, err
 }
 
-func (w *world) close() {
-	w.exo.Close()
-	w.entra.Close()
-}
+func (w *world) close() { w.World.Close() }
 
 // bridgeProc is the smtpbridge child process.
 type bridgeProc struct {
