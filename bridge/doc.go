@@ -15,7 +15,8 @@
 //	conn.go       a device connection: deadlines, counts, the DATA phase, a lingering close
 //	sasl.go       the PLAIN and LOGIN SASL servers
 //	directory.go  devices, their password hashes and networks
-//	session.go    the SMTP session: auth, MAIL, RCPT, DATA
+//	login.go      a device login: AUTH, the directory, the guard
+//	session.go    the SMTP session: MAIL, RCPT, DATA
 //	policy.go     sender and recipient policy
 //	header.go     the From/Reply-To rewrite, streaming the body untouched
 //	deliver.go    the Deliverer interface the session hands messages to

@@ -1,0 +1,105 @@
+package bridge
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/emersion/go-sasl"
+)
+
+// A device's login: AUTH PLAIN or LOGIN (sasl.go), checked against the
+// directory, within the guard's limits.
+
+func (se *session) AuthMechanisms() []string { return []string{mechPlain, mechLogin} }
+
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	se.mu.Lock()
+	in := se.device != nil
+	se.mu.Unlock()
+	if in {
+		return nil, errAuthAgain
+	}
+	login := func(username string, password []byte) error { return se.login(mech, username, password) }
+	switch mech {
+	case mechPlain:
+		return &plainServer{login: login}, nil
+	case mechLogin:
+		return &loginServer{login: login}, nil
+	}
+	return nil, errAuthMechanism
+}
+
+// maxAuthFailures failed AUTHs close a session.
+const maxAuthFailures = 3
+
+// login checks a device's credentials. Every AUTH takes at least the
+// guard's minimum time, whatever the outcome; a blocked address gets 535
+// without a password check; each failure waits a little longer than the
+// last; the third failure closes the session.
+func (se *session) login(mech, username string, password []byte) error {
+	g := se.srv.guard
+	done := time.Now().Add(g.AuthDuration())
+	defer func() { time.Sleep(time.Until(done)) }()
+
+	if g.Blocked(se.remote) {
+		se.srv.observer.AuthAttempt(se.listener, mech, "blocked", "", se.remote)
+		se.connLog.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", "blocked").
+			Msg("login from a blocked address refused without a password check")
+		return se.authFailed()
+	}
+	dir := se.srv.Settings().Directory
+	dev, result, err := dir.Authenticate(username, password, se.remote)
+	if err != nil {
+		shown := username
+		if result == AuthUnknownUser {
+			shown = usernameHint(username)
+		}
+		delay, block := g.AuthFailed(se.remote, username, shown)
+		done = done.Add(delay)
+		if block != nil {
+			se.connLog.Warn().Str("event", "blocked").Str("addr", block.Addr.String()).Int("failures", block.Failures).
+				Time("until", block.Until).Msg("too many failed logins from this address; it is blocked")
+		}
+		name := ""
+		if d := dir.Lookup(username); d != nil {
+			name = d.Name
+		}
+		se.srv.observer.AuthAttempt(se.listener, mech, string(result), name, se.remote)
+		ev := se.connLog.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result))
+		if result == AuthUnknownUser {
+			// An unknown "username" may be a password typed in the wrong
+			// field: log only a hint of it.
+			ev = ev.Str("username_hint", usernameHint(username))
+		} else {
+			ev = ev.Str("username", username)
+		}
+		ev.Msg("device login failed")
+		return se.authFailed()
+	}
+	se.srv.observer.AuthAttempt(se.listener, mech, string(result), dev.Name, se.remote)
+	se.mu.Lock()
+	se.setDevice(dev)
+	log := se.log
+	se.mu.Unlock()
+	log.Info().Str("event", "auth").Str("mechanism", mech).Msg("device logged in")
+	return nil
+}
+
+// authFailed counts a failed AUTH on the connection: the third closes it,
+// after its 535.
+func (se *session) authFailed() error {
+	if se.tc != nil && se.tc.authFailures.Add(1) >= maxAuthFailures {
+		se.connLog.Info().Int("failures", maxAuthFailures).Msg("closing the connection after repeated failed logins")
+		se.tc.closeAfter()
+		return errAuthFailed
+	}
+	return se.refuse(errAuthFailed)
+}
+
+func usernameHint(u string) string {
+	r := []rune(u)
+	if len(r) <= 2 {
+		return fmt.Sprintf("(%d chars)", len(r))
+	}
+	return fmt.Sprintf("%s...(%d chars)", string(r[:2]), len(r))
+}
