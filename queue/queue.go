@@ -15,9 +15,10 @@
 //     the device waits, and keeps nothing.
 //
 // Modes dispatches each message to its device's mode. The transport keeps
-// each mailbox within Exchange Online's limits; the queue only pauses a
-// mailbox's messages after a throttling reply or while Exchange cannot be
-// reached, instead of trying each of them.
+// each mailbox within Exchange Online's limits; the queue starts no more
+// of a mailbox's attempts than the transport will take at once, and
+// pauses a mailbox's messages after a throttling reply or while Exchange
+// cannot be reached, instead of trying each of them.
 //
 // Every attempt's next-attempt time is on disk before the attempt starts,
 // so a crash neither loses a message nor makes the restart hammer
@@ -60,6 +61,12 @@ type Settings struct {
 	// BounceTo returns where a device's dead letters are reported; ""
 	// for nowhere. Nil: nowhere.
 	BounceTo func(device string) string
+	// Concurrency is how many attempts of one mailbox of a tenant may be
+	// in flight: the transport's connection limit for it, so that no
+	// attempt waits in the transport for a connection slot while another
+	// mailbox's message could go, and a pause stops a mailbox's attempts
+	// before they reach Exchange. Nil or 0: no bound but the global one.
+	Concurrency func(tenant string) int
 }
 
 // Check says whether the settings can run a queue.
@@ -103,9 +110,8 @@ type Queue struct {
 	closed   bool
 }
 
-// maxInFlight bounds the attempts running at once that no device waits
-// for (each holds a spool file open while it waits for its mailbox's
-// connection slot). Attempts a hybrid device waits for always start.
+// maxInFlight bounds the attempts running at once, over all mailboxes,
+// that no device waits for (each holds a spool file open).
 const maxInFlight = 100
 
 // entry is a queued message as the runner sees it.
@@ -126,9 +132,11 @@ type result struct {
 
 type laneKey struct{ tenant, mailbox string }
 
-// lane is one mailbox's pause: after a throttling reply or while Exchange
-// cannot be reached, its messages wait together.
+// lane is one mailbox's share of the runner: its attempts in flight, and
+// its pause (after a throttling reply or while Exchange cannot be
+// reached, its messages wait together).
 type lane struct {
+	active      int
 	pausedUntil time.Time
 	pauses      int // consecutive throttled or failed attempts
 }
@@ -278,18 +286,30 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 		return strings.Compare(a.meta.ID, b.meta.ID)
 	})
 	for _, e := range ready {
+		l := q.lane(keyOf(e))
+		if n := q.concurrency(e.meta.Tenant); n > 0 && l.active >= n {
+			continue
+		}
 		counted := e.waiter == nil
 		if counted && q.inFlight >= maxInFlight {
-			break
+			continue
 		}
 		if counted {
 			q.inFlight++
 		}
+		l.active++
 		e.running = true
 		q.wg.Add(1)
 		go q.attempt(e, counted)
 	}
 	return max(next.Sub(now), time.Millisecond)
+}
+
+func (q *Queue) concurrency(tenant string) int {
+	if f := q.settings().Concurrency; f != nil {
+		return f(tenant)
+	}
+	return 0
 }
 
 func keyOf(e *entry) laneKey {
@@ -358,6 +378,7 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	waiter := e.waiter
 	e.waiter = nil
 	l := q.lane(keyOf(e))
+	l.active--
 	var me *message.Error
 	switch {
 	case err == nil:

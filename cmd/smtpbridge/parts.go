@@ -98,8 +98,10 @@ func mailboxLimits(cfg *config.Config) map[string]upstream.Limits {
 
 func queueSettings(cfg *config.Config) queue.Settings {
 	d := cfg.Delivery
+	limits := mailboxLimits(cfg)
 	return queue.Settings{RetryInitial: d.RetryInitial, RetryMax: d.RetryMax, MaxAge: d.MaxAge,
-		SyncTimeout: d.SyncTimeout, BounceTo: bounceTo(cfg)}
+		SyncTimeout: d.SyncTimeout, BounceTo: bounceTo(cfg),
+		Concurrency: func(tenant string) int { return limits[tenant].Connections }}
 }
 
 // bounceTo resolves a device's bounce address, its own or the global one.
