@@ -75,7 +75,10 @@ type Event struct {
 	Tenant  string
 	Mailbox string // the mailbox it is sent as
 	From    string // the envelope sender given to Exchange
-	Rcpts   int    // recipient count; the addresses are not logged
+	Rcpts   int    // recipient count
+	// Recipient is set on the events of one recipient's own outcome
+	// (refused for good, or for now, while others were delivered).
+	Recipient string
 	Size    int64  // bytes, as submitted (with the bridge's Received field)
 	Mode    string // the delivery mode: hybrid, queue, sync
 	// Reply is Exchange's reply ("550 5.7.60 ..."), or for Rejected the

@@ -108,6 +108,7 @@ func write(ev *zerolog.Event, e Event) {
 	if e.Rcpts > 0 {
 		ev = ev.Int("rcpts", e.Rcpts)
 	}
+	str("recipient", e.Recipient)
 	if e.Size > 0 {
 		ev = ev.Int64("size", e.Size)
 	}

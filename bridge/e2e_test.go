@@ -381,7 +381,8 @@ func TestReplyMapping(t *testing.T) {
 		{name: "quota", prep: func(e *env) {
 			e.world.Exchange.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0},
 				Text: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"})
-		}, want: "554 5.2.0", inText: "SubmissionQuotaExceeded"},
+		}, want: "451 4.2.0", inText: "SubmissionQuotaExceeded"}, // the daily quota frees: try again
+
 		{name: "recipient refused", prep: func(e *env) {
 			e.world.Exchange.Script(fakeexchange.StageRcpt, fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 233}, Text: "tenant external recipient rate limit"})
 		}, want: "550 5.7.233"},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Class says what a failed delivery means for the message. It is decided
@@ -84,6 +85,10 @@ type Error struct {
 	Recipient string
 	// Err is the cause: the network, TLS, token or read error.
 	Err error
+	// RetryAt, when set, is the earliest another attempt can succeed (a
+	// quota's window frees, a paused tenant's next probe): the queue
+	// waits until then.
+	RetryAt time.Time
 }
 
 func (e *Error) Error() string {
@@ -127,6 +132,9 @@ func (e *Error) ConnectionUsable() bool {
 //   - 530 and 535 at any stage, and any 5xx to AUTH, are Setup: Exchange
 //     does not accept the bridge's login for this mailbox (RFC 4954
 //     section 6; 535 5.7.3 and 5.7.139 in EXCHANGE.md).
+//   - 554 5.2.0 SubmissionQuotaExceededException is Throttled: the
+//     mailbox used its 10,000 recipients a day; every message fails
+//     until the rolling window frees, and then goes.
 //   - Any other 5xx is Permanent: a refusal of the message itself.
 //   - 421, 451, 432 and 4.3.2 are Throttled (RFC 5321 section 4.2.3:
 //     421 closes the channel; 432 4.3.2 is Exchange's sender thread
@@ -137,6 +145,8 @@ func Classify(host string, stage Stage, r Reply, rcpt string) *Error {
 	switch {
 	case r.Code == 530 || r.Code == 535 || r.Code/100 == 5 && stage == StageAuth:
 		e.Class = Setup
+	case QuotaExceeded(r):
+		e.Class = Throttled
 	case r.Code/100 == 5:
 		e.Class = Permanent
 	case r.Code == 421 || r.Code == 451 || r.Code == 432 || r.Enhanced == [3]int{4, 3, 2}:
@@ -145,6 +155,12 @@ func Classify(host string, stage Stage, r Reply, rcpt string) *Error {
 		e.Class = Temporary
 	}
 	return e
+}
+
+// QuotaExceeded says whether r is Exchange's daily recipient quota:
+// 554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException.
+func QuotaExceeded(r Reply) bool {
+	return r.Code/100 == 5 && strings.Contains(r.Text, "SubmissionQuotaExceeded")
 }
 
 // ClassOf is the class of any delivery error: an *Error's own, Temporary

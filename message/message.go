@@ -40,6 +40,42 @@ type Message struct {
 	// Body is the whole message, header block first. It is read once; a
 	// read error aborts the delivery (StageSource).
 	Body io.Reader
+	// DSN is what the device asked of delivery status notifications
+	// (RFC 3461), passed on to Exchange; nil when it asked nothing.
+	DSN *DSN
+	// AllRecipients asks for all recipients or none: a transport that
+	// has one refused sends the message to nobody. Sync mode asks it:
+	// only the device can retry, and it can only retry them all.
+	AllRecipients bool
+}
+
+// DSN holds a message's delivery status notification parameters (RFC
+// 3461): what the device gave with MAIL FROM and with each RCPT TO.
+type DSN struct {
+	Ret   string             `json:"ret,omitempty"`   // FULL or HDRS
+	EnvID string             `json:"envid,omitempty"` // the device's envelope ID
+	Rcpt  map[string]RcptDSN `json:"rcpt,omitempty"`  // by recipient, as in To
+}
+
+// RcptDSN is one recipient's DSN parameters.
+type RcptDSN struct {
+	// Notify is NEVER, or some of SUCCESS, FAILURE, DELAY.
+	Notify []string `json:"notify,omitempty"`
+	// ORcptType and ORcpt are the original recipient, e.g. rfc822 and
+	// bob@contoso.example.
+	ORcptType string `json:"orcpt_type,omitempty"`
+	ORcpt     string `json:"orcpt,omitempty"`
+}
+
+// Never says whether the recipient asked for no notification at all.
+func (r RcptDSN) Never() bool { return len(r.Notify) == 1 && r.Notify[0] == "NEVER" }
+
+// For returns the DSN parameters of recipient to; zero when none.
+func (d *DSN) For(to string) RcptDSN {
+	if d == nil {
+		return RcptDSN{}
+	}
+	return d.Rcpt[to]
 }
 
 // Delivery modes: when a device gets its reply.
@@ -63,11 +99,12 @@ type Receipt struct {
 	Reply Reply
 	// UpstreamID is Exchange's message ID, from Reply, when it has one.
 	UpstreamID string
-	// Accepted are the recipients Exchange took. A recipient Exchange
-	// refuses fails the whole message today (Error.Recipient names it),
-	// so this is every recipient; it is per recipient so that a partial
-	// delivery fits.
+	// Accepted are the recipients Exchange took, Refused the others,
+	// each with its own failure (Error.Recipient names it; its class
+	// says whether to try that recipient again). A delivery is a success
+	// when Accepted is not empty.
 	Accepted []string
+	Refused  []*Error
 }
 
 // NewID returns a fresh message or connection ID: time-ordered, 26

@@ -32,6 +32,10 @@ func TestClassify(t *testing.T) {
 		{StageAuth, 454, [3]int{4, 7, 0}, Temporary, false, true},
 		{StageRcpt, 450, [3]int{4, 2, 1}, Temporary, false, true},
 	}
+	quota := Classify("h", StageData, Reply{554, [3]int{5, 2, 0}, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"}, "")
+	if quota.Class != Throttled || !quota.Pauses() {
+		t.Errorf("the daily quota: %s", quota.Class)
+	}
 	for _, tc := range tests {
 		e := Classify("h:587", tc.stage, Reply{tc.code, tc.enh, "x"}, "")
 		if e.Class != tc.want || e.Pauses() != tc.pauses || e.ConnectionUsable() != tc.reuse {
@@ -73,6 +77,7 @@ func TestReplyFor(t *testing.T) {
 		{"421 4.7.66", up(StageAuth, 421, [3]int{4, 7, 66}), "451 4.7.66"},
 		{"451 4.7.0", up(StageData, 451, [3]int{4, 7, 0}), "451 4.7.0"},
 		{"4xx without enhanced code", up(StageData, 450, [3]int{}), "451 4.0.0"},
+		{"the daily quota is tried again", fmt.Errorf("w: %w", Classify("h", StageData, Reply{554, [3]int{5, 2, 0}, "SubmissionQuotaExceededException"}, "")), "451 4.2.0"},
 		{"connect", network(StageConnect), "451 4.4.1"},
 		{"starttls", network(StageStartTLS), "451 4.7.5"},
 		{"no XOAUTH2", network(StageAuth), "451 4.7.0"},

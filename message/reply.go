@@ -94,7 +94,13 @@ func ReplyFor(err error) Reply {
 		return Reply{451, [3]int{4, 7, 0}, bound("Exchange Online refused the bridge's login for this mailbox (" + text + "), try again later")}
 	}
 	enh := e.Reply.Enhanced
-	if enh[0] != 4 {
+	switch enh[0] {
+	case 4:
+	case 5:
+		// A 5xx worth trying again (the daily quota): its detail, as
+		// the transient class.
+		enh[0] = 4
+	default:
 		enh = [3]int{4, 0, 0}
 	}
 	return Reply{451, enh, bound("Exchange Online: " + text)}

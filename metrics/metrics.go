@@ -98,6 +98,7 @@ type Metrics struct {
 	delivered *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
 	failed    *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 	size      prometheus.Histogram
 	latency   *prometheus.HistogramVec
 
@@ -146,6 +147,9 @@ func New(version string, inv Inventory) *Metrics {
 		failed: counter("messages_failed_total",
 			"Messages that will not be delivered: refused by Exchange for good (permanent) or older than max_age (expired).",
 			"device", "tenant", "reason"),
+		refused: counter("recipients_refused_total",
+			"Recipients Exchange refused for good while it took the message for others (each named in a report to bounce_to).",
+			"device", "tenant"),
 		size: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "message_size_bytes",
 			Help: "Size of the messages received, as submitted to Exchange.", Buckets: prometheus.ExponentialBuckets(1024, 4, 10)}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "delivery_latency_seconds",
@@ -187,7 +191,7 @@ func New(version string, inv Inventory) *Metrics {
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.authAttempts,
-		m.received, m.delivered, m.rejected, m.failed, m.size, m.latency,
+		m.received, m.delivered, m.rejected, m.failed, m.refused, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
 		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected,
 		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
@@ -259,6 +263,7 @@ func (m *Metrics) Configure(inv Inventory) {
 		for _, r := range FailReasons {
 			m.failed.WithLabelValues(d.Name, d.Tenant, r)
 		}
+		m.refused.WithLabelValues(d.Name, d.Tenant)
 		if d.ExpectEvery > 0 {
 			m.deviceExpected.WithLabelValues(d.Name).Set(d.ExpectEvery.Seconds())
 		} else {
@@ -279,7 +284,7 @@ func (m *Metrics) deleteTenant(name string) {
 func (m *Metrics) deleteDevice(d Device) {
 	l := prometheus.Labels{"device": d.Name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.received, m.delivered, m.rejected, m.failed, m.deviceExpected,
+		m.received, m.delivered, m.rejected, m.failed, m.refused, m.deviceExpected,
 	} {
 		v.DeletePartialMatch(l)
 	}
@@ -340,6 +345,10 @@ func (m *Metrics) Observe(e audit.Event) {
 	case audit.Rejected:
 		m.rejected.WithLabelValues(e.Device, e.Reason).Inc()
 	case audit.Bounced:
+		if e.Recipient != "" {
+			m.refused.WithLabelValues(e.Device, e.Tenant).Inc()
+			return
+		}
 		m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonPermanent).Inc()
 	case audit.Dead:
 		if e.Reason == audit.ReasonExpired {

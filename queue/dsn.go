@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,18 @@ import (
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/spool"
 )
+
+// failure is a recipient a report names, with Exchange's reply for it.
+type failure struct{ rcpt, reply string }
+
+// failures are the recipients refused for good, each with its reply.
+func failures(errs []*message.Error) []failure {
+	out := make([]failure, 0, len(errs))
+	for _, e := range errs {
+		out = append(out, failure{e.Recipient, message.ReplyOf(e).String()})
+	}
+	return out
+}
 
 // bury makes m a dead letter and, if its device has a bounce address,
 // queues a delivery status notification about it. why is
@@ -32,11 +45,31 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 	ev := event(audit.Dead, m)
 	ev.Attempt, ev.Reply, ev.Reason, ev.Detail = m.Attempts, m.LastReply, why, reason
 	q.o.Events.Observe(ev)
+	fs := make([]failure, 0, len(m.To))
+	for _, rcpt := range m.To {
+		fs = append(fs, failure{rcpt, m.LastReply})
+	}
+	q.sendReport(m, fs, reason, true, orig, herr, log)
+}
+
+// report queues a delivery status notification for the recipients of m
+// Exchange refused for good, while it took the others or will be tried
+// again for them.
+func (q *Queue) report(m spool.Meta, fs []failure, reason string, log zerolog.Logger) {
+	orig, herr := q.originalHeader(m.ID)
+	q.sendReport(m, fs, reason, false, orig, herr, log)
+}
+
+// sendReport queues a report about fs to the device's bounce address,
+// if it has one, for the recipients that did not ask for none (NOTIFY,
+// RFC 3461 section 4.1).
+func (q *Queue) sendReport(m spool.Meta, fs []failure, reason string, dead bool, orig *header.Header, herr error, log zerolog.Logger) {
 	if m.DSNFor != "" {
 		return // a report about a report would loop
 	}
+	fs = slices.DeleteFunc(fs, func(f failure) bool { return !wantsFailureReport(m.DSN.For(f.rcpt)) })
 	to := q.bounceTo(m.Device)
-	if to == "" {
+	if to == "" || len(fs) == 0 {
 		return
 	}
 	if herr != nil {
@@ -48,14 +81,20 @@ func (q *Queue) bury(m spool.Meta, why, reason string, log zerolog.Logger) {
 	}
 	dsn.Received = time.Now().UTC()
 	dsn.Attempts, dsn.NextAttempt = 1, dsn.Received.Add(q.backoff(1))
-	body := buildDSN(q.o.Hostname, dsn.ID, to, m, reason, orig, time.Now())
+	body := buildDSN(q.o.Hostname, dsn.ID, to, m, fs, reason, dead, orig, time.Now())
 	if _, err := q.add(dsn, bytes.NewReader(body), false, nil); err != nil {
 		log.Error().Err(err).Msg("could not queue the delivery status notification")
 		return
 	}
-	ev = event(audit.DSN, m)
+	ev := event(audit.DSN, m)
 	ev.Detail = "report " + dsn.ID + " to " + to
 	q.o.Events.Observe(ev)
+}
+
+// wantsFailureReport says whether a recipient's NOTIFY asks for failure
+// reports: it does unless it names others only, or NEVER.
+func wantsFailureReport(d message.RcptDSN) bool {
+	return len(d.Notify) == 0 || slices.Contains(d.Notify, "FAILURE")
 }
 
 // maxReportedHeader bounds the original header block a report carries.
@@ -77,7 +116,7 @@ func (q *Queue) originalHeader(id string) (*header.Header, error) {
 // multipart/report with a human-readable part, the machine-readable
 // message/delivery-status, and the original header block
 // (text/rfc822-headers). It is sent as the device's mailbox.
-func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, orig *header.Header, now time.Time) []byte {
+func buildDSN(hostname, dsnID, to string, m spool.Meta, fs []failure, reason string, dead bool, orig *header.Header, now time.Time) []byte {
 	boundary := "=_smtpbridge_" + randomHex(12)
 	subject := "(no subject)"
 	if orig == nil {
@@ -90,11 +129,9 @@ func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, orig *hea
 		}
 		subject = oneLine(s, 150)
 	}
-	// Exchange's own permanent status, or 4.4.7 (delivery time expired)
-	// for a message given up after temporary failures.
-	status := "4.4.7"
-	if code := enhancedRE.FindString(m.LastReply); strings.HasPrefix(code, "5") {
-		status = code
+	var rcpts []string
+	for _, f := range fs {
+		rcpts = append(rcpts, f.rcpt)
 	}
 
 	var b bytes.Buffer
@@ -121,11 +158,15 @@ func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, orig *hea
 	crlf("  Sent as:     %s", m.Mailbox)
 	crlf("  Received:    %s", m.Received.Format(time.RFC1123Z))
 	crlf("  Attempts:    %d", m.Attempts)
-	crlf("  Recipients:  %s", strings.Join(m.To, ", "))
+	crlf("  Recipients:  %s", strings.Join(rcpts, ", "))
 	crlf("  Reason:      %s", oneLine(reason, 500))
 	crlf("")
-	crlf("The message is kept in the bridge's dead letters. After fixing the cause, an")
-	crlf("administrator can send it again with: smtpbridge queue requeue %s", m.ID)
+	if dead {
+		crlf("The message is kept in the bridge's dead letters. After fixing the cause, an")
+		crlf("administrator can send it again with: smtpbridge queue requeue %s", m.ID)
+	} else {
+		crlf("The message's other recipients are not affected.")
+	}
 	crlf("")
 	crlf("--%s", boundary)
 	crlf("Content-Type: message/delivery-status")
@@ -133,13 +174,25 @@ func buildDSN(hostname, dsnID, to string, m spool.Meta, reason string, orig *hea
 	crlf("Reporting-MTA: dns; %s", hostname)
 	crlf("X-Smtpbridge-Message-ID: %s", m.ID)
 	crlf("Arrival-Date: %s", m.Received.Format(time.RFC1123Z))
-	for _, rcpt := range m.To {
+	if m.DSN != nil && m.DSN.EnvID != "" {
+		crlf("Original-Envelope-Id: %s", oneLine(m.DSN.EnvID, 100))
+	}
+	for _, f := range fs {
+		// Exchange's own permanent status, or 4.4.7 (delivery time
+		// expired) for a message given up after temporary failures.
+		status := "4.4.7"
+		if code := enhancedRE.FindString(f.reply); strings.HasPrefix(code, "5") {
+			status = code
+		}
 		crlf("")
-		crlf("Final-Recipient: rfc822; %s", rcpt)
+		if d := m.DSN.For(f.rcpt); d.ORcpt != "" {
+			crlf("Original-Recipient: %s; %s", oneLine(d.ORcptType, 20), oneLine(d.ORcpt, 300))
+		}
+		crlf("Final-Recipient: rfc822; %s", f.rcpt)
 		crlf("Action: failed")
 		crlf("Status: %s", status)
-		if m.LastReply != "" {
-			crlf("Diagnostic-Code: smtp; %s", oneLine(m.LastReply, 500))
+		if f.reply != "" {
+			crlf("Diagnostic-Code: smtp; %s", oneLine(f.reply, 500))
 		}
 		crlf("Last-Attempt-Date: %s", now.Format(time.RFC1123Z))
 	}

@@ -63,6 +63,8 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 	counted := &countingReader{r: m.Body}
 	mm := *m
 	mm.Body = counted
+	// The device can only retry all recipients: all or none.
+	mm.AllRecipients = true
 	receipt, err := s.Transport.Deliver(ctx, &mm)
 	if message.StageOf(err) == message.StageSource {
 		// The device's data did not arrive: nothing was taken, and the

@@ -356,18 +356,75 @@ func (q *Queue) deliver(m spool.Meta) (message.Receipt, error) {
 			Err: fmt.Errorf("open spooled message: %w", err)}
 	}
 	defer f.Close()
-	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, Size: m.Size, Body: f}
+	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To,
+		Size: m.Size, DSN: m.DSN, Body: f}
 	return q.o.Transport.Deliver(q.ctx, msg)
 }
 
+// outcome is what an attempt means for a queued message.
+type outcome int
+
+const (
+	outDelivered outcome = iota // every recipient has its outcome: the message leaves the queue
+	outRefused                  // refused for good, as a whole
+	outExpired                  // older than max_age: given up
+	outDeferred                 // some or all recipients are tried again
+)
+
 // settle records an attempt's outcome in memory, tells a waiting session,
-// then updates the spool.
+// then updates the spool. Each recipient has its own outcome: those
+// Exchange took are done, those it refused for good are reported, those
+// it refused for now stay queued, alone.
 func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Receipt, err error, took time.Duration, log zerolog.Logger) {
 	now := time.Now()
-	permanent := message.IsPermanent(err)
-	expired := err != nil && !permanent && now.Sub(m.Since()) >= q.settings().MaxAge
-	if err != nil {
+	var gone, again []*message.Error // recipients refused for good, and for now
+	for _, r := range receipt.Refused {
+		if r.Permanent() {
+			gone = append(gone, r)
+		} else {
+			again = append(again, r)
+		}
+	}
+	perRecipient := len(receipt.Refused) > 0
+	var out outcome
+	switch {
+	case perRecipient && len(again) == 0 && len(receipt.Accepted) == 0:
+		out = outRefused // every recipient refused for good: as a whole
+	case err == nil && len(again) == 0:
+		out = outDelivered
+	case err != nil && !perRecipient && message.IsPermanent(err):
+		out = outRefused
+	case now.Sub(m.Since()) >= q.settings().MaxAge:
+		out = outExpired
+	default:
+		out = outDeferred
+	}
+	if perRecipient && out != outRefused {
+		// Only the recipients refused for now are tried again.
+		m.To = nil
+		for _, r := range again {
+			m.To = append(m.To, r.Recipient)
+		}
+	}
+	var pause *message.Error // what makes the mailbox wait
+	switch {
+	case err != nil:
 		m.LastReply = message.ReplyOf(err).String()
+		errors.As(err, &pause)
+	case len(again) > 0:
+		m.LastReply = message.ReplyOf(again[0]).String()
+		pause = again[0]
+	}
+	if out == outDeferred && pause != nil && pause.RetryAt.After(m.NextAttempt) {
+		m.NextAttempt = pause.RetryAt.UTC()
+	}
+	if out == outDeferred && (err == nil || perRecipient) {
+		// Recipients were taken or refused: the spool must say who is
+		// left before anything else, so that a crash from here on gives
+		// nobody the message twice.
+		if uerr := q.o.Spool.Update(m); uerr != nil {
+			log.Error().Err(uerr).Msg("could not record the recipients left in the spool; after a restart they may get the message twice")
+		}
 	}
 
 	q.mu.Lock()
@@ -379,19 +436,21 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	e.waiter = nil
 	l := q.lane(keyOf(e))
 	l.active--
-	var me *message.Error
 	switch {
-	case err == nil:
-		l.pauses, l.pausedUntil = 0, time.Time{}
-		delete(q.entries, m.ID)
-	case permanent || expired:
-		delete(q.entries, m.ID)
-	default:
+	case out == outDeferred:
 		e.meta, e.due = m, m.NextAttempt
-		if errors.As(err, &me) && me.Pauses() {
+		if pause != nil && pause.Pauses() {
 			l.pauses++
 			l.pausedUntil = now.Add(q.backoff(l.pauses))
+			if pause.RetryAt.After(l.pausedUntil) {
+				l.pausedUntil = pause.RetryAt
+			}
 		}
+	default:
+		delete(q.entries, m.ID)
+	}
+	if err == nil || len(receipt.Accepted) > 0 {
+		l.pauses, l.pausedUntil = 0, time.Time{}
 	}
 	if waiter != nil {
 		waiter <- result{receipt, err}
@@ -400,13 +459,24 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	q.kick()
 
 	ev := event(audit.Delivered, m)
-	ev.Attempt, ev.Duration, ev.Err = m.Attempts, took, err
-	switch {
-	case err == nil:
-		ev.Reply, ev.UpstreamID, ev.Accepted = receipt.Reply.String(), receipt.UpstreamID, m.Received
+	ev.Attempt, ev.Duration = m.Attempts, took
+	if len(receipt.Accepted) > 0 {
+		ev.Rcpts, ev.Reply, ev.UpstreamID, ev.Accepted = len(receipt.Accepted), receipt.Reply.String(), receipt.UpstreamID, m.Received
 		q.o.Events.Observe(ev)
+	}
+	if out != outRefused {
+		for _, r := range gone {
+			q.recipientEvent(ev, audit.Bounced, r, m)
+		}
+		if len(gone) > 0 {
+			q.report(m, failures(gone), fmt.Sprintf("refused by Exchange Online for %d of the message's recipients", len(gone)), log)
+		}
+	}
+	ev.Err = err
+	switch out {
+	case outDelivered:
 		q.remove(m.ID, log)
-	case permanent:
+	case outRefused:
 		ev.Kind, ev.Reply, ev.Reason = audit.Bounced, m.LastReply, audit.ReasonPermanent
 		if waiter != nil {
 			// The session passes the refusal on to the device.
@@ -417,9 +487,15 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 		}
 		q.o.Events.Observe(ev)
 		q.bury(m, audit.ReasonPermanent, "refused by Exchange Online: "+m.LastReply, log)
-	case expired:
+	case outExpired:
 		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", q.settings().MaxAge, m.LastReply), log)
-	default:
+	case outDeferred:
+		if perRecipient || err == nil {
+			for _, r := range again {
+				q.recipientEvent(ev, audit.Deferred, r, m)
+			}
+			return
+		}
 		ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
 		ev.SetupProblem = message.ClassOf(err) == message.Setup
 		q.o.Events.Observe(ev)
@@ -427,6 +503,22 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
 		}
 	}
+}
+
+// recipientEvent reports one recipient's own outcome: refused for good,
+// or for now.
+func (q *Queue) recipientEvent(base audit.Event, k audit.Kind, r *message.Error, m spool.Meta) {
+	ev := base
+	ev.Kind, ev.Recipient, ev.Rcpts, ev.Reply, ev.Err = k, r.Recipient, 1, message.ReplyOf(r).String(), r
+	ev.UpstreamID, ev.Accepted = "", time.Time{}
+	switch k {
+	case audit.Bounced:
+		ev.Reason = audit.ReasonPermanent
+	case audit.Deferred:
+		ev.RetryBy, ev.NextAttempt = audit.RetryByQueue, m.NextAttempt
+		ev.SetupProblem = r.Class == message.Setup
+	}
+	q.o.Events.Observe(ev)
 }
 
 // event describes a queued message.

@@ -335,3 +335,92 @@ func assertSpoolEmpty(t *testing.T, s *stack) {
 		return true
 	})
 }
+
+// Each recipient has its own outcome: of three, the one Exchange refuses
+// for good is reported to bounce_to while the other two get the message
+// once and the device gets its 250; one refused for now is tried again
+// alone, and gets the message once.
+func TestPerRecipient(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeHybrid, bounceTo: "it@contoso.example"})
+	w.exo.RefuseRecipient("typo@contoso.example", fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10},
+		Text: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"})
+	w.exo.RefuseRecipient("busy@contoso.example", fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error"})
+	code, text := s.send("mfp", "x@contoso.example", "three", "a@contoso.example", "typo@contoso.example", "b@contoso.example")
+	if code != 250 || !strings.Contains(text, "delivered as <") {
+		t.Fatalf("reply %d %q, want 250 delivered", code, text)
+	}
+	code, text = s.send("mfp", "x@contoso.example", "later", "c@contoso.example", "busy@contoso.example")
+	if code != 250 {
+		t.Fatalf("reply %d %q, want 250", code, text)
+	}
+	testenv.Eventually(t, "the retried recipient", 10*time.Second, func() bool { return len(s.queued()) == 0 && len(w.exo.Messages()) >= 4 })
+	got := map[string]int{} // recipient -> times delivered, the report aside
+	var report string
+	for _, m := range w.exo.Messages() {
+		if len(m.To) == 1 && m.To[0] == "it@contoso.example" {
+			report = string(m.Data)
+			continue
+		}
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	want := map[string]int{"a@contoso.example": 1, "b@contoso.example": 1, "c@contoso.example": 1, "busy@contoso.example": 1}
+	for rcpt, n := range want {
+		if got[rcpt] != n {
+			t.Errorf("%s got the message %d times, want %d (all: %v)", rcpt, got[rcpt], n, got)
+		}
+	}
+	if got["typo@contoso.example"] != 0 || report == "" {
+		t.Errorf("delivered %v", got)
+	}
+	for _, want := range []string{"Final-Recipient: rfc822; typo@contoso.example", "Status: 5.1.10", "RecipientNotFound"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("the report lacks %q:\n%s", want, report)
+		}
+	}
+	if strings.Contains(report, "Final-Recipient: rfc822; a@contoso.example") {
+		t.Error("the report names a recipient that got the message")
+	}
+	if len(s.dead()) != 0 {
+		t.Errorf("dead letters: %+v", s.dead())
+	}
+	logs := s.logs.String()
+	for _, want := range []string{`"recipient":"typo@contoso.example"`, `"recipient":"busy@contoso.example"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the audit log lacks %s", want)
+		}
+	}
+}
+
+// After some recipients took the message, the spool says who is left:
+// a retry, or a restart, sends it to them only.
+func TestRecipientsLeftInTheSpool(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeQueue, retryInitial: time.Hour, retryMax: time.Hour})
+	w.exo.RefuseRecipient("busy@contoso.example", fakeexchange.Reply{Code: 452, Enhanced: smtp.EnhancedCode{4, 2, 2}, Text: "mailbox full for now"})
+	if code, _ := s.send("mfp", "x@contoso.example", "left", "a@contoso.example", "busy@contoso.example"); code != 250 {
+		t.Fatal("not accepted")
+	}
+	testenv.Eventually(t, "the first attempt", 5*time.Second, func() bool {
+		q := s.queued()
+		return len(q) == 1 && q[0].LastReply != ""
+	})
+	it := s.queued()[0]
+	if strings.Join(it.To, ",") != "busy@contoso.example" || !strings.HasPrefix(it.LastReply, "452 4.2.2") {
+		t.Fatalf("queued after a partial delivery: to %v, last reply %q", it.To, it.LastReply)
+	}
+	onDisk, err := s.sp.List()
+	if err != nil || len(onDisk) != 1 || strings.Join(onDisk[0].To, ",") != "busy@contoso.example" {
+		t.Fatalf("the spool's record: %+v %v", onDisk, err)
+	}
+	if _, err := s.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the retry", 5*time.Second, func() bool { return len(s.queued()) == 0 })
+	msgs := w.exo.Messages()
+	if len(msgs) != 2 || strings.Join(msgs[0].To, ",") != "a@contoso.example" || strings.Join(msgs[1].To, ",") != "busy@contoso.example" {
+		t.Errorf("Exchange got %+v", msgs)
+	}
+}

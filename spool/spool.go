@@ -54,6 +54,8 @@ type Meta struct {
 	// DSNFor is the ID of the message this one reports as undeliverable;
 	// a failed report gets no report of its own.
 	DSNFor string `json:"dsn_for,omitempty"`
+	// DSN is what the device asked of delivery status notifications.
+	DSN *message.DSN `json:"dsn,omitempty"`
 }
 
 // Since is when the message's max_age started: when it was received, or

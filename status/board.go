@@ -214,6 +214,10 @@ func (b *Board) Observe(e audit.Event) {
 			f.Text += " (the device was told to retry)"
 		}
 	case audit.Bounced:
+		if e.Recipient != "" {
+			f.Text = "refused by Exchange for " + e.Recipient + ": " + e.Reply
+			break
+		}
 		d.failed++
 		f.Text = "refused by Exchange: " + e.Reply
 	case audit.Dead:

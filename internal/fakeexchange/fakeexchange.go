@@ -91,6 +91,11 @@ type Message struct {
 	SHA256     [32]byte
 	Data       []byte // nil when larger than 8 MiB
 	HeaderFrom string
+	// The DSN parameters the client gave (RFC 3461): RET and ENVID with
+	// MAIL, NOTIFY and ORCPT with each RCPT (by recipient).
+	Ret, EnvID string
+	Notify     map[string]string // e.g. "SUCCESS,FAILURE"
+	ORcpt      map[string]string // e.g. "rfc822;bob@contoso.example"
 	TLSVersion uint16
 	File       string // the .eml written, if any
 }
@@ -108,6 +113,7 @@ type Server struct {
 	mailboxes   map[string]*Mailbox          // by lower-case address
 	principals  map[string]map[string]string // tenant ID -> app ID -> SP object ID
 	scripts     map[Stage][]Reply
+	refuse      map[string][]Reply // by lower-case recipient
 	messages    []Message
 	active      map[string]int // mailbox -> authenticated connections
 	peak        map[string]int // mailbox -> most authenticated connections at once
@@ -127,6 +133,7 @@ func New(v TokenVerifier) *Server {
 		mailboxes:  map[string]*Mailbox{},
 		principals: map[string]map[string]string{},
 		scripts:    map[Stage][]Reply{},
+		refuse:     map[string][]Reply{},
 		active:     map[string]int{},
 		peak:       map[string]int{},
 	}
@@ -143,6 +150,8 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 	srv.Domain = s.Hostname
 	srv.MaxMessageBytes = AdvertisedSize
 	srv.MaxRecipients = 0
+	// Exchange Online offers DSN (EXCHANGE.md).
+	srv.EnableDSN = true
 	// Exchange reads long XOAUTH2 lines and long message lines; its real
 	// limit is not documented. Keep the fake's above the bridge's own
 	// (64 KiB), so that a too-long line is the bridge's to refuse. The
@@ -223,6 +232,27 @@ func (s *Server) Script(stage Stage, r ...Reply) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scripts[stage] = append(s.scripts[stage], r...)
+}
+
+// RefuseRecipient makes the next RCPTs of addr get r, one each (a zero
+// Reply lets one through); after them the recipient is accepted.
+func (s *Server) RefuseRecipient(addr string, r ...Reply) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.ToLower(addr)
+	s.refuse[k] = append(s.refuse[k], r...)
+}
+
+func (s *Server) refusal(addr string) (Reply, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.ToLower(addr)
+	q := s.refuse[k]
+	if len(q) == 0 {
+		return Reply{}, false
+	}
+	s.refuse[k] = q[1:]
+	return q[0], q[0] != Reply{}
 }
 
 // Messages returns the accepted messages so far.

@@ -59,6 +59,10 @@ type session struct {
 	counted bool // counted in s.active
 	from    string
 	to      []string
+	ret     string
+	envID   string
+	notify  map[string]string
+	orcpt   map[string]string
 }
 
 func (se *session) tls() bool {
@@ -178,14 +182,36 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errTooBig
 	}
 	se.from = from
+	if opts != nil {
+		se.ret, se.envID = string(opts.Return), opts.EnvelopeID
+	}
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if r, ok := se.s.scripted(StageRcpt); ok {
 		return se.reply(r)
 	}
+	if r, ok := se.s.refusal(to); ok {
+		return se.reply(r)
+	}
 	se.to = append(se.to, to)
+	if opts != nil && len(opts.Notify) > 0 {
+		var n []string
+		for _, v := range opts.Notify {
+			n = append(n, string(v))
+		}
+		if se.notify == nil {
+			se.notify = map[string]string{}
+		}
+		se.notify[to] = strings.Join(n, ",")
+	}
+	if opts != nil && opts.OriginalRecipient != "" {
+		if se.orcpt == nil {
+			se.orcpt = map[string]string{}
+		}
+		se.orcpt[to] = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	}
 	return nil
 }
 
@@ -265,6 +291,7 @@ func (se *session) Data(r io.Reader) error {
 	msg := Message{
 		QueueID: id, AuthUser: se.user, AppID: se.appID, From: se.from,
 		To: append([]string(nil), se.to...), Size: n, HeaderFrom: headerFrom,
+		Ret: se.ret, EnvID: se.envID, Notify: se.notify, ORcpt: se.orcpt,
 	}
 	copy(msg.SHA256[:], hash.Sum(nil))
 	if n <= keepBytes {
@@ -316,7 +343,9 @@ func (se *session) reply(r Reply) error {
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Text}
 }
 
-func (se *session) Reset() { se.from, se.to = "", nil }
+func (se *session) Reset() {
+	se.from, se.to, se.ret, se.envID, se.notify, se.orcpt = "", nil, "", "", nil, nil
+}
 
 func (se *session) Logout() error {
 	if se.counted {

@@ -105,31 +105,43 @@ func (s *submission) connect(ctx context.Context, route Route, hostname string) 
 	return c, nil
 }
 
-// send runs one transaction on an authenticated connection.
+// send runs one transaction on an authenticated connection. Each
+// recipient Exchange refuses gets its own outcome in the receipt; the
+// message goes to those it accepted, unless m.AllRecipients.
 func (s *submission) send(c *gosmtp.Client, m *message.Message) (message.Receipt, error) {
-	var opts *gosmtp.MailOptions
-	if m.Size > 0 {
-		opts = &gosmtp.MailOptions{Size: m.Size}
+	opts := &gosmtp.MailOptions{Size: m.Size}
+	if m.DSN != nil {
+		opts.Return, opts.EnvelopeID = gosmtp.DSNReturn(m.DSN.Ret), m.DSN.EnvID
 	}
 	if err := s.timed(string(message.StageMail), func() error { return c.Mail(m.From, opts) }); err != nil {
 		return message.Receipt{}, s.fail(message.StageMail, "", err)
 	}
-	var refused string
+	var receipt message.Receipt
 	if err := s.timed(string(message.StageRcpt), func() error {
 		for _, to := range m.To {
-			// One refused recipient fails the message: the device can
-			// only get one reply for it, and a partial delivery it
-			// cannot see would lose mail silently.
-			if err := c.Rcpt(to, nil); err != nil {
-				refused = to
-				return err
+			err := c.Rcpt(to, rcptOptions(m.DSN.For(to)))
+			if err == nil {
+				receipt.Accepted = append(receipt.Accepted, to)
+				continue
 			}
+			e := s.fail(message.StageRcpt, to, err)
+			if e.Class == message.Broken {
+				return e
+			}
+			receipt.Refused = append(receipt.Refused, e)
 		}
 		return nil
 	}); err != nil {
-		return message.Receipt{}, s.fail(message.StageRcpt, refused, err)
+		return message.Receipt{}, err
 	}
-	var receipt message.Receipt
+	if len(receipt.Accepted) == 0 || m.AllRecipients && len(receipt.Refused) > 0 {
+		// Nothing goes: RSET ends the transaction and keeps the
+		// connection for the next message.
+		if err := c.Reset(); err != nil {
+			c.Close()
+		}
+		return message.Receipt{Refused: receipt.Refused}, firstRefusal(receipt.Refused)
+	}
 	err := s.timed(string(message.StageData), func() error {
 		w, err := c.Data()
 		if err != nil {
@@ -147,15 +159,39 @@ func (s *submission) send(c *gosmtp.Client, m *message.Message) (message.Receipt
 		if err != nil {
 			return s.fail(message.StageData, "", err)
 		}
-		receipt = message.Receipt{Reply: successReply(resp.StatusText), UpstreamID: queueID(resp.StatusText), Accepted: m.To}
+		receipt.Reply, receipt.UpstreamID = successReply(resp.StatusText), queueID(resp.StatusText)
 		return nil
 	})
-	return receipt, err
+	if err != nil {
+		return message.Receipt{}, err
+	}
+	return receipt, nil
+}
+
+// rcptOptions are a recipient's DSN parameters for go-smtp, which sends
+// them when Exchange offers DSN.
+func rcptOptions(d message.RcptDSN) *gosmtp.RcptOptions {
+	o := &gosmtp.RcptOptions{OriginalRecipientType: gosmtp.DSNAddressType(d.ORcptType), OriginalRecipient: d.ORcpt}
+	for _, n := range d.Notify {
+		o.Notify = append(o.Notify, gosmtp.DSNNotify(n))
+	}
+	return o
+}
+
+// firstRefusal is the error of a message no recipient took: the first
+// refusal worth another attempt, else the first.
+func firstRefusal(refused []*message.Error) *message.Error {
+	for _, e := range refused {
+		if !e.Permanent() {
+			return e
+		}
+	}
+	return refused[0]
 }
 
 // fail turns err at stage into a *message.Error: Exchange's reply,
 // classified, or a broken connection.
-func (s *submission) fail(stage message.Stage, rcpt string, err error) error {
+func (s *submission) fail(stage message.Stage, rcpt string, err error) *message.Error {
 	var se *gosmtp.SMTPError
 	if errors.As(err, &se) {
 		enh := [3]int(se.EnhancedCode)

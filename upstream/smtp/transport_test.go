@@ -140,10 +140,27 @@ func TestDeliverFailures(t *testing.T) {
 		return e
 	}
 
-	script(fakeexchange.StageRcpt, 550, gosmtp.EnhancedCode{5, 1, 10}, "RESOLVER.ADR.RecipientNotFound")
-	if e := deliver(); e.Class != message.Permanent || e.Stage != message.StageRcpt || e.Recipient != "a@contoso.example" ||
+	// One recipient refused: the other gets the message, and the receipt
+	// says who got what.
+	r.w.Exchange.RefuseRecipient("a@contoso.example", fakeexchange.Reply{Code: 550, Enhanced: gosmtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound"})
+	rc, err := r.tr.Deliver(context.Background(), msg("partial", "a@contoso.example", "b@contoso.example"))
+	if err != nil || strings.Join(rc.Accepted, ",") != "b@contoso.example" || len(rc.Refused) != 1 {
+		t.Fatalf("a refused recipient: %+v %v", rc, err)
+	}
+	if e := rc.Refused[0]; e.Class != message.Permanent || e.Stage != message.StageRcpt || e.Recipient != "a@contoso.example" ||
 		e.Reply.String() != "550 5.1.10 RESOLVER.ADR.RecipientNotFound" {
-		t.Errorf("a refused recipient: %+v", e)
+		t.Errorf("the refusal: %+v", e)
+	}
+	// All or none (sync mode): nobody gets it.
+	r.w.Exchange.RefuseRecipient("a@contoso.example", fakeexchange.Reply{Code: 550, Enhanced: gosmtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound"})
+	m := msg("all or none", "a@contoso.example", "b@contoso.example")
+	m.AllRecipients = true
+	rc, err = r.tr.Deliver(context.Background(), m)
+	if e := new(message.Error); !errors.As(err, &e) || e.Recipient != "a@contoso.example" || len(rc.Accepted) != 0 {
+		t.Errorf("all or none: %+v %v", rc, err)
+	}
+	if n := len(r.w.Exchange.Messages()); n != 1 {
+		t.Errorf("%d messages at Exchange, want the partial one", n)
 	}
 	script(fakeexchange.StageMail, 432, gosmtp.EnhancedCode{4, 3, 2}, "STOREDRV.ClientSubmit; sender thread limit exceeded")
 	if e := deliver(); e.Class != message.Throttled || !e.Pauses() {
@@ -168,7 +185,7 @@ func TestDeliverFailures(t *testing.T) {
 	}
 	r.obs.mu.Lock()
 	defer r.obs.mu.Unlock()
-	if got := strings.Join(r.obs.replies, ","); got != "550 5.1.10,432 4.3.2,421 4.3.2,250 2.0.0" {
+	if got := strings.Join(r.obs.replies, ","); got != "250 2.0.0,550 5.1.10,432 4.3.2,421 4.3.2,250 2.0.0" {
 		t.Errorf("observed replies %s", got)
 	}
 	if got := strings.Join(r.obs.errors, ","); got != "data" {
