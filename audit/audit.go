@@ -79,8 +79,8 @@ type Event struct {
 	// Recipient is set on the events of one recipient's own outcome
 	// (refused for good, or for now, while others were delivered).
 	Recipient string
-	Size    int64  // bytes, as submitted (with the bridge's Received field)
-	Mode    string // the delivery mode: hybrid, queue, sync
+	Size      int64  // bytes, as submitted (with the bridge's Received field)
+	Mode      string // the delivery mode: hybrid, queue, sync
 	// Reply is Exchange's reply ("550 5.7.60 ..."), or for Rejected the
 	// bridge's own reply to the device.
 	Reply      string
