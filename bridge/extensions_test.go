@@ -32,12 +32,12 @@ func TestExtensions(t *testing.T) {
 			}
 		}
 		all := strings.Join(caps, "\n")
-		for _, want := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "AUTH PLAIN LOGIN", "SIZE 1048576"} {
+		for _, want := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "AUTH PLAIN LOGIN", "SIZE 1048576", "DSN"} {
 			if !strings.Contains(all, want) {
 				t.Errorf("EHLO lacks %s:\n%s", want, all)
 			}
 		}
-		for _, not := range []string{"SMTPUTF8", "BINARYMIME", "DSN", "REQUIRETLS"} {
+		for _, not := range []string{"SMTPUTF8", "BINARYMIME", "REQUIRETLS"} {
 			if strings.Contains(all, not) {
 				t.Errorf("EHLO offers %s, which the bridge does not relay", not)
 			}
@@ -130,5 +130,28 @@ func TestMaxErrors(t *testing.T) {
 	d.Cmd("RCPT TO:<r5@evil.example>", "421 4.7.0 Too many errors")
 	if line, err := d.Text.ReadLine(); err == nil {
 		t.Errorf("the connection stayed open: %q", line)
+	}
+}
+
+// A device's DSN requests (RFC 3461) reach Exchange: scripts send them
+// whatever EHLO lists, and refusing them would lose the message.
+func TestDSNParameters(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	d := dial(t, e.addr("plain"))
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<scan@printer.lan> RET=HDRS ENVID=abc+2Bdef", "250")
+	d.Cmd("RCPT TO:<bob@contoso.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@contoso.example", "250")
+	d.Cmd("RCPT TO:<carol@contoso.example> NOTIFY=NEVER", "250")
+	d.Cmd("RCPT TO:<dave@contoso.example>", "250")
+	d.Data(simpleMessage, "250 2.0.0")
+	msgs := e.world.Exchange.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	m := msgs[0]
+	if m.Ret != "HDRS" || m.EnvID != "abc+def" || m.Notify["bob@contoso.example"] != "SUCCESS,FAILURE" ||
+		!strings.EqualFold(m.ORcpt["bob@contoso.example"], "rfc822;bob@contoso.example") || m.Notify["carol@contoso.example"] != "NEVER" ||
+		m.Notify["dave@contoso.example"] != "" {
+		t.Errorf("Exchange got RET %q ENVID %q NOTIFY %v ORCPT %v", m.Ret, m.EnvID, m.Notify, m.ORcpt)
 	}
 }

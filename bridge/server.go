@@ -220,6 +220,10 @@ func (s *Server) newGeneration(e *endpoint, ls listenerSettings, limits Limits) 
 	// The session enforces max_recipients itself, so that it can count
 	// and log the refusal.
 	ss.MaxRecipients = 0
+	// Devices' DSN requests (RET, ENVID, NOTIFY, ORCPT) go on to Exchange,
+	// which offers DSN; refusing them would lose the message of a script
+	// that sends them whatever EHLO says.
+	ss.EnableDSN = true
 	// RFC 5322 caps lines at 998 bytes, but ERP systems send HTML in
 	// one long line and Exchange takes it; go-smtp's default of 2000
 	// would refuse such a message on every retry.

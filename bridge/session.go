@@ -67,6 +67,7 @@ type transaction struct {
 	from    string // envelope sender as the device gave it
 	to      []string
 	tooMany bool   // a recipient beyond max_recipients was refused
+	dsn     *message.DSN
 	helo    string // for the Received field
 	tls     bool
 }
@@ -110,11 +111,11 @@ func (se *session) revoke(stage string) error {
 func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
-	return se.refuse(se.mail(from))
+	return se.refuse(se.mail(from, opts))
 }
 
 // mail starts a transaction; se.mu is held.
-func (se *session) mail(from string) error {
+func (se *session) mail(from string, opts *smtp.MailOptions) error {
 	st := se.srv.Settings()
 	switch {
 	case se.tx != nil:
@@ -155,6 +156,9 @@ func (se *session) mail(from string) error {
 			return errSenderNotAllowed
 		}
 	}
+	if opts != nil && (opts.Return != "" || opts.EnvelopeID != "") {
+		tx.dsn = &message.DSN{Ret: string(opts.Return), EnvID: opts.EnvelopeID}
+	}
 	se.tx = tx
 	return nil
 }
@@ -162,11 +166,11 @@ func (se *session) mail(from string) error {
 func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
-	return se.refuse(se.rcpt(to))
+	return se.refuse(se.rcpt(to, opts))
 }
 
 // rcpt adds a recipient; se.mu is held.
-func (se *session) rcpt(to string) error {
+func (se *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	tx, err := se.transaction("rcpt")
 	if err != nil {
 		return err
@@ -189,6 +193,20 @@ func (se *session) rcpt(to string) error {
 		return errRcptNotAllowed
 	}
 	tx.to = append(tx.to, a.String())
+	if opts != nil && (len(opts.Notify) > 0 || opts.OriginalRecipient != "") {
+		// RFC 3461: passed on to Exchange, which offers DSN.
+		d := message.RcptDSN{ORcptType: string(opts.OriginalRecipientType), ORcpt: opts.OriginalRecipient}
+		for _, n := range opts.Notify {
+			d.Notify = append(d.Notify, string(n))
+		}
+		if tx.dsn == nil {
+			tx.dsn = &message.DSN{}
+		}
+		if tx.dsn.Rcpt == nil {
+			tx.dsn.Rcpt = map[string]message.RcptDSN{}
+		}
+		tx.dsn.Rcpt[a.String()] = d
+	}
 	return nil
 }
 
@@ -287,7 +305,7 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 
 	msg := &message.Message{
 		ID: tx.id, Device: dev.Name, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
-		From: envelopeFrom, To: tx.to, Mode: dev.Mode,
+		From: envelopeFrom, To: tx.to, Mode: dev.Mode, DSN: tx.dsn,
 		Body: io.MultiReader(bytes.NewReader(h.Bytes()), body),
 	}
 	receipt, err := se.srv.deliverer.Deliver(ctx, msg)

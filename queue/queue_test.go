@@ -424,3 +424,26 @@ func TestRecipientsLeftInTheSpool(t *testing.T) {
 		t.Errorf("Exchange got %+v", msgs)
 	}
 }
+
+// DSN parameters go through the spool to Exchange, and the bridge's own
+// report leaves out the recipients that asked for none (NOTIFY=NEVER).
+func TestDSNThroughTheQueue(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeQueue, bounceTo: "it@contoso.example"})
+	w.exo.RefuseRecipient("gone@contoso.example", fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10}, Text: "RecipientNotFound"})
+	d := testenv.Dial(t, s.addr())
+	d.Login("mfp", devicePassword)
+	d.Cmd("MAIL FROM:<x@contoso.example> RET=HDRS ENVID=job-42", "250")
+	d.Cmd("RCPT TO:<a@contoso.example> NOTIFY=SUCCESS ORCPT=rfc822;a@contoso.example", "250")
+	d.Cmd("RCPT TO:<gone@contoso.example> NOTIFY=NEVER", "250")
+	d.Data("Subject: dsn\r\n\r\n"+bodyCanary+"\r\n", "250 2.0.0")
+	testenv.Eventually(t, "delivery", 5*time.Second, func() bool { return len(s.queued()) == 0 && len(w.exo.Messages()) == 1 })
+	m := w.exo.Messages()[0]
+	if m.Ret != "HDRS" || m.EnvID != "job-42" || m.Notify["a@contoso.example"] != "SUCCESS" || strings.Join(m.To, ",") != "a@contoso.example" {
+		t.Errorf("Exchange got %+v", m)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(w.exo.Messages()); n != 1 {
+		t.Errorf("a report went out for a recipient with NOTIFY=NEVER (%d messages)", n)
+	}
+}
