@@ -66,7 +66,7 @@ type transaction struct {
 	log     zerolog.Logger
 	from    string // envelope sender as the device gave it
 	to      []string
-	tooMany bool   // a recipient beyond max_recipients was refused
+	tooMany bool // a recipient beyond max_recipients was refused
 	dsn     *message.DSN
 	helo    string // for the Received field
 	tls     bool
