@@ -102,6 +102,9 @@ type Tenant struct {
 	// the default (DefaultMaxConnectionsPerMailbox, DefaultMaxMessagesPerMinute).
 	MaxConnectionsPerMailbox int `yaml:"max_connections_per_mailbox"`
 	MaxMessagesPerMinute     int `yaml:"max_messages_per_minute"`
+	// MaxRecipientsPerDay is the recipients a mailbox may send to in any
+	// 24 hours (DefaultMaxRecipientsPerDay, Exchange Online's quota).
+	MaxRecipientsPerDay int `yaml:"max_recipients_per_day"`
 
 	// Credential is the secret or certificate, read and checked by Load.
 	Credential secret.Credential `yaml:"-"`
@@ -294,6 +297,7 @@ const (
 	// Exchange Online's SMTP AUTH limits per mailbox.
 	DefaultMaxConnectionsPerMailbox = 3
 	DefaultMaxMessagesPerMinute     = 30
+	DefaultMaxRecipientsPerDay      = 10000
 	// ExchangeMaxMessageBytes is the largest MaxSendSize Exchange Online
 	// allows a mailbox (150 MB).
 	ExchangeMaxMessageBytes = 157286400
@@ -329,6 +333,7 @@ func (c *Config) applyDefaults() {
 		if t.MaxMessagesPerMinute == 0 {
 			t.MaxMessagesPerMinute = DefaultMaxMessagesPerMinute
 		}
+		setDefault(&t.MaxRecipientsPerDay, DefaultMaxRecipientsPerDay)
 	}
 	for i := range c.Devices {
 		if c.Devices[i].FromPolicy == "" {

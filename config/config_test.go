@@ -97,7 +97,7 @@ func TestLoadGood(t *testing.T) {
 	if cfg.Delivery != want {
 		t.Errorf("delivery defaults = %+v, want %+v", cfg.Delivery, want)
 	}
-	if tn.MaxConnectionsPerMailbox != 3 || tn.MaxMessagesPerMinute != 30 {
+	if tn.MaxConnectionsPerMailbox != 3 || tn.MaxMessagesPerMinute != 30 || tn.MaxRecipientsPerDay != 10000 {
 		t.Errorf("tenant limits = %d conns, %d/min; want Exchange's 3 and 30", tn.MaxConnectionsPerMailbox, tn.MaxMessagesPerMinute)
 	}
 	// Compiled once, here, for the rest of the bridge.

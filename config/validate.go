@@ -232,6 +232,12 @@ func (l *loader) validateTenants(c *Config) {
 			l.warnf(k+".max_messages_per_minute", "%d is above Exchange Online's limit of %d; Exchange delays the excess",
 				t.MaxMessagesPerMinute, DefaultMaxMessagesPerMinute)
 		}
+		if t.MaxRecipientsPerDay < 0 {
+			l.errorf(k+".max_recipients_per_day", "must be positive (Exchange Online allows %d)", DefaultMaxRecipientsPerDay)
+		} else if t.MaxRecipientsPerDay > DefaultMaxRecipientsPerDay {
+			l.warnf(k+".max_recipients_per_day", "%d is above Exchange Online's quota of %d; Exchange refuses the excess with 554 5.2.0 until its window frees",
+				t.MaxRecipientsPerDay, DefaultMaxRecipientsPerDay)
+		}
 	}
 }
 

@@ -53,7 +53,10 @@ const (
 	// StageSpool: the spool could not store the message.
 	StageSpool Stage = "spool"
 	// StageConfig: the bridge has no route for the message's tenant.
-	StageConfig   Stage = "config"
+	StageConfig Stage = "config"
+	// StageQuota: the mailbox's recipients per day leave no room for the
+	// message now.
+	StageQuota    Stage = "quota"
 	StageToken    Stage = "token"    // getting an access token from Entra ID
 	StageConnect  Stage = "connect"  // dial and greeting
 	StageStartTLS Stage = "starttls" // STARTTLS, the handshake and EHLO

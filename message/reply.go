@@ -65,6 +65,8 @@ func ReplyFor(err error) Reply {
 		return Reply{451, [3]int{4, 7, 0}, "Could not get an access token for this device's mailbox, try again later"}
 	case StageConfig:
 		return Reply{451, [3]int{4, 3, 5}, "This device's tenant is not configured on the bridge, try again later"}
+	case StageQuota:
+		return Reply{451, [3]int{4, 2, 0}, "This device's mailbox reached its recipients a day at Exchange Online, try again later"}
 	}
 	if e.Reply.Code == 0 {
 		switch e.Stage {

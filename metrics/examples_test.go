@@ -28,10 +28,11 @@ func exported(t *testing.T) map[string]bool {
 	t.Helper()
 	m := New("dev", Inventory{
 		Listeners: []string{"lan"},
-		Tenants:   []Tenant{{Name: "contoso", CredentialExpiry: time.Now().Add(time.Hour)}},
+		Tenants:   []Tenant{{Name: "contoso", CredentialExpiry: time.Now().Add(time.Hour), RecipientsPerDay: 10000}},
 		Devices:   []Device{{Name: "alarm", Tenant: "contoso", ExpectEvery: time.Hour}},
 	})
 	m.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
+	m.SetSources(Sources{MailboxRecipients: func() map[Mailbox]int { return map[Mailbox]int{{"contoso", "a@contoso.example"}: 1} }})
 	names := map[string]bool{}
 	for _, line := range strings.Split(scrape(t, m), "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {

@@ -60,6 +60,8 @@ type Tenant struct {
 	// CredentialExpiry is the certificate's NotAfter or the configured
 	// client_secret_expires; zero when unknown.
 	CredentialExpiry time.Time
+	// RecipientsPerDay is each mailbox's quota (max_recipients_per_day).
+	RecipientsPerDay int
 }
 
 // Device is a configured device.
@@ -77,7 +79,13 @@ type Sources struct {
 	DeviceLastSeen      func() map[string]time.Time
 	DeviceLastMessage   func() map[string]time.Time
 	BlockedAddresses    func() int
+	// MailboxRecipients are the recipients each mailbox sent to in the
+	// rolling day of its quota.
+	MailboxRecipients func() map[Mailbox]int
 }
+
+// Mailbox is a tenant's sending mailbox.
+type Mailbox struct{ Tenant, Address string }
 
 // QueueStats is the queue's state.
 type QueueStats struct {
@@ -110,6 +118,7 @@ type Metrics struct {
 	tokenExpiry      *prometheus.GaugeVec
 	credentialExpiry *prometheus.GaugeVec
 	deviceExpected   *prometheus.GaugeVec
+	quotaLimit       *prometheus.GaugeVec
 
 	reloadSuccess prometheus.Gauge
 	reloadTime    prometheus.Gauge
@@ -169,6 +178,8 @@ func New(version string, inv Inventory) *Metrics {
 		tokenExpiry: gauge("token_expiry_timestamp_seconds", "When the tenant's current access token expires (Unix time).", "tenant"),
 		credentialExpiry: gauge("credential_expiry_timestamp_seconds",
 			"When the tenant's client certificate (NotAfter) or client secret (client_secret_expires) expires (Unix time); absent when unknown.", "tenant"),
+		quotaLimit: gauge("mailbox_recipients_per_day_limit",
+			"The tenant's max_recipients_per_day: each of its mailboxes may send to this many recipients in any 24 hours.", "tenant"),
 		deviceExpected: gauge("device_expected_interval_seconds",
 			"The device's expect_every: it should send at least this often; absent for devices without one.", "device"),
 		reloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_reload_success",
@@ -177,12 +188,14 @@ func New(version string, inv Inventory) *Metrics {
 			Help: "When the configuration was last loaded or a reload was last tried (Unix time)."}),
 	}
 	m.state = &stateCollector{m: m,
-		queue:     prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
-		oldest:    prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
-		upstream:  prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
-		lastSeen:  prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
-		blocked:   prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
-		lastMsg:   prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
+		queue:    prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
+		oldest:   prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
+		upstream: prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
+		lastSeen: prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
+		blocked:  prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
+		lastMsg:  prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
+		quota: prometheus.NewDesc(namespace+"_mailbox_recipients_day", "Recipients the mailbox sent to in the last 24 hours, as its quota counts them.",
+			[]string{"tenant", "mailbox"}, nil),
 		startTime: time.Now(),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -193,7 +206,7 @@ func New(version string, inv Inventory) *Metrics {
 	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.authAttempts,
 		m.received, m.delivered, m.rejected, m.failed, m.refused, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
-		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected,
+		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected, m.quotaLimit,
 		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Configure(inv)
@@ -248,6 +261,11 @@ func (m *Metrics) Configure(inv Inventory) {
 		} else {
 			m.credentialExpiry.WithLabelValues(t.Name).Set(float64(t.CredentialExpiry.Unix()))
 		}
+		if t.RecipientsPerDay > 0 {
+			m.quotaLimit.WithLabelValues(t.Name).Set(float64(t.RecipientsPerDay))
+		} else {
+			m.quotaLimit.DeleteLabelValues(t.Name)
+		}
 	}
 	for _, d := range old.Devices {
 		if !slices.ContainsFunc(inv.Devices, func(n Device) bool { return n.Name == d.Name && n.Tenant == d.Tenant }) {
@@ -276,6 +294,7 @@ func (m *Metrics) deleteTenant(name string) {
 	l := prometheus.Labels{"tenant": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.latency, m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
+		m.quotaLimit,
 	} {
 		v.DeletePartialMatch(l)
 	}

@@ -12,9 +12,9 @@ import (
 // Prometheus scrapes, so that these gauges are never stale and never
 // drift from what they count.
 type stateCollector struct {
-	m                                                   *Metrics
-	queue, oldest, upstream, lastSeen, lastMsg, blocked *prometheus.Desc
-	startTime                                           time.Time
+	m                                                          *Metrics
+	queue, oldest, upstream, lastSeen, lastMsg, blocked, quota *prometheus.Desc
+	startTime                                                  time.Time
 
 	mu  sync.Mutex
 	src Sources
@@ -27,6 +27,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lastSeen
 	ch <- c.lastMsg
 	ch <- c.blocked
+	ch <- c.quota
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -74,6 +75,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, float64(blocked))
 	c.devices(ch, c.lastSeen, src.DeviceLastSeen, inv)
 	c.devices(ch, c.lastMsg, src.DeviceLastMessage, inv)
+	if src.MailboxRecipients != nil {
+		for mb, n := range src.MailboxRecipients() {
+			ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(n), mb.Tenant, mb.Address)
+		}
+	}
 }
 
 // devices sends one timestamp per configured device, 0 for never.

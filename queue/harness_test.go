@@ -132,6 +132,9 @@ type stackOptions struct {
 	maxAge       time.Duration
 	bounceTo     string
 	spoolDir     string
+	// quota and day set the mailboxes' recipients per day and its window.
+	quota int
+	day   time.Duration
 }
 
 // stack is one bridge instance (session server, delivery modes, queue,
@@ -178,8 +181,12 @@ func (w *world) start(o stackOptions) *stack {
 	s := &stack{t: t, w: w, sp: sp, logs: &syncbuf.Buffer{}}
 	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
 	events := audit.NewLogger(log)
+	limiter := upstream.NewLocal(map[string]upstream.Limits{"contoso": {Connections: 3, PerMinute: 1000, RecipientsPerDay: o.quota}})
+	if o.day > 0 {
+		limiter.Day = o.day
+	}
 	s.exo = upsmtp.New(upsmtp.Options{Tokens: store, Hostname: "bridge.test",
-		Limiter: upstream.NewLocal(map[string]upstream.Limits{"contoso": {Connections: 3, PerMinute: 1000}}),
+		Limiter: limiter,
 		Routes:  map[string]upsmtp.Route{"contoso": {Host: w.proxy.addr(), RootCAs: w.tw.CA.Pool()}}})
 	s.q, err = queue.New(queue.Options{Spool: sp, Transport: s.exo, Hostname: "bridge.test", Log: log, Events: events,
 		Settings: queue.Settings{RetryInitial: o.retryInitial, RetryMax: o.retryMax, MaxAge: o.maxAge, SyncTimeout: o.syncTimeout,

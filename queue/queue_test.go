@@ -447,3 +447,46 @@ func TestDSNThroughTheQueue(t *testing.T) {
 		t.Errorf("a report went out for a recipient with NOTIFY=NEVER (%d messages)", n)
 	}
 }
+
+// The recipients per day: the message that would pass the quota waits in
+// the queue, saying why, and goes when the window frees; Exchange's own
+// 554 5.2.0 quota refusal pauses the mailbox and loses nothing.
+func TestDailyQuota(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeHybrid, quota: 5, day: 3 * time.Second, retryInitial: 50 * time.Millisecond, retryMax: 100 * time.Millisecond})
+	for i := 0; i < 5; i++ {
+		if code, text := s.send("mfp", "x@contoso.example", fmt.Sprintf("q%d", i), "bob@contoso.example"); code != 250 || !strings.Contains(text, "delivered") {
+			t.Fatalf("message %d: %d %s", i, code, text)
+		}
+	}
+	start := time.Now()
+	code, text := s.send("mfp", "x@contoso.example", "sixth", "bob@contoso.example")
+	if code != 250 || !strings.Contains(text, "queued") {
+		t.Fatalf("the sixth recipient: %d %s, want 250 queued", code, text)
+	}
+	q := s.queued()
+	if len(q) != 1 || !strings.HasPrefix(q[0].LastReply, "451 4.2.0") || q[0].NextAttempt.Before(start.Add(time.Second)) {
+		t.Fatalf("the waiting message: %+v", q)
+	}
+	if !strings.Contains(s.logs.String(), "recipients a day") {
+		t.Error("the log does not say why the message waits")
+	}
+	testenv.Eventually(t, "delivery once the window frees", 10*time.Second, func() bool { return w.subjects()["sixth"] == 1 })
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("delivered after %s, before the window freed", took)
+	}
+
+	// Exchange's own quota refusal.
+	w.exo.Script(fakeexchange.StageData, fakeexchange.Reply{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0},
+		Text: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception"})
+	if code, text := s.send("mfp", "x@contoso.example", "over", "bob@contoso.example"); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	testenv.Eventually(t, "delivery after Exchange's quota refusal", 10*time.Second, func() bool { return w.subjects()["over"] == 1 })
+	if !strings.Contains(s.logs.String(), "SubmissionQuotaExceeded") {
+		t.Error("Exchange's quota refusal was never met")
+	}
+	if len(s.dead()) != 0 {
+		t.Errorf("a quota refusal made a dead letter: %+v", s.dead())
+	}
+}

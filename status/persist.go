@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // stateFile is what the board keeps across restarts: when each device was
@@ -100,24 +99,4 @@ func (b *Board) markDirty() {
 	b.mu.Lock()
 	b.dirty = true
 	b.mu.Unlock()
-}
-
-// SaveEvery saves the state every d until stop is closed, then once more.
-// Errors go to report.
-func (b *Board) SaveEvery(d time.Duration, stop <-chan struct{}, report func(error)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-stop:
-			if err := b.Save(); err != nil {
-				report(err)
-			}
-			return
-		}
-		if err := b.Save(); err != nil {
-			report(err)
-		}
-	}
 }

@@ -31,8 +31,11 @@ type Limiter interface {
 	// counts idle connections too.
 	Connect(ctx context.Context, mb Mailbox) (Lease, error)
 	// Submit waits until the mailbox may start one more submission, of
-	// rcpts recipients.
-	Submit(ctx context.Context, mb Mailbox, rcpts int) error
+	// rcpts recipients. A message the mailbox's recipients per day leave
+	// no room for does not wait: it gets a *message.Error of class
+	// Throttled whose RetryAt says when the window frees. done tells how
+	// many recipients Exchange took, which is what the quota counts.
+	Submit(ctx context.Context, mb Mailbox, rcpts int) (done func(accepted int), err error)
 }
 
 // Lease is a connection slot.
@@ -54,11 +57,18 @@ type Limits struct {
 	// PerMinute is how many submissions may start in any 60 seconds (30
 	// for Exchange Online, which delays the excess); 0 for no limit.
 	PerMinute int
+	// RecipientsPerDay is how many recipients the mailbox may send to in
+	// any 24 hours (10,000 for Exchange Online, which refuses the excess
+	// with 554 5.2.0 SubmissionQuotaExceeded); 0 for no limit.
+	RecipientsPerDay int
 }
 
 // Local is the Limiter of one process.
 type Local struct {
 	window time.Duration // a minute; tests shorten it
+	// Day is the recipient quota's rolling window: 24 hours. Set it
+	// before use (tests shorten it).
+	Day time.Duration
 
 	mu     sync.Mutex
 	limits map[string]Limits // by tenant
@@ -69,12 +79,13 @@ type Local struct {
 type box struct {
 	open    int         // connection slots held
 	started []time.Time // submission starts in the last window, oldest first
+	day     daily       // recipients in the rolling day
 	changed chan struct{}
 }
 
 // NewLocal returns a limiter with limits per tenant name.
 func NewLocal(limits map[string]Limits) *Local {
-	return &Local{window: time.Minute, limits: limits, boxes: map[Mailbox]*box{}}
+	return &Local{window: time.Minute, Day: 24 * time.Hour, limits: limits, boxes: map[Mailbox]*box{}}
 }
 
 // SetLimits replaces the limits (a config reload). A lower connection
@@ -139,17 +150,26 @@ func (l *Local) Connect(ctx context.Context, mb Mailbox) (Lease, error) {
 	}
 }
 
-// Submit implements Limiter. rcpts is not counted yet: the room is there
-// for Exchange's 10,000 recipients a day.
-func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) error {
+// Submit implements Limiter. The recipients are counted from the start
+// and corrected by done, so that submissions running at once cannot
+// together pass the quota.
+func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) (func(int), error) {
 	for {
 		l.mu.Lock()
 		lim, err := l.limitsOf(mb)
 		if err != nil {
 			l.mu.Unlock()
-			return err
+			return nil, err
 		}
 		b := l.box(mb)
+		unit := l.unitNow()
+		// A message with more recipients than a whole day's quota goes
+		// when the day is empty: it could never go otherwise.
+		if used := b.day.total(unit); lim.RecipientsPerDay > 0 && used+rcpts > lim.RecipientsPerDay && used > 0 {
+			retry := l.unitTime(b.day.frees(unit, used+rcpts-lim.RecipientsPerDay))
+			l.mu.Unlock()
+			return nil, quotaError(mb, lim.RecipientsPerDay, used, retry)
+		}
 		now := time.Now()
 		for len(b.started) > 0 && now.Sub(b.started[0]) >= l.window {
 			b.started = b.started[1:]
@@ -158,8 +178,19 @@ func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) error {
 			if lim.PerMinute > 0 {
 				b.started = append(b.started, now)
 			}
+			b.day.add(unit, rcpts)
 			l.mu.Unlock()
-			return nil
+			var once sync.Once
+			return func(accepted int) {
+				once.Do(func() {
+					if accepted == rcpts {
+						return
+					}
+					l.mu.Lock()
+					b.day.adjust(unit, accepted-rcpts)
+					l.mu.Unlock()
+				})
+			}, nil
 		}
 		wait := b.started[0].Add(l.window).Sub(now)
 		ch := b.changed
@@ -170,7 +201,7 @@ func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) error {
 		case <-ch: // the limits changed
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("waiting to submit within %d messages a minute per mailbox: %w", lim.PerMinute, context.Cause(ctx))
+			return nil, fmt.Errorf("waiting to submit within %d messages a minute per mailbox: %w", lim.PerMinute, context.Cause(ctx))
 		}
 		t.Stop()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,10 +29,12 @@ func TestLocalLimits(t *testing.T) {
 	)
 	for i := 0; i < 25; i++ {
 		wg.Go(func() {
-			if err := l.Submit(context.Background(), mb, 1); err != nil {
+			done, err := l.Submit(context.Background(), mb, 1)
+			if err != nil {
 				t.Error(err)
 				return
 			}
+			defer done(1)
 			lease, err := l.Connect(context.Background(), mb)
 			if err != nil {
 				t.Error(err)
@@ -144,5 +147,66 @@ func TestTokenError(t *testing.T) {
 		if e.Class != tc.want || e.Stage != message.StageToken || !errors.Is(e, tc.err) {
 			t.Errorf("%v: class %s stage %s, want %s", tc.err, e.Class, e.Stage, tc.want)
 		}
+	}
+}
+
+// The recipients per day: a message the rolling window has no room for
+// does not wait, it fails as throttled with the time the window frees;
+// recipients Exchange did not take are not counted; the counts survive a
+// restart.
+func TestLocalDailyQuota(t *testing.T) {
+	l := NewLocal(map[string]Limits{"contoso": {Connections: 3, RecipientsPerDay: 5}})
+	l.Day = 2 * time.Second
+	mb := MailboxOf("contoso", "a@contoso.example")
+	submit := func(rcpts, accepted int) error {
+		t.Helper()
+		done, err := l.Submit(context.Background(), mb, rcpts)
+		if err == nil {
+			done(accepted)
+		}
+		return err
+	}
+	if err := submit(3, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := submit(2, 1); err != nil { // one recipient refused: not counted
+		t.Fatal(err)
+	}
+	if got := l.Recipients()[mb]; got != 4 {
+		t.Fatalf("%d recipients counted, want 4", got)
+	}
+	if err := submit(1, 1); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := submit(1, 1)
+	var e *message.Error
+	if !errors.As(err, &e) || e.Class != message.Throttled || e.Stage != message.StageQuota ||
+		e.RetryAt.Before(start) || e.RetryAt.After(start.Add(2500*time.Millisecond)) {
+		t.Fatalf("over the quota: %v (retry at %v)", err, e)
+	}
+	if r := message.ReplyFor(err); r.Code != 451 {
+		t.Errorf("a device is told %s", r)
+	}
+	path := filepath.Join(t.TempDir(), "quota.json")
+	if err := l.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	restarted := NewLocal(map[string]Limits{"contoso": {Connections: 3, RecipientsPerDay: 5}})
+	restarted.Day = 2 * time.Second
+	if err := restarted.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := restarted.Recipients()[mb]; got != 5 {
+		t.Errorf("after a restart %d recipients counted, want 5", got)
+	}
+	time.Sleep(time.Until(e.RetryAt) + 10*time.Millisecond)
+	if err := submit(1, 1); err != nil {
+		t.Errorf("at RetryAt the window still has no room: %v", err)
+	}
+	// A message larger than a whole day's quota goes on an empty day.
+	other := MailboxOf("contoso", "b@contoso.example")
+	if _, err := l.Submit(context.Background(), other, 7); err != nil {
+		t.Errorf("7 recipients on an empty day: %v", err)
 	}
 }

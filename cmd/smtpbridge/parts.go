@@ -91,7 +91,8 @@ func sandboxSetup(cfg *config.Config) ([]sandbox.Tenant, []sandbox.Mailbox) {
 func mailboxLimits(cfg *config.Config) map[string]upstream.Limits {
 	out := map[string]upstream.Limits{}
 	for _, t := range cfg.Tenants {
-		out[t.Name] = upstream.Limits{Connections: t.MaxConnectionsPerMailbox, PerMinute: t.MaxMessagesPerMinute}
+		out[t.Name] = upstream.Limits{Connections: t.MaxConnectionsPerMailbox, PerMinute: t.MaxMessagesPerMinute,
+			RecipientsPerDay: t.MaxRecipientsPerDay}
 	}
 	return out
 }
@@ -167,7 +168,8 @@ func metricsInventory(cfg *config.Config) metrics.Inventory {
 	}
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
-		inv.Tenants = append(inv.Tenants, metrics.Tenant{Name: t.Name, CredentialExpiry: t.CredentialExpiry()})
+		inv.Tenants = append(inv.Tenants, metrics.Tenant{Name: t.Name, CredentialExpiry: t.CredentialExpiry(),
+			RecipientsPerDay: t.MaxRecipientsPerDay})
 	}
 	for _, d := range cfg.Devices {
 		inv.Devices = append(inv.Devices, metrics.Device{Name: d.Name, Tenant: d.Tenant, ExpectEvery: d.ExpectEvery})

@@ -38,9 +38,10 @@ import (
 // SIGTERM or SIGINT.
 const shutdownGrace = 30 * time.Second
 
-// statusSaveEvery is how often the status page's last-seen times are
-// written to the spool directory.
-const statusSaveEvery = 30 * time.Second
+// stateSaveEvery is how often what the bridge keeps across restarts
+// besides the spool (the status page's last-seen times, the mailboxes'
+// recipient counts) is written to the spool directory.
+const stateSaveEvery = 30 * time.Second
 
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -150,6 +151,10 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return err
 	}
 	d.limiter = upstream.NewLocal(mailboxLimits(cfg))
+	quotaFile := filepath.Join(cfg.Spool.Dir, "quota.json")
+	if err := d.limiter.Load(quotaFile); err != nil {
+		log.Warn().Err(err).Msg("the mailboxes' recipient counts of the last day could not be read; they start from zero")
+	}
 	d.exo = upsmtp.New(upsmtp.Options{Tokens: d.store, Limiter: d.limiter, Routes: d.ms.routes(cfg), Hostname: d.hostname, Observer: d.m})
 	defer d.exo.Close()
 	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.exo,
@@ -180,6 +185,13 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		DeviceLastSeen:      d.board.LastSeen,
 		DeviceLastMessage:   d.board.LastMessage,
 		BlockedAddresses:    func() int { return len(d.guard.Blocks()) },
+		MailboxRecipients: func() map[metrics.Mailbox]int {
+			out := map[metrics.Mailbox]int{}
+			for mb, n := range d.limiter.Recipients() {
+				out[metrics.Mailbox{Tenant: mb.Tenant, Address: mb.Address}] = n
+			}
+			return out
+		},
 	})
 
 	if err := d.srv.Listen(); err != nil {
@@ -198,9 +210,25 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	saverStop, saverDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(saverDone)
-		d.board.SaveEvery(statusSaveEvery, saverStop, func(err error) {
-			log.Warn().Err(err).Msg("could not save the status page's last-seen times")
-		})
+		t := time.NewTicker(stateSaveEvery)
+		defer t.Stop()
+		save := func() {
+			if err := d.board.Save(); err != nil {
+				log.Warn().Err(err).Msg("could not save the status page's last-seen times")
+			}
+			if err := d.limiter.Save(quotaFile); err != nil {
+				log.Warn().Err(err).Msg("could not save the mailboxes' recipient counts")
+			}
+		}
+		for {
+			select {
+			case <-t.C:
+				save()
+			case <-saverStop:
+				save()
+				return
+			}
+		}
 	}()
 	d.q.Start()
 	d.srv.Serve()

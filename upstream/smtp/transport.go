@@ -13,6 +13,7 @@ package smtp
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -176,9 +177,16 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 			Err: fmt.Errorf("no route to Exchange for tenant %q", m.Tenant)}
 	}
 	s := &submission{host: route.Host, tenant: m.Tenant, obs: t.obs}
-	if err := t.limiter.Submit(ctx, p.mb, len(m.To)); err != nil {
+	done, err := t.limiter.Submit(ctx, p.mb, len(m.To))
+	var quota *message.Error
+	switch {
+	case errors.As(err, &quota):
+		return message.Receipt{}, quota
+	case err != nil:
 		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
 	}
+	var receipt message.Receipt
+	defer func() { done(len(receipt.Accepted)) }()
 	uc, err := p.get(ctx)
 	if err != nil {
 		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
@@ -210,7 +218,7 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	// cancellation as on a source error: without the final dot Exchange
 	// discards what it has.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	receipt, err := s.send(c, m)
+	receipt, err = s.send(c, m)
 	// The connection is kept for the next message unless it broke, was
 	// closed by cancellation, or Exchange is closing it (421).
 	keep = stop() && reusable(err)

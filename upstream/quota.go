@@ -1,0 +1,175 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/message"
+)
+
+// dayBuckets is how finely the rolling day of a recipient quota is
+// counted: minutes, for a day.
+const dayBuckets = 1440
+
+// daily counts recipients over a rolling window in dayBuckets buckets,
+// so that its memory does not grow with the messages.
+type daily struct {
+	start [dayBuckets]int64 // the bucket's start, in units of the window / dayBuckets
+	count [dayBuckets]int
+}
+
+func unitOf(window time.Duration) time.Duration { return max(window/dayBuckets, time.Nanosecond) }
+
+// total is the count within the window ending at now.
+func (d *daily) total(now int64) int {
+	n := 0
+	for i := range d.start {
+		if now-d.start[i] < dayBuckets {
+			n += d.count[i]
+		}
+	}
+	return n
+}
+
+func (d *daily) add(now int64, n int) {
+	i := now % dayBuckets
+	if d.start[i] != now {
+		d.start[i], d.count[i] = now, 0
+	}
+	d.count[i] += n
+}
+
+// adjust corrects the count of unit, if it is still in the window.
+func (d *daily) adjust(unit int64, delta int) {
+	if i := unit % dayBuckets; d.start[i] == unit {
+		d.count[i] = max(d.count[i]+delta, 0)
+	}
+}
+
+// frees returns the first unit at which at least need recipients have
+// left the window.
+func (d *daily) frees(now int64, need int) int64 {
+	freed := 0
+	for u := now - dayBuckets + 1; u <= now; u++ {
+		i := u % dayBuckets
+		if d.start[i] == u {
+			freed += d.count[i]
+		}
+		if freed >= need {
+			return u + dayBuckets
+		}
+	}
+	return now + dayBuckets
+}
+
+// quotaError is the failure of a message that would take a mailbox over
+// its recipients per day: it waits until the window frees.
+func quotaError(mb Mailbox, limit, used int, retryAt time.Time) *message.Error {
+	return &message.Error{Class: message.Throttled, Stage: message.StageQuota, RetryAt: retryAt,
+		Err: fmt.Errorf("%s has sent to %d of its %d recipients a day; the message waits until %s", mb.Address, used, limit,
+			retryAt.UTC().Format(time.RFC3339))}
+}
+
+// Recipients returns, per mailbox, the recipients counted in the rolling
+// day.
+func (l *Local) Recipients() map[Mailbox]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.unitNow()
+	out := map[Mailbox]int{}
+	for mb, b := range l.boxes {
+		if n := b.day.total(now); n > 0 {
+			out[mb] = n
+		}
+	}
+	return out
+}
+
+func (l *Local) unitNow() int64 { return time.Now().UnixNano() / int64(unitOf(l.Day)) }
+
+func (l *Local) unitTime(u int64) time.Time { return time.Unix(0, u*int64(unitOf(l.Day))) }
+
+// savedDay is a mailbox's count on disk.
+type savedDay struct {
+	Tenant  string     `json:"tenant"`
+	Mailbox string     `json:"mailbox"`
+	Counts  [][2]int64 `json:"counts"` // [bucket start (Unix ns), recipients]
+}
+
+// Save writes the recipient counts to path, so that a restart keeps the
+// daily quota: write temp, sync, rename.
+func (l *Local) Save(path string) error {
+	l.mu.Lock()
+	var out []savedDay
+	now := l.unitNow()
+	unit := int64(unitOf(l.Day))
+	for mb, b := range l.boxes {
+		s := savedDay{Tenant: mb.Tenant, Mailbox: mb.Address}
+		for i := range b.day.start {
+			if b.day.count[i] > 0 && now-b.day.start[i] < dayBuckets {
+				s.Counts = append(s.Counts, [2]int64{b.day.start[i] * unit, int64(b.day.count[i])})
+			}
+		}
+		if len(s.Counts) > 0 {
+			out = append(out, s)
+		}
+	}
+	l.mu.Unlock()
+	data, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".quota-*")
+	if err != nil {
+		return fmt.Errorf("save recipient counts: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save recipient counts: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save recipient counts: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save recipient counts: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("save recipient counts: %w", err)
+	}
+	return nil
+}
+
+// Load reads what Save wrote; a missing file is no error.
+func (l *Local) Load(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read recipient counts: %w", err)
+	}
+	var in []savedDay
+	if err := json.Unmarshal(data, &in); err != nil {
+		return fmt.Errorf("read recipient counts %s: %w", path, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.unitNow()
+	unit := int64(unitOf(l.Day))
+	for _, s := range in {
+		b := l.box(MailboxOf(s.Tenant, s.Mailbox))
+		for _, c := range s.Counts {
+			if u := c[0] / unit; now-u < dayBuckets && u <= now {
+				b.day.add(u, int(c[1]))
+			}
+		}
+	}
+	return nil
+}
