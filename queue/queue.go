@@ -439,7 +439,7 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	switch {
 	case out == outDeferred:
 		e.meta, e.due = m, m.NextAttempt
-		if pause != nil && pause.Pauses() {
+		if pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero()) {
 			l.pauses++
 			l.pausedUntil = now.Add(q.backoff(l.pauses))
 			if pause.RetryAt.After(l.pausedUntil) {

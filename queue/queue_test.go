@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
@@ -489,4 +491,34 @@ func TestDailyQuota(t *testing.T) {
 	if len(s.dead()) != 0 {
 		t.Errorf("a quota refusal made a dead letter: %+v", s.dead())
 	}
+}
+
+// An Entra outage pauses the tenant's token requests: 500 queued messages
+// cost Entra a request per pause, not one each, and are logged as a
+// transient failure, not as an error per message.
+func TestEntraOutage(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeQueue})
+	w.tw.Entra.SetDown(&fakeentra.Failure{Status: 503, Code: "temporarily_unavailable", AADSTS: 90033,
+		Description: "AADSTS90033: A transient error has occurred. Please try again."})
+	before := w.tw.Entra.Requests()
+	const n = 500
+	for i := 0; i < n; i++ {
+		if _, err := s.q.Deliver(context.Background(), &message.Message{ID: message.NewID(), Device: "mfp", Tenant: "contoso",
+			Mailbox: mailbox, From: mailbox, To: []string{"bob@contoso.example"},
+			Body: strings.NewReader(fmt.Sprintf("Subject: outage-%d\r\n\r\n%s\r\n", i, bodyCanary))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	w.tw.Entra.SetDown(nil)
+	testenv.Eventually(t, "every message delivered", 30*time.Second, func() bool { return len(w.subjects()) == n })
+	requests := w.tw.Entra.Requests() - before
+	if requests > 4 {
+		t.Errorf("Entra got %d token requests for %d messages during a 2 s outage", requests, n)
+	}
+	if errs := strings.Count(s.logs.String(), `"level":"error"`); errs > 0 {
+		t.Errorf("%d error-level log lines for a transient outage", errs)
+	}
+	t.Logf("%d messages, %d token requests", n, requests)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"time"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
 
@@ -28,7 +29,10 @@ type Error struct {
 	// Temporary is true for failures that may go away by themselves
 	// (network, timeouts, 5xx, throttling, Entra's transient codes).
 	Temporary bool
-	cause     string // network-level cause, already free of secrets
+	// RetryAt is when the tenant's pause after this failure ends: no
+	// request goes to Entra before.
+	RetryAt time.Time
+	cause   string // network-level cause, already free of secrets
 }
 
 func (e *Error) Error() string {

@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -63,6 +64,18 @@ type Observer interface {
 // requestTimeout bounds one grant, discovery included.
 var requestTimeout = 30 * time.Second
 
+// After a failed request a tenant is paused: no request goes to Entra
+// before the pause ends, and every caller meanwhile gets the failure at
+// once, with its end as RetryAt. The pause doubles with each failure in a
+// row, from pauseMin to pauseMax, with ±20% jitter; a token ends it. So
+// an outage of Entra, or a wrong secret, costs Entra one request per pause
+// for the whole tenant, not one per message: Entra throttles an
+// application that asks more. Tests shorten them.
+var (
+	pauseMin = 5 * time.Second
+	pauseMax = 5 * time.Minute
+)
+
 // Store hands out tokens per tenant name.
 type Store struct {
 	mu       sync.RWMutex
@@ -74,6 +87,44 @@ type Store struct {
 type client struct {
 	tenant Tenant
 	msal   confidential.Client
+
+	mu       sync.Mutex
+	failures int       // failed requests in a row
+	paused   time.Time // no request before
+	lastErr  *Error
+}
+
+// pausedErr returns the failure that paused the tenant, if the pause
+// still runs.
+func (c *client) pausedErr(now time.Time) *Error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastErr == nil || !now.Before(c.paused) {
+		return nil
+	}
+	e := *c.lastErr
+	return &e
+}
+
+// failed starts or lengthens the pause after e.
+func (c *client) failed(e *Error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	d := pauseMin
+	for i := 1; i < c.failures && d < pauseMax; i++ {
+		d *= 2
+	}
+	d = min(time.Duration(float64(d)*(0.8+0.4*rand.Float64())), pauseMax)
+	c.paused = time.Now().Add(d)
+	e.RetryAt = c.paused
+	c.lastErr = e
+}
+
+func (c *client) succeeded() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures, c.paused, c.lastErr = 0, time.Time{}, nil
 }
 
 // ErrUnknownTenant is returned by Token for a tenant name not configured.
@@ -202,6 +253,9 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 	if err := ctx.Err(); err != nil {
 		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, err)
 	}
+	if e := c.pausedErr(time.Now()); e != nil {
+		return Token{}, e
+	}
 	// The key names the client, so that a reload's new credential never
 	// shares a grant made with the old one.
 	ch := s.group.DoChan(fmt.Sprintf("%s/%p", tenant, c), func() (any, error) {
@@ -211,8 +265,11 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 		defer cancel()
 		res, err := c.msal.AcquireTokenByCredential(gctx, []string{c.tenant.Scope})
 		if err != nil {
-			return Token{}, classify(c.tenant, err)
+			e := classify(c.tenant, err)
+			c.failed(e)
+			return Token{}, e
 		}
+		c.succeeded()
 		return Token{
 			AccessToken: res.AccessToken,
 			ExpiresOn:   res.ExpiresOn,

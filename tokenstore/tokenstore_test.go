@@ -201,11 +201,52 @@ func TestTransientFailureRecovers(t *testing.T) {
 
 	_, err := s.Token(context.Background(), "contoso")
 	var te *tokenstore.Error
-	if !errors.As(err, &te) || !te.Temporary {
-		t.Fatalf("err = %v, want a temporary *tokenstore.Error", err)
+	if !errors.As(err, &te) || !te.Temporary || te.RetryAt.IsZero() {
+		t.Fatalf("err = %v, want a temporary *tokenstore.Error with the end of the pause", err)
+	}
+	// During the pause every caller gets the failure at once, and Entra
+	// is not asked.
+	requests := e.entra.Requests()
+	for i := 0; i < 20; i++ {
+		if _, err := s.Token(context.Background(), "contoso"); !errors.As(err, &te) || te.AADSTS != 90033 {
+			t.Fatalf("during the pause: %v", err)
+		}
+	}
+	if n := e.entra.Requests(); n != requests {
+		t.Errorf("%d requests to Entra during the pause", n-requests)
+	}
+	time.Sleep(time.Until(te.RetryAt))
+	if _, err := s.Token(context.Background(), "contoso"); err != nil {
+		t.Fatalf("after the pause: %v", err)
+	}
+}
+
+// Failures in a row lengthen the pause; a token ends it.
+func TestPauseBacksOff(t *testing.T) {
+	e := newEnv(t)
+	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	e.entra.SetDown(&fakeentra.Failure{Status: 503, Code: "temporarily_unavailable", AADSTS: 90033, Description: "A transient error has occurred."})
+	s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
+	var pauses []time.Duration
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		_, err := s.Token(context.Background(), "contoso")
+		var te *tokenstore.Error
+		if !errors.As(err, &te) {
+			t.Fatal(err)
+		}
+		pauses = append(pauses, te.RetryAt.Sub(start))
+		time.Sleep(time.Until(te.RetryAt))
+	}
+	if !(pauses[1] > pauses[0] && pauses[2] > pauses[0]*2) {
+		t.Errorf("pauses %v do not grow", pauses)
+	}
+	e.entra.SetDown(nil)
+	if _, err := s.Token(context.Background(), "contoso"); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.Token(context.Background(), "contoso"); err != nil {
-		t.Fatalf("second request after a transient failure: %v", err)
+		t.Fatalf("a token ends the pause: %v", err)
 	}
 }
 

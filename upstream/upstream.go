@@ -41,8 +41,11 @@ type TokenSource interface {
 func TokenError(err error) *message.Error {
 	e := &message.Error{Class: message.Temporary, Stage: message.StageToken, Err: err}
 	var te *tokenstore.Error
-	if errors.As(err, &te) && !te.Temporary {
-		e.Class = message.Setup
+	if errors.As(err, &te) {
+		e.RetryAt = te.RetryAt // the tenant's pause: nothing to gain before
+		if !te.Temporary {
+			e.Class = message.Setup
+		}
 	}
 	return e
 }

@@ -147,7 +147,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 
 	// The message's path, wired from the end: Exchange, the delivery
 	// modes, the device side.
-	if d.store, err = tokenstore.New(d.ms.tokenTenants(cfg), tokenObservers{d.m, d.board}); err != nil {
+	if d.store, err = tokenstore.New(d.ms.tokenTenants(cfg), tokenObservers{d.m, d.board, &tokenLog{log: log}}); err != nil {
 		return err
 	}
 	d.limiter = upstream.NewLocal(mailboxLimits(cfg))
@@ -279,6 +279,52 @@ func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
 		}
 	}
+}
+
+// tokenLog logs a tenant's token state when it changes: the first
+// failure (at warning level when it may go away by itself, at error level
+// with problem=tenant set-up when Entra refuses the credential), another
+// failure, and the first token after failures. Each message's own
+// deferral is in the audit log.
+type tokenLog struct {
+	log     zerolog.Logger
+	mu      sync.Mutex
+	failing map[string]string // tenant -> the failure logged last
+}
+
+func (l *tokenLog) ObserveToken(tenant string, _ tokenstore.Token, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	prev, was := l.failing[tenant]
+	if err == nil {
+		if was {
+			delete(l.failing, tenant)
+			l.log.Info().Str("event", "token").Str("tenant", tenant).Msg("tokens for the tenant again; its waiting messages go")
+		}
+		return
+	}
+	var te *tokenstore.Error
+	errors.As(err, &te)
+	what := err.Error()
+	if te != nil {
+		what = fmt.Sprintf("%d %s %d", te.HTTPStatus, te.Code, te.AADSTS)
+	}
+	if was && prev == what {
+		return
+	}
+	if l.failing == nil {
+		l.failing = map[string]string{}
+	}
+	l.failing[tenant] = what
+	ev := l.log.Warn()
+	if te != nil && !te.Temporary {
+		ev = l.log.Error().Str("problem", "tenant set-up")
+	}
+	if te != nil && !te.RetryAt.IsZero() {
+		ev = ev.Time("next_request", te.RetryAt)
+	}
+	ev.Str("event", "token").Str("tenant", tenant).Err(err).
+		Msg("token requests for the tenant fail; its messages wait, and Entra ID is asked again at next_request, not for each message")
 }
 
 // tokenObservers tells metrics and the status page about token requests.

@@ -87,6 +87,7 @@ type Server struct {
 	key      *rsa.PrivateKey
 	kid      string
 	failures []Failure
+	down     *Failure       // every request fails while set (SetDown)
 	grants   map[string]int // client ID -> tokens issued
 	requests int
 
@@ -185,6 +186,14 @@ func (s *Server) AddApp(tenantID string, app App) *App {
 	return &a
 }
 
+// SetDown makes every token request fail with f until it is called again
+// with nil: an outage.
+func (s *Server) SetDown(f *Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = f
+}
+
 // Fail makes the next token requests fail, one Failure per request.
 func (s *Server) Fail(f ...Failure) {
 	s.mu.Lock()
@@ -234,6 +243,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	if len(s.failures) > 0 {
 		fail = &s.failures[0]
 		s.failures = s.failures[1:]
+	}
+	if s.down != nil {
+		fail = s.down
 	}
 	s.mu.Unlock()
 	if fail != nil {
