@@ -329,7 +329,12 @@ func (se *session) notDelivered(tx *transaction, err error) error {
 			tx.log.Warn().Err(err).Int("reply_code", reply.Code).Msg("the message did not arrive completely; nothing was kept")
 		}
 	case message.StageSpool:
-		tx.log.Error().Err(err).Msg("the spool could not store the message; the device was told to try again")
+		if errors.Is(err, message.ErrDeviceSpoolFull) {
+			// Per message and the device's own doing: not an error of the bridge.
+			tx.log.Warn().Err(err).Msg("the device's queued mail fills its share of the spool; the device was told to try again")
+		} else {
+			tx.log.Error().Err(err).Msg("the spool could not store the message; the device was told to try again")
+		}
 		ev := se.event(tx, audit.Deferred)
 		ev.Reply, ev.RetryBy, ev.Err = replyOf(reply), audit.RetryByDevice, err
 		se.srv.events.Observe(ev)

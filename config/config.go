@@ -147,6 +147,8 @@ type Device struct {
 	// that a stolen device password does not become a spam run. Zero: no
 	// bound.
 	MaxMessagesPerHour int `yaml:"max_messages_per_hour"`
+	// MaxQueuedBytes overrides limits.max_queued_bytes_per_device.
+	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
 
 	// Parsed is the device as Load parsed it.
 	Parsed ParsedDevice `yaml:"-"`
@@ -164,6 +166,9 @@ type ParsedDevice struct {
 	// Mode and BounceTo are the device's own delivery.mode and
 	// delivery.bounce_to, or the global ones.
 	Mode, BounceTo string
+	// MaxQueuedBytes is the device's max_queued_bytes, or the global
+	// limits.max_queued_bytes_per_device.
+	MaxQueuedBytes int64
 }
 
 // Device authentication.
@@ -226,6 +231,9 @@ type Limits struct {
 	MaxErrors int `yaml:"max_errors"`
 	// MaxLineLength bounds a command or message line.
 	MaxLineLength int `yaml:"max_line_length"`
+	// MaxQueuedBytesPerDevice bounds a device's messages in the spool,
+	// queued and dead; devices[].max_queued_bytes overrides it.
+	MaxQueuedBytesPerDevice int64 `yaml:"max_queued_bytes_per_device"`
 }
 
 // Security is the brute-force defence.
@@ -245,6 +253,11 @@ type Security struct {
 // Spool is where accepted messages are kept until Exchange takes them.
 type Spool struct {
 	Dir string `yaml:"dir"`
+	// MaxBytes bounds the messages kept, queued and dead (0: no bound
+	// but MinFreeBytes); MinFreeBytes is the free disk space the spool
+	// never takes.
+	MaxBytes     int64 `yaml:"max_bytes"`
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
 }
 
 // Log configures the process log and the audit log.
@@ -289,11 +302,15 @@ const (
 	DefaultAuthWindow      = 10 * time.Minute
 	DefaultAuthBlock       = 15 * time.Minute
 	DefaultSpoolDir        = "./spool"
-	DefaultHTTPAddress     = "127.0.0.1:9464"
-	DefaultSyncTimeout     = 20 * time.Second
-	DefaultRetryInitial    = time.Minute
-	DefaultRetryMax        = 30 * time.Minute
-	DefaultMaxAge          = 48 * time.Hour
+	// Spool quotas: one device cannot fill the disk, and the disk keeps
+	// room for the system.
+	DefaultMaxQueuedBytesPerDevice = 1 << 30
+	DefaultMinFreeBytes            = 100 << 20
+	DefaultHTTPAddress             = "127.0.0.1:9464"
+	DefaultSyncTimeout             = 20 * time.Second
+	DefaultRetryInitial            = time.Minute
+	DefaultRetryMax                = 30 * time.Minute
+	DefaultMaxAge                  = 48 * time.Hour
 	// Exchange Online's SMTP AUTH limits per mailbox.
 	DefaultMaxConnectionsPerMailbox = 3
 	DefaultMaxMessagesPerMinute     = 30
@@ -363,6 +380,8 @@ func (c *Config) applyDefaults() {
 	if c.Spool.Dir == "" {
 		c.Spool.Dir = DefaultSpoolDir
 	}
+	setDefault(&c.Spool.MinFreeBytes, DefaultMinFreeBytes)
+	setDefault(&lim.MaxQueuedBytesPerDevice, DefaultMaxQueuedBytesPerDevice)
 	d := &c.Delivery
 	if d.Mode == "" {
 		d.Mode = ModeHybrid

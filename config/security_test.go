@@ -49,9 +49,13 @@ func TestSecurityDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Limits{MaxMessageBytes: DefaultMaxMessageBytes, MaxRecipients: 1, MaxConnections: 200, MaxConnectionsPerIP: 20,
-		CommandTimeout: 5 * time.Minute, SessionTimeout: 30 * time.Minute, MaxErrors: 20, MaxLineLength: 65536}
+		CommandTimeout: 5 * time.Minute, SessionTimeout: 30 * time.Minute, MaxErrors: 20, MaxLineLength: 65536,
+		MaxQueuedBytesPerDevice: 1 << 30}
 	if cfg.Limits != want {
 		t.Errorf("limits = %+v, want %+v", cfg.Limits, want)
+	}
+	if cfg.Spool.MinFreeBytes != 100<<20 || cfg.Spool.MaxBytes != 0 || cfg.Devices[0].Parsed.MaxQueuedBytes != 1<<30 {
+		t.Errorf("spool quota defaults: %+v, device %d", cfg.Spool, cfg.Devices[0].Parsed.MaxQueuedBytes)
 	}
 	sec := cfg.Security
 	if sec.AuthMaxFailures != 5 || sec.AuthWindow != 10*time.Minute || sec.AuthBlock != 15*time.Minute || len(sec.ExemptNetworks) != 0 {

@@ -310,6 +310,18 @@ func (l *loader) validateDevices(c *Config) {
 		}
 		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
 		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
+		switch {
+		case d.MaxQueuedBytes < 0:
+			l.errorf(k+".max_queued_bytes", "must be positive, e.g. 1073741824 (1 GiB)")
+		case d.MaxQueuedBytes > 0:
+			p.MaxQueuedBytes = d.MaxQueuedBytes
+		default:
+			p.MaxQueuedBytes = c.Limits.MaxQueuedBytesPerDevice
+		}
+		if p.MaxQueuedBytes > 0 && p.MaxQueuedBytes < c.Limits.MaxMessageBytes {
+			l.warnf(k+".max_queued_bytes", "%d is below limits.max_message_bytes (%d): a message that large never fits in the device's share of the spool",
+				p.MaxQueuedBytes, c.Limits.MaxMessageBytes)
+		}
 		p.Mode, p.BounceTo = c.Delivery.Mode, c.Delivery.BounceTo
 		if d.Delivery.Mode != "" {
 			p.Mode = d.Delivery.Mode
@@ -439,6 +451,14 @@ func (l *loader) validateGlobals(c *Config) {
 	l.validateLimits(c)
 	l.validateSecurity(c)
 	c.Spool.Dir = l.path(c.Spool.Dir)
+	if c.Spool.MaxBytes < 0 {
+		l.errorf("spool.max_bytes", "must be positive, e.g. 10737418240 (10 GiB); leave it out for no bound but min_free_bytes")
+	} else if c.Spool.MaxBytes > 0 && c.Spool.MaxBytes < c.Limits.MaxMessageBytes {
+		l.errorf("spool.max_bytes", "%d is below limits.max_message_bytes (%d): the spool could not take one message", c.Spool.MaxBytes, c.Limits.MaxMessageBytes)
+	}
+	if c.Spool.MinFreeBytes < 0 {
+		l.errorf("spool.min_free_bytes", "must be positive, e.g. %d", DefaultMinFreeBytes)
+	}
 	if c.Sandbox.Dir != "" {
 		c.Sandbox.Dir = l.path(c.Sandbox.Dir)
 	}
@@ -511,6 +531,9 @@ func (l *loader) validateLimits(c *Config) {
 	}
 	if lim.SessionTimeout < 0 || lim.SessionTimeout > 0 && lim.SessionTimeout < lim.CommandTimeout {
 		l.errorf("limits.session_timeout", "%s is shorter than command_timeout (%s)", lim.SessionTimeout, lim.CommandTimeout)
+	}
+	if lim.MaxQueuedBytesPerDevice < 0 {
+		l.errorf("limits.max_queued_bytes_per_device", "must be positive, e.g. %d (1 GiB)", DefaultMaxQueuedBytesPerDevice)
 	}
 	if lim.MaxLineLength < 0 || lim.MaxLineLength > 0 && lim.MaxLineLength < 1000 {
 		l.errorf("limits.max_line_length", "%d is below RFC 5321's minimum of 1000 (section 4.5.3.1.6); the default is %d", lim.MaxLineLength, DefaultMaxLineLength)

@@ -74,6 +74,10 @@ var (
 	ErrLineTooLong = errors.New("the message has a line longer than the limit")
 )
 
+// ErrDeviceSpoolFull is a spool refusing a device's message because the
+// device's queued mail fills its share (StageSpool).
+var ErrDeviceSpoolFull = errors.New("the device's messages fill its share of the spool (max_queued_bytes)")
+
 // Error is a failed delivery: where it failed, what that means (Class),
 // and Exchange's reply when there was one. Every stage of the path returns
 // it for a delivery failure; its text never holds a secret (Exchange's

@@ -52,6 +52,9 @@ func ReplyFor(err error) Reply {
 	}
 	switch e.Stage {
 	case StageSpool:
+		if errors.Is(err, ErrDeviceSpoolFull) {
+			return Reply{452, [3]int{4, 3, 1}, "This device's queued mail fills its share of the bridge's spool; try again later"}
+		}
 		return Reply{452, [3]int{4, 3, 1}, "Insufficient system storage, message not accepted; try again later"}
 	case StageSource:
 		switch {

@@ -82,6 +82,15 @@ type Sources struct {
 	// MailboxRecipients are the recipients each mailbox sent to in the
 	// rolling day of its quota.
 	MailboxRecipients func() map[Mailbox]int
+	// Spool is what the spool holds, in all and per device.
+	Spool func() SpoolStats
+}
+
+// SpoolStats is what the spool holds.
+type SpoolStats struct {
+	Bytes   int64            // queued and dead messages
+	Free    int64            // the filesystem's free space; -1 unknown
+	Devices map[string]int64 // the messages' bytes per device
 }
 
 // Mailbox is a tenant's sending mailbox.
@@ -188,12 +197,16 @@ func New(version string, inv Inventory) *Metrics {
 			Help: "When the configuration was last loaded or a reload was last tried (Unix time)."}),
 	}
 	m.state = &stateCollector{m: m,
-		queue:    prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
-		oldest:   prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
-		upstream: prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
-		lastSeen: prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
-		blocked:  prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
-		lastMsg:  prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
+		queue:      prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
+		oldest:     prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
+		upstream:   prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
+		lastSeen:   prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
+		blocked:    prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
+		lastMsg:    prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
+		spoolBytes: prometheus.NewDesc(namespace+"_spool_bytes", "Bytes of the messages in the spool, queued and dead.", nil, nil),
+		spoolFree:  prometheus.NewDesc(namespace+"_spool_free_bytes", "Free space on the spool's filesystem.", nil, nil),
+		deviceSpool: prometheus.NewDesc(namespace+"_device_spool_bytes", "Bytes of the device's messages in the spool, queued and dead (its share is max_queued_bytes).",
+			[]string{"device"}, nil),
 		quota: prometheus.NewDesc(namespace+"_mailbox_recipients_day", "Recipients the mailbox sent to in the last 24 hours, as its quota counts them.",
 			[]string{"tenant", "mailbox"}, nil),
 		startTime: time.Now(),

@@ -14,6 +14,7 @@ import (
 type stateCollector struct {
 	m                                                          *Metrics
 	queue, oldest, upstream, lastSeen, lastMsg, blocked, quota *prometheus.Desc
+	spoolBytes, spoolFree, deviceSpool                         *prometheus.Desc
 	startTime                                                  time.Time
 
 	mu  sync.Mutex
@@ -28,6 +29,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lastMsg
 	ch <- c.blocked
 	ch <- c.quota
+	ch <- c.spoolBytes
+	ch <- c.spoolFree
+	ch <- c.deviceSpool
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -75,6 +79,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, float64(blocked))
 	c.devices(ch, c.lastSeen, src.DeviceLastSeen, inv)
 	c.devices(ch, c.lastMsg, src.DeviceLastMessage, inv)
+	if src.Spool != nil {
+		st := src.Spool()
+		ch <- prometheus.MustNewConstMetric(c.spoolBytes, prometheus.GaugeValue, float64(st.Bytes))
+		if st.Free >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.spoolFree, prometheus.GaugeValue, float64(st.Free))
+		}
+		for _, d := range inv.Devices {
+			ch <- prometheus.MustNewConstMetric(c.deviceSpool, prometheus.GaugeValue, float64(st.Devices[d.Name]), d.Name)
+		}
+	}
 	if src.MailboxRecipients != nil {
 		for mb, n := range src.MailboxRecipients() {
 			ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(n), mb.Tenant, mb.Address)

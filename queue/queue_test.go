@@ -16,6 +16,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
+	"github.com/smtpbridge/smtpbridge/spool"
 )
 
 // Hybrid mode: Exchange's acceptance reaches the device, and the spool is
@@ -521,4 +522,62 @@ func TestEntraOutage(t *testing.T) {
 		t.Errorf("%d error-level log lines for a transient outage", errs)
 	}
 	t.Logf("%d messages, %d token requests", n, requests)
+}
+
+// A device whose queued mail fills its share of the spool gets 452 4.3.1
+// while another device's message is still taken; what was acknowledged
+// is delivered once, and the share frees as it goes.
+func TestDeviceSpoolQuota(t *testing.T) {
+	w := newWorld(t)
+	w.proxy.set("down")
+	s := w.start(stackOptions{mode: message.ModeQueue})
+	s.sp.SetQuota(spool.Quota{DeviceMaxBytes: func(device string) int64 {
+		if device == "mfp" {
+			return 2000
+		}
+		return 0
+	}})
+	var accepted []string
+	refused := ""
+	for i := 0; i < 50 && refused == ""; i++ {
+		subject := fmt.Sprintf("hog-%d", i)
+		switch code, text := s.send("mfp", "x@contoso.example", subject, "bob@contoso.example"); code {
+		case 250:
+			accepted = append(accepted, subject)
+		case 452:
+			refused = text
+		default:
+			t.Fatalf("message %d: %d %s", i, code, text)
+		}
+	}
+	if !strings.HasPrefix(refused, "4.3.1 This device's queued mail fills its share") || len(accepted) == 0 {
+		t.Fatalf("after %d messages accepted: %q, want 452 4.3.1 for the device's share", len(accepted), refused)
+	}
+	if code, text := s.send("erp", "erp@contoso.example", "other-device", "bob@contoso.example"); code != 250 {
+		t.Fatalf("another device, meanwhile: %d %s", code, text)
+	}
+	if u := s.sp.Usage(); u.Devices["mfp"] > 2000 || u.Devices["mfp"] == 0 {
+		t.Errorf("the device's usage is %d bytes, its share 2000", u.Devices["mfp"])
+	}
+	if strings.Count(s.logs.String(), `"level":"error"`) != 0 {
+		t.Errorf("a device over its share was logged as an error:\n%s", testenv.Grep(s.logs.String(), `"level":"error"`))
+	}
+
+	w.proxy.set("up")
+	if _, err := s.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "delivery", 10*time.Second, func() bool { return len(s.queued()) == 0 })
+	got := w.subjects()
+	for _, subject := range append(accepted, "other-device") {
+		if got[subject] != 1 {
+			t.Errorf("%s was delivered %d times, want once", subject, got[subject])
+		}
+	}
+	if u := s.sp.Usage(); u.Bytes != 0 || len(u.Devices) != 0 {
+		t.Errorf("the spool still counts %d bytes (%v) once empty", u.Bytes, u.Devices)
+	}
+	if code, text := s.send("mfp", "x@contoso.example", "after", "bob@contoso.example"); code != 250 {
+		t.Errorf("the device once its mail left: %d %s", code, text)
+	}
 }

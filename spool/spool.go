@@ -71,6 +71,7 @@ func (m Meta) Since() time.Time {
 // use on different message IDs.
 type Spool struct {
 	dir string
+	use usage
 }
 
 const (
@@ -93,6 +94,12 @@ func Open(dir string) (*Spool, error) {
 	}
 	if err := s.recover(); err != nil {
 		return nil, err
+	}
+	for _, dir := range []string{queueDir, deadDir} {
+		metas, _ := s.list(dir) // unreadable ones are reported by whoever lists them
+		for _, m := range metas {
+			s.use.countMeta(m)
+		}
 	}
 	return s, nil
 }
@@ -182,11 +189,12 @@ func (s *Spool) metaPath(dir, id string) string { return filepath.Join(s.dir, di
 // queue until Commit returns nil; Abort (or a failed Commit) leaves no
 // trace.
 type Writer struct {
-	s    *Spool
-	meta Meta
-	f    *os.File
-	n    int64
-	done bool
+	s         *Spool
+	meta      Meta
+	f         *os.File
+	n         int64
+	nextCheck int64 // when to ask the filesystem for its free space again
+	done      bool
 }
 
 // Create starts a message with the given metadata; meta.ID is set if empty.
@@ -197,20 +205,50 @@ func (s *Spool) Create(meta Meta) (*Writer, error) {
 	if !validID(meta.ID) {
 		return nil, fmt.Errorf("spool: invalid message ID %q", meta.ID)
 	}
+	if err := s.checkFree(0); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), meta.ID+"-*.eml")
 	if err != nil {
 		return nil, fmt.Errorf("spool: create message file: %w", err)
 	}
-	return &Writer{s: s, meta: meta, f: f}, nil
+	return &Writer{s: s, meta: meta, f: f, nextCheck: freeCheckEvery}, nil
+}
+
+// checkFree refuses a write of n bytes that would leave less free space
+// than the quota keeps.
+func (s *Spool) checkFree(n int64) error {
+	min := s.use.minFree()
+	if min <= 0 {
+		return nil
+	}
+	if free, err := freeBytes(s.dir); err == nil && free-n < min {
+		return ErrFull
+	}
+	return nil
 }
 
 // ID is the message's ID.
 func (w *Writer) ID() string { return w.meta.ID }
 
-// Write implements io.Writer.
+// Write implements io.Writer. It fails with ErrFull or ErrDeviceQuota
+// rather than pass the spool's quota.
 func (w *Writer) Write(p []byte) (int, error) {
+	if err := w.s.use.add(w.meta.Device, w.meta.DSNFor == "", int64(len(p)), true); err != nil {
+		return 0, err
+	}
+	if w.n+int64(len(p)) >= w.nextCheck {
+		w.nextCheck += freeCheckEvery
+		if err := w.s.checkFree(int64(len(p))); err != nil {
+			w.s.use.add(w.meta.Device, w.meta.DSNFor == "", -int64(len(p)), false)
+			return 0, err
+		}
+	}
 	n, err := w.f.Write(p)
 	w.n += int64(n)
+	if short := int64(len(p) - n); short > 0 {
+		w.s.use.add(w.meta.Device, w.meta.DSNFor == "", -short, false)
+	}
 	if err != nil {
 		return n, fmt.Errorf("spool: write message: %w", err)
 	}
@@ -235,6 +273,7 @@ func (w *Writer) Commit() (Meta, error) {
 		w.f.Close()
 		os.Remove(w.f.Name())
 		os.Remove(w.s.dataPath(queueDir, m.ID))
+		w.s.use.add(m.Device, m.DSNFor == "", -w.n, false)
 		return Meta{}, err
 	}
 	if err := w.f.Sync(); err != nil {
@@ -260,6 +299,7 @@ func (w *Writer) Abort() {
 	w.done = true
 	w.f.Close()
 	os.Remove(w.f.Name())
+	w.s.use.add(w.meta.Device, w.meta.DSNFor == "", -w.n, false)
 }
 
 // writeMeta writes meta atomically and durably into dir.
@@ -375,6 +415,16 @@ func (s *Spool) Remove(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
+	m, _ := s.readMeta(queueDir, id)
+	if err := s.removeQueued(id); err != nil {
+		return err
+	}
+	s.use.add(m.Device, m.DSNFor == "", -m.Size, false)
+	return nil
+}
+
+// removeQueued removes a queued message's files; its bytes still count.
+func (s *Spool) removeQueued(id string) error {
 	if err := os.Remove(s.metaPath(queueDir, id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -400,7 +450,8 @@ func (s *Spool) Bury(m Meta, reason string) error {
 	if err := s.writeMeta(deadDir, m); err != nil {
 		return err
 	}
-	return s.Remove(id)
+	// Its bytes move with it: they still count.
+	return s.removeQueued(id)
 }
 
 // DeadCount counts the dead letters without reading them.
@@ -482,6 +533,7 @@ func (s *Spool) RemoveDead(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
+	m, _ := s.readMeta(deadDir, id)
 	if err := os.Remove(s.metaPath(deadDir, id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -489,6 +541,7 @@ func (s *Spool) RemoveDead(id string) error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	os.Remove(s.dataPath(deadDir, id))
+	s.use.add(m.Device, m.DSNFor == "", -m.Size, false)
 	return syncDir(filepath.Join(s.dir, deadDir))
 }
 

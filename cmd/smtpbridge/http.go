@@ -39,9 +39,10 @@ func (d *daemon) handler() http.Handler {
 const readyCacheFor = time.Second
 
 // readyHandler says whether the bridge should get mail: listeners bound,
-// not shutting down, and the spool writable. It does not ask Entra ID or
-// Exchange: while they fail, the queue holds the mail, so a load balancer
-// should keep sending it here.
+// not shutting down, and the spool writable with room for a message of
+// max_message_bytes within its quota and free-space reserve. It does not
+// ask Entra ID or Exchange: while they fail, the queue holds the mail, so
+// a load balancer should keep sending it here.
 func (d *daemon) readyHandler() http.Handler {
 	var (
 		mu      sync.Mutex
@@ -54,6 +55,9 @@ func (d *daemon) readyHandler() http.Handler {
 			last = d.srv.Ready()
 			if last == nil {
 				last = d.sp.CheckWritable()
+			}
+			if last == nil {
+				last = d.sp.CanTake(d.srv.Settings().Limits.MaxMessageBytes)
 			}
 			checked = time.Now()
 		}

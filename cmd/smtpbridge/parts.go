@@ -10,6 +10,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
@@ -118,6 +119,21 @@ func bounceTo(cfg *config.Config) func(string) string {
 		}
 		return global // a device since removed from the config
 	}
+}
+
+func spoolQuota(cfg *config.Config) spool.Quota {
+	byDevice := map[string]int64{}
+	for _, d := range cfg.Devices {
+		byDevice[d.Name] = d.Parsed.MaxQueuedBytes
+	}
+	global := cfg.Limits.MaxQueuedBytesPerDevice
+	return spool.Quota{MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.MinFreeBytes,
+		DeviceMaxBytes: func(device string) int64 {
+			if n, ok := byDevice[device]; ok {
+				return n
+			}
+			return global // a device since removed from the config
+		}}
 }
 
 func guardSettings(cfg *config.Config) guard.Settings {

@@ -83,7 +83,7 @@ func (d *daemon) apply() reloadResult {
 	}
 	// Keep what needs a restart as it runs, so that the next reload
 	// compares against it again.
-	cfg.Hostname, cfg.Spool, cfg.HTTP, cfg.Log.Format = d.cfg.Hostname, d.cfg.Spool, d.cfg.HTTP, d.cfg.Log.Format
+	cfg.Hostname, cfg.Spool.Dir, cfg.HTTP, cfg.Log.Format = d.cfg.Hostname, d.cfg.Spool.Dir, d.cfg.HTTP, d.cfg.Log.Format
 	cfg.Listeners = runningListeners(d.cfg.Listeners, cfg.Listeners)
 
 	// Everything that can fail first, and nothing changed until it has
@@ -105,6 +105,7 @@ func (d *daemon) apply() reloadResult {
 		return reloadResult{Problems: []string{err.Error()}}
 	}
 	d.q.Reconfigure(qs)
+	d.sp.SetQuota(spoolQuota(cfg))
 	d.guard.Reconfigure(guardSettings(cfg))
 	d.limiter.SetLimits(mailboxLimits(cfg))
 	d.exo.SetRoutes(d.ms.routes(cfg))

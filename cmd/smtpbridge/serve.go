@@ -118,6 +118,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if d.sp, err = spool.Open(cfg.Spool.Dir); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
+	d.sp.SetQuota(spoolQuota(cfg))
 
 	if cfg.Sandbox.Dir != "" {
 		ts, mbs := sandboxSetup(cfg)
@@ -185,6 +186,10 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		DeviceLastSeen:      d.board.LastSeen,
 		DeviceLastMessage:   d.board.LastMessage,
 		BlockedAddresses:    func() int { return len(d.guard.Blocks()) },
+		Spool: func() metrics.SpoolStats {
+			u := d.sp.Usage()
+			return metrics.SpoolStats{Bytes: u.Bytes, Free: u.Free, Devices: u.Devices}
+		},
 		MailboxRecipients: func() map[metrics.Mailbox]int {
 			out := map[metrics.Mailbox]int{}
 			for mb, n := range d.limiter.Recipients() {
