@@ -272,6 +272,9 @@ type Log struct {
 // HTTP is the listener for metrics and health checks.
 type HTTP struct {
 	Address string `yaml:"address"`
+	// AllowedHosts are names the admin API accepts in a request's Host
+	// besides loopback addresses and localhost.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Sandbox, when Dir is set, replaces Entra ID and Exchange Online with

@@ -96,6 +96,40 @@ func LoadWithEnv(path string, lookup func(string) (string, bool)) (*Config, erro
 	return cfg, nil
 }
 
+// LoadAdmin reads what the command line needs to reach a running bridge
+// or its spool (http, spool): problems elsewhere in the file, ${VAR}s
+// unset in the admin's shell among them, do not stop it.
+func LoadAdmin(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	lookup := func(name string) (string, bool) {
+		if v, ok := os.LookupEnv(name); ok {
+			return v, true
+		}
+		return "unset", true
+	}
+	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, fromEnv: map[string]bool{}}
+	cfg := l.parse(data)
+	if cfg == nil {
+		return nil, &Error{File: path, Problems: l.problems}
+	}
+	cfg.Path = path
+	cfg.applyDefaults()
+	l.validate(cfg)
+	var errs []Problem
+	for _, p := range l.problems {
+		if !p.Warning && (p.Key == "" || strings.HasPrefix(p.Key, "http.") || strings.HasPrefix(p.Key, "spool.")) {
+			errs = append(errs, p)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, &Error{File: path, Problems: errs}
+	}
+	return cfg, nil
+}
+
 type loader struct {
 	file     string
 	dir      string

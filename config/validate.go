@@ -483,7 +483,15 @@ func (l *loader) validateGlobals(c *Config) {
 	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil || port == "" {
 		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)
 	}
+	for i, h := range c.HTTP.AllowedHosts {
+		if !hostnameRE.MatchString(h) {
+			l.errorf(fmt.Sprintf("http.allowed_hosts[%d]", i), "%q is not a host name (no port, scheme or wildcard), e.g. smtpbridge.internal", h)
+		}
+	}
 }
+
+// hostnameRE matches a DNS host name.
+var hostnameRE = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
 
 func (l *loader) checkName(key, name string, seen map[string]bool) {
 	switch {

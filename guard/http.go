@@ -1,21 +1,17 @@
 package guard
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 )
 
-// Handler serves the blocks as part of the admin API, to loopback clients
-// only:
+// Handler serves the blocks as part of the admin API (the caller wraps it
+// in adminapi.Protect):
 //
 //	GET    /api/blocks         the addresses blocked now
 //	DELETE /api/blocks/{addr}  lift a block
@@ -40,44 +36,27 @@ func Handler(g *Guard) http.Handler {
 		}
 		adminapi.WriteJSON(w, http.StatusOK, map[string]string{"unblocked": a.String()})
 	})
-	return adminapi.LoopbackOnly(mux, "the admin API answers loopback clients only; run smtpbridge blocks on the bridge's host")
+	return mux
 }
 
 // Client talks to a running bridge's blocks API.
 type Client struct {
-	BaseURL string // e.g. http://127.0.0.1:9464
+	adminapi.Client
 }
 
 // ErrNotBlocked is returned by Unblock for an address not blocked.
 var ErrNotBlocked = errors.New("not blocked")
 
 func (c *Client) do(method, path string, out any) error {
-	req, err := http.NewRequest(method, strings.TrimRight(c.BaseURL, "/")+path, nil)
-	if err != nil {
-		return err
+	err := c.Do(method, path, out)
+	var se *adminapi.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound && strings.Contains(se.Message, "not blocked") {
+		return fmt.Errorf("%w: %s", ErrNotBlocked, se.Message)
 	}
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("no smtpbridge answers at %s (blocks live in the running bridge; is it running, and is http.address right?)", c.BaseURL)
-		}
-		return fmt.Errorf("admin API: %w", err)
+	if errors.Is(err, adminapi.ErrUnreachable) {
+		return fmt.Errorf("no smtpbridge answers at %s (blocks live in the running bridge; is it running, and is http.address right?)", c.BaseURL)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.Unmarshal(body, &e)
-		if resp.StatusCode == http.StatusNotFound && strings.Contains(e.Error, "not blocked") {
-			return fmt.Errorf("%w: %s", ErrNotBlocked, e.Error)
-		}
-		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("admin API: bad answer: %w", err)
-	}
-	return nil
+	return err
 }
 
 // Blocks lists the blocks in force.

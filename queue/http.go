@@ -1,14 +1,10 @@
 package queue
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 )
@@ -25,9 +21,8 @@ import (
 //	GET    /api/dead              dead letters
 //	POST   /api/dead/{id}/requeue move a dead letter back into the queue
 //
-// It answers loopback clients only, whatever address the listener is
-// bound to: the queue holds envelope addresses, and its actions change
-// what gets delivered.
+// The caller wraps it in adminapi.Protect: the queue holds envelope
+// addresses, and its actions change what gets delivered.
 func Handler(m Manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/ping", func(w http.ResponseWriter, r *http.Request) {
@@ -58,7 +53,7 @@ func Handler(m Manager) http.Handler {
 	mux.HandleFunc("POST /api/dead/{id}/requeue", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]any{"requeued": 1}, m.Requeue(r.PathValue("id")))
 	})
-	return adminapi.LoopbackOnly(mux, "the admin API answers loopback clients only; run smtpbridge queue on the bridge's host")
+	return mux
 }
 
 type apiError struct {
@@ -80,55 +75,28 @@ func reply(w http.ResponseWriter, v any, err error) {
 
 // Client is a Manager that talks to a running bridge's admin API.
 type Client struct {
-	BaseURL string // e.g. http://127.0.0.1:9464
-	HTTP    *http.Client
+	adminapi.Client
 }
 
 // ErrUnreachable is returned when no bridge answers at the address.
-var ErrUnreachable = errors.New("no smtpbridge answers there")
+var ErrUnreachable = adminapi.ErrUnreachable
 
 var _ Manager = (*Client)(nil)
 
 func (c *Client) do(method, path string, out any) error {
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
-	}
-	req, err := http.NewRequest(method, strings.TrimRight(c.BaseURL, "/")+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("%s: %w", c.BaseURL, ErrUnreachable)
-		}
-		return fmt.Errorf("admin API: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("admin API: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e apiError
-		json.Unmarshal(body, &e)
-		switch resp.StatusCode {
+	err := c.Do(method, path, out)
+	var se *adminapi.StatusError
+	if errors.As(err, &se) {
+		switch se.Code {
 		case http.StatusNotFound:
-			if e.Error == "" {
-				return fmt.Errorf("admin API at %s: %s not found (is this an smtpbridge?)", c.BaseURL, path)
+			if !strings.HasSuffix(se.Message, "(is this an smtpbridge?)") {
+				return fmt.Errorf("%w (%s)", ErrNotFound, se.Message)
 			}
-			return fmt.Errorf("%w (%s)", ErrNotFound, e.Error)
 		case http.StatusConflict:
 			return ErrBusy
 		}
-		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
 	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("admin API: bad answer: %w", err)
-	}
-	return nil
+	return err
 }
 
 type itemsReply struct {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,11 +32,12 @@ func dialFrom(t *testing.T, src, addr string) (*testenv.Dialog, string) {
 func plainResp(user, pass string) string { return "\x00" + user + "\x00" + pass }
 
 type abuseBridge struct {
-	u     *fakes
-	p     *bridgeProc
-	plain string // password listener
-	panel string // listener for devices without AUTH
-	http  string
+	u      *fakes
+	p      *bridgeProc
+	plain  string // password listener
+	panel  string // listener for devices without AUTH
+	http   string
+	config string // the config file's path
 }
 
 func startAbuseBridge(t *testing.T) *abuseBridge {
@@ -93,6 +95,7 @@ http:
 `, b.plain, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
 	path := filepath.Join(u.dir, "abuse.yaml")
 	writeFile(t, path, cfg)
+	b.config = path
 	b.p = startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
 		[]string{b.plain, b.panel, b.http}, "serve", "--config", path)
 	return b
@@ -447,7 +450,7 @@ func TestAbuse(t *testing.T) {
 				t.Logf("50 attempts: %d AUTHs answered, %d connections refused at the greeting, in %s", tries, refusedAtGreeting, time.Since(start).Round(time.Millisecond))
 				b.stillServes(t, "password guessing")
 
-				out, err := runCmd(t, "", binary, "blocks", "--admin", "http://"+b.http)
+				out, err := runCmd(t, "", binary, "blocks", "--config", b.config)
 				if err != nil || !strings.Contains(out, attacker) || !strings.Contains(out, "1 address(es) blocked") {
 					t.Errorf("smtpbridge blocks: %v\n%s", err, out)
 				}
@@ -460,7 +463,7 @@ func TestAbuse(t *testing.T) {
 				if _, page := httpGet(t, "http://"+b.http+"/"); !strings.Contains(page, attacker) {
 					t.Error("the status page does not list the blocked address")
 				}
-				if out, err := runCmd(t, "", binary, "blocks", "unblock", attacker, "--admin", "http://"+b.http); err != nil || !strings.Contains(out, "unblocked") {
+				if out, err := runCmd(t, "", binary, "blocks", "unblock", attacker, "--admin", "http://"+b.http, "--token-file", filepath.Join(b.u.dir, "spool", "admin.token")); err != nil || !strings.Contains(out, "unblocked") {
 					t.Errorf("blocks unblock: %v\n%s", err, out)
 				}
 				cv, greeting := dialFrom(t, attacker, b.plain)
@@ -468,6 +471,66 @@ func TestAbuse(t *testing.T) {
 					t.Fatalf("after unblock: %q", greeting)
 				}
 				cv.Login("mfp-2f", password)
+			})
+
+			t.Run("admin API without the owner's credential", func(t *testing.T) {
+				tokenFile := filepath.Join(b.u.dir, "spool", "admin.token")
+				if fi, err := os.Stat(tokenFile); err != nil || fi.Mode().Perm() != 0o600 {
+					t.Fatalf("the admin token file: %v %v", fi, err)
+				}
+				tok := strings.TrimSpace(testenv.ReadFile(t, tokenFile))
+				call := func(method, path string, hdr map[string]string) (int, string) {
+					req, _ := http.NewRequest(method, "http://"+b.http+path, nil)
+					for k, v := range hdr {
+						if k == "Host" {
+							req.Host = v
+						} else {
+							req.Header.Set(k, v)
+						}
+					}
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer resp.Body.Close()
+					body, _ := io.ReadAll(resp.Body)
+					return resp.StatusCode, string(body)
+				}
+				bearer := "Bearer " + tok
+				for _, c := range []struct {
+					what, method, path string
+					hdr                map[string]string
+					want               int
+				}{
+					{"no credential", "GET", "/api/queue", nil, 401},
+					{"no credential, reload", "POST", "/-/reload", nil, 401},
+					{"a guessed credential", "POST", "/api/queue/retry", map[string]string{"Authorization": "Bearer " + strings.Repeat("a", 64)}, 401},
+					{"a cross-site page, with the credential", "POST", "/-/reload", map[string]string{"Authorization": bearer, "Origin": "http://evil.example"}, 403},
+					{"a cross-site fetch, with the credential", "POST", "/api/queue/retry", map[string]string{"Authorization": bearer, "Sec-Fetch-Site": "cross-site"}, 403},
+					{"DNS rebinding, with the credential", "GET", "/api/queue", map[string]string{"Authorization": bearer, "Host": "rebind.example:" + strings.Split(b.http, ":")[1]}, 403},
+					{"DNS rebinding, blocks", "DELETE", "/api/blocks/127.0.0.14", map[string]string{"Authorization": bearer, "Host": "rebind.example"}, 403},
+					{"the owner", "GET", "/api/queue", map[string]string{"Authorization": bearer}, 200},
+				} {
+					code, body := call(c.method, c.path, c.hdr)
+					if code != c.want {
+						t.Errorf("%s: %s %s = %d %s, want %d", c.what, c.method, c.path, code, body, c.want)
+					}
+					if c.want != 200 && strings.Contains(body, "messages") {
+						t.Errorf("%s: the answer shows the queue: %s", c.what, body)
+					}
+				}
+				// The command line, as the bridge's owner.
+				if out, err := runCmd(t, "", binary, "queue", "list", "--config", b.config); err != nil || !strings.Contains(out, "bridge at http://") {
+					t.Errorf("smtpbridge queue list: %v\n%s", err, out)
+				}
+				if out, err := runCmd(t, "", binary, "reload", "--config", b.config); err != nil || !strings.Contains(out, "configuration reloaded") {
+					t.Errorf("smtpbridge reload: %v\n%s", err, out)
+				}
+				// Without the token: refused, and told why.
+				out, err := runCmd(t, "", binary, "queue", "list", "--admin", "http://"+b.http)
+				if err == nil || !strings.Contains(out, "refused the request") || !strings.Contains(out, "--token-file") {
+					t.Errorf("smtpbridge queue list without the token: %v\n%s", err, out)
+				}
 			})
 
 			t.Run("hourly limit of a device", func(t *testing.T) {

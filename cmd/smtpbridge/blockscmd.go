@@ -14,7 +14,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/guard"
 )
 
-const blocksUsage = `Usage: smtpbridge blocks [list|unblock ADDR] [--config FILE | --admin URL] [--json]
+const blocksUsage = `Usage: smtpbridge blocks [list|unblock ADDR] [--config FILE | --admin URL --token-file FILE] [--json]
 
 Addresses blocked after too many failed device logins (security.auth_*),
 in the running bridge:
@@ -31,8 +31,7 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 		sub, args = args[0], args[1:]
 	}
 	fs := flag.NewFlagSet("blocks "+sub, flag.ContinueOnError)
-	path := configFlag(fs)
-	admin := fs.String("admin", "", "the running bridge's admin API, e.g. http://127.0.0.1:9464")
+	af := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() { fmt.Fprint(stderr, blocksUsage); fs.PrintDefaults() }
 	pos, err := parseInterspersed(fs, args, stderr)
@@ -47,18 +46,12 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 	case sub == "unblock" && len(pos) != 1:
 		return usageError{"blocks unblock: give one IP address"}
 	}
-	url := *admin
-	if url == "" {
-		if *path == "" {
-			return usageError{"blocks: pass --config FILE (or set SMTPBRIDGE_CONFIG) or --admin URL"}
-		}
-		cfg, err := loadConfig(*path, stderr)
-		if err != nil {
-			return err
-		}
-		url = "http://" + loopbackAddr(cfg.HTTP.Address)
+	t, err := af.resolve("blocks")
+	if err != nil {
+		return err
 	}
-	c := &guard.Client{BaseURL: url}
+	c := &guard.Client{Client: t.client}
+	url := c.BaseURL
 	if sub == "unblock" {
 		a, err := netip.ParseAddr(pos[0])
 		if err != nil {
@@ -68,14 +61,14 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 			if errors.Is(err, guard.ErrNotBlocked) {
 				return fmt.Errorf("%s is not blocked (bridge at %s)", a, url)
 			}
-			return err
+			return t.explain(err)
 		}
 		fmt.Fprintf(stdout, "unblocked %s (bridge at %s)\n", a, url)
 		return nil
 	}
 	blocks, err := c.Blocks()
 	if err != nil {
-		return err
+		return t.explain(err)
 	}
 	if *asJSON {
 		if blocks == nil {

@@ -5,9 +5,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -38,9 +40,17 @@ func httpGet(t *testing.T, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func post(t *testing.T, u string) (int, string) {
+// postAdmin POSTs to the admin API with the token of the bridge whose
+// spool.dir is spoolDir, as the command line does.
+func postAdmin(t *testing.T, u, spoolDir string) (int, string) {
 	t.Helper()
-	resp, err := http.Post(u, "application/json", nil)
+	tok, err := adminapi.ReadToken(filepath.Join(spoolDir, adminapi.TokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", u, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

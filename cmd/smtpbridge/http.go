@@ -17,8 +17,8 @@ import (
 //	GET  /metrics   Prometheus metrics
 //	GET  /healthz   the process answers
 //	GET  /readyz    listeners bound and the spool writable
-//	POST /-/reload  reload the config (loopback clients only)
-//	     /api/...   the admin API: queue, blocks (loopback clients only)
+//	POST /-/reload  reload the config  } the admin API: loopback clients
+//	     /api/...   queue, blocks      } with the admin token only
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.q, d.guard.Blocks))
@@ -27,10 +27,14 @@ func (d *daemon) handler() http.Handler {
 		text(w, http.StatusOK, "ok\n")
 	})
 	mux.Handle("GET /readyz", d.readyHandler())
-	mux.Handle("POST /-/reload", adminapi.LoopbackOnly(d.reloadHandler(), "reload answers loopback clients only; send SIGHUP or POST from the bridge's host"))
-	mux.Handle("/api/blocks", guard.Handler(d.guard))
-	mux.Handle("/api/blocks/", guard.Handler(d.guard))
-	mux.Handle("/api/", queue.Handler(d.q))
+	admin := http.NewServeMux()
+	admin.Handle("POST /-/reload", d.reloadHandler())
+	admin.Handle("/api/blocks", guard.Handler(d.guard))
+	admin.Handle("/api/blocks/", guard.Handler(d.guard))
+	admin.Handle("/api/", queue.Handler(d.q))
+	protected := adminapi.Protect(admin, d.admin)
+	mux.Handle("/-/reload", protected)
+	mux.Handle("/api/", protected)
 	return mux
 }
 

@@ -12,6 +12,7 @@
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
 //	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
 //	smtpbridge blocks [list|unblock ADDR] [--config FILE] [--json]
+//	smtpbridge reload [--config FILE] [--json]
 //	smtpbridge version
 //
 // SMTPBRIDGE_CONFIG may name the config file instead of --config. This
@@ -70,6 +71,7 @@ Usage:
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
+  smtpbridge reload [--config FILE]                reload the running bridge's config
   smtpbridge version                               print the version
 
 SMTPBRIDGE_CONFIG may name the config file instead of --config.
@@ -97,6 +99,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdQueue(rest, stdout, stderr)
 	case "blocks":
 		err = cmdBlocks(rest, stdout, stderr)
+	case "reload":
+		err = cmdReload(rest, stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(rest, stdout, stderr)
 	case "send-test":

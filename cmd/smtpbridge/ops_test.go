@@ -345,7 +345,7 @@ func TestOperations(t *testing.T) {
 	t.Run("failed reload keeps the config", func(t *testing.T) {
 		good := testenv.ReadFile(t, path)
 		writeFile(t, path, strings.Replace(good, "    tenant: fabrikam\n", "    tenant: nosuchtenant\n", 1))
-		code, body := post(t, base+"/-/reload")
+		code, body := postAdmin(t, base+"/-/reload", filepath.Join(u.dir, "spool"))
 		if code != 422 || !strings.Contains(body, `unknown tenant \"nosuchtenant\"`) {
 			t.Errorf("POST /-/reload with a bad config = %d %s", code, body)
 		}
@@ -361,7 +361,7 @@ func TestOperations(t *testing.T) {
 			t.Errorf("sending after a failed reload: %v", err)
 		}
 		writeFile(t, path, good)
-		if code, body := post(t, base+"/-/reload"); code != 200 || !strings.Contains(body, `"ok": true`) {
+		if code, body := postAdmin(t, base+"/-/reload", filepath.Join(u.dir, "spool")); code != 200 || !strings.Contains(body, `"ok": true`) {
 			t.Errorf("POST /-/reload with the good config = %d %s", code, body)
 		}
 		_, m = httpGet(t, base+"/metrics")

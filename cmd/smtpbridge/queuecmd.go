@@ -27,7 +27,9 @@ Commands:
 
 Where: the running bridge's admin API at http.address (from --config), or,
 when no bridge answers there, the stopped bridge's spool.dir directly.
---admin URL and --spool DIR choose one explicitly.
+--admin URL and --spool DIR choose one explicitly. The admin API needs the
+bridge's admin token: admin.token in spool.dir (from --config), readable by
+the bridge's user, or --token-file FILE.
 
 Flags:
 `
@@ -42,9 +44,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
-	path := configFlag(fs)
+	af := addAdminFlags(fs)
 	spoolDir := fs.String("spool", "", "work on the stopped bridge's spool `DIR` directly")
-	admin := fs.String("admin", "", "the running bridge's admin API, e.g. http://127.0.0.1:9464")
 	asJSON := fs.Bool("json", false, "print JSON")
 	all := fs.Bool("all", false, "retry: every queued message")
 	fs.Usage = func() { fmt.Fprint(stderr, queueUsage); fs.PrintDefaults() }
@@ -65,7 +66,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("queue %s: unexpected argument %q", sub, pos[0])}
 	}
 
-	m, where, closeFn, err := queueManager(*path, *spoolDir, *admin, stderr)
+	m, where, closeFn, err := queueManager(af, *spoolDir)
 	if err != nil {
 		return err
 	}
@@ -151,28 +152,27 @@ func parseInterspersed(fs *flag.FlagSet, args []string, stderr io.Writer) ([]str
 }
 
 // queueManager picks what the queue command works on, and says which in
-// its second result.
-func queueManager(path, spoolDir, admin string, stderr io.Writer) (queue.Manager, string, func(), error) {
+// its second result: the running bridge's admin API, or, when none
+// answers, the stopped bridge's spool.
+func queueManager(af adminFlags, spoolDir string) (queue.Manager, string, func(), error) {
 	nop := func() {}
-	if admin != "" {
-		return &queue.Client{BaseURL: admin}, "bridge at " + admin, nop, nil
+	if spoolDir != "" {
+		return openOffline(spoolDir, "use --config or --admin to reach the running bridge")
 	}
-	if spoolDir == "" {
-		if path == "" {
-			return nil, "", nop, usageError{"queue: pass --config FILE (or set SMTPBRIDGE_CONFIG), --admin URL or --spool DIR"}
-		}
-		cfg, err := loadConfig(path, stderr)
-		if err != nil {
-			return nil, "", nop, err
-		}
-		url := "http://" + loopbackAddr(cfg.HTTP.Address)
-		c := &queue.Client{BaseURL: url}
-		if err := c.Ping(); !errors.Is(err, queue.ErrUnreachable) {
-			return c, "bridge at " + url, nop, err
-		}
-		return openOffline(cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer; check http.address", url))
+	t, err := af.resolve("queue")
+	if err != nil {
+		return nil, "", nop, err
 	}
-	return openOffline(spoolDir, "use --config or --admin to reach the running bridge")
+	c := &queue.Client{Client: t.client}
+	where := "bridge at " + c.BaseURL
+	err = c.Ping()
+	switch {
+	case err == nil:
+		return c, where, nop, nil
+	case errors.Is(err, queue.ErrUnreachable) && *af.admin == "":
+		return openOffline(t.cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer; check http.address", c.BaseURL))
+	}
+	return nil, "", nop, t.explain(err)
 }
 
 // openOffline opens a stopped bridge's spool; whenLocked says what to do

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -120,7 +121,7 @@ devices:
 	testenv.Eventually(t, "load after the reload", 20*time.Second, func() bool { return sent() >= before+20 })
 
 	writeFile(t, path, bad)
-	if code, body := post(t, base+"/-/reload"); code != 422 || !strings.Contains(body, "nosuchtenant") {
+	if code, body := postAdmin(t, base+"/-/reload", filepath.Join(u.dir, "spool")); code != 422 || !strings.Contains(body, "nosuchtenant") {
 		t.Errorf("bad config: POST /-/reload = %d %s", code, body)
 	}
 	before = sent()
@@ -128,7 +129,7 @@ devices:
 
 	writeFile(t, path, v2)
 	for i := 0; i < 3; i++ {
-		if code, body := post(t, base+"/-/reload"); code != 200 {
+		if code, body := postAdmin(t, base+"/-/reload", filepath.Join(u.dir, "spool")); code != 200 {
 			t.Errorf("POST /-/reload = %d %s", code, body)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/metrics"
@@ -91,6 +92,7 @@ type daemon struct {
 	audit   *audit.Logger
 	sp      *spool.Spool
 	httpLn  net.Listener
+	admin   adminapi.Policy // who may call the admin API
 
 	mu  sync.Mutex // one reload at a time
 	cfg *config.Config
@@ -119,6 +121,11 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	d.sp.SetQuota(spoolQuota(cfg))
+	token, err := adminapi.LoadOrCreateToken(cfg.Spool.Dir)
+	if err != nil {
+		return fmt.Errorf("spool.dir: %w", err)
+	}
+	d.admin = adminapi.Policy{Token: token, AllowedHosts: cfg.HTTP.AllowedHosts}
 
 	if cfg.Sandbox.Dir != "" {
 		ts, mbs := sandboxSetup(cfg)

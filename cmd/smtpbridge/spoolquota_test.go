@@ -161,7 +161,15 @@ func TestSpoolQuota(t *testing.T) {
 	if out, err := cli.CombinedOutput(); err != nil {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)
 	}
-	testenv.Eventually(t, "the held messages", 10*time.Second, func() bool { return delivered(u.exo)[hogAcked[len(hogAcked)-1]] == 1 })
+	testenv.Eventually(t, "the held messages", 10*time.Second, func() bool {
+		got := delivered(u.exo)
+		for _, s := range hogAcked {
+			if got[s] == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	got := delivered(u.exo)
 	for _, s := range append(hogAcked, mfpAcked...) {
 		if got[s] != 1 {
