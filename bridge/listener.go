@@ -125,7 +125,7 @@ func (e *endpoint) serve(log func(error)) {
 			}
 			if reply, reason := e.admit(g, tc); reply != nil {
 				e.srv.observer.ConnectionRefused(e.name, reason)
-				go refuse(g, tc, reply)
+				e.srv.refuse(g, tc, reply)
 				break
 			}
 			if d := g.limits.SessionTimeout; d > 0 {
@@ -144,8 +144,15 @@ func (e *endpoint) serve(log func(error)) {
 	}
 }
 
-// refuseTimeout bounds the refusal of a connection at the greeting.
-const refuseTimeout = 10 * time.Second
+// Refusals at the greeting are bounded, so that a flood of connections
+// refused for a block or a connection limit costs the bridge next to
+// nothing: at most maxRefusing are being answered at once, each for at
+// most refuseTimeout; beyond that a refused connection is closed at once,
+// without a reply.
+const (
+	maxRefusing   = 32
+	refuseTimeout = 2 * time.Second
+)
 
 // admit checks a new connection against the listener's allowed_networks
 // and the guard. It returns the greeting to refuse it with and why, or
@@ -168,21 +175,29 @@ func (e *endpoint) admit(g *generation, tc *trackedConn) (reply *smtp.SMTPError,
 	return replyLimit, refused
 }
 
-// refuse sends a client its refusal as the greeting (RFC 5321 section
-// 3.1: a 554 greeting means no service) and closes the connection. On an
-// implicit-TLS listener the handshake comes first, so that the client can
-// read it.
-func refuse(g *generation, c net.Conn, reply *smtp.SMTPError) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(refuseTimeout))
+// refuse closes a refused connection. On a plaintext listener the
+// client gets the refusal as its greeting first (RFC 5321 section 3.1: a
+// 554 greeting means no service), unless maxRefusing are being answered
+// already. On an implicit-TLS listener it is closed at once, with no
+// handshake: a handshake costs the bridge a goroutine and a TLS state for
+// as long as the client takes, which is what an attacker wants.
+func (s *Server) refuse(g *generation, c net.Conn, reply *smtp.SMTPError) {
 	if g.cfg.implicitTLS {
-		tc := tls.Server(c, g.cfg.tls)
-		if err := tc.Handshake(); err != nil {
-			return
-		}
-		c = tc
+		c.Close()
+		return
 	}
-	c.Write(greeting(reply))
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-s.refusing }()
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(refuseTimeout))
+		c.Write(greeting(reply))
+	}()
 }
 
 // shutdown stops accepting, lets every generation's sessions finish until

@@ -129,6 +129,7 @@ type Server struct {
 
 	mu        sync.Mutex // Listen, Reload and Shutdown, one at a time
 	endpoints []*endpoint
+	refusing  chan struct{} // refusals being answered, at most maxRefusing
 	stopping  atomic.Bool
 }
 
@@ -153,7 +154,8 @@ func NewServer(o Options) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{hostname: o.Hostname, deliverer: o.Deliverer,
-		observer: o.Observer, events: o.Events, guard: o.Guard, log: o.Log, ctx: ctx, cancel: cancel}
+		observer: o.Observer, events: o.Events, guard: o.Guard, log: o.Log, ctx: ctx, cancel: cancel,
+		refusing: make(chan struct{}, maxRefusing)}
 	st := o.Settings
 	compiled, err := compileListeners(st.Listeners)
 	if err != nil {

@@ -2,11 +2,16 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -612,3 +617,134 @@ func tail(s string, n int) string {
 }
 
 func b64(s string) string { return testenv.B64(s) }
+
+// openFds counts a process's open file descriptors.
+func openFds(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
+
+// A flood of idle connections from one address, beyond
+// max_connections_per_ip, against an implicit-TLS listener and a
+// plaintext one: refusals cost the bridge next to nothing (no TLS
+// handshake, a bounded number of greetings in flight), and another
+// device delivers meanwhile.
+func TestAbuseRefusalFlood(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts file descriptors in /proc")
+	}
+	u := startFakes(t)
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	data := testenv.ReadFile(t, path)
+	data = strings.Replace(data, "    tls: starttls\n", "    tls: implicit\n", 1)
+	// bcrypt, as in the other abuse cases: an argon2id check takes 19 MiB
+	// for a while, which would hide what the flood costs.
+	data = regexp.MustCompile(`password_hash: "[^"]*"`).ReplaceAllLiteralString(data, fmt.Sprintf("password_hash: %q", hashOf(t, password)))
+	writeFile(t, path, data+"limits:\n  max_connections_per_ip: 2\n")
+	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile},
+		[]string{plain, secure}, "serve", "--config", path)
+	pid := p.cmd.Process.Pid
+	before := openFds(t, pid)
+
+	const n = 2000
+	flood := func(src, addr string) []net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		conns := make([]net.Conn, 0, n)
+		for i := 0; i < n; i++ {
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+			conns = append(conns, c)
+		}
+		return conns
+	}
+	tlsCfg := &tls.Config{RootCAs: u.CA.Pool(), ServerName: "localhost"}
+	deliver := func(tag string) {
+		t.Helper()
+		// From an address of its own: the probes that saw the bridge
+		// listening came from 127.0.0.1, and may still count there.
+		d := testenv.DialTLSFrom(t, "127.0.0.2", secure, tlsCfg)
+		d.Login("mfp-2f", password)
+		d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+		d.Cmd("RCPT TO:<bob@contoso.example>", "250")
+		d.Data("Subject: "+tag+"\r\n\r\nscan\r\n", "250")
+		d.Cmd("QUIT", "221")
+	}
+
+	deliver("before the floods")
+	t.Logf("before the floods: RSS %d MiB, peak %d MiB", vmRSS(t, pid)>>20, peakRSS(t, pid)>>20)
+	for _, c := range []struct{ name, src, addr string }{
+		{"implicit TLS", "127.0.0.50", secure},
+		{"plaintext", "127.0.0.51", plain},
+	} {
+		start := time.Now()
+		conns := flood(c.src, c.addr)
+		took := time.Since(start)
+		deliver("during the " + c.name + " flood")
+		// The bridge's side of the refused connections is closed: the
+		// two admitted ones, and the delivery's, stay.
+		var fds int
+		testenv.Eventually(t, "refused connections closed", time.Second, func() bool {
+			fds = openFds(t, pid)
+			return fds < 100
+		})
+		rss := vmRSS(t, pid)
+		if rss > 64<<20 {
+			t.Errorf("%s: the bridge's RSS is %d MiB with %d refused connections open", c.name, rss>>20, n)
+		}
+		// A refused client reads the refusal (plaintext) or an end of
+		// the connection (implicit TLS: no handshake), not a hang.
+		last := conns[n-1]
+		last.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 512)
+		k, err := last.Read(buf)
+		switch {
+		case c.addr == plain && k > 0 && !strings.HasPrefix(string(buf[:k]), "421 4.7.0"):
+			t.Errorf("%s: a refused client read %q", c.name, buf[:k])
+		case c.addr == secure && (k != 0 || !errors.Is(err, io.EOF)):
+			t.Errorf("%s: a refused client read %q, %v; want the connection closed", c.name, buf[:k], err)
+		}
+		t.Logf("%s: %d connections from one address in %s; the bridge holds %d file descriptors (%d before), RSS %d MiB",
+			c.name, n, took.Round(time.Millisecond), fds, before, rss>>20)
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	_, m := httpGet(t, "http://"+httpAddr+"/metrics")
+	for _, l := range []string{"lan", "secure"} {
+		want := fmt.Sprintf(`smtpbridge_connections_refused_total{listener=%q,reason="limit_ip"} `, l)
+		if got := testenv.Grep(m, want); got == "" {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if got := delivered(u.exo); got["during the implicit TLS flood"] != 1 || got["during the plaintext flood"] != 1 {
+		t.Errorf("delivered: %v", got)
+	}
+	if hwm := peakRSS(t, pid); hwm > 64<<20 {
+		t.Errorf("the bridge's peak RSS was %d MiB", hwm>>20)
+	}
+	p.stop(t)
+}
+
+// vmRSS reads a process's resident set (VmRSS) in bytes.
+func vmRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}

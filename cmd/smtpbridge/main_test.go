@@ -184,6 +184,7 @@ func startBridge(t *testing.T, env []string, addrs []string, args ...string) *br
 			}
 			select {
 			case err := <-p.exited:
+				p.exited <- err // for the cleanup
 				t.Fatalf("smtpbridge exited: %v\n%s", err, p.logs.String())
 			default:
 			}

@@ -55,9 +55,19 @@ func DialFrom(t TB, src, addr string) (*Dialog, string) {
 // DialTLS connects with TLS from the first byte and reads the greeting.
 func DialTLS(t TB, addr string, cfg *tls.Config) *Dialog {
 	t.Helper()
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	return DialTLSFrom(t, "", addr, cfg)
+}
+
+// DialTLSFrom is DialTLS from a chosen source address.
+func DialTLSFrom(t TB, src, addr string, cfg *tls.Config) *Dialog {
+	t.Helper()
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	c, err := tls.DialWithDialer(dialer, "tcp", addr, cfg)
 	if err != nil {
-		t.Fatalf("dial %s with TLS: %v", addr, err)
+		t.Fatalf("dial %s with TLS from %q: %v", addr, src, err)
 	}
 	d := newDialog(t, c)
 	d.Expect("220")
