@@ -310,6 +310,38 @@ func TestAbuse(t *testing.T) {
 				}
 			})
 
+			t.Run("bare CR end-of-data look-alike", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.16", b.plain)
+				cv.Login("mfp-2f", password)
+				cv.Cmd("MAIL FROM:<scan@printer.lan>", "250")
+				cv.Cmd("RCPT TO:<bob@contoso.example>", "250")
+				cv.Cmd("DATA", "354")
+				// Written raw: the smuggled "end of data" is CR . CRLF.
+				io.WriteString(cv.Conn, "Subject: smuggle\r\n\r\nA\r.\r\nMAIL FROM:<x>\r\nRCPT TO:<evil@elsewhere.example>\r\nDATA\r\nB\rC\r\n.\r\n")
+				if got, _ := cv.Read(); !strings.HasPrefix(got, "250 2.0.0") {
+					t.Fatalf("reply %q", got)
+				}
+				var got []string
+				for _, m := range b.u.exo.Messages() {
+					if strings.Contains(string(m.Data), "Subject: smuggle") {
+						got = append(got, string(m.Data))
+						if len(m.To) != 1 || m.To[0] != "bob@contoso.example" {
+							t.Errorf("recipients %v", m.To)
+						}
+					}
+				}
+				if len(got) != 1 {
+					t.Fatalf("Exchange got %d messages", len(got))
+				}
+				_, body, _ := strings.Cut(got[0], "\r\n\r\n")
+				if strings.Contains(strings.ReplaceAll(got[0], "\r\n", ""), "\r") {
+					t.Errorf("a bare CR reached Exchange: %q", body)
+				}
+				if body != "A\r\n.\r\nMAIL FROM:<x>\r\nRCPT TO:<evil@elsewhere.example>\r\nDATA\r\nB\r\nC\r\n" {
+					t.Errorf("the body Exchange got: %q", body)
+				}
+			})
+
 			t.Run("10,000 recipients", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.7", b.plain)
 				cv.Login("mfp-2f", password)
