@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -50,14 +49,16 @@ func (se *session) login(mech, username string, password []byte) error {
 	dir := se.srv.Settings().Directory
 	dev, result, err := dir.Authenticate(username, password, se.remote)
 	if err != nil {
+		// An unknown "username" may be a password typed in the wrong
+		// field: no part of it is shown anywhere.
 		shown := username
 		if result == AuthUnknownUser {
-			shown = usernameHint(username)
+			shown = ""
 		}
 		delay, block := g.AuthFailed(se.remote, username, shown)
 		done = done.Add(delay)
 		if block != nil {
-			se.connLog.Warn().Str("event", "blocked").Str("addr", block.Addr.String()).Int("failures", block.Failures).
+			se.connLog.Warn().Str("event", "blocked").Str("addr", block.Addr).Int("failures", block.Failures).
 				Time("until", block.Until).Msg("too many failed logins from this address; it is blocked")
 		}
 		name := ""
@@ -66,11 +67,7 @@ func (se *session) login(mech, username string, password []byte) error {
 		}
 		se.srv.observer.AuthAttempt(se.listener, mech, string(result), name, se.remote)
 		ev := se.connLog.Warn().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result))
-		if result == AuthUnknownUser {
-			// An unknown "username" may be a password typed in the wrong
-			// field: log only a hint of it.
-			ev = ev.Str("username_hint", usernameHint(username))
-		} else {
+		if result != AuthUnknownUser {
 			ev = ev.Str("username", username)
 		}
 		ev.Msg("device login failed")
@@ -94,12 +91,4 @@ func (se *session) authFailed() error {
 		return errAuthFailed
 	}
 	return se.refuse(errAuthFailed)
-}
-
-func usernameHint(u string) string {
-	r := []rune(u)
-	if len(r) <= 2 {
-		return fmt.Sprintf("(%d chars)", len(r))
-	}
-	return fmt.Sprintf("%s...(%d chars)", string(r[:2]), len(r))
 }

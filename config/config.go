@@ -245,6 +245,9 @@ type Security struct {
 	AuthBlock       time.Duration `yaml:"auth_block"`
 	// AuthExemptNetworks are never blocked.
 	AuthExemptNetworks []string `yaml:"auth_exempt_networks"`
+	// IPv6Prefix is the IPv6 network counted as one client for blocks,
+	// failed logins and max_connections_per_ip.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
 
 	// ExemptNetworks is AuthExemptNetworks parsed.
 	ExemptNetworks []netip.Prefix `yaml:"-"`
@@ -304,6 +307,7 @@ const (
 	DefaultAuthMaxFailures = 5
 	DefaultAuthWindow      = 10 * time.Minute
 	DefaultAuthBlock       = 15 * time.Minute
+	DefaultIPv6Prefix      = 64
 	DefaultSpoolDir        = "./spool"
 	// Spool quotas: one device cannot fill the disk, and the disk keeps
 	// room for the system.
@@ -380,6 +384,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&sec.AuthMaxFailures, DefaultAuthMaxFailures)
 	setDefault(&sec.AuthWindow, DefaultAuthWindow)
 	setDefault(&sec.AuthBlock, DefaultAuthBlock)
+	setDefault(&sec.IPv6Prefix, DefaultIPv6Prefix)
 	if c.Spool.Dir == "" {
 		c.Spool.Dir = DefaultSpoolDir
 	}

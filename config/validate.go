@@ -559,6 +559,9 @@ func (l *loader) validateSecurity(c *Config) {
 	if sec.AuthBlock < 0 {
 		l.errorf("security.auth_block", "must be positive, e.g. %s", DefaultAuthBlock)
 	}
+	if sec.IPv6Prefix < 32 || sec.IPv6Prefix > 128 {
+		l.errorf("security.ipv6_prefix", "%d is not a prefix length from 32 to 128; the default %d counts a /64 as one client, 128 each address", sec.IPv6Prefix, DefaultIPv6Prefix)
+	}
 	sec.ExemptNetworks = l.networks("security.auth_exempt_networks", sec.AuthExemptNetworks)
 	for _, p := range sec.ExemptNetworks {
 		if p.Bits() == 0 {

@@ -8,7 +8,9 @@
 // printer out from anywhere by failing its username on purpose. Failures
 // per username slow every failed attempt on it instead, and are logged.
 //
-// Blocks live in memory: a restart lifts them.
+// An IPv4 client is counted by its address; an IPv6 client by its
+// network (a /64 by default, Settings.IPv6Prefix), because a host with a
+// /64 can take a new address for every connection.
 package guard
 
 import (
@@ -32,7 +34,15 @@ type Settings struct {
 	// from one address.
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// IPv6Prefix is the length of the IPv6 network counted as one client
+	// (blocks, failures, connections per address); 0 means 64, 128 one
+	// address.
+	IPv6Prefix int
 }
+
+// DefaultIPv6Prefix is the IPv6 network counted as one client: a /64 is
+// what one customer or one LAN gets.
+const DefaultIPv6Prefix = 64
 
 // Login timing, when the guard is on (MaxFailures > 0). Every AUTH takes
 // at least authMin plus up to authJitter, whatever its outcome, so that
@@ -64,30 +74,59 @@ type Guard struct {
 
 	mu      sync.Mutex
 	st      Settings
-	byAddr  map[netip.Addr][]time.Time // recent failures
+	byAddr  map[netip.Prefix][]time.Time // recent failures, per client (key)
 	byUser  map[string][]time.Time
-	blocks  map[netip.Addr]*Block
-	conns   map[netip.Addr]int
+	blocks  map[netip.Prefix]*Block
+	conns   map[netip.Prefix]int
 	total   int
 	devices map[string]*hourly
 }
 
-// Block is a blocked address.
+// Block is a blocked client.
 type Block struct {
-	Addr     netip.Addr `json:"addr"`
-	Since    time.Time  `json:"since"`
-	Until    time.Time  `json:"until"`
-	Failures int        `json:"failures"`
-	// Username is the last username tried from the address, as the
-	// caller chose to show it (a hint only, for a username no device has:
-	// it may be a password typed in the wrong field).
+	// Addr is the client: an IPv4 address, or an IPv6 network (an
+	// address when IPv6Prefix is 128).
+	Addr     string    `json:"addr"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+	Failures int       `json:"failures"`
+	// Username is the last username tried from the client, as the caller
+	// chose to show it: empty for a username no device has, which may be
+	// a password typed in the wrong field.
 	Username string `json:"username"`
 }
 
 // New returns a guard with the given settings.
 func New(st Settings) *Guard {
-	return &Guard{now: time.Now, st: st, byAddr: map[netip.Addr][]time.Time{}, byUser: map[string][]time.Time{},
-		blocks: map[netip.Addr]*Block{}, conns: map[netip.Addr]int{}, devices: map[string]*hourly{}}
+	return &Guard{now: time.Now, st: st, byAddr: map[netip.Prefix][]time.Time{}, byUser: map[string][]time.Time{},
+		blocks: map[netip.Prefix]*Block{}, conns: map[netip.Prefix]int{}, devices: map[string]*hourly{}}
+}
+
+// key is the client an address belongs to: the address itself for IPv4,
+// its network of IPv6Prefix bits for IPv6; g.mu is held.
+func (g *Guard) key(a netip.Addr) netip.Prefix {
+	return keyOf(a, g.st.IPv6Prefix)
+}
+
+func keyOf(a netip.Addr, v6bits int) netip.Prefix {
+	a = a.Unmap()
+	bits := a.BitLen()
+	if a.Is6() {
+		bits = v6bits
+		if bits <= 0 || bits > 128 {
+			bits = DefaultIPv6Prefix
+		}
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// keyString shows a client: an address, or an IPv6 network.
+func keyString(k netip.Prefix) string {
+	if k.IsSingleIP() {
+		return k.Addr().String()
+	}
+	return k.String()
 }
 
 // Reconfigure changes the settings. Blocks in force stay until they end
@@ -95,16 +134,42 @@ func New(st Settings) *Guard {
 func (g *Guard) Reconfigure(st Settings) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	rekey := g.st.IPv6Prefix != st.IPv6Prefix
 	g.st = st
-	for a := range g.blocks {
-		if g.exempt(a) {
-			delete(g.blocks, a)
+	for k := range g.blocks {
+		if g.exemptKey(k) {
+			delete(g.blocks, k)
 		}
+	}
+	if rekey {
+		// Failures and blocks counted per old network are counted per new
+		// one; connections in progress keep their keys until they end.
+		byAddr := map[netip.Prefix][]time.Time{}
+		for k, ts := range g.byAddr {
+			nk := g.key(k.Addr())
+			byAddr[nk] = append(byAddr[nk], ts...)
+			slices.SortFunc(byAddr[nk], time.Time.Compare)
+		}
+		g.byAddr = byAddr
+		blocks := map[netip.Prefix]*Block{}
+		for k, b := range g.blocks {
+			nk := g.key(k.Addr())
+			b.Addr = keyString(nk)
+			if old := blocks[nk]; old == nil || old.Until.Before(b.Until) {
+				blocks[nk] = b
+			}
+		}
+		g.blocks = blocks
 	}
 }
 
 func (g *Guard) exempt(a netip.Addr) bool {
 	return slices.ContainsFunc(g.st.Exempt, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// exemptKey says whether a client's network is exempt as a whole.
+func (g *Guard) exemptKey(k netip.Prefix) bool {
+	return slices.ContainsFunc(g.st.Exempt, func(p netip.Prefix) bool { return p.Bits() <= k.Bits() && p.Contains(k.Addr()) })
 }
 
 // AuthDuration is how long an AUTH should take at least: authMin plus a
@@ -130,27 +195,27 @@ const (
 // the caller must call release when the connection ends; otherwise reason
 // says why not.
 func (g *Guard) Admit(a netip.Addr) (release func(), reason string) {
-	a = a.Unmap()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	k := g.key(a)
 	switch {
-	case g.blockedLocked(a):
+	case g.blockedLocked(k) && !g.exempt(a.Unmap()):
 		return nil, RefusedBlocked
 	case g.st.MaxConnections > 0 && g.total >= g.st.MaxConnections:
 		return nil, RefusedLimit
-	case g.st.MaxConnectionsPerIP > 0 && g.conns[a] >= g.st.MaxConnectionsPerIP:
+	case g.st.MaxConnectionsPerIP > 0 && g.conns[k] >= g.st.MaxConnectionsPerIP:
 		return nil, RefusedLimitIP
 	}
 	g.total++
-	g.conns[a]++
+	g.conns[k]++
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			g.total--
-			if g.conns[a]--; g.conns[a] <= 0 {
-				delete(g.conns, a)
+			if g.conns[k]--; g.conns[k] <= 0 {
+				delete(g.conns, k)
 			}
 		})
 	}, ""
@@ -160,16 +225,16 @@ func (g *Guard) Admit(a netip.Addr) (release func(), reason string) {
 func (g *Guard) Blocked(a netip.Addr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.blockedLocked(a.Unmap())
+	return g.blockedLocked(g.key(a)) && !g.exempt(a.Unmap())
 }
 
-func (g *Guard) blockedLocked(a netip.Addr) bool {
-	b := g.blocks[a]
+func (g *Guard) blockedLocked(k netip.Prefix) bool {
+	b := g.blocks[k]
 	if b == nil {
 		return false
 	}
 	if !g.now().Before(b.Until) {
-		delete(g.blocks, a)
+		delete(g.blocks, k)
 		return false
 	}
 	return true
@@ -197,12 +262,13 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	k := g.key(a)
 	window := g.st.Window
 	g.sweep(now, window)
-	fa := append(recent(g.byAddr[a], now, window), now)
+	fa := append(recent(g.byAddr[k], now, window), now)
 	fu := append(recent(g.byUser[username], now, window), now)
-	if len(g.byAddr) < maxTracked || g.byAddr[a] != nil {
-		g.byAddr[a] = fa
+	if len(g.byAddr) < maxTracked || g.byAddr[k] != nil {
+		g.byAddr[k] = fa
 	}
 	if len(g.byUser) < maxTracked || g.byUser[username] != nil {
 		g.byUser[username] = fu
@@ -212,9 +278,9 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	}
 	n := max(len(fa), len(fu))
 	delay = min(time.Duration(n)*slowStep, slowMax)
-	if len(fa) >= g.st.MaxFailures && !g.exempt(a) && !g.blockedLocked(a) {
-		b := &Block{Addr: a, Since: now, Until: now.Add(g.st.Block), Failures: len(fa), Username: shown}
-		g.blocks[a] = b
+	if len(fa) >= g.st.MaxFailures && !g.exempt(a) && !g.blockedLocked(k) {
+		b := &Block{Addr: keyString(k), Since: now, Until: now.Add(g.st.Block), Failures: len(fa), Username: shown}
+		g.blocks[k] = b
 		cp := *b
 		blocked = &cp
 	}
@@ -244,8 +310,8 @@ func (g *Guard) Blocks() []Block {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []Block
-	for a, b := range g.blocks {
-		if g.blockedLocked(a) {
+	for k, b := range g.blocks {
+		if g.blockedLocked(k) {
 			out = append(out, *b)
 		}
 	}
@@ -253,15 +319,15 @@ func (g *Guard) Blocks() []Block {
 	return out
 }
 
-// Unblock lifts the block on a and forgets its failures. It reports
-// whether a was blocked.
+// Unblock lifts the block on a's client (for IPv6, its network) and
+// forgets its failures. It reports whether it was blocked.
 func (g *Guard) Unblock(a netip.Addr) bool {
-	a = a.Unmap()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	was := g.blockedLocked(a)
-	delete(g.blocks, a)
-	delete(g.byAddr, a)
+	k := g.key(a)
+	was := g.blockedLocked(k)
+	delete(g.blocks, k)
+	delete(g.byAddr, k)
 	return was
 }
 

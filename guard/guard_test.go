@@ -38,7 +38,7 @@ func TestBlockAfterFailures(t *testing.T) {
 		if (b != nil) != (i == 5) {
 			t.Fatalf("failure %d: block %v", i, b)
 		}
-		if i == 5 && (b.Addr != attacker || b.Failures != 5 || b.Until != c.t.Add(15*time.Minute) || b.Username != "user5") {
+		if i == 5 && (b.Addr != attacker.String() || b.Failures != 5 || b.Until != c.t.Add(15*time.Minute) || b.Username != "user5") {
 			t.Errorf("block = %+v", b)
 		}
 		c.add(time.Second)
@@ -53,7 +53,7 @@ func TestBlockAfterFailures(t *testing.T) {
 	if _, b := g.AuthFailed(attacker, "x", "x"); b != nil {
 		t.Error("a blocked address was blocked again")
 	}
-	if bs := g.Blocks(); len(bs) != 1 || bs[0].Addr != attacker {
+	if bs := g.Blocks(); len(bs) != 1 || bs[0].Addr != attacker.String() {
 		t.Errorf("Blocks() = %+v", bs)
 	}
 	c.add(15 * time.Minute)
@@ -215,4 +215,99 @@ func TestLongUsernamesBounded(t *testing.T) {
 	if size > 100*maxUsernameKey {
 		t.Errorf("%d bytes of usernames kept for 100 failures", size)
 	}
+}
+
+// An IPv6 client is its /64: a new address for each connection or each
+// guess does not escape the block or max_connections_per_ip; another /64
+// is another client, and IPv6Prefix 128 counts each address.
+func TestIPv6Networks(t *testing.T) {
+	st := Settings{MaxFailures: 3, Window: 10 * time.Minute, Block: 15 * time.Minute, MaxConnectionsPerIP: 2,
+		Exempt: []netip.Prefix{netip.MustParsePrefix("2001:db8:99::1/128")}}
+	g, _ := newGuard(st)
+	addr := func(net string, i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("%s::%x:%x", net, i, 7*i+1)) }
+
+	// Connections from ever new addresses of one /64.
+	var releases []func()
+	for i := 0; i < 2; i++ {
+		release, reason := g.Admit(addr("2001:db8:1:2", i))
+		if reason != "" {
+			t.Fatalf("connection %d refused: %s", i, reason)
+		}
+		releases = append(releases, release)
+	}
+	if _, reason := g.Admit(addr("2001:db8:1:2", 99)); reason != RefusedLimitIP {
+		t.Errorf("a third address of the /64: %q, want %q", reason, RefusedLimitIP)
+	}
+	if _, reason := g.Admit(addr("2001:db8:1:3", 1)); reason != "" {
+		t.Errorf("another /64 was refused: %q", reason)
+	}
+	for _, r := range releases {
+		r()
+	}
+
+	// Guesses from ever new addresses of one /64 block the /64.
+	var block *Block
+	for i := 0; i < 3; i++ {
+		_, block = g.AuthFailed(addr("2001:db8:1:2", 100+i), "mfp", "mfp")
+	}
+	if block == nil || block.Addr != "2001:db8:1:2::/64" {
+		t.Fatalf("block %+v, want the /64", block)
+	}
+	for _, a := range []netip.Addr{addr("2001:db8:1:2", 5000), netip.MustParseAddr("2001:db8:1:2:ffff:ffff:ffff:ffff")} {
+		if !g.Blocked(a) {
+			t.Errorf("%s in the blocked /64 is not blocked", a)
+		}
+		if _, reason := g.Admit(a); reason != RefusedBlocked {
+			t.Errorf("%s: %q", a, reason)
+		}
+	}
+	if g.Blocked(addr("2001:db8:1:3", 1)) || g.Blocked(attacker) {
+		t.Error("a block reached beyond its /64")
+	}
+	if bs := g.Blocks(); len(bs) != 1 || bs[0].Addr != "2001:db8:1:2::/64" {
+		t.Errorf("Blocks() = %+v", bs)
+	}
+	// Unblocking any address of the /64 (its network address, as the
+	// command line sends it) lifts the block.
+	if !g.Unblock(netip.MustParseAddr("2001:db8:1:2::")) || g.Blocked(addr("2001:db8:1:2", 1)) {
+		t.Error("the /64 is still blocked")
+	}
+
+	// IPv4 is per address.
+	for i := 0; i < 3; i++ {
+		g.AuthFailed(netip.MustParseAddr("198.51.100.7"), "x", "")
+	}
+	if !g.Blocked(netip.MustParseAddr("198.51.100.7")) || g.Blocked(netip.MustParseAddr("198.51.100.8")) {
+		t.Error("IPv4 is not counted per address")
+	}
+	// An IPv4-mapped IPv6 address is its IPv4 address.
+	if !g.Blocked(netip.MustParseAddr("::ffff:198.51.100.7")) {
+		t.Error("the mapped address escaped the block")
+	}
+
+	// An exempt address inside a blocked /64 still gets in.
+	for i := 0; i < 3; i++ {
+		g.AuthFailed(addr("2001:db8:99", 200+i), "x", "")
+	}
+	if !g.Blocked(addr("2001:db8:99", 1)) || g.Blocked(netip.MustParseAddr("2001:db8:99::1")) {
+		t.Error("the exempt address was blocked with its /64, or the /64 was not")
+	}
+
+	// ipv6_prefix 128: each address on its own, the blocks in force
+	// re-keyed.
+	st.IPv6Prefix = 128
+	g.Reconfigure(st)
+	g.AuthFailed(netip.MustParseAddr("2001:db8:5::1"), "x", "")
+	g.AuthFailed(netip.MustParseAddr("2001:db8:5::2"), "x", "")
+	_, block = g.AuthFailed(netip.MustParseAddr("2001:db8:5::3"), "x", "")
+	if block != nil {
+		t.Errorf("with /128, three addresses made a block: %+v", block)
+	}
+	release, _ := g.Admit(netip.MustParseAddr("2001:db8:5::1"))
+	release2, _ := g.Admit(netip.MustParseAddr("2001:db8:5::1"))
+	if _, reason := g.Admit(netip.MustParseAddr("2001:db8:5::2")); reason != "" {
+		t.Errorf("with /128, another address was refused: %q", reason)
+	}
+	release()
+	release2()
 }

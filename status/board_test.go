@@ -29,8 +29,9 @@ func render(t *testing.T, b *Board, q QueueView) string {
 	t.Helper()
 	until := time.Now().Add(14 * time.Minute)
 	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, q, func() []guard.Block {
-		return []guard.Block{{Addr: netip.MustParseAddr("203.0.113.9"), Since: time.Now().Add(-time.Minute),
-			Until: until, Failures: 5, Username: "ad...(5 chars)"}}
+		return []guard.Block{{Addr: "203.0.113.9", Since: time.Now().Add(-time.Minute),
+			Until: until, Failures: 5}, {Addr: "2001:db8:1:2::/64", Since: time.Now().Add(-time.Minute),
+			Until: until, Failures: 5, Username: "mfp-2f"}}
 	}))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/")
@@ -119,7 +120,7 @@ func TestPage(t *testing.T) {
 		"001deadletter", "554 5.2.0 quota",
 		"last reload failed", "unknown tenant &#34;nope&#34;",
 		"dead letter (expired): 451 4.7.0 Temporary server error",
-		`id="blocks"`, "203.0.113.9", "in 13m", "ad...(5 chars)",
+		`id="blocks"`, "203.0.113.9", "in 13m", "(not a device&#39;s; not shown)", "2001:db8:1:2::/64", "mfp-2f",
 	)
 	if strings.Contains(page, "<script") {
 		t.Error("a device-controlled string reached the page unescaped")

@@ -137,8 +137,8 @@ func (b *Board) view(info PageInfo, q QueueView, blocks func() []guard.Block, no
 	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
 	if blocks != nil {
 		for _, bl := range blocks() {
-			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr.String(), Since: stampOf(bl.Since, now),
-				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: bl.Username})
+			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr, Since: stampOf(bl.Since, now),
+				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username)})
 		}
 	}
 
@@ -294,4 +294,13 @@ func human(d time.Duration) string {
 		return fmt.Sprintf("%dd", days)
 	}
 	return fmt.Sprintf("%dd %dh", days, h)
+}
+
+// shownUsername is a block's last username: none for one no device has,
+// which may be a password typed in the wrong field.
+func shownUsername(u string) string {
+	if u == "" {
+		return "(not a device's; not shown)"
+	}
+	return u
 }

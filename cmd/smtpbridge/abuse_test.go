@@ -41,6 +41,7 @@ type abuseBridge struct {
 	p      *bridgeProc
 	plain  string // password listener
 	panel  string // listener for devices without AUTH
+	v6     string // the password listener's twin on [::1]
 	http   string
 	config string // the config file's path
 }
@@ -48,11 +49,14 @@ type abuseBridge struct {
 func startAbuseBridge(t *testing.T) *abuseBridge {
 	t.Helper()
 	u := startFakes(t)
-	b := &abuseBridge{u: u, plain: freePort(t), panel: freePort(t), http: freePort(t)}
+	b := &abuseBridge{u: u, plain: freePort(t), panel: freePort(t), http: freePort(t), v6: freePort6(t)}
 	cfg := fmt.Sprintf(`
 hostname: bridge.test
 listeners:
   - name: lan
+    address: %q
+    allow_insecure_auth: true
+  - name: v6
     address: %q
     allow_insecure_auth: true
   - name: panel
@@ -97,12 +101,12 @@ spool:
   dir: spool
 http:
   address: %q
-`, b.plain, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
+`, b.plain, b.v6, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
 	path := filepath.Join(u.dir, "abuse.yaml")
 	writeFile(t, path, cfg)
 	b.config = path
 	b.p = startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
-		[]string{b.plain, b.panel, b.http}, "serve", "--config", path)
+		[]string{b.plain, b.v6, b.panel, b.http}, "serve", "--config", path)
 	return b
 }
 
@@ -570,6 +574,37 @@ func TestAbuse(t *testing.T) {
 				}
 			})
 
+			t.Run("IPv6 client counted by its /64", func(t *testing.T) {
+				// Only ::1 exists on loopback: the block it earns is its
+				// /64's, which the guard's unit tests show new addresses
+				// of the /64 do not escape.
+				for i := 0; i < 5; i++ {
+					cv, greeting := dialFrom(t, "::1", b.v6)
+					if !strings.HasPrefix(greeting, "220") {
+						t.Fatalf("attempt %d: greeting %q", i, greeting)
+					}
+					cv.Cmd("EHLO v6", "250")
+					cv.Cmd("AUTH PLAIN "+b64(plainResp("mfp-2f", "wrong")), "535 5.7.8")
+					cv.Cmd("QUIT", "221")
+				}
+				if _, greeting := dialFrom(t, "::1", b.v6); !strings.HasPrefix(greeting, "421 4.7.0 Too many failed logins") {
+					t.Errorf("::1 after 5 failures: %q", greeting)
+				}
+				out, err := runCmd(t, "", binary, "blocks", "--config", b.config)
+				if err != nil || !strings.Contains(out, "::/64") {
+					t.Errorf("smtpbridge blocks: %v\n%s", err, out)
+				}
+				if out, err := runCmd(t, "", binary, "blocks", "unblock", "::/64", "--config", b.config); err != nil || !strings.Contains(out, "unblocked") {
+					t.Errorf("blocks unblock ::/64: %v\n%s", err, out)
+				}
+				// The sessions above may take a moment to count as ended.
+				testenv.Eventually(t, "::1 served after the unblock", 5*time.Second, func() bool {
+					cv, greeting := dialFrom(t, "::1", b.v6)
+					cv.Conn.Close()
+					return strings.HasPrefix(greeting, "220")
+				})
+			})
+
 			t.Run("hourly limit of a device", func(t *testing.T) {
 				cv, _ := dialFrom(t, "127.0.0.15", b.plain)
 				cv.Login("spammy", password)
@@ -779,4 +814,15 @@ func vmRSS(t *testing.T, pid int) int64 {
 	}
 	t.Fatal("no VmRSS")
 	return 0
+}
+
+// freePort6 is a free port on [::1].
+func freePort6(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,7 +21,8 @@ Addresses blocked after too many failed device logins (security.auth_*),
 in the running bridge:
 
   list            the addresses blocked now, since when, until when, why
-  unblock ADDR    lift the block on ADDR at once (and forget its failures)
+  unblock ADDR    lift the block on ADDR at once (and forget its failures);
+                  for IPv6, on its network (security.ipv6_prefix, a /64 by default)
 
 Flags:
 `
@@ -54,8 +56,11 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 	url := c.BaseURL
 	if sub == "unblock" {
 		a, err := netip.ParseAddr(pos[0])
+		if p, perr := netip.ParsePrefix(pos[0]); err != nil && perr == nil {
+			a, err = p.Masked().Addr(), nil // an IPv6 network, as blocks lists it
+		}
 		if err != nil {
-			return usageError{fmt.Sprintf("blocks unblock: %q is not an IP address", pos[0])}
+			return usageError{fmt.Sprintf("blocks unblock: %q is not an IP address or network", pos[0])}
 		}
 		if err := c.Unblock(a); err != nil {
 			if errors.Is(err, guard.ErrNotBlocked) {
@@ -86,7 +91,7 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(tw, "ADDRESS\tSINCE\tLIFTED IN\tFAILURES\tLAST USERNAME")
 	now := time.Now()
 	for _, b := range blocks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", b.Addr, b.Since.Local().Format(time.DateTime), roundDur(b.Until.Sub(now)), b.Failures, b.Username)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", b.Addr, b.Since.Local().Format(time.DateTime), roundDur(b.Until.Sub(now)), b.Failures, cmp.Or(b.Username, "(not a device's; not shown)"))
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d address(es) blocked (bridge at %s); lift one with: smtpbridge blocks unblock ADDR\n", len(blocks), url)

@@ -139,6 +139,7 @@ func spoolQuota(cfg *config.Config) spool.Quota {
 func guardSettings(cfg *config.Config) guard.Settings {
 	sec := cfg.Security
 	return guard.Settings{MaxFailures: sec.AuthMaxFailures, Window: sec.AuthWindow, Block: sec.AuthBlock, Exempt: sec.ExemptNetworks,
+		IPv6Prefix:     sec.IPv6Prefix,
 		MaxConnections: cfg.Limits.MaxConnections, MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP}
 }
 
