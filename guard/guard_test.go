@@ -224,7 +224,9 @@ func TestIPv6Networks(t *testing.T) {
 	st := Settings{MaxFailures: 3, Window: 10 * time.Minute, Block: 15 * time.Minute, MaxConnectionsPerIP: 2,
 		Exempt: []netip.Prefix{netip.MustParsePrefix("2001:db8:99::1/128")}}
 	g, _ := newGuard(st)
-	addr := func(net string, i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("%s::%x:%x", net, i, 7*i+1)) }
+	addr := func(net string, i int) netip.Addr {
+		return netip.MustParseAddr(fmt.Sprintf("%s::%x:%x", net, i, 7*i+1))
+	}
 
 	// Connections from ever new addresses of one /64.
 	var releases []func()
