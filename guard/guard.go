@@ -8,6 +8,8 @@
 // printer out from anywhere by failing its username on purpose. Failures
 // per username slow every failed attempt on it instead, and are logged.
 //
+// Blocks survive a restart through Save and Load.
+//
 // An IPv4 client is counted by its address; an IPv6 client by its
 // network (a /64 by default, Settings.IPv6Prefix), because a host with a
 // /64 can take a new address for every connection.
@@ -80,6 +82,7 @@ type Guard struct {
 	conns   map[netip.Prefix]int
 	total   int
 	devices map[string]*hourly
+	dirty   bool // the blocks changed since the last Save
 }
 
 // Block is a blocked client.
@@ -139,6 +142,7 @@ func (g *Guard) Reconfigure(st Settings) {
 	for k := range g.blocks {
 		if g.exemptKey(k) {
 			delete(g.blocks, k)
+			g.dirty = true
 		}
 	}
 	if rekey {
@@ -160,6 +164,7 @@ func (g *Guard) Reconfigure(st Settings) {
 			}
 		}
 		g.blocks = blocks
+		g.dirty = true
 	}
 }
 
@@ -281,6 +286,7 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	if len(fa) >= g.st.MaxFailures && !g.exempt(a) && !g.blockedLocked(k) {
 		b := &Block{Addr: keyString(k), Since: now, Until: now.Add(g.st.Block), Failures: len(fa), Username: shown}
 		g.blocks[k] = b
+		g.dirty = true
 		cp := *b
 		blocked = &cp
 	}
@@ -326,6 +332,9 @@ func (g *Guard) Unblock(a netip.Addr) bool {
 	defer g.mu.Unlock()
 	k := g.key(a)
 	was := g.blockedLocked(k)
+	if g.blocks[k] != nil {
+		g.dirty = true
+	}
 	delete(g.blocks, k)
 	delete(g.byAddr, k)
 	return was

@@ -3,6 +3,7 @@ package guard
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -312,4 +313,99 @@ func TestIPv6Networks(t *testing.T) {
 	}
 	release()
 	release2()
+}
+
+// Blocks survive a restart: Save writes those in force, Load restores
+// those not yet ended, under the settings in force then.
+func TestBlocksSaved(t *testing.T) {
+	st := Settings{MaxFailures: 2, Window: 10 * time.Minute, Block: 15 * time.Minute}
+	g, c := newGuard(st)
+	path := t.TempDir() + "/blocks.json"
+	if err := g.Load(path); err != nil {
+		t.Fatalf("no file yet: %v", err)
+	}
+	for _, a := range []string{"203.0.113.9", "2001:db8:1:2::5", "10.99.0.1"} {
+		g.AuthFailed(netip.MustParseAddr(a), "mfp", "mfp")
+		g.AuthFailed(netip.MustParseAddr(a), "mfp", "mfp")
+	}
+	c.add(5 * time.Minute)
+	g.AuthFailed(printer, "x", "")
+	g.AuthFailed(printer, "x", "") // blocked until 20 minutes from now
+	if err := g.Save(path); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restart 12 minutes later, with 10.99.0.0/16 now exempt.
+	st.Exempt = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")}
+	g2, c2 := newGuard(st)
+	c2.t = c.t.Add(7 * time.Minute)
+	if err := g2.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]bool{
+		"203.0.113.9":     true,
+		"2001:db8:1:2::9": true, // the same /64
+		"10.20.0.15":      true,
+		"10.99.0.1":       false, // exempt now
+		"198.51.100.1":    false,
+	} {
+		if got := g2.Blocked(netip.MustParseAddr(a)); got != want {
+			t.Errorf("after the restart, %s blocked: %v, want %v", a, got, want)
+		}
+	}
+	// The blocks end when they would have.
+	c2.add(4 * time.Minute) // 16 minutes after the first blocks
+	if g2.Blocked(attacker) || !g2.Blocked(printer) {
+		t.Error("restored blocks do not end at their own time")
+	}
+	// An unchanged guard does not rewrite the file; an unblock does.
+	os.Remove(path)
+	if err := g2.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Error("Save wrote blocks that did not change")
+	}
+	g2.Unblock(printer)
+	if err := g2.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	g3, c3 := newGuard(st)
+	c3.t = c2.t
+	g3.Load(path)
+	if len(g3.Blocks()) != 0 {
+		t.Errorf("an unblocked address came back: %+v", g3.Blocks())
+	}
+
+	// A damaged file is an error, and blocks nothing.
+	os.WriteFile(path, []byte("[{"), 0o600)
+	if err := g3.Load(path); err == nil {
+		t.Error("no error for a damaged file")
+	}
+}
+
+// The saved blocks are bounded, keeping those that end last.
+func TestBlocksSavedBounded(t *testing.T) {
+	g, c := newGuard(Settings{MaxFailures: 1, Window: time.Hour, Block: time.Hour})
+	for i := 0; i < maxSavedBlocks+50; i++ {
+		g.AuthFailed(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), "x", "")
+		if i == 40 {
+			c.add(time.Second)
+		}
+	}
+	path := t.TempDir() + "/blocks.json"
+	if err := g.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	g2, c2 := newGuard(Settings{MaxFailures: 1, Window: time.Hour, Block: time.Hour})
+	c2.t = c.t
+	if err := g2.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(g2.Blocks()); n != maxSavedBlocks {
+		t.Errorf("%d blocks restored, want %d", n, maxSavedBlocks)
+	}
+	if g2.Blocked(netip.AddrFrom4([4]byte{10, 0, 0, 0})) {
+		t.Error("a block that ends first was kept over one that ends last")
+	}
 }

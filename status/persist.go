@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/smtpbridge/smtpbridge/internal/statefile"
 )
 
 // stateFile is what the board keeps across restarts: when each device was
@@ -71,24 +72,7 @@ func (b *Board) Save() error {
 	b.dirty = false
 	b.mu.Unlock()
 
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("status state: %w", err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".status-*.json")
-	if err != nil {
-		b.markDirty()
-		return fmt.Errorf("status state: %w", err)
-	}
-	_, werr := f.Write(append(data, '\n'))
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(f.Name())
-		b.markDirty()
-		return fmt.Errorf("status state: %w", err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
+	if err := statefile.WriteJSON(path, st); err != nil {
 		b.markDirty()
 		return fmt.Errorf("status state: %w", err)
 	}

@@ -1,14 +1,10 @@
 package upstream
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/statefile"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -120,27 +116,7 @@ func (l *Local) Save(path string) error {
 		}
 	}
 	l.mu.Unlock()
-	data, err := json.Marshal(out)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".quota-*")
-	if err != nil {
-		return fmt.Errorf("save recipient counts: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save recipient counts: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save recipient counts: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("save recipient counts: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := statefile.WriteJSON(path, out); err != nil {
 		return fmt.Errorf("save recipient counts: %w", err)
 	}
 	return nil
@@ -148,16 +124,9 @@ func (l *Local) Save(path string) error {
 
 // Load reads what Save wrote; a missing file is no error.
 func (l *Local) Load(path string) error {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read recipient counts: %w", err)
-	}
 	var in []savedDay
-	if err := json.Unmarshal(data, &in); err != nil {
-		return fmt.Errorf("read recipient counts %s: %w", path, err)
+	if _, err := statefile.ReadJSON(path, &in); err != nil {
+		return fmt.Errorf("recipient counts: %w", err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

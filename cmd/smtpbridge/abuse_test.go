@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -825,4 +826,67 @@ func freePort6(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// A block survives a restart: the blocked address is refused at the
+// greeting by the new process, and smtpbridge blocks lists it.
+func TestAbuseBlockSurvivesRestart(t *testing.T) {
+	u := startFakes(t)
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	data := regexp.MustCompile(`password_hash: "[^"]*"`).ReplaceAllLiteralString(testenv.ReadFile(t, path), fmt.Sprintf("password_hash: %q", hashOf(t, password)))
+	writeFile(t, path, data)
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	p := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
+	const attacker = "127.0.0.21"
+	for i := 0; i < 5; i++ {
+		cv, greeting := dialFrom(t, attacker, plain)
+		if !strings.HasPrefix(greeting, "220") {
+			t.Fatalf("attempt %d: %q", i, greeting)
+		}
+		cv.Cmd("EHLO guesser", "250")
+		cv.Cmd("AUTH PLAIN "+b64(plainResp("mfp-2f", "guess")), "535 5.7.8")
+		cv.Cmd("QUIT", "221")
+	}
+	if _, greeting := dialFrom(t, attacker, plain); !strings.HasPrefix(greeting, "421 4.7.0 Too many failed logins") {
+		t.Fatalf("after 5 failures: %q", greeting)
+	}
+	p.stop(t)
+
+	p2 := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
+	if _, greeting := dialFrom(t, attacker, plain); !strings.HasPrefix(greeting, "421 4.7.0 Too many failed logins") {
+		t.Errorf("the blocked address after a restart: %q", greeting)
+	}
+	if _, greeting := dialFrom(t, "127.0.0.22", plain); !strings.HasPrefix(greeting, "220") {
+		t.Errorf("another address after the restart: %q", greeting)
+	}
+	out, err := runCmd(t, "", binary, "blocks", "--config", path)
+	if err != nil || !strings.Contains(out, attacker) || !strings.Contains(out, "(not a device's; not shown)") && !strings.Contains(out, "mfp-2f") {
+		t.Errorf("smtpbridge blocks after the restart: %v\n%s", err, out)
+	}
+	if !strings.Contains(p2.logs.String(), "blocks restored from the last run") {
+		t.Error("the restart did not log the restored blocks")
+	}
+	// A crash (SIGKILL) a few seconds after a block keeps it too.
+	const second = "127.0.0.23"
+	for i := 0; i < 5; i++ {
+		cv, _ := dialFrom(t, second, plain)
+		cv.Cmd("EHLO guesser", "250")
+		cv.Cmd("AUTH PLAIN "+b64(plainResp("nobody", "guess")), "535 5.7.8")
+		cv.Cmd("QUIT", "221")
+	}
+	time.Sleep(3 * time.Second) // blocksSaveEvery
+	p2.cmd.Process.Signal(syscall.SIGKILL)
+	<-p2.exited
+	p2.exited <- nil
+	startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
+	for _, a := range []string{attacker, second} {
+		if _, greeting := dialFrom(t, a, plain); !strings.HasPrefix(greeting, "421 4.7.0 Too many failed logins") {
+			t.Errorf("%s after a crash: %q", a, greeting)
+		}
+	}
+	// No part of the unknown username "nobody" is kept.
+	if b := testenv.ReadFile(t, filepath.Join(u.dir, "spool", "blocks.json")); strings.Contains(b, "nob") || !strings.Contains(b, second) {
+		t.Errorf("blocks.json:\n%s", b)
+	}
 }

@@ -44,6 +44,10 @@ const shutdownGrace = 30 * time.Second
 // recipient counts) is written to the spool directory.
 const stateSaveEvery = 30 * time.Second
 
+// blocksSaveEvery is how soon a new or lifted block is written to the
+// spool directory, so that a crash does not lift it.
+const blocksSaveEvery = 2 * time.Second
+
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := configFlag(fs)
@@ -179,6 +183,12 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return err
 	}
 	d.guard = guard.New(guardSettings(cfg))
+	blocksFile := filepath.Join(cfg.Spool.Dir, "blocks.json")
+	if err := d.guard.Load(blocksFile); err != nil {
+		log.Warn().Err(err).Msg("the blocks in force at the last stop could not be read; none are restored")
+	} else if n := len(d.guard.Blocks()); n > 0 {
+		log.Info().Int("blocked", n).Msg("blocks restored from the last run")
+	}
 	d.srv, err = bridge.NewServer(bridge.Options{Hostname: d.hostname, Settings: st, Deliverer: modes,
 		Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log})
 	if err != nil {
@@ -224,7 +234,15 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		defer close(saverDone)
 		t := time.NewTicker(stateSaveEvery)
 		defer t.Stop()
+		bt := time.NewTicker(blocksSaveEvery)
+		defer bt.Stop()
+		saveBlocks := func() {
+			if err := d.guard.Save(blocksFile); err != nil {
+				log.Warn().Err(err).Msg("could not save the blocks")
+			}
+		}
 		save := func() {
+			saveBlocks()
 			if err := d.board.Save(); err != nil {
 				log.Warn().Err(err).Msg("could not save the status page's last-seen times")
 			}
@@ -236,6 +254,8 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 			select {
 			case <-t.C:
 				save()
+			case <-bt.C:
+				saveBlocks() // only when they changed
 			case <-saverStop:
 				save()
 				return
