@@ -278,6 +278,22 @@ type HTTP struct {
 	// AllowedHosts are names the admin API accepts in a request's Host
 	// besides loopback addresses and localhost.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// Auth, when set, asks for a username and password (HTTP basic
+	// authentication) for the status page and /metrics.
+	Auth *HTTPAuth `yaml:"auth"`
+}
+
+// HTTPAuth is the credential of the status page and /metrics: a password
+// hash, or a file holding the password itself (which Prometheus can read
+// too, as basic_auth.password_file).
+type HTTPAuth struct {
+	Username     string `yaml:"username"`
+	PasswordHash string `yaml:"password_hash"`
+	PasswordFile string `yaml:"password_file"`
+
+	// Hash is PasswordHash parsed; Password the content of PasswordFile.
+	Hash     passwd.Hash   `yaml:"-"`
+	Password secret.String `yaml:"-"`
 }
 
 // Sandbox, when Dir is set, replaces Entra ID and Exchange Online with

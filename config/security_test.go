@@ -251,3 +251,50 @@ func TestPrivatePrefix(t *testing.T) {
 		}
 	}
 }
+
+func TestHTTPAuth(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "metrics.password")
+	os.WriteFile(pwFile, []byte("0123456789abcdef\n"), 0o600)
+	short := filepath.Join(dir, "short.password")
+	os.WriteFile(short, []byte("secret\n"), 0o600)
+	for _, c := range []struct {
+		name, yaml, problem, warning string
+	}{
+		{"loopback, no auth", "http:\n  address: 127.0.0.1:9464\n", "", ""},
+		{"all interfaces, no auth", "http:\n  address: 0.0.0.0:9464\n", "", "http.address: 0.0.0.0:9464 serves the status page and /metrics"},
+		{"no host, no auth", "http:\n  address: :9464\n", "", "set http.auth, or bind it to 127.0.0.1"},
+		{"all interfaces with a password file", "http:\n  address: 0.0.0.0:9464\n  auth:\n    username: prometheus\n    password_file: " + pwFile + "\n", "", ""},
+		{"with a hash", "http:\n  address: '[::]:9464'\n  auth:\n    username: ops\n    password_hash: HASH\n", "", ""},
+		{"no username", "http:\n  auth:\n    password_file: " + pwFile + "\n", "http.auth.username: required", ""},
+		{"both", "http:\n  auth:\n    username: a\n    password_file: " + pwFile + "\n    password_hash: HASH\n", "http.auth: set one of password_hash and password_file, not both", ""},
+		{"neither", "http:\n  auth:\n    username: a\n", "http.auth: set password_hash", ""},
+		{"a password as the hash", "http:\n  auth:\n    username: a\n    password_hash: hunter2hunter2\n", "http.auth.password_hash: ", ""},
+		{"a short password", "http:\n  auth:\n    username: a\n    password_file: " + short + "\n", "use at least 12", ""},
+		{"a missing file", "http:\n  auth:\n    username: a\n    password_file: /nonexistent/pw\n", "http.auth.password_file: open /nonexistent/pw", ""},
+		{"allowed hosts", "http:\n  allowed_hosts: [bridge.internal, \"evil.example:80\", \"*\"]\n", `http.allowed_hosts[1]: "evil.example:80" is not a host name`, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := loadGood(t, func(s string) string { return s + strings.ReplaceAll(c.yaml, "HASH", testHash(t)) }, 0)
+			if c.problem != "" {
+				if !strings.Contains(problems(err), c.problem) {
+					t.Errorf("problems:\n%s\nwant %q", problems(err), c.problem)
+				}
+				if strings.Contains(problems(err), "hunter2") {
+					t.Error("the problem repeats the password")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(problems(err))
+			}
+			w := warnings(cfg)
+			if c.warning == "" && strings.Contains(w, "http.address") || c.warning != "" && !strings.Contains(w, c.warning) {
+				t.Errorf("warnings:\n%s\nwant %q", w, c.warning)
+			}
+			if a := cfg.HTTP.Auth; a != nil && a.Hash == nil && a.Password.Value() != "0123456789abcdef" {
+				t.Errorf("the password file was read as %q", a.Password.Value())
+			}
+		})
+	}
+}

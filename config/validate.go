@@ -16,6 +16,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 )
 
 var (
@@ -483,6 +484,7 @@ func (l *loader) validateGlobals(c *Config) {
 	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil || port == "" {
 		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)
 	}
+	l.validateHTTPAuth(c)
 	for i, h := range c.HTTP.AllowedHosts {
 		if !hostnameRE.MatchString(h) {
 			l.errorf(fmt.Sprintf("http.allowed_hosts[%d]", i), "%q is not a host name (no port, scheme or wildcard), e.g. smtpbridge.internal", h)
@@ -568,4 +570,57 @@ func (l *loader) validateSecurity(c *Config) {
 			l.warnf("security.auth_exempt_networks", "%s exempts every address: password guessing is never blocked", p)
 		}
 	}
+}
+
+// minHTTPPassword is the shortest password_file content taken: the page
+// and /metrics may face a network.
+const minHTTPPassword = 12
+
+func (l *loader) validateHTTPAuth(c *Config) {
+	a := c.HTTP.Auth
+	if a == nil {
+		if host, _, err := net.SplitHostPort(c.HTTP.Address); err == nil && !loopbackHost(host) {
+			l.warnf("http.address", "%s serves the status page and /metrics (devices, mailboxes, tenant and app IDs, source addresses) to every client that reaches it, without a credential; set http.auth, or bind it to 127.0.0.1", c.HTTP.Address)
+		}
+		return
+	}
+	if a.Username == "" || strings.ContainsAny(a.Username, ":\r\n") {
+		l.errorf("http.auth.username", "required, without a colon: the name Prometheus and the browser log in with")
+	}
+	switch {
+	case a.PasswordHash != "" && a.PasswordFile != "":
+		l.errorf("http.auth", "set one of password_hash and password_file, not both")
+	case a.PasswordHash != "":
+		h, err := passwd.Parse(a.PasswordHash)
+		if err != nil {
+			l.errorf("http.auth.password_hash", "%v; create one with `smtpbridge hash-password`", err)
+			return
+		}
+		a.Hash = h
+	case a.PasswordFile != "":
+		a.PasswordFile = l.path(a.PasswordFile)
+		data, err := os.ReadFile(a.PasswordFile)
+		if err != nil {
+			l.errorf("http.auth.password_file", "%v", err)
+			return
+		}
+		l.checkSecretFile("http.auth.password_file", a.PasswordFile)
+		pw := strings.TrimRight(string(data), "\r\n")
+		if len(pw) < minHTTPPassword {
+			l.errorf("http.auth.password_file", "%s holds a password of %d characters; use at least %d, e.g. from `openssl rand -hex 16`", a.PasswordFile, len(pw), minHTTPPassword)
+			return
+		}
+		a.Password = secret.String(pw)
+	default:
+		l.errorf("http.auth", "set password_hash (from `smtpbridge hash-password`) or password_file (a file holding the password, which Prometheus can read too)")
+	}
+}
+
+// loopbackHost says whether a listen host reaches only this host.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -290,7 +291,20 @@ type Stats struct {
 	// Oldest is when the oldest queued message was received; zero when
 	// the queue is empty.
 	Oldest time.Time
+	// Waiting says why deferred messages wait: their last replies, the
+	// most common first, at most maxWaitReasons.
+	Waiting []WaitReason
 }
+
+// WaitReason is why some deferred messages wait.
+type WaitReason struct {
+	Reply string    // the last attempt's reply, e.g. 451 4.2.0 ...
+	Count int       // messages waiting for it
+	Next  time.Time // the soonest next attempt among them
+}
+
+// maxWaitReasons bounds Stats.Waiting.
+const maxWaitReasons = 5
 
 // Stats summarises the queue: the queued messages from memory, the dead
 // letters by counting their files (not reading them).
@@ -299,15 +313,34 @@ func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	st := Stats{Dead: dead}
+	why := map[string]*WaitReason{}
 	for _, e := range q.entries {
 		if stateOf(e.meta) == StateDeferred {
 			st.Deferred++
+			w := why[e.meta.LastReply]
+			if w == nil {
+				w = &WaitReason{Reply: e.meta.LastReply, Next: e.meta.NextAttempt}
+				why[e.meta.LastReply] = w
+			}
+			w.Count++
+			if e.meta.NextAttempt.Before(w.Next) {
+				w.Next = e.meta.NextAttempt
+			}
 		} else {
 			st.Queued++
 		}
 		if st.Oldest.IsZero() || e.meta.Received.Before(st.Oldest) {
 			st.Oldest = e.meta.Received
 		}
+	}
+	for _, w := range why {
+		st.Waiting = append(st.Waiting, *w)
+	}
+	slices.SortFunc(st.Waiting, func(a, b WaitReason) int {
+		return cmp.Or(b.Count-a.Count, a.Next.Compare(b.Next), strings.Compare(a.Reply, b.Reply))
+	})
+	if len(st.Waiting) > maxWaitReasons {
+		st.Waiting = st.Waiting[:maxWaitReasons]
 	}
 	return st
 }

@@ -57,6 +57,13 @@ func (s *Spool) SetQuota(q Quota) {
 	s.use.quota = q
 }
 
+// Quota returns the bounds in force.
+func (s *Spool) Quota() Quota {
+	s.use.mu.Lock()
+	defer s.use.mu.Unlock()
+	return s.use.quota
+}
+
 // Usage reports what the spool holds.
 func (s *Spool) Usage() Usage {
 	s.use.mu.Lock()

@@ -28,11 +28,17 @@ func (f fakeQueue) Dead() ([]queue.Item, error) { return f.dead, nil }
 func render(t *testing.T, b *Board, q QueueView) string {
 	t.Helper()
 	until := time.Now().Add(14 * time.Minute)
-	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, q, func() []guard.Block {
+	srv := httptest.NewServer(b.Handler(PageInfo{Version: "1.2.3", Hostname: "bridge.test"}, Sources{Queue: q, Blocks: func() []guard.Block {
 		return []guard.Block{{Addr: "203.0.113.9", Since: time.Now().Add(-time.Minute),
 			Until: until, Failures: 5}, {Addr: "2001:db8:1:2::/64", Since: time.Now().Add(-time.Minute),
 			Until: until, Failures: 5, Username: "mfp-2f"}}
-	}))
+	}, Spool: func() SpoolUsage {
+		return SpoolUsage{Bytes: 900 << 20, MaxBytes: 1 << 30, Free: 50 << 20, MinFree: 100 << 20,
+			Devices: map[string]int64{"mfp": 300 << 20, "hog": 600 << 20},
+			Share:   func(d string) int64 { return 600 << 20 }}
+	}, Quotas: func() []MailboxQuota {
+		return []MailboxQuota{{Tenant: "contoso", Mailbox: "scanner@contoso.example", Used: 9500, Limit: 10000}}
+	}}))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/")
 	if err != nil {
@@ -98,7 +104,9 @@ func TestPage(t *testing.T) {
 	b.Reloaded(false, []string{"smtpbridge.yaml:12: devices[0].tenant: unknown tenant \"nope\""})
 
 	q := fakeQueue{
-		stats: queue.Stats{Queued: 1, Deferred: 2, Dead: 1, Oldest: time.Now().Add(-45 * time.Minute)},
+		stats: queue.Stats{Queued: 1, Deferred: 2, Dead: 1, Oldest: time.Now().Add(-45 * time.Minute),
+			Waiting: []queue.WaitReason{{Reply: "451 4.2.0 This device's mailbox reached its recipients a day at Exchange Online, try again later",
+				Count: 2, Next: time.Now().Add(90 * time.Minute)}}},
 		dead: []queue.Item{{State: queue.StateDead, Meta: spool.Meta{ID: "001deadletter", Device: "mfp-2f",
 			To: []string{"a@x", "b@x"}, Received: time.Now().Add(-time.Hour), DeadReason: "refused by Exchange Online: 554 5.2.0 quota"}}},
 	}
@@ -121,6 +129,14 @@ func TestPage(t *testing.T) {
 		"last reload failed", "unknown tenant &#34;nope&#34;",
 		"dead letter (expired): 451 4.7.0 Temporary server error",
 		`id="blocks"`, "203.0.113.9", "in 13m", "(not a device&#39;s; not shown)", "2001:db8:1:2::/64", "mfp-2f",
+
+		// why deferred messages wait, the spool, the daily quota
+		`id="waiting"`, "reached its recipients a day", `<td data-label="Messages" class="num">2</td>`, "in 1h 29m",
+		`<p id="spool" class="bad">Spool: <b>900.0 MiB of 1.0 GiB</b>`, "50.0 MiB free, 100.0 MiB kept free",
+		`<tr class="bad">
+<td data-label="Device">hog</td>`, `<td data-label="In the spool" class="num">600.0 MiB</td>`,
+		`<tr class="warn">
+<td data-label="Mailbox" class="wrap">scanner@contoso.example`, `<td data-label="Last 24 hours" class="num">9500</td>`,
 	)
 	if strings.Contains(page, "<script") {
 		t.Error("a device-controlled string reached the page unescaped")

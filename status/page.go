@@ -19,6 +19,33 @@ type QueueView interface {
 	Dead() ([]queue.Item, error)
 }
 
+// Sources are what the page shows besides the board's own records; a
+// nil field leaves its part of the page out.
+type Sources struct {
+	Queue QueueView
+	// Blocks lists the addresses blocked for failed logins.
+	Blocks func() []guard.Block
+	// Spool says how full the spool is.
+	Spool func() SpoolUsage
+	// Quotas are the mailboxes' recipients in the last day.
+	Quotas func() []MailboxQuota
+}
+
+// SpoolUsage is what the spool holds against its bounds.
+type SpoolUsage struct {
+	Bytes, MaxBytes int64 // MaxBytes 0: no bound
+	Free, MinFree   int64 // Free -1: unknown
+	// Devices are the bytes each device's messages take, and its share.
+	Devices map[string]int64
+	Share   func(device string) int64
+}
+
+// MailboxQuota is a mailbox's recipients in the last 24 hours.
+type MailboxQuota struct {
+	Tenant, Mailbox string
+	Used, Limit     int // Limit 0: none
+}
+
 // PageInfo names the bridge on the page.
 type PageInfo struct {
 	Version  string
@@ -37,14 +64,13 @@ var pageTmpl = template.Must(template.New("page").Parse(pageHTML))
 // Handler serves the status page: one server-rendered HTML page with its
 // styles inline, no script and no external asset, so that it works on a
 // phone and in a browser with no network beyond the bridge.
-// blocks, if not nil, lists the addresses blocked for failed logins.
-func (b *Board) Handler(info PageInfo, q QueueView, blocks func() []guard.Block) http.Handler {
+func (b *Board) Handler(info PageInfo, src Sources) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
 			return
 		}
-		v := b.view(info, q, blocks, time.Now())
+		v := b.view(info, src, time.Now())
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		// Nothing on the page needs a script, a frame or a remote asset.
@@ -82,6 +108,28 @@ type view struct {
 	Overdue     int
 	TenantIssue int
 	Blocks      []blockView
+	Waiting     []waitView
+	Spool       *spoolView
+	Quotas      []quotaView
+}
+
+type waitView struct {
+	Reply, Next string
+	Count       int
+}
+
+type spoolView struct {
+	Used, Free, Class string
+	Devices           []spoolDeviceView
+}
+
+type spoolDeviceView struct {
+	Name, Used, Share, Class string
+}
+
+type quotaView struct {
+	Tenant, Mailbox, Class string
+	Used, Limit            int
 }
 
 type blockView struct {
@@ -133,10 +181,23 @@ type failureView struct {
 	Kind, Device, MsgID, Text string
 }
 
-func (b *Board) view(info PageInfo, q QueueView, blocks func() []guard.Block, now time.Time) view {
+func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
-	if blocks != nil {
-		for _, bl := range blocks() {
+	q := src.Queue
+	if src.Spool != nil {
+		v.Spool = spoolViewOf(src.Spool())
+	}
+	if src.Quotas != nil {
+		for _, mq := range src.Quotas() {
+			v.Quotas = append(v.Quotas, quotaView{Tenant: mq.Tenant, Mailbox: mq.Mailbox, Used: mq.Used, Limit: mq.Limit,
+				Class: fullness(int64(mq.Used), int64(mq.Limit))})
+		}
+		slices.SortFunc(v.Quotas, func(a, b quotaView) int {
+			return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Mailbox, b.Mailbox))
+		})
+	}
+	if src.Blocks != nil {
+		for _, bl := range src.Blocks() {
 			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr, Since: stampOf(bl.Since, now),
 				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username)})
 		}
@@ -167,6 +228,13 @@ func (b *Board) view(info PageInfo, q QueueView, blocks func() []guard.Block, no
 
 	if q != nil {
 		v.Queue = q.Stats()
+		for _, w := range v.Queue.Waiting {
+			next := "now"
+			if d := w.Next.Sub(now); d > 0 {
+				next = "in " + human(d)
+			}
+			v.Waiting = append(v.Waiting, waitView{Reply: w.Reply, Count: w.Count, Next: next})
+		}
 		v.QueueClass = classOK
 		if !v.Queue.Oldest.IsZero() {
 			age := now.Sub(v.Queue.Oldest)
@@ -303,4 +371,69 @@ func shownUsername(u string) string {
 		return "(not a device's; not shown)"
 	}
 	return u
+}
+
+// fullness is how worried to look at used of limit: warn from 80%.
+func fullness(used, limit int64) string {
+	switch {
+	case limit <= 0:
+		return classNone
+	case used >= limit:
+		return classBad
+	case used*5 >= limit*4:
+		return classWarn
+	}
+	return classOK
+}
+
+// maxSpoolDevicesShown bounds the devices listed by their spool use.
+const maxSpoolDevicesShown = 10
+
+func spoolViewOf(u SpoolUsage) *spoolView {
+	sv := &spoolView{Used: bytesOf(u.Bytes), Class: fullness(u.Bytes, u.MaxBytes)}
+	if u.MaxBytes > 0 {
+		sv.Used += " of " + bytesOf(u.MaxBytes)
+	}
+	switch {
+	case u.Free < 0:
+		sv.Free = "unknown"
+	default:
+		sv.Free = bytesOf(u.Free) + " free"
+		if u.MinFree > 0 {
+			sv.Free += ", " + bytesOf(u.MinFree) + " kept free"
+			if u.Free <= u.MinFree {
+				sv.Class = classBad
+			}
+		}
+	}
+	for name, n := range u.Devices {
+		dv := spoolDeviceView{Name: name, Used: bytesOf(n), Class: classOK}
+		if u.Share != nil {
+			if share := u.Share(name); share > 0 {
+				dv.Share, dv.Class = bytesOf(share), fullness(n, share)
+			}
+		}
+		sv.Devices = append(sv.Devices, dv)
+	}
+	slices.SortFunc(sv.Devices, func(a, b spoolDeviceView) int {
+		return cmp.Or(cmp.Compare(u.Devices[b.Name], u.Devices[a.Name]), cmp.Compare(a.Name, b.Name))
+	})
+	if len(sv.Devices) > maxSpoolDevicesShown {
+		sv.Devices = sv.Devices[:maxSpoolDevicesShown]
+	}
+	return sv
+}
+
+// bytesOf shows a size in binary units.
+func bytesOf(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -86,6 +86,13 @@ func (l *Local) Recipients() map[Mailbox]int {
 	return out
 }
 
+// DailyLimit is the tenant's recipients a day per mailbox; 0 for none.
+func (l *Local) DailyLimit(tenant string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limits[tenant].RecipientsPerDay
+}
+
 func (l *Local) unitNow() int64 { return time.Now().UnixNano() / int64(unitOf(l.Day)) }
 
 func (l *Local) unitTime(u int64) time.Time { return time.Unix(0, u*int64(unitOf(l.Day))) }

@@ -102,13 +102,34 @@ spool:
   dir: spool
 http:
   address: %q
+  auth:
+    username: prometheus
+    password_file: metrics.password
 `, b.plain, b.v6, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
+	writeFile(t, filepath.Join(u.dir, "metrics.password"), pagePassword+"\n")
 	path := filepath.Join(u.dir, "abuse.yaml")
 	writeFile(t, path, cfg)
 	b.config = path
 	b.p = startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
 		[]string{b.plain, b.v6, b.panel, b.http}, "serve", "--config", path)
 	return b
+}
+
+// pagePassword is the abuse bridge's http.auth password.
+const pagePassword = "page-password-0123456789"
+
+// get fetches a page of the http listener with http.auth's credential.
+func (b *abuseBridge) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+b.http+path, nil)
+	req.SetBasicAuth("prometheus", pagePassword)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 // stillServes sends one message as mfp-2f from 127.0.0.1 and checks it
@@ -496,13 +517,13 @@ func TestAbuse(t *testing.T) {
 				if err != nil || !strings.Contains(out, attacker) || !strings.Contains(out, "1 address(es) blocked") {
 					t.Errorf("smtpbridge blocks: %v\n%s", err, out)
 				}
-				_, m := httpGet(t, "http://"+b.http+"/metrics")
+				_, m := b.get(t, "/metrics")
 				for _, want := range []string{`smtpbridge_blocked_addresses 1`, `smtpbridge_connections_refused_total{listener="lan",reason="blocked"}`} {
 					if !strings.Contains(m, want) {
 						t.Errorf("/metrics lacks %s", want)
 					}
 				}
-				if _, page := httpGet(t, "http://"+b.http+"/"); !strings.Contains(page, attacker) {
+				if _, page := b.get(t, "/"); !strings.Contains(page, attacker) {
 					t.Error("the status page does not list the blocked address")
 				}
 				if out, err := runCmd(t, "", binary, "blocks", "unblock", attacker, "--admin", "http://"+b.http, "--token-file", filepath.Join(b.u.dir, "spool", "admin.token")); err != nil || !strings.Contains(out, "unblocked") {
@@ -604,6 +625,42 @@ func TestAbuse(t *testing.T) {
 					cv.Conn.Close()
 					return strings.HasPrefix(greeting, "220")
 				})
+			})
+
+			t.Run("status page and metrics without the credential", func(t *testing.T) {
+				for _, path := range []string{"/", "/metrics"} {
+					code, body := httpGet(t, "http://"+b.http+path)
+					if code != 401 || strings.Contains(body, "mfp-2f") || strings.Contains(body, "scanner@") {
+						t.Errorf("GET %s without the credential: %d %s", path, code, tail(body, 5))
+					}
+					req, _ := http.NewRequest("GET", "http://"+b.http+path, nil)
+					req.SetBasicAuth("prometheus", "guess")
+					if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+						t.Errorf("GET %s with a wrong password: %v %v", path, resp.Status, err)
+					} else {
+						resp.Body.Close()
+					}
+					if code, body := b.get(t, path); code != 200 || !strings.Contains(body, "mfp-2f") {
+						t.Errorf("GET %s with the credential: %d", path, code)
+					}
+				}
+				// The probes stay open: they show nothing.
+				for _, path := range []string{"/healthz", "/readyz"} {
+					if code, _ := httpGet(t, "http://"+b.http+path); code != 200 {
+						t.Errorf("GET %s: %d", path, code)
+					}
+				}
+				// The server's own bounds: a 64 KiB header is refused.
+				c, err := net.Dial("tcp", b.http)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "+strings.Repeat("a", 64<<10)+"\r\n\r\n")
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if line, _ := bufio.NewReader(c).ReadString('\n'); !strings.Contains(line, "431") {
+					t.Errorf("a 64 KiB header: %q", line)
+				}
 			})
 
 			t.Run("hourly limit of a device", func(t *testing.T) {

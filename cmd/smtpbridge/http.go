@@ -7,22 +7,25 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
+	"github.com/smtpbridge/smtpbridge/internal/httpauth"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
 )
 
 // handler is everything the http listener serves:
 //
-//	GET  /          the status page
-//	GET  /metrics   Prometheus metrics
+//	GET  /          the status page   } with http.auth's credential,
+//	GET  /metrics   Prometheus metrics } if set
 //	GET  /healthz   the process answers
 //	GET  /readyz    listeners bound and the spool writable
 //	POST /-/reload  reload the config  } the admin API: loopback clients
 //	     /api/...   queue, blocks      } with the admin token only
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /{$}", d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.q, d.guard.Blocks))
-	mux.Handle("GET /metrics", d.m.Handler())
+	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
+		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas})
+	mux.Handle("GET /{$}", httpauth.Basic(page, d.pageAuth))
+	mux.Handle("GET /metrics", httpauth.Basic(d.m.Handler(), d.pageAuth))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		text(w, http.StatusOK, "ok\n")
 	})
@@ -79,4 +82,21 @@ func text(w http.ResponseWriter, code int, s string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(code)
 	w.Write([]byte(s))
+}
+
+// spoolUsage is the spool's fill for the status page.
+func (d *daemon) spoolUsage() status.SpoolUsage {
+	u, q := d.sp.Usage(), d.sp.Quota()
+	return status.SpoolUsage{Bytes: u.Bytes, MaxBytes: q.MaxBytes, Free: u.Free, MinFree: q.MinFreeBytes,
+		Devices: u.Devices, Share: q.DeviceMaxBytes}
+}
+
+// quotas are the mailboxes' recipients in the last day for the status
+// page.
+func (d *daemon) quotas() []status.MailboxQuota {
+	var out []status.MailboxQuota
+	for mb, n := range d.limiter.Recipients() {
+		out = append(out, status.MailboxQuota{Tenant: mb.Tenant, Mailbox: mb.Address, Used: n, Limit: d.limiter.DailyLimit(mb.Tenant)})
+	}
+	return out
 }

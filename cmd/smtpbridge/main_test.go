@@ -313,6 +313,7 @@ func TestProductionExample(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
 	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
 	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
+	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
 
 	cmd := exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
 	cmd.Env = append(os.Environ(), "CONTOSO_SECRET=example-secret-value")

@@ -34,7 +34,9 @@ type prometheusServer struct {
 	logs *syncbuf.Buffer
 }
 
-func startPrometheus(t *testing.T, target string) *prometheusServer {
+// startPrometheus scrapes target with basic auth, as prometheus, with the
+// password in passwordFile (as docker-compose.yml does).
+func startPrometheus(t *testing.T, target, passwordFile string) *prometheusServer {
 	t.Helper()
 	bin := testenv.LookTool(t, "prometheus")
 	dir := t.TempDir()
@@ -48,9 +50,12 @@ func startPrometheus(t *testing.T, target string) *prometheusServer {
 rule_files: [%q]
 scrape_configs:
   - job_name: smtpbridge
+    basic_auth:
+      username: prometheus
+      password_file: %q
     static_configs:
       - targets: [%q]
-`, rules, target)
+`, rules, passwordFile, target)
 	writeFile(t, filepath.Join(dir, "prometheus.yml"), cfg)
 	addr := freePort(t)
 	p := &prometheusServer{url: "http://" + addr, logs: &syncbuf.Buffer{}}
@@ -194,10 +199,19 @@ func TestOperations(t *testing.T) {
 	audit := filepath.Join(u.dir, "audit.log")
 	data, _ := os.ReadFile(path)
 	writeFile(t, path, strings.Replace(string(data), "log:\n  level: debug\n", "log:\n  level: debug\n  audit_file: audit.log\n", 1))
+	// The status page and /metrics behind http.auth, the password in a
+	// file that Prometheus reads too.
+	pwFile := filepath.Join(u.dir, "metrics.password")
+	const pagePassword = "ops-page-password-42"
+	writeFile(t, pwFile, pagePassword+"\n")
+	appendConfig(t, path, "  auth:\n    username: prometheus\n    password_file: metrics.password\n")
 	env := []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret}
 	p := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
-	prom := startPrometheus(t, httpAddr)
+	prom := startPrometheus(t, httpAddr, pwFile)
 	base := "http://" + httpAddr
+	// page is base with http.auth's credential, as a browser or curl -u
+	// sends it.
+	page := "http://prometheus:" + pagePassword + "@" + httpAddr
 	// Prometheus has seen the bridge before anything happens, so that the
 	// alert rules see the counters change.
 	testenv.Eventually(t, "the first scrape", 20*time.Second, func() bool { return prom.value(t, `up{job="smtpbridge"}`) == "1" })
@@ -219,7 +233,7 @@ func TestOperations(t *testing.T) {
 		t.Fatalf("wrong password:\n%s", out)
 	}
 	testenv.Eventually(t, "the dead letter", 20*time.Second, func() bool {
-		_, m := httpGet(t, base+"/metrics")
+		_, m := httpGet(t, page+"/metrics")
 		return strings.Contains(m, `smtpbridge_queue_messages{state="dead"} 1`)
 	})
 	deadID := auditID(t, audit, "dead")
@@ -234,7 +248,7 @@ func TestOperations(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		_, m := httpGet(t, base+"/metrics")
+		_, m := httpGet(t, page+"/metrics")
 		for _, want := range []string{
 			`smtpbridge_messages_received_total{device="mfp-2f",tenant="contoso"} 1`,
 			`smtpbridge_messages_delivered_total{device="mfp-2f",tenant="contoso"} 1`,
@@ -255,7 +269,7 @@ func TestOperations(t *testing.T) {
 	})
 
 	t.Run("status page in Chromium", func(t *testing.T) {
-		dom := chromium(t, "--dump-dom", base+"/")
+		dom := chromium(t, "--dump-dom", page+"/")
 		for _, want := range []string{
 			"smtpbridge on bridge.test",
 			`id="device-mfp-2f"`, `id="device-erp"`, `id="device-fab-mfp"`,
@@ -278,7 +292,7 @@ func TestOperations(t *testing.T) {
 		}
 		// On a phone-sized window the page renders and fits its width.
 		shot := filepath.Join(t.TempDir(), "phone.png")
-		chromium(t, "--window-size=390,844", "--hide-scrollbars", "--screenshot="+shot, base+"/")
+		chromium(t, "--window-size=390,844", "--hide-scrollbars", "--screenshot="+shot, page+"/")
 		f, err := os.Open(shot)
 		if err != nil {
 			t.Fatal(err)
@@ -349,11 +363,11 @@ func TestOperations(t *testing.T) {
 		if code != 422 || !strings.Contains(body, `unknown tenant \"nosuchtenant\"`) {
 			t.Errorf("POST /-/reload with a bad config = %d %s", code, body)
 		}
-		_, m := httpGet(t, base+"/metrics")
+		_, m := httpGet(t, page+"/metrics")
 		if !strings.Contains(m, "smtpbridge_config_reload_success 0") {
 			t.Error("config_reload_success is not 0 after a failed reload")
 		}
-		if _, page := httpGet(t, base+"/"); !strings.Contains(page, "last reload failed") || !strings.Contains(page, "nosuchtenant") {
+		if _, page := httpGet(t, page+"/"); !strings.Contains(page, "last reload failed") || !strings.Contains(page, "nosuchtenant") {
 			t.Error("the status page does not show the failed reload")
 		}
 		// The old config still serves.
@@ -364,7 +378,7 @@ func TestOperations(t *testing.T) {
 		if code, body := postAdmin(t, base+"/-/reload", filepath.Join(u.dir, "spool")); code != 200 || !strings.Contains(body, `"ok": true`) {
 			t.Errorf("POST /-/reload with the good config = %d %s", code, body)
 		}
-		_, m = httpGet(t, base+"/metrics")
+		_, m = httpGet(t, page+"/metrics")
 		if !strings.Contains(m, "smtpbridge_config_reload_success 1") {
 			t.Error("config_reload_success is not 1 after a good reload")
 		}

@@ -24,6 +24,8 @@ import (
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
+	"github.com/smtpbridge/smtpbridge/internal/httpauth"
+	"github.com/smtpbridge/smtpbridge/internal/httpserve"
 	"github.com/smtpbridge/smtpbridge/internal/sandbox"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/metrics"
@@ -97,6 +99,8 @@ type daemon struct {
 	sp      *spool.Spool
 	httpLn  net.Listener
 	admin   adminapi.Policy // who may call the admin API
+	// pageAuth is who may see the status page and /metrics.
+	pageAuth httpauth.Credential
 
 	mu  sync.Mutex // one reload at a time
 	cfg *config.Config
@@ -130,6 +134,12 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	d.admin = adminapi.Policy{Token: token, AllowedHosts: cfg.HTTP.AllowedHosts}
+	if a := cfg.HTTP.Auth; a != nil {
+		d.pageAuth = httpauth.Credential{Username: a.Username, Password: a.Password.Value()}
+		if a.Hash != nil {
+			d.pageAuth.Hash = a.Hash
+		}
+	}
 
 	if cfg.Sandbox.Dir != "" {
 		ts, mbs := sandboxSetup(cfg)
@@ -223,9 +233,9 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		d.srv.Shutdown(context.Background())
 		return fmt.Errorf("http.address: %w", err)
 	}
-	httpSrv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := httpserve.Server(d.handler())
 	go func() {
-		if err := httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(httpserve.Limit(d.httpLn, httpserve.MaxConnections)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("http listener stopped")
 		}
 	}()
