@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
@@ -20,17 +21,51 @@ var wordDecoder = &mime.WordDecoder{CharsetReader: func(_ string, r io.Reader) (
 }}
 
 // parseFrom parses a From value into its first address and display name.
+// Raw 8-bit text is taken as UTF-8, else as Latin-1 (what old devices
+// send); a value net/mail cannot parse whole still gives up a
+// "name <address>" at its end, so that the device's name is kept.
 func parseFrom(v string) (name string, addr mailaddr.Address, ok bool) {
+	if !utf8.ValidString(v) {
+		v = latin1(v)
+	}
 	p := netmail.AddressParser{WordDecoder: wordDecoder}
 	list, err := p.ParseList(v)
 	if err != nil || len(list) == 0 {
-		return "", mailaddr.Address{}, false
+		return lenientFrom(v)
 	}
 	a, err := mailaddr.Parse(list[0].Address)
 	if err != nil {
 		return list[0].Name, mailaddr.Address{}, false
 	}
 	return list[0].Name, a, true
+}
+
+// lenientFrom reads "name <address>" from the end of a From value that
+// net/mail refused.
+func lenientFrom(v string) (name string, addr mailaddr.Address, ok bool) {
+	v = strings.TrimSpace(v)
+	i := strings.LastIndexByte(v, '<')
+	if i < 0 || !strings.HasSuffix(v, ">") {
+		return "", mailaddr.Address{}, false
+	}
+	a, err := mailaddr.Parse(v[i+1 : len(v)-1])
+	if err != nil {
+		return "", mailaddr.Address{}, false
+	}
+	name = strings.TrimSpace(v[:i])
+	if dec, err := wordDecoder.DecodeHeader(name); err == nil {
+		name = dec
+	}
+	return strings.Trim(name, `"`), a, true
+}
+
+// latin1 reads s as ISO 8859-1.
+func latin1(s string) string {
+	r := make([]rune, len(s))
+	for i := 0; i < len(s); i++ {
+		r[i] = rune(s[i])
+	}
+	return string(r)
 }
 
 // fromAddresses parses every address of a From value. RFC 5322 allows
@@ -56,13 +91,26 @@ func fromAddresses(v string) ([]mailaddr.Address, bool) {
 // cleanDisplayName makes a device's display name safe to keep in front of
 // the mailbox address. Exchange's SendAs check reads an "@" in a display
 // name as an address (554 5.2.252), so it becomes " at "; control
-// characters, quotes and angle brackets go, and the result is bounded.
+// characters, quotes and backslashes go, and the result is bounded. An
+// ASCII name goes out quoted, where nothing else means anything; a name
+// with other characters goes out as an RFC 2047 encoded word, which cannot
+// be quoted, so RFC 5322's specials go from it too: once decoded, a comma
+// would end an address and an angle bracket start one.
 func cleanDisplayName(s string) string {
 	s = strings.ReplaceAll(s, "@", " at ")
+	ascii := true
+	for _, r := range s {
+		if r >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
 	s = strings.Map(func(r rune) rune {
 		switch {
-		case r == '"' || r == '<' || r == '>' || r == '\\':
-			return -1
+		case r == '"' || r == '\\' || r == '<' || r == '>':
+			return ' '
+		case !ascii && strings.ContainsRune(",;:()[]", r):
+			return ' '
 		case unicode.IsControl(r) || !unicode.IsPrint(r):
 			return ' '
 		}

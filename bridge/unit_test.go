@@ -115,6 +115,31 @@ func TestReadHeaderAndRewrite(t *testing.T) {
 			wantFrom: "From: <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b",
 		},
 		{
+			name:     "raw Latin-1 display name",
+			in:       "From: Scanner B\xfcro 2 <scan@printer.lan>\r\n\r\nb",
+			wantFrom: "From: =?utf-8?q?Scanner_B=C3=BCro_2?= <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <scan@printer.lan>\r\n", keepBody: "b",
+		},
+		{
+			name:     "raw UTF-8 display name",
+			in:       "From: Scanner B\xc3\xbcro 2 <scan@printer.lan>\r\n\r\nb",
+			wantFrom: "From: =?utf-8?q?Scanner_B=C3=BCro_2?= <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <scan@printer.lan>\r\n", keepBody: "b",
+		},
+		{
+			name:     "raw Latin-1 quoted display name",
+			in:       "From: \"M\xfcller, Scan\" <scan@printer.lan>\r\n\r\nb",
+			wantFrom: "From: =?utf-8?q?M=C3=BCller_Scan?= <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <scan@printer.lan>\r\n", keepBody: "b",
+		},
+		{
+			name:     "encoded word hiding an address and a comma",
+			in:       "From: =?utf-8?q?ceo=40contoso=2Eexample=2C_B=C3=BCro_<x=40y>?= <scan@printer.lan>\r\n\r\nb",
+			wantFrom: "From: =?utf-8?b?Y2VvIGF0IGNvbnRvc28uZXhhbXBsZSBCw7xybyB4IGF0IHk=?= <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <scan@printer.lan>\r\n", keepBody: "b",
+		},
+		{
+			name:     "ASCII name with a comma and a semicolon, kept within quotes",
+			in:       "From: \"Floor 2, Room 3; east\" <scan@printer.lan>\r\n\r\nb",
+			wantFrom: "From: \"Floor 2, Room 3; east\" <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <scan@printer.lan>\r\n", keepBody: "b",
+		},
+		{
 			name:     "header injection in display name",
 			in:       "From: \"x\r\n Bcc: evil@x.lan\" <a@x.lan>\r\n\r\nb",
 			wantFrom: "From: \"x Bcc: evil at x.lan\" <scanner@contoso.example>\r\n", wantReplyTo: "Reply-To: <a@x.lan>\r\n", keepBody: "b",
@@ -256,6 +281,8 @@ func FuzzRewriteHeader(f *testing.F) {
 	f.Add("Subject: a\rBcc: x@y\r\nFrom: a@b.lan\r\nFrom: c@d.lan\r\n\r\n")
 	f.Add("X: \x00\r\n \r\r\n\r\n")
 	f.Add("")
+	f.Add("From: Scanner B\xfcro 2 <scan@printer.lan>\r\n\r\n")
+	f.Add("From: =?utf-8?q?a=40b=2C_=C3=BC_<c=40d>?= <scan@printer.lan>\r\n\r\n")
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
 	f.Fuzz(func(t *testing.T, in string) {
 		h, body, err := header.Read(strings.NewReader(in))
@@ -272,9 +299,14 @@ func FuzzRewriteHeader(f *testing.F) {
 		for _, fl := range h.Fields {
 			if fl.Name == "from" {
 				froms++
-				_, a, ok := parseFrom(fl.Value())
+				name, a, ok := parseFrom(fl.Value())
 				if !ok || !a.Equal(mbox) {
 					t.Fatalf("From field %q does not parse to the mailbox", fl.Raw)
+				}
+				// Decoded, the name holds nothing Exchange could read as
+				// another address.
+				if strings.ContainsAny(name, "@<>") || !isASCII(name) && strings.ContainsAny(name, ",;:") {
+					t.Fatalf("From field %q has the display name %q", fl.Raw, name)
 				}
 				if bytes.Count(fl.Raw, []byte("\n")) != 1 {
 					t.Fatalf("From field spans lines: %q", fl.Raw)
@@ -288,4 +320,13 @@ func FuzzRewriteHeader(f *testing.F) {
 			t.Fatalf("a bare CR or NUL reached the header block: %q", out)
 		}
 	})
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

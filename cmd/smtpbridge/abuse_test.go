@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	netmail "net/mail"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -365,6 +367,45 @@ func TestAbuse(t *testing.T) {
 				}
 				if body != "A\r\n.\r\nMAIL FROM:<x>\r\nRCPT TO:<evil@elsewhere.example>\r\nDATA\r\nB\r\nC\r\n" {
 					t.Errorf("the body Exchange got: %q", body)
+				}
+			})
+
+			t.Run("DSN parameters and a Latin-1 display name", func(t *testing.T) {
+				cv, _ := dialFrom(t, "127.0.0.17", b.plain)
+				cv.Login("mfp-2f", password)
+				// Python's smtplib and ERP jobs send these whatever EHLO lists.
+				cv.Cmd("MAIL FROM:<scan@printer.lan> RET=HDRS ENVID=abc", "250")
+				cv.Cmd("RCPT TO:<bob@contoso.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@contoso.example", "250")
+				cv.Cmd("DATA", "354")
+				io.WriteString(cv.Conn, "From: Scanner B\xfcro 2 <scan@printer.lan>\r\nSubject: dsn-latin1\r\n\r\nscan\r\n.\r\n")
+				if got, _ := cv.Read(); !strings.HasPrefix(got, "250 2.0.0") {
+					t.Fatalf("reply %q", got)
+				}
+				var m *fakeexchange.Message
+				for _, x := range b.u.exo.Messages() {
+					if strings.Contains(string(x.Data), "Subject: dsn-latin1") {
+						m = &x
+					}
+				}
+				if m == nil {
+					t.Fatal("not delivered")
+				}
+				if m.Ret != "HDRS" || m.EnvID != "abc" || m.Notify["bob@contoso.example"] != "SUCCESS,FAILURE" ||
+					!strings.EqualFold(m.ORcpt["bob@contoso.example"], "rfc822;bob@contoso.example") { // addr-type is case-insensitive (RFC 3461)
+					t.Errorf("Exchange saw RET=%q ENVID=%q NOTIFY=%v ORCPT=%v", m.Ret, m.EnvID, m.Notify, m.ORcpt)
+				}
+				hdr, _, _ := strings.Cut(string(m.Data), "\r\n\r\n")
+				from := testenv.Grep(hdr, "From:")
+				msg, err := netmail.ReadMessage(strings.NewReader(string(m.Data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				list, err := msg.Header.AddressList("From")
+				if err != nil || len(list) != 1 || list[0].Name != "Scanner Büro 2" || list[0].Address != "scanner@contoso.example" {
+					t.Errorf("From %q reads as %v %v", from, list, err)
+				}
+				if !strings.Contains(from, "=?utf-8?") {
+					t.Errorf("From %q is not an encoded word", from)
 				}
 			})
 
