@@ -32,12 +32,23 @@ type Hint struct {
 // smtp are Exchange Online's replies, most specific first: Match takes
 // the first whose code and enhanced code match, and whose Contains (if
 // set) is in the text.
-var smtp = []struct {
+type smtpHint struct {
 	code     int
 	enhanced string
 	contains string
 	Hint
-}{
+}
+
+// codeText names the reply a hint is for: its codes, and the words of
+// its text that tell it from others with the same codes.
+func (e smtpHint) codeText() string {
+	if e.contains != "" {
+		return fmt.Sprintf("%d %s ...%s...", e.code, e.enhanced, e.contains)
+	}
+	return fmt.Sprintf("%d %s", e.code, e.enhanced)
+}
+
+var smtp = []smtpHint{
 	{535, "5.7.139", "", Hint{
 		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
 		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant)."}},
@@ -65,6 +76,9 @@ var smtp = []struct {
 	{550, "5.7.67", "", Hint{
 		Meaning: "Exchange refuses TLS 1.0 and 1.1 on this endpoint.",
 		Fix:     "The bridge uses TLS 1.2 or newer towards Exchange; look for a TLS-intercepting proxy between the bridge and smtp.office365.com."}},
+	{451, "4.7.0", "access token", Hint{
+		Meaning: "The bridge's own reply: it could not get an access token from Entra ID for the device's tenant, so it did not reach Exchange.",
+		Fix:     "The status page's tenant row and the log's token line give Entra's AADSTS code and its fix; a transient one (AADSTS90033) needs nothing: the tenant's token requests pause and the queue retries."}},
 	{451, "4.7.0", "", Hint{
 		Meaning: "A temporary server error at Exchange Online.",
 		Fix:     "Nothing: the bridge retries. If it lasts, check the Microsoft 365 service health page."}},
@@ -133,7 +147,7 @@ func Match(code int, enhanced, text string) *Hint {
 	for _, e := range smtp {
 		if e.code == code && e.enhanced == enhanced && strings.Contains(text, e.contains) {
 			h := e.Hint
-			h.Code = fmt.Sprintf("%d %s", e.code, e.enhanced)
+			h.Code = e.codeText()
 			return &h
 		}
 	}
@@ -156,7 +170,7 @@ func All() []Hint {
 	var out []Hint
 	for _, e := range smtp {
 		h := e.Hint
-		h.Code = fmt.Sprintf("%d %s", e.code, e.enhanced)
+		h.Code = e.codeText()
 		out = append(out, h)
 	}
 	for _, code := range slices.Sorted(maps.Keys(aadsts)) {

@@ -11,7 +11,9 @@ func TestForReply(t *testing.T) {
 	for reply, want := range map[string]string{
 		"535 5.7.3 Authentication unsuccessful [SN4PR0601CA0002.namprd06.prod.outlook.com]":                     "535 5.7.3",
 		"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox":         "535 5.7.139",
-		"554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message":   "554 5.2.0",
+		"554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message":   "554 5.2.0 ...SubmissionQuota...",
+		"451 4.7.0 Could not get an access token for this device's mailbox, try again later":                    "451 4.7.0 ...access token...",
+		"451 4.7.0 Temporary server error. Please try again later. PRX4":                                        "451 4.7.0",
 		"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded":                                         "432 4.3.2",
 		"550 5.7.60 SMTP; Client does not have permissions to send as this sender":                              "550 5.7.60",
 		"554 5.2.252 SendAsDenied; scanner@contoso.com not allowed to send as billing@contoso.com":              "554 5.2.252",

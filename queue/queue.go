@@ -415,10 +415,15 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 		m.LastReply = message.ReplyOf(again[0]).String()
 		pause = again[0]
 	}
-	if out == outDeferred && pause != nil && pause.RetryAt.After(m.NextAttempt) {
-		m.NextAttempt = pause.RetryAt.UTC()
+	laneWide := out == outDeferred && pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero())
+	if laneWide {
+		// Not the message's own failure: it goes when its mailbox does,
+		// not on a backoff of its own.
+		q.mu.Lock()
+		m.NextAttempt = q.pauseLane(q.lane(keyOf(e)), pause, now).UTC()
+		q.mu.Unlock()
 	}
-	if out == outDeferred && (err == nil || perRecipient) {
+	if out == outDeferred && (err == nil || perRecipient || laneWide) {
 		// Recipients were taken or refused: the spool must say who is
 		// left before anything else, so that a crash from here on gives
 		// nobody the message twice.
@@ -439,13 +444,6 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	switch {
 	case out == outDeferred:
 		e.meta, e.due = m, m.NextAttempt
-		if pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero()) {
-			l.pauses++
-			l.pausedUntil = now.Add(q.backoff(l.pauses))
-			if pause.RetryAt.After(l.pausedUntil) {
-				l.pausedUntil = pause.RetryAt
-			}
-		}
 	default:
 		delete(q.entries, m.ID)
 	}
@@ -532,6 +530,28 @@ func (q *Queue) remove(id string, log zerolog.Logger) {
 		// At worst the message is delivered again after a restart.
 		log.Error().Err(err).Msg("could not remove the delivered message from the spool")
 	}
+}
+
+// pauseLane makes a mailbox wait after a failure that is not one
+// message's (throttling, Exchange or Entra ID out of reach, the daily
+// quota) and returns until when; q.mu is held. When the failure says when
+// to come back (RetryAt: a paused tenant's token requests, the quota's
+// window) that is the end; otherwise the pause doubles from RetryInitial
+// with each pause in a row. A failure while the mailbox is paused already
+// (an attempt that was under way, or a session's first attempt, which
+// goes ahead of a pause) does not make the pause longer: 500 messages
+// failing at once are one pause, not 500.
+func (q *Queue) pauseLane(l *lane, pause *message.Error, now time.Time) time.Time {
+	switch {
+	case !pause.RetryAt.IsZero():
+		if pause.RetryAt.After(l.pausedUntil) {
+			l.pausedUntil = pause.RetryAt
+		}
+	case !now.Before(l.pausedUntil):
+		l.pauses++
+		l.pausedUntil = now.Add(q.backoff(l.pauses))
+	}
+	return l.pausedUntil
 }
 
 // backoff is the wait before attempt n+1: RetryInitial doubled per

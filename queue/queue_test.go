@@ -581,3 +581,30 @@ func TestDeviceSpoolQuota(t *testing.T) {
 		t.Errorf("the device once its mail left: %d %s", code, text)
 	}
 }
+
+// Many messages failing at once for a reason of their mailbox's
+// (Exchange's 432 throttling) are one pause of the mailbox, not one each:
+// the pause does not grow with their number, and they go together when
+// it ends, instead of each on a backoff of its own.
+func TestPauseDoesNotGrowWithFailures(t *testing.T) {
+	w := newWorld(t)
+	s := w.start(stackOptions{mode: message.ModeQueue, retryInitial: 300 * time.Millisecond, retryMax: 20 * time.Second})
+	const n = 30
+	var throttle []fakeexchange.Reply
+	for i := 0; i < n; i++ {
+		throttle = append(throttle, fakeexchange.Reply{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"})
+	}
+	w.exo.Script(fakeexchange.StageMail, throttle...)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := s.q.Deliver(context.Background(), &message.Message{ID: message.NewID(), Device: "mfp", Tenant: "contoso",
+			Mailbox: mailbox, From: mailbox, To: []string{"bob@contoso.example"},
+			Body: strings.NewReader(fmt.Sprintf("Subject: pause-%d\r\n\r\n%s\r\n", i, bodyCanary))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Pauses in a row double from 300 ms; 30 pauses, one per failure,
+	// would reach retry_max (20 s).
+	testenv.Eventually(t, "every message delivered", 10*time.Second, func() bool { return len(w.subjects()) == n })
+	t.Logf("%d messages throttled %d times in all, delivered in %s", n, n, time.Since(start).Round(time.Millisecond))
+}

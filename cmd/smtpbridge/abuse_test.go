@@ -167,6 +167,7 @@ func (b *abuseBridge) relayedTo() map[string]bool {
 }
 
 func TestAbuse(t *testing.T) {
+	t.Parallel() // beside TestAbuseEntraOutage's minute of waiting
 	b := startAbuseBridge(t)
 
 	slowLoris := func(t *testing.T) {

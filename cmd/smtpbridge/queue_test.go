@@ -93,7 +93,7 @@ func TestCrashSafety(t *testing.T) {
 	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
-	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 300ms\n  retry_max: 1s\n")
+	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 2s\n  retry_max: 4s\n")
 	// Above Exchange's 30 a minute (a warning), so that the restart's
 	// backlog is not held back by the rate limit for a minute.
 	data, _ := os.ReadFile(path)
