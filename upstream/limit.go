@@ -78,6 +78,7 @@ type Local struct {
 // box is one mailbox's state.
 type box struct {
 	open    int         // connection slots held
+	leaving int         // of those, the ones told they are over the limit
 	started []time.Time // submission starts in the last window, oldest first
 	day     daily       // recipients in the rolling day
 	changed chan struct{}
@@ -208,23 +209,39 @@ func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) (func(int), e
 }
 
 type localLease struct {
-	l    *Local
-	mb   Mailbox
-	b    *box
-	once sync.Once
+	l       *Local
+	mb      Mailbox
+	b       *box
+	leaving bool // told it is over the limit; it closes
+	once    sync.Once
 }
 
+// Held implements Lease. Of the connections over a lowered limit, each
+// asking is told to leave in turn, and counted as leaving until it
+// releases its slot, so that connections asking at once do not all
+// leave: exactly the limit's number stays.
 func (le *localLease) Held() bool {
 	le.l.mu.Lock()
 	defer le.l.mu.Unlock()
+	if le.leaving {
+		return false
+	}
 	lim, err := le.l.limitsOf(le.mb)
-	return err == nil && le.b.open <= lim.Connections
+	if err == nil && le.b.open-le.b.leaving <= lim.Connections {
+		return true
+	}
+	le.leaving = true
+	le.b.leaving++
+	return false
 }
 
 func (le *localLease) Release() {
 	le.once.Do(func() {
 		le.l.mu.Lock()
 		le.b.open--
+		if le.leaving {
+			le.b.leaving--
+		}
 		le.b.broadcast()
 		le.l.mu.Unlock()
 	})

@@ -210,3 +210,49 @@ func TestLocalDailyQuota(t *testing.T) {
 		t.Errorf("7 recipients on an empty day: %v", err)
 	}
 }
+
+// Connections over a lowered limit that ask at once whether they still
+// count do not all leave: exactly the limit's number stays.
+func TestLoweredLimitKeepsTheLimit(t *testing.T) {
+	l := NewLocal(map[string]Limits{"t": {Connections: 3}})
+	mb := MailboxOf("t", "a@b.c")
+	var leases []Lease
+	for i := 0; i < 3; i++ {
+		le, err := l.Connect(context.Background(), mb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, le)
+	}
+	l.SetLimits(map[string]Limits{"t": {Connections: 1}})
+	held := 0
+	for _, le := range leases { // all ask before any releases
+		if le.Held() {
+			held++
+		}
+	}
+	if held != 1 {
+		t.Fatalf("%d of 3 connections stay under a limit of 1", held)
+	}
+	// Asking again does not change the answer.
+	again := 0
+	for _, le := range leases {
+		if le.Held() {
+			again++
+		}
+	}
+	if again != 1 {
+		t.Errorf("asked again, %d stay", again)
+	}
+	// The leaving ones release; no new connection fits until they have.
+	for _, le := range leases {
+		if !le.Held() {
+			le.Release()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := l.Connect(ctx, mb); err == nil {
+		t.Error("a second connection opened under a limit of 1")
+	}
+}
