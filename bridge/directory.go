@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
@@ -60,9 +63,12 @@ type Directory struct {
 	// dummy is verified for an unknown username, so that it costs as much
 	// as a wrong password for a known one.
 	dummy passwd.Hash
-	// hashing bounds concurrent password checks: each argon2id check holds
-	// its memory cost (19 MiB by default) until done.
+	// hashing bounds concurrent password checks to the cores: each
+	// argon2id check holds its memory cost until done, and more at once
+	// than there are cores would only take longer each.
 	hashing chan struct{}
+	// logins are the logins verified recently; a reload passes them on.
+	logins *loginCache
 }
 
 type netDevice struct {
@@ -70,13 +76,11 @@ type netDevice struct {
 	dev    *Device
 }
 
-// maxConcurrentHashes bounds password checks in flight.
-const maxConcurrentHashes = 8
-
 // NewDirectory indexes the devices. Every device with a Username needs a
 // PasswordHash; every one without needs Networks.
 func NewDirectory(devices []Device) (*Directory, error) {
-	d := &Directory{byUser: map[string]*Device{}, hashing: make(chan struct{}, maxConcurrentHashes)}
+	d := &Directory{byUser: map[string]*Device{}, hashing: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		logins: newLoginCache()}
 	costs := map[string]int{}
 	var common passwd.Hash
 	for i := range devices {
@@ -117,19 +121,40 @@ func NewDirectory(devices []Device) (*Directory, error) {
 	return d, nil
 }
 
-// Authenticate checks username and password for a connection from remote.
-// An unknown username costs one hash verification, like a known one.
-func (d *Directory) Authenticate(username string, password []byte, remote netip.Addr) (*Device, AuthResult, error) {
-	d.hashing <- struct{}{}
-	defer func() { <-d.hashing }()
+// Inherit takes over what old, the directory a reload replaces, learnt:
+// its recent logins, less those of devices removed or whose password or
+// networks changed, and its bound on password checks in flight.
+func (d *Directory) Inherit(old *Directory) {
+	if old == nil || old == d {
+		return
+	}
+	d.hashing, d.logins = old.hashing, old.logins
+	d.logins.retain(func(username, of string) bool {
+		dev := d.byUser[username]
+		return dev != nil && dev.login() == of
+	})
+}
 
+// Authenticate checks username and password for a connection from remote.
+// An unknown username costs one hash verification, like a known one; a
+// login verified recently with the same password costs a MAC.
+func (d *Directory) Authenticate(username string, password []byte, remote netip.Addr) (*Device, AuthResult, error) {
 	dev, known := d.byUser[username]
+	now := time.Now()
+	cached := known && d.logins.verified(username, password, dev.login(), now)
+	if !cached {
+		d.hashing <- struct{}{}
+		defer func() { <-d.hashing }()
+	}
 	if !known {
 		d.dummy.Verify(password)
 		return nil, AuthUnknownUser, ErrLoginFailed
 	}
-	if !dev.PasswordHash.Verify(password) {
-		return nil, AuthBadCredentials, ErrLoginFailed
+	if !cached {
+		if !dev.PasswordHash.Verify(password) {
+			return nil, AuthBadCredentials, ErrLoginFailed
+		}
+		d.logins.add(username, password, dev.login(), now)
 	}
 	// The network is checked after the password so that the answer's
 	// timing does not tell a valid username from an allowed network.
@@ -174,6 +199,20 @@ func (dev *Device) sameLogin(other *Device) bool {
 	return dev.Name == other.Name && dev.Username == other.Username && dev.Unauthenticated == other.Unauthenticated &&
 		(dev.PasswordHash == nil) == (other.PasswordHash == nil) &&
 		(dev.PasswordHash == nil || dev.PasswordHash.String() == other.PasswordHash.String())
+}
+
+// login identifies what a login is verified against: the device's
+// password hash and networks.
+func (dev *Device) login() string {
+	var b strings.Builder
+	b.WriteString(dev.Name)
+	b.WriteByte(0)
+	b.WriteString(dev.PasswordHash.String())
+	for _, p := range dev.Networks {
+		b.WriteByte(0)
+		b.WriteString(p.String())
+	}
+	return b.String()
 }
 
 func (dev *Device) allowedFrom(remote netip.Addr) bool {

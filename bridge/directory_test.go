@@ -1,7 +1,10 @@
 package bridge
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,4 +79,140 @@ func BenchmarkLoginTiming(b *testing.B) {
 	b.ReportMetric(float64(known.Microseconds())/float64(b.N), "µs/wrong-password")
 	b.ReportMetric(float64(unknown.Microseconds())/float64(b.N), "µs/unknown-user")
 	b.ReportMetric(float64(unknown)/float64(known), "unknown/wrong-ratio")
+}
+
+// countingHash counts the password checks that reach the hash.
+type countingHash struct {
+	passwd.Hash
+	checks *atomic.Int32
+}
+
+func (h countingHash) Verify(pw []byte) bool {
+	h.checks.Add(1)
+	return h.Hash.Verify(pw)
+}
+
+func countingDevices(t *testing.T, checks *atomic.Int32, password string) []Device {
+	t.Helper()
+	enc, err := passwd.NewBcrypt([]byte(password), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := passwd.Parse(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbox, _ := mailaddr.Parse("scanner@contoso.example")
+	h := countingHash{hash, checks}
+	return []Device{
+		{Name: "mfp", Username: "mfp", PasswordHash: h, Tenant: "t", Mailbox: mbox},
+		{Name: "lab", Username: "lab", PasswordHash: h, Tenant: "t", Mailbox: mbox,
+			Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
+	}
+}
+
+// A repeat login with the same credentials is answered from the cache,
+// without a password check; a wrong password still pays the full check,
+// and the network is checked every time.
+func TestLoginCache(t *testing.T) {
+	var checks atomic.Int32
+	d, err := NewDirectory(countingDevices(t, &checks, "right password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lan, lab := netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("192.0.2.9")
+	try := func(user, pass string, from netip.Addr, want AuthResult, wantChecks int32) {
+		t.Helper()
+		before := checks.Load()
+		if _, got, _ := d.Authenticate(user, []byte(pass), from); got != want {
+			t.Errorf("%s/%s: %s, want %s", user, pass, got, want)
+		}
+		if n := checks.Load() - before; n != wantChecks {
+			t.Errorf("%s/%s: %d password checks, want %d", user, pass, n, wantChecks)
+		}
+	}
+	try("mfp", "right password", lan, AuthSuccess, 1)
+	try("mfp", "right password", lan, AuthSuccess, 0)
+	try("mfp", "wrong", lan, AuthBadCredentials, 1)
+	try("mfp", "right passwordX", lan, AuthBadCredentials, 1)
+	try("mfp", "right password", lan, AuthSuccess, 0)
+	try("lab", "right password", lab, AuthSuccess, 1)
+	try("lab", "right password", lan, AuthNetworkDenied, 0) // cached, yet from the wrong network
+	try("lab", "right password", lab, AuthSuccess, 0)
+
+	if dump := fmt.Sprintf("%+v", d.logins.entries); strings.Contains(dump, "right password") {
+		t.Errorf("the cache holds the password: %s", dump)
+	}
+
+	defer func(ttl time.Duration) { loginCacheTTL = ttl }(loginCacheTTL)
+	loginCacheTTL = 0
+	d.logins.add("mfp", []byte("right password"), d.byUser["mfp"].login(), time.Now())
+	try("mfp", "right password", lan, AuthSuccess, 1) // expired
+}
+
+// A reload drops the cached logins of devices removed, or whose password
+// or networks changed, and keeps the others'.
+func TestLoginCacheReload(t *testing.T) {
+	var checks atomic.Int32
+	old, err := NewDirectory(countingDevices(t, &checks, "right password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := netip.MustParseAddr("192.0.2.9")
+	for _, u := range []string{"mfp", "lab"} {
+		if _, got, _ := old.Authenticate(u, []byte("right password"), lab); got != AuthSuccess {
+			t.Fatalf("%s: %s", u, got)
+		}
+	}
+
+	// Same devices: both logins stay cached.
+	devs := countingDevices(t, &checks, "right password")
+	devs[0].PasswordHash, devs[1].PasswordHash = old.byUser["mfp"].PasswordHash, old.byUser["lab"].PasswordHash
+	same, _ := NewDirectory(devs)
+	same.Inherit(old)
+	if n := same.logins.len(); n != 2 {
+		t.Fatalf("%d cached logins after a reload that changed nothing, want 2", n)
+	}
+	before := checks.Load()
+	if _, got, _ := same.Authenticate("mfp", []byte("right password"), lab); got != AuthSuccess || checks.Load() != before {
+		t.Errorf("unchanged device after a reload: %s, %d checks", got, checks.Load()-before)
+	}
+
+	// lab's networks change, mfp's password changes.
+	devs = countingDevices(t, &checks, "new password")
+	devs[1].PasswordHash = old.byUser["lab"].PasswordHash
+	devs[1].Networks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/25")}
+	changed, _ := NewDirectory(devs)
+	changed.Inherit(same)
+	if n := changed.logins.len(); n != 0 {
+		t.Errorf("%d cached logins after both devices changed, want 0", n)
+	}
+	if _, got, _ := changed.Authenticate("mfp", []byte("right password"), lab); got != AuthBadCredentials {
+		t.Errorf("old password after the change: %s", got)
+	}
+
+	// mfp removed.
+	gone, _ := NewDirectory(devs[1:])
+	changed.Authenticate("mfp", []byte("new password"), lab)
+	gone.Inherit(changed)
+	if gone.logins.verified("mfp", []byte("new password"), devs[0].login(), time.Now()) {
+		t.Error("a removed device's login is still cached")
+	}
+}
+
+// The cache stays within its bound however many usernames log in.
+func TestLoginCacheBound(t *testing.T) {
+	defer func(n int) { loginCacheMax = n }(loginCacheMax)
+	loginCacheMax = 100
+	c := newLoginCache()
+	now := time.Now()
+	for i := 0; i < 1000; i++ {
+		c.add(fmt.Sprintf("user%d", i), []byte("pw"), "of", now.Add(time.Duration(i)*time.Millisecond))
+	}
+	if n := c.len(); n > 100 {
+		t.Fatalf("%d entries, bound 100", n)
+	}
+	if !c.verified("user999", []byte("pw"), "of", now.Add(time.Second)) {
+		t.Error("the newest login was evicted")
+	}
 }

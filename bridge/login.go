@@ -31,14 +31,21 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 // maxAuthFailures failed AUTHs close a session.
 const maxAuthFailures = 3
 
-// login checks a device's credentials. Every AUTH takes at least the
-// guard's minimum time, whatever the outcome; a blocked address gets 535
-// without a password check; each failure waits a little longer than the
-// last; the third failure closes the session.
+// login checks a device's credentials. A failed AUTH takes at least the
+// guard's minimum time, so that an unknown user and a wrong password take
+// as long as each other, and each failure waits a little longer than the
+// last; a blocked address gets 535 without a password check; the third
+// failure closes the session. A success answers at once: its 235 tells
+// the client anyway.
 func (se *session) login(mech, username string, password []byte) error {
 	g := se.srv.guard
 	done := time.Now().Add(g.AuthDuration())
-	defer func() { time.Sleep(time.Until(done)) }()
+	failed := true
+	defer func() {
+		if failed {
+			time.Sleep(time.Until(done))
+		}
+	}()
 
 	if g.Blocked(se.remote) {
 		se.srv.observer.AuthAttempt(se.listener, mech, "blocked", "", se.remote)
@@ -73,6 +80,7 @@ func (se *session) login(mech, username string, password []byte) error {
 		ev.Msg("device login failed")
 		return se.authFailed()
 	}
+	failed = false
 	se.srv.observer.AuthAttempt(se.listener, mech, string(result), dev.Name, se.remote)
 	se.mu.Lock()
 	se.setDevice(dev)

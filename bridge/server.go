@@ -198,6 +198,9 @@ func (s *Server) Reload(st Settings) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if st.Directory != nil {
+		st.Directory.Inherit(s.Settings().Directory)
+	}
 	s.settings.Store(&st)
 	s.listeners = compiled
 	for _, e := range s.endpoints {

@@ -234,6 +234,10 @@ type Limits struct {
 	// MaxQueuedBytesPerDevice bounds a device's messages in the spool,
 	// queued and dead; devices[].max_queued_bytes overrides it.
 	MaxQueuedBytesPerDevice int64 `yaml:"max_queued_bytes_per_device"`
+	// MaxMemoryBytes is the Go runtime's soft memory limit: 0 for 80% of
+	// the container's (cgroup) memory limit, if there is one; -1 for none.
+	// GOMEMLIMIT, when set, wins.
+	MaxMemoryBytes int64 `yaml:"max_memory_bytes"`
 }
 
 // Security is the brute-force defence.

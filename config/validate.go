@@ -545,6 +545,9 @@ func (l *loader) validateLimits(c *Config) {
 	if lim.MaxQueuedBytesPerDevice < 0 {
 		l.errorf("limits.max_queued_bytes_per_device", "must be positive, e.g. %d (1 GiB)", DefaultMaxQueuedBytesPerDevice)
 	}
+	if lim.MaxMemoryBytes < -1 || lim.MaxMemoryBytes > 0 && lim.MaxMemoryBytes < 32<<20 {
+		l.errorf("limits.max_memory_bytes", "%d is not a memory limit the bridge can run in: use 32 MiB (33554432) or more, 0 for 80%% of the container's limit, or -1 for none", lim.MaxMemoryBytes)
+	}
 	if lim.MaxLineLength < 0 || lim.MaxLineLength > 0 && lim.MaxLineLength < 1000 {
 		l.errorf("limits.max_line_length", "%d is below RFC 5321's minimum of 1000 (section 4.5.3.1.6); the default is %d", lim.MaxLineLength, DefaultMaxLineLength)
 	}

@@ -177,7 +177,7 @@ func (g *Guard) exemptKey(k netip.Prefix) bool {
 	return slices.ContainsFunc(g.st.Exempt, func(p netip.Prefix) bool { return p.Bits() <= k.Bits() && p.Contains(k.Addr()) })
 }
 
-// AuthDuration is how long an AUTH should take at least: authMin plus a
+// AuthDuration is how long a failed AUTH should take at least: authMin plus a
 // random jitter; 0 when the guard is off.
 func (g *Guard) AuthDuration() time.Duration {
 	g.mu.Lock()

@@ -528,6 +528,37 @@ func TestAbuse(t *testing.T) {
 				b.stillServes(t, "connection flood")
 			})
 
+			t.Run("a repeat login answers at once, a failure does not", func(t *testing.T) {
+				const from = "127.0.0.21"
+				auth := func(user, pass, want string) time.Duration {
+					cv, greeting := dialFrom(t, from, b.plain)
+					if !strings.HasPrefix(greeting, "220") {
+						t.Fatalf("greeting %q", greeting)
+					}
+					cv.Cmd("EHLO repeat", "250")
+					t0 := time.Now()
+					cv.Cmd("AUTH PLAIN "+b64(plainResp(user, pass)), want)
+					d := time.Since(t0)
+					cv.Cmd("QUIT", "221")
+					return d
+				}
+				fastest := time.Hour
+				for i := 0; i < 4; i++ {
+					fastest = min(fastest, auth("mfp-2f", password, "235 2.0.0"))
+				}
+				// A success no longer waits for the failures' 250 ms floor.
+				if fastest >= 200*time.Millisecond {
+					t.Errorf("the fastest of 4 good logins took %s: successes still wait for the floor", fastest)
+				}
+				wrong, unknown := auth("mfp-2f", "not-the-password", "535 5.7.8"), auth("no-such-device", password, "535 5.7.8")
+				for what, d := range map[string]time.Duration{"a wrong password": wrong, "an unknown user": unknown} {
+					if d < 250*time.Millisecond {
+						t.Errorf("%s took %s, less than the floor", what, d)
+					}
+				}
+				t.Logf("good login (repeat) %s; wrong password %s; unknown user %s", fastest, wrong, unknown)
+			})
+
 			t.Run("50 wrong passwords", func(t *testing.T) {
 				const attacker = "127.0.0.14"
 				start := time.Now()

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/smtpbridge/smtpbridge/internal/memlimit"
+
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/queue"
@@ -106,6 +108,7 @@ func (d *daemon) apply() reloadResult {
 	}
 	d.q.Reconfigure(qs)
 	d.sp.SetQuota(spoolQuota(cfg))
+	d.applyMemoryLimit(cfg)
 	d.guard.Reconfigure(guardSettings(cfg))
 	d.limiter.SetLimits(mailboxLimits(cfg))
 	d.exo.SetRoutes(d.ms.routes(cfg))
@@ -196,4 +199,15 @@ func (d *daemon) reloadHandler() http.Handler {
 		}
 		adminapi.WriteJSON(w, code, res)
 	})
+}
+
+// applyMemoryLimit sets the Go runtime's soft memory limit
+// (limits.max_memory_bytes), and logs it.
+func (d *daemon) applyMemoryLimit(cfg *config.Config) {
+	l := memlimit.Apply(cfg.Limits.MaxMemoryBytes)
+	ev := d.log.Info().Str("source", l.Source)
+	if l.Bytes > 0 {
+		ev = ev.Int64("bytes", l.Bytes)
+	}
+	ev.Msg("memory limit")
 }

@@ -129,6 +129,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	d.sp.SetQuota(spoolQuota(cfg))
+	d.applyMemoryLimit(cfg)
 	token, err := adminapi.LoadOrCreateToken(cfg.Spool.Dir)
 	if err != nil {
 		return fmt.Errorf("spool.dir: %w", err)

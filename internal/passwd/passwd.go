@@ -59,7 +59,11 @@ func Dummy(h Hash) (Hash, error) {
 	if _, err := rand.Read(random); err != nil {
 		return nil, err
 	}
-	switch h := h.(type) {
+	parsed, err := Parse(h.String())
+	if err != nil {
+		return nil, fmt.Errorf("passwd: dummy of %s: %w", h.Cost(), err)
+	}
+	switch h := parsed.(type) {
 	case bcryptHash:
 		enc, err := bcrypt.GenerateFromPassword(random, h.cost)
 		if err != nil {
@@ -89,13 +93,16 @@ func (h bcryptHash) Verify(pw []byte) bool {
 func (h bcryptHash) Cost() string   { return "bcrypt cost=" + strconv.Itoa(h.cost) }
 func (h bcryptHash) String() string { return h.encoded }
 
-// Argon2id parameters used by NewArgon2id: the first of OWASP's recommended
-// configurations (19 MiB, 2 passes, 1 lane). Memory is per verification in
-// flight, so it is kept modest on purpose: a burst of logins on a small box
-// must not exhaust memory.
+// Argon2id parameters used by NewArgon2id: OWASP's recommended
+// configuration with the least memory (7 MiB, 5 passes, 1 lane), of the
+// same strength as its 19 MiB, 2 passes. Memory is per verification in
+// flight, so it is kept small on purpose: a burst of logins in a
+// container with a 128 MiB limit must not exhaust it. Hashes made with
+// other parameters (the 19 MiB, 2 passes of earlier versions) stay valid:
+// each hash carries its own.
 const (
-	DefaultArgonMemory  = 19 * 1024
-	DefaultArgonTime    = 2
+	DefaultArgonMemory  = 7 * 1024
+	DefaultArgonTime    = 5
 	DefaultArgonThreads = 1
 	argonSaltLen        = 16
 	argonKeyLen         = 32

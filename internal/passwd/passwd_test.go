@@ -10,7 +10,7 @@ func TestArgon2idRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(enc, "$argon2id$v=19$m=19456,t=2,p=1$") {
+	if !strings.HasPrefix(enc, "$argon2id$v=19$m=7168,t=5,p=1$") {
 		t.Fatalf("unexpected encoding %q", enc)
 	}
 	h, err := Parse(enc)
