@@ -19,6 +19,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -98,6 +99,14 @@ type Message struct {
 	ORcpt      map[string]string // e.g. "rfc822;bob@contoso.example"
 	TLSVersion uint16
 	File       string // the .eml written, if any
+	// Commands are the transaction's commands in the order the server
+	// took them: RSET (when one opened it), MAIL, each RCPT, DATA (for
+	// DATA or BDAT).
+	Commands []string
+	// RoundTrips counts the times the client waited for the server
+	// during the transaction, from its first command to the final
+	// reply; 0 unless CountRoundTrips is on.
+	RoundTrips int
 }
 
 // Server is the fake submission endpoint.
@@ -123,6 +132,8 @@ type Server struct {
 	seq         int
 	noStartTLS  bool
 	dataDelay   time.Duration
+	window      atomic.Int64 // CountRoundTrips
+	conns       map[*turnConn]struct{}
 }
 
 // New returns a server that trusts tokens checked by v.
@@ -136,6 +147,7 @@ func New(v TokenVerifier) *Server {
 		refuse:     map[string][]Reply{},
 		active:     map[string]int{},
 		peak:       map[string]int{},
+		conns:      map[*turnConn]struct{}{},
 	}
 }
 
@@ -167,7 +179,7 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	s.srv, s.ln = srv, ln
-	go srv.Serve(ln)
+	go srv.Serve(turnListener{Listener: ln, s: s})
 	return nil
 }
 

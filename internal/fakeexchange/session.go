@@ -47,7 +47,7 @@ var (
 type backend struct{ s *Server }
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{s: b.s, conn: c}, nil
+	return &session{s: b.s, conn: c, txnStart: -1}, nil
 }
 
 type session struct {
@@ -63,6 +63,29 @@ type session struct {
 	envID   string
 	notify  map[string]string
 	orcpt   map[string]string
+
+	// The transaction's commands, and the turn it began at (-1: none
+	// begun). go-smtp calls Reset after a message as well as for RSET:
+	// afterData tells the first apart.
+	commands  []string
+	txnStart  int
+	afterData bool
+}
+
+// begin notes a transaction's first command.
+func (se *session) begin(cmd string) {
+	if se.txnStart < 0 {
+		se.txnStart = se.turns()
+	}
+	se.commands = append(se.commands, cmd)
+}
+
+// turns counts the connection's turns so far.
+func (se *session) turns() int {
+	if t := turnsOf(se.conn.Conn()); t != nil {
+		return t.Turns()
+	}
+	return 0
 }
 
 func (se *session) tls() bool {
@@ -148,6 +171,7 @@ func (se *session) login(user, token string) error {
 		return errAuth
 	}
 	se.user, se.appID = mb.Address, claims.AppID
+	se.commands, se.txnStart = nil, -1
 	se.s.mu.Lock()
 	se.s.authLogins++
 	k := strings.ToLower(mb.Address)
@@ -182,6 +206,7 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errTooBig
 	}
 	se.from = from
+	se.begin("MAIL")
 	if opts != nil {
 		se.ret, se.envID = string(opts.Return), opts.EnvelopeID
 	}
@@ -196,6 +221,7 @@ func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return se.reply(r)
 	}
 	se.to = append(se.to, to)
+	se.commands = append(se.commands, "RCPT")
 	if opts != nil && len(opts.Notify) > 0 {
 		var n []string
 		for _, v := range opts.Notify {
@@ -231,6 +257,9 @@ func maxSendSize(mb *Mailbox) int64 {
 }
 
 func (se *session) Data(r io.Reader) error {
+	// Whatever the outcome, the transaction ends here; go-smtp's reset
+	// that follows is not an RSET.
+	defer func() { se.commands, se.txnStart, se.afterData = nil, -1, true }()
 	mb := se.s.mailbox(se.user)
 	id := se.s.nextQueueID()
 
@@ -314,6 +343,11 @@ func (se *session) Data(r io.Reader) error {
 		file = nil
 		msg.File = name
 	}
+	msg.Commands = append(se.commands, "DATA")
+	if se.s.window.Load() > 0 && se.txnStart >= 0 {
+		// The turns so far, and the one that carries the final reply.
+		msg.RoundTrips = se.turns() - se.txnStart + 1
+	}
 	se.s.mu.Lock()
 	se.s.messages = append(se.s.messages, msg)
 	se.s.mu.Unlock()
@@ -345,6 +379,15 @@ func (se *session) reply(r Reply) error {
 
 func (se *session) Reset() {
 	se.from, se.to, se.ret, se.envID, se.notify, se.orcpt = "", nil, "", "", nil, nil
+	if se.afterData {
+		// go-smtp's own reset after a message, not an RSET.
+		se.afterData = false
+		return
+	}
+	se.commands, se.txnStart = nil, -1
+	if se.user != "" {
+		se.begin("RSET")
+	}
 }
 
 func (se *session) Logout() error {

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	gosmtp "github.com/emersion/go-smtp"
-
 	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
@@ -39,7 +37,7 @@ type pool struct {
 // conn is a connection slot of a mailbox and, once opened, its
 // authenticated connection to Exchange.
 type conn struct {
-	c            *gosmtp.Client // nil until opened, and after it closed
+	c            *client // nil until opened, and after it closed
 	lease        upstream.Lease
 	tokenExpires time.Time
 	timer        *time.Timer // the idle timer, while idle
@@ -126,7 +124,7 @@ func (p *pool) put(c *conn, keep bool) {
 	}
 	p.mu.Unlock()
 	if c.c != nil {
-		c.c.Close()
+		c.c.close()
 	}
 	p.free(c)
 }
@@ -172,10 +170,7 @@ func (p *pool) close() {
 // quit ends the session politely, so that Exchange frees the mailbox's
 // connection slot at once.
 func (c *conn) quit() {
-	c.c.CommandTimeout = 10 * time.Second
-	if err := c.c.Quit(); err != nil {
-		c.c.Close()
-	}
+	c.c.quit()
 	c.c = nil
 }
 

@@ -32,7 +32,7 @@ func Probe(ctx context.Context, route Route, hostname, mailbox, token string) []
 	s := &submission{host: route.Host, obs: upstream.NopObserver{}}
 	var steps []ProbeStep
 	start := time.Now()
-	c, err := s.connect(ctx, route, hostname)
+	c, err := s.dial(ctx, route, hostname)
 	if err != nil {
 		stage := message.StageOf(err)
 		if stage != message.StageConnect {
@@ -40,11 +40,11 @@ func Probe(ctx context.Context, route Route, hostname, mailbox, token string) []
 		}
 		return append(steps, ProbeStep{Stage: stage, Err: err, Took: time.Since(start)})
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer c.close()
+	stop := context.AfterFunc(ctx, func() { c.close() })
 	defer stop()
 	steps = append(steps, ProbeStep{Stage: message.StageConnect, Detail: route.Host + " answered"})
-	st, _ := c.TLSConnectionState()
+	st, _ := c.tlsState()
 	detail := tls.VersionName(st.Version) + ", " + tls.CipherSuiteName(st.CipherSuite)
 	if len(st.PeerCertificates) > 0 {
 		cert := st.PeerCertificates[0]
@@ -53,18 +53,22 @@ func Probe(ctx context.Context, route Route, hostname, mailbox, token string) []
 	steps = append(steps, ProbeStep{Stage: message.StageStartTLS, Detail: detail, Took: time.Since(start)})
 
 	t := time.Now()
-	if err := c.Auth(&xoauth2Client{user: mailbox, token: token}); err != nil {
+	if err := c.auth(mailbox, token); err != nil {
 		return append(steps, ProbeStep{Stage: message.StageAuth, Err: s.fail(message.StageAuth, "", err), Took: time.Since(t)})
 	}
 	steps = append(steps, ProbeStep{Stage: message.StageAuth, Detail: "logged in as " + mailbox, Took: time.Since(t)})
 
 	t = time.Now()
-	if err := c.Mail(mailbox, nil); err != nil {
+	if err := c.write("MAIL FROM:<%s>", mailbox); err != nil {
+		return append(steps, ProbeStep{Stage: message.StageMail, Err: s.fail(message.StageMail, "", err), Took: time.Since(t)})
+	}
+	if _, err := c.reply(2, commandTimeout); err != nil {
 		return append(steps, ProbeStep{Stage: message.StageMail, Err: s.fail(message.StageMail, "", err), Took: time.Since(t)})
 	}
 	steps = append(steps, ProbeStep{Stage: message.StageMail, Detail: "MAIL FROM:<" + mailbox + "> accepted", Took: time.Since(t)})
-	c.Reset()
-	c.CommandTimeout = 10 * time.Second
-	c.Quit()
+	if c.write("RSET") == nil {
+		c.reply(2, 10*time.Second)
+	}
+	c.quit()
 	return steps
 }

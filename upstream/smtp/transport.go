@@ -20,8 +20,6 @@ import (
 	"sync"
 	"time"
 
-	gosmtp "github.com/emersion/go-smtp"
-
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/upstream"
 )
@@ -199,31 +197,36 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	if uc.c != nil && !uc.fresh(time.Now()) {
 		uc.quit() // its token is about to expire: log in afresh
 	}
-	if uc.c != nil {
-		// A reused connection may have been closed by Exchange while it
-		// idled; RSET finds out before anything of the message is sent.
-		if err := uc.c.Reset(); err != nil {
-			uc.c.Close()
-			uc.c = nil
+	reused := uc.c != nil
+	body := newBodySender(m)
+	defer body.release()
+	for {
+		if uc.c == nil {
+			if err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox); err != nil {
+				s.report(message.Receipt{}, err)
+				return message.Receipt{}, err
+			}
 		}
-	}
-	if uc.c == nil {
-		if err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox); err != nil {
-			s.report(message.Receipt{}, err)
-			return message.Receipt{}, err
+		c := uc.c
+		// Closing the connection is how a submission is aborted, on
+		// cancellation as on a source error: without the final chunk or
+		// dot Exchange discards what it has.
+		stop := context.AfterFunc(ctx, func() { c.close() })
+		receipt, err = s.send(c, m, body, reused)
+		if errors.Is(err, errStale) && reused {
+			// Exchange closed the connection while it idled, before
+			// anything of this message: again on a new one.
+			stop()
+			c.close()
+			uc.c, reused = nil, false
+			continue
 		}
+		// The connection is kept for the next message unless it broke,
+		// was closed by cancellation, or Exchange is closing it (421).
+		keep = stop() && reusable(err)
+		s.report(receipt, err)
+		return receipt, err
 	}
-	c := uc.c
-	// Closing the connection is how a submission is aborted, on
-	// cancellation as on a source error: without the final dot Exchange
-	// discards what it has.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	receipt, err = s.send(c, m)
-	// The connection is kept for the next message unless it broke, was
-	// closed by cancellation, or Exchange is closing it (421).
-	keep = stop() && reusable(err)
-	s.report(receipt, err)
-	return receipt, err
 }
 
 // open gets a token and opens an authenticated connection into uc. The
@@ -239,19 +242,19 @@ func (t *Transport) open(ctx context.Context, s *submission, uc *conn, route Rou
 	if err != nil {
 		return upstream.TokenError(err)
 	}
-	var c *gosmtp.Client
+	var c *client
 	if err := s.timed(string(message.StageConnect), func() (err error) {
-		c, err = s.connect(ctx, route, t.hostname)
+		c, err = s.dial(ctx, route, t.hostname)
 		return err
 	}); err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	stop := context.AfterFunc(ctx, func() { c.close() })
 	defer stop()
 	if err := s.timed(string(message.StageAuth), func() error {
-		return c.Auth(&xoauth2Client{user: mailbox, token: tok})
+		return c.auth(mailbox, tok)
 	}); err != nil {
-		c.Close()
+		c.close()
 		return s.fail(message.StageAuth, "", err)
 	}
 	uc.c, uc.tokenExpires = c, expires
