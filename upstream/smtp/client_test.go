@@ -30,7 +30,7 @@ func TestCommandParameters(t *testing.T) {
 	c := &client{ext: map[string]string{"DSN": "", "SIZE": "157286400", "8BITMIME": "", "SMTPUTF8": ""}}
 	m := &message.Message{From: "scan@contoso.example", To: []string{"bob@contoso.example", "añа@contoso.example"}, Size: 1234,
 		DSN: &message.DSN{Ret: "HDRS", EnvID: "id+1=2", Rcpt: map[string]message.RcptDSN{
-			"bob@contoso.example":  {Notify: []string{"SUCCESS", "FAILURE"}, ORcptType: "rfc822", ORcpt: "bob+x@contoso.example"},
+			"bob@contoso.example": {Notify: []string{"SUCCESS", "FAILURE"}, ORcptType: "rfc822", ORcpt: "bob+x@contoso.example"},
 			"añа@contoso.example": {Notify: []string{"NEVER"}, ORcptType: "utf-8", ORcpt: "añа+1@contoso.example"},
 		}}}
 	if got, want := c.mailCommand(m), "MAIL FROM:<scan@contoso.example> BODY=8BITMIME SIZE=1234 SMTPUTF8 RET=HDRS ENVID=id+2B1+3D2"; got != want {
