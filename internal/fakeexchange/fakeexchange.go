@@ -134,6 +134,15 @@ type Server struct {
 	dataDelay   time.Duration
 	window      atomic.Int64 // CountRoundTrips
 	conns       map[*turnConn]struct{}
+	maxConns    int // 0: MaxConnectionsPerMailbox
+}
+
+// SetMaxConnections changes the connections a mailbox may have at once
+// from Exchange's 3 (a benchmark's direct senders each have their own).
+func (s *Server) SetMaxConnections(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxConns = n
 }
 
 // New returns a server that trusts tokens checked by v.

@@ -193,9 +193,12 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		return se.reply(r)
 	}
 	se.s.mu.Lock()
-	n := se.s.active[strings.ToLower(se.user)]
+	n, limit := se.s.active[strings.ToLower(se.user)], se.s.maxConns
 	se.s.mu.Unlock()
-	if n > MaxConnectionsPerMailbox {
+	if limit == 0 {
+		limit = MaxConnectionsPerMailbox
+	}
+	if n > limit {
 		return errThreads
 	}
 	mb := se.s.mailbox(se.user)
