@@ -71,6 +71,8 @@ func (c *client) has(ext string) bool {
 
 // write queues a command line.
 func (c *client) write(format string, args ...any) error {
+	// The buffer may go out now, when it fills.
+	c.conn.SetWriteDeadline(time.Now().Add(commandTimeout))
 	c.sent++
 	if _, err := fmt.Fprintf(c.w, format, args...); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"regexp"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/message"
@@ -86,7 +87,7 @@ func (s *submission) send(c *client, m *message.Message, body *bodySender, reuse
 		return message.Receipt{}, body.sourceFailed(c)
 	}
 	if x.err != nil {
-		if reused {
+		if reused && closedByPeer(x.err) {
 			// Nothing was answered yet: the connection was gone.
 			body.rewind()
 			return message.Receipt{}, errStale
@@ -98,7 +99,7 @@ func (s *submission) send(c *client, m *message.Message, body *bodySender, reuse
 	if reused {
 		if _, err := x.next(); err != nil {
 			var re *replyError
-			if !errors.As(err, &re) || re.Code == 421 {
+			if errors.As(err, &re) && re.Code == 421 || closedByPeer(err) {
 				body.rewind()
 				return message.Receipt{}, errStale
 			}
@@ -162,6 +163,14 @@ func (s *submission) send(c *client, m *message.Message, body *bodySender, reuse
 	}
 	receipt.Reply, receipt.UpstreamID = successReply(final), queueID(final.Text)
 	return receipt, nil
+}
+
+// closedByPeer says whether err is the connection found closed by the
+// other end, as Exchange closes idle ones; not a timeout, after which the
+// server may yet act on what it was sent, nor a close of ours.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // flight is the commands of one transaction and their replies, read in
@@ -313,6 +322,8 @@ func (b *bodySender) chunk() {
 	if b.done {
 		last = " LAST"
 	}
+	// Each chunk has its time to go, however long the whole body takes.
+	b.x.c.conn.SetWriteDeadline(time.Now().Add(commandTimeout))
 	b.x.c.sent++
 	fmt.Fprintf(b.x.c.w, "BDAT %d%s\r\n", len(data), last)
 	if _, b.x.err = b.x.c.w.Write(data); b.x.err != nil {
