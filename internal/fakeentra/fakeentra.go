@@ -34,6 +34,15 @@ const Resource = "https://outlook.office365.com"
 // RoleSendAsApp is the application permission Exchange checks for SMTP.
 const RoleSendAsApp = "SMTP.SendAsApp"
 
+// GraphResource is the audience of Microsoft Graph tokens.
+const GraphResource = "https://graph.microsoft.com"
+
+// Microsoft Graph's application permissions for sending mail.
+const (
+	RoleMailSend      = "Mail.Send"
+	RoleMailReadWrite = "Mail.ReadWrite"
+)
+
 // App is an app registration with its service principal in one tenant.
 type App struct {
 	ClientID string
@@ -48,6 +57,9 @@ type App struct {
 	// Roles granted with admin consent. Nil means SMTP.SendAsApp; an empty
 	// non-nil slice means none (RBAC for Applications, or consent missing).
 	Roles []string
+	// GraphRoles are the roles in Microsoft Graph tokens. Nil means
+	// Mail.Send and Mail.ReadWrite; an empty non-nil slice means none.
+	GraphRoles []string
 }
 
 // Secret is a client secret with its expiry (zero: never).
@@ -82,14 +94,15 @@ type Server struct {
 	// within 5 minutes of expiry as expired, so keep it well above 300s.
 	TokenLifetime time.Duration
 
-	mu       sync.Mutex
-	tenants  map[string]*tenant // by ID and by domain
-	key      *rsa.PrivateKey
-	kid      string
-	failures []Failure
-	down     *Failure       // every request fails while set (SetDown)
-	grants   map[string]int // client ID -> tokens issued
-	requests int
+	mu        sync.Mutex
+	tenants   map[string]*tenant // by ID and by domain
+	key       *rsa.PrivateKey
+	kid       string
+	failures  []Failure
+	down      *Failure       // every request fails while set (SetDown)
+	grants    map[string]int // client ID -> tokens issued
+	grantsFor map[string]int // client ID and resource -> tokens issued
+	requests  int
 
 	srv *http.Server
 	ln  net.Listener
@@ -115,6 +128,7 @@ func New() (*Server, error) {
 		key:           key,
 		kid:           hex.EncodeToString(kid),
 		grants:        map[string]int{},
+		grantsFor:     map[string]int{},
 	}, nil
 }
 
@@ -181,6 +195,9 @@ func (s *Server) AddApp(tenantID string, app App) *App {
 	if app.Roles == nil {
 		app.Roles = []string{RoleSendAsApp}
 	}
+	if app.GraphRoles == nil {
+		app.GraphRoles = []string{RoleMailSend, RoleMailReadWrite}
+	}
 	a := app
 	t.apps[strings.ToLower(app.ClientID)] = &a
 	return &a
@@ -206,6 +223,14 @@ func (s *Server) Grants(clientID string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.grants[strings.ToLower(clientID)]
+}
+
+// GrantsFor returns how many tokens were issued to clientID for one
+// resource (Resource, GraphResource).
+func (s *Server) GrantsFor(clientID, resource string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grantsFor[strings.ToLower(clientID)+" "+resource]
 }
 
 // Requests returns how many token requests arrived, granted or not.
@@ -287,7 +312,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 			"The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", r.PostForm.Get("scope"))})
 		return
 	}
-	if resource != Resource {
+	if resource != Resource && resource != GraphResource {
 		writeError(w, Failure{Status: 400, Code: "invalid_resource", AADSTS: 500011, Description: fmt.Sprintf(
 			"The resource principal named %s was not found in the tenant named %s.", resource, name)})
 		return
@@ -299,6 +324,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.grants[strings.ToLower(clientID)]++
+	s.grantsFor[strings.ToLower(clientID)+" "+resource]++
 	s.mu.Unlock()
 	secs := int(s.TokenLifetime / time.Second)
 	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
@@ -421,8 +447,12 @@ func (s *Server) issue(t *tenant, app *App, resource string) (string, error) {
 		"xms_tcdt": strings.Repeat("1", 10),
 		"xms_pad":  strings.Repeat("A", 1200),
 	}
-	if len(app.Roles) > 0 {
-		claims["roles"] = app.Roles
+	roles := app.Roles
+	if resource == GraphResource {
+		roles = app.GraphRoles
+	}
+	if len(roles) > 0 {
+		claims["roles"] = roles
 	}
 	return signRS256(s.key, s.kid, claims)
 }

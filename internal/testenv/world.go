@@ -22,6 +22,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 )
@@ -57,6 +58,8 @@ type World struct {
 	Leaf     *pki.Leaf // for 127.0.0.1 and localhost: the fakes' and the tests' listeners
 	Entra    *fakeentra.Server
 	Exchange *fakeexchange.Server
+	// Graph is the fake Microsoft Graph, for tenants on transport: graph.
+	Graph *fakegraph.Server
 	// CAFile, CertFile and KeyFile hold the CA certificate (for
 	// SSL_CERT_FILE) and the leaf's certificate and key (for a
 	// listener's cert_file and key_file), in Dir.
@@ -96,6 +99,7 @@ func newWorld(dir string, ca *pki.CA, leaf *pki.Leaf) (*World, error) {
 		return nil, fmt.Errorf("fake Entra ID: %w", err)
 	}
 	w.Exchange = fakeexchange.New(w.Entra)
+	w.Graph = fakegraph.New(w.Entra)
 	return w, nil
 }
 
@@ -105,6 +109,9 @@ func (w *World) Listen() error {
 	if err := w.Exchange.Start("127.0.0.1:0", w.Leaf.TLS); err != nil {
 		return fmt.Errorf("fake Exchange Online: %w", err)
 	}
+	if err := w.Graph.Start("127.0.0.1:0", w.Leaf.TLS); err != nil {
+		return fmt.Errorf("fake Microsoft Graph: %w", err)
+	}
 	return nil
 }
 
@@ -113,6 +120,9 @@ func (w *World) Close() error {
 	var errs []error
 	if w.Exchange != nil {
 		errs = append(errs, w.Exchange.Close())
+	}
+	if w.Graph != nil {
+		errs = append(errs, w.Graph.Close())
 	}
 	return errors.Join(append(errs, w.Entra.Close())...)
 }
@@ -144,6 +154,7 @@ func (w *World) AddApp(tenantID string, app fakeentra.App) *fakeentra.App {
 func (w *World) AddMailbox(address, tenantID string, app *fakeentra.App, sendAs ...string) {
 	w.Exchange.AddMailbox(fakeexchange.Mailbox{Address: address, TenantID: tenantID,
 		FullAccess: []string{app.ObjectID}, SendAs: sendAs})
+	w.Graph.AddMailbox(address, tenantID)
 }
 
 // shared is one CA and leaf per test process: RSA key generation is the
