@@ -217,4 +217,3 @@ func TestRewriteRecipients(t *testing.T) {
 		}
 	}
 }
-
