@@ -98,6 +98,17 @@ type Tenant struct {
 	AuthorityHost           string `yaml:"authority_host"`
 	SMTPHost                string `yaml:"smtp_host"`
 	TokenScope              string `yaml:"token_scope"`
+	// Transport is how the tenant's mail reaches Exchange Online: smtp
+	// (SMTP AUTH with XOAUTH2, the default) or graph (Microsoft Graph's
+	// sendMail, for tenants that keep SMTP AUTH off). A device may
+	// override it.
+	Transport string `yaml:"transport"`
+	// GraphHost is Microsoft Graph's endpoint (national clouds differ);
+	// its token scope is GraphHost + "/.default".
+	GraphHost string `yaml:"graph_host"`
+	// GraphTokenScope is the token scope for Graph: graph_host +
+	// "/.default" unless set.
+	GraphTokenScope string `yaml:"graph_token_scope"`
 	// Exchange Online's per-mailbox limits the bridge keeps to; 0 means
 	// the default (DefaultMaxConnectionsPerMailbox, DefaultMaxMessagesPerMinute).
 	MaxConnectionsPerMailbox int `yaml:"max_connections_per_mailbox"`
@@ -149,6 +160,8 @@ type Device struct {
 	MaxMessagesPerHour int `yaml:"max_messages_per_hour"`
 	// MaxQueuedBytes overrides limits.max_queued_bytes_per_device.
 	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
+	// Transport overrides the tenant's transport for this device.
+	Transport string `yaml:"transport"`
 
 	// Parsed is the device as Load parsed it.
 	Parsed ParsedDevice `yaml:"-"`
@@ -169,6 +182,22 @@ type ParsedDevice struct {
 	// MaxQueuedBytes is the device's max_queued_bytes, or the global
 	// limits.max_queued_bytes_per_device.
 	MaxQueuedBytes int64
+	// Transport is the device's transport, or its tenant's.
+	Transport string
+}
+
+// Transports to Exchange Online.
+const (
+	TransportSMTP  = "smtp"
+	TransportGraph = "graph"
+)
+
+// GraphScope is the token scope for the tenant's Microsoft Graph.
+func (t *Tenant) GraphScope() string {
+	if t.GraphTokenScope != "" {
+		return t.GraphTokenScope
+	}
+	return t.GraphHost + "/.default"
 }
 
 // Device authentication.
@@ -310,6 +339,7 @@ type Sandbox struct {
 const (
 	DefaultAuthorityHost   = "https://login.microsoftonline.com"
 	DefaultSMTPHost        = "smtp.office365.com:587"
+	DefaultGraphHost       = "https://graph.microsoft.com"
 	DefaultTokenScope      = "https://outlook.office365.com/.default"
 	DefaultMinTLSVersion   = "1.2"
 	DefaultMaxMessageBytes = 36700160 // Exchange Online's default MaxSendSize, 35 MB
@@ -370,6 +400,12 @@ func (c *Config) applyDefaults() {
 		}
 		if t.TokenScope == "" {
 			t.TokenScope = DefaultTokenScope
+		}
+		if t.Transport == "" {
+			t.Transport = TransportSMTP
+		}
+		if t.GraphHost == "" {
+			t.GraphHost = DefaultGraphHost
 		}
 		if t.MaxConnectionsPerMailbox == 0 {
 			t.MaxConnectionsPerMailbox = DefaultMaxConnectionsPerMailbox

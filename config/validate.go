@@ -218,6 +218,17 @@ func (l *loader) validateTenants(c *Config) {
 		} else if port != "587" {
 			l.warnf(k+".smtp_host", "port %s: Exchange Online takes SMTP AUTH submissions on 587 with STARTTLS (smtpbridge always uses STARTTLS)", port)
 		}
+		if t.Transport != TransportSMTP && t.Transport != TransportGraph {
+			l.errorf(k+".transport", "%q: use smtp (SMTP AUTH with XOAUTH2, the default) or graph (Microsoft Graph, where SMTP AUTH is off)", t.Transport)
+		}
+		if u, err := url.Parse(t.GraphHost); err != nil || u.Scheme != "https" || u.Host == "" || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+			l.errorf(k+".graph_host", "%q must be an https URL with no path, e.g. %s (national clouds: https://graph.microsoft.us, https://dod-graph.microsoft.us, https://microsoftgraph.chinacloudapi.cn)", t.GraphHost, DefaultGraphHost)
+		} else {
+			t.GraphHost = "https://" + u.Host
+		}
+		if t.GraphTokenScope != "" && !strings.HasSuffix(t.GraphTokenScope, "/.default") {
+			l.errorf(k+".graph_token_scope", "%q must end in /.default for client-credential tokens, e.g. %s/.default", t.GraphTokenScope, DefaultGraphHost)
+		}
 		if !strings.HasSuffix(t.TokenScope, "/.default") {
 			l.errorf(k+".token_scope", "%q must end in /.default for client-credential tokens, e.g. %s", t.TokenScope, DefaultTokenScope)
 		}
@@ -281,8 +292,17 @@ func (l *loader) validateDevices(c *Config) {
 		}
 		if d.Tenant == "" {
 			l.errorf(k+".tenant", "required: the name of one of the tenants")
-		} else if c.Tenant(d.Tenant) == nil {
+		} else if t := c.Tenant(d.Tenant); t == nil {
 			l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
+		} else {
+			p.Transport = t.Transport
+		}
+		switch d.Transport {
+		case "":
+		case TransportSMTP, TransportGraph:
+			p.Transport = d.Transport
+		default:
+			l.errorf(k+".transport", "%q: use smtp or graph, or leave it out for the tenant's", d.Transport)
 		}
 		if a, err := mailaddr.Parse(d.Mailbox); err != nil {
 			l.errorf(k+".mailbox", "%q: %v; this is the mailbox the device sends as, e.g. scanner@contoso.com", d.Mailbox, err)

@@ -49,6 +49,25 @@ func (e smtpHint) codeText() string {
 }
 
 var smtp = []smtpHint{
+	// Microsoft Graph's refusals, as the Graph transport words them.
+	{550, "5.7.1", "Mail.ReadWrite", Hint{
+		Meaning: "Microsoft Graph refused to create the draft that a message over 3 MB is sent as: the app lacks the application permission Mail.ReadWrite (or its RBAC for Applications role).",
+		Fix:     "Entra admin center > App registrations > the app > API permissions > Add > Microsoft Graph > Application permissions > Mail.ReadWrite, then Grant admin consent; or, with RBAC for Applications, New-ManagementRoleAssignment -App <client_id> -Role \"Application Mail.ReadWrite\" -CustomResourceScope <scope> (smtpbridge exchange-script --graph prints it)."}},
+	{550, "5.7.1", "ErrorAccessDenied", Hint{
+		Meaning: "Microsoft Graph refused the app: it lacks the application permission Mail.Send with admin consent, or the mailbox is outside its RBAC for Applications scope (or an Application Access Policy).",
+		Fix:     "Entra admin center > App registrations > the app > API permissions > Add > Microsoft Graph > Application permissions > Mail.Send, then Grant admin consent; or New-ManagementRoleAssignment -App <client_id> -Role \"Application Mail.Send\" -CustomResourceScope <scope> (smtpbridge exchange-script --graph prints it)."}},
+	{550, "5.7.60", "ErrorSendAsDenied", Hint{
+		Meaning: "Microsoft Graph: the app may use the mailbox but not send as the From address.",
+		Fix:     "Send as the mailbox itself (from_policy: rewrite), or Add-RecipientPermission -Identity <address> -Trustee <mailbox> -AccessRights SendAs."}},
+	{550, "5.1.1", "MailboxNotEnabledForRESTAPI", Hint{
+		Meaning: "Microsoft Graph cannot send from this mailbox: it is inactive, soft-deleted, unlicensed for Exchange Online, or on-premises.",
+		Fix:     "Check the mailbox in the Exchange admin center (Get-Mailbox <mailbox>); an on-premises mailbox needs transport: smtp through a hybrid connector instead."}},
+	{451, "4.3.2", "Microsoft Graph", Hint{
+		Meaning: "Microsoft Graph throttled the app or the mailbox (429, 503 or 504); the bridge waits as long as its Retry-After says.",
+		Fix:     "Nothing, unless it persists: Graph allows 4 requests at once per app and mailbox and 10,000 per 10 minutes; spread the devices over more mailboxes."}},
+	{535, "5.7.3", "Microsoft Graph", Hint{
+		Meaning: "Microsoft Graph refused the bridge's token: its audience is not graph_host, or the tenant does not trust the app.",
+		Fix:     "Check graph_host and graph_token_scope (https://graph.microsoft.com/.default for the public cloud); smtpbridge doctor shows the token's audience and roles."}},
 	{535, "5.7.139", "", Hint{
 		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
 		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant)."}},

@@ -101,6 +101,9 @@ func (d *daemon) apply() reloadResult {
 	if err := d.store.Reconfigure(d.ms.tokenTenants(cfg)); err != nil {
 		return reloadResult{Problems: []string{err.Error()}}
 	}
+	if err := d.graphStore.Reconfigure(d.ms.graphTokenTenants(cfg)); err != nil {
+		return reloadResult{Problems: []string{err.Error()}}
+	}
 	if err := d.srv.Reload(st); err != nil {
 		// config.Load has loaded the certificates, so nothing should get
 		// here. The tokens are already reconfigured, which is harmless.
@@ -112,6 +115,8 @@ func (d *daemon) apply() reloadResult {
 	d.guard.Reconfigure(guardSettings(cfg))
 	d.limiter.SetLimits(mailboxLimits(cfg))
 	d.exo.SetRoutes(d.ms.routes(cfg))
+	d.graph.SetRoutes(d.ms.graphRoutes(cfg))
+	d.route.configure(cfg)
 	d.m.Configure(metricsInventory(cfg))
 	d.board.Configure(d.ms.statusInventory(cfg))
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {

@@ -34,6 +34,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
+	"github.com/smtpbridge/smtpbridge/upstream/graph"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
@@ -91,14 +92,19 @@ type daemon struct {
 	store   *tokenstore.Store
 	limiter *upstream.Local
 	exo     *upsmtp.Transport
-	q       *queue.Queue
-	srv     *bridge.Server
-	m       *metrics.Metrics
-	board   *status.Board
-	audit   *audit.Logger
-	sp      *spool.Spool
-	httpLn  net.Listener
-	admin   adminapi.Policy // who may call the admin API
+	// graphStore and graph are the Microsoft Graph side: its own
+	// tokens (another scope) and transport; route picks per device.
+	graphStore *tokenstore.Store
+	graph      *graph.Transport
+	route      *transports
+	q          *queue.Queue
+	srv        *bridge.Server
+	m          *metrics.Metrics
+	board      *status.Board
+	audit      *audit.Logger
+	sp         *spool.Spool
+	httpLn     net.Listener
+	admin      adminapi.Policy // who may call the admin API
 	// pageAuth is who may see the status page and /metrics.
 	pageAuth httpauth.Credential
 
@@ -180,12 +186,25 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	}
 	d.exo = upsmtp.New(upsmtp.Options{Tokens: d.store, Limiter: d.limiter, Routes: d.ms.routes(cfg), Hostname: d.hostname, Observer: d.m})
 	defer d.exo.Close()
-	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.exo,
+	if d.graphStore, err = tokenstore.New(d.ms.graphTokenTenants(cfg), tokenObservers{d.m, d.board, &tokenLog{log: log}}); err != nil {
+		return err
+	}
+	graphTmp := filepath.Join(cfg.Spool.Dir, "graph-tmp")
+	// Attachments of an attempt a crash interrupted.
+	os.RemoveAll(graphTmp)
+	if err := os.MkdirAll(graphTmp, 0o700); err != nil {
+		return fmt.Errorf("spool.dir: %w", err)
+	}
+	d.graph = graph.New(graph.Options{Tokens: d.graphStore, Limiter: d.limiter, Routes: d.ms.graphRoutes(cfg), Observer: d.m, TempDir: graphTmp})
+	defer d.graph.Close()
+	d.route = &transports{smtp: d.exo, graph: d.graph}
+	d.route.configure(cfg)
+	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.route,
 		Hostname: d.hostname, Log: log, Events: events}); err != nil {
 		return err
 	}
 	modes := queue.Modes{
-		message.ModeSync:   queue.Sync{Transport: d.exo, Events: events},
+		message.ModeSync:   queue.Sync{Transport: d.route, Events: events},
 		message.ModeQueue:  d.q,
 		message.ModeHybrid: d.q.Hybrid(),
 	}

@@ -129,6 +129,13 @@ func (sb *Sandbox) AuthorityHost() string { return sb.World.Entra.URL() }
 // SMTPHost is the tenants' smtp_host in sandbox mode.
 func (sb *Sandbox) SMTPHost() string { return sb.World.Exchange.Addr() }
 
+// GraphHost is the fake Microsoft Graph's URL, for graph_host.
+func (sb *Sandbox) GraphHost() string { return sb.World.Graph.URL() }
+
+// GraphScope is the token scope the fake Entra ID issues Graph tokens
+// for (the real Graph's: the fake's audience).
+func (sb *Sandbox) GraphScope() string { return fakeentra.GraphResource + "/.default" }
+
 // RootCAs trusts the sandbox's certificates.
 func (sb *Sandbox) RootCAs() *x509.CertPool { return sb.World.CA.Pool() }
 
