@@ -122,11 +122,12 @@ func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {
 	path := configFlag(fs)
 	tenant := fs.String("tenant", "", "only this tenant")
 	rbac := fs.Bool("rbac", false, "grant the mailboxes with RBAC for Applications (a management scope) instead of FullAccess")
+	graph := fs.Bool("graph", false, "the set-up for the Microsoft Graph transport (RBAC for Applications: Application Mail.Send and Mail.ReadWrite)")
 	cfg, err := parseConfigFlags(fs, path, args, stderr)
 	if err != nil {
 		return err
 	}
-	script, err := doctor.ExchangeScript(microsoft{}.doctorTenants(cfg), cfg.Path, *tenant, *rbac)
+	script, err := doctor.ExchangeScript(microsoft{}.doctorTenants(cfg), cfg.Path, *tenant, *rbac, *graph)
 	if errors.Is(err, doctor.ErrNoSuch) {
 		return usageError{"exchange-script: " + err.Error()}
 	}

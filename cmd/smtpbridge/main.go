@@ -8,7 +8,7 @@
 //	smtpbridge check-config --config FILE
 //	smtpbridge doctor --config FILE [--tenant NAME] [--device NAME] [--json]
 //	smtpbridge send-test --config FILE --device NAME --to ADDRESS [--subject S]
-//	smtpbridge exchange-script --config FILE [--tenant NAME] [--rbac]
+//	smtpbridge exchange-script --config FILE [--tenant NAME] [--rbac | --graph]
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
 //	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
 //	smtpbridge blocks [list|unblock ADDR] [--config FILE] [--json]
@@ -66,7 +66,7 @@ Usage:
                                                    check each tenant's set-up step by step
   smtpbridge send-test --config FILE --device D --to ADDRESS
                                                    send one test message through a device's mapping
-  smtpbridge exchange-script --config FILE [--tenant T] [--rbac]
+  smtpbridge exchange-script --config FILE [--tenant T] [--rbac | --graph]
                                                    print the Exchange Online PowerShell the config needs
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue

@@ -36,13 +36,14 @@ func TestExchangeScript(t *testing.T) {
 	tenants := microsoft{}.doctorTenants(cfg)
 	for _, c := range []struct {
 		golden, tenant string
-		rbac           bool
+		rbac, graph    bool
 	}{
-		{"exchange-script.ps1", "", false},
-		{"exchange-script-rbac.ps1", "", true},
-		{"exchange-script-fabrikam.ps1", "fabrikam", false},
+		{"exchange-script.ps1", "", false, false},
+		{"exchange-script-rbac.ps1", "", true, false},
+		{"exchange-script-fabrikam.ps1", "fabrikam", false, false},
+		{"exchange-script-graph.ps1", "", false, true},
 	} {
-		got, err := doctor.ExchangeScript(tenants, "/etc/smtpbridge/smtpbridge.yaml", c.tenant, c.rbac)
+		got, err := doctor.ExchangeScript(tenants, "/etc/smtpbridge/smtpbridge.yaml", c.tenant, c.rbac, c.graph)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +60,7 @@ func TestExchangeScript(t *testing.T) {
 			t.Errorf("%s differs from the script:\n%s", path, got)
 		}
 	}
-	if _, err := doctor.ExchangeScript(tenants, "x", "nope", false); err == nil {
+	if _, err := doctor.ExchangeScript(tenants, "x", "nope", false, false); err == nil {
 		t.Error("an unknown tenant was accepted")
 	}
 }
