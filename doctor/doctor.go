@@ -31,7 +31,10 @@ type Tenant struct {
 	// SecretExpires is client_secret_expires; zero when not set.
 	SecretExpires time.Time
 	SMTP          upsmtp.Route
-	Devices       []Device
+	// Graph is set when some of the devices send through Microsoft
+	// Graph (Device.Graph).
+	Graph   *Graph
+	Devices []Device
 }
 
 // Device is a device as doctor and ExchangeScript need it.
@@ -41,6 +44,8 @@ type Device struct {
 	// mailbox needs SendAs for the plain addresses in allowed_from.
 	EnforceFrom bool
 	AllowedFrom []string
+	// Graph says the device sends through Microsoft Graph.
+	Graph bool
 }
 
 // Status of a step.
@@ -166,17 +171,36 @@ func pick(tenants []Tenant, o Options) ([]Tenant, error) {
 
 func (r *run) tenant(ctx context.Context, t *Tenant) {
 	r.rep.Tenants++
+	r.add(r.credential(t))
+	var viaSMTP, viaGraph []Device
+	for _, d := range t.Devices {
+		if d.Graph && t.Graph != nil {
+			viaGraph = append(viaGraph, d)
+		} else {
+			viaSMTP = append(viaSMTP, d)
+		}
+	}
+	if len(viaGraph) > 0 {
+		r.graphTenant(ctx, t, viaGraph)
+		if len(viaSMTP) == 0 {
+			return
+		}
+	}
+	r.smtpTenant(ctx, t, viaSMTP)
+}
+
+// smtpTenant checks a tenant's SMTP side for its devices on SMTP.
+func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []Device) {
 	step := func(name string, st Status, detail string) Step {
 		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
 	}
-	r.add(r.credential(t))
 
 	store, err := tokenstore.New([]tokenstore.Tenant{t.Tenant}, nil)
 	var tok tokenstore.Token
 	if err == nil {
 		tok, err = store.Token(ctx, t.Name)
 	}
-	mailboxes := mailboxesOf(t.Devices)
+	mailboxes := mailboxesOf(devices)
 	if err != nil {
 		r.add(tokenFailure(step("token", Fail, ""), err))
 		r.add(step("claims", Skip, "no token"))

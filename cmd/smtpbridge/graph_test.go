@@ -261,3 +261,25 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// doctor on a Graph tenant: a token for Graph, its roles, a draft made
+// and deleted per mailbox; a token without Mail.Send is named with the
+// command that fixes it.
+func TestGraphDoctor(t *testing.T) {
+	u := startFakes(t)
+	path := u.graphConfig(t, freePort(t), freePort(t))
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	out, code := runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")
+	if code != 0 || !strings.Contains(out, "graph token") || !strings.Contains(out, "a draft was created and deleted") {
+		t.Fatalf("doctor on a good Graph tenant: exit %d\n%s", code, out)
+	}
+	if n := len(u.Graph.Messages()); n != 0 {
+		t.Errorf("doctor sent %d messages", n)
+	}
+
+	u.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}, GraphRoles: []string{fakeentra.RoleMailReadWrite}})
+	out, code = runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")
+	if code == 0 || !strings.Contains(out, "no Mail.Send role") || !strings.Contains(out, "New-ManagementRoleAssignment -App "+clientID+" -Role 'Application Mail.Send'") {
+		t.Errorf("doctor without Mail.Send: exit %d\n%s", code, out)
+	}
+}

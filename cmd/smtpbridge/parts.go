@@ -219,10 +219,16 @@ func (ms microsoft) doctorTenants(cfg *config.Config) []doctor.Tenant {
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
 		dt := doctor.Tenant{Tenant: ms.tokenTenant(t), SecretExpires: t.SecretExpires, SMTP: ms.route(t)}
+		scope := t.GraphScope()
+		if ms.sb != nil {
+			scope = ms.sb.GraphScope()
+		}
+		dt.Graph = &doctor.Graph{Scope: scope, Route: ms.graphRoutes(cfg)[t.Name]}
 		for _, d := range cfg.Devices {
 			if d.Tenant == t.Name {
 				dt.Devices = append(dt.Devices, doctor.Device{Name: d.Name, Mailbox: d.Mailbox,
-					EnforceFrom: d.FromPolicy == config.FromEnforce, AllowedFrom: d.AllowedFrom})
+					EnforceFrom: d.FromPolicy == config.FromEnforce, AllowedFrom: d.AllowedFrom,
+					Graph: d.Parsed.Transport == config.TransportGraph})
 			}
 		}
 		out = append(out, dt)

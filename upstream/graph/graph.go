@@ -166,12 +166,18 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 		return message.Receipt{}, upstream.TokenError(err)
 	}
 	s := &sender{t: t, route: route, plain: plain, m: m, base: route.Host + "/v1.0/users/" + url.PathEscape(m.Mailbox),
-		api: &http.Client{Transport: &oauth2.Transport{Base: plain.Transport,
-			Source: oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok.AccessToken, TokenType: "Bearer", Expiry: tok.ExpiresOn})},
-			CheckRedirect: plain.CheckRedirect}}
+		api: authorized(plain, tok.AccessToken)}
 	receipt, err = s.send(ctx)
 	s.report(receipt, err)
 	return receipt, err
+}
+
+// authorized is plain with the bearer token on every request, through
+// oauth2.Transport.
+func authorized(plain *http.Client, token string) *http.Client {
+	return &http.Client{Transport: &oauth2.Transport{Base: plain.Transport,
+		Source: oauth2.StaticTokenSource(&oauth2.Token{AccessToken: token, TokenType: "Bearer"})},
+		CheckRedirect: plain.CheckRedirect}
 }
 
 // sender is one attempt at a message.

@@ -1,0 +1,111 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/message"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream/graph"
+)
+
+// Graph is a tenant's Microsoft Graph side, for its devices on the Graph
+// transport.
+type Graph struct {
+	Scope string // the token scope: graph_host/.default
+	Route graph.Route
+}
+
+// Microsoft Graph's application permissions for mail.
+const (
+	roleMailSend      = "Mail.Send"
+	roleMailReadWrite = "Mail.ReadWrite"
+)
+
+const graphFix = "Entra admin center > App registrations > the app > API permissions > Add > Microsoft Graph > Application permissions > %s, then Grant admin consent; " +
+	"or, with RBAC for Applications: New-ManagementRoleAssignment -App %s -Role 'Application %s' -CustomResourceScope <scope> (smtpbridge exchange-script --graph prints it)."
+
+// graphTenant checks a tenant's Graph side: a token for Graph, its roles
+// (Mail.Send; Mail.ReadWrite for messages over 3 MB), and per mailbox a
+// draft created and deleted, which sends nothing.
+func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []Device) {
+	step := func(name string, st Status, detail string) Step {
+		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
+	}
+	tt := t.Tenant
+	tt.Scope = t.Graph.Scope
+	store, err := tokenstore.New([]tokenstore.Tenant{tt}, nil)
+	var tok tokenstore.Token
+	if err == nil {
+		tok, err = store.Token(ctx, t.Name)
+	}
+	mailboxes := mailboxesOf(devices)
+	if err != nil {
+		r.add(tokenFailure(step("graph token", Fail, ""), err))
+		for _, m := range mailboxes {
+			r.rep.Mailboxes++
+			r.add(Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "graph mailbox", Status: Skip, Detail: "no token"})
+		}
+		return
+	}
+	r.add(step("graph token", Pass, fmt.Sprintf("granted by %s for %s, valid until %s", t.AuthorityHost, tt.Scope, tok.ExpiresOn.UTC().Format("15:04 UTC"))))
+
+	c, _ := decode(tok.AccessToken)
+	s := step("graph claims", Pass, fmt.Sprintf("audience %s, roles %s", c.Audience, rolesText(c.Roles)))
+	hasSend, hasRW := slices.Contains(c.Roles, roleMailSend), slices.Contains(c.Roles, roleMailReadWrite)
+	switch {
+	case !hasSend && len(c.Roles) > 0:
+		s.Status, s.Code = Fail, roleMailSend
+		s.Meaning = "The Graph token has no Mail.Send role: Graph refuses every message with 403 ErrorAccessDenied."
+		s.Fix = fmt.Sprintf(graphFix, roleMailSend, t.ClientID, roleMailSend)
+	case !hasSend:
+		s.Status, s.Code = Warn, roleMailSend
+		s.Meaning = "The Graph token has no roles: sending works only if an RBAC for Applications assignment grants Application Mail.Send over the mailboxes (the mailbox checks below cannot tell without sending)."
+		s.Fix = fmt.Sprintf(graphFix, roleMailSend, t.ClientID, roleMailSend)
+	case !hasRW:
+		s.Status, s.Code = Warn, roleMailReadWrite
+		s.Meaning = "The Graph token has Mail.Send but not Mail.ReadWrite: messages over 3 MB (scans with their PDFs), which go as drafts, are refused."
+		s.Fix = fmt.Sprintf(graphFix, roleMailReadWrite, t.ClientID, roleMailReadWrite)
+	}
+	r.add(s)
+
+	for _, m := range mailboxes {
+		r.rep.Mailboxes++
+		ms := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "graph mailbox"}
+		if len(c.Roles) > 0 && !hasRW {
+			ms.Status, ms.Detail = Skip, "checking a mailbox without sending needs Mail.ReadWrite (a draft is created and deleted)"
+			r.add(ms)
+			continue
+		}
+		err := graph.CheckMailbox(ctx, t.Graph.Route, m.address, tok.AccessToken)
+		if err == nil {
+			ms.Status, ms.Detail = Pass, "a draft was created and deleted: the app may use the mailbox through Graph"
+			r.add(ms)
+			continue
+		}
+		ms.Status, ms.Detail = Fail, err.Error()
+		var me *message.Error
+		if errors.As(err, &me) && me.Reply.Code != 0 {
+			ms.Detail = me.Reply.Text
+			ms.Code = fmt.Sprintf("%d %s", me.Reply.Code, me.Reply.EnhancedString())
+			if h := hints.Match(me.Reply.Code, me.Reply.EnhancedString(), me.Reply.Text); h != nil {
+				ms.Meaning, ms.Fix = h.Meaning, h.Fix
+			}
+		} else {
+			ms.Meaning = "Microsoft Graph did not answer."
+			ms.Fix = fmt.Sprintf("Check graph_host (%s), DNS, and that the firewall lets the bridge reach it on TCP 443.", t.Graph.Route.Host)
+		}
+		r.add(ms)
+	}
+}
+
+func rolesText(roles []string) string {
+	if len(roles) == 0 {
+		return "none"
+	}
+	return strings.Join(roles, ", ")
+}
