@@ -66,7 +66,10 @@ type deviceState struct {
 	LastMessage time.Time `json:"last_message,omitzero"` // received
 
 	received, delivered, failed, rejected, authFailures int
-	lastFailure                                         *Failure
+	// lastUpstreamID is the last delivery's ID at Microsoft: Exchange's
+	// queue ID, or Graph's request-id (for its message trace and support).
+	lastUpstreamID string
+	lastFailure    *Failure
 }
 
 type tenantState struct {
@@ -196,6 +199,9 @@ func (b *Board) Observe(e audit.Event) {
 		return
 	case audit.Delivered:
 		d.delivered++
+		if e.UpstreamID != "" {
+			d.lastUpstreamID = e.UpstreamID
+		}
 		if e.Tenant != "" {
 			b.tenant(e.Tenant).delivered = now
 		}

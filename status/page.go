@@ -157,6 +157,7 @@ type deviceView struct {
 	AuthFailures                          int
 	LastFailure                           string
 	LastFailureAt                         stamp
+	LastUpstreamID                        string
 	Class                                 string
 	Expect                                string
 	Note                                  string
@@ -272,7 +273,7 @@ func (b *Board) deviceView(d Device, now time.Time) deviceView {
 	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox, Mode: d.Mode,
 		LastSeen: stampOf(st.LastSeen, now), LastMessage: stampOf(st.LastMessage, now),
 		Received: st.received, Delivered: st.delivered, Failed: st.failed, Rejected: st.rejected,
-		AuthFailures: st.authFailures, Class: classOK}
+		AuthFailures: st.authFailures, Class: classOK, LastUpstreamID: st.lastUpstreamID}
 	if st.LastSeen.IsZero() {
 		dv.Class = classNone
 	}

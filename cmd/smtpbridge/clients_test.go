@@ -175,5 +175,19 @@ func TestSandboxQuickStart(t *testing.T) {
 	if !strings.Contains(p.logs.String(), "SANDBOX MODE") {
 		t.Errorf("no sandbox warning in the log:\n%s", p.logs.String())
 	}
+
+	// The sandbox's Graph device goes through the fake Microsoft Graph.
+	out, err = runCmd(t, "", swaks, "--server", smtpAddr, "--auth", "LOGIN", "--auth-user", "erp-sandbox", "--auth-password", "scan-to-mail",
+		"--from", "erp@lan.example", "--to", "someone@example.com", "--body", "graph body text")
+	if err != nil || !strings.Contains(out, "250 2.0.0 OK") {
+		t.Fatalf("swaks through Graph: %v\n%s\nbridge log:\n%s", err, out, p.logs.String())
+	}
+	emls, _ = filepath.Glob(filepath.Join(dir, "sandbox-mail", "*-graph-*.eml"))
+	if len(emls) != 1 {
+		t.Fatalf("%d Graph .eml files, want 1\n%s", len(emls), p.logs.String())
+	}
+	if eml, _ := os.ReadFile(emls[0]); !strings.Contains(string(eml), "graph body text") || !strings.Contains(string(eml), "To: <someone@example.com>") {
+		t.Errorf("the Graph .eml:\n%s", eml)
+	}
 	p.stop(t)
 }

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"mime/multipart"
+	"net/http"
 	"net/textproto"
 	"os"
 	"path/filepath"
@@ -220,7 +222,17 @@ func TestGraphTransport(t *testing.T) {
 		t.Errorf("contoso's grants: %d for Graph, %d for Exchange; want 1 each (each cached for its lifetime)", g, s)
 	}
 
-	// The audit log has Graph's request-id for each delivery.
+	// The status page shows the last delivery's request-id, the audit
+	// log each delivery's.
+	resp, err := http.Get("http://" + httpAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if g := graphMessage(u.Graph, "graph throttled"); !strings.Contains(string(page), g.RequestID) {
+		t.Errorf("the status page lacks the last delivery's request-id %s", g.RequestID)
+	}
 	p.stop(t)
 	audit, err := os.ReadFile(filepath.Join(u.dir, "audit.log"))
 	if err != nil {

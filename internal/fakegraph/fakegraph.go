@@ -20,9 +20,12 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -100,7 +103,43 @@ type Server struct {
 	requests  map[string]int // by kind: sendMail, draft, attachment, session, chunk, send
 	inFlight  int
 	peak      int
+	mailDir   string
 }
+
+// SetMailDir makes the server write each message it sends to dir as an
+// .eml file (sandbox mode): a sendMail message as it came, a draft as a
+// summary of what Graph would send.
+func (s *Server) SetMailDir(dir string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mailDir = dir
+}
+
+// record keeps a sent message, and writes it to the mail directory.
+func (s *Server) record(m Message) {
+	s.mu.Lock()
+	s.messages = append(s.messages, m)
+	dir := s.mailDir
+	s.mu.Unlock()
+	if dir == "" {
+		return
+	}
+	data := m.MIME
+	if data == nil {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "X-Sent-Through: Microsoft Graph (fake), a draft; request-id %s\r\n", m.RequestID)
+		fmt.Fprintf(&b, "From: <%s>\r\nBcc: %s\r\nSubject: %s\r\n", m.Mailbox, strings.Join(m.Recipients, ", "), mimeWord(m.Subject))
+		for _, a := range m.Attachments {
+			fmt.Fprintf(&b, "X-Attachment: %s (%s, %d bytes, sha256 %x)\r\n", mimeWord(a.Name), a.ContentType, a.Size, a.SHA256)
+		}
+		fmt.Fprintf(&b, "Content-Type: text/%s; charset=utf-8\r\n\r\n%s\r\n", map[string]string{"html": "html"}[m.BodyType]+map[bool]string{true: "plain"}[m.BodyType != "html"], m.Body)
+		data = b.Bytes()
+	}
+	name := filepath.Join(dir, time.Now().UTC().Format("20060102T150405Z")+"-graph-"+randomHex(4)+".eml")
+	os.WriteFile(name, data, 0o640)
+}
+
+func mimeWord(s string) string { return mime.QEncoding.Encode("utf-8", s) }
 
 type draft struct {
 	mailbox string
@@ -337,12 +376,12 @@ func (s *Server) sendMail(w http.ResponseWriter, r *http.Request, mailbox string
 		writeError(w, 400, "ErrorInvalidRequest", "sendMail with MIME needs Content-Type: text/plain, not "+ct)
 		return
 	}
-	mime, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body)))
+	data, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body)))
 	if err != nil {
 		writeError(w, 400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
 		return
 	}
-	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(mime)))
+	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(data)))
 	if err != nil {
 		writeError(w, 400, "ErrorMimeContentInvalid", "The MIME content is invalid.")
 		return
@@ -364,10 +403,8 @@ func (s *Server) sendMail(w http.ResponseWriter, r *http.Request, mailbox string
 		writeError(w, 400, "ErrorInvalidRecipients", "At least one recipient is not valid., Recipient '' is not resolved.")
 		return
 	}
-	s.mu.Lock()
-	s.messages = append(s.messages, Message{Mailbox: mailbox, Via: "sendMail", Recipients: rcpts, Subject: msg.Header.Get("Subject"),
-		MIME: mime, RequestID: w.Header().Get("request-id"), ClientRequestID: r.Header.Get("client-request-id")})
-	s.mu.Unlock()
+	s.record(Message{Mailbox: mailbox, Via: "sendMail", Recipients: rcpts, Subject: msg.Header.Get("Subject"),
+		MIME: data, RequestID: w.Header().Get("request-id"), ClientRequestID: r.Header.Get("client-request-id")})
 	w.WriteHeader(202)
 }
 
@@ -570,8 +607,8 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, mailbox, id string
 	msg.RequestID, msg.ClientRequestID = w.Header().Get("request-id"), r.Header.Get("client-request-id")
 	s.mu.Lock()
 	delete(s.drafts, id)
-	s.messages = append(s.messages, msg)
 	s.mu.Unlock()
+	s.record(msg)
 	w.WriteHeader(202)
 }
 

@@ -62,6 +62,7 @@ func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, err
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	w.Exchange.SetMailDir(mailDir)
+	w.Graph.SetMailDir(mailDir)
 	if err := w.Listen(); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("sandbox: %w", err)
