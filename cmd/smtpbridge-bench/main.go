@@ -5,7 +5,7 @@
 // smtpbridge binary runs as a child process in front of them (hybrid
 // mode, 3 upstream connections for the mailbox, warm token).
 //
-//	go run ./cmd/smtpbridge-bench [-devices 10] [-n 1000] [-rtt 20ms,0s] [-burst 50] [-big 50000000]
+//	go run ./cmd/smtpbridge-bench [-devices 10] [-n 1000] [-rtt 20ms,0s] [-burst 50] [-big 50000000] [-graph] [-scan 30000000]
 //
 // Devices send the way MFPs do: one SMTP connection and one login per
 // message, -devices of them at once. Straight to Exchange each pays TCP,
@@ -21,14 +21,17 @@
 //
 // Then the bridge's peak RSS during a login burst of -burst distinct
 // devices (each login its first: a full password hash) and while it
-// relays one -big byte message (target: <= 64 MiB each), and the token
-// grants the bridge asked for.
+// relays one -big byte message (target: <= 64 MiB each); the Microsoft
+// Graph transport's throughput, latency and CPU for the same messages
+// (sendMail), and a -scan byte scan's time and peak RSS (a draft and an
+// upload session); and the token grants the bridge asked for.
 package main
 
 import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -80,6 +83,8 @@ type options struct {
 	burst    int
 	big      int64
 	binary   string
+	graph    bool
+	scan     int64
 }
 
 // device is a configured device of the bridge: its login.
@@ -98,6 +103,8 @@ func run(args []string, out io.Writer) error {
 	fs.IntVar(&o.burst, "burst", 50, "distinct devices logging in at once for the memory figure (0: skip)")
 	fs.Int64Var(&o.big, "big", 50_000_000, "size of the message relayed for the memory figure (0: skip)")
 	fs.StringVar(&o.binary, "binary", "", "smtpbridge binary (default: build ./cmd/smtpbridge)")
+	fs.BoolVar(&o.graph, "graph", true, "also measure the Microsoft Graph transport")
+	fs.Int64Var(&o.scan, "scan", 30_000_000, "size of the scan sent through Graph (a PDF attachment)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -245,6 +252,15 @@ func run(args []string, out io.Writer) error {
 		}
 	}
 
+	var gr graphRow
+	if o.graph {
+		fmt.Fprintf(out, "[graph] %d messages of %d bytes from %d devices, one alone, then a %d MB scan, through Microsoft Graph with a %s round trip ...\n",
+			o.n, len(body), o.devices, o.scan/1_000_000, o.rtts[0])
+		if gr, err = w.graphRun(o, fleet, burst, body); err != nil {
+			return fmt.Errorf("graph: %w", err)
+		}
+	}
+
 	fmt.Fprintln(out)
 	for i, r := range rows {
 		target := i == 0
@@ -273,6 +289,12 @@ func run(args []string, out io.Writer) error {
 	if o.big > 0 {
 		fmt.Fprintf(out, "peak RSS     %.1f MiB while relaying %d MB (target <= 64 MiB) %s\n",
 			float64(bigRSS)/(1<<20), o.big/1_000_000, verdict(bigRSS <= 64<<20))
+	}
+	if o.graph {
+		fmt.Fprintf(out, "graph        %d-byte messages: %.1f msg/s from %d devices, p50 %.2f ms p99 %.2f ms, alone p50 %.2f ms, bridge CPU %.2f ms per message (%s round trip)\n",
+			len(body), gr.loaded.rate(), o.devices, ms(gr.loaded.percentile(50)), ms(gr.loaded.percentile(99)), ms(gr.alone.percentile(50)), ms(gr.cpuPerMsg), o.rtts[0])
+		fmt.Fprintf(out, "graph scan   %.1f MB (a %.1f MB PDF) through a draft and an upload session in %.2f s, peak RSS %.1f MiB (target <= 64 MiB) %s\n",
+			float64(gr.scanSize)/1e6, float64(gr.pdfSize)/1e6, gr.scanTook.Seconds(), float64(gr.scanRSS)/(1<<20), verdict(gr.scanRSS <= 64<<20))
 	}
 	sent := len(o.rtts) * (2*len(fleet) + o.n + o.alone)
 	fmt.Fprintf(out, "tokens       %d grant(s) for %d messages through %d bridge start(s) (target: 1 per start) %s\n",
@@ -317,6 +339,7 @@ func startWorld(dir string) (*world, error) {
 	}
 	w := &world{World: tw, ca: tw.CA, caFile: tw.CAFile, entra: tw.Entra, exo: tw.Exchange}
 	app := tw.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}})
+	tw.Graph.AddMailbox(mailbox, tenantID)
 	w.exo.AddMailbox(fakeexchange.Mailbox{Address: mailbox, TenantID: tenantID, FullAccess: []string{app.ObjectID},
 		MaxSendSize: config.ExchangeMaxMessageBytes})
 	if err := tw.Listen(); err != nil {
@@ -355,7 +378,7 @@ func makeDevices(prefix string, n int) ([]device, error) {
 	return out, errors.Join(errs...)
 }
 
-func (w *world) startBridge(o options, smtpHost string, devices []device) (*bridgeProc, error) {
+func (w *world) startBridge(o options, smtpHost string, devices []device, graphHost ...string) (*bridgeProc, error) {
 	dir := filepath.Dir(w.caFile)
 	addr, err := freeAddr()
 	if err != nil {
@@ -366,6 +389,10 @@ func (w *world) startBridge(o options, smtpHost string, devices []device) (*brid
 		return nil, err
 	}
 	maxBytes := max(o.big+1<<20, config.DefaultMaxMessageBytes)
+	graphLines := ""
+	if len(graphHost) > 0 {
+		graphLines = fmt.Sprintf("    transport: graph\n    graph_host: %q\n    graph_token_scope: %q\n", graphHost[0], fakeentra.GraphResource+"/.default")
+	}
 	var devs strings.Builder
 	users := map[string]device{}
 	for _, d := range devices {
@@ -385,13 +412,13 @@ tenants:
     # The benchmark measures the relay, not Exchange's 30 a minute.
     max_messages_per_minute: 100000000
     max_connections_per_mailbox: %d
-devices:
+%sdevices:
 %slimits: {max_message_bytes: %d, max_connections: 1000, max_connections_per_ip: 1000}
 delivery: {mode: hybrid}
 spool: {dir: spool}
 log: {level: warn}
 http: {address: %q}
-`, addr, tenantID, clientID, clientSecret, w.entra.URL(), smtpHost, o.c, devs.String(), maxBytes, httpAddr)
+`, addr, tenantID, clientID, clientSecret, w.entra.URL(), smtpHost, o.c, graphLines, devs.String(), maxBytes, httpAddr)
 	path := filepath.Join(dir, "bench.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -707,4 +734,94 @@ func (x *xoauth2) Next([]byte) ([]byte, error) {
 		return []byte("user=" + x.user + "\x01auth=Bearer " + x.token + "\x01\x01"), nil
 	}
 	return nil, errors.New("xoauth2: unexpected challenge")
+}
+
+// graphRow is the Graph transport's figures.
+type graphRow struct {
+	loaded, alone     result
+	cpuPerMsg         time.Duration
+	scanSize, pdfSize int
+	scanTook          time.Duration
+	scanRSS           int64
+}
+
+// graphRun measures the Graph transport: 4 KB messages as a fleet and
+// alone (sendMail), then a scan (a draft and an upload session) on a
+// bridge of its own for its peak RSS. Graph is reached through the
+// proxy, with the first round-trip time.
+func (w *world) graphRun(o options, fleet, burst []device, body []byte) (graphRow, error) {
+	var gr graphRow
+	host, _ := strings.CutPrefix(w.World.Graph.URL(), "https://")
+	proxy, err := startProxy(host, o.rtts[0]/2)
+	if err != nil {
+		return gr, err
+	}
+	defer proxy.close()
+	graphURL := "https://" + proxy.addr()
+	br, err := w.startBridge(o, w.exo.Addr(), append(fleet, burst...), graphURL)
+	if err != nil {
+		return gr, err
+	}
+	if _, err := sendPerMessage(fleet, len(fleet), body, br.login); err != nil {
+		br.stop()
+		return gr, fmt.Errorf("warm-up: %w\n%s", err, br.logs.String())
+	}
+	cpu0, err := cpuTime(br.cmd.Process.Pid)
+	if err == nil {
+		gr.loaded, err = sendPerMessage(fleet, o.n, body, br.login)
+	}
+	if err == nil {
+		var cpu1 time.Duration
+		if cpu1, err = cpuTime(br.cmd.Process.Pid); err == nil {
+			gr.cpuPerMsg = (cpu1 - cpu0) / time.Duration(o.n)
+		}
+	}
+	if err == nil {
+		gr.alone, err = sendPerMessage(fleet[:1], o.alone, body, br.login)
+	}
+	br.stop()
+	if err != nil {
+		return gr, fmt.Errorf("%w\n%s", err, br.logs.String())
+	}
+	if o.scan <= 0 {
+		return gr, nil
+	}
+	br, err = w.startBridge(o, w.exo.Addr(), append(fleet, burst...), graphURL)
+	if err != nil {
+		return gr, err
+	}
+	defer br.stop()
+	scan, pdf := makeScan(int(o.scan))
+	gr.scanSize, gr.pdfSize = len(scan), pdf
+	r, err := sendPerMessage(fleet[:1], 1, scan, br.login)
+	if err != nil {
+		return gr, fmt.Errorf("scan: %w\n%s", err, br.logs.String())
+	}
+	gr.scanTook = r.percentile(50)
+	gr.scanRSS, err = peakRSS(br.cmd.Process.Pid)
+	return gr, err
+}
+
+// makeScan is a scanner's message of about size bytes: a line of text
+// and a PDF attachment, base64 in 76-character lines. It returns the
+// message and the PDF's size.
+func makeScan(size int) ([]byte, int) {
+	pdfSize := size / 4 * 3 * 76 / 78
+	var b bytes.Buffer
+	const boundary = "scan-boundary-7f3a"
+	b.WriteString("From: <" + mailbox + ">\r\nTo: <bob@contoso.example>\r\nSubject: scan\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=" + boundary + "\r\n\r\n--" + boundary + "\r\nContent-Type: text/plain\r\n\r\nScanned document attached.\r\n" +
+		"--" + boundary + "\r\nContent-Type: application/pdf; name=scan.pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=scan.pdf\r\n\r\n")
+	pdf := make([]byte, pdfSize)
+	for i := range pdf {
+		pdf[i] = byte(i*31 + i>>12)
+	}
+	copy(pdf, "%PDF-1.7\n")
+	enc := base64.StdEncoding.EncodeToString(pdf)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n--" + boundary + "--\r\n")
+	return b.Bytes(), pdfSize
 }

@@ -10,7 +10,7 @@ import (
 // figure; the figures themselves are for people, not for assertions.
 func TestBenchSmoke(t *testing.T) {
 	var out bytes.Buffer
-	if err := run([]string{"-n", "40", "-alone", "4", "-devices", "4", "-rtt", "10ms,0s", "-burst", "6", "-big", "5000000"}, &out); err != nil {
+	if err := run([]string{"-n", "40", "-alone", "4", "-devices", "4", "-rtt", "10ms,0s", "-burst", "6", "-big", "5000000", "-scan", "5000000"}, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	for _, re := range []string{
@@ -25,6 +25,8 @@ func TestBenchSmoke(t *testing.T) {
 		`round trips  1\.[0-4][0-9] per message to Exchange through the bridge, [0-9.]+ direct`,
 		`peak RSS     [0-9.]+ MiB during a login burst of 6 devices`,
 		`peak RSS     [0-9.]+ MiB while relaying 5 MB`,
+		`graph        4104-byte messages: [0-9.]+ msg/s from 4 devices, p50 [0-9.]+ ms p99 [0-9.]+ ms, alone p50 [0-9.]+ ms, bridge CPU [0-9.]+ ms per message`,
+		`graph scan   5\.0 MB \(a [0-9.]+ MB PDF\) through a draft and an upload session in [0-9.]+ s, peak RSS [0-9.]+ MiB`,
 		`tokens       2 grant\(s\) for 104 messages through 2 bridge start\(s\)`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {
