@@ -288,6 +288,10 @@ func TestGraphDoctor(t *testing.T) {
 	if n := len(u.Graph.Messages()); n != 0 {
 		t.Errorf("doctor sent %d messages", n)
 	}
+	out, code = runBridge(t, env, "send-test", "--config", path, "--device", "mfp-2f", "--to", "bob@contoso.example")
+	if code != 0 || !strings.Contains(out, "(Microsoft Graph)") || !strings.Contains(out, "Graph's request-id: ") || len(u.Graph.Messages()) != 1 {
+		t.Errorf("send-test through Graph: exit %d\n%s", code, out)
+	}
 
 	u.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}, GraphRoles: []string{fakeentra.RoleMailReadWrite}})
 	out, code = runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")

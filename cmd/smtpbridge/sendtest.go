@@ -8,15 +8,18 @@ import (
 	"io"
 	"mime"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/hints"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
+	"github.com/smtpbridge/smtpbridge/upstream/graph"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
@@ -67,16 +70,33 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 		hostname, _ = os.Hostname()
 	}
 	route := ms.route(t)
-	exo := upsmtp.New(upsmtp.Options{Tokens: store, Hostname: hostname, Routes: map[string]upsmtp.Route{t.Name: route},
-		Limiter: upstream.NewLocal(map[string]upstream.Limits{t.Name: {Connections: 1}})})
-	defer exo.Close()
+	limiter := upstream.NewLocal(map[string]upstream.Limits{t.Name: {Connections: 1}})
+	var exo upstream.Transport
+	via, idLabel := route.Host, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n"
+	if cfgDev := cfg.Device(dev.Name); cfgDev != nil && cfgDev.Parsed.Transport == config.TransportGraph {
+		gt := ms.graphTokenTenants(cfg)
+		i := slices.IndexFunc(gt, func(x tokenstore.Tenant) bool { return x.Name == t.Name })
+		gstore, err := tokenstore.New(gt[i:i+1], nil)
+		if err != nil {
+			return err
+		}
+		gr := ms.graphRoutes(cfg)[t.Name]
+		g := graph.New(graph.Options{Tokens: gstore, Limiter: limiter, Routes: map[string]graph.Route{t.Name: gr}})
+		defer g.Close()
+		exo, via = g, gr.Host+" (Microsoft Graph)"
+		idLabel = "Graph's request-id: %s (for Microsoft support; the message trace shows the message by its Message-ID)\n"
+	} else {
+		s := upsmtp.New(upsmtp.Options{Tokens: store, Hostname: hostname, Routes: map[string]upsmtp.Route{t.Name: route}, Limiter: limiter})
+		defer s.Close()
+		exo = s
+	}
 
 	if *subject == "" {
 		*subject = "smtpbridge test from " + dev.Name
 	}
 	id := message.NewID()
 	body := testMessage(id, hostname, dev, t.Name, route.Host, rcpt.String(), *subject)
-	fmt.Fprintf(stdout, "sending as %s (device %s, tenant %s) to %s through %s ...\n", dev.Mailbox, dev.Name, t.Name, rcpt, route.Host)
+	fmt.Fprintf(stdout, "sending as %s (device %s, tenant %s) to %s through %s ...\n", dev.Mailbox, dev.Name, t.Name, rcpt, via)
 	ctx, cancel := context.WithTimeout(context.Background(), sendTestTimeout)
 	defer cancel()
 	start := time.Now()
@@ -101,7 +121,7 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "delivered in %s: %s\n", time.Since(start).Round(time.Millisecond), receipt.Reply)
 	if receipt.UpstreamID != "" {
-		fmt.Fprintf(stdout, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n", receipt.UpstreamID)
+		fmt.Fprintf(stdout, idLabel, receipt.UpstreamID)
 	}
 	return nil
 }
