@@ -129,6 +129,19 @@ func (s *sender) sendDraft(ctx context.Context, rw rewritten, r io.Reader) (mess
 	if err != nil {
 		return message.Receipt{}, &message.Error{Class: message.Permanent, Stage: message.StageMail, Err: err}
 	}
+	// Its requests (the draft, each attachment or chunk, send) and
+	// uploaded bytes, within Graph's limits for the mailbox.
+	requests, upload := 2, int64(0)
+	for _, pt := range p.parts {
+		upload += pt.size
+		requests++
+		if pt.size > attachWholeMax {
+			requests += int((pt.size + chunkBytes - 1) / chunkBytes)
+		}
+	}
+	if err := s.budget().take(ctx, requests, upload); err != nil {
+		return message.Receipt{}, s.waited(err)
+	}
 	resp, err := s.do(ctx, s.api, http.MethodPost, s.base+"/messages", bytes.NewReader(body), int64(len(body)), "application/json", message.StageMail, http.StatusCreated)
 	if err != nil {
 		return message.Receipt{}, err

@@ -65,6 +65,8 @@ type Transport struct {
 	obs     upstream.Observer
 	tempDir string
 
+	budgets budgets // Graph's own limits, per mailbox
+
 	mu      sync.Mutex
 	routes  map[string]Route
 	clients map[string]*http.Client // by tenant, without credentials
@@ -215,6 +217,9 @@ func (s *sender) send(ctx context.Context) (message.Receipt, error) {
 		return message.Receipt{}, s.sourceErr(src, err)
 	}
 	if int(n)+len(rw.header) <= sendMailMax {
+		if err := s.budget().take(ctx, 1, 0); err != nil {
+			return message.Receipt{}, s.waited(err)
+		}
 		return s.sendMail(ctx, rw.header, buf.Bytes())
 	}
 	rest := io.MultiReader(bytes.NewReader(rw.header), buf, br)
@@ -223,6 +228,19 @@ func (s *sender) send(ctx context.Context) (message.Receipt, error) {
 		return message.Receipt{}, s.sourceErr(src, src.Err)
 	}
 	return receipt, err
+}
+
+// budget is the mailbox's share of Graph's own limits.
+func (s *sender) budget() *budget {
+	mb := upstream.MailboxOf(s.m.Tenant, s.m.Mailbox)
+	return s.t.budgets.of(mb.Tenant + "/" + mb.Address)
+}
+
+// waited is the failure of a wait for the mailbox's budget that the
+// submission's time ran out on.
+func (s *sender) waited(err error) error {
+	return &message.Error{Class: message.Throttled, Stage: message.StageConnect, Host: s.route.Host,
+		Err: fmt.Errorf("waiting for room within Microsoft Graph's limits for the mailbox: %w", err)}
 }
 
 func (s *sender) sourceErr(src *message.SourceReader, err error) error {
