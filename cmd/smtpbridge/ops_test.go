@@ -274,7 +274,8 @@ func TestOperations(t *testing.T) {
 			"smtpbridge on bridge.test",
 			`id="device-mfp-2f"`, `id="device-erp"`, `id="device-fab-mfp"`,
 			`<td data-label="Received" class="num">1</td>`,
-			`<td data-label="Delivered" class="num">1</td>`,
+			// The one delivery, and its ID at Exchange.
+			`<td data-label="Delivered" class="num">1<br><span class="muted" title=`,
 			`id="dead-letters"`, deadID, "5.7.60",
 			`<b id="dead-count">1</b>`,
 			"bad_credentials from 127.0.0.1",
