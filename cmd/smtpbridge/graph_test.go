@@ -201,7 +201,9 @@ func TestGraphTransport(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "550") || !strings.Contains(err.Error(), "ErrorAccessDenied") {
 		t.Errorf("403 ErrorAccessDenied: the device got %v, want 550 naming ErrorAccessDenied", err)
 	}
-	waitFor(t, "the hint in the log", 5*time.Second, func() bool { return strings.Contains(p.logs.String(), "Mail.Send") })
+	waitFor(t, "the hint in the log", 5*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), `"hint":"Microsoft Graph refused the app: it lacks the application permission Mail.Send`)
+	})
 
 	// SMTP beside Graph: a device overriding its tenant, another tenant.
 	for _, dev := range []struct{ user, from string }{{"mfp-smtp", "scan@printer.lan"}, {"fab-mfp", "scan@printer.lan"}} {
@@ -260,7 +262,9 @@ func TestGraphWithoutMailReadWrite(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "550") || !strings.Contains(err.Error(), "Mail.ReadWrite") {
 		t.Fatalf("the device got %v, want 550 naming Mail.ReadWrite", err)
 	}
-	waitFor(t, "the hint", 5*time.Second, func() bool { return strings.Contains(p.logs.String(), "Application Mail.ReadWrite") })
+	waitFor(t, "the hint", 5*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), `"hint":"Microsoft Graph refused to create the draft`) && strings.Contains(p.logs.String(), "Application Mail.ReadWrite")
+	})
 }
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
