@@ -40,6 +40,7 @@ type Config struct {
 	Log       Log        `yaml:"log"`
 	HTTP      HTTP       `yaml:"http"`
 	Sandbox   Sandbox    `yaml:"sandbox"`
+	Cluster   Cluster    `yaml:"cluster"`
 
 	// Path is the file the config was loaded from.
 	Path string `yaml:"-"`
@@ -333,6 +334,40 @@ type HTTPAuth struct {
 // in-process fakes and writes what they receive to Dir as .eml files.
 type Sandbox struct {
 	Dir string `yaml:"dir"`
+}
+
+// Cluster shares the mailboxes' limits between replicas through Redis.
+// Without redis, the bridge keeps its limits to itself.
+type Cluster struct {
+	Redis ClusterRedis `yaml:"redis"`
+	// Instance is this replica's name in leases and logs; the host name
+	// by default.
+	Instance string `yaml:"instance"`
+	// LeaseTTL is how long a replica's connection slot outlives it when
+	// it dies without releasing it (SIGKILL, a lost node).
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+}
+
+// ClusterRedis is how to reach Redis (or Valkey): one address, Sentinel,
+// or a Redis Cluster.
+type ClusterRedis struct {
+	Address           string   `yaml:"address"`
+	SentinelAddresses []string `yaml:"sentinel_addresses"`
+	MasterName        string   `yaml:"master_name"`
+	ClusterAddresses  []string `yaml:"cluster_addresses"`
+	Username          string   `yaml:"username"`
+	PasswordFile      string   `yaml:"password_file"`
+	TLS               bool     `yaml:"tls"`
+	KeyPrefix         string   `yaml:"key_prefix"`
+
+	// Password is password_file's content, read by Load.
+	Password secret.String `yaml:"-"`
+}
+
+// Enabled says whether replicas share their limits.
+func (c Cluster) Enabled() bool {
+	r := c.Redis
+	return r.Address != "" || len(r.SentinelAddresses) > 0 || len(r.ClusterAddresses) > 0
 }
 
 // Defaults. Exchange Online's own limits are documented in the README.

@@ -505,6 +505,7 @@ func (l *loader) validateGlobals(c *Config) {
 		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)
 	}
 	l.validateHTTPAuth(c)
+	l.validateCluster(c)
 	for i, h := range c.HTTP.AllowedHosts {
 		if !hostnameRE.MatchString(h) {
 			l.errorf(fmt.Sprintf("http.allowed_hosts[%d]", i), "%q is not a host name (no port, scheme or wildcard), e.g. smtpbridge.internal", h)
@@ -646,4 +647,55 @@ func loopbackHost(host string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback()
+}
+
+// validateCluster checks cluster.redis: one way to reach Redis, and its
+// password file.
+func (l *loader) validateCluster(c *Config) {
+	r := &c.Cluster.Redis
+	if !c.Cluster.Enabled() {
+		return
+	}
+	ways := 0
+	for _, set := range []bool{r.Address != "", len(r.SentinelAddresses) > 0, len(r.ClusterAddresses) > 0} {
+		if set {
+			ways++
+		}
+	}
+	if ways > 1 {
+		l.errorf("cluster.redis", "set one of address, sentinel_addresses (with master_name) and cluster_addresses")
+	}
+	if len(r.SentinelAddresses) > 0 && r.MasterName == "" {
+		l.errorf("cluster.redis.master_name", "required with sentinel_addresses: the name Sentinel knows the primary by")
+	}
+	for _, a := range append(append([]string{r.Address}, r.SentinelAddresses...), r.ClusterAddresses...) {
+		if a == "" {
+			continue
+		}
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
+			l.errorf("cluster.redis", "%q is not host:port, e.g. redis:6379", a)
+		}
+	}
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = "smtpbridge:"
+	}
+	if r.PasswordFile != "" {
+		r.PasswordFile = l.path(r.PasswordFile)
+		data, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			l.errorf("cluster.redis.password_file", "%v", err)
+		} else {
+			l.checkSecretFile("cluster.redis.password_file", r.PasswordFile)
+			r.Password = secret.String(strings.TrimRight(string(data), "\r\n"))
+		}
+	}
+	if c.Cluster.Instance == "" {
+		c.Cluster.Instance, _ = os.Hostname()
+	}
+	switch ttl := &c.Cluster.LeaseTTL; {
+	case *ttl == 0:
+		*ttl = 15 * time.Second
+	case *ttl < time.Second || *ttl > 10*time.Minute:
+		l.errorf("cluster.lease_ttl", "%s: use 1s to 10m (15s by default): how long a dead replica's connections count against the mailbox", *ttl)
+	}
 }

@@ -130,6 +130,8 @@ type Metrics struct {
 	quotaLimit       *prometheus.GaugeVec
 
 	reloadSuccess prometheus.Gauge
+	sharedLimits  prometheus.Gauge
+	sharedOnce    sync.Once
 	reloadTime    prometheus.Gauge
 
 	state *stateCollector
@@ -191,6 +193,8 @@ func New(version string, inv Inventory) *Metrics {
 			"The tenant's max_recipients_per_day: each of its mailboxes may send to this many recipients in any 24 hours.", "tenant"),
 		deviceExpected: gauge("device_expected_interval_seconds",
 			"The device's expect_every: it should send at least this often; absent for devices without one.", "device"),
+		sharedLimits: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "cluster_shared_limits",
+			Help: "1 while the mailboxes' limits are shared with the other replicas through Redis, 0 while Redis is out of reach and this replica keeps its conservative share; absent without cluster.redis."}),
 		reloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_reload_success",
 			Help: "1 if the last configuration load (start or reload) succeeded, 0 if the last reload failed and the previous config is in use."}),
 		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_reload_timestamp_seconds",
@@ -327,6 +331,17 @@ func (m *Metrics) SetSources(s Sources) {
 	m.state.mu.Lock()
 	m.state.src = s
 	m.state.mu.Unlock()
+}
+
+// SharedLimits records whether the limits are shared through Redis (the
+// gauge appears with the first call: only with cluster.redis).
+func (m *Metrics) SharedLimits(ok bool) {
+	m.sharedOnce.Do(func() { m.Registry.MustRegister(m.sharedLimits) })
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.sharedLimits.Set(v)
 }
 
 // Reloaded records the outcome of a configuration reload.

@@ -51,12 +51,16 @@ const maxRecent = 50
 type Board struct {
 	started time.Time
 
-	mu       sync.Mutex
-	inv      Inventory
-	devices  map[string]*deviceState
-	tenants  map[string]*tenantState
-	recent   []Failure // newest last
-	reload   ReloadState
+	mu      sync.Mutex
+	inv     Inventory
+	devices map[string]*deviceState
+	tenants map[string]*tenantState
+	recent  []Failure // newest last
+	reload  ReloadState
+	// shared is whether the mailboxes' limits are shared with the other
+	// replicas (cluster.redis): "" without a cluster.
+	shared   string
+	sharedAt time.Time
 	dirty    bool // last-seen times changed since the last save
 	statFile string
 }
@@ -120,6 +124,16 @@ func (b *Board) Configure(inv Inventory) {
 		if b.tenants[t.Name] == nil {
 			b.tenants[t.Name] = &tenantState{}
 		}
+	}
+}
+
+// SharedLimits records whether the limits are shared through Redis.
+func (b *Board) SharedLimits(ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.shared, b.sharedAt = "shared", time.Now()
+	if !ok {
+		b.shared = "fallback"
 	}
 }
 

@@ -91,10 +91,13 @@ const (
 )
 
 type view struct {
-	Info        PageInfo
-	Now         string
-	Started     stamp
-	Reload      ReloadState
+	Info    PageInfo
+	Now     string
+	Started stamp
+	Reload  ReloadState
+	// Cluster is "shared" or "fallback" with cluster.redis, else "".
+	Cluster     string
+	ClusterAt   stamp
 	ReloadAt    stamp
 	Devices     []deviceView
 	Tenants     []tenantView
@@ -206,6 +209,7 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 
 	b.mu.Lock()
 	v.Reload = b.reload
+	v.Cluster, v.ClusterAt = b.shared, stampOf(b.sharedAt, now)
 	v.ReloadAt = stampOf(b.reload.At, now)
 	for _, d := range b.inv.Devices {
 		dv := b.deviceView(d, now)

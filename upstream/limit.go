@@ -169,7 +169,7 @@ func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) (func(int), e
 		if used := b.day.total(unit); lim.RecipientsPerDay > 0 && used+rcpts > lim.RecipientsPerDay && used > 0 {
 			retry := l.unitTime(b.day.frees(unit, used+rcpts-lim.RecipientsPerDay))
 			l.mu.Unlock()
-			return nil, quotaError(mb, lim.RecipientsPerDay, used, retry)
+			return nil, QuotaError(mb, lim.RecipientsPerDay, used, retry)
 		}
 		now := time.Now()
 		for len(b.started) > 0 && now.Sub(b.started[0]) >= l.window {

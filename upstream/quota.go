@@ -63,9 +63,9 @@ func (d *daily) frees(now int64, need int) int64 {
 	return now + dayBuckets
 }
 
-// quotaError is the failure of a message that would take a mailbox over
+// QuotaError is the failure of a message that would take a mailbox over
 // its recipients per day: it waits until the window frees.
-func quotaError(mb Mailbox, limit, used int, retryAt time.Time) *message.Error {
+func QuotaError(mb Mailbox, limit, used int, retryAt time.Time) *message.Error {
 	return &message.Error{Class: message.Throttled, Stage: message.StageQuota, RetryAt: retryAt,
 		Err: fmt.Errorf("%s has sent to %d of its %d recipients a day; the message waits until %s", mb.Address, used, limit,
 			retryAt.UTC().Format(time.RFC3339))}

@@ -95,8 +95,8 @@ func (d *daemon) spoolUsage() status.SpoolUsage {
 // page.
 func (d *daemon) quotas() []status.MailboxQuota {
 	var out []status.MailboxQuota
-	for mb, n := range d.limiter.Recipients() {
-		out = append(out, status.MailboxQuota{Tenant: mb.Tenant, Mailbox: mb.Address, Used: n, Limit: d.limiter.DailyLimit(mb.Tenant)})
+	for mb, n := range d.limits.Recipients() {
+		out = append(out, status.MailboxQuota{Tenant: mb.Tenant, Mailbox: mb.Address, Used: n, Limit: d.limits.DailyLimit(mb.Tenant)})
 	}
 	return out
 }

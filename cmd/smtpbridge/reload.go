@@ -114,6 +114,9 @@ func (d *daemon) apply() reloadResult {
 	d.applyMemoryLimit(cfg)
 	d.guard.Reconfigure(guardSettings(cfg))
 	d.limiter.SetLimits(mailboxLimits(cfg))
+	if d.shared != nil {
+		d.shared.SetLimits(mailboxLimits(cfg))
+	}
 	d.exo.SetRoutes(d.ms.routes(cfg))
 	d.graph.SetRoutes(d.ms.graphRoutes(cfg))
 	d.route.configure(cfg)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/cluster"
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/guard"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
@@ -91,7 +92,12 @@ type daemon struct {
 	guard   *guard.Guard
 	store   *tokenstore.Store
 	limiter *upstream.Local
-	exo     *upsmtp.Transport
+	// shared is the limiter shared with the other replicas through
+	// Redis (cluster.redis); nil for a bridge on its own.
+	shared *cluster.Limiter
+	// limits is what the transports keep to: shared, or limiter.
+	limits quotaLimiter
+	exo    *upsmtp.Transport
 	// graphStore and graph are the Microsoft Graph side: its own
 	// tokens (another scope) and transport; route picks per device.
 	graphStore *tokenstore.Store
@@ -184,7 +190,19 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if err := d.limiter.Load(quotaFile); err != nil {
 		log.Warn().Err(err).Msg("the mailboxes' recipient counts of the last day could not be read; they start from zero")
 	}
-	d.exo = upsmtp.New(upsmtp.Options{Tokens: d.store, Limiter: d.limiter, Routes: d.ms.routes(cfg), Hostname: d.hostname, Observer: d.m})
+	d.limits = d.limiter
+	if cfg.Cluster.Enabled() {
+		r := cfg.Cluster.Redis
+		rdb := cluster.Client(cluster.Redis{Address: r.Address, SentinelAddresses: r.SentinelAddresses, MasterName: r.MasterName,
+			ClusterAddresses: r.ClusterAddresses, Username: r.Username, Password: r.Password.Value(), TLS: r.TLS})
+		defer rdb.Close()
+		d.shared = cluster.New(cluster.Options{Client: rdb, Prefix: r.KeyPrefix, Instance: cfg.Cluster.Instance,
+			Limits: mailboxLimits(cfg), Log: log, Observer: sharedObservers{d.m, d.board}, LeaseTTL: cfg.Cluster.LeaseTTL})
+		defer d.shared.Close()
+		d.limits = d.shared
+		log.Info().Str("instance", cfg.Cluster.Instance).Msg("the mailboxes' limits are shared with the other replicas through Redis")
+	}
+	d.exo = upsmtp.New(upsmtp.Options{Tokens: d.store, Limiter: d.limits, Routes: d.ms.routes(cfg), Hostname: d.hostname, Observer: d.m})
 	defer d.exo.Close()
 	if d.graphStore, err = tokenstore.New(d.ms.graphTokenTenants(cfg), tokenObservers{d.m, d.board, &tokenLog{log: log}}); err != nil {
 		return err
@@ -195,7 +213,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if err := os.MkdirAll(graphTmp, 0o700); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
-	d.graph = graph.New(graph.Options{Tokens: d.graphStore, Limiter: d.limiter, Routes: d.ms.graphRoutes(cfg), Observer: d.m, TempDir: graphTmp})
+	d.graph = graph.New(graph.Options{Tokens: d.graphStore, Limiter: d.limits, Routes: d.ms.graphRoutes(cfg), Observer: d.m, TempDir: graphTmp})
 	defer d.graph.Close()
 	d.route = &transports{smtp: d.exo, graph: d.graph}
 	d.route.configure(cfg)
@@ -239,7 +257,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		},
 		MailboxRecipients: func() map[metrics.Mailbox]int {
 			out := map[metrics.Mailbox]int{}
-			for mb, n := range d.limiter.Recipients() {
+			for mb, n := range d.limits.Recipients() {
 				out[metrics.Mailbox{Tenant: mb.Tenant, Address: mb.Address}] = n
 			}
 			return out
@@ -448,4 +466,24 @@ func setLogLevel(s string) {
 		level = zerolog.InfoLevel
 	}
 	zerolog.SetGlobalLevel(level)
+}
+
+// quotaLimiter is a limiter whose daily counts the status page and the
+// metrics show.
+type quotaLimiter interface {
+	upstream.Limiter
+	Recipients() map[upstream.Mailbox]int
+	DailyLimit(tenant string) int
+}
+
+// sharedObservers tell the metrics and the status page whether the
+// limits are shared.
+type sharedObservers struct {
+	m     *metrics.Metrics
+	board *status.Board
+}
+
+func (o sharedObservers) SharedLimits(ok bool) {
+	o.m.SharedLimits(ok)
+	o.board.SharedLimits(ok)
 }

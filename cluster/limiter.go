@@ -1,0 +1,554 @@
+// Package cluster shares what several bridge replicas must agree on
+// through Redis (or Valkey): each mailbox's connections to Exchange, its
+// submissions per minute and its recipients per day. Each replica keeps
+// its own spool; only the limits are shared.
+//
+// A connection slot is a lease in Redis with a short TTL that its holder
+// renews: a replica killed with SIGKILL loses its leases within the TTL,
+// never for good. When Redis cannot be reached, the limiter falls back
+// to conservative local limits (one connection per mailbox, and this
+// replica's share of the per-minute and daily limits), says so, and goes
+// back to the shared limits when Redis returns, counting in Redis what it
+// holds and did meanwhile, so that no limit is passed across the change.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/upstream"
+)
+
+// Timing; tests shorten them.
+var (
+	// LeaseTTL is how long a connection slot outlives its holder.
+	LeaseTTL = 15 * time.Second
+	// pollEvery is how often a waiter for a slot or a start asks again.
+	pollEvery = 100 * time.Millisecond
+	// probeEvery is how often a fallen-back limiter tries Redis.
+	probeEvery = 2 * time.Second
+	// opTimeout bounds one Redis call: past it, Redis is down.
+	opTimeout = time.Second
+)
+
+// Observer is told when the limiter falls back to local limits and back.
+type Observer interface {
+	SharedLimits(ok bool)
+}
+
+// Options configure a Limiter.
+type Options struct {
+	Client   redis.UniversalClient
+	Prefix   string // key prefix, e.g. "smtpbridge:"
+	Instance string // this replica's name, in lease IDs
+	Limits   map[string]upstream.Limits
+	Log      zerolog.Logger
+	Observer Observer
+	// LeaseTTL overrides the package's LeaseTTL when set.
+	LeaseTTL time.Duration
+}
+
+// Limiter is an upstream.Limiter shared through Redis.
+type Limiter struct {
+	rdb      redis.UniversalClient
+	prefix   string
+	instance string
+	log      zerolog.Logger
+	obs      Observer
+	window   time.Duration // a minute; tests shorten it
+	day      time.Duration
+	ttl      time.Duration // a lease's
+
+	mu       sync.Mutex
+	limits   map[string]upstream.Limits
+	local    *upstream.Local // the fallback
+	shared   bool
+	fellAt   time.Time
+	leases   map[*lease]struct{} // held, for renewal and adoption
+	starts   map[upstream.Mailbox][]time.Time
+	rcpts    map[upstream.Mailbox]int // recipients counted locally while down
+	replicas int                      // live replicas last seen, for the fallback's share
+	seen     map[upstream.Mailbox]bool
+	stop     chan struct{}
+	done     chan struct{}
+	closing  sync.Once
+}
+
+var _ upstream.Limiter = (*Limiter)(nil)
+
+// New returns a limiter and starts its renewals; Close stops them.
+func New(o Options) *Limiter {
+	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
+		window: time.Minute, day: 24 * time.Hour, limits: o.Limits, shared: true,
+		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
+		replicas: 1, seen: map[upstream.Mailbox]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l.local = upstream.NewLocal(fallbackLimits(o.Limits, 1))
+	l.ttl = LeaseTTL
+	if o.LeaseTTL > 0 {
+		l.ttl = o.LeaseTTL
+	}
+	if l.obs != nil {
+		l.obs.SharedLimits(true)
+	}
+	go l.run()
+	return l
+}
+
+// SetWindows shortens the per-minute and daily windows (tests).
+func (l *Limiter) SetWindows(minute, day time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.window, l.day = minute, day
+}
+
+// Shared says whether the limits are shared now (Redis reachable).
+func (l *Limiter) Shared() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.shared
+}
+
+// SetLimits replaces the limits (a config reload).
+func (l *Limiter) SetLimits(limits map[string]upstream.Limits) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.limits = limits
+	l.local.SetLimits(fallbackLimits(limits, l.replicas))
+}
+
+// fallbackLimits are a replica's share while Redis is down: one
+// connection per mailbox, and the per-minute and daily limits divided by
+// the replicas last seen (at least 1 each).
+func fallbackLimits(limits map[string]upstream.Limits, replicas int) map[string]upstream.Limits {
+	out := map[string]upstream.Limits{}
+	replicas = max(replicas, 1)
+	for t, lim := range limits {
+		f := upstream.Limits{Connections: 1}
+		if lim.PerMinute > 0 {
+			f.PerMinute = max(1, lim.PerMinute/replicas)
+		}
+		if lim.RecipientsPerDay > 0 {
+			f.RecipientsPerDay = max(1, lim.RecipientsPerDay/replicas)
+		}
+		out[t] = f
+	}
+	return out
+}
+
+// Close stops the renewals; leases still held expire within the TTL.
+func (l *Limiter) Close() {
+	l.closing.Do(func() { close(l.stop) })
+	<-l.done
+}
+
+func (l *Limiter) key(kind string, mb upstream.Mailbox) string {
+	return l.prefix + kind + ":{" + mb.Tenant + "/" + mb.Address + "}"
+}
+
+func (l *Limiter) limitsOf(mb upstream.Mailbox) (upstream.Limits, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim, ok := l.limits[mb.Tenant]
+	if !ok || lim.Connections <= 0 {
+		return upstream.Limits{}, fmt.Errorf("no connection limit for tenant %q", mb.Tenant)
+	}
+	return lim, nil
+}
+
+// fail notes that Redis failed: the limiter falls back.
+func (l *Limiter) fail(err error) {
+	l.mu.Lock()
+	if !l.shared {
+		l.mu.Unlock()
+		return
+	}
+	l.shared, l.fellAt = false, time.Now()
+	l.local.SetLimits(fallbackLimits(l.limits, l.replicas))
+	replicas := l.replicas
+	l.mu.Unlock()
+	l.log.Warn().Err(err).Int("replicas", replicas).
+		Msg("Redis is out of reach: each mailbox's limits are now this replica's conservative share (1 connection, 1/n of the per-minute and daily limits) until it returns")
+	if l.obs != nil {
+		l.obs.SharedLimits(false)
+	}
+}
+
+func newID(instance string) string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return instance + "/" + hex.EncodeToString(b)
+}
+
+func ctxOp(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+}
+
+// Connect implements upstream.Limiter.
+func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Lease, error) {
+	for {
+		lim, err := l.limitsOf(mb)
+		if err != nil {
+			return nil, err
+		}
+		if !l.Shared() {
+			return l.localLease(ctx, mb)
+		}
+		le := &lease{l: l, mb: mb, id: newID(l.instance)}
+		octx, cancel := ctxOp(ctx)
+		got, err := connectScript.Run(octx, l.rdb, []string{l.key("conn", mb)}, l.ttl.Milliseconds(), lim.Connections, le.id).Int()
+		cancel()
+		if err != nil {
+			l.fail(err)
+			continue
+		}
+		if got == 1 {
+			l.mu.Lock()
+			l.leases[le] = struct{}{}
+			l.mu.Unlock()
+			return le, nil
+		}
+		select {
+		case <-time.After(pollEvery):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a free connection to Exchange (limit %d per mailbox, shared by the replicas): %w", lim.Connections, context.Cause(ctx))
+		}
+	}
+}
+
+// localLease is a slot of the fallback, counted in Redis when it returns.
+func (l *Limiter) localLease(ctx context.Context, mb upstream.Mailbox) (upstream.Lease, error) {
+	inner, err := l.local.Connect(ctx, mb)
+	if err != nil {
+		return nil, err
+	}
+	le := &lease{l: l, mb: mb, id: newID(l.instance), inner: inner}
+	l.mu.Lock()
+	l.leases[le] = struct{}{}
+	l.mu.Unlock()
+	return le, nil
+}
+
+// Submit implements upstream.Limiter.
+func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (func(int), error) {
+	l.mu.Lock()
+	l.seen[mb] = true
+	l.mu.Unlock()
+	for {
+		lim, err := l.limitsOf(mb)
+		if err != nil {
+			return nil, err
+		}
+		if !l.Shared() {
+			done, err := l.local.Submit(ctx, mb, rcpts)
+			if err != nil {
+				return nil, err
+			}
+			now := time.Now()
+			l.mu.Lock()
+			l.starts[mb] = append(l.starts[mb], now)
+			l.rcpts[mb] += rcpts
+			l.mu.Unlock()
+			return func(accepted int) {
+				done(accepted)
+				l.mu.Lock()
+				l.rcpts[mb] += accepted - rcpts
+				l.mu.Unlock()
+			}, nil
+		}
+		l.mu.Lock()
+		window, day := l.window, l.day
+		l.mu.Unlock()
+		unit := max(day/1440, time.Millisecond)
+		octx, cancel := ctxOp(ctx)
+		res, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb)},
+			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, 1440, unit.Milliseconds(), rcpts, newID(l.instance)).Int64Slice()
+		cancel()
+		if err != nil {
+			l.fail(err)
+			continue
+		}
+		switch res[0] {
+		case 1:
+			bucket := res[1]
+			var once sync.Once
+			return func(accepted int) {
+				once.Do(func() {
+					if accepted == rcpts {
+						return
+					}
+					octx, cancel := ctxOp(ctx)
+					defer cancel()
+					if err := l.rdb.HIncrBy(octx, l.key("rcpt", mb), strconv.FormatInt(bucket, 10), int64(accepted-rcpts)).Err(); err != nil {
+						l.fail(err)
+					}
+				})
+			}, nil
+		case -1:
+			return nil, upstream.QuotaError(mb, lim.RecipientsPerDay, int(res[2]), time.UnixMilli(res[1]))
+		}
+		wait := time.Duration(res[1]) * time.Millisecond
+		select {
+		case <-time.After(min(max(wait, time.Millisecond), time.Second)):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting to submit within %d messages a minute per mailbox, shared by the replicas: %w", lim.PerMinute, context.Cause(ctx))
+		}
+	}
+}
+
+// lease is a connection slot: in Redis, renewed until released, or of
+// the fallback (inner), counted in Redis once it returns.
+type lease struct {
+	l     *Limiter
+	mb    upstream.Mailbox
+	id    string
+	inner upstream.Lease // the fallback's slot, while Redis is down
+
+	mu       sync.Mutex
+	lost     bool // the lease expired in Redis: its slot may be another's
+	over     bool // the shared count is above the limit and this one is of the surplus
+	released bool
+}
+
+// Held implements upstream.Lease.
+func (le *lease) Held() bool {
+	le.mu.Lock()
+	inner, lost, over := le.inner, le.lost, le.over
+	le.mu.Unlock()
+	if inner != nil {
+		return inner.Held() && le.l.Shared() == false
+	}
+	return !lost && !over
+}
+
+// Release implements upstream.Lease.
+func (le *lease) Release() {
+	le.mu.Lock()
+	if le.released {
+		le.mu.Unlock()
+		return
+	}
+	le.released = true
+	inner := le.inner
+	le.mu.Unlock()
+	le.l.mu.Lock()
+	delete(le.l.leases, le)
+	le.l.mu.Unlock()
+	if inner != nil {
+		inner.Release()
+	}
+	ctx, cancel := ctxOp(context.Background())
+	defer cancel()
+	// An adopted fallback slot is in Redis too; one never adopted is not,
+	// and ZREM of a missing member is harmless.
+	if err := le.l.rdb.ZRem(ctx, le.l.key("conn", le.mb), le.id).Err(); err != nil && le.l.Shared() {
+		le.l.fail(err)
+	}
+}
+
+// run renews the leases, counts the replicas, and, while fallen back,
+// tries Redis and goes back to shared limits when it answers.
+func (l *Limiter) run() {
+	defer close(l.done)
+	t := time.NewTicker(min(l.ttl/3, probeEvery))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		if l.Shared() {
+			l.renew()
+		} else {
+			l.probe()
+		}
+	}
+}
+
+// renew extends every Redis lease, and notes those lost or over a
+// lowered limit; it heartbeats this replica.
+func (l *Limiter) renew() {
+	l.mu.Lock()
+	var leases []*lease
+	for le := range l.leases {
+		if le.inner == nil {
+			leases = append(leases, le)
+		}
+	}
+	l.mu.Unlock()
+	ctx, cancel := ctxOp(context.Background())
+	defer cancel()
+	n, err := heartbeatScript.Run(ctx, l.rdb, []string{l.prefix + "instances"}, l.instance, (3 * l.ttl).Milliseconds()).Int()
+	if err != nil {
+		l.fail(err)
+		return
+	}
+	l.mu.Lock()
+	l.replicas = max(n, 1)
+	l.mu.Unlock()
+	for _, le := range leases {
+		lim, err := l.limitsOf(le.mb)
+		if err != nil {
+			continue
+		}
+		res, err := renewScript.Run(ctx, l.rdb, []string{l.key("conn", le.mb)}, l.ttl.Milliseconds(), le.id, lim.Connections).Int64Slice()
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		le.mu.Lock()
+		le.lost = res[0] == 0
+		le.over = res[0] == 2
+		le.mu.Unlock()
+	}
+}
+
+// probe tries Redis; when it answers, what the fallback holds and did is
+// counted there, and the limits are shared again.
+func (l *Limiter) probe() {
+	ctx, cancel := ctxOp(context.Background())
+	defer cancel()
+	if err := l.rdb.Ping(ctx).Err(); err != nil {
+		return
+	}
+	l.mu.Lock()
+	var local []*lease
+	for le := range l.leases {
+		if le.inner != nil {
+			local = append(local, le)
+		}
+	}
+	starts, rcpts := l.starts, l.rcpts
+	l.starts, l.rcpts = map[upstream.Mailbox][]time.Time{}, map[upstream.Mailbox]int{}
+	window, day := l.window, l.day
+	l.mu.Unlock()
+	unit := max(day/1440, time.Millisecond)
+	// Adopt: the fallback's slots and starts count in Redis from now,
+	// so that the shared limits see them.
+	for _, le := range local {
+		if err := l.rdb.ZAdd(ctx, l.key("conn", le.mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: le.id}).Err(); err != nil {
+			return
+		}
+	}
+	for mb, ts := range starts {
+		for _, at := range ts {
+			if time.Since(at) < window {
+				l.rdb.ZAdd(ctx, l.key("rate", mb), redis.Z{Score: float64(at.UnixMilli()), Member: newID(l.instance)})
+			}
+		}
+	}
+	for mb, n := range rcpts {
+		if n > 0 {
+			l.rdb.HIncrBy(ctx, l.key("rcpt", mb), strconv.FormatInt(time.Now().UnixMilli()/unit.Milliseconds(), 10), int64(n))
+		}
+	}
+	for _, le := range local {
+		// From now on the slot is renewed in Redis like any other; the
+		// fallback's slot goes with it when it is released.
+		le.mu.Lock()
+		inner := le.inner
+		le.inner = nil
+		le.mu.Unlock()
+		inner.Release()
+	}
+	l.mu.Lock()
+	l.shared = true
+	down := time.Since(l.fellAt).Round(time.Second)
+	l.mu.Unlock()
+	l.log.Info().Dur("down", down).Msg("Redis answers again: the mailboxes' limits are shared by the replicas again")
+	if l.obs != nil {
+		l.obs.SharedLimits(true)
+	}
+}
+
+// Scripts run atomically in Redis, on its clock.
+var (
+	// connect: KEYS[1] the mailbox's leases; ARGV ttl, limit, id.
+	connectScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
+  return 1
+end
+return 0`)
+	// renew: KEYS[1] the leases; ARGV ttl, id, limit. 0: lost; 2: over
+	// the limit (a lowered one), to close; 1: held.
+	renewScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0} end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
+local n = redis.call('ZCARD', KEYS[1])
+if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(ARGV[3]) then return {2} end
+return {1}`)
+	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit;
+	// ARGV perMinute, windowMs, perDay, dayUnits, unitMs, rcpts, id.
+	// {1, unit}: go; {0, waitMs}: wait; {-1, retryAtMs, used}: the day's
+	// quota is full.
+	submitScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local perMinute, window, perDay = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local units, unitMs, rcpts = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local unit = math.floor(now / unitMs)
+local used = 0
+local buckets = {}
+local h = redis.call('HGETALL', KEYS[2])
+for i = 1, #h, 2 do
+  local u, c = tonumber(h[i]), tonumber(h[i + 1])
+  if u <= unit - units then
+    redis.call('HDEL', KEYS[2], h[i])
+  else
+    used = used + c
+    table.insert(buckets, {u, c})
+  end
+end
+if perDay > 0 and used > 0 and used + rcpts > perDay then
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  local need, freed = used + rcpts - perDay, 0
+  for _, b in ipairs(buckets) do
+    freed = freed + b[2]
+    if freed >= need then return {-1, (b[1] + units) * unitMs, used} end
+  end
+  return {-1, now + units * unitMs, used}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if perMinute > 0 then
+  if redis.call('ZCARD', KEYS[1]) >= perMinute then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, tonumber(oldest[2]) + window - now}
+  end
+  redis.call('ZADD', KEYS[1], now, ARGV[7])
+  redis.call('PEXPIRE', KEYS[1], 2 * window)
+end
+redis.call('HINCRBY', KEYS[2], unit, rcpts)
+redis.call('PEXPIRE', KEYS[2], (units + 1) * unitMs)
+return {1, unit}`)
+	// heartbeat: KEYS[1] the replicas; ARGV instance, ttl. Returns the
+	// replicas alive.
+	heartbeatScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return redis.call('ZCARD', KEYS[1])`)
+)
+
+// ErrNoRedis is returned by Dial when Redis does not answer at start;
+// the bridge starts anyway, on the fallback.
+var ErrNoRedis = errors.New("redis does not answer")

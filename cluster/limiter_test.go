@@ -1,0 +1,205 @@
+//go:build integration
+
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
+	"github.com/smtpbridge/smtpbridge/upstream"
+)
+
+var mb = upstream.MailboxOf("contoso", "scanner@contoso.example")
+
+// replicas are n limiters sharing one redis-server, as n bridges would.
+func replicas(t *testing.T, r *testenv.Redis, n int, lim upstream.Limits) ([]*Limiter, *syncbuf.Buffer) {
+	t.Helper()
+	logs := &syncbuf.Buffer{}
+	var out []*Limiter
+	for i := range n {
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		t.Cleanup(func() { rdb.Close() })
+		l := New(Options{Client: rdb, Prefix: "test:", Instance: fmt.Sprintf("replica-%d", i),
+			Limits: map[string]upstream.Limits{"contoso": lim}, Log: zerolog.New(logs)})
+		t.Cleanup(l.Close)
+		out = append(out, l)
+	}
+	return out, logs
+}
+
+func shorten(t *testing.T) {
+	t.Helper()
+	ttl, poll, probe := LeaseTTL, pollEvery, probeEvery
+	LeaseTTL, pollEvery, probeEvery = time.Second, 20*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { LeaseTTL, pollEvery, probeEvery = ttl, poll, probe })
+}
+
+// Three replicas with 30 workers never hold more than the mailbox's 3
+// connections between them, and every worker gets its turn.
+func TestConnectionsShared(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 3, upstream.Limits{Connections: 3})
+	var held, peak, served atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			le, err := ls[i%3].Connect(context.Background(), mb)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := held.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			time.Sleep(10 * time.Millisecond)
+			held.Add(-1)
+			le.Release()
+			served.Add(1)
+		})
+	}
+	wg.Wait()
+	if peak.Load() > 3 || served.Load() != 30 {
+		t.Errorf("peak %d connections at once (limit 3), %d of 30 served", peak.Load(), served.Load())
+	}
+}
+
+// A replica that dies holding its slots (no release, no renewal) loses
+// them within the TTL: the others get them, never later.
+func TestDeadReplicaLosesItsLeases(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 2, upstream.Limits{Connections: 3})
+	for range 3 {
+		if _, err := ls[0].Connect(context.Background(), mb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls[0].Close() // SIGKILL: it renews nothing more
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 3 {
+		if _, err := ls[1].Connect(ctx, mb); err != nil {
+			t.Fatalf("the other replica never got the dead one's slots: %v", err)
+		}
+	}
+	if d := time.Since(start); d < LeaseTTL/2 || d > 2*LeaseTTL {
+		t.Errorf("the slots came free after %s, want about the TTL (%s)", d, LeaseTTL)
+	}
+}
+
+// Renewed leases outlive the TTL: a long submission keeps its slot.
+func TestLeaseRenewal(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 2, upstream.Limits{Connections: 1})
+	le, err := ls[0].Connect(context.Background(), mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*LeaseTTL)
+	defer cancel()
+	if _, err := ls[1].Connect(ctx, mb); err == nil {
+		t.Fatal("a renewed slot was given to another replica")
+	}
+	if !le.Held() {
+		t.Error("the renewed lease says it is not held")
+	}
+	le.Release()
+	if _, err := ls[1].Connect(context.Background(), mb); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Starts per minute and recipients per day are counted across replicas.
+func TestRatesShared(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 3, upstream.Limits{Connections: 3, PerMinute: 6, RecipientsPerDay: 10})
+	for _, l := range ls {
+		l.SetWindows(time.Second, 24*time.Hour)
+	}
+	var times []time.Time
+	for i := range 9 {
+		if _, err := ls[i%3].Submit(context.Background(), mb, 1); err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, time.Now())
+	}
+	// At most 6 starts in any second across the three.
+	for i := 6; i < len(times); i++ {
+		if d := times[i].Sub(times[i-6]); d < 900*time.Millisecond {
+			t.Errorf("starts %d and %d were %s apart: more than 6 in a second", i-6, i, d)
+		}
+	}
+	// 9 recipients counted; 2 more pass the day's 10.
+	if _, err := ls[1].Submit(context.Background(), mb, 2); err == nil {
+		t.Error("the day's quota was passed across replicas")
+	}
+	done, err := ls[2].Submit(context.Background(), mb, 1)
+	if err != nil {
+		t.Fatalf("the 10th recipient: %v", err)
+	}
+	done(0) // refused: it does not count
+	if _, err := ls[0].Submit(context.Background(), mb, 1); err != nil {
+		t.Errorf("a recipient Exchange refused still counted: %v", err)
+	}
+}
+
+// With Redis gone each replica falls back to 1 connection, and says so;
+// when Redis returns, the slots held meanwhile are counted there, so
+// that the limit holds across the change.
+func TestRedisDownAndBack(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, logs := replicas(t, r, 3, upstream.Limits{Connections: 3, PerMinute: 30})
+	r.Stop()
+	var held []upstream.Lease
+	for _, l := range ls {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		le, err := l.Connect(ctx, mb)
+		cancel()
+		if err != nil {
+			t.Fatalf("no fallback slot: %v", err)
+		}
+		held = append(held, le)
+		if l.Shared() {
+			t.Error("a replica still says its limits are shared with Redis down")
+		}
+		ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+		if _, err := l.Connect(ctx, mb); err == nil {
+			t.Error("a second fallback slot on one replica")
+		}
+		cancel()
+	}
+	if !strings.Contains(logs.String(), "Redis is out of reach") {
+		t.Errorf("no log line for the fallback:\n%s", logs.String())
+	}
+	r.Start()
+	testenv.Eventually(t, "shared limits again", 5*time.Second, func() bool {
+		return ls[0].Shared() && ls[1].Shared() && ls[2].Shared()
+	})
+	// The three fallback slots count in Redis: a fourth waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*LeaseTTL)
+	defer cancel()
+	if _, err := ls[0].Connect(ctx, mb); err == nil {
+		t.Error("a fourth slot while three adopted ones are held")
+	}
+	for _, le := range held {
+		le.Release()
+	}
+	if _, err := ls[1].Connect(context.Background(), mb); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,87 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/smtpbridge/smtpbridge/upstream"
+)
+
+// Redis says how to reach Redis: one of Address, Sentinel (with
+// MasterName) or Cluster addresses.
+type Redis struct {
+	Address            string
+	SentinelAddresses  []string
+	MasterName         string
+	ClusterAddresses   []string
+	Username, Password string
+	TLS                bool
+}
+
+// Client returns a client for r. It connects on first use; a Redis that
+// does not answer makes the limiter fall back, it does not stop the
+// bridge. Every call gives up after opTimeout: a slow Redis is a down
+// one.
+func Client(r Redis) redis.UniversalClient {
+	var tlsCfg *tls.Config
+	if r.TLS {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	switch {
+	case len(r.SentinelAddresses) > 0:
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: r.MasterName, SentinelAddrs: r.SentinelAddresses,
+			Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
+			DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
+	case len(r.ClusterAddresses) > 0:
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.ClusterAddresses,
+			Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
+			DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
+	}
+	return redis.NewClient(&redis.Options{Addr: r.Address, Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
+		DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
+}
+
+// Recipients returns, per mailbox this replica has submitted for, the
+// recipients counted in the rolling day across the replicas (the status
+// page's quota table).
+func (l *Limiter) Recipients() map[upstream.Mailbox]int {
+	l.mu.Lock()
+	var boxes []upstream.Mailbox
+	for mb := range l.seen {
+		boxes = append(boxes, mb)
+	}
+	day := l.day
+	l.mu.Unlock()
+	unit := max(day/1440, time.Millisecond).Milliseconds()
+	now := time.Now().UnixMilli() / unit
+	out := map[upstream.Mailbox]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	for _, mb := range boxes {
+		h, err := l.rdb.HGetAll(ctx, l.key("rcpt", mb)).Result()
+		if err != nil {
+			return out
+		}
+		n := 0
+		for k, v := range h {
+			u, _ := strconv.ParseInt(k, 10, 64)
+			c, _ := strconv.Atoi(v)
+			if u > now-1440 {
+				n += c
+			}
+		}
+		out[mb] = n
+	}
+	return out
+}
+
+// DailyLimit is a tenant's recipients per day.
+func (l *Limiter) DailyLimit(tenant string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limits[tenant].RecipientsPerDay
+}
