@@ -78,6 +78,10 @@ type Limiter struct {
 	rcpts    map[upstream.Mailbox]int // recipients counted locally while down
 	replicas int                      // live replicas last seen, for the fallback's share
 	seen     map[upstream.Mailbox]bool
+	// graceUntil: after Redis returns, until the other replicas have
+	// had the time to count their fallback slots there, each of them is
+	// assumed to hold one.
+	graceUntil time.Time
 	stop     chan struct{}
 	done     chan struct{}
 	closing  sync.Once
@@ -87,6 +91,9 @@ var _ upstream.Limiter = (*Limiter)(nil)
 
 // New returns a limiter and starts its renewals; Close stops them.
 func New(o Options) *Limiter {
+	// go-redis logs each failed dial on stderr; the limiter says once
+	// that Redis is out of reach, and when it is back.
+	redis.SetLogger(quiet{})
 	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
 		window: time.Minute, day: 24 * time.Hour, limits: o.Limits, shared: true,
 		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
@@ -174,7 +181,19 @@ func (l *Limiter) fail(err error) {
 	l.shared, l.fellAt = false, time.Now()
 	l.local.SetLimits(fallbackLimits(l.limits, l.replicas))
 	replicas := l.replicas
+	var shared []*lease
+	for le := range l.leases {
+		if le.inner == nil {
+			shared = append(shared, le)
+		}
+	}
 	l.mu.Unlock()
+	// The connections opened under the shared limits close: idle ones
+	// now, busy ones when their submission ends. Until they have, the
+	// fallback opens none for their mailbox.
+	for _, le := range shared {
+		le.wantedOnce.Do(func() { close(le.wanted) })
+	}
 	l.log.Warn().Err(err).Int("replicas", replicas).
 		Msg("Redis is out of reach: each mailbox's limits are now this replica's conservative share (1 connection, 1/n of the per-minute and daily limits) until it returns")
 	if l.obs != nil {
@@ -194,6 +213,7 @@ func ctxOp(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // Connect implements upstream.Limiter.
 func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Lease, error) {
+	waiting := "" // this caller's entry among the mailbox's waiters
 	for {
 		lim, err := l.limitsOf(mb)
 		if err != nil {
@@ -202,9 +222,15 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 		if !l.Shared() {
 			return l.localLease(ctx, mb)
 		}
-		le := &lease{l: l, mb: mb, id: newID(l.instance)}
+		le := &lease{l: l, mb: mb, id: newID(l.instance), wanted: make(chan struct{})}
+		limit := lim.Connections
+		l.mu.Lock()
+		if time.Now().Before(l.graceUntil) {
+			limit -= l.replicas - 1
+		}
+		l.mu.Unlock()
 		octx, cancel := ctxOp(ctx)
-		got, err := connectScript.Run(octx, l.rdb, []string{l.key("conn", mb)}, l.ttl.Milliseconds(), lim.Connections, le.id).Int()
+		got, err := connectScript.Run(octx, l.rdb, []string{l.key("conn", mb)}, l.ttl.Milliseconds(), limit, le.id).Int()
 		cancel()
 		if err != nil {
 			l.fail(err)
@@ -214,11 +240,28 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 			l.mu.Lock()
 			l.leases[le] = struct{}{}
 			l.mu.Unlock()
+			if waiting != "" {
+				octx, cancel := ctxOp(ctx)
+				l.rdb.ZRem(octx, l.key("want", mb), waiting)
+				cancel()
+			}
 			return le, nil
 		}
+		// Say that this replica waits, so that the others' idle
+		// connections give their slots up.
+		if waiting == "" {
+			waiting = le.id
+		}
+		octx, cancel = ctxOp(ctx)
+		l.rdb.ZAdd(octx, l.key("want", mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: waiting})
+		l.rdb.PExpire(octx, l.key("want", mb), 2*l.ttl)
+		cancel()
 		select {
 		case <-time.After(pollEvery):
 		case <-ctx.Done():
+			octx, cancel := ctxOp(ctx)
+			l.rdb.ZRem(octx, l.key("want", mb), waiting)
+			cancel()
 			return nil, fmt.Errorf("waiting for a free connection to Exchange (limit %d per mailbox, shared by the replicas): %w", lim.Connections, context.Cause(ctx))
 		}
 	}
@@ -226,15 +269,35 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 
 // localLease is a slot of the fallback, counted in Redis when it returns.
 func (l *Limiter) localLease(ctx context.Context, mb upstream.Mailbox) (upstream.Lease, error) {
+	for l.sharedHeld(mb) {
+		select {
+		case <-time.After(pollEvery):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the connections opened under the shared limits to close: %w", context.Cause(ctx))
+		}
+	}
 	inner, err := l.local.Connect(ctx, mb)
 	if err != nil {
 		return nil, err
 	}
-	le := &lease{l: l, mb: mb, id: newID(l.instance), inner: inner}
+	le := &lease{l: l, mb: mb, id: newID(l.instance), inner: inner, wanted: make(chan struct{})}
 	l.mu.Lock()
 	l.leases[le] = struct{}{}
 	l.mu.Unlock()
 	return le, nil
+}
+
+// sharedHeld says whether this replica still holds a slot of mb taken
+// under the shared limits.
+func (l *Limiter) sharedHeld(mb upstream.Mailbox) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for le := range l.leases {
+		if le.inner == nil && le.mb == mb {
+			return true
+		}
+	}
+	return false
 }
 
 // Submit implements upstream.Limiter.
@@ -316,7 +379,16 @@ type lease struct {
 	lost     bool // the lease expired in Redis: its slot may be another's
 	over     bool // the shared count is above the limit and this one is of the surplus
 	released bool
+	// wanted is closed when another replica waits for one of the
+	// mailbox's slots: an idle connection then closes, and a busy one
+	// after its submission, so that an idle replica does not keep the
+	// mailbox from the others.
+	wanted     chan struct{}
+	wantedOnce sync.Once
 }
+
+// Wanted is closed when another replica waits for a slot of the mailbox.
+func (le *lease) Wanted() <-chan struct{} { return le.wanted }
 
 // Held implements upstream.Lease.
 func (le *lease) Held() bool {
@@ -325,6 +397,11 @@ func (le *lease) Held() bool {
 	le.mu.Unlock()
 	if inner != nil {
 		return inner.Held() && le.l.Shared() == false
+	}
+	select {
+	case <-le.wanted:
+		return false
+	default:
 	}
 	return !lost && !over
 }
@@ -400,7 +477,7 @@ func (l *Limiter) renew() {
 		if err != nil {
 			continue
 		}
-		res, err := renewScript.Run(ctx, l.rdb, []string{l.key("conn", le.mb)}, l.ttl.Milliseconds(), le.id, lim.Connections).Int64Slice()
+		res, err := renewScript.Run(ctx, l.rdb, []string{l.key("conn", le.mb), l.key("want", le.mb)}, l.ttl.Milliseconds(), le.id, lim.Connections, l.instance+"/").Int64Slice()
 		if err != nil {
 			l.fail(err)
 			return
@@ -409,6 +486,9 @@ func (l *Limiter) renew() {
 		le.lost = res[0] == 0
 		le.over = res[0] == 2
 		le.mu.Unlock()
+		if len(res) > 1 && res[1] > 0 {
+			le.wantedOnce.Do(func() { close(le.wanted) })
+		}
 	}
 }
 
@@ -462,6 +542,7 @@ func (l *Limiter) probe() {
 	}
 	l.mu.Lock()
 	l.shared = true
+	l.graceUntil = time.Now().Add(2 * probeEvery)
 	down := time.Since(l.fellAt).Round(time.Second)
 	l.mu.Unlock()
 	l.log.Info().Dur("down", down).Msg("Redis answers again: the mailboxes' limits are shared by the replicas again")
@@ -483,18 +564,25 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   return 1
 end
 return 0`)
-	// renew: KEYS[1] the leases; ARGV ttl, id, limit. 0: lost; 2: over
-	// the limit (a lowered one), to close; 1: held.
+	// renew: KEYS[1] the leases, KEYS[2] the waiters; ARGV ttl, id,
+	// limit, this replica's ID prefix. {0}: lost; {2}: over the limit (a
+	// lowered one), to close; {1}: held; and the callers of the other
+	// replicas waiting for a slot.
 	renewScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, 0} end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
 local n = redis.call('ZCARD', KEYS[1])
-if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(ARGV[3]) then return {2} end
-return {1}`)
+local waiting = 0
+for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(w, 1, #ARGV[4]) ~= ARGV[4] then waiting = waiting + 1 end
+end
+if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(ARGV[3]) then return {2, waiting} end
+return {1, waiting}`)
 	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit;
 	// ARGV perMinute, windowMs, perDay, dayUnits, unitMs, rcpts, id.
 	// {1, unit}: go; {0, waitMs}: wait; {-1, retryAtMs, used}: the day's
@@ -552,3 +640,8 @@ return redis.call('ZCARD', KEYS[1])`)
 // ErrNoRedis is returned by Dial when Redis does not answer at start;
 // the bridge starts anyway, on the fallback.
 var ErrNoRedis = errors.New("redis does not answer")
+
+// quiet drops go-redis's internal log lines.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}

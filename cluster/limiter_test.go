@@ -113,8 +113,22 @@ func TestLeaseRenewal(t *testing.T) {
 	if _, err := ls[1].Connect(ctx, mb); err == nil {
 		t.Fatal("a renewed slot was given to another replica")
 	}
-	if !le.Held() {
-		t.Error("the renewed lease says it is not held")
+	own := le.(*lease)
+	own.mu.Lock()
+	lost := own.lost
+	own.mu.Unlock()
+	if lost {
+		t.Error("the renewed lease was lost")
+	}
+	// The other replica waited: the holder is told, and its connection
+	// will give the slot up when it idles.
+	select {
+	case <-own.Wanted():
+	default:
+		t.Error("the holder was not told that another replica waits")
+	}
+	if le.Held() {
+		t.Error("a lease another replica waits for says it is held (its connection would idle on)")
 	}
 	le.Release()
 	if _, err := ls[1].Connect(context.Background(), mb); err != nil {

@@ -40,8 +40,14 @@ type conn struct {
 	c            *client // nil until opened, and after it closed
 	lease        upstream.Lease
 	tokenExpires time.Time
-	timer        *time.Timer // the idle timer, while idle
+	timer        *time.Timer   // the idle timer, while idle
+	unidle       chan struct{} // closed when it stops being idle
 }
+
+// wanter is a lease that says when another holder waits for the
+// mailbox's slots (a replica sharing them): an idle connection then
+// gives its slot up.
+type wanter interface{ Wanted() <-chan struct{} }
 
 var errClosed = errors.New("the connection pool to Exchange is closed (shutting down)")
 
@@ -76,6 +82,7 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 			c := p.idle[n-1]
 			p.idle = p.idle[:n-1]
 			c.timer.Stop()
+			close(c.unidle)
 			p.mu.Unlock()
 			return c, nil
 		}
@@ -117,6 +124,16 @@ func (p *pool) put(c *conn, keep bool) {
 	p.mu.Lock()
 	if keep && c.c != nil && !p.closed && c.lease.Held() {
 		c.timer = time.AfterFunc(idleTimeout, func() { p.expire(c) })
+		c.unidle = make(chan struct{})
+		if w, ok := c.lease.(wanter); ok {
+			go func(unidle chan struct{}) {
+				select {
+				case <-w.Wanted():
+					p.expire(c)
+				case <-unidle:
+				}
+			}(c.unidle)
+		}
 		p.idle = append(p.idle, c)
 		p.broadcast()
 		p.mu.Unlock()
@@ -146,7 +163,9 @@ func (p *pool) expire(c *conn) {
 		return
 	}
 	p.idle = slices.Delete(p.idle, i, i+1)
+	close(c.unidle)
 	p.mu.Unlock()
+	c.timer.Stop()
 	c.quit()
 	p.free(c)
 }
@@ -162,6 +181,7 @@ func (p *pool) close() {
 	p.mu.Unlock()
 	for _, c := range idle {
 		c.timer.Stop()
+		close(c.unidle)
 		c.quit()
 		p.free(c)
 	}

@@ -1,0 +1,244 @@
+//go:build integration
+
+package main
+
+import (
+	"fmt"
+
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
+)
+
+const replicaDevices = 30
+
+// replicaConfig is replica n's config: its own listener, status page and
+// spool, the 30 devices all sending as one mailbox, limits shared
+// through Redis.
+func (u *fakes) replicaConfig(t *testing.T, n int, redisAddr, hash string) (path, smtpAddr, httpAddr string) {
+	t.Helper()
+	smtpAddr, httpAddr = freePort(t), freePort(t)
+	var devs strings.Builder
+	for i := 1; i <= replicaDevices; i++ {
+		fmt.Fprintf(&devs, "  - {name: mfp-%02d, username: mfp-%02d, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example}\n", i, i, hash)
+	}
+	cfg := fmt.Sprintf(`
+hostname: replica-%d.test
+listeners:
+  - {name: lan, address: %q, tls: none, allow_insecure_auth: true}
+tenants:
+  - name: contoso
+    tenant_id: %q
+    client_id: %q
+    client_secret: "${TEST_CLIENT_SECRET}"
+    authority_host: %q
+    smtp_host: %q
+    # The shared per-minute count is tested on the limiter (cluster
+    # package) with a shortened window; here it would only slow the run.
+    max_messages_per_minute: 100000
+devices:
+%sdelivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 30s}
+spool: {dir: spool-%d}
+log: {level: info}
+http: {address: %q}
+cluster:
+  redis: {address: %q, key_prefix: "test:"}
+  instance: replica-%d
+  lease_ttl: 2s
+`, n, smtpAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(), devs.String(), n, httpAddr, redisAddr, n)
+	path = filepath.Join(u.dir, fmt.Sprintf("replica-%d.yaml", n))
+	writeFile(t, path, cfg)
+	return path, smtpAddr, httpAddr
+}
+
+type replica struct {
+	*bridgeProc
+	path, smtp, http string
+}
+
+func (u *fakes) startReplica(t *testing.T, path, smtpAddr, httpAddr string) *replica {
+	t.Helper()
+	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{smtpAddr}, "serve", "--config", path)
+	return &replica{bridgeProc: p, path: path, smtp: smtpAddr, http: httpAddr}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// sendAll sends n messages from the 30 devices spread over the replicas,
+// each on a connection of its own, and returns the subjects acknowledged.
+func sendAll(t *testing.T, rs []*replica, tag string, n int) []string {
+	t.Helper()
+	var mu sync.Mutex
+	var acked []string
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			dev := fmt.Sprintf("mfp-%02d", i%replicaDevices+1)
+			subject := fmt.Sprintf("%s-%03d", tag, i)
+			r := rs[i%len(rs)]
+			reply, err := sendAs(r.smtp, dev, "scan@printer.lan", []string{"bob@contoso.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n")
+			if err != nil || !strings.HasPrefix(reply, "2.0.0") {
+				t.Errorf("%s through %s: %q %v", subject, r.smtp, reply, err)
+				return
+			}
+			mu.Lock()
+			acked = append(acked, subject)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return acked
+}
+
+// Three replicas of the binary share one redis-server: 30 devices spread
+// over them, one mailbox. The fake Exchange never sees more than its 3
+// connections, each message arrives once; Redis killed and restarted
+// mid-run loses nothing and passes no limit, the fallback visible in the
+// metrics and on the status page; a replica killed with SIGKILL holding
+// connections loses them to the others within the lease TTL, and its
+// spool drains when it restarts.
+func TestReplicas(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	u := startFakes(t)
+	u.exo.SetSubmitDelay(50 * time.Millisecond)
+	hash, err := passwd.NewBcrypt([]byte(password), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []*replica
+	for n := range 3 {
+		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash)
+		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
+	}
+	delivered := func(subjects []string) {
+		t.Helper()
+		testenv.Eventually(t, "every acknowledged message at Exchange", 60*time.Second, func() bool {
+			got := map[string]int{}
+			for _, m := range u.exo.Messages() {
+				for _, s := range subjects {
+					if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
+						got[s]++
+					}
+				}
+			}
+			for _, s := range subjects {
+				if got[s] == 0 {
+					return false
+				}
+			}
+			for _, s := range subjects {
+				if got[s] != 1 {
+					t.Errorf("%s arrived %d times", s, got[s])
+				}
+			}
+			return true
+		})
+	}
+
+	// 60 messages from 30 devices over three replicas.
+	acked := sendAll(t, rs, "shared", 60)
+	t.Logf("%d acknowledged, %d at Exchange", len(acked), len(u.exo.Messages()))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, r := range rs {
+				t.Logf("replica %d log:\n%s", i, r.logs.String())
+			}
+		}
+	})
+	delivered(acked)
+	if peak := u.exo.PeakConnections("scanner@contoso.example"); peak > 3 {
+		t.Errorf("Exchange saw %d connections for the mailbox at once, limit 3 (and answers 432 beyond)", peak)
+	}
+	if m := get(t, "http://"+rs[1].http+"/metrics"); !strings.Contains(m, "smtpbridge_cluster_shared_limits 1") {
+		t.Errorf("/metrics lacks smtpbridge_cluster_shared_limits 1")
+	}
+
+	// Redis killed mid-run, then back.
+	var during []string
+	var wg sync.WaitGroup
+	wg.Go(func() { during = sendAll(t, rs, "outage", 30) })
+	time.Sleep(200 * time.Millisecond)
+	rds.Stop()
+	testenv.Eventually(t, "the fallback in the metrics", 10*time.Second, func() bool {
+		return strings.Contains(get(t, "http://"+rs[0].http+"/metrics"), "smtpbridge_cluster_shared_limits 0")
+	})
+	if page := get(t, "http://"+rs[0].http+"/"); !strings.Contains(page, "Redis out of reach") {
+		t.Error("the status page does not say Redis is out of reach")
+	}
+	time.Sleep(time.Second)
+	rds.Start()
+	wg.Wait()
+	delivered(during)
+	testenv.Eventually(t, "shared limits again", 10*time.Second, func() bool {
+		return strings.Contains(get(t, "http://"+rs[0].http+"/metrics"), "smtpbridge_cluster_shared_limits 1")
+	})
+	if peak := u.exo.PeakConnections("scanner@contoso.example"); peak > 3 {
+		t.Errorf("with Redis down and back, Exchange saw %d connections at once, limit 3", peak)
+	}
+
+	// A replica killed with SIGKILL while its messages are at Exchange.
+	// Exchange notices its dead connections when their submissions end
+	// (1.5 s); the lease TTL (2 s) must outlast that, as the default
+	// (15 s) outlasts Exchange's.
+	u.exo.SetSubmitDelay(1500 * time.Millisecond)
+	var killedAcked []string
+	wg.Go(func() {
+		for i := range 3 {
+			subject := fmt.Sprintf("killed-%d", i)
+			go sendAs(rs[0].smtp, fmt.Sprintf("mfp-%02d", i+1), "scan@printer.lan", []string{"bob@contoso.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n")
+			killedAcked = append(killedAcked, subject)
+		}
+	})
+	wg.Wait()
+	time.Sleep(700 * time.Millisecond) // its three connections are in their submissions
+	rs[0].cmd.Process.Signal(syscall.SIGKILL)
+	<-rs[0].exited
+	rs[0].exited <- nil
+	u.exo.SetSubmitDelay(50 * time.Millisecond)
+	start := time.Now()
+	after := sendAll(t, rs[1:], "after-kill", 6)
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("the other replicas waited %s for the dead one's slots (lease_ttl 2s)", d)
+	}
+	delivered(after)
+	t.Logf("after a SIGKILL holding 3 connections, 6 messages through the others in %s", time.Since(start).Round(100*time.Millisecond))
+
+	// It restarts on its spool: what it had taken goes out.
+	rs[0] = u.startReplica(t, rs[0].path, rs[0].smtp, rs[0].http)
+	testenv.Eventually(t, "the restarted replica's spool drained", 30*time.Second, func() bool {
+		entries, _ := os.ReadDir(filepath.Join(u.dir, "spool-0", "queue"))
+		return len(entries) == 0
+	})
+	for _, s := range killedAcked {
+		found := false
+		for _, m := range u.exo.Messages() {
+			if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s, taken by the killed replica, never arrived", s)
+		}
+	}
+	if peak := u.exo.PeakConnections("scanner@contoso.example"); peak > 3 {
+		t.Errorf("Exchange saw %d connections at once, limit 3", peak)
+	}
+}
