@@ -82,9 +82,9 @@ type Limiter struct {
 	// had the time to count their fallback slots there, each of them is
 	// assumed to hold one.
 	graceUntil time.Time
-	stop     chan struct{}
-	done     chan struct{}
-	closing  sync.Once
+	stop       chan struct{}
+	done       chan struct{}
+	closing    sync.Once
 }
 
 var _ upstream.Limiter = (*Limiter)(nil)
