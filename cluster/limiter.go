@@ -193,6 +193,10 @@ func (l *Limiter) fail(err error) {
 	// fallback opens none for their mailbox.
 	for _, le := range shared {
 		le.wantedOnce.Do(func() { close(le.wanted) })
+		le.mu.Lock()
+		at := le.expires
+		le.mu.Unlock()
+		time.AfterFunc(time.Until(at), le.lapse)
 	}
 	l.log.Warn().Err(err).Int("replicas", replicas).
 		Msg("Redis is out of reach: each mailbox's limits are now this replica's conservative share (1 connection, 1/n of the per-minute and daily limits) until it returns")
@@ -220,9 +224,14 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 			return nil, err
 		}
 		if !l.Shared() {
-			return l.localLease(ctx, mb)
+			le, err := l.localLease(ctx, mb)
+			if errors.Is(err, errSharedAgain) {
+				continue
+			}
+			return le, err
 		}
-		le := &lease{l: l, mb: mb, id: newID(l.instance), wanted: make(chan struct{})}
+		le := &lease{l: l, mb: mb, id: newID(l.instance), wanted: make(chan struct{}), gone: make(chan struct{}),
+			expires: time.Now().Add(l.ttl)}
 		limit := lim.Connections
 		l.mu.Lock()
 		if time.Now().Before(l.graceUntil) {
@@ -269,18 +278,28 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 
 // localLease is a slot of the fallback, counted in Redis when it returns.
 func (l *Limiter) localLease(ctx context.Context, mb upstream.Mailbox) (upstream.Lease, error) {
-	for l.sharedHeld(mb) {
+	// Every replica's leases were last renewed before Redis went: by a
+	// TTL (and a renewal period for the replicas that noticed later)
+	// after this one noticed, they have all lapsed and their
+	// connections closed. Only then do the fallback's slots open.
+	l.mu.Lock()
+	safe := l.fellAt.Add(l.ttl + l.ttl/3)
+	l.mu.Unlock()
+	for time.Now().Before(safe) || l.sharedHeld(mb) {
 		select {
 		case <-time.After(pollEvery):
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the connections opened under the shared limits to close: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("waiting for the slots taken under the shared limits to lapse: %w", context.Cause(ctx))
+		}
+		if l.Shared() {
+			return nil, errSharedAgain
 		}
 	}
 	inner, err := l.local.Connect(ctx, mb)
 	if err != nil {
 		return nil, err
 	}
-	le := &lease{l: l, mb: mb, id: newID(l.instance), inner: inner, wanted: make(chan struct{})}
+	le := &lease{l: l, mb: mb, id: newID(l.instance), inner: inner, wanted: make(chan struct{}), gone: make(chan struct{})}
 	l.mu.Lock()
 	l.leases[le] = struct{}{}
 	l.mu.Unlock()
@@ -385,6 +404,27 @@ type lease struct {
 	// mailbox from the others.
 	wanted     chan struct{}
 	wantedOnce sync.Once
+	// expires is when Redis drops the lease unless renewed; gone is
+	// closed then, if it was not renewed: its connection must close,
+	// even mid-submission, since another replica may have its slot.
+	expires  time.Time
+	gone     chan struct{}
+	goneOnce sync.Once
+}
+
+// Gone is closed when the lease lapsed in Redis (Redis out of reach past
+// its TTL): its connection closes at once, even mid-submission.
+func (le *lease) Gone() <-chan struct{} { return le.gone }
+
+// lapse marks the lease gone, unless it was renewed (or counted in Redis
+// again) since.
+func (le *lease) lapse() {
+	le.mu.Lock()
+	renewed := time.Now().Before(le.expires)
+	le.mu.Unlock()
+	if !renewed {
+		le.goneOnce.Do(func() { close(le.gone) })
+	}
 }
 
 // Wanted is closed when another replica waits for a slot of the mailbox.
@@ -485,7 +525,13 @@ func (l *Limiter) renew() {
 		le.mu.Lock()
 		le.lost = res[0] == 0
 		le.over = res[0] == 2
+		if !le.lost {
+			le.expires = time.Now().Add(l.ttl)
+		}
 		le.mu.Unlock()
+		if res[0] == 0 {
+			le.lapse()
+		}
 		if len(res) > 1 && res[1] > 0 {
 			le.wantedOnce.Do(func() { close(le.wanted) })
 		}
@@ -501,10 +547,12 @@ func (l *Limiter) probe() {
 		return
 	}
 	l.mu.Lock()
-	var local []*lease
+	var local, held []*lease
 	for le := range l.leases {
 		if le.inner != nil {
 			local = append(local, le)
+		} else {
+			held = append(held, le)
 		}
 	}
 	starts, rcpts := l.starts, l.rcpts
@@ -518,6 +566,21 @@ func (l *Limiter) probe() {
 		if err := l.rdb.ZAdd(ctx, l.key("conn", le.mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: le.id}).Err(); err != nil {
 			return
 		}
+	}
+	// The slots taken under the shared limits and still open: a Redis
+	// that restarted has forgotten them.
+	for _, le := range held {
+		select {
+		case <-le.gone:
+			continue // lapsed: its connection is closed
+		default:
+		}
+		if err := l.rdb.ZAdd(ctx, l.key("conn", le.mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: le.id}).Err(); err != nil {
+			return
+		}
+		le.mu.Lock()
+		le.expires = time.Now().Add(l.ttl)
+		le.mu.Unlock()
 	}
 	for mb, ts := range starts {
 		for _, at := range ts {
@@ -636,6 +699,10 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return redis.call('ZCARD', KEYS[1])`)
 )
+
+// errSharedAgain: Redis returned while a caller waited for a fallback
+// slot; it asks Redis instead.
+var errSharedAgain = errors.New("the limits are shared again")
 
 // ErrNoRedis is returned by Dial when Redis does not answer at start;
 // the bridge starts anyway, on the fallback.

@@ -53,7 +53,7 @@ http: {address: %q}
 cluster:
   redis: {address: %q, key_prefix: "test:"}
   instance: replica-%d
-  lease_ttl: 2s
+  lease_ttl: 3s
 `, n, smtpAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(), devs.String(), n, httpAddr, redisAddr, n)
 	path = filepath.Join(u.dir, fmt.Sprintf("replica-%d.yaml", n))
 	writeFile(t, path, cfg)
@@ -194,29 +194,29 @@ func TestReplicas(t *testing.T) {
 		t.Errorf("with Redis down and back, Exchange saw %d connections at once, limit 3", peak)
 	}
 
-	// A replica killed with SIGKILL while its messages are at Exchange.
-	// Exchange notices its dead connections when their submissions end
-	// (1.5 s); the lease TTL (2 s) must outlast that, as the default
-	// (15 s) outlasts Exchange's.
-	u.exo.SetSubmitDelay(1500 * time.Millisecond)
+	// A replica killed with SIGKILL while its three connections are in
+	// their submissions. Exchange notices them dead when those end (1 s);
+	// the lease TTL (3 s) must outlast that, as the default (15 s)
+	// outlasts Exchange's.
+	u.exo.SetSubmitDelay(time.Second)
+	// After Redis returned, each replica allows itself one connection
+	// for 4 s, until the others have counted their fallback slots there.
+	time.Sleep(5 * time.Second)
 	var killedAcked []string
-	wg.Go(func() {
-		for i := range 3 {
-			subject := fmt.Sprintf("killed-%d", i)
-			go sendAs(rs[0].smtp, fmt.Sprintf("mfp-%02d", i+1), "scan@printer.lan", []string{"bob@contoso.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n")
-			killedAcked = append(killedAcked, subject)
-		}
-	})
-	wg.Wait()
-	time.Sleep(700 * time.Millisecond) // its three connections are in their submissions
+	for i := range 3 {
+		subject := fmt.Sprintf("killed-%d", i)
+		go sendAs(rs[0].smtp, fmt.Sprintf("mfp-%02d", i+1), "scan@printer.lan", []string{"bob@contoso.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n")
+		killedAcked = append(killedAcked, subject)
+	}
+	testenv.Eventually(t, "the replica's three submissions at Exchange", 20*time.Second, func() bool { return u.exo.InData() == 3 })
 	rs[0].cmd.Process.Signal(syscall.SIGKILL)
 	<-rs[0].exited
 	rs[0].exited <- nil
 	u.exo.SetSubmitDelay(50 * time.Millisecond)
 	start := time.Now()
 	after := sendAll(t, rs[1:], "after-kill", 6)
-	if d := time.Since(start); d > 15*time.Second {
-		t.Errorf("the other replicas waited %s for the dead one's slots (lease_ttl 2s)", d)
+	if d := time.Since(start); d < time.Second || d > 15*time.Second {
+		t.Errorf("the other replicas got the dead one's slots after %s, want within the lease TTL (3s)", d)
 	}
 	delivered(after)
 	t.Logf("after a SIGKILL holding 3 connections, 6 messages through the others in %s", time.Since(start).Round(100*time.Millisecond))

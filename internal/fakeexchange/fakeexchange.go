@@ -135,7 +135,12 @@ type Server struct {
 	window      atomic.Int64 // CountRoundTrips
 	conns       map[*turnConn]struct{}
 	maxConns    int // 0: MaxConnectionsPerMailbox
+	inData      atomic.Int32
 }
+
+// InData counts the submissions between their DATA (or BDAT) and the
+// final reply now.
+func (s *Server) InData() int { return int(s.inData.Load()) }
 
 // SetMaxConnections changes the connections a mailbox may have at once
 // from Exchange's 3 (a benchmark's direct senders each have their own).

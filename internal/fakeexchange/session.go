@@ -260,6 +260,8 @@ func maxSendSize(mb *Mailbox) int64 {
 }
 
 func (se *session) Data(r io.Reader) error {
+	se.s.inData.Add(1)
+	defer se.s.inData.Add(-1)
 	// Whatever the outcome, the transaction ends here; go-smtp's reset
 	// that follows is not an RSET.
 	defer func() { se.commands, se.txnStart, se.afterData = nil, -1, true }()

@@ -212,6 +212,20 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 		// cancellation as on a source error: without the final chunk or
 		// dot Exchange discards what it has.
 		stop := context.AfterFunc(ctx, func() { c.close() })
+		// A slot shared with other replicas that lapsed (Redis out of
+		// reach past the lease's TTL) may be another's already: the
+		// connection goes at once.
+		if g, ok := uc.lease.(goner); ok {
+			sub, endSub := context.WithCancel(ctx)
+			go func() {
+				select {
+				case <-g.Gone():
+					c.close()
+				case <-sub.Done():
+				}
+			}()
+			defer endSub()
+		}
 		receipt, err = s.send(c, m, body, reused)
 		if errors.Is(err, errStale) && reused {
 			// Exchange closed the connection while it idled, before
@@ -228,6 +242,9 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 		return receipt, err
 	}
 }
+
+// goner is a lease that can lapse while held (shared between replicas).
+type goner interface{ Gone() <-chan struct{} }
 
 // open gets a token and opens an authenticated connection into uc. The
 // token comes first: a tenant whose token fails costs no connection.
