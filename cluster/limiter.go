@@ -704,9 +704,6 @@ return redis.call('ZCARD', KEYS[1])`)
 // slot; it asks Redis instead.
 var errSharedAgain = errors.New("the limits are shared again")
 
-// ErrNoRedis is returned by Dial when Redis does not answer at start;
-// the bridge starts anyway, on the fallback.
-var ErrNoRedis = errors.New("redis does not answer")
 
 // quiet drops go-redis's internal log lines.
 type quiet struct{}
