@@ -704,7 +704,6 @@ return redis.call('ZCARD', KEYS[1])`)
 // slot; it asks Redis instead.
 var errSharedAgain = errors.New("the limits are shared again")
 
-
 // quiet drops go-redis's internal log lines.
 type quiet struct{}
 
