@@ -115,7 +115,7 @@ func (s *sender) sendDraft(ctx context.Context, rw rewritten, r io.Reader) (mess
 		d.Body.ContentType = "text"
 	}
 	if v := msg.Header.Get("Reply-To"); v != "" {
-		if list, err := mail.ParseAddressList(unfold(v)); err == nil {
+		if list, err := mail.ParseAddressList(v); err == nil {
 			d.ReplyTo = recipients(list)
 		}
 	}

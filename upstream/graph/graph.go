@@ -17,7 +17,6 @@
 package graph
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -35,6 +34,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/upstream"
 )
@@ -203,8 +203,7 @@ const sendMailMax = 3_000_000
 // through a draft.
 func (s *sender) send(ctx context.Context) (message.Receipt, error) {
 	src := &message.SourceReader{R: s.m.Body}
-	br := bufio.NewReaderSize(src, 32<<10)
-	head, err := readHeader(br)
+	head, br, err := header.Read(src)
 	if err != nil {
 		return message.Receipt{}, s.sourceErr(src, err)
 	}

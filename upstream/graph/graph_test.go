@@ -15,6 +15,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
+	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
@@ -211,7 +212,11 @@ func TestRewriteRecipients(t *testing.T) {
 		{"To: not an address list\r\n\r\n", []string{"a@x.example"}, "Bcc: <a@x.example>\r\n\r\n"},
 		{"To: a@x.example\r\nCc: A@X.example\r\n\r\n", []string{"a@x.example"}, "To: <a@x.example>\r\n\r\n"},
 	} {
-		got := rewriteRecipients([]byte(tc.header), tc.envelope)
+		h, _, err := header.Read(strings.NewReader(tc.header))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := rewriteRecipients(h, tc.envelope)
 		if string(got.header) != tc.want {
 			t.Errorf("%q with envelope %v:\n got %q\nwant %q", tc.header, tc.envelope, got.header, tc.want)
 		}

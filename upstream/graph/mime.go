@@ -1,45 +1,13 @@
 package graph
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
-	"io"
 	"mime"
 	"net/mail"
-	"net/textproto"
 	"strings"
+
+	"github.com/smtpbridge/smtpbridge/internal/header"
 )
-
-// maxHeader bounds a message's header block.
-const maxHeader = 1 << 20
-
-// readHeader reads the header block, through its empty line; what
-// follows stays in r.
-func readHeader(r *bufio.Reader) ([]byte, error) {
-	var h bytes.Buffer
-	for {
-		line, err := r.ReadSlice('\n')
-		h.Write(line)
-		if h.Len() > maxHeader {
-			return nil, errors.New("the message's header block is over 1 MiB")
-		}
-		if bytes.Equal(line, []byte("\r\n")) || bytes.Equal(line, []byte("\n")) {
-			return h.Bytes(), nil
-		}
-		if err == io.EOF {
-			// A message of header fields only.
-			if h.Len() > 0 && !bytes.HasSuffix(h.Bytes(), []byte("\r\n")) {
-				h.WriteString("\r\n")
-			}
-			h.WriteString("\r\n")
-			return h.Bytes(), nil
-		}
-		if err != nil && err != bufio.ErrBufferFull {
-			return nil, err
-		}
-	}
-}
 
 // rewritten is a header block whose recipients are the envelope's.
 type rewritten struct {
@@ -49,13 +17,13 @@ type rewritten struct {
 
 // recipientFields are the fields Graph takes recipients from, or that
 // could name one the envelope does not have.
-var recipientFields = map[string]bool{"To": true, "Cc": true, "Bcc": true, "Resent-To": true, "Resent-Cc": true, "Resent-Bcc": true}
+var recipientFields = map[string]bool{"to": true, "cc": true, "bcc": true, "resent-to": true, "resent-cc": true, "resent-bcc": true}
 
 // rewriteRecipients makes a header block's recipients exactly the
 // envelope's: To and Cc keep the envelope recipients they name (with
 // their display names) and lose any other; every envelope recipient they
 // do not name goes in Bcc; other recipient fields go.
-func rewriteRecipients(header []byte, envelope []string) rewritten {
+func rewriteRecipients(h *header.Header, envelope []string) rewritten {
 	want := map[string]string{} // lower case -> as in the envelope
 	for _, a := range envelope {
 		want[strings.ToLower(a)] = a
@@ -63,16 +31,15 @@ func rewriteRecipients(header []byte, envelope []string) rewritten {
 	var out rewritten
 	placed := map[string]bool{}
 	var b bytes.Buffer
-	for _, f := range splitFields(header) {
-		name := textproto.CanonicalMIMEHeaderKey(f.name)
-		if !recipientFields[name] {
-			b.Write(f.raw)
+	for _, f := range h.Fields {
+		if !recipientFields[f.Name] {
+			b.Write(f.Raw)
 			continue
 		}
-		if name != "To" && name != "Cc" {
+		if f.Name != "to" && f.Name != "cc" {
 			continue
 		}
-		list, _ := mail.ParseAddressList(unfold(f.value))
+		list, _ := mail.ParseAddressList(f.Value())
 		var kept []*mail.Address
 		for _, a := range list {
 			k := strings.ToLower(a.Address)
@@ -84,9 +51,11 @@ func rewriteRecipients(header []byte, envelope []string) rewritten {
 		if len(kept) == 0 {
 			continue
 		}
-		if name == "To" {
+		name := "To"
+		if f.Name == "to" {
 			out.to = append(out.to, kept...)
 		} else {
+			name = "Cc"
 			out.cc = append(out.cc, kept...)
 		}
 		writeList(&b, name, kept)
@@ -116,45 +85,15 @@ func writeList(b *bytes.Buffer, name string, list []*mail.Address) {
 	b.WriteString("\r\n")
 }
 
-type field struct {
-	name, value string
-	raw         []byte // the field as it was, folded lines included
-}
-
-// splitFields splits a header block (with its blank line) into fields.
-func splitFields(h []byte) []field {
-	var out []field
-	lines := bytes.SplitAfter(h, []byte("\r\n"))
-	for _, l := range lines {
-		if len(l) == 0 || bytes.Equal(l, []byte("\r\n")) {
-			continue
-		}
-		if (l[0] == ' ' || l[0] == '\t') && len(out) > 0 {
-			last := &out[len(out)-1]
-			last.raw = append(last.raw, l...)
-			last.value += string(l)
-			continue
-		}
-		name, value, ok := bytes.Cut(l, []byte(":"))
-		if !ok {
-			continue // not a field: dropped
-		}
-		out = append(out, field{name: strings.TrimSpace(string(name)), value: string(value), raw: bytes.Clone(l)})
-	}
-	return out
-}
-
-func unfold(v string) string {
-	return strings.TrimSpace(strings.NewReplacer("\r\n", "", "\n", "").Replace(v))
-}
-
-// decodeWords decodes RFC 2047 encoded words.
+// decodeHeader decodes RFC 2047 encoded words in a value net/mail
+// unfolded.
 var wordDecoder = &mime.WordDecoder{CharsetReader: charsetReader}
 
 func decodeHeader(v string) string {
-	d, err := wordDecoder.DecodeHeader(unfold(v))
+	v = strings.TrimSpace(v)
+	d, err := wordDecoder.DecodeHeader(v)
 	if err != nil {
-		return unfold(v)
+		return v
 	}
 	return d
 }
