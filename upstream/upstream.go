@@ -69,3 +69,26 @@ type NopObserver struct{}
 func (NopObserver) UpstreamStage(string, string, time.Duration) {}
 func (NopObserver) UpstreamReply(string, int, [3]int)           {}
 func (NopObserver) UpstreamError(string, string)                {}
+
+// Report tells obs how an attempt at tenant's mail ended: Exchange's
+// reply (a success's, or a refusal's), or the stage at which the attempt
+// broke with no reply. Failures that are not Exchange's doing (the
+// token, the message's source) are counted elsewhere.
+func Report(obs Observer, tenant string, receipt message.Receipt, err error) {
+	var e *message.Error
+	switch {
+	case err == nil:
+		obs.UpstreamReply(tenant, receipt.Reply.Code, receipt.Reply.Enhanced)
+	case !errors.As(err, &e):
+	case e.Reply.Code != 0:
+		obs.UpstreamReply(tenant, e.Reply.Code, e.Reply.Enhanced)
+	case e.Stage == message.StageToken || e.Stage == message.StageSource:
+		// Counted by the token metrics, or the spool's.
+	default:
+		stage := e.Stage
+		if stage == message.StageStartTLS {
+			stage = message.StageConnect
+		}
+		obs.UpstreamError(tenant, string(stage))
+	}
+}

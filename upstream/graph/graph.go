@@ -170,7 +170,7 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	s := &sender{t: t, route: route, plain: plain, m: m, base: route.Host + "/v1.0/users/" + url.PathEscape(m.Mailbox),
 		api: authorized(plain, tok.AccessToken)}
 	receipt, err = s.send(ctx)
-	s.report(receipt, err)
+	upstream.Report(t.obs, m.Tenant, receipt, err)
 	return receipt, err
 }
 
@@ -325,21 +325,6 @@ func (s *sender) sendMail(ctx context.Context, header, rest []byte) (message.Rec
 }
 
 var b64 = base64.StdEncoding
-
-// report tells the observer how the attempt ended.
-func (s *sender) report(receipt message.Receipt, err error) {
-	var e *message.Error
-	switch {
-	case err == nil:
-		s.t.obs.UpstreamReply(s.m.Tenant, receipt.Reply.Code, receipt.Reply.Enhanced)
-	case !errors.As(err, &e):
-	case e.Reply.Code != 0:
-		s.t.obs.UpstreamReply(s.m.Tenant, e.Reply.Code, e.Reply.Enhanced)
-	case e.Stage == message.StageToken || e.Stage == message.StageSource:
-	default:
-		s.t.obs.UpstreamError(s.m.Tenant, string(e.Stage))
-	}
-}
 
 // tempFile is an attachment decoded to disk while it uploads.
 func (s *sender) tempFile() (*os.File, error) {

@@ -24,23 +24,7 @@ type submission struct {
 
 // report tells the observer how the attempt ended.
 func (s *submission) report(receipt message.Receipt, err error) {
-	var e *message.Error
-	switch {
-	case err == nil:
-		s.obs.UpstreamReply(s.tenant, receipt.Reply.Code, receipt.Reply.Enhanced)
-	case !errors.As(err, &e):
-	case e.Reply.Code != 0:
-		s.obs.UpstreamReply(s.tenant, e.Reply.Code, e.Reply.Enhanced)
-	case e.Stage == message.StageToken || e.Stage == message.StageSource:
-		// Not Exchange's doing: counted by the token metrics, or the
-		// spool's.
-	default:
-		stage := e.Stage
-		if stage == message.StageStartTLS {
-			stage = message.StageConnect
-		}
-		s.obs.UpstreamError(s.tenant, string(stage))
-	}
+	upstream.Report(s.obs, s.tenant, receipt, err)
 }
 
 // timed runs f and reports its duration as stage.
