@@ -31,7 +31,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -803,25 +802,9 @@ func (w *world) graphRun(o options, fleet, burst []device, body []byte) (graphRo
 }
 
 // makeScan is a scanner's message of about size bytes: a line of text
-// and a PDF attachment, base64 in 76-character lines. It returns the
-// message and the PDF's size.
+// and a PDF attachment. It returns the message and the PDF's size.
 func makeScan(size int) ([]byte, int) {
 	pdfSize := size / 4 * 3 * 76 / 78
-	var b bytes.Buffer
-	const boundary = "scan-boundary-7f3a"
-	b.WriteString("From: <" + mailbox + ">\r\nTo: <bob@contoso.example>\r\nSubject: scan\r\nMIME-Version: 1.0\r\n" +
-		"Content-Type: multipart/mixed; boundary=" + boundary + "\r\n\r\n--" + boundary + "\r\nContent-Type: text/plain\r\n\r\nScanned document attached.\r\n" +
-		"--" + boundary + "\r\nContent-Type: application/pdf; name=scan.pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=scan.pdf\r\n\r\n")
-	pdf := make([]byte, pdfSize)
-	for i := range pdf {
-		pdf[i] = byte(i*31 + i>>12)
-	}
-	copy(pdf, "%PDF-1.7\n")
-	enc := base64.StdEncoding.EncodeToString(pdf)
-	for len(enc) > 76 {
-		b.WriteString(enc[:76] + "\r\n")
-		enc = enc[76:]
-	}
-	b.WriteString(enc + "\r\n--" + boundary + "--\r\n")
-	return b.Bytes(), pdfSize
+	msg, _ := testenv.Scan("From: <"+mailbox+">\r\nTo: <bob@contoso.example>\r\nSubject: scan\r\n", pdfSize)
+	return []byte(msg), pdfSize
 }

@@ -3,12 +3,9 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"io"
-	"mime/multipart"
 	"net/http"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +19,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // graphConfig is contoso on Microsoft Graph (mfp-2f, and mfp-smtp
@@ -101,28 +99,9 @@ func sendAs(addr, user, from string, to []string, data string) (string, error) {
 	return resp.StatusText, nil
 }
 
-// scanMessage is a scanner's message with a PDF of size bytes.
-func scanMessage(subject string, size int) (string, []byte) {
-	pdf := make([]byte, size)
-	for i := range pdf {
-		pdf[i] = byte(i*31 + i>>12)
-	}
-	copy(pdf, "%PDF-1.7\n")
-	var b bytes.Buffer
-	mw := multipart.NewWriter(&b)
-	fmt.Fprintf(&b, "From: <scan@printer.lan>\r\nTo: <bob@contoso.example>\r\nSubject: %s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=%s\r\n\r\n", subject, mw.Boundary())
-	pw, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"text/plain; charset=utf-8"}})
-	pw.Write([]byte("Scanned document attached.\r\n"))
-	pw, _ = mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/pdf; name=\"scan.pdf\""},
-		"Content-Transfer-Encoding": {"base64"}, "Content-Disposition": {"attachment; filename=\"scan.pdf\""}})
-	enc := base64.StdEncoding.EncodeToString(pdf)
-	for len(enc) > 76 {
-		pw.Write([]byte(enc[:76] + "\r\n"))
-		enc = enc[76:]
-	}
-	pw.Write([]byte(enc + "\r\n"))
-	mw.Close()
-	return b.String(), pdf
+// scanMessage is a scanner's message to bob with a PDF of pdfSize bytes.
+func scanMessage(subject string, pdfSize int) (string, []byte) {
+	return testenv.Scan("From: <scan@printer.lan>\r\nTo: <bob@contoso.example>\r\nSubject: "+subject+"\r\n", pdfSize)
 }
 
 func graphMessage(g *fakegraph.Server, subject string) *fakegraph.Message {

@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
-	"mime/multipart"
-	"net/textproto"
 	"slices"
 	"strings"
 	"testing"
@@ -89,36 +86,11 @@ func TestSendMailRecipientsAreTheEnvelopes(t *testing.T) {
 	}
 }
 
-// scan is a scanner's message: a line of text and a PDF of size bytes.
-func scan(t *testing.T, size int) (string, []byte) {
-	t.Helper()
-	pdf := make([]byte, size)
-	for i := range pdf {
-		pdf[i] = byte(i*7 + i/1000)
-	}
-	copy(pdf, "%PDF-1.7\n")
-	var b bytes.Buffer
-	mw := multipart.NewWriter(&b)
-	b.WriteString("From: <" + mailbox + ">\r\nTo: <bob@contoso.example>\r\nSubject: =?utf-8?q?Scan_f=C3=BCr_Bob?=\r\nX-Scanner: MFP-2F\r\nImportance: high\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=" + mw.Boundary() + "\r\n\r\n")
-	pw, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"text/plain; charset=utf-8"}})
-	pw.Write([]byte("Scanned document attached.\r\n"))
-	pw, _ = mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/pdf; name=\"scan.pdf\""},
-		"Content-Transfer-Encoding": {"base64"}, "Content-Disposition": {"attachment; filename=\"scan.pdf\""}})
-	enc := base64.StdEncoding.EncodeToString(pdf)
-	for len(enc) > 76 {
-		pw.Write([]byte(enc[:76] + "\r\n"))
-		enc = enc[76:]
-	}
-	pw.Write([]byte(enc + "\r\n"))
-	mw.Close()
-	return b.String(), pdf
-}
-
 // A scan over sendMail's limit goes as a draft with the checked
 // recipients, its PDF through an upload session, byte for byte.
 func TestLargeScanThroughUploadSession(t *testing.T) {
 	r := newRig(t, nil)
-	data, pdf := scan(t, 12<<20)
+	data, pdf := testenv.Scan("From: <"+mailbox+">\r\nTo: <bob@contoso.example>\r\nSubject: =?utf-8?q?Scan_f=C3=BCr_Bob?=\r\nX-Scanner: MFP-2F\r\nImportance: high\r\n", 12<<20)
 	m := &message.Message{ID: message.NewID(), Tenant: "contoso", Mailbox: mailbox, From: mailbox,
 		To: []string{"bob@contoso.example", "hidden@contoso.example"}, Size: int64(len(data)), Body: strings.NewReader(data)}
 	if _, err := r.tr.Deliver(context.Background(), m); err != nil {
@@ -148,7 +120,7 @@ func TestLargeScanThroughUploadSession(t *testing.T) {
 // naming the permission; the draft-less attempt leaves nothing behind.
 func TestLargeScanWithoutMailReadWrite(t *testing.T) {
 	r := newRig(t, []string{fakeentra.RoleMailSend})
-	data, _ := scan(t, 4<<20)
+	data, _ := testenv.Scan("From: <"+mailbox+">\r\nTo: <bob@contoso.example>\r\nSubject: scan\r\n", 4<<20)
 	_, err := r.tr.Deliver(context.Background(), mimeMsg("", data, "bob@contoso.example"))
 	var e *message.Error
 	if !errors.As(err, &e) || e.Class != message.Permanent || !strings.Contains(e.Reply.Text, "Mail.ReadWrite") {
