@@ -23,33 +23,7 @@ import (
 // sendTo submits one message as mfp-2f on a new connection and returns
 // the final reply text.
 func sendTo(addr, subject string, to ...string) (string, error) {
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "mfp-2f", password)); err != nil {
-		return "", err
-	}
-	if err := c.Mail("scan@printer.lan", nil); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	fmt.Fprintf(w, "Subject: %s\r\n\r\nscan %s\r\n", subject, subject)
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	c.Quit()
-	return resp.StatusText, nil
+	return sendAs(addr, "mfp-2f", "scan@printer.lan", to, fmt.Sprintf("Subject: %s\r\n\r\nscan %s\r\n", subject, subject))
 }
 
 // deliveredTo counts, per recipient, the messages with the subject that

@@ -798,19 +798,22 @@ func TestAbuse(t *testing.T) {
 }
 
 // peakRSS reads a process's peak resident set (VmHWM) in bytes.
-func peakRSS(t *testing.T, pid int) int64 {
+func peakRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmHWM:") }
+
+// procStatus reads a size (in bytes) from a process's /proc status.
+func procStatus(t *testing.T, pid int, key string) int64 {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, key); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10
 		}
 	}
-	t.Fatal("no VmHWM")
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
 	return 0
 }
 
@@ -939,21 +942,7 @@ func TestAbuseRefusalFlood(t *testing.T) {
 }
 
 // vmRSS reads a process's resident set (VmRSS) in bytes.
-func vmRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
+func vmRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmRSS:") }
 
 // freePort6 is a free port on [::1].
 func freePort6(t *testing.T) string {
