@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
@@ -64,39 +61,6 @@ http: {address: %q}
 	path := filepath.Join(u.dir, "graph.yaml")
 	writeFile(t, path, cfg)
 	return path
-}
-
-// sendAs submits a message as a device and returns the final reply.
-func sendAs(addr, user, from string, to []string, data string) (string, error) {
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
-		return "", err
-	}
-	if err := c.Mail(from, nil); err != nil {
-		return "", err
-	}
-	for _, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
-			return "", err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return "", err
-	}
-	if _, err := w.Write([]byte(data)); err != nil {
-		return "", err
-	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return "", err
-	}
-	c.Quit()
-	return resp.StatusText, nil
 }
 
 // scanMessage is a scanner's message to bob with a PDF of pdfSize bytes.

@@ -32,19 +32,25 @@ func appendConfig(t *testing.T, path, yaml string) {
 	}
 }
 
-// sendOne submits a message as device mfp-2f on a new connection; it
-// returns the final reply text, or an error for a refusal or a broken
+// sendOne submits a message to bob as device mfp-2f on a new connection;
+// it returns the final reply text, or an error for a refusal or a broken
 // connection.
 func sendOne(addr, subject string) (string, error) {
+	return sendTo(addr, subject, "bob@contoso.example")
+}
+
+// sendAs submits a message as a device on a new connection and returns
+// the final reply text.
+func sendAs(addr, user, from string, to []string, data string) (string, error) {
 	c, err := smtp.Dial(addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "mfp-2f", password)); err != nil {
+	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
 		return "", err
 	}
-	text, err := sendOn(c, subject)
+	text, err := sendMessage(c, from, to, data)
 	if err != nil {
 		return "", err
 	}
@@ -52,20 +58,30 @@ func sendOne(addr, subject string) (string, error) {
 	return text, nil
 }
 
-// sendOn sends one message on an authenticated connection and returns the
-// final reply text.
+// sendOn sends one message to bob on an authenticated connection and
+// returns the final reply text.
 func sendOn(c *smtp.Client, subject string) (string, error) {
-	if err := c.Mail("scan@printer.lan", nil); err != nil {
+	return sendMessage(c, "scan@printer.lan", []string{"bob@contoso.example"}, fmt.Sprintf("Subject: %s\r\n\r\nscan %s\r\n", subject, subject))
+}
+
+// sendMessage sends one message on an authenticated connection and
+// returns the final reply text.
+func sendMessage(c *smtp.Client, from string, to []string, data string) (string, error) {
+	if err := c.Mail(from, nil); err != nil {
 		return "", err
 	}
-	if err := c.Rcpt("bob@contoso.example", nil); err != nil {
-		return "", err
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
 	}
 	w, err := c.Data()
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprintf(w, "Subject: %s\r\n\r\nscan %s\r\n", subject, subject)
+	if _, err := w.Write([]byte(data)); err != nil {
+		return "", err
+	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
 		return "", err
