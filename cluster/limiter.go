@@ -78,6 +78,9 @@ type Limiter struct {
 	rcpts    map[upstream.Mailbox]int // recipients counted locally while down
 	replicas int                      // live replicas last seen, for the fallback's share
 	seen     map[upstream.Mailbox]bool
+	// known is, per mailbox, what the last shared submission saw of the
+	// replicas' starts and recipients: the fallback starts from it.
+	known map[upstream.Mailbox]known
 	// graceUntil: after Redis returns, until the other replicas have
 	// had the time to count their fallback slots there, each of them is
 	// assumed to hold one.
@@ -97,7 +100,7 @@ func New(o Options) *Limiter {
 	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
 		window: time.Minute, day: 24 * time.Hour, limits: o.Limits, shared: true,
 		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
-		replicas: 1, seen: map[upstream.Mailbox]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+		replicas: 1, seen: map[upstream.Mailbox]bool{}, known: map[upstream.Mailbox]known{}, stop: make(chan struct{}), done: make(chan struct{})}
 	l.local = upstream.NewLocal(fallbackLimits(o.Limits, 1))
 	l.ttl = LeaseTTL
 	if o.LeaseTTL > 0 {
@@ -106,6 +109,9 @@ func New(o Options) *Limiter {
 	if l.obs != nil {
 		l.obs.SharedLimits(true)
 	}
+	// Count the replicas now: the fallback's shares depend on it. A
+	// replica that starts with Redis down counts itself alone.
+	l.renew()
 	go l.run()
 	return l
 }
@@ -180,6 +186,12 @@ func (l *Limiter) fail(err error) {
 	}
 	l.shared, l.fellAt = false, time.Now()
 	l.local.SetLimits(fallbackLimits(l.limits, l.replicas))
+	// The fallback counts what the replicas did before Redis went, as
+	// far as this one saw: each replica's share is then what is left of
+	// the limit after what it saw, so that together they stay within it.
+	for mb, k := range l.known {
+		l.local.Seed(mb, k.starts, k.used)
+	}
 	replicas := l.replicas
 	var shared []*lease
 	for le := range l.leases {
@@ -361,6 +373,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		switch res[0] {
 		case 1:
 			bucket := res[1]
+			l.saw(mb, res[2], res[3], res[4:])
 			var once sync.Once
 			return func(accepted int) {
 				once.Do(func() {
@@ -614,6 +627,25 @@ func (l *Limiter) probe() {
 	}
 }
 
+// known is what a shared submission saw of a mailbox.
+type known struct {
+	starts []time.Time // in the window, on this replica's clock
+	used   int         // recipients in the day
+}
+
+// saw notes what a shared submission saw: Redis's clock (ms), the day's
+// recipients, and the window's starts on Redis's clock.
+func (l *Limiter) saw(mb upstream.Mailbox, redisNow, used int64, starts []int64) {
+	now := time.Now()
+	k := known{used: int(used), starts: make([]time.Time, len(starts))}
+	for i, s := range starts {
+		k.starts[i] = now.Add(-time.Duration(redisNow-s) * time.Millisecond)
+	}
+	l.mu.Lock()
+	l.known[mb] = k
+	l.mu.Unlock()
+}
+
 // Scripts run atomically in Redis, on its clock.
 var (
 	// connect: KEYS[1] the mailbox's leases; ARGV ttl, limit, id.
@@ -648,8 +680,9 @@ if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(A
 return {1, waiting}`)
 	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit;
 	// ARGV perMinute, windowMs, perDay, dayUnits, unitMs, rcpts, id.
-	// {1, unit}: go; {0, waitMs}: wait; {-1, retryAtMs, used}: the day's
-	// quota is full.
+	// {1, unit, nowMs, used, start...}: go, with the recipients of the
+	// day and the starts of the window, this one's included; {0, waitMs}:
+	// wait; {-1, retryAtMs, used}: the day's quota is full.
 	submitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -688,7 +721,12 @@ if perMinute > 0 then
 end
 redis.call('HINCRBY', KEYS[2], unit, rcpts)
 redis.call('PEXPIRE', KEYS[2], (units + 1) * unitMs)
-return {1, unit}`)
+local out = {1, unit, now, used + rcpts}
+if perMinute > 0 then
+  local s = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 2, #s, 2 do table.insert(out, tonumber(s[i])) end
+end
+return out`)
 	// heartbeat: KEYS[1] the replicas; ARGV instance, ttl. Returns the
 	// replicas alive.
 	heartbeatScript = redis.NewScript(`

@@ -171,6 +171,44 @@ func TestRatesShared(t *testing.T) {
 	}
 }
 
+// When Redis goes, the fallback's per-minute and daily shares start from
+// what the replicas had done together: six starts a minute, all taken
+// before Redis went, leave none to any replica until the minute has
+// passed, where a fresh 1/3 share each would have allowed six more.
+func TestFallbackCountsWhatWasShared(t *testing.T) {
+	shorten(t)
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 3, upstream.Limits{Connections: 3, PerMinute: 6, RecipientsPerDay: 30})
+	testenv.Eventually(t, "each replica counting three", 5*time.Second, func() bool {
+		for _, l := range ls {
+			l.mu.Lock()
+			n := l.replicas
+			l.mu.Unlock()
+			if n != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	for i := range 6 {
+		if _, err := ls[i%3].Submit(context.Background(), mb, 4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Stop()
+	for i, l := range ls {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, err := l.Submit(ctx, mb, 1)
+		cancel()
+		if err == nil {
+			t.Errorf("replica %d submitted a 7th message in the minute after Redis went", i)
+		}
+		if l.Shared() {
+			t.Errorf("replica %d still says its limits are shared", i)
+		}
+	}
+}
+
 // With Redis gone each replica falls back to 1 connection, and says so;
 // when Redis returns, the slots held meanwhile are counted there, so
 // that the limit holds across the change.

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -206,6 +207,27 @@ func (l *Local) Submit(ctx context.Context, mb Mailbox, rcpts int) (func(int), e
 		}
 		t.Stop()
 	}
+}
+
+// Seed makes mb's counts those given: the submissions started in the
+// window (the ones older than it are dropped) and the recipients of the
+// day, counted from now. A replica falling back to local limits starts
+// from what the replicas had done together.
+func (l *Local) Seed(mb Mailbox, starts []time.Time, recipients int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.box(mb)
+	now := time.Now()
+	b.started = b.started[:0]
+	for _, s := range starts {
+		if now.Sub(s) < l.window {
+			b.started = append(b.started, s)
+		}
+	}
+	slices.SortFunc(b.started, time.Time.Compare)
+	b.day = daily{}
+	b.day.add(l.unitNow(), recipients)
+	b.broadcast()
 }
 
 type localLease struct {
