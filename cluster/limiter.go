@@ -98,7 +98,7 @@ func New(o Options) *Limiter {
 	// that Redis is out of reach, and when it is back.
 	redis.SetLogger(quiet{})
 	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
-		window: time.Minute, day: 24 * time.Hour, limits: o.Limits, shared: true,
+		window: upstream.RateWindow, day: 24 * time.Hour, limits: o.Limits, shared: true,
 		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
 		replicas: 1, seen: map[upstream.Mailbox]bool{}, known: map[upstream.Mailbox]known{}, stop: make(chan struct{}), done: make(chan struct{})}
 	l.local = upstream.NewLocal(fallbackLimits(o.Limits, 1))

@@ -16,6 +16,8 @@
 package guard
 
 import (
+	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -83,6 +85,12 @@ type Guard struct {
 	total   int
 	devices map[string]*hourly
 	dirty   bool // the blocks changed since the last Save
+
+	// Shared with the other replicas (Share), or nil.
+	shared   Shared
+	instance string
+	version  string                // of the shared blocks last read
+	unshared map[netip.Prefix]bool // blocks made here not yet shared
 }
 
 // Block is a blocked client.
@@ -97,12 +105,16 @@ type Block struct {
 	// chose to show it: empty for a username no device has, which may be
 	// a password typed in the wrong field.
 	Username string `json:"username"`
+	// Replica is the replica that made the block, when several share
+	// their blocks.
+	Replica string `json:"replica,omitempty"`
 }
 
 // New returns a guard with the given settings.
 func New(st Settings) *Guard {
 	return &Guard{now: time.Now, st: st, byAddr: map[netip.Prefix][]time.Time{}, byUser: map[string][]time.Time{},
-		blocks: map[netip.Prefix]*Block{}, conns: map[netip.Prefix]int{}, devices: map[string]*hourly{}}
+		blocks: map[netip.Prefix]*Block{}, conns: map[netip.Prefix]int{}, devices: map[string]*hourly{},
+		unshared: map[netip.Prefix]bool{}}
 }
 
 // key is the client an address belongs to: the address itself for IPv4,
@@ -256,7 +268,8 @@ func recent(ts []time.Time, now time.Time, window time.Duration) []time.Time {
 
 // AuthFailed records a failed login from a as username (shown as shown in
 // blocks). It returns how long the caller should delay the reply, and the
-// block it caused, if this failure was the one too many.
+// block it caused, if this failure was the one too many. With other
+// replicas (Share), the address's failures are counted across them.
 func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Duration, blocked *Block) {
 	a = a.Unmap()
 	if len(username) > maxUsernameKey {
@@ -266,7 +279,6 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	}
 	now := g.now()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	k := g.key(a)
 	window := g.st.Window
 	g.sweep(now, window)
@@ -278,17 +290,42 @@ func (g *Guard) AuthFailed(a netip.Addr, username, shown string) (delay time.Dur
 	if len(g.byUser) < maxTracked || g.byUser[username] != nil {
 		g.byUser[username] = fu
 	}
-	if g.st.MaxFailures <= 0 {
-		return 0, nil // the guard is off
+	if g.st.MaxFailures <= 0 || g.exempt(a) {
+		on := g.st.MaxFailures > 0
+		g.mu.Unlock()
+		if !on {
+			return 0, nil // the guard is off
+		}
+		return min(time.Duration(max(len(fa), len(fu)))*slowStep, slowMax), nil
 	}
-	n := max(len(fa), len(fu))
-	delay = min(time.Duration(n)*slowStep, slowMax)
-	if len(fa) >= g.st.MaxFailures && !g.exempt(a) && !g.blockedLocked(k) {
-		b := &Block{Addr: keyString(k), Since: now, Until: now.Add(g.st.Block), Failures: len(fa), Username: shown}
+	failures := len(fa)
+	s := g.shared
+	g.mu.Unlock()
+	if s != nil {
+		// Across the replicas; when they cannot be asked, this one's
+		// count stands.
+		ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+		if n, err := s.Failure(ctx, keyString(k), window); err == nil {
+			failures = max(failures, n)
+		}
+		cancel()
+	}
+	g.mu.Lock()
+	delay = min(time.Duration(max(failures, len(fu)))*slowStep, slowMax)
+	if failures >= g.st.MaxFailures && !g.blockedLocked(k) {
+		b := &Block{Addr: keyString(k), Since: now, Until: now.Add(g.st.Block), Failures: failures, Username: shown, Replica: g.instance}
 		g.blocks[k] = b
 		g.dirty = true
 		cp := *b
 		blocked = &cp
+	}
+	g.mu.Unlock()
+	if blocked != nil && s != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+		if err := s.Block(ctx, *blocked); err != nil {
+			g.notShared(*blocked)
+		}
+		cancel()
 	}
 	return delay, blocked
 }
@@ -326,18 +363,31 @@ func (g *Guard) Blocks() []Block {
 }
 
 // Unblock lifts the block on a's client (for IPv6, its network) and
-// forgets its failures. It reports whether it was blocked.
-func (g *Guard) Unblock(a netip.Addr) bool {
+// forgets its failures, here and, with other replicas (Share),
+// everywhere. It reports whether it was blocked; err says that the other
+// replicas could not be told (the block is lifted here only).
+func (g *Guard) Unblock(a netip.Addr) (was bool, err error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	k := g.key(a)
-	was := g.blockedLocked(k)
+	was = g.blockedLocked(k)
 	if g.blocks[k] != nil {
 		g.dirty = true
 	}
 	delete(g.blocks, k)
 	delete(g.byAddr, k)
-	return was
+	delete(g.unshared, k)
+	s := g.shared
+	g.mu.Unlock()
+	if s == nil {
+		return was, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	there, err := s.Unblock(ctx, keyString(k))
+	if err != nil {
+		return was, fmt.Errorf("lifted on this replica only: the other replicas could not be told: %w", err)
+	}
+	return was || there, nil
 }
 
 // hourly counts events in the last hour in one-minute buckets.

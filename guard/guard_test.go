@@ -107,7 +107,10 @@ func TestUnblockAndReconfigure(t *testing.T) {
 	g, _ := newGuard(Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour})
 	g.AuthFailed(attacker, "x", "x")
 	g.AuthFailed(printer, "y", "y")
-	if !g.Unblock(attacker) || g.Blocked(attacker) || g.Unblock(attacker) {
+	if was, _ := g.Unblock(attacker); !was || g.Blocked(attacker) {
+		t.Error("Unblock")
+	}
+	if was, _ := g.Unblock(attacker); was {
 		t.Error("Unblock")
 	}
 	g.Reconfigure(Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour, Exempt: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
@@ -272,7 +275,7 @@ func TestIPv6Networks(t *testing.T) {
 	}
 	// Unblocking any address of the /64 (its network address, as the
 	// command line sends it) lifts the block.
-	if !g.Unblock(netip.MustParseAddr("2001:db8:1:2::")) || g.Blocked(addr("2001:db8:1:2", 1)) {
+	if was, _ := g.Unblock(netip.MustParseAddr("2001:db8:1:2::")); !was || g.Blocked(addr("2001:db8:1:2", 1)) {
 		t.Error("the /64 is still blocked")
 	}
 

@@ -14,7 +14,7 @@ import (
 // in adminapi.Protect):
 //
 //	GET    /api/blocks         the addresses blocked now
-//	DELETE /api/blocks/{addr}  lift a block
+//	DELETE /api/blocks/{addr}  lift a block (everywhere, when replicas share them)
 func Handler(g *Guard) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/blocks", func(w http.ResponseWriter, _ *http.Request) {
@@ -30,7 +30,12 @@ func Handler(g *Guard) http.Handler {
 			adminapi.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("%q is not an IP address", r.PathValue("addr"))})
 			return
 		}
-		if !g.Unblock(a) {
+		was, err := g.Unblock(a)
+		if err != nil {
+			adminapi.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"error": a.String() + ": " + err.Error()})
+			return
+		}
+		if !was {
 			adminapi.WriteJSON(w, http.StatusNotFound, map[string]string{"error": a.String() + " is not blocked"})
 			return
 		}

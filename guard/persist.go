@@ -2,7 +2,6 @@ package guard
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 
 	"github.com/smtpbridge/smtpbridge/internal/statefile"
@@ -59,15 +58,10 @@ func (g *Guard) Load(path string) error {
 	defer g.mu.Unlock()
 	now := g.now()
 	for _, b := range in {
-		a, err := netip.ParseAddr(b.Addr)
-		if err != nil {
-			p, perr := netip.ParsePrefix(b.Addr)
-			if perr != nil {
-				continue
-			}
-			a = p.Masked().Addr()
+		k, ok := g.clientKey(b.Addr)
+		if !ok {
+			continue
 		}
-		k := g.key(a)
 		if !now.Before(b.Until) || g.exemptKey(k) {
 			continue
 		}

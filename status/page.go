@@ -137,6 +137,7 @@ type quotaView struct {
 
 type blockView struct {
 	Addr, Until, Username string
+	Replica               string // the replica that blocked it, when they share blocks
 	Since                 stamp
 	Failures              int
 }
@@ -203,7 +204,7 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	if src.Blocks != nil {
 		for _, bl := range src.Blocks() {
 			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr, Since: stampOf(bl.Since, now),
-				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username)})
+				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username), Replica: bl.Replica})
 		}
 	}
 

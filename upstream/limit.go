@@ -50,13 +50,20 @@ type Lease interface {
 	Release()
 }
 
+// RateWindow is the span PerMinute counts starts over: a minute, and a
+// second more, for the time between the count and the MAIL reaching
+// Exchange, which varies with the network and Exchange's load, so that
+// Exchange itself never sees more than PerMinute in its minute.
+const RateWindow = time.Minute + time.Second
+
 // Limits are one tenant's per-mailbox limits.
 type Limits struct {
 	// Connections is how many may be open at once (Exchange Online
 	// allows 3; beyond, 432 4.3.2).
 	Connections int
 	// PerMinute is how many submissions may start in any 60 seconds (30
-	// for Exchange Online, which delays the excess); 0 for no limit.
+	// for Exchange Online, which delays the excess), counted over
+	// RateWindow; 0 for no limit.
 	PerMinute int
 	// RecipientsPerDay is how many recipients the mailbox may send to in
 	// any 24 hours (10,000 for Exchange Online, which refuses the excess
@@ -87,7 +94,7 @@ type box struct {
 
 // NewLocal returns a limiter with limits per tenant name.
 func NewLocal(limits map[string]Limits) *Local {
-	return &Local{window: time.Minute, Day: 24 * time.Hour, limits: limits, boxes: map[Mailbox]*box{}}
+	return &Local{window: RateWindow, Day: 24 * time.Hour, limits: limits, boxes: map[Mailbox]*box{}}
 }
 
 // SetLimits replaces the limits (a config reload). A lower connection

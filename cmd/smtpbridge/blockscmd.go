@@ -91,7 +91,11 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(tw, "ADDRESS\tSINCE\tLIFTED IN\tFAILURES\tLAST USERNAME")
 	now := time.Now()
 	for _, b := range blocks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", b.Addr, b.Since.Local().Format(time.DateTime), roundDur(b.Until.Sub(now)), b.Failures, cmp.Or(b.Username, "(not a device's; not shown)"))
+		user := cmp.Or(b.Username, "(not a device's; not shown)")
+		if b.Replica != "" {
+			user += " (blocked by " + b.Replica + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", b.Addr, b.Since.Local().Format(time.DateTime), roundDur(b.Until.Sub(now)), b.Failures, user)
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d address(es) blocked (bridge at %s); lift one with: smtpbridge blocks unblock ADDR\n", len(blocks), url)

@@ -24,7 +24,7 @@ const replicaDevices = 30
 // replicaConfig is replica n's config: its own listener, status page and
 // spool, the 30 devices all sending as one mailbox, limits shared
 // through Redis.
-func (u *fakes) replicaConfig(t *testing.T, n int, redisAddr, hash string) (path, smtpAddr, httpAddr string) {
+func (u *fakes) replicaConfig(t *testing.T, n int, redisAddr, hash string, perMinute int) (path, smtpAddr, httpAddr string) {
 	t.Helper()
 	smtpAddr, httpAddr = freePort(t), freePort(t)
 	var devs strings.Builder
@@ -42,9 +42,7 @@ tenants:
     client_secret: "${TEST_CLIENT_SECRET}"
     authority_host: %q
     smtp_host: %q
-    # The shared per-minute count is tested on the limiter (cluster
-    # package) with a shortened window; here it would only slow the run.
-    max_messages_per_minute: 100000
+    max_messages_per_minute: %d
 devices:
 %sdelivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 30s}
 spool: {dir: spool-%d}
@@ -54,7 +52,7 @@ cluster:
   redis: {address: %q, key_prefix: "test:"}
   instance: replica-%d
   lease_ttl: 3s
-`, n, smtpAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(), devs.String(), n, httpAddr, redisAddr, n)
+`, n, smtpAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(), perMinute, devs.String(), n, httpAddr, redisAddr, n)
 	path = filepath.Join(u.dir, fmt.Sprintf("replica-%d.yaml", n))
 	writeFile(t, path, cfg)
 	return path, smtpAddr, httpAddr
@@ -116,6 +114,7 @@ func sendAll(t *testing.T, rs []*replica, tag string, n int) []string {
 // connections loses them to the others within the lease TTL, and its
 // spool drains when it restarts.
 func TestReplicas(t *testing.T) {
+	t.Parallel() // with TestReplicasPerMinute, which mostly waits
 	rds := testenv.StartRedis(t)
 	u := startFakes(t)
 	u.exo.SetSubmitDelay(50 * time.Millisecond)
@@ -125,7 +124,9 @@ func TestReplicas(t *testing.T) {
 	}
 	var rs []*replica
 	for n := range 3 {
-		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash)
+		// The per-minute limit has a test of its own: here it would only
+		// slow the run.
+		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash, 100000)
 		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
 	}
 	delivered := func(subjects []string) {
@@ -169,6 +170,38 @@ func TestReplicas(t *testing.T) {
 	}
 	if m := get(t, "http://"+rs[1].http+"/metrics"); !strings.Contains(m, "smtpbridge_cluster_shared_limits 1") {
 		t.Errorf("/metrics lacks smtpbridge_cluster_shared_limits 1")
+	}
+
+	// An address failing logins on replica 0 is refused by the other
+	// two; unblocked through replica 2, it is welcome everywhere again.
+	const attacker = "127.0.0.31"
+	for i := range 5 {
+		cv, greeting := dialFrom(t, attacker, rs[0].smtp)
+		if !strings.HasPrefix(greeting, "220") {
+			t.Fatalf("attempt %d: %q", i, greeting)
+		}
+		cv.Cmd("EHLO guesser", "250")
+		cv.Cmd("AUTH PLAIN "+b64(plainResp("mfp-01", "guess")), "535 5.7.8")
+		cv.Cmd("QUIT", "221")
+	}
+	greets := func(r *replica, prefix string) func() bool {
+		return func() bool {
+			cv, greeting := dialFrom(t, attacker, r.smtp)
+			cv.Conn.Close()
+			return strings.HasPrefix(greeting, prefix)
+		}
+	}
+	for i, r := range rs {
+		testenv.Eventually(t, fmt.Sprintf("replica %d refusing the address blocked on replica 0", i), 5*time.Second, greets(r, "421 4.7.0 Too many failed logins"))
+	}
+	if out, err := runCmd(t, "", binary, "blocks", "--config", rs[1].path); err != nil || !strings.Contains(out, attacker) || !strings.Contains(out, "blocked by replica-0") {
+		t.Errorf("smtpbridge blocks on replica 1: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", binary, "blocks", "unblock", attacker, "--config", rs[2].path); err != nil {
+		t.Fatalf("smtpbridge blocks unblock through replica 2: %v\n%s", err, out)
+	}
+	for i, r := range rs {
+		testenv.Eventually(t, fmt.Sprintf("replica %d welcoming the address unblocked through replica 2", i), 5*time.Second, greets(r, "220"))
 	}
 
 	// Redis killed mid-run, then back.
@@ -241,4 +274,50 @@ func TestReplicas(t *testing.T) {
 	if peak := u.exo.PeakConnections("scanner@contoso.example"); peak > 3 {
 		t.Errorf("Exchange saw %d connections at once, limit 3", peak)
 	}
+}
+
+// max_messages_per_minute: 30 holds across three replicas: 45 messages
+// sent at once, 15 per replica, reach Exchange at no more than 30 in any
+// minute, and all of them exactly once.
+func TestReplicasPerMinute(t *testing.T) {
+	t.Parallel()
+	rds := testenv.StartRedis(t)
+	u := startFakes(t)
+	hash, err := passwd.NewBcrypt([]byte(password), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []*replica
+	for n := range 3 {
+		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash, 30)
+		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
+	}
+	start := time.Now()
+	acked := sendAll(t, rs, "rate", 45)
+	if len(acked) != 45 {
+		t.Fatalf("%d of 45 acknowledged", len(acked))
+	}
+	testenv.Eventually(t, "the 45 messages at Exchange", 100*time.Second, func() bool { return len(u.exo.Messages()) >= 45 })
+	took := time.Since(start)
+	if most := u.exo.MostWithin("scanner@contoso.example", time.Minute); most > 30 {
+		t.Errorf("Exchange saw %d submissions for the mailbox within a minute, limit 30", most)
+	}
+	if took < time.Minute {
+		t.Errorf("45 messages went out in %s, under a minute: the limit was not kept", took)
+	}
+	seen := map[string]int{}
+	for _, m := range u.exo.Messages() {
+		for _, s := range acked {
+			if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
+				seen[s]++
+			}
+		}
+	}
+	for _, s := range acked {
+		if seen[s] != 1 {
+			t.Errorf("%s arrived %d times", s, seen[s])
+		}
+	}
+	t.Logf("45 messages through three replicas at 30 a minute: at Exchange after %s, at most %d in any minute",
+		took.Round(100*time.Millisecond), u.exo.MostWithin("scanner@contoso.example", time.Minute))
 }

@@ -86,6 +86,7 @@ func (d *daemon) apply() reloadResult {
 	// Keep what needs a restart as it runs, so that the next reload
 	// compares against it again.
 	cfg.Hostname, cfg.Spool.Dir, cfg.HTTP, cfg.Log.Format = d.cfg.Hostname, d.cfg.Spool.Dir, d.cfg.HTTP, d.cfg.Log.Format
+	cfg.Cluster = d.cfg.Cluster
 	cfg.Listeners = runningListeners(d.cfg.Listeners, cfg.Listeners)
 
 	// Everything that can fail first, and nothing changed until it has
@@ -164,6 +165,16 @@ func restartOnly(cur, next *config.Config) []string {
 	changed("http.address", cur.HTTP.Address, next.HTTP.Address)
 	changed("log.format", cur.Log.Format, next.Log.Format)
 	changed("sandbox.dir", cur.Sandbox.Dir, next.Sandbox.Dir)
+	// How to reach Redis and this replica's name in it (the password
+	// file's content is compared, never shown).
+	cluster := func(c config.Cluster) string {
+		r := c.Redis
+		return fmt.Sprintf("redis %s sentinel %v/%s cluster %v user %q tls %v prefix %q instance %q ttl %s",
+			r.Address, r.SentinelAddresses, r.MasterName, r.ClusterAddresses, r.Username, r.TLS, r.KeyPrefix, c.Instance, c.LeaseTTL)
+	}
+	if cluster(cur.Cluster) != cluster(next.Cluster) || cur.Cluster.Redis.Password.Value() != next.Cluster.Redis.Password.Value() {
+		out = append(out, "cluster changed; restart smtpbridge to apply it (the rest of the new config is in use)")
+	}
 	for _, l := range next.Listeners {
 		i := slices.IndexFunc(cur.Listeners, func(c config.Listener) bool { return c.Name == l.Name })
 		if i < 0 {

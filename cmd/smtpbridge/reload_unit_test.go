@@ -44,8 +44,9 @@ func TestReloadWarnsAboutOrphans(t *testing.T) {
 func TestRestartOnly(t *testing.T) {
 	cur := &config.Config{Hostname: "a", Listeners: []config.Listener{{Name: "lan", Address: "0.0.0.0:25"}, {Name: "old", Address: "0.0.0.0:26"}}}
 	next := &config.Config{Hostname: "b", Listeners: []config.Listener{{Name: "lan", Address: "0.0.0.0:2525", AllowInsecureAuth: true}, {Name: "new", Address: ":27"}}}
+	next.Cluster.Redis.Address = "redis:6379"
 	w := strings.Join(restartOnly(cur, next), "\n")
-	for _, want := range []string{`hostname changed from "a" to "b"`, `listener "lan" address changed`, `listener "new" is new`, `listener "old" was removed`} {
+	for _, want := range []string{`hostname changed from "a" to "b"`, "cluster changed; restart", `listener "lan" address changed`, `listener "new" is new`, `listener "old" was removed`} {
 		if !strings.Contains(w, want) {
 			t.Errorf("warnings lack %q:\n%s", want, w)
 		}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
@@ -51,6 +52,10 @@ const stateSaveEvery = 30 * time.Second
 // blocksSaveEvery is how soon a new or lifted block is written to the
 // spool directory, so that a crash does not lift it.
 const blocksSaveEvery = 2 * time.Second
+
+// blocksSyncEvery is how soon a block made or lifted by another replica
+// applies here.
+const blocksSyncEvery = time.Second
 
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -191,9 +196,10 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		log.Warn().Err(err).Msg("the mailboxes' recipient counts of the last day could not be read; they start from zero")
 	}
 	d.limits = d.limiter
+	var rdb redis.UniversalClient
 	if cfg.Cluster.Enabled() {
 		r := cfg.Cluster.Redis
-		rdb := cluster.Client(cluster.Redis{Address: r.Address, SentinelAddresses: r.SentinelAddresses, MasterName: r.MasterName,
+		rdb = cluster.Client(cluster.Redis{Address: r.Address, SentinelAddresses: r.SentinelAddresses, MasterName: r.MasterName,
 			ClusterAddresses: r.ClusterAddresses, Username: r.Username, Password: r.Password.Value(), TLS: r.TLS})
 		defer rdb.Close()
 		d.shared = cluster.New(cluster.Options{Client: rdb, Prefix: r.KeyPrefix, Instance: cfg.Cluster.Instance,
@@ -236,6 +242,9 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		log.Warn().Err(err).Msg("the blocks in force at the last stop could not be read; none are restored")
 	} else if n := len(d.guard.Blocks()); n > 0 {
 		log.Info().Int("blocked", n).Msg("blocks restored from the last run")
+	}
+	if rdb != nil {
+		d.guard.Share(cluster.NewGuard(rdb, cfg.Cluster.Redis.KeyPrefix, cfg.Cluster.Instance), cfg.Cluster.Instance)
 	}
 	d.srv, err = bridge.NewServer(bridge.Options{Hostname: d.hostname, Settings: st, Deliverer: modes,
 		Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log})
@@ -310,6 +319,9 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 			}
 		}
 	}()
+	if rdb != nil {
+		go d.syncBlocks(saverStop)
+	}
 	d.q.Start()
 	d.srv.Serve()
 	log.Info().Str("version", buildVersion()).Str("hostname", d.hostname).Str("http", d.httpLn.Addr().String()).
@@ -341,6 +353,35 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	}
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// syncBlocks brings the other replicas' blocks and unblocks here, and
+// this one's there, every blocksSyncEvery until stop.
+func (d *daemon) syncBlocks(stop <-chan struct{}) {
+	t := time.NewTicker(blocksSyncEvery)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), blocksSyncEvery)
+		applied, err := d.guard.Sync(ctx)
+		cancel()
+		for _, b := range applied {
+			d.log.Warn().Str("remote", b.Addr).Str("replica", b.Replica).Time("until", b.Until).Int("failures", b.Failures).
+				Msg("address blocked by another replica: refused here too")
+		}
+		switch {
+		case err != nil && !failing:
+			d.log.Warn().Err(err).Msg("blocks cannot be shared with the other replicas: each replica blocks on its own until Redis answers")
+		case err == nil && failing:
+			d.log.Info().Msg("blocks are shared with the other replicas again")
+		}
+		failing = err != nil
+	}
 }
 
 func deadline(ctx context.Context) time.Time {

@@ -17,6 +17,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,6 +108,8 @@ type Message struct {
 	// during the transaction, from its first command to the final
 	// reply; 0 unless CountRoundTrips is on.
 	RoundTrips int
+	// At is when the submission started (its MAIL command).
+	At time.Time
 }
 
 // Server is the fake submission endpoint.
@@ -301,6 +304,29 @@ func (s *Server) PeakConnections(mailbox string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peak[strings.ToLower(mailbox)]
+}
+
+// MostWithin is the largest number of the mailbox's accepted messages
+// that started (MAIL) within any span of window: Exchange Online allows
+// 30 a minute.
+func (s *Server) MostWithin(mailbox string, window time.Duration) int {
+	s.mu.Lock()
+	var at []time.Time
+	for _, m := range s.messages {
+		if strings.EqualFold(m.AuthUser, mailbox) {
+			at = append(at, m.At)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(at, time.Time.Compare)
+	most := 0
+	for i, j := 0, 0; j < len(at); j++ {
+		for at[j].Sub(at[i]) >= window {
+			i++
+		}
+		most = max(most, j-i+1)
+	}
+	return most
 }
 
 // InlineAuths is how many XOAUTH2 attempts sent the token on the AUTH line

@@ -58,6 +58,7 @@ type session struct {
 	appID   string
 	counted bool // counted in s.active
 	from    string
+	mailAt  time.Time // when MAIL was taken
 	to      []string
 	ret     string
 	envID   string
@@ -189,6 +190,7 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	if se.user == "" {
 		return errNotAuthenticated
 	}
+	se.mailAt = time.Now()
 	if r, ok := se.s.scripted(StageMail); ok {
 		return se.reply(r)
 	}
@@ -325,7 +327,7 @@ func (se *session) Data(r io.Reader) error {
 	msg := Message{
 		QueueID: id, AuthUser: se.user, AppID: se.appID, From: se.from,
 		To: append([]string(nil), se.to...), Size: n, HeaderFrom: headerFrom,
-		Ret: se.ret, EnvID: se.envID, Notify: se.notify, ORcpt: se.orcpt,
+		Ret: se.ret, EnvID: se.envID, Notify: se.notify, ORcpt: se.orcpt, At: se.mailAt,
 	}
 	copy(msg.SHA256[:], hash.Sum(nil))
 	if n <= keepBytes {

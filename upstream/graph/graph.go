@@ -140,6 +140,22 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 			Err: fmt.Errorf("no route to Microsoft Graph for tenant %q", m.Tenant)}
 	}
 	mb := upstream.MailboxOf(m.Tenant, m.Mailbox)
+	// Graph allows 4 requests at once per app and mailbox; the limiter's
+	// connection slots keep the mailbox within its limit, shared with
+	// the SMTP transport.
+	lease, err := t.limiter.Connect(ctx, mb)
+	if err != nil {
+		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
+	}
+	defer lease.Release()
+	start := time.Now()
+	tok, err := t.tokens.Token(ctx, m.Tenant)
+	t.obs.UpstreamStage(m.Tenant, string(message.StageToken), time.Since(start))
+	if err != nil {
+		return message.Receipt{}, upstream.TokenError(err)
+	}
+	// Counted last, once the request can go at once: the count's time
+	// is then the send's, as Exchange sees it.
 	done, err := t.limiter.Submit(ctx, mb, len(m.To))
 	var quota *message.Error
 	switch {
@@ -150,23 +166,9 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	}
 	var receipt message.Receipt
 	defer func() { done(len(receipt.Accepted)) }()
-	// Graph allows 4 requests at once per app and mailbox; the limiter's
-	// connection slots keep the mailbox within its limit, shared with
-	// the SMTP transport.
-	lease, err := t.limiter.Connect(ctx, mb)
-	if err != nil {
-		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
-	}
-	defer lease.Release()
 	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
 	defer cancel()
 
-	start := time.Now()
-	tok, err := t.tokens.Token(ctx, m.Tenant)
-	t.obs.UpstreamStage(m.Tenant, string(message.StageToken), time.Since(start))
-	if err != nil {
-		return message.Receipt{}, upstream.TokenError(err)
-	}
 	s := &sender{t: t, route: route, plain: plain, m: m, base: route.Host + "/v1.0/users/" + url.PathEscape(m.Mailbox),
 		api: authorized(plain, tok.AccessToken)}
 	receipt, err = s.send(ctx)

@@ -175,29 +175,41 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 			Err: fmt.Errorf("no route to Exchange for tenant %q", m.Tenant)}
 	}
 	s := &submission{host: route.Host, tenant: m.Tenant, obs: t.obs}
-	done, err := t.limiter.Submit(ctx, p.mb, len(m.To))
-	var quota *message.Error
-	switch {
-	case errors.As(err, &quota):
-		return message.Receipt{}, quota
-	case err != nil:
-		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
-	}
-	var receipt message.Receipt
-	defer func() { done(len(receipt.Accepted)) }()
 	uc, err := p.get(ctx)
 	if err != nil {
 		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
 	}
-	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
-	defer cancel()
 	keep := false
 	defer func() { p.put(uc, keep) }()
-
 	if uc.c != nil && !uc.fresh(time.Now()) {
 		uc.quit() // its token is about to expire: log in afresh
 	}
 	reused := uc.c != nil
+	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
+	defer cancel()
+	if uc.c == nil {
+		if err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox); err != nil {
+			s.report(message.Receipt{}, err)
+			return message.Receipt{}, err
+		}
+	}
+	// Counted last, on an open connection, so that the count's time is
+	// the MAIL's, as Exchange sees it: counted before the wait for a
+	// connection, a minute's 30 starts could reach Exchange closer
+	// together than that.
+	done, err := t.limiter.Submit(ctx, p.mb, len(m.To))
+	var quota *message.Error
+	switch {
+	case errors.As(err, &quota):
+		keep = true
+		return message.Receipt{}, quota
+	case err != nil:
+		keep = true
+		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageConnect, Host: route.Host, Err: err}
+	}
+	var receipt message.Receipt
+	defer func() { done(len(receipt.Accepted)) }()
+
 	body := newBodySender(m)
 	defer body.release()
 	for {
