@@ -5,8 +5,6 @@ package main
 import (
 	"fmt"
 
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,17 +65,6 @@ func (u *fakes) startReplica(t *testing.T, path, smtpAddr, httpAddr string) *rep
 	t.Helper()
 	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{smtpAddr}, "serve", "--config", path)
 	return &replica{bridgeProc: p, path: path, smtp: smtpAddr, http: httpAddr}
-}
-
-func get(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
 }
 
 // sendAll sends n messages from the 30 devices spread over the replicas,

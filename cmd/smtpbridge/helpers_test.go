@@ -74,3 +74,15 @@ func auditID(t *testing.T, path, event string) string {
 	t.Fatalf("no %s event in the audit log", event)
 	return ""
 }
+
+// get returns the body at url.
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

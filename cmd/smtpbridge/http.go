@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -18,8 +19,8 @@ import (
 //	GET  /metrics   Prometheus metrics } if set
 //	GET  /healthz   the process answers
 //	GET  /readyz    listeners bound and the spool writable
-//	POST /-/reload  reload the config  } the admin API: loopback clients
-//	     /api/...   queue, blocks      } with the admin token only
+//	POST /-/reload  reload the config       } the admin API: loopback
+//	     /api/...   queue, blocks, drain    } clients with the admin token only
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
@@ -32,6 +33,7 @@ func (d *daemon) handler() http.Handler {
 	mux.Handle("GET /readyz", d.readyHandler())
 	admin := http.NewServeMux()
 	admin.Handle("POST /-/reload", d.reloadHandler())
+	admin.HandleFunc("POST /api/drain", d.drain)
 	admin.Handle("/api/blocks", guard.Handler(d.guard))
 	admin.Handle("/api/blocks/", guard.Handler(d.guard))
 	admin.Handle("/api/", queue.Handler(d.q))
@@ -70,12 +72,34 @@ func (d *daemon) readyHandler() http.Handler {
 		}
 		err := last
 		mu.Unlock()
+		if err == nil && d.draining.Load() {
+			err = errors.New("draining (smtpbridge drain): delivering the queue before a stop")
+		}
 		if err != nil {
 			text(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
 			return
 		}
+		if d.shared != nil && !d.shared.Shared() {
+			// Ready all the same: the mail still goes, more slowly.
+			text(w, http.StatusOK, "ready; Redis is out of reach: each mailbox's limits are this replica's conservative share until it returns\n")
+			return
+		}
 		text(w, http.StatusOK, "ready\n")
 	})
+}
+
+// drain is POST /api/drain: from now on /readyz says not ready, so
+// that no new devices are sent here, and every queued message is due
+// now. smtpbridge drain then watches the queue empty.
+func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
+	d.draining.Store(true)
+	n, err := d.q.RetryAll()
+	if err != nil {
+		adminapi.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	d.log.Info().Int("retried", n).Msg("draining: not ready for new devices; every queued message is due now")
+	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"retried": n})
 }
 
 func text(w http.ResponseWriter, code int, s string) {

@@ -72,6 +72,7 @@ Usage:
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
   smtpbridge reload [--config FILE]                reload the running bridge's config
+  smtpbridge drain [--config FILE] [--timeout D]   deliver the queue before a stop (preStop)
   smtpbridge version                               print the version
 
 SMTPBRIDGE_CONFIG may name the config file instead of --config.
@@ -101,6 +102,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdBlocks(rest, stdout, stderr)
 	case "reload":
 		err = cmdReload(rest, stdout, stderr)
+	case "drain":
+		err = cmdDrain(rest, stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(rest, stdout, stderr)
 	case "send-test":

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // appendConfig adds top-level YAML to a config file.
@@ -314,4 +315,47 @@ func TestQueueCommand(t *testing.T) {
 	if out, err := runCmd(t, "", binary, "queue", "drop"); err == nil || !strings.Contains(out, "give one message ID") {
 		t.Errorf("queue drop without an ID: %v\n%s", err, out)
 	}
+}
+
+// smtpbridge drain: /readyz says not ready at once; what Exchange still
+// defers is listed when the timeout passes (exit 1), and once Exchange
+// takes mail again, a second drain makes it due now and ends with the
+// queue empty (exit 0).
+func TestDrain(t *testing.T) {
+	u := startFakes(t)
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n")
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	busy := fakeexchange.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error"}
+	// Each message's first attempt and the first drain's retry.
+	u.exo.Script(fakeexchange.StageMail, busy, busy, busy, busy)
+	p := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
+	for _, s := range []string{"drain-1", "drain-2"} {
+		if text, err := sendOne(plain, s); err != nil || !strings.Contains(text, "queued") {
+			t.Fatalf("%s: %q %v", s, text, err)
+		}
+	}
+	testenv.Eventually(t, "both attempts deferred", 10*time.Second, func() bool {
+		return strings.Count(p.logs.String(), `"event":"deferred"`) >= 2
+	})
+	if r := get(t, "http://"+httpAddr+"/readyz"); !strings.HasPrefix(r, "ready") {
+		t.Fatalf("/readyz before the drain: %q", r)
+	}
+	out, err := runCmd(t, "", binary, "drain", "--config", path, "--timeout", "1s")
+	if err == nil || !strings.Contains(out, "2 queued message(s) due now") || !strings.Contains(out, "2 message(s) left") || !strings.Contains(out, "2 message(s) still queued after 1s") || !strings.Contains(out, "451") {
+		t.Errorf("drain while Exchange defers: %v\n%s", err, out)
+	}
+	if r := get(t, "http://"+httpAddr+"/readyz"); !strings.Contains(r, "not ready: draining") {
+		t.Errorf("/readyz while draining: %q", r)
+	}
+	// Exchange takes mail again (the scripted replies are used up).
+	out, err = runCmd(t, "", binary, "drain", "--config", path, "--timeout", "20s")
+	if err != nil || !strings.Contains(out, "2 queued message(s) due now") || !strings.Contains(out, "drained: the queue is empty") {
+		t.Errorf("drain: %v\n%s", err, out)
+	}
+	if d := delivered(u.exo); d["drain-1"] != 1 || d["drain-2"] != 1 {
+		t.Errorf("delivered after the drain: %v", d)
+	}
+	p.stop(t)
 }

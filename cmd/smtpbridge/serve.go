@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -94,9 +95,12 @@ type daemon struct {
 	sb         *sandbox.Sandbox
 	ms         microsoft // where Entra ID and Exchange are
 
-	guard   *guard.Guard
-	store   *tokenstore.Store
-	limiter *upstream.Local
+	guard *guard.Guard
+	// draining: smtpbridge drain asked for the queue to empty before a
+	// stop; /readyz says not ready.
+	draining atomic.Bool
+	store    *tokenstore.Store
+	limiter  *upstream.Local
 	// shared is the limiter shared with the other replicas through
 	// Redis (cluster.redis); nil for a bridge on its own.
 	shared *cluster.Limiter
