@@ -29,6 +29,21 @@ type Sources struct {
 	Spool func() SpoolUsage
 	// Quotas are the mailboxes' recipients in the last day.
 	Quotas func() []MailboxQuota
+	// Replicas are the accounts of the replicas sharing limits
+	// (cluster.redis), this one's included.
+	Replicas func() []Replica
+}
+
+// Replica is one replica's account of its own spool: each delivers only
+// what it holds.
+type Replica struct {
+	Instance string    `json:"instance"`
+	This     bool      `json:"this"` // the replica serving the page
+	Queued   int       `json:"queued"`
+	Deferred int       `json:"deferred"`
+	Dead     int       `json:"dead"`
+	Oldest   time.Time `json:"oldest,omitzero"`
+	At       time.Time `json:"at"` // when it last said so
 }
 
 // SpoolUsage is what the spool holds against its bounds.
@@ -51,6 +66,10 @@ type PageInfo struct {
 	Version  string
 	Hostname string
 }
+
+// replicaSilent is how long a replica may go unheard before the page
+// says it is gone: it publishes every few seconds.
+const replicaSilent = time.Minute
 
 // maxDeadShown bounds the dead letters listed on the page; the count is
 // always complete, and `smtpbridge queue dead` lists them all.
@@ -114,6 +133,14 @@ type view struct {
 	Waiting     []waitView
 	Spool       *spoolView
 	Quotas      []quotaView
+	Replicas    []replicaView
+}
+
+type replicaView struct {
+	Instance, Oldest, Class string
+	This                    bool
+	Queued, Deferred, Dead  int
+	Heard                   stamp
 }
 
 type waitView struct {
@@ -191,6 +218,22 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	q := src.Queue
 	if src.Spool != nil {
 		v.Spool = spoolViewOf(src.Spool())
+	}
+	if src.Replicas != nil {
+		for _, r := range src.Replicas() {
+			rv := replicaView{Instance: r.Instance, This: r.This, Queued: r.Queued, Deferred: r.Deferred, Dead: r.Dead,
+				Heard: stampOf(r.At, now), Class: classOK}
+			if !r.Oldest.IsZero() {
+				rv.Oldest = ago(now.Sub(r.Oldest))
+			}
+			switch {
+			case now.Sub(r.At) > replicaSilent:
+				rv.Class = classBad // gone, with mail in its spool
+			case r.Deferred > 0 || r.Dead > 0:
+				rv.Class = classWarn
+			}
+			v.Replicas = append(v.Replicas, rv)
+		}
 	}
 	if src.Quotas != nil {
 		for _, mq := range src.Quotas() {

@@ -261,6 +261,18 @@ func TestReplicas(t *testing.T) {
 	if peak := u.exo.PeakConnections("scanner@contoso.example"); peak > 3 {
 		t.Errorf("Exchange saw %d connections at once, limit 3", peak)
 	}
+
+	// Which replica holds what: on any replica's status page and in
+	// smtpbridge queue list.
+	testenv.Eventually(t, "the three replicas on the status page", 15*time.Second, func() bool {
+		page := get(t, "http://"+rs[2].http+"/")
+		return strings.Contains(page, `id="replicas"`) && strings.Contains(page, "replica-0") &&
+			strings.Contains(page, "replica-1") && strings.Contains(page, "replica-2 <span class=\"muted\">(this one)")
+	})
+	if out, err := runCmd(t, "", binary, "queue", "list", "--config", rs[1].path); err != nil ||
+		!strings.Contains(out, "Replicas (each delivers only what its own spool holds)") || !strings.Contains(out, "replica-1 (this one)") || !strings.Contains(out, "replica-2") {
+		t.Errorf("smtpbridge queue list on replica 1: %v\n%s", err, out)
+	}
 }
 
 // max_messages_per_minute: 30 holds across three replicas: 45 messages

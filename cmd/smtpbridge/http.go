@@ -24,7 +24,7 @@ import (
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
-		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas})
+		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas})
 	mux.Handle("GET /{$}", httpauth.Basic(page, d.pageAuth))
 	mux.Handle("GET /metrics", httpauth.Basic(d.m.Handler(), d.pageAuth))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -34,6 +34,13 @@ func (d *daemon) handler() http.Handler {
 	admin := http.NewServeMux()
 	admin.Handle("POST /-/reload", d.reloadHandler())
 	admin.HandleFunc("POST /api/drain", d.drain)
+	admin.HandleFunc("GET /api/replicas", func(w http.ResponseWriter, _ *http.Request) {
+		reps := d.knownReplicas()
+		if reps == nil {
+			reps = []status.Replica{}
+		}
+		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"replicas": reps})
+	})
 	admin.Handle("/api/blocks", guard.Handler(d.guard))
 	admin.Handle("/api/blocks/", guard.Handler(d.guard))
 	admin.Handle("/api/", queue.Handler(d.q))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
+	"github.com/smtpbridge/smtpbridge/status"
 )
 
 const queueUsage = `Usage: smtpbridge queue COMMAND [flags] [ID]
@@ -98,7 +99,12 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		if items == nil {
 			items = []queue.Item{}
 		}
-		perr := out(items, func() { printItems(stdout, items, sub == "dead", where) })
+		perr := out(items, func() {
+			printItems(stdout, items, sub == "dead", where)
+			if c, ok := m.(*queue.Client); ok {
+				printReplicas(stdout, c)
+			}
+		})
 		return errors.Join(err, perr)
 	case "show":
 		it, err := m.Show(id)
@@ -286,4 +292,27 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// printReplicas shows, for a bridge among replicas sharing limits, what
+// each replica's spool holds: each delivers only its own.
+func printReplicas(w io.Writer, c *queue.Client) {
+	var r struct {
+		Replicas []status.Replica `json:"replicas"`
+	}
+	if c.Do("GET", "/api/replicas", &r) != nil || len(r.Replicas) == 0 {
+		return // a bridge on its own, or an older one
+	}
+	fmt.Fprintln(w, "\nReplicas (each delivers only what its own spool holds):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPLICA\tQUEUED\tDEFERRED\tDEAD\tLAST HEARD")
+	now := time.Now()
+	for _, rep := range r.Replicas {
+		name := rep.Instance
+		if rep.This {
+			name += " (this one)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s ago\n", name, rep.Queued, rep.Deferred, rep.Dead, roundDur(now.Sub(rep.At)))
+	}
+	tw.Flush()
 }

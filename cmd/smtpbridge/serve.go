@@ -58,6 +58,10 @@ const blocksSaveEvery = 2 * time.Second
 // applies here.
 const blocksSyncEvery = time.Second
 
+// rosterEvery is how often a replica tells the others what its spool
+// holds.
+const rosterEvery = 5 * time.Second
+
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := configFlag(fs)
@@ -104,6 +108,12 @@ type daemon struct {
 	// shared is the limiter shared with the other replicas through
 	// Redis (cluster.redis); nil for a bridge on its own.
 	shared *cluster.Limiter
+	// roster has the replicas' accounts of their spools (replicas, read
+	// every rosterEvery); nil for a bridge on its own.
+	roster     *cluster.Roster
+	replicasMu sync.Mutex
+	replicas   []cluster.Replica
+	instance   string // cluster.instance
 	// limits is what the transports keep to: shared, or limiter.
 	limits quotaLimiter
 	exo    *upsmtp.Transport
@@ -249,6 +259,8 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	}
 	if rdb != nil {
 		d.guard.Share(cluster.NewGuard(rdb, cfg.Cluster.Redis.KeyPrefix, cfg.Cluster.Instance), cfg.Cluster.Instance)
+		d.roster = cluster.NewRoster(rdb, cfg.Cluster.Redis.KeyPrefix, cfg.Cluster.Instance)
+		d.instance = cfg.Cluster.Instance
 	}
 	d.srv, err = bridge.NewServer(bridge.Options{Hostname: d.hostname, Settings: st, Deliverer: modes,
 		Observer: connObservers{d.m, d.board}, Events: events, Guard: d.guard, Log: log})
@@ -324,7 +336,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		}
 	}()
 	if rdb != nil {
-		go d.syncBlocks(saverStop)
+		go d.clusterLoop(saverStop)
 	}
 	d.q.Start()
 	d.srv.Serve()
@@ -359,17 +371,23 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	return nil
 }
 
-// syncBlocks brings the other replicas' blocks and unblocks here, and
-// this one's there, every blocksSyncEvery until stop.
-func (d *daemon) syncBlocks(stop <-chan struct{}) {
+// clusterLoop brings the other replicas' blocks and unblocks here, and
+// this one's there, every blocksSyncEvery, and tells the others what
+// this replica's spool holds every rosterEvery, until stop.
+func (d *daemon) clusterLoop(stop <-chan struct{}) {
 	t := time.NewTicker(blocksSyncEvery)
 	defer t.Stop()
 	failing := false
+	var published time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+		}
+		if time.Since(published) >= rosterEvery {
+			published = time.Now()
+			d.publishReplica()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), blocksSyncEvery)
 		applied, err := d.guard.Sync(ctx)
@@ -386,6 +404,36 @@ func (d *daemon) syncBlocks(stop <-chan struct{}) {
 		}
 		failing = err != nil
 	}
+}
+
+// publishReplica tells the other replicas what this one's spool holds,
+// and reads what theirs do, for the status page and smtpbridge queue.
+func (d *daemon) publishReplica() {
+	ctx, cancel := context.WithTimeout(context.Background(), blocksSyncEvery)
+	defer cancel()
+	st := d.q.Stats()
+	if err := d.roster.Publish(ctx, cluster.Replica{Queued: st.Queued, Deferred: st.Deferred, Dead: st.Dead, Oldest: st.Oldest}); err != nil {
+		return // Redis out of reach: the limiter says so
+	}
+	reps, err := d.roster.Replicas(ctx, 3*rosterEvery)
+	if err != nil {
+		return
+	}
+	d.replicasMu.Lock()
+	d.replicas = reps
+	d.replicasMu.Unlock()
+}
+
+// knownReplicas are the replicas' accounts last read, this one's marked.
+func (d *daemon) knownReplicas() []status.Replica {
+	d.replicasMu.Lock()
+	defer d.replicasMu.Unlock()
+	var out []status.Replica
+	for _, r := range d.replicas {
+		out = append(out, status.Replica{Instance: r.Instance, This: r.Instance == d.instance,
+			Queued: r.Queued, Deferred: r.Deferred, Dead: r.Dead, Oldest: r.Oldest, At: r.At})
+	}
+	return out
 }
 
 func deadline(ctx context.Context) time.Time {
