@@ -4,6 +4,9 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 
 	"os"
 	"path/filepath"
@@ -319,4 +322,63 @@ func TestReplicasPerMinute(t *testing.T) {
 	}
 	t.Logf("45 messages through three replicas at 30 a minute: at Exchange after %s, at most %d in any minute",
 		took.Round(100*time.Millisecond), u.exo.MostWithin("scanner@contoso.example", time.Minute))
+}
+
+// examples/replicas (the single-host layout of docker-compose.yml there)
+// run as compose would run it: two bridges from the one shipped config,
+// each with its own spool, one redis-server. swaks sends through each;
+// each bridge's status page lists both.
+func TestReplicasExample(t *testing.T) {
+	swaks := testenv.LookTool(t, "swaks")
+	rds := testenv.StartRedis(t)
+	data, err := os.ReadFile("../../examples/replicas/smtpbridge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "metrics-password")
+	writeFile(t, pw, "scrape-password-0123\n")
+	var bridges []*bridgeProc
+	var smtps, https []string
+	for _, name := range []string{"bridge-1", "bridge-2"} {
+		smtpAddr, httpAddr := freePort(t), freePort(t)
+		// What compose gives each container: its own ports, volume and
+		// host name (the instance), the secret, Redis's address.
+		cfg := strings.NewReplacer(`"0.0.0.0:2525"`, strconv.Quote(smtpAddr), `"0.0.0.0:9464"`, strconv.Quote(httpAddr),
+			`"redis:6379"`, strconv.Quote(rds.Addr), "/var/lib/smtpbridge", filepath.Join(dir, name),
+			"/run/secrets/metrics_password", pw).Replace(string(data))
+		cfg = strings.Replace(cfg, "  # instance: the container's host name", "  instance: "+name+" # the container's host name", 1)
+		if !strings.Contains(cfg, rds.Addr) || !strings.Contains(cfg, smtpAddr) || !strings.Contains(cfg, "instance: "+name) {
+			t.Fatalf("examples/replicas/smtpbridge.yaml changed; update this test:\n%s", cfg)
+		}
+		path := filepath.Join(dir, name+".yaml")
+		writeFile(t, path, cfg)
+		if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
+			t.Fatalf("check-config: %v\n%s", err, out)
+		}
+		bridges = append(bridges, startBridge(t, nil, []string{smtpAddr, httpAddr}, "serve", "--config", path))
+		smtps, https = append(smtps, smtpAddr), append(https, httpAddr)
+	}
+	for i, addr := range smtps {
+		out, err := runCmd(t, "", swaks, "--server", addr, "--auth", "LOGIN", "--auth-user", "mfp-sandbox", "--auth-password", "scan-to-mail",
+			"--from", "printer@lan.example", "--to", "someone@example.com", "--body", fmt.Sprintf("through bridge %d", i+1))
+		if err != nil || !strings.Contains(out, "250 2.0.0 OK") {
+			t.Fatalf("swaks through bridge %d: %v\n%s\n%s", i+1, err, out, bridges[i].logs.String())
+		}
+		emls, _ := filepath.Glob(filepath.Join(dir, fmt.Sprintf("bridge-%d", i+1), "sandbox-mail", "*.eml"))
+		if len(emls) != 1 {
+			t.Errorf("bridge %d: %d .eml files, want 1", i+1, len(emls))
+		}
+	}
+	testenv.Eventually(t, "both bridges on bridge-1's status page", 15*time.Second, func() bool {
+		req, _ := http.NewRequest("GET", "http://"+https[0]+"/", nil)
+		req.SetBasicAuth("prometheus", "scrape-password-0123")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "bridge-1 <span class=\"muted\">(this one)") && strings.Contains(string(b), "bridge-2")
+	})
 }
