@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
@@ -70,6 +71,37 @@ func (u *fakes) startReplica(t *testing.T, path, smtpAddr, httpAddr string) *rep
 	return &replica{bridgeProc: p, path: path, smtp: smtpAddr, http: httpAddr}
 }
 
+// startReplicas starts a redis-server, the fakes, and three replicas
+// sharing them, with perMinute submissions a minute per mailbox.
+func startReplicas(t *testing.T, perMinute int) (*testenv.Redis, *fakes, []*replica) {
+	t.Helper()
+	rds := testenv.StartRedis(t)
+	u := startFakes(t)
+	hash, err := passwd.NewBcrypt([]byte(password), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []*replica
+	for n := range 3 {
+		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash, perMinute)
+		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
+	}
+	return rds, u, rs
+}
+
+// arrivals counts the messages at Exchange with each of the subjects.
+func arrivals(exo *fakeexchange.Server, subjects []string) map[string]int {
+	got := map[string]int{}
+	for _, m := range exo.Messages() {
+		for _, s := range subjects {
+			if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
+				got[s]++
+			}
+		}
+	}
+	return got
+}
+
 // sendAll sends n messages from the 30 devices spread over the replicas,
 // each on a connection of its own, and returns the subjects acknowledged.
 func sendAll(t *testing.T, rs []*replica, tag string, n int) []string {
@@ -105,31 +137,14 @@ func sendAll(t *testing.T, rs []*replica, tag string, n int) []string {
 // spool drains when it restarts.
 func TestReplicas(t *testing.T) {
 	t.Parallel() // with TestReplicasPerMinute, which mostly waits
-	rds := testenv.StartRedis(t)
-	u := startFakes(t)
+	// The per-minute limit has a test of its own: here it would only slow
+	// the run.
+	rds, u, rs := startReplicas(t, 100000)
 	u.exo.SetSubmitDelay(50 * time.Millisecond)
-	hash, err := passwd.NewBcrypt([]byte(password), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rs []*replica
-	for n := range 3 {
-		// The per-minute limit has a test of its own: here it would only
-		// slow the run.
-		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash, 100000)
-		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
-	}
 	delivered := func(subjects []string) {
 		t.Helper()
 		testenv.Eventually(t, "every acknowledged message at Exchange", 60*time.Second, func() bool {
-			got := map[string]int{}
-			for _, m := range u.exo.Messages() {
-				for _, s := range subjects {
-					if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
-						got[s]++
-					}
-				}
-			}
+			got := arrivals(u.exo, subjects)
 			for _, s := range subjects {
 				if got[s] == 0 {
 					return false
@@ -250,14 +265,9 @@ func TestReplicas(t *testing.T) {
 		entries, _ := os.ReadDir(filepath.Join(u.dir, "spool-0", "queue"))
 		return len(entries) == 0
 	})
+	got := arrivals(u.exo, killedAcked)
 	for _, s := range killedAcked {
-		found := false
-		for _, m := range u.exo.Messages() {
-			if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
-				found = true
-			}
-		}
-		if !found {
+		if got[s] == 0 {
 			t.Errorf("%s, taken by the killed replica, never arrived", s)
 		}
 	}
@@ -283,17 +293,7 @@ func TestReplicas(t *testing.T) {
 // minute, and all of them exactly once.
 func TestReplicasPerMinute(t *testing.T) {
 	t.Parallel()
-	rds := testenv.StartRedis(t)
-	u := startFakes(t)
-	hash, err := passwd.NewBcrypt([]byte(password), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rs []*replica
-	for n := range 3 {
-		path, smtpAddr, httpAddr := u.replicaConfig(t, n, rds.Addr, hash, 30)
-		rs = append(rs, u.startReplica(t, path, smtpAddr, httpAddr))
-	}
+	_, u, rs := startReplicas(t, 30)
 	start := time.Now()
 	acked := sendAll(t, rs, "rate", 45)
 	if len(acked) != 45 {
@@ -307,14 +307,7 @@ func TestReplicasPerMinute(t *testing.T) {
 	if took < time.Minute {
 		t.Errorf("45 messages went out in %s, under a minute: the limit was not kept", took)
 	}
-	seen := map[string]int{}
-	for _, m := range u.exo.Messages() {
-		for _, s := range acked {
-			if strings.Contains(string(m.Data), "Subject: "+s+"\r\n") {
-				seen[s]++
-			}
-		}
-	}
+	seen := arrivals(u.exo, acked)
 	for _, s := range acked {
 		if seen[s] != 1 {
 			t.Errorf("%s arrived %d times", s, seen[s])
