@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/smtpbridge/smtpbridge/internal/tempdir"
 )
 
 func write(t *testing.T, s *Spool, device string, n int) (Meta, error) {
@@ -24,7 +26,7 @@ func write(t *testing.T, s *Spool, device string, n int) (Meta, error) {
 // spool as a whole stops at MaxBytes; what leaves frees its room; usage
 // is counted again at Open.
 func TestQuota(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)

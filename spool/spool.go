@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/durable"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -124,7 +125,7 @@ func (s *Spool) recover() error {
 			if _, err := os.Stat(s.metaPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
 				if _, err := os.Stat(s.metaPath(deadDir, id)); err == nil {
 					// A crash in the middle of Requeue: undo it.
-					if err := os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
+					if err := durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
 						return fmt.Errorf("spool: %w", err)
 					}
 					continue
@@ -282,7 +283,7 @@ func (w *Writer) Commit() (Meta, error) {
 	if err := w.f.Close(); err != nil {
 		return fail(fmt.Errorf("spool: close message: %w", err))
 	}
-	if err := os.Rename(w.f.Name(), w.s.dataPath(queueDir, m.ID)); err != nil {
+	if err := durable.Rename(w.f.Name(), w.s.dataPath(queueDir, m.ID)); err != nil {
 		return fail(fmt.Errorf("spool: %w", err))
 	}
 	if err := w.s.writeMeta(queueDir, m); err != nil {
@@ -319,7 +320,7 @@ func (s *Spool) writeMeta(dir string, m Meta) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("spool: write metadata: %w", err)
 	}
-	if err := os.Rename(f.Name(), s.metaPath(dir, m.ID)); err != nil {
+	if err := durable.Rename(f.Name(), s.metaPath(dir, m.ID)); err != nil {
 		os.Remove(f.Name())
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -444,7 +445,7 @@ func (s *Spool) Bury(m Meta, reason string) error {
 		return err
 	}
 	m.DeadReason = reason
-	if err := os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
+	if err := durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	if err := s.writeMeta(deadDir, m); err != nil {
@@ -517,11 +518,11 @@ func (s *Spool) Requeue(id string) (Meta, error) {
 	m.DeadReason, m.Requeued, m.NextAttempt = "", now, now
 	// Data first, then the queue's record, then the dead one's: Open
 	// finishes or undoes a crash at any point.
-	if err := os.Rename(s.dataPath(deadDir, id), s.dataPath(queueDir, id)); err != nil {
+	if err := durable.Rename(s.dataPath(deadDir, id), s.dataPath(queueDir, id)); err != nil {
 		return Meta{}, fmt.Errorf("spool: %w", err)
 	}
 	if err := s.writeMeta(queueDir, m); err != nil {
-		os.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id))
+		durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id))
 		return Meta{}, err
 	}
 	os.Remove(s.metaPath(deadDir, id))
@@ -546,13 +547,8 @@ func (s *Spool) RemoveDead(id string) error {
 }
 
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return fmt.Errorf("spool: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("spool: sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -5,10 +5,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/tempdir"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -28,7 +30,7 @@ func put(t *testing.T, s *Spool, body string) Meta {
 }
 
 func TestCommitListOpenRemove(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +84,7 @@ func TestCommitListOpenRemove(t *testing.T) {
 }
 
 func TestAbortAndCrashLeftovers(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +115,7 @@ func TestAbortAndCrashLeftovers(t *testing.T) {
 }
 
 func TestBury(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, _ := Open(dir)
 	m := put(t, s, "x\r\n")
 	if err := s.Bury(m, "554 5.2.252 SendAsDenied"); err != nil {
@@ -141,16 +143,17 @@ func TestBury(t *testing.T) {
 }
 
 func TestUnwritableSpool(t *testing.T) {
-	if os.Geteuid() == 0 {
-		// root ignores directory permissions; use a path under a file.
-		f := filepath.Join(t.TempDir(), "file")
+	if os.Geteuid() == 0 || runtime.GOOS == "windows" {
+		// root ignores directory permissions, and Windows has no modes;
+		// use a path under a file.
+		f := filepath.Join(tempdir.New(t), "file")
 		os.WriteFile(f, nil, 0o600)
 		if _, err := Open(filepath.Join(f, "spool")); err == nil {
 			t.Fatal("Open under a file succeeded")
 		}
 		return
 	}
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, _ := Open(dir)
 	os.Chmod(filepath.Join(dir, "tmp"), 0o500)
 	defer os.Chmod(filepath.Join(dir, "tmp"), 0o700)
@@ -172,14 +175,14 @@ func TestIDs(t *testing.T) {
 		if validID(bad) {
 			t.Errorf("validID(%q)", bad)
 		}
-		if _, err := (&Spool{dir: t.TempDir()}).Open(bad); !errors.Is(err, ErrNotFound) {
+		if _, err := (&Spool{dir: tempdir.New(t)}).Open(bad); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Open(%q) = %v", bad, err)
 		}
 	}
 }
 
 func TestRequeueAndRemoveDead(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	s, _ := Open(dir)
 	m := put(t, s, "x\r\n")
 	if err := s.Bury(m, "expired"); err != nil {
@@ -224,7 +227,7 @@ func TestRequeueAndRemoveDead(t *testing.T) {
 }
 
 func TestLock(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t)
 	unlock, err := Lock(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/smtpbridge/smtpbridge/internal/durable"
 )
 
 // WriteJSON writes v as JSON to path (mode 0600) through a temporary file
@@ -30,8 +32,12 @@ func WriteJSON(path string, v any) error {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := durable.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	// The rename on disk too: a crash must not bring back the old file.
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
 	return nil

@@ -1,5 +1,3 @@
-//go:build unix
-
 package spool
 
 import (
@@ -7,7 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"github.com/smtpbridge/smtpbridge/internal/durable"
 )
 
 // ErrLocked is returned by Lock when another process holds the spool.
@@ -21,16 +20,15 @@ func Lock(dir string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err = durable.Lock(filepath.Join(dir, "lock"))
+	if errors.Is(err, durable.ErrLocked) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrLocked)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", dir, ErrLocked)
-		}
-		return nil, fmt.Errorf("spool: lock %s: %w", dir, err)
-	}
-	return func() { f.Close() }, nil
+	return unlock, nil
 }
+
+// freeBytes is the space left to the bridge's user on dir's filesystem.
+func freeBytes(dir string) (int64, error) { return durable.FreeBytes(dir) }
