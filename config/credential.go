@@ -96,8 +96,8 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 // checkSecretFile warns when a file holding a secret is readable by users
 // other than its owner and group.
 func (l *loader) checkSecretFile(key, path string) {
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 {
-		l.warnf(key, "%s holds a secret and is readable by every user on this host; chmod o-r %s", path, path)
+	if exposed, fix := secret.Exposed(path); exposed {
+		l.warnf(key, "%s holds a secret and is readable by every user on this host; %s", path, fix)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -143,8 +144,8 @@ type loader struct {
 // (not from ${VAR} or a _file setting) and every user on the host can read
 // it.
 func (l *loader) checkInlineSecrets(c *Config) {
-	fi, err := os.Stat(l.file)
-	if err != nil || fi.Mode().Perm()&0o004 == 0 || c.Sandbox.Dir != "" {
+	exposed, fix := secret.Exposed(l.file)
+	if !exposed || c.Sandbox.Dir != "" {
 		// A sandbox config's secrets only open the in-process fakes.
 		return
 	}
@@ -153,8 +154,8 @@ func (l *loader) checkInlineSecrets(c *Config) {
 			k := fmt.Sprintf("tenants[%d].%s", i, key)
 			inline := key == "client_secret" && t.ClientSecret != "" || key == "certificate_password" && t.CertificatePassword != "" && t.CertificatePasswordFile == ""
 			if inline && !l.fromEnv[k] {
-				l.warnf(k, "the config file holds this secret and is readable by every user on this host; chmod o-r %s, or move the secret to an environment variable (\"${VAR}\") or %s_file",
-					l.file, key)
+				l.warnf(k, "the config file holds this secret and is readable by every user on this host; %s, or move the secret to an environment variable (\"${VAR}\") or %s_file",
+					fix, key)
 			}
 		}
 	}

@@ -1,0 +1,172 @@
+//go:build wine
+
+// Package wine runs smtpbridge's Windows build under Wine: the
+// Windows-specific packages' test binaries, and smtpbridge.exe itself
+// (version, check-config, serve in sandbox mode taking a message from
+// swaks). It needs wine64, mingw-w64 (for the ProcessPrng stand-in,
+// setup.sh) and swaks; .ci/run installs them.
+package wine
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var root, _ = filepath.Abs(filepath.Join("..", ".."))
+
+// prefix makes the Wine prefix once and returns wine64's path.
+var prefix = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "wineprefix")
+	if err != nil {
+		return "", err
+	}
+	os.Setenv("WINEPREFIX", dir)
+	os.Setenv("WINEDEBUG", "-all")
+	out, err := exec.Command(filepath.Join(root, "tools", "wine", "setup.sh")).CombinedOutput()
+	if err != nil {
+		return "", &exec.ExitError{Stderr: out}
+	}
+	return strings.TrimSpace(string(out)), nil
+})
+
+func wine(t *testing.T) string {
+	t.Helper()
+	w, err := prefix()
+	if err != nil {
+		t.Fatalf("wine prefix: %v", err)
+	}
+	return w
+}
+
+// goWindows runs go with GOOS=windows in the module's root.
+func goWindows(t *testing.T, args ...string) {
+	t.Helper()
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// The packages whose behaviour differs on Windows, their tests built for
+// Windows and run under Wine in their own directory.
+func TestWindowsPackages(t *testing.T) {
+	w := wine(t)
+	for _, pkg := range []string{"internal/durable", "internal/statefile", "spool", "internal/secret", "cmd/smtpbridge/winsvc"} {
+		t.Run(pkg, func(t *testing.T) {
+			if _, err := os.Stat(filepath.Join(root, pkg)); err != nil {
+				t.Fatalf("%s: %v", pkg, err)
+			}
+			exe := filepath.Join(t.TempDir(), filepath.Base(pkg)+".test.exe")
+			goWindows(t, "test", "-c", "-o", exe, "./"+pkg)
+			if _, err := os.Stat(exe); err != nil {
+				t.Skipf("%s has no tests", pkg) // never for the packages listed
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, w, exe, "-test.count=1", "-test.v")
+			cmd.Dir = filepath.Join(root, pkg)
+			if pkg == "internal/secret" {
+				// Wine makes a file's ACL from its Unix mode.
+				acl := t.TempDir()
+				os.WriteFile(filepath.Join(acl, "private.txt"), []byte("s"), 0o600)
+				os.WriteFile(filepath.Join(acl, "public.txt"), []byte("s"), 0o644)
+				os.Chmod(filepath.Join(acl, "public.txt"), 0o644)
+				cmd.Env = append(os.Environ(), "SECRET_ACL_DIR=Z:"+strings.ReplaceAll(acl, "/", `\`))
+			}
+			out, err := cmd.CombinedOutput()
+			if err != nil || !bytes.Contains(out, []byte("\nPASS")) {
+				t.Errorf("%s under Wine: %v\n%s", pkg, err, out)
+			}
+		})
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// smtpbridge.exe under Wine, as a Windows user would run it from a
+// directory with a space, with a config path in backslashes.
+func TestExe(t *testing.T) {
+	w := wine(t)
+	swaks, err := exec.LookPath("swaks")
+	if err != nil {
+		t.Fatal("swaks is not installed (apt-get install swaks)")
+	}
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "smtpbridge.exe")
+	goWindows(t, "build", "-o", exe, "./cmd/smtpbridge")
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(w, append([]string{exe}, args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("version"); err != nil || !strings.HasPrefix(out, "smtpbridge ") {
+		t.Fatalf("smtpbridge.exe version: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(root, "examples", "sandbox.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpAddr, httpAddr := freePort(t), freePort(t)
+	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
+	os.MkdirAll(filepath.Join(dir, "conf dir"), 0o755)
+	os.WriteFile(filepath.Join(dir, "conf dir", "sandbox.yaml"), []byte(cfg), 0o644)
+	if out, err := run("check-config", "--config", `conf dir\sandbox.yaml`); err != nil || !strings.Contains(out, "OK") {
+		t.Fatalf("check-config: %v\n%s", err, out)
+	}
+
+	cmd := exec.Command(w, exe, "serve", "--config", `conf dir\sandbox.yaml`)
+	cmd.Dir = dir
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		exec.Command(filepath.Join(filepath.Dir(w), "wineserver64"), "-k").Run()
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", smtpAddr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("smtpbridge.exe never listened on %s\n%s", smtpAddr, logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, err := exec.Command(swaks, "--server", smtpAddr, "--auth", "LOGIN", "--auth-user", "mfp-sandbox", "--auth-password", "scan-to-mail",
+		"--from", "printer@lan.example", "--to", "someone@example.com", "--body", "through Wine").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "250 2.0.0 OK") {
+		t.Fatalf("swaks: %v\n%s\n%s", err, out, logs.String())
+	}
+	// sandbox.dir is ../sandbox-mail from the config's directory.
+	emls, _ := filepath.Glob(filepath.Join(dir, "sandbox-mail", "*.eml"))
+	if len(emls) != 1 {
+		t.Fatalf("%d .eml files in sandbox-mail, want 1\n%s", len(emls), logs.String())
+	}
+	if b, _ := os.ReadFile(emls[0]); !bytes.Contains(b, []byte("through Wine")) {
+		t.Errorf("the .eml:\n%s", b)
+	}
+}
