@@ -12,12 +12,12 @@ import (
 // broad are the groups a secret must not be readable by: every user of
 // the machine or the domain, and guests.
 var broad = []windows.WELL_KNOWN_SID_TYPE{
-	windows.WinWorldSid,              // Everyone
-	windows.WinBuiltinUsersSid,       // BUILTIN\Users
-	windows.WinAuthenticatedUserSid,  // Authenticated Users
-	windows.WinBuiltinGuestsSid,      // BUILTIN\Guests
-	windows.WinAnonymousSid,          // ANONYMOUS LOGON
-	windows.WinInteractiveSid,        // INTERACTIVE
+	windows.WinWorldSid,             // Everyone
+	windows.WinBuiltinUsersSid,      // BUILTIN\Users
+	windows.WinAuthenticatedUserSid, // Authenticated Users
+	windows.WinBuiltinGuestsSid,     // BUILTIN\Guests
+	windows.WinAnonymousSid,         // ANONYMOUS LOGON
+	windows.WinInteractiveSid,       // INTERACTIVE
 }
 
 // readRights are the access rights that let a holder read a file's data.
