@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 
@@ -73,6 +74,8 @@ Usage:
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
   smtpbridge reload [--config FILE]                reload the running bridge's config
   smtpbridge drain [--config FILE] [--timeout D]   deliver the queue before a stop (preStop)
+  smtpbridge service install|uninstall|start|stop|status [--config FILE]
+                                                   the Windows service
   smtpbridge version                               print the version
 
 SMTPBRIDGE_CONFIG may name the config file instead of --config.
@@ -104,6 +107,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdReload(rest, stdout, stderr)
 	case "drain":
 		err = cmdDrain(rest, stdout, stderr)
+	case "service":
+		err = cmdService(rest, stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(rest, stdout, stderr)
 	case "send-test":
@@ -137,7 +142,34 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // configFlag adds --config to fs, defaulting to $SMTPBRIDGE_CONFIG.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", os.Getenv("SMTPBRIDGE_CONFIG"), "config file (default $SMTPBRIDGE_CONFIG)")
+	return fs.String("config", defaultConfig(), "config file (default $SMTPBRIDGE_CONFIG; on Windows, %ProgramData%\\smtpbridge\\smtpbridge.yaml)")
+}
+
+// defaultConfig is $SMTPBRIDGE_CONFIG, or on Windows the config the MSI
+// installs, if it is there.
+func defaultConfig() string {
+	if p := os.Getenv("SMTPBRIDGE_CONFIG"); p != "" {
+		return p
+	}
+	if runtime.GOOS == "windows" {
+		if p := filepath.Join(programData(), "smtpbridge", "smtpbridge.yaml"); fileExists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// programData is %ProgramData% (C:\ProgramData).
+func programData() string {
+	if p := os.Getenv("ProgramData"); p != "" {
+		return p
+	}
+	return `C:\ProgramData`
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {

@@ -87,7 +87,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return serve(ctx, cfg, *sandboxDir, log, hup)
+	return serve(ctx, cfg, *sandboxDir, log, hup, nil)
 }
 
 // daemon is a running bridge: its parts, and the config they were built
@@ -139,7 +139,7 @@ type daemon struct {
 
 // serve runs the bridge until ctx ends, reloading the config on each value
 // from hup.
-func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerolog.Logger, hup <-chan os.Signal) error {
+func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerolog.Logger, hup <-chan os.Signal, started func()) error {
 	d := &daemon{log: log, cfg: cfg, sandboxDir: sandboxDir, hostname: cfg.Hostname}
 	if d.hostname == "" {
 		h, err := os.Hostname()
@@ -342,13 +342,16 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	d.srv.Serve()
 	log.Info().Str("version", buildVersion()).Str("hostname", d.hostname).Str("http", d.httpLn.Addr().String()).
 		Int("devices", len(cfg.Devices)).Int("tenants", len(cfg.Tenants)).Msg("smtpbridge started")
+	if started != nil {
+		started()
+	}
 
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
-		case <-hup:
-			d.reload("SIGHUP")
+		case sig := <-hup:
+			d.reload(reloadSource(sig))
 		}
 	}
 
@@ -434,6 +437,15 @@ func (d *daemon) knownReplicas() []status.Replica {
 			Queued: r.Queued, Deferred: r.Deferred, Dead: r.Dead, Oldest: r.Oldest, At: r.At})
 	}
 	return out
+}
+
+// reloadSource names what asked for a reload, for the log and the audit
+// event: SIGHUP, or the Windows service's paramchange.
+func reloadSource(sig os.Signal) string {
+	if sig == paramChange {
+		return "paramchange"
+	}
+	return "SIGHUP"
 }
 
 func deadline(ctx context.Context) time.Time {

@@ -10,6 +10,7 @@ package wine
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -30,7 +31,9 @@ var prefix = sync.OnceValues(func() (string, error) {
 	}
 	os.Setenv("WINEPREFIX", dir)
 	os.Setenv("WINEDEBUG", "-all")
-	out, err := exec.Command(filepath.Join(root, "tools", "wine", "setup.sh")).CombinedOutput()
+	setup := exec.Command(filepath.Join(root, "tools", "wine", "setup.sh"))
+	setup.WaitDelay = 10 * time.Second // wineserver outlives it, holding its output
+	out, err := setup.Output()
 	if err != nil {
 		return "", &exec.ExitError{Stderr: out}
 	}
@@ -61,7 +64,7 @@ func goWindows(t *testing.T, args ...string) {
 // Windows and run under Wine in their own directory.
 func TestWindowsPackages(t *testing.T) {
 	w := wine(t)
-	for _, pkg := range []string{"internal/durable", "internal/statefile", "spool", "internal/secret", "cmd/smtpbridge/winsvc"} {
+	for _, pkg := range []string{"internal/durable", "internal/statefile", "spool", "internal/secret", "internal/winsvc"} {
 		t.Run(pkg, func(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(root, pkg)); err != nil {
 				t.Fatalf("%s: %v", pkg, err)
@@ -74,6 +77,7 @@ func TestWindowsPackages(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, w, exe, "-test.count=1", "-test.v")
+			cmd.WaitDelay = 10 * time.Second
 			cmd.Dir = filepath.Join(root, pkg)
 			if pkg == "internal/secret" {
 				// Wine makes a file's ACL from its Unix mode.
@@ -115,6 +119,7 @@ func TestExe(t *testing.T) {
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(w, append([]string{exe}, args...)...)
 		cmd.Dir = dir
+		cmd.WaitDelay = 10 * time.Second
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -135,6 +140,7 @@ func TestExe(t *testing.T) {
 
 	cmd := exec.Command(w, exe, "serve", "--config", `conf dir\sandbox.yaml`)
 	cmd.Dir = dir
+	cmd.WaitDelay = 10 * time.Second
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -168,5 +174,101 @@ func TestExe(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(emls[0]); !bytes.Contains(b, []byte("through Wine")) {
 		t.Errorf("the .eml:\n%s", b)
+	}
+}
+
+// The Windows service under Wine's service control manager: install on
+// a config, start, a message through it, reload (ParamChange), stop,
+// uninstall.
+func TestService(t *testing.T) {
+	w := wine(t)
+	swaks, err := exec.LookPath("swaks")
+	if err != nil {
+		t.Fatal("swaks is not installed (apt-get install swaks)")
+	}
+	// Wine's service manager lives as long as its wineserver: keep it up
+	// between the commands.
+	wineserver := filepath.Join(filepath.Dir(w), "wineserver64")
+	exec.Command(wineserver, "-k").Run()
+	// No pipes: the persistent wineserver would hold them open.
+	if err := exec.Command(wineserver, "-p").Run(); err != nil {
+		t.Fatalf("wineserver -p: %v", err)
+	}
+	// Wine's own processes (services.exe, the service manager) start
+	// with the first command and keep its output open: start them here,
+	// without pipes.
+	if err := exec.Command(w, "wineboot").Run(); err != nil {
+		t.Fatalf("wineboot: %v", err)
+	}
+	t.Cleanup(func() { exec.Command(wineserver, "-k").Run() })
+
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "smtpbridge.exe")
+	goWindows(t, "build", "-o", exe, "./cmd/smtpbridge")
+	run := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, w, append([]string{exe}, args...)...)
+		cmd.Dir = dir
+		cmd.WaitDelay = 10 * time.Second
+		out, err := cmd.CombinedOutput()
+		if errors.Is(err, exec.ErrWaitDelay) {
+			err = nil // it exited; a Wine process it started holds its output
+		}
+		return string(out), err
+	}
+	data, err := os.ReadFile(filepath.Join(root, "examples", "sandbox.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpAddr, httpAddr := freePort(t), freePort(t)
+	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
+	os.MkdirAll(filepath.Join(dir, "Program Data"), 0o755)
+	os.WriteFile(filepath.Join(dir, "Program Data", "smtpbridge.yaml"), []byte(cfg), 0o600)
+	config := `Program Data\smtpbridge.yaml`
+	logFile := filepath.Join(dir, "Program Data", "smtpbridge.log")
+
+	step := func(want string, args ...string) {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil || !strings.Contains(out, want) {
+			log, _ := os.ReadFile(logFile)
+			t.Fatalf("smtpbridge.exe %s: %v\n%s\nservice log:\n%s", strings.Join(args, " "), err, out, log)
+		}
+	}
+	step("installed the service smtpbridge", "service", "install", "--config", config)
+	t.Cleanup(func() { run("service", "uninstall") })
+	step("smtpbridge: stopped", "service", "status")
+	step("is running", "service", "start")
+	step("smtpbridge: running", "service", "status")
+	out, err := exec.Command(swaks, "--server", smtpAddr, "--auth", "LOGIN", "--auth-user", "mfp-sandbox", "--auth-password", "scan-to-mail",
+		"--from", "printer@lan.example", "--to", "someone@example.com", "--body", "through the service").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "250 2.0.0 OK") {
+		log, _ := os.ReadFile(logFile)
+		t.Fatalf("swaks through the service: %v\n%s\nservice log:\n%s", err, out, log)
+	}
+	if emls, _ := filepath.Glob(filepath.Join(dir, "sandbox-mail", "*.eml")); len(emls) != 1 {
+		t.Errorf("%d .eml files, want 1", len(emls))
+	}
+	step("asked the service smtpbridge to reload", "service", "reload")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		log, _ := os.ReadFile(logFile)
+		if bytes.Contains(log, []byte("configuration reloaded")) && bytes.Contains(log, []byte("paramchange")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload in the service's log after ParamChange:\n%s", log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	step("is stopped", "service", "stop")
+	step("smtpbridge: stopped", "service", "status")
+	if log, _ := os.ReadFile(logFile); !bytes.Contains(log, []byte("stopped")) || !bytes.Contains(log, []byte("shutting down")) {
+		t.Errorf("the service did not shut down gracefully:\n%s", log)
+	}
+	step("removed the service", "service", "uninstall")
+	if out, err := run("service", "status"); err == nil || !strings.Contains(out, "not installed") {
+		t.Errorf("status after uninstall: %v\n%s", err, out)
 	}
 }

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/smtpbridge/smtpbridge/internal/winsvc"
+)
+
+const serviceUsage = `Usage: smtpbridge service COMMAND [--config FILE]
+
+The Windows service (run as Administrator):
+  install [--automatic]  register the service to run "serve" on FILE
+                         (default %ProgramData%\smtpbridge\smtpbridge.yaml),
+                         restarting on failure; --automatic starts it at
+                         boot (default: when started). The config is
+                         checked first.
+  uninstall              stop and remove it (config, spool and logs stay)
+  start, stop, status    as sc start/stop/query smtpbridge
+  reload                 reload the running service's config (as
+                         sc control smtpbridge paramchange, or SIGHUP
+                         on Linux)
+
+The service logs start, stop and fatal errors to the Event Log (source
+smtpbridge) and everything else to smtpbridge.log next to the config;
+sc control smtpbridge paramchange reloads the config, as SIGHUP on Linux.
+
+Flags:
+`
+
+func cmdService(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprint(stdout, serviceUsage)
+			return nil
+		}
+		return usageError{"service: name a command: install, uninstall, start, stop, reload, status (see smtpbridge service --help)"}
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("service "+sub, flag.ContinueOnError)
+	path := configFlag(fs)
+	automatic := fs.Bool("automatic", false, "install: start the service at boot")
+	fs.Usage = func() { fmt.Fprint(stderr, serviceUsage); fs.PrintDefaults() }
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	configPath := func() (string, error) {
+		p := *path
+		if p == "" {
+			p = filepath.Join(programData(), "smtpbridge", "smtpbridge.yaml")
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", usageError{fmt.Sprintf("--config %q: %v", p, err)}
+		}
+		return abs, nil
+	}
+	switch sub {
+	case "install":
+		cfgPath, err := configPath()
+		if err != nil {
+			return err
+		}
+		if _, err := loadConfig(cfgPath, stderr); err != nil {
+			return fmt.Errorf("service install: fix the config first (smtpbridge check-config --config %q): %w", cfgPath, err)
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("service install: %w", err)
+		}
+		if err := winsvc.Install(exe, []string{"service", "run", "--config", cfgPath}, *automatic); err != nil {
+			return fmt.Errorf("service install: %w", err)
+		}
+		fmt.Fprintf(stdout, "installed the service %s (config %s); start it with: smtpbridge service start\n", winsvc.Name, cfgPath)
+		return nil
+	case "uninstall":
+		if err := winsvc.Uninstall(); err != nil {
+			return fmt.Errorf("service uninstall: %w", err)
+		}
+		fmt.Fprintf(stdout, "removed the service %s; its config, spool and logs stay\n", winsvc.Name)
+		return nil
+	case "start":
+		if err := winsvc.Start(); err != nil {
+			return fmt.Errorf("service start: %w", err)
+		}
+		fmt.Fprintf(stdout, "the service %s is running\n", winsvc.Name)
+		return nil
+	case "stop":
+		if err := winsvc.StopService(); err != nil {
+			return fmt.Errorf("service stop: %w", err)
+		}
+		fmt.Fprintf(stdout, "the service %s is stopped\n", winsvc.Name)
+		return nil
+	case "reload":
+		if err := winsvc.Reload(); err != nil {
+			return fmt.Errorf("service reload: %w", err)
+		}
+		fmt.Fprintf(stdout, "asked the service %s to reload its config; its log says how it went\n", winsvc.Name)
+		return nil
+	case "status":
+		st, err := winsvc.Status()
+		if err != nil {
+			return fmt.Errorf("service status: %w", err)
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", winsvc.Name, st)
+		return nil
+	case "run":
+		cfgPath, err := configPath()
+		if err != nil {
+			return err
+		}
+		return runService(cfgPath)
+	}
+	return usageError{fmt.Sprintf("service: unknown command %q (install, uninstall, start, stop, reload, status)", sub)}
+}
+
+// runService is the service's process: serve on the config, its log in
+// smtpbridge.log beside it (reopened on each reload, so that the file
+// can be rotated), under the control manager.
+func runService(cfgPath string) error {
+	logPath := filepath.Join(filepath.Dir(cfgPath), "smtpbridge.log")
+	lw := &reopener{path: logPath}
+	if err := lw.reopen(); err != nil {
+		return fmt.Errorf("service: log file: %w", err)
+	}
+	defer lw.Close()
+	return winsvc.Run(func(ctx context.Context, reload <-chan os.Signal, started func()) error {
+		cfg, err := loadConfig(cfgPath, lw)
+		if err != nil {
+			return err
+		}
+		log := newLogger(cfg.Log, lw)
+		for _, p := range cfg.Warnings {
+			log.Warn().Str("key", p.Key).Int("line", p.Line).Msg(p.Message)
+		}
+		hup := make(chan os.Signal, 1)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-reload:
+					if err := lw.reopen(); err != nil {
+						log.Warn().Err(err).Msg("could not reopen the log file; still writing to the old one")
+					}
+					select {
+					case hup <- paramChange:
+					default:
+					}
+				}
+			}
+		}()
+		return serve(ctx, cfg, "", log, hup, started)
+	})
+}
+
+// paramChange is the reload the Windows service asks for.
+var paramChange os.Signal = serviceSignal("paramchange")
+
+type serviceSignal string
+
+func (s serviceSignal) String() string { return string(s) }
+func (s serviceSignal) Signal()        {}
+
+// reopener is a log file that can be reopened under the same name.
+type reopener struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+func (r *reopener) reopen() error {
+	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	old := r.f
+	r.f = f
+	r.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+func (r *reopener) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		return 0, errors.New("log file closed")
+	}
+	return r.f.Write(p)
+}
+
+func (r *reopener) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		return nil
+	}
+	err := r.f.Close()
+	r.f = nil
+	return err
+}
