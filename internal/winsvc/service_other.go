@@ -15,7 +15,9 @@ var ErrNotWindows = errors.New("smtpbridge service manages a Windows service; on
 func IsService() bool { return false }
 
 // Run is for Windows only.
-func Run(func(ctx context.Context, reload <-chan os.Signal, started func()) error) error { return ErrNotWindows }
+func Run(func(ctx context.Context, reload <-chan os.Signal, started func()) error) error {
+	return ErrNotWindows
+}
 
 // Install is for Windows only.
 func Install(string, []string, bool) error { return ErrNotWindows }
