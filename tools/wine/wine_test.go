@@ -272,3 +272,68 @@ func TestService(t *testing.T) {
 		t.Errorf("status after uninstall: %v\n%s", err, out)
 	}
 }
+
+// The MSI under Wine's msiexec: installed, the binary in Program Files
+// and the configs in ProgramData, the service registered and stopped;
+// uninstalled, the binary and the service gone, the edited config kept.
+func TestMSI(t *testing.T) {
+	w := wine(t)
+	dist := t.TempDir()
+	rel := exec.Command("go", "run", "./tools/release", "--out", dist, "0.9.2")
+	rel.Dir = root
+	if out, err := rel.CombinedOutput(); err != nil {
+		t.Fatalf("release: %v\n%s", err, out)
+	}
+	msi := filepath.Join(dist, "smtpbridge_0.9.2_windows_amd64.msi")
+	wineserver := filepath.Join(filepath.Dir(w), "wineserver64")
+	exec.Command(wineserver, "-k").Run()
+	if err := exec.Command(wineserver, "-p").Run(); err != nil {
+		t.Fatalf("wineserver -p: %v", err)
+	}
+	t.Cleanup(func() { exec.Command(wineserver, "-k").Run() })
+	if err := exec.Command(w, "wineboot").Run(); err != nil {
+		t.Fatalf("wineboot: %v", err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, w, args...)
+		cmd.WaitDelay = 10 * time.Second
+		out, err := cmd.CombinedOutput()
+		if err != nil && !errors.Is(err, exec.ErrWaitDelay) {
+			t.Fatalf("wine %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	drive := filepath.Join(os.Getenv("WINEPREFIX"), "drive_c")
+	exe := filepath.Join(drive, "Program Files", "smtpbridge", "smtpbridge.exe")
+	cfg := filepath.Join(drive, "ProgramData", "smtpbridge", "smtpbridge.yaml")
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(cfg)) })
+	run("msiexec", "/i", msi, "/qn")
+	for _, f := range []string{exe, cfg, filepath.Join(filepath.Dir(cfg), "sandbox.yaml")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("after msiexec /i: %v", err)
+		}
+	}
+	if out := run(`C:\Program Files\smtpbridge\smtpbridge.exe`, "version"); !strings.HasPrefix(out, "smtpbridge 0.9.2 ") {
+		t.Errorf("installed version: %q", out)
+	}
+	if out := run(`C:\Program Files\smtpbridge\smtpbridge.exe`, "service", "status"); !strings.Contains(out, "smtpbridge: stopped") {
+		t.Errorf("the service after install (registered, not started): %q", out)
+	}
+	f, _ := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("# edited by the admin\n")
+	f.Close()
+	run("msiexec", "/x", msi, "/qn")
+	if _, err := os.Stat(exe); err == nil {
+		t.Error("msiexec /x left smtpbridge.exe")
+	}
+	if b, err := os.ReadFile(cfg); err != nil || !bytes.Contains(b, []byte("# edited by the admin")) {
+		t.Errorf("msiexec /x did not keep the edited config: %v", err)
+	}
+	// sc query fails for a service that does not exist.
+	if out, err := exec.Command(w, "sc", "query", "smtpbridge").CombinedOutput(); err == nil || strings.Contains(string(out), "STATE") {
+		t.Errorf("the service is still registered after uninstall: %v\n%s", err, out)
+	}
+}

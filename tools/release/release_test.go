@@ -1,0 +1,167 @@
+//go:build packaging
+
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func sh(t *testing.T, wantErr bool, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if (err != nil) != wantErr {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// The release command, as a maintainer runs it, then its artifacts as
+// users meet them: the checksums, the SBOM, the MSI's tables, and the
+// .deb installed on this machine (root), its unit verified, its binary
+// checking the example, removed with its config kept.
+func TestRelease(t *testing.T) {
+	dist := t.TempDir()
+	var log bytes.Buffer
+	r := &release{version: "0.9.1-test.1", out: dist, msi: true, log: &log}
+	if err := r.run(); err != nil {
+		t.Fatalf("release: %v\n%s", err, log.String())
+	}
+	t.Logf("%s", log.String())
+	want := []string{"bin/linux_amd64/smtpbridge", "bin/linux_arm64/smtpbridge", "bin/windows_amd64/smtpbridge.exe",
+		"smtpbridge_0.9.1-test.1_linux_amd64.tar.gz", "smtpbridge_0.9.1-test.1_linux_arm64.tar.gz", "smtpbridge_0.9.1-test.1_windows_amd64.zip",
+		"smtpbridge_0.9.1-test.1_amd64.deb", "smtpbridge_0.9.1-test.1_arm64.deb", "smtpbridge_0.9.1-test.1_amd64.rpm", "smtpbridge_0.9.1-test.1_arm64.rpm",
+		"smtpbridge_0.9.1-test.1_windows_amd64.msi", "smtpbridge_0.9.1-test.1.cdx.json"}
+	sums, err := os.ReadFile(filepath.Join(dist, "SHA256SUMS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range want {
+		data, err := os.ReadFile(filepath.Join(dist, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		sum := sha256.Sum256(data)
+		if !strings.Contains(string(sums), hex.EncodeToString(sum[:])+"  "+name+"\n") {
+			t.Errorf("SHA256SUMS lacks %s's checksum", name)
+		}
+	}
+	if out := sh(t, false, filepath.Join(dist, "bin", "linux_amd64", "smtpbridge"), "version"); !strings.HasPrefix(out, "smtpbridge 0.9.1-test.1 ") {
+		t.Errorf("the binary's version: %q", out)
+	}
+
+	// The SBOM names the required modules with their versions.
+	var bom struct {
+		BOMFormat  string `json:"bomFormat"`
+		Components []struct{ Name, Version, Purl string }
+	}
+	data, _ := os.ReadFile(filepath.Join(dist, "smtpbridge_0.9.1-test.1.cdx.json"))
+	if err := json.Unmarshal(data, &bom); err != nil || bom.BOMFormat != "CycloneDX" {
+		t.Fatalf("SBOM: %v", err)
+	}
+	names := map[string]bool{}
+	for _, c := range bom.Components {
+		names[c.Name] = c.Version != "" && strings.HasPrefix(c.Purl, "pkg:golang/")
+	}
+	for _, m := range []string{"github.com/emersion/go-smtp", "golang.org/x/oauth2", "github.com/AzureAD/microsoft-authentication-library-for-go",
+		"github.com/prometheus/client_golang", "github.com/rs/zerolog", "stdlib"} {
+		if !names[m] {
+			t.Errorf("the SBOM lacks %s (with a version and purl)", m)
+		}
+	}
+
+	// The MSI: the service, the files and where they go.
+	msi := filepath.Join(dist, "smtpbridge_0.9.1-test.1_windows_amd64.msi")
+	svc := sh(t, false, "msiinfo", "export", msi, "ServiceInstall")
+	for _, w := range []string{"smtpbridge", "LocalSystem", `service run --config "[CommonAppDataFolder]smtpbridge\smtpbridge.yaml"`, "\t3\t"} {
+		if !strings.Contains(svc, w) {
+			t.Errorf("ServiceInstall lacks %q (3: started on demand, not at install):\n%s", w, svc)
+		}
+	}
+	files := sh(t, false, "msiinfo", "export", msi, "File")
+	dirs := sh(t, false, "msiinfo", "export", msi, "Directory")
+	comps := sh(t, false, "msiinfo", "export", msi, "Component")
+	for _, w := range []string{"smtpbridge.exe\tBinary", "smtpbridge.yaml\tConfig", "sandbox.yaml\tSandbox"} {
+		if !strings.Contains(files, w) {
+			t.Errorf("File lacks %q:\n%s", w, files)
+		}
+	}
+	for _, w := range []string{"INSTALLDIR\tProgramFiles64Folder\tsmtpbridge", "DATADIR\tCommonAppDataFolder\tsmtpbridge"} {
+		if !strings.Contains(dirs, w) {
+			t.Errorf("Directory lacks %q:\n%s", w, dirs)
+		}
+	}
+	if !strings.Contains(comps, "DATADIR\t400\t") {
+		t.Errorf("the config's components are not Permanent and NeverOverwrite (400):\n%s", comps)
+	}
+	if svcCtl := sh(t, false, "msiinfo", "export", msi, "ServiceControl"); !strings.Contains(svcCtl, "smtpbridge\t162") {
+		t.Errorf("ServiceControl: want stop on install and uninstall, remove on uninstall (162):\n%s", svcCtl)
+	}
+	if _, err := exec.LookPath("rpm"); err != nil {
+		t.Error("rpm is not installed (apt-get install rpm): the .rpm is not checked")
+	} else {
+		list := sh(t, false, "rpm", "-qlp", filepath.Join(dist, "smtpbridge_0.9.1-test.1_amd64.rpm"))
+		for _, w := range []string{"/usr/bin/smtpbridge", "/usr/lib/systemd/system/smtpbridge.service", "/etc/smtpbridge/smtpbridge.yaml"} {
+			if !strings.Contains(list, w) {
+				t.Errorf("the .rpm lacks %s:\n%s", w, list)
+			}
+		}
+		if cfg := sh(t, false, "rpm", "-qcp", filepath.Join(dist, "smtpbridge_0.9.1-test.1_amd64.rpm")); !strings.Contains(cfg, "/etc/smtpbridge/smtpbridge.yaml") {
+			t.Errorf("the .rpm does not mark the config as a config file:\n%s", cfg)
+		}
+	}
+
+	installDeb(t, filepath.Join(dist, "smtpbridge_0.9.1-test.1_amd64.deb"))
+}
+
+func installDeb(t *testing.T, deb string) {
+	if os.Geteuid() != 0 {
+		t.Fatal("installing the .deb needs root (CI runs as root)")
+	}
+	if out, err := exec.Command("dpkg", "-s", "smtpbridge").CombinedOutput(); err == nil {
+		t.Fatalf("smtpbridge is already installed on this machine; remove it first (dpkg --purge smtpbridge):\n%s", out)
+	}
+	t.Cleanup(func() { exec.Command("dpkg", "--purge", "smtpbridge").Run() })
+	out := sh(t, false, "dpkg", "-i", deb)
+	if !strings.Contains(out, "installed, not started") {
+		t.Errorf("dpkg -i says:\n%s", out)
+	}
+	if v := sh(t, false, "/usr/bin/smtpbridge", "version"); !strings.HasPrefix(v, "smtpbridge 0.9.1-test.1") {
+		t.Errorf("installed version: %q", v)
+	}
+	sh(t, false, "systemd-analyze", "verify", "/usr/lib/systemd/system/smtpbridge.service")
+	if out := sh(t, false, "/usr/bin/smtpbridge", "check-config", "--config", "/usr/share/doc/smtpbridge/examples/sandbox.yaml"); !strings.Contains(out, "OK") {
+		t.Errorf("check-config on the installed sandbox example:\n%s", out)
+	}
+	// The config to edit: check-config names what to fill in.
+	out = sh(t, true, "/usr/bin/smtpbridge", "check-config", "--config", "/etc/smtpbridge/smtpbridge.yaml")
+	for _, w := range []string{"CONTOSO_SECRET", "nothing was started"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("check-config on the unedited /etc/smtpbridge/smtpbridge.yaml lacks %q:\n%s", w, out)
+		}
+	}
+	if fi, err := os.Stat("/etc/smtpbridge/secrets.env"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("secrets.env: %v %v", fi, err)
+	}
+	if out := sh(t, false, "stat", "-c", "%U:%G %a", "/etc/smtpbridge/smtpbridge.yaml", "/var/lib/smtpbridge"); out != "root:smtpbridge 640\nsmtpbridge:smtpbridge 700\n" {
+		t.Errorf("ownership and modes:\n%s", out)
+	}
+	if out, err := exec.Command("systemctl", "is-enabled", "smtpbridge").CombinedOutput(); err == nil && strings.TrimSpace(string(out)) == "enabled" {
+		t.Error("the package enabled the service before it was configured")
+	}
+	sh(t, false, "dpkg", "-r", "smtpbridge")
+	if _, err := os.Stat("/usr/bin/smtpbridge"); err == nil {
+		t.Error("dpkg -r left the binary")
+	}
+	if _, err := os.Stat("/etc/smtpbridge/smtpbridge.yaml"); err != nil {
+		t.Errorf("dpkg -r removed the config: %v", err)
+	}
+}
