@@ -138,7 +138,7 @@ func TestExe(t *testing.T) {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
 
-	cmd := exec.Command(w, exe, "serve", "--config", `conf dir\sandbox.yaml`)
+	cmd := exec.Command(w, exe, "serve", "--config", `conf dir\sandbox.yaml`, "--sandbox", `mail dir`)
 	cmd.Dir = dir
 	cmd.WaitDelay = 10 * time.Second
 	var logs bytes.Buffer
@@ -167,10 +167,10 @@ func TestExe(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "250 2.0.0 OK") {
 		t.Fatalf("swaks: %v\n%s\n%s", err, out, logs.String())
 	}
-	// sandbox.dir is ../sandbox-mail from the config's directory.
-	emls, _ := filepath.Glob(filepath.Join(dir, "sandbox-mail", "*.eml"))
+	// --sandbox DIR, relative to the working directory.
+	emls, _ := filepath.Glob(filepath.Join(dir, "mail dir", "*.eml"))
 	if len(emls) != 1 {
-		t.Fatalf("%d .eml files in sandbox-mail, want 1\n%s", len(emls), logs.String())
+		t.Fatalf("%d .eml files in mail dir, want 1\n%s", len(emls), logs.String())
 	}
 	if b, _ := os.ReadFile(emls[0]); !bytes.Contains(b, []byte("through Wine")) {
 		t.Errorf("the .eml:\n%s", b)
