@@ -76,6 +76,13 @@ type Event struct {
 	Mailbox string // the mailbox it is sent as
 	From    string // the envelope sender given to Exchange
 	Rcpts   int    // recipient count
+	// To are the envelope recipients, on Received (the message trace
+	// finds a message by them).
+	To []string
+	// Remote is the device's address and MessageID its Message-ID
+	// header, on Received.
+	Remote    string
+	MessageID string
 	// Recipient is set on the events of one recipient's own outcome
 	// (refused for good, or for now, while others were delivered).
 	Recipient string

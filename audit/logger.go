@@ -108,6 +108,11 @@ func write(ev *zerolog.Event, e Event) {
 	if e.Rcpts > 0 {
 		ev = ev.Int("rcpts", e.Rcpts)
 	}
+	if len(e.To) > 0 {
+		ev = ev.Strs("to", e.To)
+	}
+	str("remote", e.Remote)
+	str("message_id", e.MessageID)
 	str("recipient", e.Recipient)
 	if e.Size > 0 {
 		ev = ev.Int64("size", e.Size)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/message"
 )
 
 // The sender policy's view of the header block (package header reads it).
@@ -156,3 +157,18 @@ func formatField(name string, a netmail.Address) header.Field {
 }
 
 func mailAddress(a mailaddr.Address) netmail.Address { return netmail.Address{Address: a.String()} }
+
+// messageID is the message's Message-ID without its angle brackets, cut
+// to 256 bytes and cleaned for the log; "" when there is none.
+func messageID(h *header.Header) string {
+	f, i := h.Get("message-id")
+	if i < 0 {
+		return ""
+	}
+	id := strings.TrimSpace(f.Value())
+	id = strings.TrimSuffix(strings.TrimPrefix(id, "<"), ">")
+	if len(id) > 256 {
+		id = id[:256]
+	}
+	return message.CleanText(id)
+}

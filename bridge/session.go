@@ -306,7 +306,8 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 	msg := &message.Message{
 		ID: tx.id, Device: dev.Name, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
 		From: envelopeFrom, To: tx.to, Mode: dev.Mode, DSN: tx.dsn,
-		Body: io.MultiReader(bytes.NewReader(h.Bytes()), newCRLFReader(body)),
+		Body:   io.MultiReader(bytes.NewReader(h.Bytes()), newCRLFReader(body)),
+		Remote: se.remote.String(), MessageID: messageID(h),
 	}
 	receipt, err := se.srv.deliverer.Deliver(ctx, msg)
 	if err != nil {

@@ -47,6 +47,10 @@ type Message struct {
 	// has one refused sends the message to nobody. Sync mode asks it:
 	// only the device can retry, and it can only retry them all.
 	AllRecipients bool
+	// Remote is the device's address, and MessageID its Message-ID
+	// header, for the audit log's received event (the message trace).
+	Remote    string
+	MessageID string
 }
 
 // DSN holds a message's delivery status notification parameters (RFC

@@ -36,7 +36,7 @@ func (q *Queue) spool(m *message.Message, wait bool) (*pending, error) {
 	}
 	return q.add(meta, m.Body, wait, func(meta spool.Meta) {
 		ev := event(audit.Received, meta)
-		ev.Mode = m.Mode
+		ev.Mode, ev.To, ev.Remote, ev.MessageID = m.Mode, m.To, m.Remote, m.MessageID
 		q.o.Events.Observe(ev)
 	})
 }

@@ -72,6 +72,7 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 		return receipt, err
 	}
 	ev := syncEvent(audit.Received, m, counted.n)
+	ev.To, ev.Remote, ev.MessageID = m.To, m.Remote, m.MessageID
 	if err == nil || message.IsPermanent(err) {
 		s.observe(ev)
 	}

@@ -72,6 +72,8 @@ Usage:
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
+  smtpbridge trace --config FILE [--to A] [--device D] [--id ID] [--code C] [--since 2h] [--json|--follow]
+                                                   each matching message's story, from the audit log
   smtpbridge reload [--config FILE]                reload the running bridge's config
   smtpbridge drain [--config FILE] [--timeout D]   deliver the queue before a stop (preStop)
   smtpbridge service install|uninstall|start|stop|status [--config FILE]
@@ -109,6 +111,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdDrain(rest, stdout, stderr)
 	case "service":
 		err = cmdService(rest, stdout, stderr)
+	case "trace":
+		err = cmdTrace(rest, stdout, stderr)
 	case "doctor":
 		err = cmdDoctor(rest, stdout, stderr)
 	case "send-test":

@@ -1,0 +1,88 @@
+package trace
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Text writes the story for a person: a heading with the message's
+// device, tenant and mailbox, then a line per event.
+func (s Story) Text(w io.Writer, loc *time.Location) {
+	var dev, tenant, mailbox string
+	for _, e := range s.Events {
+		dev, tenant, mailbox = cmp.Or(dev, e.Device), cmp.Or(tenant, e.Tenant), cmp.Or(mailbox, e.Mailbox)
+	}
+	fmt.Fprintf(w, "%s  %s", s.ID, cmp.Or(dev, "(no device)"))
+	if tenant != "" {
+		fmt.Fprintf(w, " → %s as %s", tenant, mailbox)
+	}
+	fmt.Fprintln(w)
+	for _, e := range s.Events {
+		fmt.Fprintf(w, "  %s  %s\n", e.Time.In(loc).Format("2006-01-02 15:04:05"), e.Line())
+	}
+}
+
+// Line tells the event in one line.
+func (e Event) Line() string {
+	var b strings.Builder
+	b.WriteString(e.Kind)
+	if e.Attempt > 0 {
+		fmt.Fprintf(&b, " (attempt %d)", e.Attempt)
+	}
+	switch e.Kind {
+	case "received":
+		if e.Remote != "" {
+			fmt.Fprintf(&b, " from %s", e.Remote)
+		}
+		if e.From != "" {
+			fmt.Fprintf(&b, ", sender %s", e.From)
+		}
+		if len(e.To) > 0 {
+			fmt.Fprintf(&b, ", to %s", strings.Join(e.To, ", "))
+		} else if e.Rcpts > 0 {
+			fmt.Fprintf(&b, ", %d recipient(s)", e.Rcpts)
+		}
+		if e.Size > 0 {
+			fmt.Fprintf(&b, ", %d bytes", e.Size)
+		}
+		if e.Mode != "" {
+			fmt.Fprintf(&b, ", %s mode", e.Mode)
+		}
+		if e.MessageID != "" {
+			fmt.Fprintf(&b, ", Message-ID <%s>", e.MessageID)
+		}
+	case "delivered":
+		if e.UpstreamID != "" {
+			fmt.Fprintf(&b, " as %s", e.UpstreamID)
+		}
+	case "rejected":
+		if e.Stage != "" {
+			fmt.Fprintf(&b, " at %s", strings.ToUpper(e.Stage))
+		}
+	}
+	if e.Recipient != "" {
+		fmt.Fprintf(&b, ", recipient %s", e.Recipient)
+	}
+	if e.Reason != "" {
+		fmt.Fprintf(&b, ", %s", e.Reason)
+	}
+	if e.Reply != "" {
+		fmt.Fprintf(&b, ": %s", e.Reply)
+	}
+	if e.Detail != "" && (e.Reply == "" || !strings.Contains(e.Detail, e.Reply)) {
+		fmt.Fprintf(&b, " (%s)", e.Detail)
+	}
+	if !e.NextAttempt.IsZero() {
+		fmt.Fprintf(&b, "; next attempt %s", e.NextAttempt.Local().Format("15:04:05"))
+	}
+	if e.RetryBy == "device" {
+		b.WriteString("; the device retries")
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(&b, "\n                       hint: %s", e.Hint)
+	}
+	return b.String()
+}
