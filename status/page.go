@@ -78,7 +78,7 @@ const maxDeadShown = 20
 //go:embed page.html
 var pageHTML string
 
-var pageTmpl = template.Must(template.New("page").Parse(pageHTML))
+var pageTmpl = template.Must(template.Must(template.New("page").Parse(pageHTML)).Parse(styleHTML))
 
 // Handler serves the status page: one server-rendered HTML page with its
 // styles inline, no script and no external asset, so that it works on a

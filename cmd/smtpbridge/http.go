@@ -11,6 +11,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/httpauth"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/status"
+	"github.com/smtpbridge/smtpbridge/trace"
 )
 
 // handler is everything the http listener serves:
@@ -27,6 +28,9 @@ func (d *daemon) handler() http.Handler {
 		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas})
 	mux.Handle("GET /{$}", httpauth.Basic(page, d.pageAuth))
 	mux.Handle("GET /metrics", httpauth.Basic(d.m.Handler(), d.pageAuth))
+	traceH := httpauth.Basic(status.TraceHandler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.searchAudit()), d.pageAuth)
+	mux.Handle("GET /trace", traceH)
+	mux.Handle("GET /message/{id}", traceH)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		text(w, http.StatusOK, "ok\n")
 	})
@@ -107,6 +111,26 @@ func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
 	}
 	d.log.Info().Int("retried", n).Msg("draining: not ready for new devices; every queued message is due now")
 	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"retried": n})
+}
+
+// searchAudit searches the audit log the config names now (nil without
+// one, when the bridge starts; a reload that sets it takes effect at
+// the next search).
+func (d *daemon) searchAudit() status.Searcher {
+	return func(q trace.Query, limit int) ([]trace.Story, error) {
+		d.mu.Lock()
+		path := d.cfg.Log.AuditFile
+		d.mu.Unlock()
+		if path == "" {
+			return nil, errors.New("no audit log: set log.audit_file in the config and reload")
+		}
+		files, err := trace.Files(path)
+		if err != nil {
+			return nil, err
+		}
+		stories, _, err := trace.Search(files, q, limit)
+		return stories, err
+	}
 }
 
 func text(w http.ResponseWriter, code int, s string) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -32,7 +33,7 @@ func TestTrace(t *testing.T) {
 	insertDevices(t, path, fmt.Sprintf("  - {name: erp, username: erp, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example, delivery: {mode: queue}}\n", hashOf(t, password)))
 	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 1s\n  retry_max: 2s\n")
 	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
-	p := startBridge(t, env, []string{plain}, "serve", "--config", path)
+	p := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
 	const rcpt = "someone@example.com"
 	send := func(user, subject, extra string) string {
 		t.Helper()
@@ -119,6 +120,31 @@ func TestTrace(t *testing.T) {
 	}
 	if out, err := runCmd(t, "", binary, "trace", "--config", path, "--to", "nobody@example.com"); err == nil || !strings.Contains(out, "no message matches") {
 		t.Errorf("trace for nobody: %v\n%s", err, out)
+	}
+
+	// The status page: the same search, each story's page, and the dead
+	// letter's link to its story.
+	page := get(t, "http://"+httpAddr+"/trace?to="+rcpt)
+	if n := strings.Count(page, `class="story"`); n != 4 {
+		t.Errorf("/trace?to=%s shows %d stories, want 4", rcpt, n)
+	}
+	for _, want := range []string{`href="./message/` + stories[0].ID + `"`, "432 4.3.2 STOREDRV.ClientSubmit", "Hint: ", "550 5.1.10"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("/trace lacks %q", want)
+		}
+	}
+	deadID := stories[3].ID
+	if status := get(t, "http://"+httpAddr+"/"); !strings.Contains(status, `href="message/`+deadID+`"`) || !strings.Contains(status, `href="trace?device=mfp-2f"`) {
+		t.Error("the status page does not link the dead letter to its story, or the device to its messages")
+	}
+	msgPage := get(t, "http://"+httpAddr+"/message/"+deadID)
+	if !strings.Contains(msgPage, "dead") || !strings.Contains(msgPage, "RESOLVER.ADR.RecipientNotFound") || strings.Count(msgPage, `class="story"`) != 1 {
+		t.Errorf("/message/%s:\n%s", deadID, msgPage)
+	}
+	if resp, err := http.Get("http://" + httpAddr + "/message/nosuchmessage"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("an unknown message's page: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// --follow: a new message shows up as it arrives.
