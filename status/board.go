@@ -63,6 +63,10 @@ type Board struct {
 	sharedAt time.Time
 	dirty    bool // last-seen times changed since the last save
 	statFile string
+	// hist counts messages, replies and the queue's depth per 10
+	// minutes over the last day; devHist each device's messages.
+	hist    history
+	devHist map[string]*history
 }
 
 type deviceState struct {
@@ -106,7 +110,7 @@ type ReloadState struct {
 func NewBoard() *Board {
 	now := time.Now()
 	return &Board{started: now, devices: map[string]*deviceState{}, tenants: map[string]*tenantState{},
-		reload: ReloadState{OK: true, At: now}}
+		reload: ReloadState{OK: true, At: now}, devHist: map[string]*history{}}
 }
 
 // Configure sets the devices and tenants to show. State of devices and
@@ -118,6 +122,11 @@ func (b *Board) Configure(inv Inventory) {
 	for _, d := range inv.Devices {
 		if b.devices[d.Name] == nil {
 			b.devices[d.Name] = &deviceState{}
+		}
+	}
+	for name := range b.devHist {
+		if !slices.ContainsFunc(inv.Devices, func(d Device) bool { return d.Name == name }) {
+			delete(b.devHist, name) // a removed device's chart goes with it
 		}
 	}
 	for _, t := range inv.Tenants {
@@ -203,6 +212,7 @@ func (b *Board) Observe(e audit.Event) {
 	if e.DSNFor != "" {
 		return // the bridge's own report
 	}
+	b.count(e, now)
 	d := b.device(e.Device)
 	f := Failure{Time: now, Kind: string(e.Kind), Device: e.Device, Tenant: e.Tenant, MsgID: e.MsgID}
 	switch e.Kind {
@@ -250,6 +260,61 @@ func (b *Board) Observe(e audit.Event) {
 	}
 	d.lastFailure = &f
 	b.addFailure(f)
+}
+
+// count adds e to the charts' history; b.mu is held.
+func (b *Board) count(e audit.Event, now time.Time) {
+	dh := b.devHist[e.Device]
+	if dh == nil && e.Device != "" {
+		dh = &history{}
+		b.devHist[e.Device] = dh
+	}
+	all := b.hist.at(now)
+	var dev *bucket
+	if dh != nil {
+		dev = dh.at(now)
+	}
+	add := func(f func(*bucket)) {
+		f(all)
+		if dev != nil {
+			f(dev)
+		}
+	}
+	switch e.Kind {
+	case audit.Received:
+		add(func(x *bucket) { x.Received++ })
+	case audit.Delivered:
+		add(func(x *bucket) { x.Delivered++ })
+		all.replyClass(e.Reply)
+	case audit.Deferred:
+		all.replyClass(e.Reply)
+	case audit.Bounced:
+		all.replyClass(e.Reply)
+		if e.Recipient == "" {
+			add(func(x *bucket) { x.Failed++ })
+		}
+	case audit.Dead:
+		if e.Reason == audit.ReasonExpired {
+			add(func(x *bucket) { x.Failed++ })
+		}
+	case audit.Rejected:
+		add(func(x *bucket) { x.Failed++ })
+	default:
+		return
+	}
+	b.dirty = true
+}
+
+// SampleQueue records the queue's depth (queued and deferred) for the
+// chart: the deepest in each 10 minutes.
+func (b *Board) SampleQueue(depth int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	x := b.hist.at(time.Now())
+	if depth > x.Queue {
+		x.Queue = depth
+		b.dirty = true
+	}
 }
 
 func problemText(e audit.Event) string {

@@ -134,6 +134,8 @@ type view struct {
 	Spool       *spoolView
 	Quotas      []quotaView
 	Replicas    []replicaView
+	// The last 24 hours, as inline SVG.
+	Messages, QueueChart, Replies template.HTML
 }
 
 type replicaView struct {
@@ -193,6 +195,7 @@ type deviceView struct {
 	Expect                                string
 	Note                                  string
 	HasFailure                            bool
+	Spark                                 template.HTML // its last 24 hours
 }
 
 type tenantView struct {
@@ -252,11 +255,33 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	}
 
 	b.mu.Lock()
+	series := func(h *history, f func(*bucket) int) []int { return h.series(now, f) }
+	v.Messages = chart("chart-messages", 720, 160, []line{
+		{"received", "#0969da", series(&b.hist, func(x *bucket) int { return x.Received })},
+		{"delivered", "#1a7f37", series(&b.hist, func(x *bucket) int { return x.Delivered })},
+		{"failed", "#cf222e", series(&b.hist, func(x *bucket) int { return x.Failed })},
+	}, true)
+	v.QueueChart = chart("chart-queue", 720, 100, []line{
+		{"queue depth", "#9a6700", series(&b.hist, func(x *bucket) int { return x.Queue })},
+	}, true)
+	v.Replies = chart("chart-replies", 720, 100, []line{
+		{"2xx", "#1a7f37", series(&b.hist, func(x *bucket) int { return x.R2xx })},
+		{"4xx", "#9a6700", series(&b.hist, func(x *bucket) int { return x.R4xx })},
+		{"5xx", "#cf222e", series(&b.hist, func(x *bucket) int { return x.R5xx })},
+	}, true)
 	v.Reload = b.reload
 	v.Cluster, v.ClusterAt = b.shared, stampOf(b.sharedAt, now)
 	v.ReloadAt = stampOf(b.reload.At, now)
 	for _, d := range b.inv.Devices {
 		dv := b.deviceView(d, now)
+		h := b.devHist[d.Name]
+		if h == nil {
+			h = &history{}
+		}
+		dv.Spark = chart("spark-"+d.Name, 120, 24, []line{
+			{"received", "#0969da", h.series(now, func(x *bucket) int { return x.Received })},
+			{"failed", "#cf222e", h.series(now, func(x *bucket) int { return x.Failed })},
+		}, false)
 		if dv.Class == classBad && dv.Note != "" {
 			v.Overdue++
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/statefile"
 )
@@ -15,6 +16,9 @@ import (
 // device's history when the bridge restarts.
 type stateFile struct {
 	Devices map[string]*deviceState `json:"devices"`
+	// History is the charts' last 24 hours, overall and per device.
+	History       []bucket            `json:"history,omitempty"`
+	DeviceHistory map[string][]bucket `json:"device_history,omitempty"`
 }
 
 // Load reads the board's saved state from path (missing is fine) and
@@ -37,6 +41,16 @@ func (b *Board) Load(path string) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	now := time.Now()
+	b.hist.merge(st.History, now)
+	for name, saved := range st.DeviceHistory {
+		h := b.devHist[name]
+		if h == nil {
+			h = &history{}
+			b.devHist[name] = h
+		}
+		h.merge(saved, now)
+	}
 	for name, saved := range st.Devices {
 		if saved == nil {
 			continue
@@ -67,6 +81,17 @@ func (b *Board) Save() error {
 			continue
 		}
 		st.Devices[name] = &deviceState{LastSeen: d.LastSeen.UTC(), LastMessage: d.LastMessage.UTC()}
+	}
+	now := time.Now()
+	st.History = b.hist.saved(now)
+	st.DeviceHistory = map[string][]bucket{}
+	for name, h := range b.devHist {
+		if _, configured := b.devices[name]; !configured {
+			continue
+		}
+		if saved := h.saved(now); len(saved) > 0 {
+			st.DeviceHistory[name] = saved
+		}
 	}
 	path := b.statFile
 	b.dirty = false

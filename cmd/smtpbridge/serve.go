@@ -326,6 +326,8 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		for {
 			select {
 			case <-t.C:
+				st := d.q.Stats()
+				d.board.SampleQueue(st.Queued + st.Deferred)
 				save()
 			case <-bt.C:
 				saveBlocks() // only when they changed
