@@ -289,10 +289,10 @@ func (b *Board) count(e audit.Event, now time.Time) {
 	case audit.Deferred:
 		all.replyClass(e.Reply)
 	case audit.Bounced:
+		// Refused by Exchange, for all recipients or some: a failure to
+		// look at either way.
 		all.replyClass(e.Reply)
-		if e.Recipient == "" {
-			add(func(x *bucket) { x.Failed++ })
-		}
+		add(func(x *bucket) { x.Failed++ })
 	case audit.Dead:
 		if e.Reason == audit.ReasonExpired {
 			add(func(x *bucket) { x.Failed++ })

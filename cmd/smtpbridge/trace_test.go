@@ -18,13 +18,22 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
-// smtpbridge trace after a mix of messages to one recipient: delivered,
-// throttled then delivered, refused (the device told), and dead (a
-// queued message Exchange refused). Each one's story is printed with
-// Exchange's ID or its refusal and hint; --json parses; --id finds a
-// message by the device's Message-ID; --follow shows a new message as it
-// arrives.
-func TestTrace(t *testing.T) {
+// traceBridge is a bridge with an audit log that has taken the mix of
+// messages to traceRcpt the trace tests look for.
+type traceBridge struct {
+	u                 *fakes
+	p                 *bridgeProc
+	path, plain, http string
+	env               []string
+}
+
+const traceRcpt = "someone@example.com"
+
+// startTraceBridge starts a bridge and sends it, for traceRcpt: one
+// message delivered, one throttled then delivered, one refused (the
+// device told), one queued that Exchange refuses (dead).
+func startTraceBridge(t *testing.T) *traceBridge {
+	t.Helper()
 	u := startFakes(t)
 	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
 	path := u.config(t, plain, secure, httpAddr)
@@ -32,38 +41,51 @@ func TestTrace(t *testing.T) {
 	writeFile(t, path, strings.Replace(data, "log:\n  level: debug\n", "log:\n  level: debug\n  audit_file: audit.log\n", 1))
 	insertDevices(t, path, fmt.Sprintf("  - {name: erp, username: erp, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example, delivery: {mode: queue}}\n", hashOf(t, password)))
 	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 1s\n  retry_max: 2s\n")
-	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
-	p := startBridge(t, env, []string{plain, httpAddr}, "serve", "--config", path)
-	const rcpt = "someone@example.com"
-	send := func(user, subject, extra string) string {
-		t.Helper()
-		reply, err := sendAs(plain, user, "scan@printer.lan", []string{rcpt}, extra+"Subject: "+subject+"\r\n\r\nscan\r\n")
-		if err != nil {
-			return err.Error()
-		}
-		return reply
-	}
-	if r := send("mfp-2f", "trace-delivered", "Message-ID: <scan-42@printer.lan>\r\n"); !strings.HasPrefix(r, "2.0.0") {
+	tb := &traceBridge{u: u, path: path, plain: plain, http: httpAddr,
+		env: []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}}
+	tb.p = startBridge(t, tb.env, []string{plain, httpAddr}, "serve", "--config", path)
+	if r := tb.send("mfp-2f", "trace-delivered", "Message-ID: <scan-42@printer.lan>\r\n"); !strings.HasPrefix(r, "2.0.0") {
 		t.Fatalf("delivered: %q", r)
 	}
 	u.exo.Script(fakeexchange.StageMail, fakeexchange.Reply{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"})
-	if r := send("mfp-2f", "trace-throttled", ""); !strings.HasPrefix(r, "2.0.0") {
+	if r := tb.send("mfp-2f", "trace-throttled", ""); !strings.HasPrefix(r, "2.0.0") {
 		t.Fatalf("throttled then delivered: %q", r)
 	}
 	refusal := fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
 	u.exo.Script(fakeexchange.StageRcpt, refusal)
-	if r := send("mfp-2f", "trace-refused", ""); !strings.Contains(r, "550") {
+	if r := tb.send("mfp-2f", "trace-refused", ""); !strings.Contains(r, "550") {
 		t.Fatalf("refused: %q", r)
 	}
 	u.exo.Script(fakeexchange.StageRcpt, refusal)
-	if r := send("erp", "trace-dead", ""); !strings.Contains(r, "queued") {
+	if r := tb.send("erp", "trace-dead", ""); !strings.Contains(r, "queued") {
 		t.Fatalf("queued: %q", r)
 	}
 	audit := filepath.Join(u.dir, "audit.log")
 	testenv.Eventually(t, "the queued message dead", 10*time.Second, func() bool {
 		return strings.Contains(testenv.ReadFile(t, audit), `"event":"dead"`)
 	})
+	return tb
+}
 
+// send submits a message to traceRcpt as user and returns the reply.
+func (tb *traceBridge) send(user, subject, extra string) string {
+	reply, err := sendAs(tb.plain, user, "scan@printer.lan", []string{traceRcpt}, extra+"Subject: "+subject+"\r\n\r\nscan\r\n")
+	if err != nil {
+		return err.Error()
+	}
+	return reply
+}
+
+// smtpbridge trace after a mix of messages to one recipient: delivered,
+// throttled then delivered, refused (the device told), and dead (a
+// queued message Exchange refused). Each one's story is printed with
+// Exchange's ID or its refusal and hint; --json parses; --id finds a
+// message by the device's Message-ID; --follow shows a new message as it
+// arrives.
+func TestTrace(t *testing.T) {
+	tb := startTraceBridge(t)
+	p, path, httpAddr, send := tb.p, tb.path, tb.http, tb.send
+	const rcpt = traceRcpt
 	out, err := runCmd(t, "", binary, "trace", "--config", path, "--to", rcpt)
 	if err != nil {
 		t.Fatalf("trace: %v\n%s\n%s", err, out, p.logs.String())
