@@ -68,6 +68,9 @@ var smtp = []smtpHint{
 	{535, "5.7.3", "Microsoft Graph", Hint{
 		Meaning: "Microsoft Graph refused the bridge's token: its audience is not graph_host, or the tenant does not trust the app.",
 		Fix:     "Check graph_host and graph_token_scope (https://graph.microsoft.com/.default for the public cloud); smtpbridge doctor shows the token's audience and roles."}},
+	{550, "5.1.10", "RecipientNotFound", Hint{
+		Meaning: "Exchange Online knows no recipient with this address: a typo in the device's address book, a mailbox or contact that was removed, or an address in one of your domains that is not in Exchange Online (Directory-Based Edge Blocking refuses it).",
+		Fix:     "Correct the address on the device or in the ERP; for an address in your own domain, check it with Get-Recipient <address> in Exchange Online PowerShell. The message is not retried: send it again once fixed (smtpbridge queue requeue ID for a dead letter)."}},
 	{535, "5.7.139", "", Hint{
 		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
 		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant)."}},

@@ -101,6 +101,7 @@ func TestTrace(t *testing.T) {
 		"bounced",
 		"550 5.1.10 RESOLVER.ADR.RecipientNotFound",
 		"hint: ",
+		"Get-Recipient <address>", // the refusal's hint
 		"dead (attempt 1), permanent",
 		"erp → contoso as scanner@contoso.example",
 	} {
