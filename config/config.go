@@ -88,6 +88,10 @@ type Tenant struct {
 	ClientID         string        `yaml:"client_id"`
 	ClientSecret     secret.String `yaml:"client_secret"`
 	ClientSecretFile string        `yaml:"client_secret_file"`
+	// FederatedTokenFile holds an OIDC token that Entra ID accepts as the
+	// app's client assertion (workload identity federation), read on each
+	// token request: AKS sets AZURE_FEDERATED_TOKEN_FILE to it.
+	FederatedTokenFile string `yaml:"federated_token_file"`
 	// ClientSecretExpires is the secret's expiry date as Entra shows it
 	// (YYYY-MM-DD), for warnings and the credential expiry metric.
 	ClientSecretExpires string        `yaml:"client_secret_expires"`

@@ -21,13 +21,13 @@ import (
 // it and stores it in t.Credential.
 func (l *loader) loadCredential(k string, t *Tenant) {
 	set := 0
-	for _, v := range []string{t.ClientSecret.Value(), t.ClientSecretFile, t.CertificateFile} {
+	for _, v := range []string{t.ClientSecret.Value(), t.ClientSecretFile, t.CertificateFile, t.FederatedTokenFile} {
 		if v != "" {
 			set++
 		}
 	}
 	if set != 1 {
-		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file (found %d)", set)
+		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file (found %d)", set)
 		return
 	}
 	if t.CertificatePassword != "" && t.CertificateFile == "" {
@@ -54,6 +54,18 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 	switch {
 	case t.ClientSecret != "":
 		t.Credential = secret.NewClientSecret(t.ClientSecret.Value())
+	case t.FederatedTokenFile != "":
+		t.FederatedTokenFile = l.path(t.FederatedTokenFile)
+		data, err := os.ReadFile(t.FederatedTokenFile)
+		if err != nil {
+			l.errorf(k+".federated_token_file", "%v (on Kubernetes, the projected service account token; AKS workload identity names it in AZURE_FEDERATED_TOKEN_FILE)", err)
+			return
+		}
+		if strings.Count(strings.TrimSpace(string(data)), ".") != 2 {
+			l.errorf(k+".federated_token_file", "%s does not hold a JWT (three dot-separated parts)", t.FederatedTokenFile)
+			return
+		}
+		t.Credential = secret.NewFederatedTokenFile(t.FederatedTokenFile)
 	case t.ClientSecretFile != "":
 		t.ClientSecretFile = l.path(t.ClientSecretFile)
 		data, err := os.ReadFile(t.ClientSecretFile)

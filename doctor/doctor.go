@@ -246,6 +246,20 @@ func mailboxesOf(devices []Device) []mailbox {
 func (r *run) credential(t *Tenant) Step {
 	s := Step{Tenant: t.Name, Name: "credential", Status: Pass}
 	now := r.o.Now()
+	if path := t.Credential.FederatedTokenFile(); path != "" {
+		c, err := tokenstore.ReadFederatedClaims(path)
+		if err != nil {
+			s.Status, s.Meaning, s.Fix = Fail, err.Error(), "On Kubernetes, mount the projected service account token (AKS workload identity sets AZURE_FEDERATED_TOKEN_FILE) and point federated_token_file at it."
+			return s
+		}
+		s.Detail = fmt.Sprintf("federated token file %s: issuer %s, subject %s, audience %s, expires %s",
+			path, c.Issuer, c.Subject, strings.Join(c.Audience, ","), c.Expires.UTC().Format(time.RFC3339))
+		if now.After(c.Expires) {
+			s.Status, s.Code = Fail, "AADSTS700024"
+			s.Meaning, s.Fix = "The token in the file has expired: Entra refuses it.", "The kubelet renews a projected token before it expires: check that the pod's volume is a projected serviceAccountToken, and that nothing copies the token once."
+		}
+		return s
+	}
 	if t.Credential.IsCertificate() {
 		certs, _ := t.Credential.Certificate()
 		c := certs[0]

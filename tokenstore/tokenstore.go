@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -181,7 +182,13 @@ func newClient(t Tenant) (*client, error) {
 		cred confidential.Credential
 		err  error
 	)
-	if t.Credential.IsCertificate() {
+	if path := t.Credential.FederatedTokenFile(); path != "" {
+		// Read on every request: the kubelet replaces the projected
+		// token before it expires.
+		cred = confidential.NewCredFromAssertionCallback(func(context.Context, confidential.AssertionRequestOptions) (string, error) {
+			return readFederatedToken(path)
+		})
+	} else if t.Credential.IsCertificate() {
 		certs, key := t.Credential.Certificate()
 		cred, err = confidential.NewCredFromCert(certs, key)
 	} else {
@@ -209,6 +216,20 @@ func newClient(t Tenant) (*client, error) {
 		return nil, fmt.Errorf("MSAL client for %s: %w", authority, err)
 	}
 	return &client{tenant: t, msal: m}, nil
+}
+
+// readFederatedToken reads the OIDC token a federated credential
+// presents as the client assertion.
+func readFederatedToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("federated_token_file: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("federated_token_file %s is empty", path)
+	}
+	return tok, nil
 }
 
 func hostOf(authority string) string {

@@ -203,8 +203,11 @@ func (ms microsoft) statusInventory(cfg *config.Config) status.Inventory {
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
 		cred := "client secret"
-		if t.Credential.IsCertificate() {
+		switch {
+		case t.Credential.IsCertificate():
 			cred = "certificate"
+		case t.Credential.FederatedTokenFile() != "":
+			cred = "federated token"
 		}
 		inv.Tenants = append(inv.Tenants, status.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
 			Credential: cred, CredentialExpiry: t.CredentialExpiry(), SMTPHost: ms.smtpHost(t)})

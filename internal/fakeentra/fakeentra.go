@@ -60,6 +60,89 @@ type App struct {
 	// GraphRoles are the roles in Microsoft Graph tokens. Nil means
 	// Mail.Send and Mail.ReadWrite; an empty non-nil slice means none.
 	GraphRoles []string
+	// Federated are the app's federated identity credentials: tokens
+	// from another issuer it accepts as the app's client assertion.
+	Federated []FederatedCredential
+}
+
+// FederatedCredential is a federated identity credential: Entra accepts,
+// as the app's client assertion, a token of Issuer for Subject with
+// Audience (api://AzureADTokenExchange by default), compared case
+// sensitively as Entra does.
+type FederatedCredential struct {
+	Issuer, Subject, Audience string
+}
+
+// TokenExchangeAudience is the audience Entra expects of federated
+// tokens.
+const TokenExchangeAudience = "api://AzureADTokenExchange"
+
+// FederatedIssuer is the issuer of the tokens IssueFederated signs: a
+// stand-in for a Kubernetes cluster's OIDC issuer.
+func (s *Server) FederatedIssuer() string { return s.url + "/federated-issuer" }
+
+// IssueFederated signs a token of FederatedIssuer for subject and
+// audience, valid for ttl, as a cluster would project a service
+// account token.
+func (s *Server) IssueFederated(subject, audience string, ttl time.Duration) (string, error) {
+	now := time.Now()
+	jti := make([]byte, 8)
+	rand.Read(jti)
+	return signRS256(s.key, "fed-"+s.kid, map[string]any{"iss": s.FederatedIssuer(), "sub": subject, "aud": []string{audience},
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(ttl).Unix(), "jti": hex.EncodeToString(jti)})
+}
+
+// checkFederated verifies a federated token presented as app's client
+// assertion, as Entra does.
+func (s *Server) checkFederated(j *jws, app *App) *Failure {
+	if j.verify(&s.key.PublicKey) != nil {
+		return &Failure{Status: 401, Code: "invalid_client", AADSTS: 700027, Description: "Client assertion failed signature validation."}
+	}
+	var c struct {
+		Iss string          `json:"iss"`
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"`
+		Exp int64           `json:"exp"`
+	}
+	if err := json.Unmarshal(j.payload, &c); err != nil {
+		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 50027, Description: "JWT token is invalid or malformed."}
+	}
+	var auds []string
+	if json.Unmarshal(c.Aud, &auds) != nil {
+		var one string
+		json.Unmarshal(c.Aud, &one)
+		auds = []string{one}
+	}
+	var issuerKnown, subjectKnown bool
+	for _, fc := range app.Federated {
+		if fc.Issuer != c.Iss {
+			continue
+		}
+		issuerKnown = true
+		if fc.Subject != c.Sub {
+			continue
+		}
+		subjectKnown = true
+		aud := fc.Audience
+		if aud == "" {
+			aud = TokenExchangeAudience
+		}
+		for _, a := range auds {
+			if a == aud {
+				if time.Now().Unix() > c.Exp {
+					return &Failure{Status: 400, Code: "invalid_client", AADSTS: 700024, Description: "Client assertion is not within its valid time range."}
+				}
+				return nil
+			}
+		}
+	}
+	switch {
+	case !issuerKnown:
+		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 700211, Description: fmt.Sprintf("No matching federated identity record found for presented assertion issuer '%s'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion.", c.Iss)}
+	case !subjectKnown:
+		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 700213, Description: fmt.Sprintf("No matching federated identity record found for presented assertion subject '%s'. Please note that the matching is done using a case-sensitive comparison. Check your federated identity credential Subject, Audience and Issuer against the presented assertion.", c.Sub)}
+	}
+	return &Failure{Status: 400, Code: "invalid_client", AADSTS: 700212, Description: fmt.Sprintf("No matching federated identity record found for presented assertion audience '%s'.", strings.Join(auds, ","))}
 }
 
 // Secret is a client secret with its expiry (zero: never).
@@ -103,6 +186,8 @@ type Server struct {
 	grants    map[string]int // client ID -> tokens issued
 	grantsFor map[string]int // client ID and resource -> tokens issued
 	requests  int
+	// assertions are the last client assertion each client ID presented.
+	assertions map[string]string
 
 	srv *http.Server
 	ln  net.Listener
@@ -129,6 +214,7 @@ func New() (*Server, error) {
 		kid:           hex.EncodeToString(kid),
 		grants:        map[string]int{},
 		grantsFor:     map[string]int{},
+		assertions:    map[string]string{},
 	}, nil
 }
 
@@ -231,6 +317,13 @@ func (s *Server) GrantsFor(clientID, resource string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.grantsFor[strings.ToLower(clientID)+" "+resource]
+}
+
+// LastAssertion is the last client assertion clientID presented.
+func (s *Server) LastAssertion(clientID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.assertions[strings.ToLower(clientID)]
 }
 
 // Requests returns how many token requests arrived, granted or not.
@@ -356,6 +449,12 @@ func (s *Server) checkCredential(r *http.Request, app *App, tokenURL string) *Fa
 	j, err := parseJWS(assertion)
 	if err != nil {
 		return &Failure{Status: 400, Code: "invalid_client", AADSTS: 50027, Description: "JWT token is invalid or malformed: " + err.Error()}
+	}
+	s.mu.Lock()
+	s.assertions[strings.ToLower(app.ClientID)] = assertion
+	s.mu.Unlock()
+	if j.header["kid"] == "fed-"+s.kid {
+		return s.checkFederated(j, app)
 	}
 	cert := findCert(app.Certificates, j.header)
 	if cert == nil {

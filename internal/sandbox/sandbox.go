@@ -91,6 +91,8 @@ func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
 			app.Certificates = certs[:1]
 		} else if s := t.Credential.Secret(); s != "" {
 			app.Secrets = []fakeentra.Secret{{Value: s}}
+		} else if t.Credential.FederatedTokenFile() != "" {
+			return errors.New("sandbox: tenant " + t.Name + " uses federated_token_file, whose tokens only the real Entra ID can check; give it a client_secret (any value) to try it in the sandbox")
 		} else {
 			return errors.New("sandbox: tenant " + t.Name + " has no credential")
 		}

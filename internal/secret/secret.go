@@ -52,7 +52,18 @@ type Credential struct {
 	secret String
 	certs  []*x509.Certificate
 	key    crypto.PrivateKey
+	// tokenFile holds an OIDC token (a Kubernetes service account
+	// token, say) that Entra ID accepts as the app's client assertion
+	// through a federated credential; read on each use.
+	tokenFile string
 }
+
+// NewFederatedTokenFile returns a credential that is the token in path,
+// read each time one is needed (workload identity federation).
+func NewFederatedTokenFile(path string) Credential { return Credential{tokenFile: path} }
+
+// FederatedTokenFile returns the token file's path, or "".
+func (c Credential) FederatedTokenFile() string { return c.tokenFile }
 
 // NewClientSecret returns a credential holding a client secret.
 func NewClientSecret(secret string) Credential { return Credential{secret: String(secret)} }
@@ -82,7 +93,7 @@ func (c Credential) NotAfter() time.Time {
 
 // Equal says whether c and o are the same credential.
 func (c Credential) Equal(o Credential) bool {
-	if c.secret != o.secret || len(c.certs) != len(o.certs) {
+	if c.secret != o.secret || c.tokenFile != o.tokenFile || len(c.certs) != len(o.certs) {
 		return false
 	}
 	for i := range c.certs {
@@ -104,6 +115,8 @@ func (c Credential) String() string {
 		return fmt.Sprintf("certificate %q (expires %s)", c.certs[0].Subject.CommonName, c.certs[0].NotAfter.Format(time.DateOnly))
 	case c.secret != "":
 		return "client secret " + redacted
+	case c.tokenFile != "":
+		return "federated token file " + c.tokenFile
 	}
 	return "none"
 }

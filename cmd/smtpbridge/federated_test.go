@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
+)
+
+// A tenant whose credential is a federated token file (workload identity
+// federation: a Kubernetes service account token, no secret): it
+// delivers; a new token written over the file is used from the next
+// token request on, without a restart; a token for another service
+// account gets Entra's AADSTS700213 with its hint.
+func TestFederatedTokenFile(t *testing.T) {
+	u := startFakes(t)
+	// For check-config and doctor, run as commands.
+	t.Setenv("TEST_CLIENT_SECRET", clientSecret)
+	t.Setenv("SSL_CERT_FILE", u.caFile)
+	const fedTenant, fedClient = "33333333-cccc-4000-8000-000000000003", "cccccccc-0000-4000-8000-00000000000c"
+	const subject = "system:serviceaccount:mail:smtpbridge"
+	app := u.AddApp(fedTenant, fakeentra.App{ClientID: fedClient,
+		Federated: []fakeentra.FederatedCredential{{Issuer: u.entra.FederatedIssuer(), Subject: subject}}})
+	u.AddMailbox("relay@fedco.example", fedTenant, app)
+	// Tokens under 5 minutes: MSAL asks for a new one for each message,
+	// so that each reads the file again.
+	u.entra.TokenLifetime = 200 * time.Second
+	tokenFile := filepath.Join(u.dir, "sa-token")
+	project := func(sub string) string {
+		tok, err := u.entra.IssueFederated(sub, fakeentra.TokenExchangeAudience, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the kubelet does: a new file renamed over the old.
+		writeFile(t, tokenFile+".tmp", tok+"\n")
+		if err := os.Rename(tokenFile+".tmp", tokenFile); err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	first := project(subject)
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	data := testenv.ReadFile(t, path)
+	data = strings.Replace(data, "devices:\n", fmt.Sprintf(`  - name: fedco
+    tenant_id: %q
+    client_id: %q
+    federated_token_file: sa-token
+    authority_host: %q
+    smtp_host: %q
+devices:
+  - {name: fed-mfp, username: fed-mfp, password_hash: %q, tenant: fedco, mailbox: relay@fedco.example}
+`, fedTenant, fedClient, u.entra.URL(), u.exo.Addr(), hashOf(t, password)), 1)
+	writeFile(t, path, data)
+	appendConfig(t, path, "delivery:\n  retry_initial: 1s\n  retry_max: 2s\n")
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
+		t.Fatalf("check-config: %v\n%s", err, out)
+	}
+	p := startBridge(t, env, []string{plain}, "serve", "--config", path)
+	send := func(subject string) string {
+		reply, err := sendAs(plain, "fed-mfp", "scan@printer.lan", []string{"bob@fedco.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n")
+		if err != nil {
+			return err.Error()
+		}
+		return reply
+	}
+	if r := send("federated-1"); !strings.HasPrefix(r, "2.0.0") {
+		t.Fatalf("through the federated credential: %q\n%s", r, p.logs.String())
+	}
+	grants := u.entra.Grants(fedClient)
+
+	// A new token over the file: the next request presents it.
+	second := project(subject)
+	if second == first {
+		t.Fatal("the fake issued the same token twice")
+	}
+	if r := send("federated-2"); !strings.HasPrefix(r, "2.0.0") {
+		t.Fatalf("after the token file changed: %q\n%s", r, p.logs.String())
+	}
+	if g := u.entra.Grants(fedClient); g <= grants {
+		t.Errorf("no new grant after the token file changed (%d, then %d)", grants, g)
+	}
+	if u.entra.LastAssertion(fedClient) != second {
+		t.Error("the new token in the file was not the one presented")
+	}
+
+	// Another service account's token: refused with the code and a
+	// hint; the message waits in the queue.
+	project("system:serviceaccount:default:other")
+	if r := send("federated-3"); !strings.Contains(r, "queued") {
+		t.Fatalf("with a token for another subject: %q (want queued)", r)
+	}
+	testenv.Eventually(t, "the AADSTS700213 in the log", 10*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), "AADSTS700213")
+	})
+	logs := p.logs.String()
+	if !strings.Contains(logs, "system:serviceaccount:<namespace>:<service account>") {
+		t.Errorf("no hint with the AADSTS700213:\n%s", testenv.Grep(logs, "700213"))
+	}
+	out, err := runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "fedco")
+	if err == nil || !strings.Contains(out, "AADSTS700213") || !strings.Contains(out, "subject system:serviceaccount:default:other") ||
+		!strings.Contains(out, "issuer "+u.entra.FederatedIssuer()) {
+		t.Errorf("doctor with the wrong subject: %v\n%s", err, out)
+	}
+	if strings.Contains(logs, second) || strings.Contains(out, second) {
+		t.Error("a federated token was logged")
+	}
+	// The right token again: the queued message goes, once.
+	project(subject)
+	testenv.Eventually(t, "the queued message delivered", 30*time.Second, func() bool { return delivered(u.exo)["federated-3"] == 1 })
+	p.stop(t)
+}
