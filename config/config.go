@@ -92,6 +92,10 @@ type Tenant struct {
 	// app's client assertion (workload identity federation), read on each
 	// token request: AKS sets AZURE_FEDERATED_TOKEN_FILE to it.
 	FederatedTokenFile string `yaml:"federated_token_file"`
+	// ManagedIdentity sends as the host's Azure managed identity (an
+	// Azure VM, App Service, Container Apps, an Azure Arc server): no
+	// credential at all. {} is the system-assigned identity.
+	ManagedIdentity *ManagedIdentity `yaml:"managed_identity"`
 	// ClientSecretExpires is the secret's expiry date as Entra shows it
 	// (YYYY-MM-DD), for warnings and the credential expiry metric.
 	ClientSecretExpires string        `yaml:"client_secret_expires"`
@@ -338,6 +342,13 @@ type HTTPAuth struct {
 // in-process fakes and writes what they receive to Dir as .eml files.
 type Sandbox struct {
 	Dir string `yaml:"dir"`
+}
+
+// ManagedIdentity is a tenant's managed identity.
+type ManagedIdentity struct {
+	// ClientID picks a user-assigned identity; empty for the
+	// system-assigned one.
+	ClientID string `yaml:"client_id"`
 }
 
 // Cluster shares the mailboxes' limits between replicas through Redis.

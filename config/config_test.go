@@ -238,7 +238,7 @@ log:
 		`tenants[0].client_secret: environment variable MISSING_SECRET is not set`,
 		`tenants[0].tenant_id: "common" does not work for app-only tokens`,
 		`tenants[0].client_id: "not-a-guid" is not the Application (client) ID`,
-		`tenants[1]: set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file (found 2)`,
+		`tenants[1]: set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file, managed_identity (found 2)`,
 		`tenants[0].authority_host: "http://login.example.com/path" must be an https URL`,
 		`tenants[0].token_scope: "https://outlook.office365.com/SMTP.Send" must end in /.default`,
 		`devices[0].password_hash: not a bcrypt`,

@@ -26,8 +26,11 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 			set++
 		}
 	}
+	if t.ManagedIdentity != nil {
+		set++
+	}
 	if set != 1 {
-		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file (found %d)", set)
+		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file, managed_identity (found %d)", set)
 		return
 	}
 	if t.CertificatePassword != "" && t.CertificateFile == "" {
@@ -54,6 +57,8 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 	switch {
 	case t.ClientSecret != "":
 		t.Credential = secret.NewClientSecret(t.ClientSecret.Value())
+	case t.ManagedIdentity != nil:
+		t.Credential = secret.NewManagedIdentity(t.ManagedIdentity.ClientID)
 	case t.FederatedTokenFile != "":
 		t.FederatedTokenFile = l.path(t.FederatedTokenFile)
 		data, err := os.ReadFile(t.FederatedTokenFile)

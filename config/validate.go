@@ -204,7 +204,14 @@ func (l *loader) validateTenants(c *Config) {
 		case !guidRE.MatchString(t.TenantID) && mailaddr.CheckDomain(t.TenantID) != nil:
 			l.errorf(k+".tenant_id", "%q is neither a GUID nor a domain name", t.TenantID)
 		}
-		if !guidRE.MatchString(t.ClientID) {
+		switch {
+		case t.ManagedIdentity != nil && t.ClientID != "":
+			l.errorf(k+".client_id", "with managed_identity the bridge sends as the managed identity itself: remove client_id (a managed identity as an app registration's federated credential is not supported yet)")
+		case t.ManagedIdentity != nil:
+			if id := t.ManagedIdentity.ClientID; id != "" && !guidRE.MatchString(id) {
+				l.errorf(k+".managed_identity.client_id", "%q is not a user-assigned identity's client ID, a GUID", id)
+			}
+		case !guidRE.MatchString(t.ClientID):
 			l.errorf(k+".client_id", "%q is not the Application (client) ID, a GUID like 11111111-2222-3333-4444-555555555555", t.ClientID)
 		}
 		l.loadCredential(k, t)

@@ -13,6 +13,7 @@ import (
 	"crypto/sha1"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -242,10 +243,32 @@ func mailboxesOf(devices []Device) []mailbox {
 	return out
 }
 
+// managedIdentitySource names where MSAL gets managed identity tokens
+// here, as it decides from the environment.
+func managedIdentitySource() string {
+	switch {
+	case os.Getenv("IDENTITY_ENDPOINT") != "" && os.Getenv("IMDS_ENDPOINT") != "":
+		return "Azure Arc's agent (IDENTITY_ENDPOINT " + os.Getenv("IDENTITY_ENDPOINT") + ")"
+	case os.Getenv("IDENTITY_ENDPOINT") != "" && os.Getenv("IDENTITY_HEADER") != "":
+		return "App Service or Container Apps (IDENTITY_ENDPOINT " + os.Getenv("IDENTITY_ENDPOINT") + ")"
+	case os.Getenv("MSI_ENDPOINT") != "":
+		return "Cloud Shell (MSI_ENDPOINT)"
+	}
+	return "the Azure VM's instance metadata service (169.254.169.254)"
+}
+
 // credential describes the tenant's secret or certificate and its expiry.
 func (r *run) credential(t *Tenant) Step {
 	s := Step{Tenant: t.Name, Name: "credential", Status: Pass}
 	now := r.o.Now()
+	if id, ok := t.Credential.ManagedIdentity(); ok {
+		s.Detail = "system-assigned managed identity"
+		if id != "" {
+			s.Detail = "user-assigned managed identity " + id
+		}
+		s.Detail += ", from " + managedIdentitySource()
+		return s
+	}
 	if path := t.Credential.FederatedTokenFile(); path != "" {
 		c, err := tokenstore.ReadFederatedClaims(path)
 		if err != nil {

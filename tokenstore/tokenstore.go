@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/managedidentity"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smtpbridge/smtpbridge/internal/secret"
@@ -87,7 +88,9 @@ type Store struct {
 
 type client struct {
 	tenant Tenant
-	msal   confidential.Client
+	// acquire gets a token for the tenant's scope: from MSAL's cache, or
+	// a new grant.
+	acquire func(ctx context.Context) (Token, error)
 
 	mu       sync.Mutex
 	failures int       // failed requests in a row
@@ -178,6 +181,14 @@ func (t Tenant) equal(o Tenant) bool {
 }
 
 func newClient(t Tenant) (*client, error) {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if t.RootCAs != nil {
+		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
+	}
+	httpClient := &http.Client{Transport: transport, Timeout: requestTimeout}
+	if id, ok := t.Credential.ManagedIdentity(); ok {
+		return newManagedClient(t, id, httpClient)
+	}
 	var (
 		cred confidential.Credential
 		err  error
@@ -198,12 +209,8 @@ func newClient(t Tenant) (*client, error) {
 		// MSAL's messages here name no secret ("secret can't be empty string").
 		return nil, fmt.Errorf("credential: %w", err)
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if t.RootCAs != nil {
-		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
-	}
 	opts := []confidential.Option{
-		confidential.WithHTTPClient(&http.Client{Transport: transport, Timeout: requestTimeout}),
+		confidential.WithHTTPClient(httpClient),
 	}
 	if !IsMicrosoftAuthority(t.AuthorityHost) {
 		// A national cloud proxy or a test issuer: MSAL would otherwise ask
@@ -215,7 +222,40 @@ func newClient(t Tenant) (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("MSAL client for %s: %w", authority, err)
 	}
-	return &client{tenant: t, msal: m}, nil
+	return &client{tenant: t, acquire: func(ctx context.Context) (Token, error) {
+		res, err := m.AcquireTokenByCredential(ctx, []string{t.Scope})
+		if err != nil {
+			return Token{}, err
+		}
+		return Token{AccessToken: res.AccessToken, ExpiresOn: res.ExpiresOn,
+			FromCache: res.Metadata.TokenSource == confidential.TokenSourceCache}, nil
+	}}, nil
+}
+
+// newManagedClient gets tokens from the host's managed identity (the
+// endpoint MSAL finds from the environment: IDENTITY_ENDPOINT and
+// IDENTITY_HEADER on App Service and Container Apps, Azure Arc's agent,
+// or the VM's instance metadata service); clientID picks a user-assigned
+// identity.
+func newManagedClient(t Tenant, clientID string, httpClient *http.Client) (*client, error) {
+	id := managedidentity.SystemAssigned()
+	if clientID != "" {
+		id = managedidentity.UserAssignedClientID(clientID)
+	}
+	m, err := managedidentity.New(id, managedidentity.WithHTTPClient(httpClient))
+	if err != nil {
+		return nil, fmt.Errorf("managed identity: %w", err)
+	}
+	// A managed identity is asked for a resource, not a scope.
+	resource := strings.TrimSuffix(t.Scope, "/.default")
+	return &client{tenant: t, acquire: func(ctx context.Context) (Token, error) {
+		res, err := m.AcquireToken(ctx, resource)
+		if err != nil {
+			return Token{}, fmt.Errorf("managed identity: %w", err)
+		}
+		return Token{AccessToken: res.AccessToken, ExpiresOn: res.ExpiresOn,
+			FromCache: res.Metadata.TokenSource == managedidentity.TokenSourceCache}, nil
+	}}, nil
 }
 
 // readFederatedToken reads the OIDC token a federated credential
@@ -284,18 +324,14 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 		// the grant for everyone waiting on it.
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 		defer cancel()
-		res, err := c.msal.AcquireTokenByCredential(gctx, []string{c.tenant.Scope})
+		tok, err := c.acquire(gctx)
 		if err != nil {
 			e := classify(c.tenant, err)
 			c.failed(e)
 			return Token{}, e
 		}
 		c.succeeded()
-		return Token{
-			AccessToken: res.AccessToken,
-			ExpiresOn:   res.ExpiresOn,
-			FromCache:   res.Metadata.TokenSource == confidential.TokenSourceCache,
-		}, nil
+		return tok, nil
 	})
 	select {
 	case <-ctx.Done():

@@ -116,3 +116,69 @@ devices:
 	testenv.Eventually(t, "the queued message delivered", 30*time.Second, func() bool { return delivered(u.exo)["federated-3"] == 1 })
 	p.stop(t)
 }
+
+// Tenants with managed_identity, system-assigned and user-assigned, get
+// their tokens from the host's identity endpoint (here App Service's
+// style on loopback: IDENTITY_ENDPOINT and IDENTITY_HEADER) and deliver,
+// with no credential in the config.
+func TestManagedIdentity(t *testing.T) {
+	u := startFakes(t)
+	t.Setenv("TEST_CLIENT_SECRET", clientSecret)
+	t.Setenv("SSL_CERT_FILE", u.caFile)
+	const vmTenant = "44444444-dddd-4000-8000-000000000004"
+	const systemID, userID = "dddddddd-0000-4000-8000-00000000000d", "eeeeeeee-0000-4000-8000-00000000000e"
+	system := u.AddApp(vmTenant, fakeentra.App{ClientID: systemID})
+	user := u.AddApp(vmTenant, fakeentra.App{ClientID: userID})
+	u.AddMailbox("vm@azvm.example", vmTenant, system)
+	u.AddMailbox("arc@azvm.example", vmTenant, user)
+	endpoint, header := u.entra.SetManagedIdentity(vmTenant, system, user)
+	t.Setenv("IDENTITY_ENDPOINT", endpoint)
+	t.Setenv("IDENTITY_HEADER", header)
+
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	data := testenv.ReadFile(t, path)
+	hash := hashOf(t, password)
+	data = strings.Replace(data, "devices:\n", fmt.Sprintf(`  - name: vm-system
+    tenant_id: %[1]q
+    managed_identity: {}
+    smtp_host: %[2]q
+  - name: vm-user
+    tenant_id: %[1]q
+    managed_identity: {client_id: %[3]q}
+    smtp_host: %[2]q
+devices:
+  - {name: vm-mfp, username: vm-mfp, password_hash: %[4]q, tenant: vm-system, mailbox: vm@azvm.example}
+  - {name: arc-mfp, username: arc-mfp, password_hash: %[4]q, tenant: vm-user, mailbox: arc@azvm.example}
+`, vmTenant, u.exo.Addr(), userID, hash), 1)
+	writeFile(t, path, data)
+	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
+		t.Fatalf("check-config: %v\n%s", err, out)
+	}
+	p := startBridge(t, nil, []string{plain}, "serve", "--config", path)
+	for _, dev := range []string{"vm-mfp", "arc-mfp"} {
+		reply, err := sendAs(plain, dev, "scan@printer.lan", []string{"bob@azvm.example"}, "Subject: mi-"+dev+"\r\n\r\nscan\r\n")
+		if err != nil || !strings.HasPrefix(reply, "2.0.0") {
+			t.Fatalf("%s through its managed identity: %q %v\n%s", dev, reply, err, p.logs.String())
+		}
+	}
+	out, err := runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "vm-user")
+	if err != nil || !strings.Contains(out, "user-assigned managed identity "+userID) || !strings.Contains(out, "App Service or Container Apps") {
+		t.Errorf("doctor on the user-assigned identity's tenant: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "vm-user"); err != nil || !strings.Contains(out, "$appId = '"+userID+"'") {
+		t.Errorf("exchange-script for the user-assigned identity: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "vm-system"); err != nil || !strings.Contains(out, "<MANAGED-IDENTITY-APPLICATION-ID>") {
+		t.Errorf("exchange-script for the system-assigned identity: %v\n%s", err, out)
+	}
+	if u.entra.Grants(systemID) != 1 || u.entra.Grants(userID) < 1 {
+		t.Errorf("grants: system-assigned %d, user-assigned %d", u.entra.Grants(systemID), u.entra.Grants(userID))
+	}
+	for _, m := range u.exo.Messages() {
+		if strings.Contains(string(m.Data), "Subject: mi-arc-mfp") && m.AppID != userID {
+			t.Errorf("arc-mfp's message was sent by app %s, want the user-assigned identity %s", m.AppID, userID)
+		}
+	}
+	p.stop(t)
+}

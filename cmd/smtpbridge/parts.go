@@ -209,6 +209,9 @@ func (ms microsoft) statusInventory(cfg *config.Config) status.Inventory {
 		case t.Credential.FederatedTokenFile() != "":
 			cred = "federated token"
 		}
+		if _, ok := t.Credential.ManagedIdentity(); ok {
+			cred = "managed identity"
+		}
 		inv.Tenants = append(inv.Tenants, status.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
 			Credential: cred, CredentialExpiry: t.CredentialExpiry(), SMTPHost: ms.smtpHost(t)})
 	}

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -188,6 +189,12 @@ type Server struct {
 	requests  int
 	// assertions are the last client assertion each client ID presented.
 	assertions map[string]string
+	// The host's managed identities (SetManagedIdentity): the endpoint's
+	// secret header, the tenant, and the identities by client ID ("" the
+	// system-assigned one).
+	identityHeader string
+	identityTenant string
+	identities     map[string]*App
 
 	srv *http.Server
 	ln  net.Listener
@@ -228,6 +235,7 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", s.openIDConfig)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.token)
+	mux.HandleFunc("GET /msi/token", s.managedToken)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	s.url = "https://" + ln.Addr().String()
 	go s.srv.Serve(s.ln)
@@ -317,6 +325,63 @@ func (s *Server) GrantsFor(clientID, resource string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.grantsFor[strings.ToLower(clientID)+" "+resource]
+}
+
+// SetManagedIdentity makes the server the host's managed identity
+// endpoint, in the style of App Service and Container Apps
+// (IDENTITY_ENDPOINT and IDENTITY_HEADER, which it returns): system is
+// the system-assigned identity (nil: none), user the user-assigned ones,
+// all apps of tenantID already added with AddApp.
+func (s *Server) SetManagedIdentity(tenantID string, system *App, user ...*App) (endpoint, header string) {
+	h := make([]byte, 16)
+	rand.Read(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.identityHeader, s.identityTenant = hex.EncodeToString(h), tenantID
+	s.identities = map[string]*App{}
+	if system != nil {
+		s.identities[""] = system
+	}
+	for _, a := range user {
+		s.identities[strings.ToLower(a.ClientID)] = a
+	}
+	return s.url + "/msi/token", s.identityHeader
+}
+
+// managedToken is the managed identity endpoint: GET with api-version,
+// resource and, for a user-assigned identity, client_id; the header
+// X-IDENTITY-HEADER must be the endpoint's secret.
+func (s *Server) managedToken(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	header, tenantID := s.identityHeader, s.identityTenant
+	app := s.identities[strings.ToLower(r.URL.Query().Get("client_id"))]
+	t := s.tenants[strings.ToLower(tenantID)]
+	s.requests++
+	s.mu.Unlock()
+	if header == "" || r.Header.Get("X-IDENTITY-HEADER") != header {
+		writeJSON(w, 401, map[string]any{"statusCode": 401, "message": "Unauthorized request: missing or wrong X-IDENTITY-HEADER"})
+		return
+	}
+	if app == nil || t == nil {
+		writeJSON(w, 400, map[string]any{"statusCode": 400, "message": "No managed identity found for the specified client_id, or none assigned to this resource."})
+		return
+	}
+	resource := strings.TrimRight(r.URL.Query().Get("resource"), "/")
+	if resource != Resource && resource != GraphResource {
+		writeJSON(w, 400, map[string]any{"statusCode": 400, "message": "AADSTS500011: The resource principal named " + resource + " was not found in the tenant."})
+		return
+	}
+	tok, err := s.issue(t, app, resource)
+	if err != nil {
+		writeJSON(w, 500, map[string]any{"statusCode": 500, "message": err.Error()})
+		return
+	}
+	s.mu.Lock()
+	s.grants[strings.ToLower(app.ClientID)]++
+	s.grantsFor[strings.ToLower(app.ClientID)+" "+resource]++
+	s.mu.Unlock()
+	writeJSON(w, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "resource": resource, "client_id": app.ClientID,
+		"expires_on": strconv.FormatInt(time.Now().Add(s.TokenLifetime).Unix(), 10)})
 }
 
 // LastAssertion is the last client assertion clientID presented.

@@ -91,6 +91,8 @@ func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
 			app.Certificates = certs[:1]
 		} else if s := t.Credential.Secret(); s != "" {
 			app.Secrets = []fakeentra.Secret{{Value: s}}
+		} else if _, mi := t.Credential.ManagedIdentity(); mi {
+			return errors.New("sandbox: tenant " + t.Name + " uses managed_identity, which only Azure provides; give it a client_id and a client_secret (any value) to try it in the sandbox")
 		} else if t.Credential.FederatedTokenFile() != "" {
 			return errors.New("sandbox: tenant " + t.Name + " uses federated_token_file, whose tokens only the real Entra ID can check; give it a client_secret (any value) to try it in the sandbox")
 		} else {

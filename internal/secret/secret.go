@@ -56,7 +56,21 @@ type Credential struct {
 	// token, say) that Entra ID accepts as the app's client assertion
 	// through a federated credential; read on each use.
 	tokenFile string
+	// managed: the host's managed identity (managedID: a user-assigned
+	// one's client ID, or "" for the system-assigned one).
+	managed   bool
+	managedID string
 }
+
+// NewManagedIdentity returns a credential that is the host's managed
+// identity: clientID picks a user-assigned one, "" the system-assigned.
+func NewManagedIdentity(clientID string) Credential {
+	return Credential{managed: true, managedID: clientID}
+}
+
+// ManagedIdentity says whether the credential is a managed identity, and
+// which (a user-assigned one's client ID, or "" for system-assigned).
+func (c Credential) ManagedIdentity() (clientID string, ok bool) { return c.managedID, c.managed }
 
 // NewFederatedTokenFile returns a credential that is the token in path,
 // read each time one is needed (workload identity federation).
@@ -93,7 +107,7 @@ func (c Credential) NotAfter() time.Time {
 
 // Equal says whether c and o are the same credential.
 func (c Credential) Equal(o Credential) bool {
-	if c.secret != o.secret || c.tokenFile != o.tokenFile || len(c.certs) != len(o.certs) {
+	if c.secret != o.secret || c.tokenFile != o.tokenFile || c.managed != o.managed || c.managedID != o.managedID || len(c.certs) != len(o.certs) {
 		return false
 	}
 	for i := range c.certs {
@@ -117,6 +131,10 @@ func (c Credential) String() string {
 		return "client secret " + redacted
 	case c.tokenFile != "":
 		return "federated token file " + c.tokenFile
+	case c.managed && c.managedID != "":
+		return "user-assigned managed identity " + c.managedID
+	case c.managed:
+		return "system-assigned managed identity"
 	}
 	return "none"
 }
