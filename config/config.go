@@ -41,6 +41,9 @@ type Config struct {
 	HTTP      HTTP       `yaml:"http"`
 	Sandbox   Sandbox    `yaml:"sandbox"`
 	Cluster   Cluster    `yaml:"cluster"`
+	// TokenCache keeps the tenants' tokens on disk, encrypted, so that a
+	// restart needs no new grant.
+	TokenCache TokenCache `yaml:"token_cache"`
 
 	// Path is the file the config was loaded from.
 	Path string `yaml:"-"`
@@ -342,6 +345,17 @@ type HTTPAuth struct {
 // in-process fakes and writes what they receive to Dir as .eml files.
 type Sandbox struct {
 	Dir string `yaml:"dir"`
+}
+
+// TokenCache is where the tokens are kept on disk, and the key that
+// encrypts them. Without a key nothing is written.
+type TokenCache struct {
+	Dir     string `yaml:"dir"`      // default: spool.dir/tokens
+	KeyFile string `yaml:"key_file"` // 32 random bytes, raw or as 64 hex digits
+	KeyEnv  string `yaml:"key_env"`  // or an environment variable with 64 hex digits
+
+	// Key is the key, read by Load.
+	Key secret.String `yaml:"-"`
 }
 
 // ManagedIdentity is a tenant's managed identity.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -513,6 +514,7 @@ func (l *loader) validateGlobals(c *Config) {
 	}
 	l.validateHTTPAuth(c)
 	l.validateCluster(c)
+	l.validateTokenCache(c)
 	for i, h := range c.HTTP.AllowedHosts {
 		if !hostnameRE.MatchString(h) {
 			l.errorf(fmt.Sprintf("http.allowed_hosts[%d]", i), "%q is not a host name (no port, scheme or wildcard), e.g. smtpbridge.internal", h)
@@ -705,4 +707,67 @@ func (l *loader) validateCluster(c *Config) {
 	case *ttl < time.Second || *ttl > 10*time.Minute:
 		l.errorf("cluster.lease_ttl", "%s: use 1s to 10m (15s by default): how long a dead replica's connections count against the mailbox", *ttl)
 	}
+}
+
+// validateTokenCache reads the token cache's key (32 bytes: raw in
+// key_file, or 64 hex digits in key_file or key_env).
+func (l *loader) validateTokenCache(c *Config) {
+	tc := &c.TokenCache
+	if tc.KeyFile != "" && tc.KeyEnv != "" {
+		l.errorf("token_cache", "set key_file or key_env, not both")
+		return
+	}
+	var raw []byte
+	switch {
+	case tc.KeyFile != "":
+		tc.KeyFile = l.path(tc.KeyFile)
+		data, err := os.ReadFile(tc.KeyFile)
+		if err != nil {
+			l.errorf("token_cache.key_file", "%v; create one with: openssl rand -hex 32 > %s && chmod 600 %s", err, tc.KeyFile, tc.KeyFile)
+			return
+		}
+		l.checkSecretFile("token_cache.key_file", tc.KeyFile)
+		raw = data
+	case tc.KeyEnv != "":
+		v, ok := l.lookup(tc.KeyEnv)
+		if !ok {
+			l.errorf("token_cache.key_env", "environment variable %s is not set", tc.KeyEnv)
+			return
+		}
+		raw = []byte(v)
+	default:
+		if tc.Dir != "" {
+			l.warnf("token_cache.dir", "set without key_file or key_env: no token is kept on disk (set a key to keep them, encrypted)")
+		}
+		return
+	}
+	key, err := parseCacheKey(raw)
+	if err != nil {
+		key := "token_cache.key_file"
+		if tc.KeyEnv != "" {
+			key = "token_cache.key_env"
+		}
+		l.errorf(key, "%v; make one with: openssl rand -hex 32", err)
+		return
+	}
+	tc.Key = secret.String(key)
+	if tc.Dir == "" {
+		tc.Dir = filepath.Join(c.Spool.Dir, "tokens")
+	} else {
+		tc.Dir = l.path(tc.Dir)
+	}
+}
+
+// parseCacheKey takes 32 raw bytes, or 64 hex digits (with a newline).
+func parseCacheKey(b []byte) (string, error) {
+	if len(b) == 32 {
+		return string(b), nil
+	}
+	t := strings.TrimSpace(string(b))
+	if len(t) == 64 {
+		if k, err := hex.DecodeString(t); err == nil {
+			return string(k), nil
+		}
+	}
+	return "", fmt.Errorf("the key must be 32 random bytes, raw or as 64 hex digits (found %d bytes)", len(b))
 }

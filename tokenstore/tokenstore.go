@@ -40,6 +40,9 @@ type Tenant struct {
 	// authority (sandbox mode). Production leaves it nil: the system trust
 	// store, which honours SSL_CERT_FILE, is used.
 	RootCAs *x509.CertPool
+	// Cache, if it has a key, keeps the tenant's tokens on disk,
+	// encrypted, across restarts.
+	Cache *Cache
 }
 
 // Token is an access token. String does not reveal it.
@@ -177,7 +180,7 @@ func (s *Store) Reconfigure(tenants []Tenant) error {
 func (t Tenant) equal(o Tenant) bool {
 	return t.Name == o.Name && t.TenantID == o.TenantID && t.ClientID == o.ClientID &&
 		t.AuthorityHost == o.AuthorityHost && t.Scope == o.Scope && t.RootCAs.Equal(o.RootCAs) &&
-		t.Credential.Equal(o.Credential)
+		t.Credential.Equal(o.Credential) && t.Cache.equal(o.Cache)
 }
 
 func newClient(t Tenant) (*client, error) {
@@ -211,6 +214,13 @@ func newClient(t Tenant) (*client, error) {
 	}
 	opts := []confidential.Option{
 		confidential.WithHTTPClient(httpClient),
+	}
+	fc, err := newFileCache(t.Cache, t)
+	if err != nil {
+		return nil, err
+	}
+	if fc != nil {
+		opts = append(opts, confidential.WithCache(fc))
 	}
 	if !IsMicrosoftAuthority(t.AuthorityHost) {
 		// A national cloud proxy or a test issuer: MSAL would otherwise ask

@@ -182,3 +182,60 @@ devices:
 	}
 	p.stop(t)
 }
+
+// token_cache keeps the tokens across a restart, encrypted: the first
+// message after a restart needs no new grant, and the cache file holds
+// no readable token; with another key the cache is unreadable, and a new
+// grant replaces it.
+func TestTokenCache(t *testing.T) {
+	u := startFakes(t)
+	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	keyFile := filepath.Join(u.dir, "token-cache.key")
+	writeFile(t, keyFile, strings.Repeat("5a", 32)+"\n")
+	appendConfig(t, path, "token_cache:\n  key_file: token-cache.key\n")
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	send := func(subject string) {
+		t.Helper()
+		if r, err := sendOne(plain, subject); err != nil || !strings.HasPrefix(r, "2.0.0") {
+			t.Fatalf("%s: %q %v", subject, r, err)
+		}
+	}
+	p := startBridge(t, env, []string{plain}, "serve", "--config", path)
+	send("cached-1")
+	if g := u.entra.Grants(clientID); g != 1 {
+		t.Fatalf("%d grants for the first message, want 1", g)
+	}
+	p.stop(t)
+	files, _ := filepath.Glob(filepath.Join(u.dir, "spool", "tokens", "*.cache"))
+	if len(files) != 1 {
+		t.Fatalf("%d cache files, want 1", len(files))
+	}
+	data := testenv.ReadFile(t, files[0])
+	// A JWT starts with the base64 of `{"`: eyJ; the token's claims would
+	// name the app and the tenant.
+	for _, plain := range []string{"eyJ", clientID, tenantID, "access_token", "AccessToken", clientSecret} {
+		if strings.Contains(data, plain) {
+			t.Errorf("the cache file holds %q in clear", plain)
+		}
+	}
+	if fi, _ := os.Stat(files[0]); fi.Mode().Perm() != 0o600 {
+		t.Errorf("cache file mode %v", fi.Mode().Perm())
+	}
+
+	p = startBridge(t, env, []string{plain}, "serve", "--config", path)
+	send("cached-2")
+	if g := u.entra.Grants(clientID); g != 1 {
+		t.Errorf("after a restart the first message took a new grant (%d in all)", g)
+	}
+	p.stop(t)
+
+	// Another key: the old file cannot be read; a new grant, no error.
+	writeFile(t, keyFile, strings.Repeat("a5", 32)+"\n")
+	p = startBridge(t, env, []string{plain}, "serve", "--config", path)
+	send("cached-3")
+	if g := u.entra.Grants(clientID); g != 2 {
+		t.Errorf("with a new key, %d grants in all, want 2", g)
+	}
+	p.stop(t)
+}

@@ -57,8 +57,14 @@ func (ms microsoft) tokenTenant(t *config.Tenant) tokenstore.Tenant {
 
 func (ms microsoft) tokenTenants(cfg *config.Config) []tokenstore.Tenant {
 	out := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
+	var cache *tokenstore.Cache
+	if k := cfg.TokenCache.Key.Value(); k != "" && ms.sb == nil {
+		cache = &tokenstore.Cache{Dir: cfg.TokenCache.Dir, Key: []byte(k)}
+	}
 	for i := range cfg.Tenants {
-		out = append(out, ms.tokenTenant(&cfg.Tenants[i]))
+		t := ms.tokenTenant(&cfg.Tenants[i])
+		t.Cache = cache
+		out = append(out, t)
 	}
 	return out
 }

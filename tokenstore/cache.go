@@ -1,0 +1,123 @@
+package tokenstore
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
+
+	"github.com/smtpbridge/smtpbridge/internal/durable"
+)
+
+// Cache keeps MSAL's token caches on disk, encrypted with AES-256-GCM,
+// so that a restart does not need a new grant. Without a key nothing is
+// written.
+type Cache struct {
+	Dir string
+	Key []byte // 32 bytes
+}
+
+// fileCache is one MSAL client's cache file: Replace reads it before
+// MSAL looks in its cache, Export writes it after MSAL changed it.
+type fileCache struct {
+	path string
+	aead cipher.AEAD
+	mu   sync.Mutex
+}
+
+var _ cache.ExportReplace = (*fileCache)(nil)
+
+// newFileCache returns the cache of tenant t's client in c.Dir: one file
+// per tenant, app, authority and scope, named by their hash.
+func newFileCache(c *Cache, t Tenant) (*fileCache, error) {
+	if c == nil || len(c.Key) == 0 {
+		return nil, nil
+	}
+	if len(c.Key) != 32 {
+		return nil, fmt.Errorf("token cache: the key is %d bytes, want 32", len(c.Key))
+	}
+	block, err := aes.NewCipher(c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("token cache: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("token cache: %w", err)
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("token cache: %w", err)
+	}
+	id := sha256.Sum256([]byte(t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00" + t.Scope))
+	return &fileCache{path: filepath.Join(c.Dir, hex.EncodeToString(id[:12])+".cache"), aead: aead}, nil
+}
+
+// Replace implements cache.ExportReplace.
+func (f *fileCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	data, err := os.ReadFile(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("token cache: %w", err)
+	}
+	n := f.aead.NonceSize()
+	if len(data) < n {
+		return nil // not ours: start afresh, the next Export replaces it
+	}
+	plain, err := f.aead.Open(nil, data[:n], data[n:], []byte(f.path))
+	if err != nil {
+		// Another key, or a damaged file: a new grant, then a new file.
+		return nil
+	}
+	return u.Unmarshal(plain)
+}
+
+// Export implements cache.ExportReplace.
+func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportHints) error {
+	plain, err := m.Marshal()
+	if err != nil {
+		return fmt.Errorf("token cache: %w", err)
+	}
+	nonce := make([]byte, f.aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("token cache: %w", err)
+	}
+	sealed := f.aead.Seal(nonce, nonce, plain, []byte(f.path))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tmp, err := os.CreateTemp(filepath.Dir(f.path), ".cache-*")
+	if err != nil {
+		return fmt.Errorf("token cache: %w", err)
+	}
+	_, werr := tmp.Write(sealed)
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("token cache: %w", err)
+	}
+	if err := durable.Rename(tmp.Name(), f.path); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("token cache: %w", err)
+	}
+	return nil
+}
+
+func (c *Cache) equal(o *Cache) bool {
+	if c == nil || o == nil {
+		return c == o
+	}
+	return c.Dir == o.Dir && string(c.Key) == string(o.Key)
+}
