@@ -155,10 +155,12 @@ type Stats struct {
 func Search(files []string, q Query, limit int) ([]Story, Stats, error) {
 	var st Stats
 	var read []string
-	for _, f := range files {
+	first := 0 // the oldest file pass 2 reads
+	for i, f := range files {
 		if !q.Since.IsZero() {
 			if fi, err := os.Stat(f); err == nil && fi.ModTime().Before(q.Since) {
 				st.Skipped++ // its last event is older than Since
+				first = i
 				continue
 			}
 		}
@@ -229,9 +231,10 @@ func Search(files []string, q Query, limit int) ([]Story, Stats, error) {
 	for _, id := range ids {
 		want[id] = &Story{ID: id}
 	}
-	// Pass 2: every event of those messages, in every file read (a
-	// message's first events may be in an older file than the match).
-	for _, f := range files {
+	// Pass 2: every event of those messages, in the files read and the
+	// one before them (a message's first events may be in the file
+	// rotated just before its match).
+	for _, f := range files[first:] {
 		err := eachLine(f, &st, func(line []byte) error {
 			id := msgID(line)
 			if id == nil {
