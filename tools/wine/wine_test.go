@@ -126,14 +126,7 @@ func TestExe(t *testing.T) {
 	if out, err := run("version"); err != nil || !strings.HasPrefix(out, "smtpbridge ") {
 		t.Fatalf("smtpbridge.exe version: %v\n%s", err, out)
 	}
-	data, err := os.ReadFile(filepath.Join(root, "examples", "sandbox.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	smtpAddr, httpAddr := freePort(t), freePort(t)
-	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
-	os.MkdirAll(filepath.Join(dir, "conf dir"), 0o755)
-	os.WriteFile(filepath.Join(dir, "conf dir", "sandbox.yaml"), []byte(cfg), 0o644)
+	smtpAddr := sandboxConfig(t, filepath.Join(dir, "conf dir", "sandbox.yaml"))
 	if out, err := run("check-config", "--config", `conf dir\sandbox.yaml`); err != nil || !strings.Contains(out, "OK") {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
@@ -186,21 +179,7 @@ func TestService(t *testing.T) {
 	if err != nil {
 		t.Fatal("swaks is not installed (apt-get install swaks)")
 	}
-	// Wine's service manager lives as long as its wineserver: keep it up
-	// between the commands.
-	wineserver := filepath.Join(filepath.Dir(w), "wineserver64")
-	exec.Command(wineserver, "-k").Run()
-	// No pipes: the persistent wineserver would hold them open.
-	if err := exec.Command(wineserver, "-p").Run(); err != nil {
-		t.Fatalf("wineserver -p: %v", err)
-	}
-	// Wine's own processes (services.exe, the service manager) start
-	// with the first command and keep its output open: start them here,
-	// without pipes.
-	if err := exec.Command(w, "wineboot").Run(); err != nil {
-		t.Fatalf("wineboot: %v", err)
-	}
-	t.Cleanup(func() { exec.Command(wineserver, "-k").Run() })
+	persistentWineserver(t, w)
 
 	dir := t.TempDir()
 	exe := filepath.Join(dir, "smtpbridge.exe")
@@ -217,14 +196,7 @@ func TestService(t *testing.T) {
 		}
 		return string(out), err
 	}
-	data, err := os.ReadFile(filepath.Join(root, "examples", "sandbox.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	smtpAddr, httpAddr := freePort(t), freePort(t)
-	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
-	os.MkdirAll(filepath.Join(dir, "Program Data"), 0o755)
-	os.WriteFile(filepath.Join(dir, "Program Data", "smtpbridge.yaml"), []byte(cfg), 0o600)
+	smtpAddr := sandboxConfig(t, filepath.Join(dir, "Program Data", "smtpbridge.yaml"))
 	config := `Program Data\smtpbridge.yaml`
 	logFile := filepath.Join(dir, "Program Data", "smtpbridge.log")
 
@@ -285,15 +257,7 @@ func TestMSI(t *testing.T) {
 		t.Fatalf("release: %v\n%s", err, out)
 	}
 	msi := filepath.Join(dist, "smtpbridge_0.9.2_windows_amd64.msi")
-	wineserver := filepath.Join(filepath.Dir(w), "wineserver64")
-	exec.Command(wineserver, "-k").Run()
-	if err := exec.Command(wineserver, "-p").Run(); err != nil {
-		t.Fatalf("wineserver -p: %v", err)
-	}
-	t.Cleanup(func() { exec.Command(wineserver, "-k").Run() })
-	if err := exec.Command(w, "wineboot").Run(); err != nil {
-		t.Fatalf("wineboot: %v", err)
-	}
+	persistentWineserver(t, w)
 	run := func(args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -335,5 +299,43 @@ func TestMSI(t *testing.T) {
 	// sc query fails for a service that does not exist.
 	if out, err := exec.Command(w, "sc", "query", "smtpbridge").CombinedOutput(); err == nil || strings.Contains(string(out), "STATE") {
 		t.Errorf("the service is still registered after uninstall: %v\n%s", err, out)
+	}
+}
+
+// sandboxConfig writes the shipped sandbox example to path, listening on
+// free ports, and returns its SMTP address.
+func sandboxConfig(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, "examples", "sandbox.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpAddr, httpAddr := freePort(t), freePort(t)
+	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return smtpAddr
+}
+
+// persistentWineserver keeps Wine's server, and with it its service
+// manager, up between the test's commands, and stops it at the end.
+func persistentWineserver(t *testing.T, w string) {
+	t.Helper()
+	wineserver := filepath.Join(filepath.Dir(w), "wineserver64")
+	exec.Command(wineserver, "-k").Run()
+	// No pipes: the persistent wineserver would hold them open.
+	if err := exec.Command(wineserver, "-p").Run(); err != nil {
+		t.Fatalf("wineserver -p: %v", err)
+	}
+	t.Cleanup(func() { exec.Command(wineserver, "-k").Run() })
+	// Wine's own processes (services.exe, the service manager) start with
+	// the first command and keep its output open: start them here,
+	// without pipes.
+	if err := exec.Command(w, "wineboot").Run(); err != nil {
+		t.Fatalf("wineboot: %v", err)
 	}
 }
