@@ -104,11 +104,7 @@ func storyViewOf(s trace.Story) storyView {
 			sv.Device, sv.Tenant, sv.Mailbox = e.Device, e.Tenant, e.Mailbox
 		}
 		ev := eventView{At: e.Time.UTC().Format("2006-01-02 15:04:05"), Kind: e.Kind, Hint: e.Hint}
-		text := e.Line()
-		if i := strings.Index(text, "\n"); i >= 0 {
-			text = text[:i] // the hint has its own line on the page
-		}
-		ev.Text = strings.TrimPrefix(text, e.Kind)
+		ev.Text = strings.TrimPrefix(e.Line(), e.Kind)
 		switch e.Kind {
 		case "delivered":
 			ev.Class, sv.Class = classOK, classOK

@@ -22,10 +22,29 @@ func (s Story) Text(w io.Writer, loc *time.Location) {
 	fmt.Fprintln(w)
 	for _, e := range s.Events {
 		fmt.Fprintf(w, "  %s  %s\n", e.Time.In(loc).Format("2006-01-02 15:04:05"), e.Line())
+		e.writeHint(w, hintIndent)
 	}
 }
 
-// Line tells the event in one line.
+// hintIndent puts a hint under the event's text.
+const hintIndent = "                       "
+
+// writeHint writes the event's hint, if any, on a line of its own
+// after indent.
+func (e Event) writeHint(w io.Writer, indent string) {
+	if e.Hint != "" {
+		fmt.Fprintf(w, "%shint: %s\n", indent, e.Hint)
+	}
+}
+
+// FollowLine is how --follow prints an event: its time, message, device
+// and Line, and its hint on the next line.
+func (e Event) FollowLine(w io.Writer) {
+	fmt.Fprintf(w, "%s  %s  %s  %s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.MsgID, cmp.Or(e.Device, "-"), e.Line())
+	e.writeHint(w, hintIndent)
+}
+
+// Line tells the event in one line (its hint apart: Hint).
 func (e Event) Line() string {
 	var b strings.Builder
 	b.WriteString(e.Kind)
@@ -80,9 +99,6 @@ func (e Event) Line() string {
 	}
 	if e.RetryBy == "device" {
 		b.WriteString("; the device retries")
-	}
-	if e.Hint != "" {
-		fmt.Fprintf(&b, "\n                       hint: %s", e.Hint)
 	}
 	return b.String()
 }

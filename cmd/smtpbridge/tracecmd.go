@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,7 +89,7 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 				enc.Encode(e)
 				return
 			}
-			fmt.Fprintf(stdout, "%s  %s  %s  %s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.MsgID, cmp.Or(e.Device, "-"), e.Line())
+			e.FollowLine(stdout)
 		})
 	}
 	files, err := trace.Files(log)

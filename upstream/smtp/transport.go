@@ -187,11 +187,20 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	reused := uc.c != nil
 	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
 	defer cancel()
-	if uc.c == nil {
-		if err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox); err != nil {
-			s.report(message.Receipt{}, err)
-			return message.Receipt{}, err
+	// ensureOpen opens the connection if it has none (a first one, or
+	// after a stale reused one closed).
+	ensureOpen := func() error {
+		if uc.c != nil {
+			return nil
 		}
+		err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox)
+		if err != nil {
+			s.report(message.Receipt{}, err)
+		}
+		return err
+	}
+	if err := ensureOpen(); err != nil {
+		return message.Receipt{}, err
 	}
 	// Counted last, on an open connection, so that the count's time is
 	// the MAIL's, as Exchange sees it: counted before the wait for a
@@ -213,11 +222,8 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	body := newBodySender(m)
 	defer body.release()
 	for {
-		if uc.c == nil {
-			if err := t.open(ctx, s, uc, route, m.Tenant, m.Mailbox); err != nil {
-				s.report(message.Receipt{}, err)
-				return message.Receipt{}, err
-			}
+		if err := ensureOpen(); err != nil {
+			return message.Receipt{}, err
 		}
 		c := uc.c
 		// Closing the connection is how a submission is aborted, on
