@@ -150,6 +150,15 @@ type Stats struct {
 	Lines          int
 }
 
+// SearchLog searches the audit log at path and its rotated files.
+func SearchLog(path string, q Query, limit int) ([]Story, Stats, error) {
+	files, err := Files(path)
+	if err != nil {
+		return nil, Stats{}, err
+	}
+	return Search(files, q, limit)
+}
+
 // Search returns the stories of the messages that match q, oldest first,
 // at most limit of them (the newest; 0: all).
 func Search(files []string, q Query, limit int) ([]Story, Stats, error) {

@@ -124,11 +124,7 @@ func (d *daemon) searchAudit() status.Searcher {
 		if path == "" {
 			return nil, errors.New("no audit log: set log.audit_file in the config and reload")
 		}
-		files, err := trace.Files(path)
-		if err != nil {
-			return nil, err
-		}
-		stories, _, err := trace.Search(files, q, limit)
+		stories, _, err := trace.SearchLog(path, q, limit)
 		return stories, err
 	}
 }

@@ -92,12 +92,8 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 			e.FollowLine(stdout)
 		})
 	}
-	files, err := trace.Files(log)
-	if err != nil {
-		return err
-	}
 	start := time.Now()
-	stories, st, err := trace.Search(files, q, *limit)
+	stories, st, err := trace.SearchLog(log, q, *limit)
 	if err != nil {
 		return err
 	}
