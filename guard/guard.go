@@ -370,12 +370,7 @@ func (g *Guard) Unblock(a netip.Addr) (was bool, err error) {
 	g.mu.Lock()
 	k := g.key(a)
 	was = g.blockedLocked(k)
-	if g.blocks[k] != nil {
-		g.dirty = true
-	}
-	delete(g.blocks, k)
-	delete(g.byAddr, k)
-	delete(g.unshared, k)
+	g.lift(k)
 	s := g.shared
 	g.mu.Unlock()
 	if s == nil {
@@ -388,6 +383,17 @@ func (g *Guard) Unblock(a netip.Addr) (was bool, err error) {
 		return was, fmt.Errorf("lifted on this replica only: the other replicas could not be told: %w", err)
 	}
 	return was || there, nil
+}
+
+// lift removes k's block, if any, and forgets its failures; g.mu is
+// held.
+func (g *Guard) lift(k netip.Prefix) {
+	if g.blocks[k] != nil {
+		g.dirty = true
+	}
+	delete(g.blocks, k)
+	delete(g.byAddr, k)
+	delete(g.unshared, k)
 }
 
 // hourly counts events in the last hour in one-minute buckets.

@@ -89,10 +89,7 @@ func (g *Guard) Sync(ctx context.Context) (applied []Block, err error) {
 	}
 	for k, b := range g.blocks {
 		if at, ok := unblocked[keyString(k)]; ok && !at.Before(b.Since) {
-			delete(g.blocks, k)
-			delete(g.byAddr, k)
-			delete(g.unshared, k)
-			g.dirty = true
+			g.lift(k)
 			continue
 		}
 		if !there[k] && g.blockedLocked(k) {
