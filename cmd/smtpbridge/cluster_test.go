@@ -346,11 +346,14 @@ func TestReplicasExample(t *testing.T) {
 		}
 		path := filepath.Join(dir, name+".yaml")
 		writeFile(t, path, cfg)
+		// Started at once: between freePort and the bind, another
+		// process (the first bridge's connections) may take the port, so
+		// the check-config run waits until after.
+		bridges = append(bridges, startBridge(t, nil, []string{smtpAddr, httpAddr}, "serve", "--config", path))
+		smtps, https = append(smtps, smtpAddr), append(https, httpAddr)
 		if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
 			t.Fatalf("check-config: %v\n%s", err, out)
 		}
-		bridges = append(bridges, startBridge(t, nil, []string{smtpAddr, httpAddr}, "serve", "--config", path))
-		smtps, https = append(smtps, smtpAddr), append(https, httpAddr)
 	}
 	for i, addr := range smtps {
 		out, err := runCmd(t, "", swaks, "--server", addr, "--auth", "LOGIN", "--auth-user", "mfp-sandbox", "--auth-password", "scan-to-mail",
