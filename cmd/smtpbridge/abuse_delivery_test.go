@@ -45,7 +45,7 @@ func deliveredTo(exo *fakeexchange.Server, subject string) map[string]int {
 // refused for now is retried alone and gets it once.
 func TestAbusePerRecipient(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 1s\n  retry_max: 2s\n  bounce_to: it@contoso.example\n")
 	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{plain}, "serve", "--config", path)
@@ -94,7 +94,7 @@ func TestAbusePerRecipient(t *testing.T) {
 // 554 5.2.0 quota refusal pauses the mailbox and loses nothing.
 func TestAbuseDailyQuota(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	writeFile(t, path, strings.Replace(data, "  - name: contoso\n", "  - name: contoso\n    max_recipients_per_day: 5\n", 1))
@@ -168,7 +168,7 @@ func TestAbuseDailyQuota(t *testing.T) {
 func TestAbuseEntraOutage(t *testing.T) {
 	t.Parallel() // a minute of waiting, beside the other tests
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	writeFile(t, path, strings.Replace(data, "  - name: contoso\n", "  - name: contoso\n    max_messages_per_minute: 100000\n", 1))

@@ -53,7 +53,7 @@ type abuseBridge struct {
 func startAbuseBridge(t *testing.T) *abuseBridge {
 	t.Helper()
 	u := startFakes(t)
-	b := &abuseBridge{u: u, plain: freePort(t), panel: freePort(t), http: freePort(t), v6: freePort6(t)}
+	b := &abuseBridge{u: u, plain: testenv.FreePort(t), panel: testenv.FreePort(t), http: testenv.FreePort(t), v6: testenv.FreePort6(t)}
 	cfg := fmt.Sprintf(`
 hostname: bridge.test
 listeners:
@@ -847,7 +847,7 @@ func TestAbuseRefusalFlood(t *testing.T) {
 		t.Skip("counts file descriptors in /proc")
 	}
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	data = strings.Replace(data, "    tls: starttls\n", "    tls: implicit\n", 1)
@@ -944,22 +944,11 @@ func TestAbuseRefusalFlood(t *testing.T) {
 // vmRSS reads a process's resident set (VmRSS) in bytes.
 func vmRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmRSS:") }
 
-// freePort6 is a free port on [::1].
-func freePort6(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "[::1]:0")
-	if err != nil {
-		t.Fatalf("IPv6 loopback: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // A block survives a restart: the blocked address is refused at the
 // greeting by the new process, and smtpbridge blocks lists it.
 func TestAbuseBlockSurvivesRestart(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := regexp.MustCompile(`password_hash: "[^"]*"`).ReplaceAllLiteralString(testenv.ReadFile(t, path), fmt.Sprintf("password_hash: %q", hashOf(t, password)))
 	writeFile(t, path, data)

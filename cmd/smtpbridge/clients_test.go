@@ -17,7 +17,7 @@ import (
 
 func TestRealClients(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	cfg := u.config(t, plain, secure, httpAddr)
 	p := startBridge(t, []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret},
 		[]string{plain, secure}, "serve", "--config", cfg)
@@ -144,7 +144,7 @@ func TestSandboxQuickStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	smtpAddr, httpAddr := freePort(t), freePort(t)
+	smtpAddr, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1)
 	if cfg == string(data) {
 		t.Fatal("examples/sandbox.yaml no longer listens on 127.0.0.1:2525; update the README and this test")

@@ -28,7 +28,7 @@ const replicaDevices = 30
 // through Redis.
 func (u *fakes) replicaConfig(t *testing.T, n int, redisAddr, hash string, perMinute int) (path, smtpAddr, httpAddr string) {
 	t.Helper()
-	smtpAddr, httpAddr = freePort(t), freePort(t)
+	smtpAddr, httpAddr = testenv.FreePort(t), testenv.FreePort(t)
 	var devs strings.Builder
 	for i := 1; i <= replicaDevices; i++ {
 		fmt.Fprintf(&devs, "  - {name: mfp-%02d, username: mfp-%02d, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example}\n", i, i, hash)
@@ -334,7 +334,7 @@ func TestReplicasExample(t *testing.T) {
 	var bridges []*bridgeProc
 	var smtps, https []string
 	for _, name := range []string{"bridge-1", "bridge-2"} {
-		smtpAddr, httpAddr := freePort(t), freePort(t)
+		smtpAddr, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 		// What compose gives each container: its own ports, volume and
 		// host name (the instance), the secret, Redis's address.
 		cfg := strings.NewReplacer(`"0.0.0.0:2525"`, strconv.Quote(smtpAddr), `"0.0.0.0:9464"`, strconv.Quote(httpAddr),
@@ -346,9 +346,6 @@ func TestReplicasExample(t *testing.T) {
 		}
 		path := filepath.Join(dir, name+".yaml")
 		writeFile(t, path, cfg)
-		// Started at once: between freePort and the bind, another
-		// process (the first bridge's connections) may take the port, so
-		// the check-config run waits until after.
 		bridges = append(bridges, startBridge(t, nil, []string{smtpAddr, httpAddr}, "serve", "--config", path))
 		smtps, https = append(smtps, smtpAddr), append(https, httpAddr)
 		if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {

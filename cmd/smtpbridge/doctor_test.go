@@ -9,6 +9,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // runBridge runs the binary with env and returns its output and exit code.
@@ -31,7 +32,7 @@ func runBridge(t *testing.T, env []string, args ...string) (string, int) {
 // after the fix, doctor passes and send-test delivers.
 func TestOnboarding(t *testing.T) {
 	u := startFakes(t)
-	path := u.config(t, freePort(t), freePort(t), freePort(t))
+	path := u.config(t, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t))
 	good := []string{"SSL_CERT_FILE=" + u.caFile, "TEST_CLIENT_SECRET=" + clientSecret}
 	mbox := fakeexchange.Mailbox{Address: "scanner@contoso.example", TenantID: tenantID, FullAccess: []string{u.app.ObjectID}}
 

@@ -44,7 +44,7 @@ func TestFederatedTokenFile(t *testing.T) {
 		return tok
 	}
 	first := project(subject)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	data = strings.Replace(data, "devices:\n", fmt.Sprintf(`  - name: fedco
@@ -135,7 +135,7 @@ func TestManagedIdentity(t *testing.T) {
 	t.Setenv("IDENTITY_ENDPOINT", endpoint)
 	t.Setenv("IDENTITY_HEADER", header)
 
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	hash := hashOf(t, password)
@@ -189,7 +189,7 @@ devices:
 // grant replaces it.
 func TestTokenCache(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	keyFile := filepath.Join(u.dir, "token-cache.key")
 	writeFile(t, keyFile, strings.Repeat("5a", 32)+"\n")

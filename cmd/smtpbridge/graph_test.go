@@ -85,7 +85,7 @@ func graphMessage(g *fakegraph.Server, subject string) *fakegraph.Message {
 // of its own, cached.
 func TestGraphTransport(t *testing.T) {
 	u := startFakes(t)
-	plain, httpAddr := freePort(t), freePort(t)
+	plain, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 	path := u.graphConfig(t, plain, httpAddr)
 	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{plain}, "serve", "--config", path)
 	p.plain = plain
@@ -196,7 +196,7 @@ func TestGraphTransport(t *testing.T) {
 func TestGraphWithoutMailReadWrite(t *testing.T) {
 	u := startFakes(t)
 	u.AddApp(tenantID, fakeentra.App{ClientID: clientID, Secrets: []fakeentra.Secret{{Value: clientSecret}}, GraphRoles: []string{fakeentra.RoleMailSend}})
-	plain, httpAddr := freePort(t), freePort(t)
+	plain, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 	path := u.graphConfig(t, plain, httpAddr)
 	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{plain}, "serve", "--config", path)
 	p.plain = plain
@@ -226,7 +226,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 // command that fixes it.
 func TestGraphDoctor(t *testing.T) {
 	u := startFakes(t)
-	path := u.graphConfig(t, freePort(t), freePort(t))
+	path := u.graphConfig(t, testenv.FreePort(t), testenv.FreePort(t))
 	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
 	out, code := runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")
 	if code != 0 || !strings.Contains(out, "graph token") || !strings.Contains(out, "a draft was created and deleted") {

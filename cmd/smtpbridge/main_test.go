@@ -83,16 +83,6 @@ func writeFile(t *testing.T, path, data string) {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // bridgeProc is a running smtpbridge process.
 type bridgeProc struct {
 	cmd    *exec.Cmd

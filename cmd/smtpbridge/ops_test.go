@@ -57,7 +57,7 @@ scrape_configs:
       - targets: [%q]
 `, rules, passwordFile, target)
 	writeFile(t, filepath.Join(dir, "prometheus.yml"), cfg)
-	addr := freePort(t)
+	addr := testenv.FreePort(t)
 	p := &prometheusServer{url: "http://" + addr, logs: &syncbuf.Buffer{}}
 	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--web.enable-lifecycle")
@@ -182,7 +182,7 @@ func chromium(t *testing.T, args ...string) string {
 func TestOperations(t *testing.T) {
 	swaks := testenv.LookTool(t, "swaks")
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	// erp queues its mail, and sends as an address the mailbox has no
 	// SendAs for: Exchange refuses it (550 5.7.60) and it becomes a dead

@@ -108,7 +108,7 @@ func delivered(exo *fakeexchange.Server) map[string]int {
 // device got a 250 for reaches Exchange.
 func TestCrashSafety(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 2s\n  retry_max: 4s\n")
 	// Above Exchange's 30 a minute (a warning), so that the restart's
@@ -215,7 +215,7 @@ func TestCrashSafety(t *testing.T) {
 // one (the spool directory).
 func TestQueueCommand(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n")
 	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
@@ -323,7 +323,7 @@ func TestQueueCommand(t *testing.T) {
 // queue empty (exit 0).
 func TestDrain(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n")
 	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}

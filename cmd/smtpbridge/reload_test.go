@@ -23,7 +23,7 @@ import (
 func TestReloadUnderLoad(t *testing.T) {
 	swaks := testenv.LookTool(t, "swaks")
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	// Above Exchange's 30 a minute (a warning), so that the load is not
 	// held back by the bridge's rate limit.

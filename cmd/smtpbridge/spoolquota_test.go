@@ -24,7 +24,7 @@ import (
 // device was told was taken is delivered once in the end.
 func TestSpoolQuota(t *testing.T) {
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	insertDevices(t, path, fmt.Sprintf(`  - name: hog
     username: hog

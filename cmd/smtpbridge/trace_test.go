@@ -35,7 +35,7 @@ const traceRcpt = "someone@example.com"
 func startTraceBridge(t *testing.T) *traceBridge {
 	t.Helper()
 	u := startFakes(t)
-	plain, secure, httpAddr := freePort(t), freePort(t), freePort(t)
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
 	data := testenv.ReadFile(t, path)
 	writeFile(t, path, strings.Replace(data, "log:\n  level: debug\n", "log:\n  level: debug\n  audit_file: audit.log\n", 1))

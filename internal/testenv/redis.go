@@ -21,13 +21,7 @@ type Redis struct {
 // and stops it when the test ends.
 func StartRedis(t TB) *Redis {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	r := &Redis{t: t, bin: LookTool(t, "redis-server"), Addr: addr}
+	r := &Redis{t: t, bin: LookTool(t, "redis-server"), Addr: FreePort(t)}
 	r.Start()
 	t.Cleanup(r.Stop)
 	return r

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 var root, _ = filepath.Abs(filepath.Join("..", ".."))
@@ -93,16 +95,6 @@ func TestWindowsPackages(t *testing.T) {
 			}
 		})
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // smtpbridge.exe under Wine, as a Windows user would run it from a
@@ -310,7 +302,7 @@ func sandboxConfig(t *testing.T, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	smtpAddr, httpAddr := freePort(t), freePort(t)
+	smtpAddr, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 	cfg := strings.Replace(string(data), `"127.0.0.1:2525"`, `"`+smtpAddr+`"`, 1) + "\nhttp:\n  address: \"" + httpAddr + "\"\n"
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
