@@ -95,9 +95,12 @@ type Tenant struct {
 	// app's client assertion (workload identity federation), read on each
 	// token request: AKS sets AZURE_FEDERATED_TOKEN_FILE to it.
 	FederatedTokenFile string `yaml:"federated_token_file"`
-	// ManagedIdentity sends as the host's Azure managed identity (an
-	// Azure VM, App Service, Container Apps, an Azure Arc server): no
-	// credential at all. {} is the system-assigned identity.
+	// ManagedIdentity uses the host's Azure managed identity (an Azure
+	// VM, App Service, Container Apps, an Azure Arc server): no secret at
+	// all. {} is the system-assigned identity. Without client_id the
+	// bridge sends as the managed identity itself; with it, the managed
+	// identity's token is the client assertion of that app registration,
+	// on which it is a federated credential.
 	ManagedIdentity *ManagedIdentity `yaml:"managed_identity"`
 	// ClientSecretExpires is the secret's expiry date as Entra shows it
 	// (YYYY-MM-DD), for warnings and the credential expiry metric.

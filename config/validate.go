@@ -206,8 +206,8 @@ func (l *loader) validateTenants(c *Config) {
 			l.errorf(k+".tenant_id", "%q is neither a GUID nor a domain name", t.TenantID)
 		}
 		switch {
-		case t.ManagedIdentity != nil && t.ClientID != "":
-			l.errorf(k+".client_id", "with managed_identity the bridge sends as the managed identity itself: remove client_id (a managed identity as an app registration's federated credential is not supported yet)")
+		case t.ManagedIdentity != nil && t.ClientID != "" && !guidRE.MatchString(t.ClientID):
+			l.errorf(k+".client_id", "%q is not the Application (client) ID, a GUID; with managed_identity, client_id names the app registration whose federated credential the managed identity is (omit it to send as the managed identity itself)", t.ClientID)
 		case t.ManagedIdentity != nil:
 			if id := t.ManagedIdentity.ClientID; id != "" && !guidRE.MatchString(id) {
 				l.errorf(k+".managed_identity.client_id", "%q is not a user-assigned identity's client ID, a GUID", id)

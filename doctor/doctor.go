@@ -267,6 +267,9 @@ func (r *run) credential(t *Tenant) Step {
 			s.Detail = "user-assigned managed identity " + id
 		}
 		s.Detail += ", from " + managedIdentitySource()
+		if t.ClientID != "" {
+			s.Detail += ", as the federated credential of app registration " + t.ClientID
+		}
 		return s
 	}
 	if path := t.Credential.FederatedTokenFile(); path != "" {

@@ -189,14 +189,30 @@ func newClient(t Tenant) (*client, error) {
 		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
 	}
 	httpClient := &http.Client{Transport: transport, Timeout: requestTimeout}
-	if id, ok := t.Credential.ManagedIdentity(); ok {
-		return newManagedClient(t, id, httpClient)
-	}
 	var (
 		cred confidential.Credential
 		err  error
 	)
-	if path := t.Credential.FederatedTokenFile(); path != "" {
+	if id, ok := t.Credential.ManagedIdentity(); ok {
+		if t.ClientID == "" {
+			return newManagedClient(t, id, httpClient)
+		}
+		// The managed identity is a federated credential of the app
+		// registration: its token for Entra's token exchange audience is
+		// the app's client assertion. MSAL's managed identity client
+		// caches that token; it is asked each time the app needs one.
+		mi, err := managedIdentity(id, httpClient)
+		if err != nil {
+			return nil, err
+		}
+		cred = confidential.NewCredFromAssertionCallback(func(ctx context.Context, _ confidential.AssertionRequestOptions) (string, error) {
+			res, err := mi.AcquireToken(ctx, TokenExchangeAudience)
+			if err != nil {
+				return "", fmt.Errorf("managed identity (the app's federated credential): %w", err)
+			}
+			return res.AccessToken, nil
+		})
+	} else if path := t.Credential.FederatedTokenFile(); path != "" {
 		// Read on every request: the kubelet replaces the projected
 		// token before it expires.
 		cred = confidential.NewCredFromAssertionCallback(func(context.Context, confidential.AssertionRequestOptions) (string, error) {
@@ -248,13 +264,9 @@ func newClient(t Tenant) (*client, error) {
 // or the VM's instance metadata service); clientID picks a user-assigned
 // identity.
 func newManagedClient(t Tenant, clientID string, httpClient *http.Client) (*client, error) {
-	id := managedidentity.SystemAssigned()
-	if clientID != "" {
-		id = managedidentity.UserAssignedClientID(clientID)
-	}
-	m, err := managedidentity.New(id, managedidentity.WithHTTPClient(httpClient))
+	m, err := managedIdentity(clientID, httpClient)
 	if err != nil {
-		return nil, fmt.Errorf("managed identity: %w", err)
+		return nil, err
 	}
 	// A managed identity is asked for a resource, not a scope.
 	resource := strings.TrimSuffix(t.Scope, "/.default")
@@ -266,6 +278,24 @@ func newManagedClient(t Tenant, clientID string, httpClient *http.Client) (*clie
 		return Token{AccessToken: res.AccessToken, ExpiresOn: res.ExpiresOn,
 			FromCache: res.Metadata.TokenSource == managedidentity.TokenSourceCache}, nil
 	}}, nil
+}
+
+// TokenExchangeAudience is the audience Entra ID expects of a token
+// presented as a federated credential.
+const TokenExchangeAudience = "api://AzureADTokenExchange"
+
+// managedIdentity is MSAL's client for the host's managed identity:
+// clientID picks a user-assigned one, "" the system-assigned one.
+func managedIdentity(clientID string, httpClient *http.Client) (managedidentity.Client, error) {
+	id := managedidentity.SystemAssigned()
+	if clientID != "" {
+		id = managedidentity.UserAssignedClientID(clientID)
+	}
+	m, err := managedidentity.New(id, managedidentity.WithHTTPClient(httpClient))
+	if err != nil {
+		return m, fmt.Errorf("managed identity: %w", err)
+	}
+	return m, nil
 }
 
 // readFederatedToken reads the OIDC token a federated credential

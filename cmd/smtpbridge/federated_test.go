@@ -10,6 +10,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
+	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
 // A tenant whose credential is a federated token file (workload identity
@@ -134,6 +135,13 @@ func TestManagedIdentity(t *testing.T) {
 	endpoint, header := u.entra.SetManagedIdentity(vmTenant, system, user)
 	t.Setenv("IDENTITY_ENDPOINT", endpoint)
 	t.Setenv("IDENTITY_HEADER", header)
+	// A customer's tenant whose app registration trusts the system-assigned
+	// identity as a federated credential: no secret in that tenant either.
+	const customerTenant, customerApp = "55555555-eeee-4000-8000-000000000005", "ffffffff-0000-4000-8000-00000000000f"
+	u.AddTenant(customerTenant, "customer.example")
+	app := u.AddApp(customerTenant, fakeentra.App{ClientID: customerApp, Federated: []fakeentra.FederatedCredential{
+		{Issuer: u.entra.ManagedIdentityIssuer(), Subject: system.ObjectID}}})
+	u.AddMailbox("mfp@customer.example", customerTenant, app)
 
 	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
@@ -147,20 +155,31 @@ func TestManagedIdentity(t *testing.T) {
     tenant_id: %[1]q
     managed_identity: {client_id: %[3]q}
     smtp_host: %[2]q
+  - name: customer
+    tenant_id: %[5]q
+    client_id: %[6]q
+    managed_identity: {}
+    authority_host: %[7]q
+    smtp_host: %[2]q
 devices:
   - {name: vm-mfp, username: vm-mfp, password_hash: %[4]q, tenant: vm-system, mailbox: vm@azvm.example}
   - {name: arc-mfp, username: arc-mfp, password_hash: %[4]q, tenant: vm-user, mailbox: arc@azvm.example}
-`, vmTenant, u.exo.Addr(), userID, hash), 1)
+  - {name: customer-mfp, username: customer-mfp, password_hash: %[4]q, tenant: customer, mailbox: mfp@customer.example}
+`, vmTenant, u.exo.Addr(), userID, hash, customerTenant, customerApp, u.entra.URL()), 1)
 	writeFile(t, path, data)
 	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
 	p := startBridge(t, nil, []string{plain}, "serve", "--config", path)
-	for _, dev := range []string{"vm-mfp", "arc-mfp"} {
+	for _, dev := range []string{"vm-mfp", "arc-mfp", "customer-mfp"} {
 		reply, err := sendAs(plain, dev, "scan@printer.lan", []string{"bob@azvm.example"}, "Subject: mi-"+dev+"\r\n\r\nscan\r\n")
 		if err != nil || !strings.HasPrefix(reply, "2.0.0") {
 			t.Fatalf("%s through its managed identity: %q %v\n%s", dev, reply, err, p.logs.String())
 		}
+	}
+	testenv.Eventually(t, "the three messages at Exchange", 10*time.Second, func() bool { return len(u.exo.Messages()) == 3 })
+	if u.entra.Grants(customerApp) != 1 {
+		t.Errorf("grants to the customer's app: %d, want 1\n%s", u.entra.Grants(customerApp), p.logs.String())
 	}
 	out, err := runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "vm-user")
 	if err != nil || !strings.Contains(out, "user-assigned managed identity "+userID) || !strings.Contains(out, "App Service or Container Apps") {
@@ -169,15 +188,33 @@ devices:
 	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "vm-user"); err != nil || !strings.Contains(out, "$appId = '"+userID+"'") {
 		t.Errorf("exchange-script for the user-assigned identity: %v\n%s", err, out)
 	}
-	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "vm-system"); err != nil || !strings.Contains(out, "<MANAGED-IDENTITY-APPLICATION-ID>") {
+	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "vm-system"); err != nil || !strings.Contains(out, "<MANAGED-IDENTITY-APPLICATION-ID>") ||
+		!strings.Contains(out, "New-MgServicePrincipalAppRoleAssignment") || !strings.Contains(out, "Where-Object Value -eq 'SMTP.SendAsApp'") {
 		t.Errorf("exchange-script for the system-assigned identity: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "customer"); err != nil ||
+		!strings.Contains(out, "az ad app federated-credential create --id '"+customerApp+"'") || strings.Contains(out, "New-MgServicePrincipalAppRoleAssignment") {
+		t.Errorf("exchange-script for the app registration with the managed identity as federated credential: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "customer"); err != nil ||
+		!strings.Contains(out, "as the federated credential of app registration "+customerApp) {
+		t.Errorf("doctor on the app registration with the managed identity as federated credential: %v\n%s", err, out)
 	}
 	if u.entra.Grants(systemID) != 1 || u.entra.Grants(userID) < 1 {
 		t.Errorf("grants: system-assigned %d, user-assigned %d", u.entra.Grants(systemID), u.entra.Grants(userID))
 	}
+	assertion := filepath.Join(t.TempDir(), "assertion")
+	writeFile(t, assertion, u.entra.LastAssertion(customerApp))
+	if c, err := tokenstore.ReadFederatedClaims(assertion); err != nil ||
+		c.Issuer != u.entra.ManagedIdentityIssuer() || c.Subject != system.ObjectID {
+		t.Errorf("the customer app's client assertion: %+v %v, want the managed identity's token", c, err)
+	}
 	for _, m := range u.exo.Messages() {
 		if strings.Contains(string(m.Data), "Subject: mi-arc-mfp") && m.AppID != userID {
 			t.Errorf("arc-mfp's message was sent by app %s, want the user-assigned identity %s", m.AppID, userID)
+		}
+		if strings.Contains(string(m.Data), "Subject: mi-customer-mfp") && m.AppID != customerApp {
+			t.Errorf("customer-mfp's message was sent by app %s, want the customer's app registration %s", m.AppID, customerApp)
 		}
 	}
 	p.stop(t)

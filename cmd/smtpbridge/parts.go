@@ -217,6 +217,9 @@ func (ms microsoft) statusInventory(cfg *config.Config) status.Inventory {
 		}
 		if _, ok := t.Credential.ManagedIdentity(); ok {
 			cred = "managed identity"
+			if t.ClientID != "" {
+				cred = "managed identity as federated credential"
+			}
 		}
 		inv.Tenants = append(inv.Tenants, status.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
 			Credential: cred, CredentialExpiry: t.CredentialExpiry(), SMTPHost: ms.smtpHost(t)})

@@ -86,10 +86,24 @@ func (s *Server) FederatedIssuer() string { return s.url + "/federated-issuer" }
 // audience, valid for ttl, as a cluster would project a service
 // account token.
 func (s *Server) IssueFederated(subject, audience string, ttl time.Duration) (string, error) {
+	return s.signFederated(s.FederatedIssuer(), subject, audience, ttl)
+}
+
+// ManagedIdentityIssuer is the issuer of the managed identities' tokens
+// for TokenExchangeAudience (Entra's, for the identity's tenant): the
+// issuer of a federated credential that trusts a managed identity, whose
+// subject is the identity's object ID.
+func (s *Server) ManagedIdentityIssuer() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.url + "/" + s.identityTenant + "/v2.0"
+}
+
+func (s *Server) signFederated(issuer, subject, audience string, ttl time.Duration) (string, error) {
 	now := time.Now()
 	jti := make([]byte, 8)
 	rand.Read(jti)
-	return signRS256(s.key, "fed-"+s.kid, map[string]any{"iss": s.FederatedIssuer(), "sub": subject, "aud": []string{audience},
+	return signRS256(s.key, "fed-"+s.kid, map[string]any{"iss": issuer, "sub": subject, "aud": []string{audience},
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(ttl).Unix(), "jti": hex.EncodeToString(jti)})
 }
 
@@ -367,6 +381,19 @@ func (s *Server) managedToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resource := strings.TrimRight(r.URL.Query().Get("resource"), "/")
+	if resource == TokenExchangeAudience {
+		// For an app registration on which the identity is a federated
+		// credential: a token of ManagedIdentityIssuer for the
+		// identity's object ID.
+		tok, err := s.signFederated(s.ManagedIdentityIssuer(), app.ObjectID, resource, s.TokenLifetime)
+		if err != nil {
+			writeJSON(w, 500, map[string]any{"statusCode": 500, "message": err.Error()})
+			return
+		}
+		writeJSON(w, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "resource": resource, "client_id": app.ClientID,
+			"expires_on": strconv.FormatInt(time.Now().Add(s.TokenLifetime).Unix(), 10)})
+		return
+	}
 	if resource != Resource && resource != GraphResource {
 		writeJSON(w, 400, map[string]any{"statusCode": 400, "message": "AADSTS500011: The resource principal named " + resource + " was not found in the tenant."})
 		return
