@@ -17,6 +17,7 @@ package config
 import (
 	"crypto/tls"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
@@ -86,9 +87,14 @@ const (
 
 // Tenant is one Entra ID app registration in one Microsoft 365 tenant.
 type Tenant struct {
-	Name             string        `yaml:"name"`
-	TenantID         string        `yaml:"tenant_id"`
-	ClientID         string        `yaml:"client_id"`
+	Name     string `yaml:"name"`
+	TenantID string `yaml:"tenant_id"`
+	ClientID string `yaml:"client_id"`
+	// Auth is how the tenant's tokens are got: app (the app's own
+	// credential, the default) or delegated (a person signs in once per
+	// mailbox with smtpbridge tenant login; the app is a public client
+	// with no credential).
+	Auth             string        `yaml:"auth"`
 	ClientSecret     secret.String `yaml:"client_secret"`
 	ClientSecretFile string        `yaml:"client_secret_file"`
 	// FederatedTokenFile holds an OIDC token that Entra ID accepts as the
@@ -206,6 +212,27 @@ const (
 	TransportSMTP  = "smtp"
 	TransportGraph = "graph"
 )
+
+// How a tenant's tokens are got (tenants[].auth).
+const (
+	AuthApp       = "app"
+	AuthDelegated = "delegated"
+)
+
+// DelegatedScope is the delegated permission a signed-in mailbox's
+// token carries: SMTP.Send on Exchange Online (outlook.office.com, as
+// Microsoft documents it, for the public cloud's outlook.office365.com),
+// or Mail.Send on Microsoft Graph.
+func (t *Tenant) DelegatedScope(graph bool) string {
+	if graph {
+		return strings.TrimSuffix(t.GraphScope(), "/.default") + "/Mail.Send"
+	}
+	resource := strings.TrimSuffix(t.TokenScope, "/.default")
+	if resource == "https://outlook.office365.com" {
+		resource = "https://outlook.office.com"
+	}
+	return resource + "/SMTP.Send"
+}
 
 // GraphScope is the token scope for the tenant's Microsoft Graph.
 func (t *Tenant) GraphScope() string {
@@ -467,6 +494,9 @@ func (c *Config) applyDefaults() {
 		}
 		if t.TokenScope == "" {
 			t.TokenScope = DefaultTokenScope
+		}
+		if t.Auth == "" {
+			t.Auth = AuthApp
 		}
 		if t.Transport == "" {
 			t.Transport = TransportSMTP

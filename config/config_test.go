@@ -408,3 +408,45 @@ func FuzzLoad(f *testing.F) {
 }
 
 func scalar(v string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Value: v} }
+
+// auth: delegated is a public client with its refresh tokens in the
+// token cache: no credential, and a cache key.
+func TestDelegatedAuth(t *testing.T) {
+	dir := t.TempDir()
+	tenants := `
+  - name: signed-in
+    tenant_id: contoso.onmicrosoft.com
+    client_id: 11111111-2222-3333-4444-555555555555
+    auth: delegated
+`
+	good := strings.Replace(fmt.Sprintf(goodConfig, testHash(t)), "tenants:\n", "tenants:"+tenants, 1)
+	_, err := LoadWithEnv(writeConfig(t, dir, good), env(map[string]string{"CONTOSO_SECRET": "s", "MAXR": "5"}))
+	if err == nil || !strings.Contains(err.Error(), "tenants[0].auth: delegated needs token_cache.key_file or token_cache.key_env") {
+		t.Errorf("auth: delegated without a token cache key: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "cache.key"), []byte(strings.Repeat("ab", 32)), 0o600)
+	cfg, err := LoadWithEnv(writeConfig(t, dir, good+"token_cache:\n  key_file: cache.key\n"), env(map[string]string{"CONTOSO_SECRET": "s", "MAXR": "5"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := cfg.Tenants[0]
+	if !tn.Credential.Delegated() || tn.Auth != AuthDelegated || cfg.Tenants[1].Auth != AuthApp {
+		t.Errorf("auth: %q delegated=%v; the other tenant's auth %q", tn.Auth, tn.Credential.Delegated(), cfg.Tenants[1].Auth)
+	}
+	if s := tn.DelegatedScope(false); s != "https://outlook.office.com/SMTP.Send" {
+		t.Errorf("SMTP's delegated scope: %s", s)
+	}
+	if s := tn.DelegatedScope(true); s != "https://graph.microsoft.com/Mail.Send" {
+		t.Errorf("Graph's delegated scope: %s", s)
+	}
+	bad := strings.Replace(good, "    auth: delegated\n", "    auth: delegated\n    client_secret: x\n  - name: odd\n    tenant_id: fabrikam.example\n    client_id: 11111111-2222-3333-4444-555555555555\n    client_secret: y\n    auth: person\n", 1)
+	_, err = LoadWithEnv(writeConfig(t, dir, bad+"token_cache:\n  key_file: cache.key\n"), env(map[string]string{"CONTOSO_SECRET": "s", "MAXR": "5"}))
+	for _, want := range []string{
+		"tenants[0]: auth: delegated is a public client: remove client_secret",
+		`tenants[1].auth: "person": use app (the app registration's own credential, the default) or delegated`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("problem list lacks %q:\n%v", want, err)
+		}
+	}
+}

@@ -29,6 +29,14 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 	if t.ManagedIdentity != nil {
 		set++
 	}
+	if t.Auth == AuthDelegated {
+		if set != 0 {
+			l.errorf(k, "auth: delegated is a public client: remove client_secret, client_secret_file, certificate_file, federated_token_file and managed_identity (each mailbox signs in with smtpbridge tenant login)")
+			return
+		}
+		t.Credential = secret.NewDelegated()
+		return
+	}
 	if set != 1 {
 		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file, managed_identity (found %d)", set)
 		return

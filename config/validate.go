@@ -205,6 +205,9 @@ func (l *loader) validateTenants(c *Config) {
 		case !guidRE.MatchString(t.TenantID) && mailaddr.CheckDomain(t.TenantID) != nil:
 			l.errorf(k+".tenant_id", "%q is neither a GUID nor a domain name", t.TenantID)
 		}
+		if t.Auth != AuthApp && t.Auth != AuthDelegated {
+			l.errorf(k+".auth", "%q: use app (the app registration's own credential, the default) or delegated (a person signs in for each mailbox with smtpbridge tenant login)", t.Auth)
+		}
 		switch {
 		case t.ManagedIdentity != nil && t.ClientID != "" && !guidRE.MatchString(t.ClientID):
 			l.errorf(k+".client_id", "%q is not the Application (client) ID, a GUID; with managed_identity, client_id names the app registration whose federated credential the managed identity is (omit it to send as the managed identity itself)", t.ClientID)
@@ -515,6 +518,11 @@ func (l *loader) validateGlobals(c *Config) {
 	l.validateHTTPAuth(c)
 	l.validateCluster(c)
 	l.validateTokenCache(c)
+	for i, t := range c.Tenants {
+		if t.Auth == AuthDelegated && c.TokenCache.Key == "" {
+			l.errorf(fmt.Sprintf("tenants[%d].auth", i), "delegated needs token_cache.key_file or token_cache.key_env: the refresh tokens tenant login stores are kept there, encrypted (make a key with: openssl rand -hex 32 > token-cache.key && chmod 600 token-cache.key)")
+		}
+	}
 	for i, h := range c.HTTP.AllowedHosts {
 		if !hostnameRE.MatchString(h) {
 			l.errorf(fmt.Sprintf("http.allowed_hosts[%d]", i), "%q is not a host name (no port, scheme or wildcard), e.g. smtpbridge.internal", h)

@@ -26,6 +26,33 @@ type claims struct {
 	AZP      string   `json:"azp"` // v2 tokens name the client here
 	Roles    []string `json:"roles"`
 	Expires  int64    `json:"exp"`
+	// Delegated tokens: the permissions and the signed-in user.
+	Scope string `json:"scp"`
+	UPN   string `json:"upn"`
+}
+
+// delegatedClaims checks a mailbox's delegated token: the signed-in
+// user is the mailbox, with the permission the transport needs.
+func (r *run) delegatedClaims(t *Tenant, m mailbox, token, permission string) (claims, Step) {
+	s := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "claims", Status: Pass}
+	c, err := decode(token)
+	if err != nil {
+		s.Status, s.Detail = Warn, "the token could not be read: "+err.Error()
+		return c, s
+	}
+	s.Detail = fmt.Sprintf("audience %s, signed in as %s, permissions %s, expires %s", c.Audience, c.UPN, c.Scope,
+		time.Unix(c.Expires, 0).UTC().Format("15:04 UTC"))
+	switch {
+	case !strings.EqualFold(c.UPN, m.address):
+		s.Status = Fail
+		s.Meaning = fmt.Sprintf("The token is %s's, not the mailbox's: Exchange refuses it.", c.UPN)
+		s.Fix = fmt.Sprintf("Sign in as the mailbox's user: smtpbridge tenant login --tenant %s --mailbox %s", t.Name, m.address)
+	case !slices.Contains(strings.Fields(c.Scope), permission):
+		s.Status = Fail
+		s.Meaning = fmt.Sprintf("The token lacks the delegated permission %s.", permission)
+		s.Fix = "Add the delegated permission to the app registration (API permissions), grant consent, and sign in again."
+	}
+	return c, s
 }
 
 func (c claims) hasRole() bool { return slices.Contains(c.Roles, roleSendAsApp) }

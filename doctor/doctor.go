@@ -197,11 +197,30 @@ func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []Device) {
 	}
 
 	store, err := tokenstore.New([]tokenstore.Tenant{t.Tenant}, nil)
+	mailboxes := mailboxesOf(devices)
+	if err == nil && t.Credential.Delegated() {
+		// Each mailbox has its own sign-in, and token.
+		for _, m := range mailboxes {
+			r.rep.Mailboxes++
+			s := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "token", Status: Pass}
+			tok, err := store.Token(ctx, t.Name, m.address)
+			if err != nil {
+				s.Status = Fail
+				r.add(signInFailure(tokenFailure(s, err), err))
+				continue
+			}
+			s.Detail = fmt.Sprintf("the mailbox's sign-in, for %s, valid until %s", t.DelegatedScope, tok.ExpiresOn.UTC().Format("15:04 UTC"))
+			r.add(s)
+			c, cs := r.delegatedClaims(t, m, tok.AccessToken, "SMTP.Send")
+			r.add(cs)
+			r.mailbox(ctx, t, m, tok, c)
+		}
+		return
+	}
 	var tok tokenstore.Token
 	if err == nil {
-		tok, err = store.Token(ctx, t.Name)
+		tok, err = store.Token(ctx, t.Name, "")
 	}
-	mailboxes := mailboxesOf(devices)
 	if err != nil {
 		r.add(tokenFailure(step("token", Fail, ""), err))
 		r.add(step("claims", Skip, "no token"))
@@ -261,6 +280,10 @@ func managedIdentitySource() string {
 func (r *run) credential(t *Tenant) Step {
 	s := Step{Tenant: t.Name, Name: "credential", Status: Pass}
 	now := r.o.Now()
+	if t.Credential.Delegated() {
+		s.Detail = "delegated sign-in per mailbox (public client " + t.ClientID + "), the refresh tokens kept encrypted in the token cache"
+		return s
+	}
 	if id, ok := t.Credential.ManagedIdentity(); ok {
 		s.Detail = "system-assigned managed identity"
 		if id != "" {
@@ -340,6 +363,20 @@ func tokenFailure(s Step, err error) Step {
 			s.Meaning = "No answer from the authority."
 			s.Fix = "Check authority_host, DNS and the firewall (outbound HTTPS to login.microsoftonline.com), and the system's CA certificates (SSL_CERT_FILE)."
 		}
+	}
+	return s
+}
+
+// signInFailure explains a delegated mailbox's missing or refused
+// sign-in.
+func signInFailure(s Step, err error) Step {
+	var te *tokenstore.Error
+	if errors.As(err, &te) && te.SignIn {
+		if te.AADSTS == 0 {
+			s.Detail = "no sign-in is stored for the mailbox"
+			s.Meaning = "Nobody has signed in for this mailbox yet (or the token cache's key or directory changed)."
+		}
+		s.Fix = "Sign in as the mailbox's user: " + te.LoginCommand() + " (with --config as for doctor)."
 	}
 	return s
 }

@@ -17,7 +17,10 @@ import (
 // transport.
 type Graph struct {
 	Scope string // the token scope: graph_host/.default
-	Route graph.Route
+	// DelegatedScope is the delegated permission for a tenant with
+	// delegated sign-in: graph_host/Mail.Send.
+	DelegatedScope string
+	Route          graph.Route
 }
 
 // Microsoft Graph's application permissions for mail.
@@ -37,11 +40,16 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []Device) {
 		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
 	}
 	tt := t.Tenant
-	tt.Scope = t.Graph.Scope
+	tt.Scope, tt.DelegatedScope = t.Graph.Scope, t.Graph.DelegatedScope
 	store, err := tokenstore.New([]tokenstore.Tenant{tt}, nil)
 	var tok tokenstore.Token
 	if err == nil {
-		tok, err = store.Token(ctx, t.Name)
+		// A delegated tenant's Graph token is the first mailbox's.
+		var mb string
+		if t.Credential.Delegated() && len(devices) > 0 {
+			mb = devices[0].Mailbox
+		}
+		tok, err = store.Token(ctx, t.Name, mb)
 	}
 	mailboxes := mailboxesOf(devices)
 	if err != nil {
@@ -54,6 +62,17 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []Device) {
 	}
 	r.add(step("graph token", Pass, fmt.Sprintf("granted by %s for %s, valid until %s", t.AuthorityHost, tt.Scope, tok.ExpiresOn.UTC().Format("15:04 UTC"))))
 
+	if t.Credential.Delegated() {
+		// The signed-in user's token: Mail.Send as the first mailbox.
+		// The other mailboxes' sign-ins are checked by their SMTP steps
+		// or when they send; a draft check would need Mail.ReadWrite,
+		// which delegated sign-in does not ask for.
+		_, cs := r.delegatedClaims(t, mailboxes[0], tok.AccessToken, roleMailSend)
+		cs.Name = "graph claims"
+		r.add(cs)
+		r.rep.Mailboxes += len(mailboxes)
+		return
+	}
 	c, _ := decode(tok.AccessToken)
 	s := step("graph claims", Pass, fmt.Sprintf("audience %s, roles %s", c.Audience, rolesText(c.Roles)))
 	hasSend, hasRW := slices.Contains(c.Roles, roleMailSend), slices.Contains(c.Roles, roleMailReadWrite)

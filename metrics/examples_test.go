@@ -32,6 +32,7 @@ func exported(t *testing.T) map[string]bool {
 		Devices:   []Device{{Name: "alarm", Tenant: "contoso", ExpectEvery: time.Hour}},
 	})
 	m.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
+	m.ObserveSignIn("contoso", "a@contoso.example", true)
 	m.SetSources(Sources{MailboxRecipients: func() map[Mailbox]int { return map[Mailbox]int{{"contoso", "a@contoso.example"}: 1} }})
 	names := map[string]bool{}
 	for _, line := range strings.Split(scrape(t, m), "\n") {

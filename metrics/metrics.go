@@ -125,6 +125,7 @@ type Metrics struct {
 
 	tokenRequests    *prometheus.CounterVec
 	tokenExpiry      *prometheus.GaugeVec
+	signInRequired   *prometheus.GaugeVec
 	credentialExpiry *prometheus.GaugeVec
 	deviceExpected   *prometheus.GaugeVec
 	quotaLimit       *prometheus.GaugeVec
@@ -187,6 +188,8 @@ func New(version string, inv Inventory) *Metrics {
 		tokenRequests: counter("token_requests_total",
 			"Access token requests, per tenant, source (cache, identity_provider) and result (success, failure).", "tenant", "source", "result"),
 		tokenExpiry: gauge("token_expiry_timestamp_seconds", "When the tenant's current access token expires (Unix time).", "tenant"),
+		signInRequired: gauge("mailbox_sign_in_required",
+			"1 while a mailbox of a tenant with auth: delegated needs someone to sign in for it again (smtpbridge tenant login); its messages wait.", "tenant", "mailbox"),
 		credentialExpiry: gauge("credential_expiry_timestamp_seconds",
 			"When the tenant's client certificate (NotAfter) or client secret (client_secret_expires) expires (Unix time); absent when unknown.", "tenant"),
 		quotaLimit: gauge("mailbox_recipients_per_day_limit",
@@ -223,7 +226,7 @@ func New(version string, inv Inventory) *Metrics {
 	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.authAttempts,
 		m.received, m.delivered, m.rejected, m.failed, m.refused, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
-		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.deviceExpected, m.quotaLimit,
+		m.tokenRequests, m.tokenExpiry, m.signInRequired, m.credentialExpiry, m.deviceExpected, m.quotaLimit,
 		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Configure(inv)
@@ -310,7 +313,7 @@ func (m *Metrics) Configure(inv Inventory) {
 func (m *Metrics) deleteTenant(name string) {
 	l := prometheus.Labels{"tenant": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.tokenRequests, m.tokenExpiry, m.credentialExpiry, m.latency, m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
+		m.tokenRequests, m.tokenExpiry, m.signInRequired, m.credentialExpiry, m.latency, m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
 		m.quotaLimit,
 	} {
 		v.DeletePartialMatch(l)
@@ -418,6 +421,15 @@ func (m *Metrics) UpstreamReply(tenant string, code int, enhanced [3]int) {
 // UpstreamError counts a submission attempt that got no reply.
 func (m *Metrics) UpstreamError(tenant, stage string) {
 	m.upstreamErrors.WithLabelValues(tenant, stage).Inc()
+}
+
+// ObserveSignIn implements tokenstore.SignInObserver.
+func (m *Metrics) ObserveSignIn(tenant, mailbox string, needed bool) {
+	if needed {
+		m.signInRequired.WithLabelValues(tenant, mailbox).Set(1)
+		return
+	}
+	m.signInRequired.DeleteLabelValues(tenant, mailbox)
 }
 
 // ObserveToken implements tokenstore.Observer.

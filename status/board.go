@@ -67,6 +67,9 @@ type Board struct {
 	// minutes over the last day; devHist each device's messages.
 	hist    history
 	devHist map[string]*history
+	// signIns are the delegated mailboxes that need a new sign-in
+	// (tenant and mailbox), with since when.
+	signIns map[[2]string]time.Time
 }
 
 type deviceState struct {
@@ -350,6 +353,24 @@ func (b *Board) ObserveToken(tenant string, tok tokenstore.Token, err error) {
 		return
 	}
 	t.tokenOK, t.tokenExpires = now, tok.ExpiresOn
+}
+
+// ObserveSignIn implements tokenstore.SignInObserver: a delegated
+// mailbox whose sign-in Entra refused (or that has none) is on the page
+// until a token comes again.
+func (b *Board) ObserveSignIn(tenant, mailbox string, needed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	k := [2]string{tenant, mailbox}
+	switch _, known := b.signIns[k]; {
+	case needed && !known:
+		if b.signIns == nil {
+			b.signIns = map[[2]string]time.Time{}
+		}
+		b.signIns[k] = time.Now()
+	case !needed && known:
+		delete(b.signIns, k)
+	}
 }
 
 // LastSeen returns when each device was last seen (a login or a

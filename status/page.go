@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/guard"
@@ -109,6 +110,12 @@ const (
 	classNone = "none"
 )
 
+// signInView is a delegated mailbox that needs a new sign-in.
+type signInView struct {
+	Tenant, Mailbox string
+	Since           stamp
+}
+
 type view struct {
 	Info    PageInfo
 	Now     string
@@ -134,6 +141,7 @@ type view struct {
 	Spool       *spoolView
 	Quotas      []quotaView
 	Replicas    []replicaView
+	SignIns     []signInView
 	// The last 24 hours, as inline SVG.
 	Messages, QueueChart, Replies template.HTML
 }
@@ -271,6 +279,10 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	}, true)
 	v.Reload = b.reload
 	v.Cluster, v.ClusterAt = b.shared, stampOf(b.sharedAt, now)
+	for k, since := range b.signIns {
+		v.SignIns = append(v.SignIns, signInView{Tenant: k[0], Mailbox: k[1], Since: stampOf(since, now)})
+	}
+	slices.SortFunc(v.SignIns, func(a, b signInView) int { return strings.Compare(a.Tenant+" "+a.Mailbox, b.Tenant+" "+b.Mailbox) })
 	v.ReloadAt = stampOf(b.reload.At, now)
 	for _, d := range b.inv.Devices {
 		dv := b.deviceView(d, now)

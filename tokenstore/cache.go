@@ -12,7 +12,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
 
@@ -38,8 +40,10 @@ type fileCache struct {
 var _ cache.ExportReplace = (*fileCache)(nil)
 
 // newFileCache returns the cache of tenant t's client in c.Dir: one file
-// per tenant, app, authority and scope, named by their hash.
-func newFileCache(c *Cache, t Tenant) (*fileCache, error) {
+// per tenant, app, authority and scope, named by their hash; for a
+// delegated tenant one per mailbox, whatever the scope, so that the SMTP
+// and Graph transports share the mailbox's refresh token.
+func newFileCache(c *Cache, t Tenant, mailbox string) (*fileCache, error) {
 	if c == nil || len(c.Key) == 0 {
 		return nil, nil
 	}
@@ -57,7 +61,11 @@ func newFileCache(c *Cache, t Tenant) (*fileCache, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("token cache: %w", err)
 	}
-	id := sha256.Sum256([]byte(t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00" + t.Scope))
+	key := t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00" + t.Scope
+	if t.Credential.Delegated() {
+		key = t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00delegated\x00" + strings.ToLower(mailbox)
+	}
+	id := sha256.Sum256([]byte(key))
 	return &fileCache{path: filepath.Join(c.Dir, hex.EncodeToString(id[:12])+".cache"), aead: aead}, nil
 }
 
@@ -113,6 +121,16 @@ func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 		return fmt.Errorf("token cache: %w", err)
 	}
 	return nil
+}
+
+// modTime is when the file was last written; zero when it does not
+// exist.
+func (f *fileCache) modTime() time.Time {
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
 }
 
 func (c *Cache) equal(o *Cache) bool {

@@ -20,7 +20,10 @@ import (
 // the bridge saw on the network; never the request, which carries the
 // client secret or assertion.
 type Error struct {
-	Tenant        string
+	Tenant string
+	// Mailbox is the signed-in mailbox of a delegated tenant; "" for an
+	// app's token.
+	Mailbox       string
 	HTTPStatus    int    // 0 when no HTTP answer came back
 	Code          string // OAuth error, e.g. "invalid_client"
 	AADSTS        int    // e.g. 7000215; 0 when unknown
@@ -32,12 +35,19 @@ type Error struct {
 	// RetryAt is when the tenant's pause after this failure ends: no
 	// request goes to Entra before.
 	RetryAt time.Time
-	cause   string // network-level cause, already free of secrets
+	// SignIn is true when only a person signing in again for Mailbox
+	// helps (smtpbridge tenant login): no sign-in stored, or Entra
+	// refused the refresh token (revoked, expired, a password reset).
+	SignIn bool
+	cause  string // network-level cause, already free of secrets
 }
 
 func (e *Error) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "token for tenant %s: ", e.Tenant)
+	if e.Mailbox != "" {
+		fmt.Fprintf(&b, "mailbox %s: ", e.Mailbox)
+	}
 	switch {
 	case e.AADSTS != 0:
 		fmt.Fprintf(&b, "Entra ID refused: AADSTS%d %s", e.AADSTS, e.Code)
@@ -55,7 +65,15 @@ func (e *Error) Error() string {
 	if hint := e.Hint(); hint != "" {
 		b.WriteString(" (" + hint + ")")
 	}
+	if e.SignIn {
+		fmt.Fprintf(&b, "; the mailbox's messages wait until someone signs in for it again: %s", e.LoginCommand())
+	}
 	return b.String()
+}
+
+// LoginCommand is the command that signs the mailbox in again.
+func (e *Error) LoginCommand() string {
+	return fmt.Sprintf("smtpbridge tenant login --tenant %s --mailbox %s", e.Tenant, e.Mailbox)
 }
 
 // transientAADSTS are codes Entra documents as temporary.
@@ -76,6 +94,10 @@ var aadstsRE = regexp.MustCompile(`AADSTS(\d+)`)
 // error itself: msalerrors.CallErr holds the HTTP request, body included.
 func classify(t Tenant, err error) *Error {
 	e := &Error{Tenant: t.Name}
+	if errors.Is(err, errNotSignedIn) {
+		e.SignIn, e.cause = true, err.Error()
+		return e
+	}
 	var call msalerrors.CallErr
 	if errors.As(err, &call) && call.Resp != nil {
 		e.HTTPStatus = call.Resp.StatusCode

@@ -43,6 +43,10 @@ type Tenant struct {
 	// Cache, if it has a key, keeps the tenant's tokens on disk,
 	// encrypted, across restarts.
 	Cache *Cache
+	// DelegatedScope is the delegated permission asked for when the
+	// credential is Delegated: https://outlook.office.com/SMTP.Send or
+	// https://graph.microsoft.com/Mail.Send.
+	DelegatedScope string
 }
 
 // Token is an access token. String does not reveal it.
@@ -91,6 +95,16 @@ type Store struct {
 
 type client struct {
 	tenant Tenant
+	// mailbox is the signed-in mailbox of a delegated tenant's client;
+	// "" for an app's.
+	mailbox string
+	// mailboxes are a delegated tenant's clients, one per signed-in
+	// mailbox, made on first use.
+	mbMu      sync.Mutex
+	mailboxes map[string]*client
+	// signIn, for a mailbox's client, remembers a sign-in that Entra
+	// refused, until tenant login writes the cache again.
+	signIn *signInState
 	// acquire gets a token for the tenant's scope: from MSAL's cache, or
 	// a new grant.
 	acquire func(ctx context.Context) (Token, error)
@@ -123,6 +137,12 @@ func (c *client) failed(e *Error) {
 		d *= 2
 	}
 	d = min(time.Duration(float64(d)*(0.8+0.4*rand.Float64())), pauseMax)
+	if e.SignIn {
+		// Asking again costs Entra nothing until tenant login has
+		// written the cache (see signInState): look often, so that the
+		// mailbox's messages go soon after.
+		d = pauseMin
+	}
 	c.paused = time.Now().Add(d)
 	e.RetryAt = c.paused
 	c.lastErr = e
@@ -180,7 +200,7 @@ func (s *Store) Reconfigure(tenants []Tenant) error {
 func (t Tenant) equal(o Tenant) bool {
 	return t.Name == o.Name && t.TenantID == o.TenantID && t.ClientID == o.ClientID &&
 		t.AuthorityHost == o.AuthorityHost && t.Scope == o.Scope && t.RootCAs.Equal(o.RootCAs) &&
-		t.Credential.Equal(o.Credential) && t.Cache.equal(o.Cache)
+		t.Credential.Equal(o.Credential) && t.Cache.equal(o.Cache) && t.DelegatedScope == o.DelegatedScope
 }
 
 func newClient(t Tenant) (*client, error) {
@@ -189,6 +209,13 @@ func newClient(t Tenant) (*client, error) {
 		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
 	}
 	httpClient := &http.Client{Transport: transport, Timeout: requestTimeout}
+	if t.Credential.Delegated() {
+		if t.Cache == nil || len(t.Cache.Key) == 0 {
+			return nil, errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
+		}
+		// One client per mailbox, made on first use (forMailbox).
+		return &client{tenant: t, mailboxes: map[string]*client{}}, nil
+	}
 	var (
 		cred confidential.Credential
 		err  error
@@ -231,7 +258,7 @@ func newClient(t Tenant) (*client, error) {
 	opts := []confidential.Option{
 		confidential.WithHTTPClient(httpClient),
 	}
-	fc, err := newFileCache(t.Cache, t)
+	fc, err := newFileCache(t.Cache, t, "")
 	if err != nil {
 		return nil, err
 	}
@@ -341,15 +368,23 @@ func IsMicrosoftAuthority(authority string) bool {
 	return microsoftAuthorities[strings.ToLower(hostOf(authority))]
 }
 
-// Token returns a valid access token for the named tenant. Tokens come from
-// MSAL's cache while they have more than five minutes left; concurrent
-// callers for one tenant share one request to Entra ID.
-func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
+// Token returns a valid access token for the named tenant, to send as
+// mailbox: the app's token, whatever the mailbox, or with delegated
+// sign-in the mailbox's own. Tokens come from MSAL's cache while they
+// have more than five minutes left; concurrent callers for one tenant
+// (and mailbox) share one request to Entra ID.
+func (s *Store) Token(ctx context.Context, tenant, mailbox string) (Token, error) {
 	s.mu.RLock()
 	c, ok := s.clients[tenant]
 	s.mu.RUnlock()
 	if !ok {
 		return Token{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
+	}
+	if c.mailboxes != nil {
+		var err error
+		if c, err = c.forMailbox(mailbox); err != nil {
+			return Token{}, fmt.Errorf("token for tenant %s, mailbox %s: %w", tenant, mailbox, err)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, err)
@@ -360,6 +395,10 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 	// The key names the client, so that a reload's new credential never
 	// shares a grant made with the old one.
 	ch := s.group.DoChan(fmt.Sprintf("%s/%p", tenant, c), func() (any, error) {
+		if e := c.signIn.stillRefused(); e != nil {
+			c.failed(e)
+			return Token{}, e
+		}
 		// Detached from the first caller: its cancellation must not fail
 		// the grant for everyone waiting on it.
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
@@ -367,10 +406,16 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 		tok, err := c.acquire(gctx)
 		if err != nil {
 			e := classify(c.tenant, err)
+			if c.signIn != nil {
+				c.signIn.refused(e, c.mailbox)
+			}
 			c.failed(e)
 			return Token{}, e
 		}
 		c.succeeded()
+		if c.signIn != nil {
+			c.signIn.accepted()
+		}
 		return tok, nil
 	})
 	select {
@@ -380,6 +425,10 @@ func (s *Store) Token(ctx context.Context, tenant string) (Token, error) {
 		tok, _ := r.Val.(Token)
 		if s.observer != nil {
 			s.observer.ObserveToken(tenant, tok, r.Err)
+			if o, ok := s.observer.(SignInObserver); ok && c.signIn != nil {
+				var e *Error
+				o.ObserveSignIn(tenant, c.mailbox, errors.As(r.Err, &e) && e.SignIn)
+			}
 		}
 		return tok, r.Err
 	}

@@ -65,7 +65,7 @@ func TestOneGrantForManyRequests(t *testing.T) {
 
 	var first string
 	for i := range 50 {
-		tok, err := s.Token(context.Background(), "contoso")
+		tok, err := s.Token(context.Background(), "contoso", "")
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
@@ -110,7 +110,7 @@ func TestConcurrentRequestsShareOneGrant(t *testing.T) {
 	errs := make(chan error, 100)
 	for range 100 {
 		wg.Go(func() {
-			if _, err := s.Token(context.Background(), "contoso"); err != nil {
+			if _, err := s.Token(context.Background(), "contoso", ""); err != nil {
 				errs <- err
 			}
 		})
@@ -136,7 +136,7 @@ func TestCertificateCredential(t *testing.T) {
 	}
 	e.entra.AddApp(tenantID, fakeentra.App{ClientID: clientID, Certificates: []*x509.Certificate{cert.Cert}})
 	s := newStore(t, e.tenant(secret.NewCertificate([]*x509.Certificate{cert.Cert}, cert.Key)))
-	tok, err := s.Token(context.Background(), "contoso")
+	tok, err := s.Token(context.Background(), "contoso", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestCertificateCredential(t *testing.T) {
 	tn := e.tenant(secret.NewCertificate([]*x509.Certificate{other.Cert}, other.Key))
 	tn.Name = "other"
 	s = newStore(t, tn)
-	_, err = s.Token(context.Background(), "other")
+	_, err = s.Token(context.Background(), "other", "")
 	wantEntraError(t, err, 700027, false)
 }
 
@@ -179,7 +179,7 @@ func TestEntraErrors(t *testing.T) {
 			tn := e.tenant(secret.NewClientSecret(clientSecret))
 			tc.edit(&tn)
 			s := newStore(t, tn)
-			_, err := s.Token(context.Background(), "contoso")
+			_, err := s.Token(context.Background(), "contoso", "")
 			te := wantEntraError(t, err, tc.code, tc.temporary)
 			if te != nil && !strings.Contains(err.Error(), tc.hint) {
 				t.Errorf("error %q lacks hint %q", err, tc.hint)
@@ -199,7 +199,7 @@ func TestTransientFailureRecovers(t *testing.T) {
 	e.entra.Fail(fakeentra.Failure{Status: 503, Code: "temporarily_unavailable", AADSTS: 90033, Description: "A transient error has occurred. Please try again."})
 	s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 
-	_, err := s.Token(context.Background(), "contoso")
+	_, err := s.Token(context.Background(), "contoso", "")
 	var te *tokenstore.Error
 	if !errors.As(err, &te) || !te.Temporary || te.RetryAt.IsZero() {
 		t.Fatalf("err = %v, want a temporary *tokenstore.Error with the end of the pause", err)
@@ -208,7 +208,7 @@ func TestTransientFailureRecovers(t *testing.T) {
 	// is not asked.
 	requests := e.entra.Requests()
 	for i := 0; i < 20; i++ {
-		if _, err := s.Token(context.Background(), "contoso"); !errors.As(err, &te) || te.AADSTS != 90033 {
+		if _, err := s.Token(context.Background(), "contoso", ""); !errors.As(err, &te) || te.AADSTS != 90033 {
 			t.Fatalf("during the pause: %v", err)
 		}
 	}
@@ -216,7 +216,7 @@ func TestTransientFailureRecovers(t *testing.T) {
 		t.Errorf("%d requests to Entra during the pause", n-requests)
 	}
 	time.Sleep(time.Until(te.RetryAt))
-	if _, err := s.Token(context.Background(), "contoso"); err != nil {
+	if _, err := s.Token(context.Background(), "contoso", ""); err != nil {
 		t.Fatalf("after the pause: %v", err)
 	}
 }
@@ -230,7 +230,7 @@ func TestPauseBacksOff(t *testing.T) {
 	var pauses []time.Duration
 	for i := 0; i < 3; i++ {
 		start := time.Now()
-		_, err := s.Token(context.Background(), "contoso")
+		_, err := s.Token(context.Background(), "contoso", "")
 		var te *tokenstore.Error
 		if !errors.As(err, &te) {
 			t.Fatal(err)
@@ -242,10 +242,10 @@ func TestPauseBacksOff(t *testing.T) {
 		t.Errorf("pauses %v do not grow", pauses)
 	}
 	e.entra.SetDown(nil)
-	if _, err := s.Token(context.Background(), "contoso"); err != nil {
+	if _, err := s.Token(context.Background(), "contoso", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Token(context.Background(), "contoso"); err != nil {
+	if _, err := s.Token(context.Background(), "contoso", ""); err != nil {
 		t.Fatalf("a token ends the pause: %v", err)
 	}
 }
@@ -262,7 +262,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 		}
 		tn.RootCAs = other.Pool()
 		s := newStore(t, tn)
-		_, err = s.Token(context.Background(), "contoso")
+		_, err = s.Token(context.Background(), "contoso", "")
 		var te *tokenstore.Error
 		if !errors.As(err, &te) || !te.Temporary {
 			t.Fatalf("err = %v, want a temporary *tokenstore.Error", err)
@@ -282,7 +282,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 		tn := e.tenant(secret.NewClientSecret(clientSecret))
 		tn.AuthorityHost = "https://" + addr
 		s := newStore(t, tn)
-		_, err = s.Token(context.Background(), "contoso")
+		_, err = s.Token(context.Background(), "contoso", "")
 		var te *tokenstore.Error
 		if !errors.As(err, &te) || !te.Temporary || te.HTTPStatus != 0 {
 			t.Fatalf("err = %#v, want a temporary network *tokenstore.Error", err)
@@ -294,7 +294,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 
 	t.Run("unknown tenant name", func(t *testing.T) {
 		s := newStore(t)
-		if _, err := s.Token(context.Background(), "nope"); !errors.Is(err, tokenstore.ErrUnknownTenant) {
+		if _, err := s.Token(context.Background(), "nope", ""); !errors.Is(err, tokenstore.ErrUnknownTenant) {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -303,7 +303,7 @@ func TestUnreachableAndUntrusted(t *testing.T) {
 		s := newStore(t, e.tenant(secret.NewClientSecret(clientSecret)))
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if _, err := s.Token(ctx, "contoso"); !errors.Is(err, context.Canceled) {
+		if _, err := s.Token(ctx, "contoso", ""); !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 	})

@@ -29,9 +29,11 @@ type Transport interface {
 	Deliver(ctx context.Context, m *message.Message) (message.Receipt, error)
 }
 
-// TokenSource gives an access token for a tenant; *tokenstore.Store is one.
+// TokenSource gives an access token to send as a tenant's mailbox: the
+// app's, or with delegated sign-in the mailbox's own; *tokenstore.Store
+// is one.
 type TokenSource interface {
-	Token(ctx context.Context, tenant string) (tokenstore.Token, error)
+	Token(ctx context.Context, tenant, mailbox string) (tokenstore.Token, error)
 }
 
 // TokenError is the delivery failure for a token request that failed:

@@ -147,7 +147,7 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	body := makeBody(o.size)
-	tok, err := w.store.Token(context.Background(), "contoso")
+	tok, err := w.store.Token(context.Background(), "contoso", "")
 	if err != nil {
 		return err
 	}

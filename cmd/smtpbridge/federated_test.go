@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
@@ -275,4 +278,162 @@ func TestTokenCache(t *testing.T) {
 		t.Errorf("with a new key, %d grants in all, want 2", g)
 	}
 	p.stop(t)
+}
+
+// loginAs runs smtpbridge tenant login and approves its device code as
+// user, as the person at the verification page would. It returns the
+// command's output and error.
+func loginAs(t *testing.T, u *fakes, path, tenant, mailbox, user string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out syncbuf.Buffer
+	cmd := exec.CommandContext(ctx, binary, "tenant", "login", "--config", path, "--tenant", tenant, "--mailbox", mailbox)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	code, err := u.entra.NextUserCode(30 * time.Second)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("tenant login: %v\n%s", err, out.String())
+	}
+	// The person reads the code off the screen.
+	testenv.Eventually(t, "the code on tenant login's output", 10*time.Second, func() bool { return strings.Contains(out.String(), code) })
+	if err := u.entra.ApproveDeviceCode(code, user); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	return out.String(), err
+}
+
+// Delegated sign-in: tenant login through the device code flow, the
+// mailbox delivering with the signed-in user's token, the messages
+// waiting (and the status page, metric and log saying which mailbox
+// needs a sign-in) while the refresh token is revoked, and delivered
+// once each after a new tenant login.
+func TestDelegatedSignIn(t *testing.T) {
+	u := startFakes(t)
+	t.Setenv("TEST_CLIENT_SECRET", clientSecret)
+	t.Setenv("SSL_CERT_FILE", u.caFile)
+	const tenantID, appID, mailbox = "66666666-ffff-4000-8000-000000000006", "abababab-0000-4000-8000-0000000000ab", "scans@delegated.example"
+	u.AddTenant(tenantID, "delegated.example")
+	app := u.AddApp(tenantID, fakeentra.App{ClientID: appID, PublicClient: true})
+	u.AddMailbox(mailbox, tenantID, app)
+	u.entra.AddUser(tenantID, mailbox)
+	u.entra.AddUser(tenantID, "someone.else@delegated.example")
+	// Every token request goes to the refresh token (MSAL renews a token
+	// within 5 minutes of its expiry), so that a revocation shows at once.
+	u.entra.SetUserTokenLifetime(300 * time.Second)
+
+	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+	path := u.config(t, plain, secure, httpAddr)
+	writeFile(t, filepath.Join(u.dir, "token-cache.key"), strings.Repeat("6b", 32)+"\n")
+	data := testenv.ReadFile(t, path)
+	data = strings.Replace(data, "devices:\n", fmt.Sprintf(`  - name: delegated
+    tenant_id: %q
+    client_id: %q
+    auth: delegated
+    authority_host: %q
+    smtp_host: %q
+devices:
+  - {name: scanner, username: scanner, password_hash: %q, tenant: delegated, mailbox: %s}
+`, tenantID, appID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), mailbox), 1)
+	writeFile(t, path, data+"token_cache:\n  key_file: token-cache.key\n")
+	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
+		t.Fatalf("check-config: %v\n%s", err, out)
+	}
+	p := startBridge(t, nil, []string{plain, httpAddr}, "serve", "--config", path)
+	page := "http://" + httpAddr
+	send := func(subject string) {
+		t.Helper()
+		if r, err := sendAs(plain, "scanner", mailbox, []string{"bob@delegated.example"}, "Subject: "+subject+"\r\n\r\nscan\r\n"); err != nil || !strings.HasPrefix(r, "2.0.0") {
+			t.Fatalf("%s: %q %v", subject, r, err)
+		}
+	}
+	arrived := func(subject string) int {
+		n := 0
+		for _, m := range u.exo.Messages() {
+			if strings.Contains(string(m.Data), "Subject: "+subject+"\r\n") {
+				n++
+			}
+		}
+		return n
+	}
+	needsSignIn := func(want bool) {
+		t.Helper()
+		defer func() {
+			if t.Failed() {
+				_, body := httpGet(t, page+"/")
+				_, m := httpGet(t, page+"/metrics")
+				t.Logf("page:\n%s\nmetrics:\n%s\nlog:\n%s", testenv.Grep(body, "sign"), testenv.Grep(m, "sign_in"), p.logs.String())
+			}
+		}()
+		testenv.Eventually(t, fmt.Sprintf("sign-in needed shown: %v", want), 20*time.Second, func() bool {
+			_, body := httpGet(t, page+"/")
+			_, m := httpGet(t, page+"/metrics")
+			shown := strings.Contains(body, `id="sign-in-`+mailbox+`"`) && strings.Contains(body, "--tenant delegated --mailbox "+mailbox)
+			gauge := strings.Contains(m, `smtpbridge_mailbox_sign_in_required{mailbox="`+mailbox+`",tenant="delegated"} 1`)
+			return shown == want && gauge == want
+		})
+	}
+
+	// Before anyone signed in: the message waits, and the page says why.
+	send("before-login")
+	needsSignIn(true)
+	if arrived("before-login") != 0 {
+		t.Fatal("delivered with nobody signed in")
+	}
+	// A sign-in as another user is refused and not kept.
+	if out, err := loginAs(t, u, path, "delegated", mailbox, "someone.else@delegated.example"); err == nil || !strings.Contains(out, "not "+mailbox) {
+		t.Fatalf("tenant login as another user: %v\n%s", err, out)
+	}
+	out, err := loginAs(t, u, path, "delegated", mailbox, mailbox)
+	if err != nil || !strings.Contains(out, "Signed in as "+mailbox) || !strings.Contains(out, "https://outlook.office.com/SMTP.Send") {
+		t.Fatalf("tenant login: %v\n%s", err, out)
+	}
+	testenv.Eventually(t, "the waiting message delivered after the sign-in", 30*time.Second, func() bool { return arrived("before-login") == 1 })
+	needsSignIn(false)
+	send("signed-in")
+	testenv.Eventually(t, "a message with the delegated token", 10*time.Second, func() bool { return arrived("signed-in") == 1 })
+
+	// Revoked (a password reset, Revoke-MgUserSignInSession): the mailbox pauses.
+	u.entra.RevokeSignIns(mailbox)
+	send("after-revocation")
+	needsSignIn(true)
+	if !strings.Contains(p.logs.String(), `"problem":"sign-in needed"`) || !strings.Contains(p.logs.String(), "AADSTS50173") {
+		t.Errorf("the log does not say the mailbox needs a sign-in, with Entra's code:\n%s", p.logs.String())
+	}
+	if arrived("after-revocation") != 0 {
+		t.Fatal("delivered after the revocation")
+	}
+	out, err = runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "delegated")
+	if err == nil || !strings.Contains(out, "AADSTS50173") || !strings.Contains(out, "smtpbridge tenant login --tenant delegated --mailbox "+mailbox) {
+		t.Errorf("doctor on the revoked mailbox: %v\n%s", err, out)
+	}
+	if out, err := loginAs(t, u, path, "delegated", mailbox, mailbox); err != nil {
+		t.Fatalf("tenant login again: %v\n%s", err, out)
+	}
+	testenv.Eventually(t, "the waiting message delivered after the new sign-in", 30*time.Second, func() bool { return arrived("after-revocation") == 1 })
+	needsSignIn(false)
+	out, err = runCmd(t, "", binary, "doctor", "--config", path, "--tenant", "delegated")
+	if err != nil || !strings.Contains(out, "signed in as "+mailbox) {
+		t.Errorf("doctor on the signed-in mailbox: %v\n%s", err, out)
+	}
+	p.stop(t)
+	for _, s := range []string{"before-login", "signed-in", "after-revocation"} {
+		if n := arrived(s); n != 1 {
+			t.Errorf("%s arrived %d times, want once", s, n)
+		}
+	}
+	// The refresh tokens are on disk, encrypted: none readable.
+	files, _ := filepath.Glob(filepath.Join(u.dir, "spool", "tokens", "*.cache"))
+	if len(files) != 1 {
+		t.Fatalf("%d cache files, want the mailbox's 1", len(files))
+	}
+	if data := testenv.ReadFile(t, files[0]); strings.Contains(data, "rt-") || strings.Contains(data, mailbox) {
+		t.Errorf("the cache file holds a readable refresh token or the mailbox's name")
+	}
+	testenv.CheckNoSecrets(t, "bridge log", p.logs.String())
 }

@@ -9,6 +9,7 @@
 //	smtpbridge doctor --config FILE [--tenant NAME] [--device NAME] [--json]
 //	smtpbridge send-test --config FILE --device NAME --to ADDRESS [--subject S]
 //	smtpbridge exchange-script --config FILE [--tenant NAME] [--rbac | --graph]
+//	smtpbridge tenant login --config FILE --tenant NAME --mailbox ADDRESS
 //	smtpbridge hash-password [--algorithm argon2id|bcrypt]
 //	smtpbridge queue list|show|retry|drop|dead|requeue [--config FILE] [--json] [ID]
 //	smtpbridge blocks [list|unblock ADDR] [--config FILE] [--json]
@@ -69,6 +70,8 @@ Usage:
                                                    send one test message through a device's mapping
   smtpbridge exchange-script --config FILE [--tenant T] [--rbac | --graph]
                                                    print the Exchange Online PowerShell the config needs
+  smtpbridge tenant login --config FILE --tenant T --mailbox ADDRESS
+                                                   sign in for a mailbox (auth: delegated)
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
@@ -119,6 +122,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdSendTest(rest, stdout, stderr)
 	case "exchange-script":
 		err = cmdExchangeScript(rest, stdout, stderr)
+	case "tenant":
+		err = cmdTenant(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

@@ -50,21 +50,22 @@ func (ms microsoft) roots() *x509.CertPool {
 	return nil
 }
 
-func (ms microsoft) tokenTenant(t *config.Tenant) tokenstore.Tenant {
-	return tokenstore.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
-		AuthorityHost: ms.authorityHost(t), Scope: t.TokenScope, RootCAs: ms.roots()}
-}
-
-func (ms microsoft) tokenTenants(cfg *config.Config) []tokenstore.Tenant {
-	out := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
+// tokenTenant is what the token store needs of tenant t, for SMTP's
+// scope: the tenant's credential, its authority and the token cache.
+func (ms microsoft) tokenTenant(cfg *config.Config, t *config.Tenant) tokenstore.Tenant {
 	var cache *tokenstore.Cache
 	if k := cfg.TokenCache.Key.Value(); k != "" && ms.sb == nil {
 		cache = &tokenstore.Cache{Dir: cfg.TokenCache.Dir, Key: []byte(k)}
 	}
+	return tokenstore.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
+		AuthorityHost: ms.authorityHost(t), Scope: t.TokenScope, DelegatedScope: t.DelegatedScope(false),
+		RootCAs: ms.roots(), Cache: cache}
+}
+
+func (ms microsoft) tokenTenants(cfg *config.Config) []tokenstore.Tenant {
+	out := make([]tokenstore.Tenant, 0, len(cfg.Tenants))
 	for i := range cfg.Tenants {
-		t := ms.tokenTenant(&cfg.Tenants[i])
-		t.Cache = cache
-		out = append(out, t)
+		out = append(out, ms.tokenTenant(cfg, &cfg.Tenants[i]))
 	}
 	return out
 }
@@ -233,12 +234,12 @@ func (ms microsoft) doctorTenants(cfg *config.Config) []doctor.Tenant {
 	var out []doctor.Tenant
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
-		dt := doctor.Tenant{Tenant: ms.tokenTenant(t), SecretExpires: t.SecretExpires, SMTP: ms.route(t)}
+		dt := doctor.Tenant{Tenant: ms.tokenTenant(cfg, t), SecretExpires: t.SecretExpires, SMTP: ms.route(t)}
 		scope := t.GraphScope()
 		if ms.sb != nil {
 			scope = ms.sb.GraphScope()
 		}
-		dt.Graph = &doctor.Graph{Scope: scope, Route: ms.graphRoutes(cfg)[t.Name]}
+		dt.Graph = &doctor.Graph{Scope: scope, DelegatedScope: t.DelegatedScope(true), Route: ms.graphRoutes(cfg)[t.Name]}
 		for _, d := range cfg.Devices {
 			if d.Tenant == t.Name {
 				dt.Devices = append(dt.Devices, doctor.Device{Name: d.Name, Mailbox: d.Mailbox,

@@ -61,7 +61,7 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	}
 	defer stop()
 	t := cfg.Tenant(dev.Tenant)
-	store, err := tokenstore.New([]tokenstore.Tenant{ms.tokenTenant(t)}, nil)
+	store, err := tokenstore.New([]tokenstore.Tenant{ms.tokenTenant(cfg, t)}, nil)
 	if err != nil {
 		return err
 	}

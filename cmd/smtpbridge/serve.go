@@ -476,7 +476,31 @@ func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 type tokenLog struct {
 	log     zerolog.Logger
 	mu      sync.Mutex
-	failing map[string]string // tenant -> the failure logged last
+	failing map[string]string  // tenant -> the failure logged last
+	signIn  map[[2]string]bool // delegated mailboxes needing a sign-in
+}
+
+// ObserveSignIn logs a delegated mailbox's need of a new sign-in, and
+// its end.
+func (l *tokenLog) ObserveSignIn(tenant, mailbox string, needed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := [2]string{tenant, mailbox}
+	if needed == l.signIn[k] {
+		return
+	}
+	if l.signIn == nil {
+		l.signIn = map[[2]string]bool{}
+	}
+	l.signIn[k] = needed
+	if needed {
+		l.log.Error().Str("event", "sign_in").Str("problem", "sign-in needed").Str("tenant", tenant).Str("mailbox", mailbox).
+			Str("fix", fmt.Sprintf("smtpbridge tenant login --config FILE --tenant %s --mailbox %s", tenant, mailbox)).
+			Msg("the mailbox needs someone to sign in for it again; its messages wait in the queue")
+		return
+	}
+	delete(l.signIn, k)
+	l.log.Info().Str("event", "sign_in").Str("tenant", tenant).Str("mailbox", mailbox).Msg("the mailbox is signed in again; its waiting messages go")
 }
 
 func (l *tokenLog) ObserveToken(tenant string, _ tokenstore.Token, err error) {
@@ -520,6 +544,14 @@ type tokenObservers []tokenstore.Observer
 func (o tokenObservers) ObserveToken(tenant string, tok tokenstore.Token, err error) {
 	for _, x := range o {
 		x.ObserveToken(tenant, tok, err)
+	}
+}
+
+func (o tokenObservers) ObserveSignIn(tenant, mailbox string, needed bool) {
+	for _, x := range o {
+		if s, ok := x.(tokenstore.SignInObserver); ok {
+			s.ObserveSignIn(tenant, mailbox, needed)
+		}
 	}
 }
 

@@ -75,7 +75,7 @@ func (ms microsoft) graphRoutes(cfg *config.Config) map[string]graph.Route {
 func (ms microsoft) graphTokenTenants(cfg *config.Config) []tokenstore.Tenant {
 	out := ms.tokenTenants(cfg)
 	for i := range out {
-		out[i].Scope = cfg.Tenants[i].GraphScope()
+		out[i].Scope, out[i].DelegatedScope = cfg.Tenants[i].GraphScope(), cfg.Tenants[i].DelegatedScope(true)
 		if ms.sb != nil {
 			out[i].Scope = ms.sb.GraphScope()
 		}

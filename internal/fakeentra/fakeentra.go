@@ -64,6 +64,10 @@ type App struct {
 	// Federated are the app's federated identity credentials: tokens
 	// from another issuer it accepts as the app's client assertion.
 	Federated []FederatedCredential
+	// PublicClient is "Allow public client flows" on the app
+	// registration: the device code flow and refresh tokens with no
+	// credential, for delegated sign-in.
+	PublicClient bool
 }
 
 // FederatedCredential is a federated identity credential: Entra accepts,
@@ -168,14 +172,18 @@ type Secret struct {
 
 // Claims are what Verify returns from a valid access token.
 type Claims struct {
-	Audience  string   `json:"aud"`
-	Issuer    string   `json:"iss"`
-	TenantID  string   `json:"tid"`
-	AppID     string   `json:"appid"`
-	ObjectID  string   `json:"oid"`
-	Roles     []string `json:"roles,omitempty"`
-	Expires   int64    `json:"exp"`
-	NotBefore int64    `json:"nbf"`
+	Audience string   `json:"aud"`
+	Issuer   string   `json:"iss"`
+	TenantID string   `json:"tid"`
+	AppID    string   `json:"appid"`
+	ObjectID string   `json:"oid"`
+	Roles    []string `json:"roles,omitempty"`
+	// Scope (scp) and UPN are set in delegated tokens: the user's
+	// permissions and name.
+	Scope     string `json:"scp,omitempty"`
+	UPN       string `json:"upn,omitempty"`
+	Expires   int64  `json:"exp"`
+	NotBefore int64  `json:"nbf"`
 }
 
 // Failure is a scripted error answer of the token endpoint.
@@ -209,6 +217,9 @@ type Server struct {
 	identityHeader string
 	identityTenant string
 	identities     map[string]*App
+	// Delegated sign-in's users, device codes and refresh tokens.
+	delOnce   sync.Once
+	delegated *delegatedState
 
 	srv *http.Server
 	ln  net.Listener
@@ -249,6 +260,7 @@ func (s *Server) Start(addr string, cert tls.Certificate) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", s.openIDConfig)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.token)
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/devicecode", s.deviceCodeStart)
 	mux.HandleFunc("GET /msi/token", s.managedToken)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	s.url = "https://" + ln.Addr().String()
@@ -474,7 +486,16 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		writeError(w, Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf("Tenant '%s' not found.", name)})
 		return
 	}
-	if gt := r.PostForm.Get("grant_type"); gt != "client_credentials" {
+	switch gt := r.PostForm.Get("grant_type"); gt {
+	case "client_credentials":
+	case "refresh_token", "urn:ietf:params:oauth:grant-type:device_code", "device_code":
+		if _, app, f := s.lookupApp(r); f != nil {
+			writeError(w, *f)
+		} else {
+			s.delegatedToken(w, r, t, app)
+		}
+		return
+	default:
 		writeError(w, Failure{Status: 400, Code: "unsupported_grant_type", AADSTS: 70003, Description: fmt.Sprintf("The app requested an unsupported grant type '%s'.", gt)})
 		return
 	}

@@ -64,7 +64,7 @@ func TestExchangeChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tok, err := s.Token(context.Background(), client)
+		tok, err := s.Token(context.Background(), client, "")
 		if err != nil {
 			t.Fatal(err)
 		}

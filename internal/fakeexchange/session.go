@@ -147,7 +147,7 @@ func parseXOAUTH2(b []byte) (user, token string, ok bool) {
 // 535 replies an admin sees.
 func (se *session) login(user, token string) error {
 	claims, err := se.s.verifier.Verify(token)
-	if err != nil || claims.Audience != fakeentra.Resource {
+	if err != nil || claims.Audience != fakeentra.Resource && claims.Audience != fakeentra.OutlookResource {
 		return errAuth
 	}
 	mb := se.s.mailbox(user)
@@ -156,6 +156,14 @@ func (se *session) login(user, token string) error {
 	}
 	if mb.SMTPAuthDisabled {
 		return errAuthDisabled
+	}
+	if claims.Scope != "" {
+		// A delegated token: the signed-in user sends as their own
+		// mailbox, with the SMTP.Send permission.
+		if !strings.EqualFold(claims.UPN, mb.Address) || !slices.Contains(strings.Fields(claims.Scope), fakeentra.ScopeSMTPSend) {
+			return errAuth
+		}
+		return se.loggedIn(mb, claims)
 	}
 	se.s.mu.Lock()
 	spObject, registered := se.s.principals[strings.ToLower(claims.TenantID)][strings.ToLower(claims.AppID)]
@@ -171,6 +179,11 @@ func (se *session) login(user, token string) error {
 	if !rbac && !fullAccess {
 		return errAuth
 	}
+	return se.loggedIn(mb, claims)
+}
+
+// loggedIn starts the authenticated part of the session as mb.
+func (se *session) loggedIn(mb *Mailbox, claims fakeentra.Claims) error {
 	se.user, se.appID = mb.Address, claims.AppID
 	se.commands, se.txnStart = nil, -1
 	se.s.mu.Lock()

@@ -93,6 +93,8 @@ func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
 			app.Secrets = []fakeentra.Secret{{Value: s}}
 		} else if _, mi := t.Credential.ManagedIdentity(); mi {
 			return errors.New("sandbox: tenant " + t.Name + " uses managed_identity, which only Azure provides; give it a client_id and a client_secret (any value) to try it in the sandbox")
+		} else if t.Credential.Delegated() {
+			return errors.New("sandbox: tenant " + t.Name + " uses auth: delegated, which needs a person to sign in at Entra ID; remove auth and give it a client_secret (any value) to try it in the sandbox")
 		} else if t.Credential.FederatedTokenFile() != "" {
 			return errors.New("sandbox: tenant " + t.Name + " uses federated_token_file, whose tokens only the real Entra ID can check; give it a client_secret (any value) to try it in the sandbox")
 		} else {

@@ -60,7 +60,18 @@ type Credential struct {
 	// one's client ID, or "" for the system-assigned one).
 	managed   bool
 	managedID string
+	// delegated: no credential; a person signs in for each mailbox
+	// (smtpbridge tenant login) and the bridge keeps the refresh token.
+	delegated bool
 }
+
+// NewDelegated returns the credential of a public client: none, tokens
+// come from each mailbox's sign-in.
+func NewDelegated() Credential { return Credential{delegated: true} }
+
+// Delegated says whether the tenant's tokens come from a person's
+// sign-in per mailbox rather than from an app credential.
+func (c Credential) Delegated() bool { return c.delegated }
 
 // NewManagedIdentity returns a credential that is the host's managed
 // identity: clientID picks a user-assigned one, "" the system-assigned.
@@ -107,7 +118,7 @@ func (c Credential) NotAfter() time.Time {
 
 // Equal says whether c and o are the same credential.
 func (c Credential) Equal(o Credential) bool {
-	if c.secret != o.secret || c.tokenFile != o.tokenFile || c.managed != o.managed || c.managedID != o.managedID || len(c.certs) != len(o.certs) {
+	if c.secret != o.secret || c.tokenFile != o.tokenFile || c.managed != o.managed || c.managedID != o.managedID || c.delegated != o.delegated || len(c.certs) != len(o.certs) {
 		return false
 	}
 	for i := range c.certs {

@@ -149,7 +149,7 @@ func (t *Transport) Deliver(ctx context.Context, m *message.Message) (message.Re
 	}
 	defer lease.Release()
 	start := time.Now()
-	tok, err := t.tokens.Token(ctx, m.Tenant)
+	tok, err := t.tokens.Token(ctx, m.Tenant, m.Mailbox)
 	t.obs.UpstreamStage(m.Tenant, string(message.StageToken), time.Since(start))
 	if err != nil {
 		return message.Receipt{}, upstream.TokenError(err)

@@ -270,7 +270,7 @@ func (t *Transport) open(ctx context.Context, s *submission, uc *conn, route Rou
 	var tok string
 	var expires time.Time
 	err := s.timed(string(message.StageToken), func() error {
-		tk, err := t.tokens.Token(ctx, tenant)
+		tk, err := t.tokens.Token(ctx, tenant, mailbox)
 		tok, expires = tk.AccessToken, tk.ExpiresOn
 		return err
 	})

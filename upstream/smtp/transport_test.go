@@ -255,7 +255,7 @@ func TestLimitsAndRoutesChange(t *testing.T) {
 // Probe walks the path step by step and sends nothing.
 func TestProbe(t *testing.T) {
 	r := newRig(t, upstream.Limits{Connections: 1})
-	tok, err := r.store.Token(context.Background(), "contoso")
+	tok, err := r.store.Token(context.Background(), "contoso", "")
 	if err != nil {
 		t.Fatal(err)
 	}
