@@ -58,8 +58,15 @@ func newFileCache(c *Cache, t Tenant, mailbox string) (*fileCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("token cache: %w", err)
 	}
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("token cache: %w", err)
+	if _, err := os.Stat(c.Dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("token cache: %w", err)
+		}
+		// Made by root (sudo smtpbridge tenant login before the bridge
+		// ever ran): the service's user, who owns the spool, must own it.
+		if err := durable.OwnLikeDir(c.Dir); err != nil {
+			return nil, fmt.Errorf("token cache: %w", err)
+		}
 	}
 	key := t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00" + t.Scope
 	if t.Credential.Delegated() {
@@ -112,7 +119,10 @@ func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 	_, werr := tmp.Write(sealed)
 	serr := tmp.Sync()
 	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
+	// tenant login run as root must leave the service's user a file
+	// it can read (and replace).
+	oerr := durable.OwnLikeDir(tmp.Name())
+	if err := errors.Join(werr, serr, cerr, oerr); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("token cache: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -52,4 +53,23 @@ func FreeBytes(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// OwnLikeDir gives path the owner and group of its directory when root
+// writes it, so that a file written by an admin's command (sudo
+// smtpbridge tenant login) stays readable by the service's user, who
+// owns the directory. Otherwise it does nothing.
+func OwnLikeDir(path string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return nil
+	}
+	return os.Chown(path, int(st.Uid), int(st.Gid))
 }
