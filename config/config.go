@@ -219,13 +219,15 @@ const (
 	AuthDelegated = "delegated"
 )
 
-// DelegatedScope is the delegated permission a signed-in mailbox's
-// token carries: SMTP.Send on Exchange Online (outlook.office.com, as
-// Microsoft documents it, for the public cloud's outlook.office365.com),
-// or Mail.Send on Microsoft Graph.
+// DelegatedScope is the delegated permissions a signed-in mailbox's
+// token carries, space-separated: SMTP.Send on Exchange Online
+// (outlook.office.com, as Microsoft documents it, for the public cloud's
+// outlook.office365.com), or Mail.Send and Mail.ReadWrite on Microsoft
+// Graph (a message over 3 MB goes as a draft, which needs the latter).
 func (t *Tenant) DelegatedScope(graph bool) string {
 	if graph {
-		return strings.TrimSuffix(t.GraphScope(), "/.default") + "/Mail.Send"
+		r := strings.TrimSuffix(t.GraphScope(), "/.default")
+		return r + "/Mail.Send " + r + "/Mail.ReadWrite"
 	}
 	resource := strings.TrimSuffix(t.TokenScope, "/.default")
 	if resource == "https://outlook.office365.com" {

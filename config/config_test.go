@@ -436,7 +436,7 @@ func TestDelegatedAuth(t *testing.T) {
 	if s := tn.DelegatedScope(false); s != "https://outlook.office.com/SMTP.Send" {
 		t.Errorf("SMTP's delegated scope: %s", s)
 	}
-	if s := tn.DelegatedScope(true); s != "https://graph.microsoft.com/Mail.Send" {
+	if s := tn.DelegatedScope(true); s != "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.ReadWrite" {
 		t.Errorf("Graph's delegated scope: %s", s)
 	}
 	bad := strings.Replace(good, "    auth: delegated\n", "    auth: delegated\n    client_secret: x\n  - name: odd\n    tenant_id: fabrikam.example\n    client_id: 11111111-2222-3333-4444-555555555555\n    client_secret: y\n    auth: person\n", 1)

@@ -151,7 +151,7 @@ func newMailboxClient(t Tenant, mailbox string) (*client, error) {
 		if !ok {
 			return Token{}, errNotSignedIn
 		}
-		res, err := pc.AcquireTokenSilent(ctx, []string{t.DelegatedScope}, public.WithSilentAccount(acct))
+		res, err := pc.AcquireTokenSilent(ctx, strings.Fields(t.DelegatedScope), public.WithSilentAccount(acct))
 		if err != nil {
 			return Token{}, err
 		}
@@ -189,7 +189,7 @@ func Login(ctx context.Context, t Tenant, mailbox string, prompt func(LoginPromp
 	if err != nil {
 		return LoginResult{}, err
 	}
-	dc, err := pc.AcquireTokenByDeviceCode(ctx, []string{t.DelegatedScope})
+	dc, err := pc.AcquireTokenByDeviceCode(ctx, strings.Fields(t.DelegatedScope))
 	if err != nil {
 		return LoginResult{}, classify(t, err)
 	}
@@ -211,7 +211,7 @@ func Login(ctx context.Context, t Tenant, mailbox string, prompt func(LoginPromp
 	}
 	out := LoginResult{Username: who, CacheFile: fc.path, Scopes: []string{t.DelegatedScope}}
 	for _, sc := range extra {
-		if _, err := pc.AcquireTokenSilent(ctx, []string{sc}, public.WithSilentAccount(res.Account)); err != nil {
+		if _, err := pc.AcquireTokenSilent(ctx, strings.Fields(sc), public.WithSilentAccount(res.Account)); err != nil {
 			return out, fmt.Errorf("signed in, but no token for %s: %w", sc, classify(t, err))
 		}
 		out.Scopes = append(out.Scopes, sc)

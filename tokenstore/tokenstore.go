@@ -43,9 +43,10 @@ type Tenant struct {
 	// Cache, if it has a key, keeps the tenant's tokens on disk,
 	// encrypted, across restarts.
 	Cache *Cache
-	// DelegatedScope is the delegated permission asked for when the
-	// credential is Delegated: https://outlook.office.com/SMTP.Send or
-	// https://graph.microsoft.com/Mail.Send.
+	// DelegatedScope is the delegated permissions asked for when the
+	// credential is Delegated, space-separated scopes of one resource:
+	// https://outlook.office.com/SMTP.Send, or Graph's Mail.Send and
+	// Mail.ReadWrite.
 	DelegatedScope string
 }
 

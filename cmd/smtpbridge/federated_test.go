@@ -337,9 +337,12 @@ func TestDelegatedSignIn(t *testing.T) {
     auth: delegated
     authority_host: %q
     smtp_host: %q
+    graph_host: %q
+    graph_token_scope: %q
 devices:
-  - {name: scanner, username: scanner, password_hash: %q, tenant: delegated, mailbox: %s}
-`, tenantID, appID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), mailbox), 1)
+  - {name: scanner, username: scanner, password_hash: %[7]q, tenant: delegated, mailbox: %[8]s}
+  - {name: scanner-graph, username: scanner-graph, password_hash: %[7]q, tenant: delegated, mailbox: %[8]s, transport: graph}
+`, tenantID, appID, u.entra.URL(), u.exo.Addr(), u.Graph.URL(), fakeentra.GraphResource+"/.default", hashOf(t, password), mailbox), 1)
 	writeFile(t, path, data+"token_cache:\n  key_file: token-cache.key\n")
 	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, out)
@@ -390,13 +393,25 @@ devices:
 		t.Fatalf("tenant login as another user: %v\n%s", err, out)
 	}
 	out, err := loginAs(t, u, path, "delegated", mailbox, mailbox)
-	if err != nil || !strings.Contains(out, "Signed in as "+mailbox) || !strings.Contains(out, "https://outlook.office.com/SMTP.Send") {
+	if err != nil || !strings.Contains(out, "Signed in as "+mailbox) || !strings.Contains(out, "https://outlook.office.com/SMTP.Send") ||
+		!strings.Contains(out, "https://graph.microsoft.com/Mail.Send") {
 		t.Fatalf("tenant login: %v\n%s", err, out)
 	}
 	testenv.Eventually(t, "the waiting message delivered after the sign-in", 30*time.Second, func() bool { return arrived("before-login") == 1 })
 	needsSignIn(false)
 	send("signed-in")
 	testenv.Eventually(t, "a message with the delegated token", 10*time.Second, func() bool { return arrived("signed-in") == 1 })
+	// Through Microsoft Graph with the same sign-in: a small message, and
+	// a 4 MB scan, which goes as a draft (delegated Mail.ReadWrite).
+	scan, _ := testenv.Scan("Subject: graph-scan\r\nTo: bob@delegated.example\r\n", 4<<20)
+	for subject, data := range map[string]string{"graph-small": "Subject: graph-small\r\n\r\nscan\r\n", "graph-scan": scan} {
+		if r, err := sendAs(plain, "scanner-graph", mailbox, []string{"bob@delegated.example"}, data); err != nil || !strings.HasPrefix(r, "2.0.0") {
+			t.Fatalf("%s through Graph: %q %v", subject, r, err)
+		}
+	}
+	testenv.Eventually(t, "the Graph messages with the delegated token", 20*time.Second, func() bool {
+		return graphMessage(u.Graph, "graph-small") != nil && graphMessage(u.Graph, "graph-scan") != nil
+	})
 
 	// Revoked (a password reset, Revoke-MgUserSignInSession): the mailbox pauses.
 	u.entra.RevokeSignIns(mailbox)

@@ -44,14 +44,19 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	if t.Auth != config.AuthDelegated {
 		return fmt.Errorf("tenant %s uses its app's own credential (auth: %s): nobody signs in for it; set auth: delegated to use sign-in per mailbox", t.Name, t.Auth)
 	}
-	var mailboxes, graphBoxes []string
+	// The tenant's mailboxes, and which of them some device sends
+	// through Graph, or SMTP.
+	var mailboxes []string
+	transports := map[string]map[string]bool{}
 	for _, d := range cfg.Devices {
-		if d.Tenant == t.Name && !slices.ContainsFunc(mailboxes, func(m string) bool { return strings.EqualFold(m, d.Mailbox) }) {
-			mailboxes = append(mailboxes, d.Mailbox)
-			if d.Parsed.Transport == config.TransportGraph {
-				graphBoxes = append(graphBoxes, d.Mailbox)
-			}
+		if d.Tenant != t.Name {
+			continue
 		}
+		k := strings.ToLower(d.Mailbox)
+		if transports[k] == nil {
+			mailboxes, transports[k] = append(mailboxes, d.Mailbox), map[string]bool{}
+		}
+		transports[k][d.Parsed.Transport] = true
 	}
 	if *mailbox == "" {
 		if len(mailboxes) != 1 {
@@ -67,19 +72,20 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	}
 	ms := microsoft{}
 	tt := ms.tokenTenant(cfg, t)
-	// The first sign-in is for SMTP's permission, or Graph's if every
-	// device of the mailbox sends through Graph; the other is checked
-	// after, from the same refresh token.
+	// The sign-in asks for the permissions of the transports the
+	// mailbox's devices use (the tenant's, for a mailbox no device uses
+	// yet): the first by the device code, the other checked after from
+	// the same refresh token.
+	used := transports[strings.ToLower(*mailbox)]
+	if len(used) == 0 {
+		used = map[string]bool{t.Transport: true}
+	}
 	var extra []string
-	viaGraph := slices.ContainsFunc(graphBoxes, func(m string) bool { return strings.EqualFold(m, *mailbox) })
-	if viaGraph {
-		smtpScope := tt.DelegatedScope
-		tt.DelegatedScope = t.DelegatedScope(true)
-		if t.Transport != config.TransportGraph {
-			extra = append(extra, smtpScope)
-		}
-	} else if t.Transport == config.TransportGraph {
+	switch {
+	case used[config.TransportGraph] && used[config.TransportSMTP]:
 		extra = append(extra, t.DelegatedScope(true))
+	case used[config.TransportGraph]:
+		tt.DelegatedScope = t.DelegatedScope(true)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
 	defer cancel()

@@ -21,8 +21,9 @@ const OutlookResource = "https://outlook.office.com"
 
 // Delegated permissions for sending mail.
 const (
-	ScopeSMTPSend = "SMTP.Send"
-	ScopeMailSend = "Mail.Send"
+	ScopeSMTPSend      = "SMTP.Send"
+	ScopeMailSend      = "Mail.Send"
+	ScopeMailReadWrite = "Mail.ReadWrite"
 )
 
 // User is a person in a tenant, who signs in for a mailbox.
@@ -193,26 +194,35 @@ func (s *Server) lookupApp(r *http.Request) (*tenant, *App, *Failure) {
 	return t, app, nil
 }
 
-// parseDelegatedScope returns the resource and permission of a delegated
-// scope such as "https://outlook.office.com/SMTP.Send offline_access".
-func parseDelegatedScope(scope string) (resource, permission string, f *Failure) {
+// parseDelegatedScope returns the resource and permissions of delegated
+// scopes such as "https://outlook.office.com/SMTP.Send offline_access":
+// one resource, and permissions it knows (SMTP.Send on Exchange,
+// Mail.Send and Mail.ReadWrite on Graph), space-separated.
+func parseDelegatedScope(scope string) (resource, permissions string, f *Failure) {
+	invalid := &Failure{Status: 400, Code: "invalid_scope", AADSTS: 70011, Description: fmt.Sprintf("The provided value for the input parameter 'scope' is not valid. The scope %s is not valid.", scope)}
+	var perms []string
 	for _, sc := range strings.Fields(scope) {
 		switch sc {
 		case "openid", "profile", "offline_access":
 			continue
 		}
 		i := strings.LastIndex(sc, "/")
-		if i < 0 || resource != "" {
-			return "", "", &Failure{Status: 400, Code: "invalid_scope", AADSTS: 70011, Description: fmt.Sprintf("The provided value for the input parameter 'scope' is not valid. The scope %s is not valid.", scope)}
+		if i < 0 || resource != "" && resource != sc[:i] {
+			return "", "", invalid
 		}
-		resource, permission = sc[:i], sc[i+1:]
+		resource, perms = sc[:i], append(perms, sc[i+1:])
 	}
-	ok := (resource == Resource || resource == OutlookResource) && permission == ScopeSMTPSend ||
-		resource == GraphResource && permission == ScopeMailSend
-	if !ok {
-		return "", "", &Failure{Status: 400, Code: "invalid_scope", AADSTS: 70011, Description: fmt.Sprintf("The provided value for the input parameter 'scope' is not valid. The scope %s is not valid.", scope)}
+	for _, p := range perms {
+		ok := (resource == Resource || resource == OutlookResource) && p == ScopeSMTPSend ||
+			resource == GraphResource && (p == ScopeMailSend || p == ScopeMailReadWrite)
+		if !ok {
+			return "", "", invalid
+		}
 	}
-	return resource, permission, nil
+	if len(perms) == 0 {
+		return "", "", invalid
+	}
+	return resource, strings.Join(perms, " "), nil
 }
 
 // delegatedToken answers the device code and refresh token grants of a
@@ -292,6 +302,10 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, t *tenan
 	s.grantsFor[strings.ToLower(app.ClientID)+" "+resource]++
 	s.mu.Unlock()
 	secs := int(life / time.Second)
-	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "scope": resource + "/" + permission, "expires_in": secs, "ext_expires_in": secs,
+	var granted []string
+	for _, p := range strings.Fields(permission) {
+		granted = append(granted, resource+"/"+p)
+	}
+	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "scope": strings.Join(granted, " "), "expires_in": secs, "ext_expires_in": secs,
 		"access_token": at, "refresh_token": rt, "id_token": idt, "client_info": base64.RawURLEncoding.EncodeToString(info)})
 }

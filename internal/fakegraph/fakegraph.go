@@ -310,7 +310,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if kind == "sendMail" || kind == "send" {
 		need = fakeentra.RoleMailSend
 	}
-	if !slices.Contains(claims.Roles, need) {
+	if claims.Scope != "" {
+		// A delegated token: the signed-in user's own mailbox, with
+		// the delegated permission.
+		if !strings.EqualFold(claims.UPN, mailbox) || !slices.Contains(strings.Fields(claims.Scope), need) {
+			writeError(w, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+			return
+		}
+	} else if !slices.Contains(claims.Roles, need) {
 		writeError(w, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
 		return
 	}
