@@ -347,6 +347,12 @@ devices:
 	if out, err := runCmd(t, "", binary, "check-config", "--config", path); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
+	if out, err := runCmd(t, "", binary, "exchange-script", "--config", path, "--tenant", "delegated"); err != nil ||
+		!strings.Contains(out, "Set-CASMailbox -Identity '"+mailbox+"' -SmtpClientAuthenticationDisabled $false") ||
+		!strings.Contains(out, "smtpbridge tenant login --config "+path+" --tenant delegated --mailbox "+mailbox) ||
+		strings.Contains(out, "New-ServicePrincipal") || strings.Contains(out, "Add-MailboxPermission") {
+		t.Errorf("exchange-script for delegated sign-in: %v\n%s", err, out)
+	}
 	p := startBridge(t, nil, []string{plain, httpAddr}, "serve", "--config", path)
 	page := "http://" + httpAddr
 	send := func(subject string) {
