@@ -36,13 +36,20 @@ var signInCodes = map[string]bool{"invalid_grant": true, "interaction_required":
 
 // signInState remembers a refused sign-in, with the cache file's time
 // then: until tenant login writes the file again, asking Entra with the
-// same refresh token is pointless, and the refusal is given at once.
+// same refresh token is pointless, and the refusal is given at once. In
+// case a file system's coarse times hide a change, Entra is asked again
+// after signInRecheck all the same.
 type signInState struct {
 	cache *fileCache
 	mu    sync.Mutex
 	err   *Error
-	stamp time.Time
+	stamp time.Time // the cache file's modification time
+	at    time.Time // when Entra refused
 }
+
+// signInRecheck is how long a refused sign-in is given without asking
+// Entra, if the cache file seems unchanged.
+const signInRecheck = 10 * time.Minute
 
 // refused records e if it means the mailbox must sign in again.
 func (s *signInState) refused(e *Error, mailbox string) {
@@ -54,7 +61,7 @@ func (s *signInState) refused(e *Error, mailbox string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := *e
-	s.err, s.stamp = &c, s.cache.modTime()
+	s.err, s.stamp, s.at = &c, s.cache.modTime(), time.Now()
 }
 
 func (s *signInState) accepted() {
@@ -70,7 +77,7 @@ func (s *signInState) stillRefused() *Error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err == nil || !s.cache.modTime().Equal(s.stamp) {
+	if s.err == nil || !s.cache.modTime().Equal(s.stamp) || time.Since(s.at) > signInRecheck {
 		return nil
 	}
 	e := *s.err
