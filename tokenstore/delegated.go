@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -106,10 +105,6 @@ func (c *client) forMailbox(mailbox string) (*client, error) {
 // publicClient is the MSAL public client of a delegated tenant, with the
 // mailbox's cache file.
 func publicClient(t Tenant, mailbox string) (public.Client, *fileCache, error) {
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if t.RootCAs != nil {
-		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
-	}
 	fc, err := newFileCache(t.Cache, t, mailbox)
 	if err != nil {
 		return public.Client{}, nil, err
@@ -118,8 +113,7 @@ func publicClient(t Tenant, mailbox string) (public.Client, *fileCache, error) {
 		return public.Client{}, nil, errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
 	}
 	authority := strings.TrimRight(t.AuthorityHost, "/") + "/" + t.TenantID
-	opts := []public.Option{public.WithAuthority(authority), public.WithCache(fc),
-		public.WithHTTPClient(&http.Client{Transport: transport, Timeout: requestTimeout})}
+	opts := []public.Option{public.WithAuthority(authority), public.WithCache(fc), public.WithHTTPClient(httpClientFor(t))}
 	if !IsMicrosoftAuthority(t.AuthorityHost) {
 		opts = append(opts, public.WithInstanceDiscovery(false))
 	}

@@ -1,7 +1,12 @@
-// Package tokenstore gets OAuth 2.0 access tokens for Exchange Online from
-// Entra ID with MSAL for Go's client-credentials flow: one confidential
-// client per app registration, tokens served from MSAL's in-memory cache,
-// and concurrent requests for one tenant sharing a single grant.
+// Package tokenstore gets OAuth 2.0 access tokens for Exchange Online and
+// Microsoft Graph from Entra ID with MSAL for Go: the client-credentials
+// flow with one confidential client per app registration (a secret, a
+// certificate, a federated token or a managed identity), or a managed
+// identity's own tokens, or with delegated sign-in a public client per
+// mailbox whose refresh token a person's device code sign-in (Login)
+// left in the encrypted cache. Tokens are served from MSAL's cache, kept
+// on disk when the cache has a key, and concurrent requests for one
+// tenant (or mailbox) share a single grant.
 //
 // It knows nothing about SMTP. It must never log, print or put in an error
 // a client secret, a client assertion or an access token: errors carry only
@@ -204,12 +209,17 @@ func (t Tenant) equal(o Tenant) bool {
 		t.Credential.Equal(o.Credential) && t.Cache.equal(o.Cache) && t.DelegatedScope == o.DelegatedScope
 }
 
-func newClient(t Tenant) (*client, error) {
+// httpClientFor is the HTTP client for t's authority: the system's trust
+// store, or t.RootCAs.
+func httpClientFor(t Tenant) *http.Client {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	if t.RootCAs != nil {
 		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
 	}
-	httpClient := &http.Client{Transport: transport, Timeout: requestTimeout}
+	return &http.Client{Transport: transport, Timeout: requestTimeout}
+}
+
+func newClient(t Tenant) (*client, error) {
 	if t.Credential.Delegated() {
 		if t.Cache == nil || len(t.Cache.Key) == 0 {
 			return nil, errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
@@ -217,6 +227,7 @@ func newClient(t Tenant) (*client, error) {
 		// One client per mailbox, made on first use (forMailbox).
 		return &client{tenant: t, mailboxes: map[string]*client{}}, nil
 	}
+	httpClient := httpClientFor(t)
 	var (
 		cred confidential.Credential
 		err  error
