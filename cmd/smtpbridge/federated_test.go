@@ -353,6 +353,9 @@ devices:
 		strings.Contains(out, "New-ServicePrincipal") || strings.Contains(out, "Add-MailboxPermission") {
 		t.Errorf("exchange-script for delegated sign-in: %v\n%s", err, out)
 	}
+	if out, err := runCmd(t, "", binary, "tenant", "login", "--config", path, "--tenant", "contoso"); err == nil || !strings.Contains(out, "set auth: delegated") {
+		t.Errorf("tenant login for a tenant with an app credential: %v\n%s", err, out)
+	}
 	p := startBridge(t, nil, []string{plain, httpAddr}, "serve", "--config", path)
 	page := "http://" + httpAddr
 	send := func(subject string) {
