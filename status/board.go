@@ -15,6 +15,7 @@ package status
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,7 +138,20 @@ func (b *Board) Configure(inv Inventory) {
 			b.tenants[t.Name] = &tenantState{}
 		}
 	}
+	for k := range b.signIns {
+		// A sign-in line stays only while a device of a delegated
+		// tenant still sends as the mailbox.
+		delegated := slices.ContainsFunc(inv.Tenants, func(t Tenant) bool { return t.Name == k[0] && t.Credential == CredentialDelegated })
+		used := slices.ContainsFunc(inv.Devices, func(d Device) bool { return d.Tenant == k[0] && strings.EqualFold(d.Mailbox, k[1]) })
+		if !delegated || !used {
+			delete(b.signIns, k)
+		}
+	}
 }
+
+// CredentialDelegated is Tenant.Credential for a tenant with delegated
+// sign-in.
+const CredentialDelegated = "delegated sign-in"
 
 // SharedLimits records whether the limits are shared through Redis.
 func (b *Board) SharedLimits(ok bool) {

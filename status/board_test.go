@@ -205,3 +205,25 @@ func TestHuman(t *testing.T) {
 		}
 	}
 }
+
+// A delegated mailbox that needs a sign-in is on the page, with the
+// command, until a token comes, or until the config no longer sends as
+// it through a delegated tenant.
+func TestSignInLine(t *testing.T) {
+	b := NewBoard()
+	inv := Inventory{Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "scans@x.example"}},
+		Tenants: []Tenant{{Name: "t", Credential: CredentialDelegated}}}
+	b.Configure(inv)
+	b.ObserveSignIn("t", "scans@x.example", true)
+	contains(t, render(t, b, fakeQueue{}), `id="sign-in-scans@x.example"`, "smtpbridge tenant login --config FILE --tenant t --mailbox scans@x.example")
+	b.ObserveSignIn("t", "scans@x.example", false)
+	if strings.Contains(render(t, b, fakeQueue{}), "sign-in needed") {
+		t.Error("the line stays after a token came")
+	}
+	b.ObserveSignIn("t", "scans@x.example", true)
+	inv.Tenants[0].Credential = "client secret"
+	b.Configure(inv)
+	if strings.Contains(render(t, b, fakeQueue{}), "sign-in needed") {
+		t.Error("the line stays after the tenant stopped using delegated sign-in")
+	}
+}

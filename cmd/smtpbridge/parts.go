@@ -216,6 +216,9 @@ func (ms microsoft) statusInventory(cfg *config.Config) status.Inventory {
 		case t.Credential.FederatedTokenFile() != "":
 			cred = "federated token"
 		}
+		if t.Credential.Delegated() {
+			cred = status.CredentialDelegated
+		}
 		if _, ok := t.Credential.ManagedIdentity(); ok {
 			cred = "managed identity"
 			if t.ClientID != "" {
