@@ -221,3 +221,24 @@ func TestReplyLabels(t *testing.T) {
 }
 
 func goVersion() string { return runtime.Version() }
+
+// The sign-in gauge is 1 while a delegated mailbox needs a sign-in, and
+// goes when a token comes or when no device sends as the mailbox.
+func TestSignInRequired(t *testing.T) {
+	inv := Inventory{Tenants: []Tenant{{Name: "t"}}, Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "scans@x.example"}}}
+	m := New("dev", inv)
+	const series = `smtpbridge_mailbox_sign_in_required{mailbox="scans@x.example",tenant="t"} 1`
+	m.ObserveSignIn("t", "scans@x.example", true)
+	if !strings.Contains(scrape(t, m), series) {
+		t.Fatal("no series for the mailbox that needs a sign-in")
+	}
+	m.ObserveSignIn("t", "scans@x.example", false)
+	if strings.Contains(scrape(t, m), "smtpbridge_mailbox_sign_in_required{") {
+		t.Fatal("the series stays after a token came")
+	}
+	m.ObserveSignIn("t", "scans@x.example", true)
+	m.Configure(Inventory{Tenants: []Tenant{{Name: "t"}}, Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "other@x.example"}}})
+	if strings.Contains(scrape(t, m), "smtpbridge_mailbox_sign_in_required{") {
+		t.Fatal("the series stays after the config stopped sending as the mailbox")
+	}
+}

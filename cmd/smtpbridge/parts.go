@@ -196,7 +196,7 @@ func metricsInventory(cfg *config.Config) metrics.Inventory {
 			RecipientsPerDay: t.MaxRecipientsPerDay})
 	}
 	for _, d := range cfg.Devices {
-		inv.Devices = append(inv.Devices, metrics.Device{Name: d.Name, Tenant: d.Tenant, ExpectEvery: d.ExpectEvery})
+		inv.Devices = append(inv.Devices, metrics.Device{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox, ExpectEvery: d.ExpectEvery})
 	}
 	return inv
 }
