@@ -391,9 +391,10 @@ devices:
 		})
 	}
 
-	// Before anyone signed in: the message waits, and the page says why.
-	send("before-login")
+	// Before anyone signed in: the page says so from the start, and a
+	// message waits.
 	needsSignIn(true)
+	send("before-login")
 	if arrived("before-login") != 0 {
 		t.Fatal("delivered with nobody signed in")
 	}

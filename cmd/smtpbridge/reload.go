@@ -123,6 +123,7 @@ func (d *daemon) apply() reloadResult {
 	d.route.configure(cfg)
 	d.m.Configure(metricsInventory(cfg))
 	d.board.Configure(d.ms.statusInventory(cfg))
+	d.checkSignIns(cfg)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
 		warnings = append(warnings, fmt.Sprintf("log.audit_file: %v; the audit log goes to the previous file", err))
 		cfg.Log.AuditFile = d.cfg.Log.AuditFile

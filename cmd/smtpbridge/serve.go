@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -341,6 +342,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 		go d.clusterLoop(saverStop)
 	}
 	d.q.Start()
+	d.checkSignIns(cfg)
 	d.srv.Serve()
 	log.Info().Str("version", buildVersion()).Str("hostname", d.hostname).Str("http", d.httpLn.Addr().String()).
 		Int("devices", len(cfg.Devices)).Int("tenants", len(cfg.Tenants)).Msg("smtpbridge started")
@@ -465,6 +467,33 @@ func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 			log.Warn().Str("tenant", t.Name).Str("authority_host", t.AuthorityHost).
 				Msg("authority_host is not a Microsoft Entra ID host; instance discovery is off for it")
 		}
+	}
+}
+
+// checkSignIns asks, in the background, for a token for each mailbox of
+// a tenant with delegated sign-in, so that the status page, metrics and
+// log say at once which mailbox nobody has signed in for (or whose
+// sign-in Entra refused), rather than at its first message. A mailbox
+// signed in costs its refresh at most.
+func (d *daemon) checkSignIns(cfg *config.Config) {
+	type key struct{ tenant, mailbox, transport string }
+	seen := map[key]bool{}
+	for _, dev := range cfg.Devices {
+		t := cfg.Tenant(dev.Tenant)
+		k := key{dev.Tenant, strings.ToLower(dev.Mailbox), dev.Parsed.Transport}
+		if t == nil || !t.Credential.Delegated() || seen[k] {
+			continue
+		}
+		seen[k] = true
+		store := d.store
+		if k.transport == config.TransportGraph {
+			store = d.graphStore
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			store.Token(ctx, k.tenant, dev.Mailbox) // its observers report the outcome
+		}()
 	}
 }
 
