@@ -12,9 +12,11 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/trace"
 )
 
 type fakeQueue struct {
@@ -225,5 +227,30 @@ func TestSignInLine(t *testing.T) {
 	b.Configure(inv)
 	if strings.Contains(render(t, b, fakeQueue{}), "sign-in needed") {
 		t.Error("the line stays after the tenant stopped using delegated sign-in")
+	}
+}
+
+// The trace page takes "since" as the CLI does: 7d or an RFC 3339
+// time as well as 2h; anything else is an error on the page, with no
+// search.
+func TestTraceSince(t *testing.T) {
+	var got []trace.Query
+	h := TraceHandler(PageInfo{Hostname: "bridge.test"}, func(q trace.Query, _ int) ([]trace.Story, error) {
+		got = append(got, q)
+		return nil, nil
+	})
+	get := func(since string) string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/trace?to=bob@x.example&since="+since, nil))
+		return rec.Body.String()
+	}
+	get("7d")
+	get("2026-11-30T08:00:00Z")
+	if len(got) != 2 || time.Since(got[0].Since) < 7*24*time.Hour-time.Minute || time.Since(got[0].Since) > 7*24*time.Hour+time.Minute ||
+		!got[1].Since.Equal(time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)) {
+		t.Fatalf("since 7d and an RFC 3339 time searched as %+v", got)
+	}
+	if page := get("yesterday"); !strings.Contains(page, "since: &#34;yesterday&#34; is neither a duration") || len(got) != 2 {
+		t.Errorf("since=yesterday: searched %d times; page:\n%s", len(got), testenv.Grep(page, "since"))
 	}
 }

@@ -65,13 +65,9 @@ func TraceHandler(info PageInfo, search Searcher) http.Handler {
 				}
 			}
 			q = trace.Query{To: v.Query["to"], From: v.Query["from"], Device: v.Query["device"], ID: v.Query["id"], Code: v.Query["code"]}
-			if s := v.Query["since"]; s != "" {
-				d, err := time.ParseDuration(s)
-				if err != nil || d <= 0 {
-					v.Err = "since: give a duration such as 2h or 30m"
-				} else {
-					q.Since = time.Now().Add(-d)
-				}
+			var err error
+			if q.Since, err = trace.ParseWhen(v.Query["since"], time.Now()); err != nil {
+				v.Err = "since: " + err.Error()
 			}
 			v.Searched = len(v.Query) > 0 && v.Err == ""
 		}

@@ -388,3 +388,24 @@ func eachLine(name string, st *Stats, fn func([]byte) error) error {
 		}
 	}
 }
+
+// ParseWhen reads a time as the CLI and the status page take it: "2h",
+// "30m" or "7d" before now, or an RFC 3339 time; "" is the zero time.
+func ParseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		if _, err := fmt.Sscanf(d, "%d", &n); err == nil && n >= 0 {
+			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q is neither a duration (2h, 30m, 7d) nor a time (2026-12-01T08:00:00Z)", s)
+}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -59,10 +58,10 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 	}
 	now := time.Now()
 	var err error
-	if q.Since, err = parseWhen(*since, now); err != nil {
+	if q.Since, err = trace.ParseWhen(*since, now); err != nil {
 		return usageError{"trace --since: " + err.Error()}
 	}
-	if q.Until, err = parseWhen(*until, now); err != nil {
+	if q.Until, err = trace.ParseWhen(*until, now); err != nil {
 		return usageError{"trace --until: " + err.Error()}
 	}
 	log := *file
@@ -121,24 +120,4 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		return errors.New("trace: no message matches")
 	}
 	return nil
-}
-
-// parseWhen reads "2h", "30m", "7d" (before now) or an RFC 3339 time.
-func parseWhen(s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		if _, err := fmt.Sscanf(d, "%d", &n); err == nil && n >= 0 {
-			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
-		}
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	return time.Time{}, fmt.Errorf("%q is neither a duration (2h, 30m, 7d) nor a time (2026-12-01T08:00:00Z)", s)
 }
