@@ -80,6 +80,7 @@ func (s *signInState) stillRefused() *Error {
 		return nil
 	}
 	e := *s.err
+	e.remembered = true
 	return &e
 }
 

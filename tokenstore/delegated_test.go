@@ -19,9 +19,20 @@ import (
 type signIns struct {
 	mu     sync.Mutex
 	needed map[string]bool
+	tokens int // ObserveToken calls: token requests
 }
 
-func (s *signIns) ObserveToken(string, tokenstore.Token, error) {}
+func (s *signIns) ObserveToken(string, tokenstore.Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens++
+}
+
+func (s *signIns) requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokens
+}
 
 func (s *signIns) ObserveSignIn(tenant, mailbox string, needed bool) {
 	s.mu.Lock()
@@ -132,12 +143,18 @@ func TestDelegated(t *testing.T) {
 		t.Fatalf("after the revocation: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond) // past the pause
-	before := e.entra.Requests()
+	before, observed := e.entra.Requests(), obs.requests()
 	if _, err := s.Token(ctx, "contoso", mailbox); !errors.As(err, &te) || !te.SignIn {
 		t.Fatalf("asked again: %v", err)
 	}
 	if n := e.entra.Requests() - before; n != 0 {
 		t.Errorf("%d requests to Entra with the refused refresh token, want none until a new sign-in", n)
+	}
+	if n := obs.requests() - observed; n != 0 {
+		t.Errorf("the refusal given again counted as %d token requests, want none", n)
+	}
+	if !obs.get("contoso/" + mailbox) {
+		t.Error("the observer was not told the mailbox needs a sign-in")
 	}
 	if err := login(mailbox); err != nil {
 		t.Fatal(err)

@@ -39,7 +39,10 @@ type Error struct {
 	// helps (smtpbridge tenant login): no sign-in stored, or Entra
 	// refused the refresh token (revoked, expired, a password reset).
 	SignIn bool
-	cause  string // network-level cause, already free of secrets
+	// remembered: a sign-in refusal given again without asking Entra
+	// (signInState); no new token request, for the metrics.
+	remembered bool
+	cause      string // network-level cause, already free of secrets
 }
 
 func (e *Error) Error() string {

@@ -435,11 +435,14 @@ func (s *Store) Token(ctx context.Context, tenant, mailbox string) (Token, error
 		return Token{}, fmt.Errorf("token for tenant %s: %w", tenant, ctx.Err())
 	case r := <-ch:
 		tok, _ := r.Val.(Token)
+		var e *Error
+		failed := errors.As(r.Err, &e)
 		if s.observer != nil {
-			s.observer.ObserveToken(tenant, tok, r.Err)
+			if !failed || !e.remembered {
+				s.observer.ObserveToken(tenant, tok, r.Err)
+			}
 			if o, ok := s.observer.(SignInObserver); ok && c.signIn != nil {
-				var e *Error
-				o.ObserveSignIn(tenant, c.mailbox, errors.As(r.Err, &e) && e.SignIn)
+				o.ObserveSignIn(tenant, c.mailbox, failed && e.SignIn)
 			}
 		}
 		return tok, r.Err
