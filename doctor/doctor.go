@@ -206,7 +206,7 @@ func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []Device) {
 			tok, err := store.Token(ctx, t.Name, m.address)
 			if err != nil {
 				s.Status = Fail
-				r.add(signInFailure(tokenFailure(s, err), err))
+				r.add(tokenFailure(s, err))
 				continue
 			}
 			s.Detail = fmt.Sprintf("the mailbox's sign-in, for %s, valid until %s", t.DelegatedScope, tok.ExpiresOn.UTC().Format("15:04 UTC"))
@@ -347,36 +347,30 @@ func (r *run) credential(t *Tenant) Step {
 
 func days(d time.Duration) int { return int(d.Hours() / 24) }
 
-// tokenFailure explains a failed token request.
+// tokenFailure explains a failed token request; for a delegated
+// mailbox, the sign-in to do again.
 func tokenFailure(s Step, err error) Step {
 	s.Detail = err.Error()
 	var te *tokenstore.Error
 	if errors.As(err, &te) {
 		s.Detail = te.Description
-		if te.AADSTS != 0 {
+		switch {
+		case te.SignIn && te.AADSTS == 0:
+			s.Detail = "no sign-in is stored for the mailbox"
+			s.Meaning = "Nobody has signed in for this mailbox yet (or the token cache's key or directory changed)."
+		case te.AADSTS != 0:
 			s.Code = fmt.Sprintf("AADSTS%d", te.AADSTS)
 			if h := hints.ForAADSTS(te.AADSTS); h != nil {
 				s.Meaning, s.Fix = h.Meaning, h.Fix
 			}
-		} else {
+		default:
 			s.Detail = strings.TrimPrefix(te.Error(), "token for tenant "+te.Tenant+": ")
 			s.Meaning = "No answer from the authority."
 			s.Fix = "Check authority_host, DNS and the firewall (outbound HTTPS to login.microsoftonline.com), and the system's CA certificates (SSL_CERT_FILE)."
 		}
-	}
-	return s
-}
-
-// signInFailure explains a delegated mailbox's missing or refused
-// sign-in.
-func signInFailure(s Step, err error) Step {
-	var te *tokenstore.Error
-	if errors.As(err, &te) && te.SignIn {
-		if te.AADSTS == 0 {
-			s.Detail = "no sign-in is stored for the mailbox"
-			s.Meaning = "Nobody has signed in for this mailbox yet (or the token cache's key or directory changed)."
+		if te.SignIn {
+			s.Fix = "Sign in as the mailbox's user: " + te.LoginCommand() + " (with --config as for doctor)."
 		}
-		s.Fix = "Sign in as the mailbox's user: " + te.LoginCommand() + " (with --config as for doctor)."
 	}
 	return s
 }
