@@ -123,13 +123,13 @@ func writeDelegatedTenant(b *strings.Builder, source string, t *Tenant) {
 		line("# No device sends through this tenant yet: nothing more to set up.")
 		return
 	}
-	var smtpBoxes []string
+	var viaSMTP []Device
 	for _, d := range t.Devices {
-		if !d.Graph && !slices.ContainsFunc(smtpBoxes, func(m string) bool { return strings.EqualFold(m, d.Mailbox) }) {
-			smtpBoxes = append(smtpBoxes, d.Mailbox)
+		if !d.Graph {
+			viaSMTP = append(viaSMTP, d)
 		}
 	}
-	if len(smtpBoxes) > 0 {
+	if smtpBoxes, _ := tenantMailboxes(viaSMTP); len(smtpBoxes) > 0 {
 		line("")
 		line("# 2. SMTP AUTH on for the mailboxes that send over SMTP (Exchange Online PowerShell, as an Exchange administrator).")
 		line("Connect-ExchangeOnline")

@@ -140,7 +140,12 @@ func (s *Server) deviceCodeStart(w http.ResponseWriter, r *http.Request) {
 		writeError(w, Failure{Status: 400, Code: "invalid_request", AADSTS: 900144, Description: "The request body must be form-encoded."})
 		return
 	}
-	t, app, f := s.lookupApp(r)
+	t, f := s.lookupTenant(r)
+	if f != nil {
+		writeError(w, *f)
+		return
+	}
+	app, f := s.lookupApp(t, r)
 	if f != nil {
 		writeError(w, *f)
 		return
@@ -176,22 +181,28 @@ func (s *Server) deviceCodeStart(w http.ResponseWriter, r *http.Request) {
 var publicClientOff = Failure{Status: 401, Code: "invalid_client", AADSTS: 7000218,
 	Description: "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."}
 
-// lookupApp finds the tenant and app a request names.
-func (s *Server) lookupApp(r *http.Request) (*tenant, *App, *Failure) {
+// lookupTenant finds the tenant a token or device code request's path
+// names, by ID or domain.
+func (s *Server) lookupTenant(r *http.Request) (*tenant, *Failure) {
 	name := r.PathValue("tenant")
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := s.tenants[strings.ToLower(name)]
-	if t == nil {
-		return nil, nil, &Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf("Tenant '%s' not found.", name)}
+	if t := s.tenants[strings.ToLower(name)]; t != nil {
+		return t, nil
 	}
+	return nil, &Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf("Tenant '%s' not found.", name)}
+}
+
+// lookupApp finds the app a request's client_id names in t.
+func (s *Server) lookupApp(t *tenant, r *http.Request) (*App, *Failure) {
 	clientID := r.PostForm.Get("client_id")
-	app := t.apps[strings.ToLower(clientID)]
-	if app == nil {
-		return nil, nil, &Failure{Status: 400, Code: "unauthorized_client", AADSTS: 700016, Description: fmt.Sprintf(
-			"Application with identifier '%s' was not found in the directory '%s'.", clientID, name)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if app := t.apps[strings.ToLower(clientID)]; app != nil {
+		return app, nil
 	}
-	return t, app, nil
+	return nil, &Failure{Status: 400, Code: "unauthorized_client", AADSTS: 700016, Description: fmt.Sprintf(
+		"Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.", clientID, r.PathValue("tenant"))}
 }
 
 // parseDelegatedScope returns the resource and permissions of delegated

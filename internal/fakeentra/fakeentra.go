@@ -478,34 +478,27 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		writeError(w, Failure{Status: 400, Code: "invalid_request", AADSTS: 900144, Description: "The request body must be form-encoded."})
 		return
 	}
-	name := r.PathValue("tenant")
-	s.mu.Lock()
-	t := s.tenants[strings.ToLower(name)]
-	s.mu.Unlock()
-	if t == nil {
-		writeError(w, Failure{Status: 400, Code: "invalid_tenant", AADSTS: 90002, Description: fmt.Sprintf("Tenant '%s' not found.", name)})
+	t, f := s.lookupTenant(r)
+	if f != nil {
+		writeError(w, *f)
 		return
 	}
+	var delegated bool
 	switch gt := r.PostForm.Get("grant_type"); gt {
 	case "client_credentials":
 	case "refresh_token", "urn:ietf:params:oauth:grant-type:device_code", "device_code":
-		if _, app, f := s.lookupApp(r); f != nil {
-			writeError(w, *f)
-		} else {
-			s.delegatedToken(w, r, t, app)
-		}
-		return
+		delegated = true
 	default:
 		writeError(w, Failure{Status: 400, Code: "unsupported_grant_type", AADSTS: 70003, Description: fmt.Sprintf("The app requested an unsupported grant type '%s'.", gt)})
 		return
 	}
-	clientID := r.PostForm.Get("client_id")
-	s.mu.Lock()
-	app := t.apps[strings.ToLower(clientID)]
-	s.mu.Unlock()
-	if app == nil {
-		writeError(w, Failure{Status: 400, Code: "unauthorized_client", AADSTS: 700016, Description: fmt.Sprintf(
-			"Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.", clientID, name)})
+	app, f := s.lookupApp(t, r)
+	if f != nil {
+		writeError(w, *f)
+		return
+	}
+	if delegated {
+		s.delegatedToken(w, r, t, app)
 		return
 	}
 	if f := s.checkCredential(r, app, s.url+r.URL.Path); f != nil {
@@ -520,7 +513,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 	if resource != Resource && resource != GraphResource {
 		writeError(w, Failure{Status: 400, Code: "invalid_resource", AADSTS: 500011, Description: fmt.Sprintf(
-			"The resource principal named %s was not found in the tenant named %s.", resource, name)})
+			"The resource principal named %s was not found in the tenant named %s.", resource, r.PathValue("tenant"))})
 		return
 	}
 	tok, err := s.issue(t, app, resource)
@@ -529,8 +522,8 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	s.grants[strings.ToLower(clientID)]++
-	s.grantsFor[strings.ToLower(clientID)+" "+resource]++
+	s.grants[strings.ToLower(app.ClientID)]++
+	s.grantsFor[strings.ToLower(app.ClientID)+" "+resource]++
 	s.mu.Unlock()
 	secs := int(s.TokenLifetime / time.Second)
 	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
