@@ -142,9 +142,6 @@ type Metrics struct {
 
 	mu  sync.Mutex
 	inv Inventory
-	// signIns are the mailboxes smtpbridge_mailbox_sign_in_required
-	// has a series for, to drop when the config no longer uses them.
-	signIns map[[2]string]bool
 }
 
 // New registers the collectors and initialises the label sets of inv.
@@ -248,14 +245,13 @@ func (m *Metrics) Configure(inv Inventory) {
 	m.mu.Lock()
 	old := m.inv
 	m.inv = inv
-	for k := range m.signIns {
+	m.mu.Unlock()
+	for _, d := range old.Devices {
 		// A mailbox no device sends as any more needs no sign-in.
-		if !slices.ContainsFunc(inv.Devices, func(d Device) bool { return d.Tenant == k[0] && strings.EqualFold(d.Mailbox, k[1]) }) {
-			delete(m.signIns, k)
-			m.signInRequired.DeleteLabelValues(k[0], k[1])
+		if !slices.ContainsFunc(inv.Devices, func(n Device) bool { return n.Tenant == d.Tenant && strings.EqualFold(n.Mailbox, d.Mailbox) }) {
+			m.signInRequired.DeleteLabelValues(d.Tenant, d.Mailbox)
 		}
 	}
-	m.mu.Unlock()
 
 	for _, l := range inv.Listeners {
 		m.connections.WithLabelValues(l)
@@ -438,18 +434,10 @@ func (m *Metrics) UpstreamError(tenant, stage string) {
 
 // ObserveSignIn implements tokenstore.SignInObserver.
 func (m *Metrics) ObserveSignIn(tenant, mailbox string, needed bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	k := [2]string{tenant, mailbox}
 	if needed {
-		if m.signIns == nil {
-			m.signIns = map[[2]string]bool{}
-		}
-		m.signIns[k] = true
 		m.signInRequired.WithLabelValues(tenant, mailbox).Set(1)
 		return
 	}
-	delete(m.signIns, k)
 	m.signInRequired.DeleteLabelValues(tenant, mailbox)
 }
 
