@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/x509"
+	"strings"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/config"
@@ -94,6 +95,24 @@ func sandboxSetup(cfg *config.Config) ([]sandbox.Tenant, []sandbox.Mailbox) {
 		ms = append(ms, sandbox.Mailbox{Address: d.Mailbox, Tenant: d.Tenant, AllowedFrom: d.AllowedFrom})
 	}
 	return ts, ms
+}
+
+// mailboxTransports lists the mailboxes tenant's devices send as, each
+// once, in the config's order, with the transports (smtp, graph) their
+// devices use, by lower-case address.
+func mailboxTransports(cfg *config.Config, tenant string) (mailboxes []string, transports map[string]map[string]bool) {
+	transports = map[string]map[string]bool{}
+	for _, d := range cfg.Devices {
+		if d.Tenant != tenant {
+			continue
+		}
+		k := strings.ToLower(d.Mailbox)
+		if transports[k] == nil {
+			mailboxes, transports[k] = append(mailboxes, d.Mailbox), map[string]bool{}
+		}
+		transports[k][d.Parsed.Transport] = true
+	}
+	return mailboxes, transports
 }
 
 func mailboxLimits(cfg *config.Config) map[string]upstream.Limits {

@@ -476,24 +476,24 @@ func warnAuthorities(cfg *config.Config, log zerolog.Logger) {
 // sign-in Entra refused), rather than at its first message. A mailbox
 // signed in costs its refresh at most.
 func (d *daemon) checkSignIns(cfg *config.Config) {
-	type key struct{ tenant, mailbox, transport string }
-	seen := map[key]bool{}
-	for _, dev := range cfg.Devices {
-		t := cfg.Tenant(dev.Tenant)
-		k := key{dev.Tenant, strings.ToLower(dev.Mailbox), dev.Parsed.Transport}
-		if t == nil || !t.Credential.Delegated() || seen[k] {
+	for _, t := range cfg.Tenants {
+		if !t.Credential.Delegated() {
 			continue
 		}
-		seen[k] = true
-		store := d.store
-		if k.transport == config.TransportGraph {
-			store = d.graphStore
+		mailboxes, transports := mailboxTransports(cfg, t.Name)
+		for _, mb := range mailboxes {
+			for transport := range transports[strings.ToLower(mb)] {
+				store := d.store
+				if transport == config.TransportGraph {
+					store = d.graphStore
+				}
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					store.Token(ctx, t.Name, mb) // its observers report the outcome
+				}()
+			}
 		}
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			store.Token(ctx, k.tenant, dev.Mailbox) // its observers report the outcome
-		}()
 	}
 }
 

@@ -44,20 +44,7 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	if t.Auth != config.AuthDelegated {
 		return fmt.Errorf("tenant %s uses its app's own credential (auth: %s): nobody signs in for it; set auth: delegated to use sign-in per mailbox", t.Name, t.Auth)
 	}
-	// The tenant's mailboxes, and which of them some device sends
-	// through Graph, or SMTP.
-	var mailboxes []string
-	transports := map[string]map[string]bool{}
-	for _, d := range cfg.Devices {
-		if d.Tenant != t.Name {
-			continue
-		}
-		k := strings.ToLower(d.Mailbox)
-		if transports[k] == nil {
-			mailboxes, transports[k] = append(mailboxes, d.Mailbox), map[string]bool{}
-		}
-		transports[k][d.Parsed.Transport] = true
-	}
+	mailboxes, transports := mailboxTransports(cfg, t.Name)
 	if *mailbox == "" {
 		if len(mailboxes) != 1 {
 			return usageError{fmt.Sprintf("tenant login: --mailbox ADDRESS is required; the devices of tenant %s send as: %s", t.Name, strings.Join(mailboxes, ", "))}
