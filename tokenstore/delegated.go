@@ -26,6 +26,10 @@ type SignInObserver interface {
 	ObserveSignIn(tenant, mailbox string, needed bool)
 }
 
+// errNoCache is the set-up error of a delegated tenant without a token
+// cache key (config refuses it; Login and New check it too).
+var errNoCache = errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
+
 // errNotSignedIn is the failure of a mailbox with no sign-in stored.
 var errNotSignedIn = errors.New("no sign-in is stored for the mailbox")
 
@@ -111,7 +115,7 @@ func publicClient(t Tenant, mailbox string) (public.Client, *fileCache, error) {
 		return public.Client{}, nil, err
 	}
 	if fc == nil {
-		return public.Client{}, nil, errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
+		return public.Client{}, nil, errNoCache
 	}
 	authority := strings.TrimRight(t.AuthorityHost, "/") + "/" + t.TenantID
 	opts := []public.Option{public.WithAuthority(authority), public.WithCache(fc), public.WithHTTPClient(httpClientFor(t))}

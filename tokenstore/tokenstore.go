@@ -222,7 +222,7 @@ func httpClientFor(t Tenant) *http.Client {
 func newClient(t Tenant) (*client, error) {
 	if t.Credential.Delegated() {
 		if t.Cache == nil || len(t.Cache.Key) == 0 {
-			return nil, errors.New("delegated sign-in needs token_cache with a key: the refresh tokens are kept there")
+			return nil, errNoCache
 		}
 		// One client per mailbox, made on first use (forMailbox).
 		return &client{tenant: t, mailboxes: map[string]*client{}}, nil
