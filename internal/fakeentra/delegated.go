@@ -59,12 +59,9 @@ type refreshToken struct {
 	generation int
 }
 
-func (s *Server) del() *delegatedState {
-	s.delOnce.Do(func() {
-		s.delegated = &delegatedState{users: map[string]*User{}, codes: map[string]*deviceCode{},
-			byUser: map[string]*deviceCode{}, refresh: map[string]*refreshToken{}, pending: make(chan string, 16)}
-	})
-	return s.delegated
+func newDelegatedState() *delegatedState {
+	return &delegatedState{users: map[string]*User{}, codes: map[string]*deviceCode{},
+		byUser: map[string]*deviceCode{}, refresh: map[string]*refreshToken{}, pending: make(chan string, 16)}
 }
 
 // AddUser adds a person to a tenant added before.
@@ -75,7 +72,7 @@ func (s *Server) AddUser(tenantID, upn string) *User {
 	if t == nil {
 		panic("fakeentra: AddUser for unknown tenant " + tenantID)
 	}
-	d := s.del()
+	d := s.delegated
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	u := &User{UPN: upn, ObjectID: newGUID(), tenant: t.id}
@@ -88,7 +85,7 @@ func (s *Server) AddUser(tenantID, upn string) *User {
 // expiry on every use, so 300s or less makes every token request go to
 // the refresh token.
 func (s *Server) SetUserTokenLifetime(d time.Duration) {
-	dl := s.del()
+	dl := s.delegated
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	dl.userLife = d
@@ -98,7 +95,7 @@ func (s *Server) SetUserTokenLifetime(d time.Duration) {
 // user code: what a person would read off the screen.
 func (s *Server) NextUserCode(timeout time.Duration) (string, error) {
 	select {
-	case c := <-s.del().pending:
+	case c := <-s.delegated.pending:
 		return c, nil
 	case <-time.After(timeout):
 		return "", fmt.Errorf("no device code issued within %s", timeout)
@@ -108,7 +105,7 @@ func (s *Server) NextUserCode(timeout time.Duration) (string, error) {
 // ApproveDeviceCode is the user upn signing in with userCode at the
 // verification page and consenting.
 func (s *Server) ApproveDeviceCode(userCode, upn string) error {
-	d := s.del()
+	d := s.delegated
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := d.byUser[userCode]
@@ -126,7 +123,7 @@ func (s *Server) ApproveDeviceCode(userCode, upn string) error {
 // RevokeSignIns revokes every refresh token of upn, as
 // Revoke-MgUserSignInSession or a password reset does.
 func (s *Server) RevokeSignIns(upn string) {
-	d := s.del()
+	d := s.delegated
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if u := d.users[strings.ToLower(upn)]; u != nil {
@@ -162,7 +159,7 @@ func (s *Server) deviceCodeStart(w http.ResponseWriter, r *http.Request) {
 	rand.Read(b)
 	userCode := strings.ToUpper(hex.EncodeToString(b))
 	c := &deviceCode{userCode: userCode, deviceCode: "dc-" + newGUID(), tenant: t.id, clientID: app.ClientID, expires: time.Now().Add(15 * time.Minute)}
-	d := s.del()
+	d := s.delegated
 	d.mu.Lock()
 	d.codes[c.deviceCode], d.byUser[userCode] = c, c
 	d.mu.Unlock()
@@ -248,7 +245,7 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, t *tenan
 		writeError(w, *f)
 		return
 	}
-	d := s.del()
+	d := s.delegated
 	d.mu.Lock()
 	var user *User
 	switch r.PostForm.Get("grant_type") {

@@ -218,7 +218,6 @@ type Server struct {
 	identityTenant string
 	identities     map[string]*App
 	// Delegated sign-in's users, device codes and refresh tokens.
-	delOnce   sync.Once
 	delegated *delegatedState
 
 	srv *http.Server
@@ -247,6 +246,7 @@ func New() (*Server, error) {
 		grants:        map[string]int{},
 		grantsFor:     map[string]int{},
 		assertions:    map[string]string{},
+		delegated:     newDelegatedState(),
 	}, nil
 }
 
