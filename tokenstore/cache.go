@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -58,15 +59,15 @@ func newFileCache(c *Cache, t Tenant, mailbox string) (*fileCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("token cache: %w", err)
 	}
-	if _, err := os.Stat(c.Dir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-			return nil, fmt.Errorf("token cache: %w", err)
-		}
-		// Made by root (sudo smtpbridge tenant login before the bridge
-		// ever ran): the service's user, who owns the spool, must own it.
-		if err := durable.OwnLikeDir(c.Dir); err != nil {
-			return nil, fmt.Errorf("token cache: %w", err)
-		}
+	// Made by root (sudo smtpbridge tenant login before the bridge ever
+	// ran): the service's user, who owns the spool, must own it. Root
+	// must also not write a refresh token where someone else could read
+	// or redirect it: not through a link, not in another user's directory.
+	if err := durable.MkdirLikeParent(c.Dir); err != nil {
+		return nil, fmt.Errorf("token cache: %w", err)
+	}
+	if err := durable.CheckDir(c.Dir); err != nil {
+		return nil, fmt.Errorf("token cache: token_cache.dir: %w", err)
 	}
 	key := t.Name + "\x00" + t.TenantID + "\x00" + t.ClientID + "\x00" + t.AuthorityHost + "\x00" + t.Scope
 	if t.Credential.Delegated() {
@@ -80,7 +81,7 @@ func newFileCache(c *Cache, t Tenant, mailbox string) (*fileCache, error) {
 func (f *fileCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	data, err := os.ReadFile(f.path)
+	data, err := f.read()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -112,17 +113,20 @@ func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 	sealed := f.aead.Seal(nonce, nonce, plain, []byte(f.path))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	tmp, err := os.CreateTemp(filepath.Dir(f.path), ".cache-*")
+	dir := filepath.Dir(f.path)
+	// CreateTemp opens O_EXCL: a fresh file, never a link's target.
+	tmp, err := os.CreateTemp(dir, ".cache-*")
 	if err != nil {
 		return fmt.Errorf("token cache: %w", err)
 	}
 	_, werr := tmp.Write(sealed)
 	serr := tmp.Sync()
+	// Written as root, the file must be the service's user's to read and
+	// replace: given away through the descriptor, before it is closed,
+	// never by name (the user could have swapped the name for a link).
+	oerr := durable.ChownLikeDir(tmp, dir)
 	cerr := tmp.Close()
-	// tenant login run as root must leave the service's user a file
-	// it can read (and replace).
-	oerr := durable.OwnLikeDir(tmp.Name())
-	if err := errors.Join(werr, serr, cerr, oerr); err != nil {
+	if err := errors.Join(werr, serr, oerr, cerr); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("token cache: %w", err)
 	}
@@ -132,6 +136,27 @@ func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 	}
 	return nil
 }
+
+// read reads the cache file, never through a symbolic link, and at most
+// maxCacheFile bytes.
+func (f *fileCache) read() ([]byte, error) {
+	file, err := durable.OpenNoFollow(f.path)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, maxCacheFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxCacheFile {
+		return nil, fmt.Errorf("%s is over %d bytes: not a token cache", f.path, maxCacheFile)
+	}
+	return data, nil
+}
+
+// maxCacheFile bounds a cache file: one client's tokens, a few KB each.
+const maxCacheFile = 16 << 20
 
 // modTime is when the file was last written; zero when it does not
 // exist.

@@ -356,6 +356,20 @@ devices:
 	if out, err := runCmd(t, "", binary, "tenant", "login", "--config", path, "--tenant", "contoso"); err == nil || !strings.Contains(out, "set auth: delegated") {
 		t.Errorf("tenant login for a tenant with an app credential: %v\n%s", err, out)
 	}
+	// sudo smtpbridge tenant login, as the README says, with the spool
+	// owned by the bridge's user (nobody here): the login runs as that
+	// user and its cache file is that user's (CI runs as root).
+	asRoot := os.Geteuid() == 0
+	if asRoot {
+		spool := filepath.Join(u.dir, "spool")
+		os.MkdirAll(spool, 0o700)
+		for d := u.dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755) // nobody reaches the spool
+		}
+		if err := os.Chown(spool, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
 	p := startBridge(t, nil, []string{plain, httpAddr}, "serve", "--config", path)
 	page := "http://" + httpAddr
 	send := func(subject string) {
@@ -407,6 +421,9 @@ devices:
 		!strings.Contains(out, "https://graph.microsoft.com/Mail.Send") {
 		t.Fatalf("tenant login: %v\n%s", err, out)
 	}
+	if asRoot && !strings.Contains(out, fmt.Sprintf("Running as user %d (the owner of %s)", nobody, filepath.Join(u.dir, "spool", "tokens"))) {
+		t.Errorf("tenant login as root did not say it runs as the spool's owner:\n%s", out)
+	}
 	testenv.Eventually(t, "the waiting message delivered after the sign-in", 30*time.Second, func() bool { return arrived("before-login") == 1 })
 	needsSignIn(false)
 	send("signed-in")
@@ -456,6 +473,9 @@ devices:
 	files, _ := filepath.Glob(filepath.Join(u.dir, "spool", "tokens", "*.cache"))
 	if len(files) != 1 {
 		t.Fatalf("%d cache files, want the mailbox's 1", len(files))
+	}
+	if owner := ownerOf(files[0]); asRoot && owner != nobody {
+		t.Errorf("the cache file written by tenant login as root belongs to %d, not to the spool's owner %d", owner, nobody)
 	}
 	if data := testenv.ReadFile(t, files[0]); strings.Contains(data, "rt-") || strings.Contains(data, mailbox) {
 		t.Errorf("the cache file holds a readable refresh token or the mailbox's name")

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/privdrop"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/status"
@@ -184,6 +185,12 @@ func queueManager(af adminFlags, spoolDir string) (queue.Manager, string, func()
 // openOffline opens a stopped bridge's spool; whenLocked says what to do
 // if a running bridge holds it.
 func openOffline(dir, whenLocked string) (queue.Manager, string, func(), error) {
+	// Run as root, the command would leave files in the spool that the
+	// bridge's user cannot read, and could be led by a link the spool's
+	// owner put there: it works as that owner instead.
+	if _, err := privdrop.ToOwnerOf(dir); err != nil {
+		return nil, "", func() {}, fmt.Errorf("running as the owner of spool.dir %s: %w", dir, err)
+	}
 	off, err := queue.OpenOffline(dir)
 	if errors.Is(err, spool.ErrLocked) {
 		return nil, "", func() {}, fmt.Errorf("%w: %s", err, whenLocked)

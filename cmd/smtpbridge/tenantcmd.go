@@ -13,6 +13,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/privdrop"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -56,6 +57,16 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	}
 	if !slices.ContainsFunc(mailboxes, func(m string) bool { return strings.EqualFold(m, *mailbox) }) {
 		fmt.Fprintf(stderr, "warning: no device of tenant %s sends as %s yet; the sign-in is kept for when one does\n", t.Name, *mailbox)
+	}
+	// sudo smtpbridge tenant login, as the README says: the token cache
+	// belongs to the bridge's user, and root writing in that user's
+	// directory could be led by a link to any file on the machine. So
+	// the sign-in runs as that user from here on; the config, which may
+	// be root's alone, is read already.
+	if u, err := privdrop.ToOwnerOf(cfg.TokenCache.Dir); err != nil {
+		return fmt.Errorf("tenant login: running as the owner of token_cache.dir %s: %w", cfg.TokenCache.Dir, err)
+	} else if u.Changed() {
+		fmt.Fprintf(stderr, "Running as user %d (the owner of %s) from here on, as the bridge does.\n", u.UID, cfg.TokenCache.Dir)
 	}
 	ms := microsoft{}
 	tt := ms.tokenTenant(cfg, t)

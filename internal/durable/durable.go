@@ -15,3 +15,10 @@ import "errors"
 
 // ErrLocked is returned by Lock when another process holds the lock.
 var ErrLocked = errors.New("locked by another process")
+
+// Errors of the checks on files root writes in another user's directory.
+var (
+	ErrNotDir       = errors.New("not a directory")
+	ErrNotRegular   = errors.New("not a regular file")
+	ErrForeignOwner = errors.New("owned by another user")
+)

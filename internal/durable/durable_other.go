@@ -19,5 +19,14 @@ func Lock(path string) (unlock func(), err error) { return func() {}, nil }
 // FreeBytes cannot tell the free space here.
 func FreeBytes(string) (int64, error) { return 0, errors.New("free space unknown on this system") }
 
-// OwnLikeDir does nothing here.
-func OwnLikeDir(string) error { return nil }
+// ChownLikeDir does nothing here.
+func ChownLikeDir(*os.File, string) error { return nil }
+
+// MkdirLikeParent makes dir and its parents.
+func MkdirLikeParent(dir string) error { return os.MkdirAll(dir, 0o700) }
+
+// CheckDir does nothing here.
+func CheckDir(string) error { return nil }
+
+// OpenNoFollow opens path for reading.
+func OpenNoFollow(path string) (*os.File, error) { return os.Open(path) }

@@ -69,5 +69,32 @@ func FreeBytes(dir string) (int64, error) {
 	return int64(avail), nil
 }
 
-// OwnLikeDir does nothing on Windows: files inherit the directory's ACL.
-func OwnLikeDir(string) error { return nil }
+// ChownLikeDir does nothing on Windows: files inherit the directory's ACL.
+func ChownLikeDir(*os.File, string) error { return nil }
+
+// MkdirLikeParent makes dir and its parents; they inherit their ACLs.
+func MkdirLikeParent(dir string) error { return os.MkdirAll(dir, 0o700) }
+
+// CheckDir refuses a dir that is not a directory.
+func CheckDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: %w", dir, ErrNotDir)
+	}
+	return nil
+}
+
+// OpenNoFollow opens a regular file for reading.
+func OpenNoFollow(path string) (*os.File, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w", path, ErrNotRegular)
+	}
+	return os.Open(path)
+}
