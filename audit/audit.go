@@ -38,7 +38,8 @@ const (
 	// letter next.
 	Bounced Kind = "bounced"
 	// Dead: the message moved to the dead letters; Reason is permanent
-	// (Exchange refused it) or expired (older than max_age).
+	// (Exchange or the bridge refused it), expired (older than max_age)
+	// or poison (its attempts failed to end twice in a row).
 	Dead Kind = "dead"
 	// DSN: a delivery status notification about a dead letter was
 	// queued for bounce_to.
@@ -59,6 +60,9 @@ const (
 	// Bounced and Dead.
 	ReasonPermanent = "permanent" // Exchange refused the message
 	ReasonExpired   = "expired"   // not delivered within max_age
+	// ReasonPoison: the message's attempts panicked, ran past their
+	// time bound or ended with the bridge twice in a row.
+	ReasonPoison = "poison"
 )
 
 // Who retries a deferred message, in Event.RetryBy.

@@ -74,6 +74,17 @@ var (
 	ErrLineTooLong = errors.New("the message has a line longer than the limit")
 )
 
+// ContentError is a message the bridge will never be able to send as it
+// is, for a reason in its content that the bridge found itself (a MIME
+// structure past its bounds, a part that does not decode). Reason is a
+// fixed text of the bridge's, safe to show a device: it never holds the
+// message's own bytes.
+type ContentError struct {
+	Reason string
+}
+
+func (e *ContentError) Error() string { return e.Reason }
+
 // ErrDeviceSpoolFull is a spool refusing a device's message because the
 // device's queued mail fills its share (StageSpool).
 var ErrDeviceSpoolFull = errors.New("the device's messages fill its share of the spool (max_queued_bytes)")

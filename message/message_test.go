@@ -88,6 +88,8 @@ func TestReplyFor(t *testing.T) {
 		{"device too large", &Error{Stage: StageSource, Err: fmt.Errorf("read: %w", ErrTooLarge)}, "552 5.3.4"},
 		{"line too long", &Error{Stage: StageSource, Err: ErrLineTooLong}, "554 5.6.0"},
 		{"device went away", &Error{Stage: StageSource, Err: io.ErrUnexpectedEOF}, "451 4.3.0"},
+		{"MIME past the bounds", &Error{Class: Permanent, Stage: StageSource, Err: &ContentError{Reason: "nested too deep"}}, "554 5.6.0"},
+		{"a content error not yet known permanent", &Error{Class: Temporary, Stage: StageSource, Err: &ContentError{Reason: "x"}}, "451 4.3.0"},
 		{"anything else", errors.New("boom: internal"), "451 4.3.0"},
 		{"cancelled", context.Canceled, "451 4.3.0"},
 	}

@@ -63,6 +63,10 @@ func ReplyFor(err error) Reply {
 		case errors.Is(err, ErrLineTooLong):
 			return Reply{554, [3]int{5, 6, 0}, "Message has a line longer than this server accepts"}
 		}
+		var ce *ContentError
+		if errors.As(err, &ce) && e.Class == Permanent {
+			return Reply{554, [3]int{5, 6, 0}, bound("Message content not accepted: " + CleanText(ce.Reason))}
+		}
 		return replyInternal
 	case StageToken:
 		return Reply{451, [3]int{4, 7, 0}, "Could not get an access token for this device's mailbox, try again later"}

@@ -410,8 +410,10 @@ func (m *Metrics) Observe(e audit.Event) {
 		}
 		m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonPermanent).Inc()
 	case audit.Dead:
-		if e.Reason == audit.ReasonExpired {
-			m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonExpired).Inc()
+		// A refusal was counted as it happened (Bounced); a poison
+		// message's series is made at its first, not for every device.
+		if e.Reason == audit.ReasonExpired || e.Reason == audit.ReasonPoison {
+			m.failed.WithLabelValues(e.Device, e.Tenant, e.Reason).Inc()
 		}
 	}
 }

@@ -44,6 +44,9 @@ func (q *Queue) spool(m *message.Message, wait bool) (*pending, error) {
 // add stores a message and queues it. committed, if set, is called once
 // the message is safe on disk and before its first attempt starts.
 func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(spool.Meta)) (*pending, error) {
+	// The first attempt starts at once, paid for by this record: the
+	// record says it is under way (the poison rule).
+	meta.Attempting = true
 	w, err := q.o.Spool.Create(meta)
 	if err != nil {
 		return nil, &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: err}

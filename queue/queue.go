@@ -67,6 +67,9 @@ type Settings struct {
 	// mailbox's message could go, and a pause stops a mailbox's attempts
 	// before they reach Exchange. Nil or 0: no bound but the global one.
 	Concurrency func(tenant string) int
+	// AttemptLimit bounds one attempt (the poison rule); 0 means
+	// DefaultAttemptLimit.
+	AttemptLimit time.Duration
 }
 
 // Check says whether the settings can run a queue.
@@ -123,6 +126,10 @@ type entry struct {
 	paid    bool
 	running bool
 	waiter  chan result // a hybrid session waiting for the first attempt
+	// abandoned is closed when an attempt that was abandoned (it did
+	// not stop when told) returns at last; until then the message is
+	// not tried again.
+	abandoned <-chan struct{}
 }
 
 type result struct {
@@ -160,11 +167,19 @@ func New(o Options) (*Queue, error) {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
 		o.Log.Error().Err(err).Msg("some queued messages could not be read; they stay in the spool untouched")
 	}
+	buried := q.strikesFromLastRun(metas)
 	for _, m := range metas {
-		q.entries[m.ID] = &entry{meta: m, due: m.NextAttempt}
+		if !slices.ContainsFunc(buried, func(b spool.Meta) bool { return b.ID == m.ID }) {
+			q.entries[m.ID] = &entry{meta: m, due: m.NextAttempt}
+		}
 	}
 	if len(metas) > 0 {
-		o.Log.Info().Int("messages", len(metas)).Msg("queue reloaded from the spool")
+		o.Log.Info().Int("messages", len(metas)-len(buried)).Msg("queue reloaded from the spool")
+	}
+	for _, m := range buried {
+		log := o.Log.With().Str("msg_id", m.ID).Str("device", m.Device).Str("tenant", m.Tenant).Logger()
+		log.Error().Int("strikes", m.Strikes).Msg("the bridge stopped during this message's attempts twice in a row: it goes to the dead letters, not tried again")
+		q.bury(m, audit.ReasonPoison, poisonReason(m.Strikes, errStopped), log)
 	}
 	return q, nil
 }
@@ -197,8 +212,12 @@ func (q *Queue) Start() {
 }
 
 // Close stops starting attempts, gives those in flight up to grace to
-// finish, then aborts the rest. Queued messages stay on disk.
+// finish, then aborts the rest, and returns within grace whatever they
+// do: an attempt that does not stop when told is abandoned (its message
+// stays queued, marked as attempted, a strike at the next start).
+// Queued messages stay on disk.
 func (q *Queue) Close(grace time.Duration) {
+	deadline := time.Now().Add(grace)
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -213,14 +232,25 @@ func (q *Queue) Close(grace time.Duration) {
 	}
 	finished := make(chan struct{})
 	go func() { q.wg.Wait(); close(finished) }()
+	// Attempts are told to stop a moment before the end, to have that
+	// moment to do so.
+	stopping := min(closeStopping, grace/4)
 	select {
 	case <-finished:
-	case <-time.After(grace):
+	case <-time.After(time.Until(deadline) - stopping):
 		q.cancel()
-		<-finished
+		select {
+		case <-finished:
+		case <-time.After(time.Until(deadline)):
+			q.o.Log.Warn().Msg("attempts that did not stop at the end of the grace period are abandoned; their messages stay queued")
+		}
 	}
 	q.cancel()
 }
+
+// closeStopping is how long before the end of Close's grace attempts in
+// flight are told to stop.
+const closeStopping = 2 * time.Second
 
 func (q *Queue) kick() {
 	select {
@@ -259,7 +289,7 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 	next := now.Add(idleWait)
 	var ready []*entry
 	for _, e := range q.entries {
-		if e.running {
+		if e.running || e.abandoned != nil && !closedNow(e) {
 			continue
 		}
 		due := e.due
@@ -305,6 +335,18 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 	return max(next.Sub(now), time.Millisecond)
 }
 
+// closedNow says whether e's abandoned attempt has ended at last, and
+// forgets it if so; q.mu is held.
+func closedNow(e *entry) bool {
+	select {
+	case <-e.abandoned:
+		e.abandoned = nil
+		return true
+	default:
+		return false
+	}
+}
+
 func (q *Queue) concurrency(tenant string) int {
 	if f := q.settings().Concurrency; f != nil {
 		return f(tenant)
@@ -338,6 +380,7 @@ func (q *Queue) attempt(e *entry, counted bool) {
 	if !paid {
 		m.Attempts++
 		m.NextAttempt = time.Now().Add(q.backoff(m.Attempts)).UTC()
+		m.Attempting = true
 		if err := q.o.Spool.Update(m); err != nil {
 			// Go on: the message is safe on disk, only its schedule is
 			// stale, and a restart would try it a little early.
@@ -345,20 +388,33 @@ func (q *Queue) attempt(e *entry, counted bool) {
 		}
 	}
 	start := time.Now()
-	receipt, err := q.deliver(m)
-	q.settle(e, counted, m, receipt, err, time.Since(start), log)
+	a := q.deliver(m, log)
+	q.settle(e, counted, m, a, time.Since(start), log)
 }
 
-func (q *Queue) deliver(m spool.Meta) (message.Receipt, error) {
+// attempted is how an attempt ended.
+type attempted struct {
+	receipt message.Receipt
+	err     error
+	// strike: it panicked or did not end by its limit (the poison
+	// rule); abandoned, if not nil, is closed when its goroutine,
+	// still running, returns.
+	strike    bool
+	abandoned <-chan struct{}
+}
+
+func (q *Queue) deliver(m spool.Meta, log zerolog.Logger) attempted {
 	f, err := q.o.Spool.Open(m.ID)
 	if err != nil {
-		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageSource,
-			Err: fmt.Errorf("open spooled message: %w", err)}
+		return attempted{err: &message.Error{Class: message.Temporary, Stage: message.StageSource,
+			Err: fmt.Errorf("open spooled message: %w", err)}}
 	}
 	defer f.Close()
 	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To,
 		Size: m.Size, DSN: m.DSN, Body: f}
-	return q.o.Transport.Deliver(q.ctx, msg)
+	var a attempted
+	a.receipt, a.err, a.strike, a.abandoned = q.attemptOnce(msg, log)
+	return a
 }
 
 // outcome is what an attempt means for a queued message.
@@ -369,14 +425,22 @@ const (
 	outRefused                  // refused for good, as a whole
 	outExpired                  // older than max_age: given up
 	outDeferred                 // some or all recipients are tried again
+	outPoison                   // its attempts failed to end too often: given up
 )
 
 // settle records an attempt's outcome in memory, tells a waiting session,
 // then updates the spool. Each recipient has its own outcome: those
 // Exchange took are done, those it refused for good are reported, those
 // it refused for now stay queued, alone.
-func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Receipt, err error, took time.Duration, log zerolog.Logger) {
+func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took time.Duration, log zerolog.Logger) {
+	receipt, err := a.receipt, a.err
 	now := time.Now()
+	m.Attempting = false
+	if a.strike {
+		m.Strikes++
+	} else {
+		m.Strikes = 0
+	}
 	var gone, again []*message.Error // recipients refused for good, and for now
 	for _, r := range receipt.Refused {
 		if r.Permanent() {
@@ -388,6 +452,8 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	perRecipient := len(receipt.Refused) > 0
 	var out outcome
 	switch {
+	case a.strike && m.Strikes >= maxStrikes:
+		out = outPoison
 	case perRecipient && len(again) == 0 && len(receipt.Accepted) == 0:
 		out = outRefused // every recipient refused for good: as a whole
 	case err == nil && len(again) == 0:
@@ -441,6 +507,9 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 	e.waiter = nil
 	l := q.lane(keyOf(e))
 	l.active--
+	if e.abandoned = a.abandoned; e.abandoned != nil {
+		go func() { <-a.abandoned; q.kick() }() // its turn comes when it ends
+	}
 	switch {
 	case out == outDeferred:
 		e.meta, e.due = m, m.NextAttempt
@@ -484,7 +553,10 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 			return
 		}
 		q.o.Events.Observe(ev)
-		q.bury(m, audit.ReasonPermanent, "refused by Exchange Online: "+m.LastReply, log)
+		q.bury(m, audit.ReasonPermanent, refusedBy(err)+m.LastReply, log)
+	case outPoison:
+		log.Error().Err(err).Int("strikes", m.Strikes).Msg("the message's attempts failed to end twice in a row: it goes to the dead letters, not tried again")
+		q.bury(m, audit.ReasonPoison, poisonReason(m.Strikes, err), log)
 	case outExpired:
 		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", q.settings().MaxAge, m.LastReply), log)
 	case outDeferred:
@@ -501,6 +573,16 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, receipt message.Rec
 			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
 		}
 	}
+}
+
+// refusedBy says who refused a message for good: Exchange, or the
+// bridge itself (a message it can never send as it is).
+func refusedBy(err error) string {
+	var e *message.Error
+	if errors.As(err, &e) && e.Reply.Code == 0 && e.Stage == message.StageSource {
+		return "refused by the bridge: "
+	}
+	return "refused by Exchange Online: "
 }
 
 // recipientEvent reports one recipient's own outcome: refused for good,

@@ -125,3 +125,30 @@ func (u *usage) minFree() int64 {
 
 // countMeta counts a committed message found at Open.
 func (u *usage) countMeta(m Meta) { u.add(m.Device, m.DSNFor == "", m.Size, false) }
+
+// TakeScratch counts n bytes of an attempt's temporary files (a large
+// message's attachments decoded for Microsoft Graph) against the spool's
+// bounds until ReleaseScratch, or refuses with ErrFull: they are on the
+// same disk as the spool and take its room while they exist.
+func (s *Spool) TakeScratch(n int64) error {
+	s.use.mu.Lock()
+	defer s.use.mu.Unlock()
+	q := s.use.quota
+	if q.MaxBytes > 0 && s.use.total+n > q.MaxBytes {
+		return fmt.Errorf("%w: an attempt's temporary files would pass spool.max_bytes", ErrFull)
+	}
+	if q.MinFreeBytes > 0 {
+		if free, err := freeBytes(s.dir); err == nil && free-n < q.MinFreeBytes {
+			return fmt.Errorf("%w: an attempt's temporary files would pass spool.min_free_bytes", ErrFull)
+		}
+	}
+	s.use.total += n
+	return nil
+}
+
+// ReleaseScratch gives back what TakeScratch counted.
+func (s *Spool) ReleaseScratch(n int64) {
+	s.use.mu.Lock()
+	defer s.use.mu.Unlock()
+	s.use.total -= n
+}

@@ -86,3 +86,30 @@ func TestQuota(t *testing.T) {
 		t.Errorf("CanTake with no free space left: %v", err)
 	}
 }
+
+// An attempt's temporary files take the spool's room while they exist:
+// a device's message does not fit beside them, and fits once they go;
+// no device's share is charged.
+func TestScratch(t *testing.T) {
+	s, err := Open(tempdir.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetQuota(Quota{MaxBytes: 10_000})
+	if err := s.TakeScratch(8_000); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TakeScratch(3_000); !errors.Is(err, ErrFull) {
+		t.Errorf("scratch past the bound: %v", err)
+	}
+	if _, err := write(t, s, "mfp", 3_000); !errors.Is(err, ErrFull) {
+		t.Errorf("a message beside the scratch: %v", err)
+	}
+	if u := s.Usage(); u.Bytes != 8_000 || len(u.Devices) != 0 {
+		t.Errorf("usage %+v: the scratch counts, for no device", u)
+	}
+	s.ReleaseScratch(8_000)
+	if _, err := write(t, s, "mfp", 3_000); err != nil {
+		t.Errorf("after the scratch went: %v", err)
+	}
+}

@@ -57,6 +57,14 @@ type Meta struct {
 	DSNFor string `json:"dsn_for,omitempty"`
 	// DSN is what the device asked of delivery status notifications.
 	DSN *message.DSN `json:"dsn,omitempty"`
+	// Attempting is on disk from before an attempt starts until it
+	// settles: found set when the queue loads, it means the bridge
+	// stopped (crashed, was killed) during the message's attempt.
+	Attempting bool `json:"attempting,omitempty"`
+	// Strikes counts the message's attempts in a row that panicked, ran
+	// past their time bound or ended with the bridge: the queue's
+	// poison rule buries the message at the second.
+	Strikes int `json:"strikes,omitempty"`
 }
 
 // Since is when the message's max_age started: when it was received, or

@@ -268,7 +268,7 @@ func (b *Board) Observe(e audit.Event) {
 		d.failed++
 		f.Text = "refused by Exchange: " + e.Reply
 	case audit.Dead:
-		if e.Reason == audit.ReasonExpired {
+		if e.Reason == audit.ReasonExpired || e.Reason == audit.ReasonPoison {
 			d.failed++
 		}
 		f.Text = "dead letter (" + e.Reason + "): " + e.Reply
@@ -311,7 +311,7 @@ func (b *Board) count(e audit.Event, now time.Time) {
 		all.replyClass(e.Reply)
 		add(func(x *bucket) { x.Failed++ })
 	case audit.Dead:
-		if e.Reason == audit.ReasonExpired {
+		if e.Reason == audit.ReasonExpired || e.Reason == audit.ReasonPoison {
 			add(func(x *bucket) { x.Failed++ })
 		}
 	case audit.Rejected:

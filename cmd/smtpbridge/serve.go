@@ -234,7 +234,8 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if err := os.MkdirAll(graphTmp, 0o700); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
-	d.graph = graph.New(graph.Options{Tokens: d.graphStore, Limiter: d.limits, Routes: d.ms.graphRoutes(cfg), Observer: d.m, TempDir: graphTmp})
+	d.graph = graph.New(graph.Options{Tokens: d.graphStore, Limiter: d.limits, Routes: d.ms.graphRoutes(cfg), Observer: d.m,
+		TempDir: graphTmp, Scratch: d.sp})
 	defer d.graph.Close()
 	d.route = &transports{smtp: d.exo, graph: d.graph}
 	d.route.configure(cfg)

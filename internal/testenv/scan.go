@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"mime/multipart"
 	"net/textproto"
 )
@@ -32,4 +33,35 @@ func Scan(header string, pdfSize int) (string, []byte) {
 	pw.Write([]byte(enc + "\r\n"))
 	mw.Close()
 	return b.String(), pdf
+}
+
+// Nested is a message whose multiparts are nested depth deep, with a
+// line of text and an attachment of attachSize bytes (base64) innermost:
+// the structure of a poison message at a depth of hundreds of thousands,
+// and of an odd but fair one at a few dozen. It returns the message and
+// the attachment.
+func Nested(header string, depth, attachSize int) (string, []byte) {
+	attach := make([]byte, attachSize)
+	for i := range attach {
+		attach[i] = byte(i * 7)
+	}
+	var b bytes.Buffer
+	b.Grow(depth*64 + attachSize*4/3 + len(header) + 1024)
+	b.WriteString(header + "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n")
+	for i := 0; i < depth-1; i++ {
+		fmt.Fprintf(&b, "--b%d\r\nContent-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n", i, i+1)
+	}
+	last := depth - 1
+	fmt.Fprintf(&b, "--b%d\r\nContent-Type: text/plain\r\n\r\nnested %d deep\r\n", last, depth)
+	fmt.Fprintf(&b, "--b%d\r\nContent-Type: application/octet-stream; name=\"nested.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n", last)
+	enc := base64.StdEncoding.EncodeToString(attach)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	for i := last; i >= 0; i-- {
+		fmt.Fprintf(&b, "--b%d--\r\n", i)
+	}
+	return b.String(), attach
 }

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
 	"mime/quotedprintable"
 	"net/http"
 	"net/mail"
+	"net/textproto"
 	"os"
 	"strings"
 	"unicode/utf8"
@@ -77,6 +77,7 @@ func recipients(list []*mail.Address) []recipientJSON {
 type part struct {
 	file              *os.File
 	size              int64
+	taken             int64 // room taken from the scratch
 	name, contentType string
 	contentID         string
 	inline            bool
@@ -86,41 +87,48 @@ type part struct {
 type parsed struct {
 	bodyType, body string
 	parts          []*part
+	scratch        Scratch // nil: not counted
 }
 
 func (p *parsed) close() {
 	for _, pt := range p.parts {
 		pt.file.Close()
 		os.Remove(pt.file.Name())
+		if p.scratch != nil && pt.taken > 0 {
+			p.scratch.ReleaseScratch(pt.taken)
+		}
 	}
 }
 
 // sendDraft sends a message too large for sendMail: a draft with the
 // rewritten recipients, its attachments, then send. A draft left by a
 // failure is deleted.
-func (s *sender) sendDraft(ctx context.Context, rw rewritten, r io.Reader) (message.Receipt, error) {
-	msg, err := mail.ReadMessage(bufio.NewReaderSize(r, 32<<10))
+func (s *sender) sendDraft(ctx context.Context, rw rewritten, content io.Reader) (message.Receipt, error) {
+	// The rewritten header block is in memory already, bounded by
+	// header.MaxBytes.
+	h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(rw.header))).ReadMIMEHeader()
 	if err != nil {
 		return message.Receipt{}, &message.Error{Class: message.Permanent, Stage: message.StageSource,
-			Err: fmt.Errorf("the message's header does not parse: %w", err)}
+			Err: &message.ContentError{Reason: "the message's header does not parse"}}
 	}
-	p := &parsed{}
+	msg := mail.Header(h)
+	p := &parsed{scratch: s.t.scratch}
 	defer p.close()
-	if err := s.walk(p, headerMap(msg.Header), msg.Body, false); err != nil {
+	if err := s.walk(ctx, p, h, content); err != nil {
 		return message.Receipt{}, err
 	}
-	d := draftJSON{Subject: decodeHeader(msg.Header.Get("Subject")), To: recipients(rw.to), Cc: recipients(rw.cc), Bcc: recipients(rw.bcc)}
+	d := draftJSON{Subject: decodeHeader(msg.Get("Subject")), To: recipients(rw.to), Cc: recipients(rw.cc), Bcc: recipients(rw.bcc)}
 	d.Body.ContentType, d.Body.Content = p.bodyType, p.body
 	if d.Body.ContentType == "" {
 		d.Body.ContentType = "text"
 	}
-	if v := msg.Header.Get("Reply-To"); v != "" {
+	if v := msg.Get("Reply-To"); v != "" {
 		if list, err := mail.ParseAddressList(v); err == nil {
 			d.ReplyTo = recipients(list)
 		}
 	}
-	d.Importance = importance(msg.Header)
-	for k, v := range msg.Header {
+	d.Importance = importance(msg)
+	for k, v := range msg {
 		if strings.HasPrefix(strings.ToLower(k), "x-") && len(d.Headers) < maxCustomHeaders && len(v) > 0 {
 			d.Headers = append(d.Headers, headerJSON{Name: k, Value: message.CleanText(v[0])})
 		}
@@ -179,50 +187,12 @@ func (s *sender) sendDraft(ctx context.Context, rw rewritten, r io.Reader) (mess
 	return s.accepted("draft"), nil
 }
 
-// headerMap is a mail.Header as the part walker takes it.
-func headerMap(h mail.Header) map[string][]string { return h }
-
-// walk takes a MIME entity apart: the first text or HTML part (HTML
-// preferred in an alternative) is the body, the rest attachments; parts
-// of a multipart/related with a Content-ID are inline.
-func (s *sender) walk(p *parsed, h map[string][]string, body io.Reader, related bool) error {
-	get := func(k string) string {
-		if v := h[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	ct, params, err := mime.ParseMediaType(get("Content-Type"))
-	if err != nil || ct == "" {
-		ct, params = "text/plain", map[string]string{"charset": "us-ascii"}
-	}
-	if strings.HasPrefix(ct, "multipart/") && params["boundary"] != "" {
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			part, err := mr.NextRawPart()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return &message.Error{Class: message.Permanent, Stage: message.StageSource, Err: fmt.Errorf("MIME: %w", err)}
-			}
-			if err := s.walk(p, part.Header, part, related || ct == "multipart/related"); err != nil {
-				return err
-			}
-			if ct == "multipart/alternative" && p.bodyType == "html" {
-				// The HTML alternative is the body; the others are not
-				// attachments.
-				io.Copy(io.Discard, part)
-				for {
-					if _, err := mr.NextRawPart(); err != nil {
-						return nil
-					}
-				}
-			}
-		}
-	}
-	decoded := decode(body, get("Content-Transfer-Encoding"))
-	disposition, dparams, _ := mime.ParseMediaType(get("Content-Disposition"))
+// leaf takes one part that is not a multipart: the message's body when
+// it is the first text (or an HTML alternative to it), an attachment
+// otherwise, decoded to a temporary file that the spool's quota counts.
+func (s *sender) leaf(p *parsed, h textproto.MIMEHeader, ct string, params map[string]string, related bool, raw io.Reader) error {
+	decoded := decode(raw, h.Get("Content-Transfer-Encoding"))
+	disposition, dparams, _ := mime.ParseMediaType(h.Get("Content-Disposition"))
 	name := decodeHeader(dparams["filename"])
 	if name == "" {
 		name = decodeHeader(params["name"])
@@ -231,7 +201,7 @@ func (s *sender) walk(p *parsed, h map[string][]string, body io.Reader, related 
 	if isText && disposition != "attachment" && name == "" && (p.bodyType == "" || p.bodyType == "text" && ct == "text/html") {
 		text, err := io.ReadAll(io.LimitReader(decoded, maxBodyText+1))
 		if err != nil {
-			return &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: err}
+			return undecodable(h)
 		}
 		if len(text) <= maxBodyText {
 			p.body = toUTF8(text, params["charset"])
@@ -254,10 +224,14 @@ func (s *sender) walk(p *parsed, h map[string][]string, body io.Reader, related 
 	}
 	pt := &part{file: f, contentType: ct, name: name}
 	p.parts = append(p.parts, pt)
-	if pt.size, err = io.Copy(f, decoded); err != nil {
-		return &message.Error{Class: message.Temporary, Stage: message.StageSource, Err: err}
+	w := &scratchWriter{f: f, scratch: p.scratch, taken: &pt.taken}
+	if pt.size, err = io.Copy(w, decoded); err != nil {
+		if w.err != nil {
+			return &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: w.err}
+		}
+		return undecodable(h)
 	}
-	if id := strings.Trim(get("Content-Id"), "<> "); id != "" && related {
+	if id := strings.Trim(h.Get("Content-Id"), "<> "); id != "" && related {
 		pt.contentID, pt.inline = id, true
 	}
 	if pt.name == "" {
@@ -267,6 +241,45 @@ func (s *sender) walk(p *parsed, h map[string][]string, body io.Reader, related 
 		}
 	}
 	return nil
+}
+
+// undecodable is a part whose content does not decode by its
+// Content-Transfer-Encoding (or a read error, which the walk tells
+// apart and reports instead).
+func undecodable(h textproto.MIMEHeader) error {
+	return structureError("a MIME part's %s content does not decode", strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding"))))
+}
+
+// Scratch is the room a large message's attachments take on disk while
+// they upload, counted against the spool's quota as long as they exist
+// (spool.Spool implements it).
+type Scratch interface {
+	TakeScratch(n int64) error
+	ReleaseScratch(n int64)
+}
+
+// scratchWriter writes an attachment's temporary file, taking room for
+// each write from the scratch first; err is why a write failed.
+type scratchWriter struct {
+	f       *os.File
+	scratch Scratch
+	taken   *int64
+	err     error
+}
+
+func (w *scratchWriter) Write(b []byte) (int, error) {
+	if w.scratch != nil {
+		if err := w.scratch.TakeScratch(int64(len(b))); err != nil {
+			w.err = err
+			return 0, err
+		}
+		*w.taken += int64(len(b))
+	}
+	n, err := w.f.Write(b)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 func decode(r io.Reader, cte string) io.Reader {

@@ -56,6 +56,9 @@ type Options struct {
 	// TempDir holds a large message's attachments while they upload:
 	// the spool's directory, on the same disk as the message.
 	TempDir string
+	// Scratch counts those files against the spool's quota; nil: not
+	// counted.
+	Scratch Scratch
 }
 
 // Transport sends messages through Microsoft Graph.
@@ -64,6 +67,7 @@ type Transport struct {
 	limiter upstream.Limiter
 	obs     upstream.Observer
 	tempDir string
+	scratch Scratch
 
 	budgets budgets // Graph's own limits, per mailbox
 
@@ -79,7 +83,7 @@ func New(o Options) *Transport {
 	if o.Observer == nil {
 		o.Observer = upstream.NopObserver{}
 	}
-	return &Transport{tokens: o.Tokens, limiter: o.Limiter, obs: o.Observer, tempDir: o.TempDir,
+	return &Transport{tokens: o.Tokens, limiter: o.Limiter, obs: o.Observer, tempDir: o.TempDir, scratch: o.Scratch,
 		routes: o.Routes, clients: map[string]*http.Client{}}
 }
 
@@ -223,8 +227,7 @@ func (s *sender) send(ctx context.Context) (message.Receipt, error) {
 		}
 		return s.sendMail(ctx, rw.header, buf.Bytes())
 	}
-	rest := io.MultiReader(bytes.NewReader(rw.header), buf, br)
-	receipt, err := s.sendDraft(ctx, rw, rest)
+	receipt, err := s.sendDraft(ctx, rw, io.MultiReader(buf, br))
 	if err != nil && src.Err != nil {
 		return message.Receipt{}, s.sourceErr(src, src.Err)
 	}

@@ -1,0 +1,224 @@
+package queue_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/smtpbridge/smtpbridge/internal/tempdir"
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
+	"github.com/smtpbridge/smtpbridge/message"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
+)
+
+// misbehaving is a transport whose attempts at the poison mailbox's
+// messages go wrong as told; every other message is delivered.
+type misbehaving struct {
+	how     string // "panic", "slow" (ends when its context does), "stuck" (ignores it until release)
+	release chan struct{}
+	poison  atomic.Int32 // attempts at poison messages
+	others  atomic.Int32 // messages delivered
+}
+
+func (m *misbehaving) Deliver(ctx context.Context, msg *message.Message) (message.Receipt, error) {
+	if msg.Mailbox != "poison@contoso.example" {
+		m.others.Add(1)
+		return message.Receipt{Accepted: msg.To}, nil
+	}
+	m.poison.Add(1)
+	switch m.how {
+	case "panic":
+		var parts []int
+		_ = parts[len(msg.To)+2] // a runtime error, as a bug in a walker would make
+	case "slow":
+		<-ctx.Done()
+		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageData, Err: ctx.Err()}
+	case "stuck":
+		<-m.release
+	}
+	return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageData}
+}
+
+func poisonQueue(t *testing.T, tr queue.Deliverer, dir string, log *strings.Builder) (*queue.Queue, *spool.Spool) {
+	t.Helper()
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw := zerolog.New(zerolog.SyncWriter(&lockedBuilder{b: log}))
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: lw, Hostname: "bridge.test",
+		Settings: queue.Settings{RetryInitial: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond, MaxAge: time.Hour,
+			SyncTimeout: time.Second, AttemptLimit: 200 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, sp
+}
+
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  *strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func queueMessage(t *testing.T, q *queue.Queue, mailbox, subject string) {
+	t.Helper()
+	data := "Subject: " + subject + "\r\n\r\n" + testenv.BodyCanary + "\r\n"
+	if _, err := q.Deliver(context.Background(), &message.Message{ID: message.NewID(), Device: "mfp", Tenant: "contoso",
+		Mailbox: mailbox, From: mailbox, To: []string{"bob@contoso.example"}, Size: int64(len(data)), Body: strings.NewReader(data)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An attempt that panics, or runs past its limit, is a strike; the
+// second in a row buries the message with the reason, after exactly two
+// attempts, while the mailbox's other messages go on.
+func TestPoisonRule(t *testing.T) {
+	defer queue.SetAbandonAfter(300 * time.Millisecond)()
+	for _, how := range []string{"panic", "slow"} {
+		t.Run(how, func(t *testing.T) {
+			tr := &misbehaving{how: how}
+			var log strings.Builder
+			q, sp := poisonQueue(t, tr, tempdir.New(t), &log)
+			q.Start()
+			defer q.Close(time.Second)
+			queueMessage(t, q, "poison@contoso.example", "poison")
+			queueMessage(t, q, "scans@contoso.example", "fine-1")
+			testenv.Eventually(t, "the poison message buried", 10*time.Second, func() bool {
+				d, _ := sp.Dead()
+				return len(d) == 1
+			})
+			d, _ := sp.Dead()
+			want := map[string]string{"panic": "the attempt panicked (runtime error: index out of range", "slow": "ran past its limit of 200ms"}[how]
+			if !strings.Contains(d[0].DeadReason, want) || !strings.Contains(d[0].DeadReason, "failed to end 2 times in a row") {
+				t.Errorf("dead reason %q, want it to say %q", d[0].DeadReason, want)
+			}
+			if n := tr.poison.Load(); n != 2 {
+				t.Errorf("%d attempts at the poison message, want 2", n)
+			}
+			queueMessage(t, q, "scans@contoso.example", "fine-2")
+			testenv.Eventually(t, "the other messages delivered and the queue empty", 5*time.Second, func() bool {
+				queued, _ := sp.List()
+				return tr.others.Load() == 2 && len(queued) == 0
+			})
+			if how == "panic" && (!strings.Contains(log.String(), `"stack"`) || strings.Contains(log.String(), testenv.BodyCanary)) {
+				t.Errorf("the panic's log line has no stack, or has the message's body:\n%s", log.String())
+			}
+		})
+	}
+}
+
+// An attempt that does not stop when its limit tells it to is abandoned:
+// a strike, its lane free for the mailbox's other messages, and the
+// message not tried again while the abandoned attempt may still send it;
+// once that ends, it is.
+func TestPoisonAbandoned(t *testing.T) {
+	defer queue.SetAbandonAfter(200 * time.Millisecond)()
+	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
+	var log strings.Builder
+	q, sp := poisonQueue(t, tr, tempdir.New(t), &log)
+	q.Start()
+	defer q.Close(time.Second)
+	queueMessage(t, q, "poison@contoso.example", "stuck")
+	testenv.Eventually(t, "the attempt abandoned", 5*time.Second, func() bool {
+		m, _ := sp.List()
+		return len(m) == 1 && m[0].Strikes == 1 && !m[0].Attempting
+	})
+	if !strings.Contains(log.String(), "abandoned") {
+		t.Errorf("the log does not say the attempt was abandoned:\n%s", log.String())
+	}
+	// The mailbox's lane is free: another of its messages would go
+	// (here the transport delivers only other mailboxes, so use one).
+	queueMessage(t, q, "scans@contoso.example", "beside")
+	testenv.Eventually(t, "another message delivered", 5*time.Second, func() bool { return tr.others.Load() == 1 })
+	time.Sleep(500 * time.Millisecond) // several backoffs
+	if n := tr.poison.Load(); n != 1 {
+		t.Fatalf("the message was attempted %d times while its abandoned attempt ran", n)
+	}
+	close(tr.release)
+	testenv.Eventually(t, "attempted again once the abandoned attempt ended", 5*time.Second, func() bool { return tr.poison.Load() >= 2 })
+}
+
+// An attempt the bridge ended during (a crash, a kill) is a strike found
+// at the next start, from the mark on disk: the first makes the message
+// wait its turn, the second buries it. A settled attempt clears both.
+func TestPoisonStrikeFromLastRun(t *testing.T) {
+	dir := tempdir.New(t)
+	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
+	defer close(tr.release)
+	var log strings.Builder
+	q, sp := poisonQueue(t, tr, dir, &log)
+	// The crash comes long before the attempt's limit.
+	q.Reconfigure(queue.Settings{RetryInitial: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond, MaxAge: time.Hour,
+		SyncTimeout: time.Second, AttemptLimit: time.Hour})
+	q.Start()
+	queueMessage(t, q, "poison@contoso.example", "crashes-the-bridge")
+	testenv.Eventually(t, "an attempt under way", 5*time.Second, func() bool { return tr.poison.Load() == 1 })
+	// A crash: nothing settles. The mark is on disk.
+	if m, _ := sp.List(); len(m) != 1 || !m[0].Attempting {
+		t.Fatalf("during the attempt the spool has %+v, want the message marked as being attempted", m)
+	}
+	for run := 1; run <= 2; run++ {
+		q2, sp2 := poisonQueue(t, &misbehaving{}, dir, &log)
+		m, _ := sp2.List()
+		d, _ := sp2.Dead()
+		switch run {
+		case 1:
+			if len(m) != 1 || m[0].Strikes != 1 || m[0].Attempting {
+				t.Fatalf("after the first crash: queued %+v", m)
+			}
+			// It is attempted again, and the bridge crashes again.
+			m[0].Attempting = true
+			if err := sp2.Update(m[0]); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			if len(m) != 0 || len(d) != 1 || !strings.Contains(d[0].DeadReason, "the bridge stopped") {
+				t.Fatalf("after the second crash: queued %+v, dead %+v", m, d)
+			}
+		}
+		q2.Close(0)
+	}
+	// A message whose attempt settles has no strikes, whatever it had.
+	q3, sp3 := poisonQueue(t, &misbehaving{}, tempdir.New(t), &log)
+	q3.Start()
+	defer q3.Close(time.Second)
+	queueMessage(t, q3, "poison@contoso.example", "fails-normally")
+	testenv.Eventually(t, "a normal deferral", 5*time.Second, func() bool {
+		m, _ := sp3.List()
+		return len(m) == 1 && m[0].Attempts >= 1 && !m[0].Attempting
+	})
+	if m, _ := sp3.List(); m[0].Strikes != 0 {
+		t.Errorf("a settled attempt left %d strikes", m[0].Strikes)
+	}
+}
+
+// Close returns within its grace even when an attempt never stops.
+func TestCloseWithinGrace(t *testing.T) {
+	defer queue.SetAbandonAfter(100 * time.Millisecond)()
+	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
+	defer close(tr.release)
+	var log strings.Builder
+	q, _ := poisonQueue(t, tr, tempdir.New(t), &log)
+	q.Reconfigure(queue.Settings{RetryInitial: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond, MaxAge: time.Hour,
+		SyncTimeout: time.Second, AttemptLimit: time.Hour})
+	q.Start()
+	queueMessage(t, q, "poison@contoso.example", "stuck")
+	testenv.Eventually(t, "an attempt under way", 5*time.Second, func() bool { return tr.poison.Load() == 1 })
+	start := time.Now()
+	q.Close(time.Second)
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("Close(1s) took %s", took)
+	}
+}
