@@ -1,12 +1,15 @@
 package status
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -235,9 +238,9 @@ func TestSignInLine(t *testing.T) {
 // search.
 func TestTraceSince(t *testing.T) {
 	var got []trace.Query
-	h := TraceHandler(PageInfo{Hostname: "bridge.test"}, func(q trace.Query, _ int) ([]trace.Story, error) {
+	h := TraceHandler(PageInfo{Hostname: "bridge.test"}, func(_ context.Context, q trace.Query, _ int, _ trace.Limits) ([]trace.Story, trace.Stats, error) {
 		got = append(got, q)
-		return nil, nil
+		return nil, trace.Stats{}, nil
 	})
 	get := func(since string) string {
 		rec := httptest.NewRecorder()
@@ -252,5 +255,77 @@ func TestTraceSince(t *testing.T) {
 	}
 	if page := get("yesterday"); !strings.Contains(page, "since: &#34;yesterday&#34; is neither a duration") || len(got) != 2 {
 		t.Errorf("since=yesterday: searched %d times; page:\n%s", len(got), testenv.Grep(page, "since"))
+	}
+}
+
+// A search on the page is bounded: a time alone is no search, at most
+// maxSearches run at once (the next gets 503 and Retry-After), each runs
+// within the page's limits and stops when its client hangs up, and the
+// page says how many more matched and why a search was incomplete.
+func TestTraceBounds(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan context.Context, 10)
+	var limits []trace.Limits
+	var mu sync.Mutex
+	h := TraceHandler(PageInfo{Hostname: "bridge.test"}, func(ctx context.Context, q trace.Query, _ int, lim trace.Limits) ([]trace.Story, trace.Stats, error) {
+		mu.Lock()
+		limits = append(limits, lim)
+		mu.Unlock()
+		switch q.To {
+		case "slow@x.example":
+			started <- ctx
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, trace.Stats{}, ctx.Err()
+			}
+		case "hang@x.example": // only its context ends it
+			started <- ctx
+			<-ctx.Done()
+			return nil, trace.Stats{}, ctx.Err()
+		}
+		return []trace.Story{{ID: "m1"}}, trace.Stats{More: 7, Incomplete: "stopped after reading 512 MB"}, nil
+	})
+	get := func(ctx context.Context, query string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/trace?"+query, nil).WithContext(ctx))
+		return rec
+	}
+	bg := context.Background()
+	if rec := get(bg, "since=2h"); !strings.Contains(rec.Body.String(), "a time alone matches every message") || len(limits) != 0 {
+		t.Errorf("since alone: %d searches; page:\n%s", len(limits), testenv.Grep(rec.Body.String(), "time"))
+	}
+	rec := get(bg, "to=bob@x.example")
+	if page := rec.Body.String(); !strings.Contains(page, "7 more, older, matched") || !strings.Contains(page, `id="incomplete"`) ||
+		len(limits) != 1 || limits[0] != pageLimits {
+		t.Errorf("a bounded search: limits %+v; page:\n%s", limits, testenv.Grep(page, "more"))
+	}
+	// Two slow searches hold the two places; a third is turned away.
+	var wg sync.WaitGroup
+	for range maxSearches {
+		wg.Add(1)
+		go func() { defer wg.Done(); get(bg, "to=slow@x.example") }()
+	}
+	for range maxSearches {
+		<-started
+	}
+	if rec := get(bg, "to=bob@x.example"); rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("a third search at once: %d, Retry-After %q", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	close(release)
+	wg.Wait()
+	// A client that hangs up stops its search.
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan struct{})
+	go func() { get(ctx, "to=hang@x.example"); close(done) }()
+	<-started
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the search went on after its client hung up")
+	}
+	if rec := get(bg, "to=bob@x.example"); rec.Code != http.StatusOK {
+		t.Errorf("after the others ended, a search is refused: %d", rec.Code)
 	}
 }

@@ -1,7 +1,10 @@
 package status
 
 import (
+	"context"
 	_ "embed"
+	"errors"
+	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
@@ -11,11 +14,24 @@ import (
 )
 
 // Searcher finds messages' stories in the audit log (trace.Search over
-// log.audit_file and its rotated files).
-type Searcher func(q trace.Query, limit int) ([]trace.Story, error)
+// log.audit_file and its rotated files), within lim, until ctx ends.
+type Searcher func(ctx context.Context, q trace.Query, limit int, lim trace.Limits) ([]trace.Story, trace.Stats, error)
 
-// maxStoriesShown bounds a search's results on the page: the newest.
-const maxStoriesShown = 50
+// A search on the page is anyone's who can load it: it is bounded.
+const (
+	// maxStoriesShown bounds a search's results on the page: the newest.
+	maxStoriesShown = 50
+	// maxSearches is how many searches run at once; the others are
+	// answered 503 with Retry-After.
+	maxSearches = 2
+	// searchTimeout bounds one search.
+	searchTimeout = 30 * time.Second
+)
+
+// pageLimits bound one search's reading and memory: about two passes
+// over a 256 MB log, and the newest 10,000 candidate messages (about a
+// megabyte).
+var pageLimits = trace.Limits{MaxBytes: 512 << 20, MaxTracked: 10_000}
 
 //go:embed trace.html
 var traceHTML string
@@ -34,6 +50,10 @@ type traceView struct {
 	Err      string
 	Stories  []storyView
 	Base     string // the status page, relative
+	// More is how many more messages matched than are shown (the
+	// oldest); Incomplete why the search did not read the whole log.
+	More       int
+	Incomplete string
 }
 
 type storyView struct {
@@ -51,6 +71,7 @@ type eventView struct {
 // /message/{id}, one message's story. search is nil when there is no
 // audit log.
 func TraceHandler(info PageInfo, search Searcher) http.Handler {
+	running := make(chan struct{}, maxSearches)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v := traceView{Info: info, Query: map[string]string{}, NoLog: search == nil, Base: "./"}
 		var q trace.Query
@@ -69,13 +90,36 @@ func TraceHandler(info PageInfo, search Searcher) http.Handler {
 			if q.Since, err = trace.ParseWhen(v.Query["since"], time.Now()); err != nil {
 				v.Err = "since: " + err.Error()
 			}
+			if len(v.Query) == 1 && v.Query["since"] != "" {
+				// Every message of the period would match: the whole log,
+				// read for nothing anyone can look through.
+				v.Err = "Add a recipient, device, sender, message ID or reply code: a time alone matches every message."
+			}
 			v.Searched = len(v.Query) > 0 && v.Err == ""
 		}
 		if v.Searched && search != nil {
-			stories, err := search(q, maxStoriesShown)
-			if err != nil {
+			select {
+			case running <- struct{}{}:
+			default:
+				w.Header().Set("Retry-After", "5")
+				http.Error(w, "other searches are running; try again in a few seconds", http.StatusServiceUnavailable)
+				return
+			}
+			// The client's request: a client that hangs up stops it.
+			ctx, cancel := context.WithTimeout(r.Context(), searchTimeout)
+			stories, st, err := search(ctx, q, maxStoriesShown, pageLimits)
+			cancel()
+			<-running
+			if r.Context().Err() != nil {
+				return // nobody to answer
+			}
+			switch {
+			case errors.Is(err, context.DeadlineExceeded):
+				v.Err = fmt.Sprintf("The search took over %s and was stopped: narrow it (a shorter since, another filter), or use smtpbridge trace on the bridge's host.", searchTimeout)
+			case err != nil:
 				v.Err = err.Error()
 			}
+			v.More, v.Incomplete = st.More, st.Incomplete
 			for i := len(stories) - 1; i >= 0; i-- { // newest first
 				v.Stories = append(v.Stories, storyViewOf(stories[i]))
 			}

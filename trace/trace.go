@@ -6,16 +6,20 @@
 //
 // A search is two passes over the files: the first finds the messages
 // that match, looking only at the lines that contain what is searched
-// for; the second gathers every event of those messages. A line is
-// decoded only when it may matter, so a gigabyte of log is searched in
-// seconds.
+// for; the second gathers every event of those messages, from the file
+// before the first that has one. A line is decoded only when it may
+// matter, so a gigabyte of log is searched in seconds. A search stops
+// when its context ends, and Limits bound its bytes read and the
+// messages it keeps track of.
 package trace
 
 import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -148,41 +152,109 @@ type Stats struct {
 	Files, Skipped int   // files read, and skipped for being older than Since
 	Bytes          int64 // bytes read, twice for the two passes
 	Lines          int
+	// More is how many messages matched beyond those returned: the
+	// oldest, past the limit or forgotten for Limits.MaxTracked.
+	More int
+	// Incomplete says why the search stopped before the end of the log
+	// (Limits.MaxBytes), or, for a query of several filters, that it
+	// forgot messages it could not yet tell matched; "" when complete.
+	Incomplete string
 }
 
+// Limits bound the work of one search; zero values bound nothing. The
+// status page sets them, since anyone who can load it can run searches;
+// the command line, run by an admin, does not.
+type Limits struct {
+	// MaxBytes bounds the log read, both passes together.
+	MaxBytes int64
+	// MaxTracked bounds the messages the first pass keeps track of:
+	// past it, the oldest are forgotten.
+	MaxTracked int
+}
+
+// ctxCheckEvery is how often, in bytes read, a search looks at its
+// context: a client that hangs up stops it within a fraction of a second.
+const ctxCheckEvery = 1 << 20
+
+// errBudget stops a search at Limits.MaxBytes.
+var errBudget = errors.New("the search's budget of bytes read")
+
 // SearchLog searches the audit log at path and its rotated files.
-func SearchLog(path string, q Query, limit int) ([]Story, Stats, error) {
+func SearchLog(ctx context.Context, path string, q Query, limit int, lim Limits) ([]Story, Stats, error) {
 	files, err := Files(path)
 	if err != nil {
 		return nil, Stats{}, err
 	}
-	return Search(files, q, limit)
+	return Search(ctx, files, q, limit, lim)
+}
+
+// candidate is a message the first pass found an event of that matches
+// one of the query's filters.
+type candidate struct {
+	id   string
+	bits uint32 // the filters its events matched
+	file int    // the file of its first such event
+	gone bool   // forgotten (MaxTracked)
+}
+
+// tracked are the first pass's candidates, oldest first, at most max of
+// them (0: no bound).
+type tracked struct {
+	max   int
+	full  uint32
+	byID  map[string]*candidate
+	order []*candidate
+	head  int
+	st    *Stats
+}
+
+func (t *tracked) add(id []byte, bits uint32, file int) {
+	if c := t.byID[string(id)]; c != nil {
+		c.bits |= bits
+		return
+	}
+	c := &candidate{id: string(id), bits: bits, file: file}
+	t.byID[c.id] = c
+	t.order = append(t.order, c)
+	for t.max > 0 && len(t.byID) > t.max {
+		old := t.order[t.head]
+		t.order[t.head] = nil
+		t.head++
+		delete(t.byID, old.id)
+		if old.bits == t.full {
+			t.st.More++
+		} else if t.st.Incomplete == "" {
+			t.st.Incomplete = fmt.Sprintf("more than %d messages matched part of the search; the oldest were not followed: add a filter or a shorter since", t.max)
+		}
+	}
+	if t.head > 1024 && t.head > len(t.order)/2 {
+		t.order = append(t.order[:0], t.order[t.head:]...)
+		t.head = 0
+	}
 }
 
 // Search returns the stories of the messages that match q, oldest first,
-// at most limit of them (the newest; 0: all).
-func Search(files []string, q Query, limit int) ([]Story, Stats, error) {
+// at most limit of them (the newest; 0: all), within lim. It stops when
+// ctx ends, with ctx's error.
+func Search(ctx context.Context, files []string, q Query, limit int, lim Limits) ([]Story, Stats, error) {
 	var st Stats
-	var read []string
-	first := 0 // the oldest file pass 2 reads
+	var read []int // indexes in files
 	for i, f := range files {
 		if !q.Since.IsZero() {
 			if fi, err := os.Stat(f); err == nil && fi.ModTime().Before(q.Since) {
 				st.Skipped++ // its last event is older than Since
-				first = i
 				continue
 			}
 		}
-		read = append(read, f)
+		read = append(read, i)
 	}
 	st.Files = len(read)
 	fs := q.filters()
-	full := uint32(1)<<len(fs) - 1
-	matched := map[string]uint32{}
-	var order []string
+	cands := &tracked{max: lim.MaxTracked, full: uint32(1)<<len(fs) - 1, byID: map[string]*candidate{}, st: &st}
+	r := &reader{ctx: ctx, st: &st, maxBytes: lim.MaxBytes}
 	// Pass 1: the messages whose events meet every filter.
-	for _, f := range read {
-		err := eachLine(f, &st, func(line []byte) error {
+	for _, fi := range read {
+		err := r.eachLine(files[fi], func(line []byte) error {
 			id := msgID(line)
 			if id == nil {
 				return nil
@@ -212,39 +284,40 @@ func Search(files []string, q Query, limit int) ([]Story, Stats, error) {
 					return nil
 				}
 			}
-			sid := string(id)
-			old, seen := matched[sid]
-			if !seen {
-				order = append(order, sid)
-			}
-			matched[sid] = old | bits
+			cands.add(id, bits, fi)
 			return nil
 		})
+		if errors.Is(err, errBudget) {
+			break
+		}
 		if err != nil {
 			return nil, st, err
 		}
 	}
-	var ids []string
-	for _, id := range order {
-		if matched[id] == full {
-			ids = append(ids, id)
+	var kept []*candidate
+	for _, c := range cands.order[cands.head:] {
+		if c != nil && c.bits == cands.full {
+			kept = append(kept, c)
 		}
 	}
-	if limit > 0 && len(ids) > limit {
-		ids = ids[len(ids)-limit:]
+	if limit > 0 && len(kept) > limit {
+		st.More += len(kept) - limit
+		kept = kept[len(kept)-limit:]
 	}
-	if len(ids) == 0 {
+	if len(kept) == 0 {
 		return nil, st, nil
 	}
 	want := map[string]*Story{}
-	for _, id := range ids {
-		want[id] = &Story{ID: id}
+	first := len(files)
+	for _, c := range kept {
+		want[c.id] = &Story{ID: c.id}
+		first = min(first, c.file)
 	}
-	// Pass 2: every event of those messages, in the files read and the
-	// one before them (a message's first events may be in the file
-	// rotated just before its match).
-	for _, f := range files[first:] {
-		err := eachLine(f, &st, func(line []byte) error {
+	// Pass 2: every event of those messages, from the file before the
+	// first that has one of them (a message's first events may be in the
+	// file rotated just before its match) to the end.
+	for _, f := range files[max(first-1, 0):] {
+		err := r.eachLine(f, func(line []byte) error {
 			id := msgID(line)
 			if id == nil {
 				return nil
@@ -259,13 +332,16 @@ func Search(files []string, q Query, limit int) ([]Story, Stats, error) {
 			}
 			return nil
 		})
+		if errors.Is(err, errBudget) {
+			break
+		}
 		if err != nil {
 			return nil, st, err
 		}
 	}
-	out := make([]Story, 0, len(ids))
-	for _, id := range ids {
-		s := want[id]
+	out := make([]Story, 0, len(kept))
+	for _, c := range kept {
+		s := want[c.id]
 		slices.SortStableFunc(s.Events, func(a, b Event) int { return a.Time.Compare(b.Time) })
 		out = append(out, *s)
 	}
@@ -346,30 +422,57 @@ func lineTime(line []byte) (time.Time, bool) {
 	return t, err == nil
 }
 
+// reader reads the log's files for one search, within its budget and
+// while its context lasts.
+type reader struct {
+	ctx       context.Context
+	st        *Stats
+	maxBytes  int64
+	nextCheck int64
+}
+
 // eachLine calls fn with each line of the file (gunzipped when it ends
-// in .gz); the line is valid only during the call.
-func eachLine(name string, st *Stats, fn func([]byte) error) error {
+// in .gz); the line is valid only during the call. It stops with
+// errBudget at the budget (saying so in Stats), with the context's error
+// when it ends.
+func (r *reader) eachLine(name string, fn func([]byte) error) error {
+	if err := r.ctx.Err(); err != nil {
+		return err
+	}
 	f, err := os.Open(name)
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
 	defer f.Close()
-	var r io.Reader = f
+	var rd io.Reader = f
 	if strings.HasSuffix(name, ".gz") {
 		gz, err := gzip.NewReader(f)
 		if err != nil {
 			return fmt.Errorf("trace: %s: %w", name, err)
 		}
 		defer gz.Close()
-		r = gz
+		rd = gz
 	}
-	br := bufio.NewReaderSize(r, 1<<20)
+	br := bufio.NewReaderSize(rd, 1<<20)
+	st := r.st
 	for {
+		if st.Bytes >= r.nextCheck {
+			r.nextCheck = st.Bytes + ctxCheckEvery
+			if err := r.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if r.maxBytes > 0 && st.Bytes >= r.maxBytes {
+			st.Incomplete = fmt.Sprintf("stopped after reading %d MB of the log (a search's budget on the status page): use a shorter since, or smtpbridge trace", r.maxBytes/1e6)
+			return errBudget
+		}
 		line, err := br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
 			// A line over 1 MiB is no event of ours: skip it.
+			st.Bytes += int64(len(line))
 			for err == bufio.ErrBufferFull {
-				_, err = br.ReadSlice('\n')
+				line, err = br.ReadSlice('\n')
+				st.Bytes += int64(len(line))
 			}
 			continue
 		}

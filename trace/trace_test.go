@@ -2,6 +2,8 @@ package trace
 
 import (
 	"compress/gzip"
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -85,15 +87,15 @@ func TestSearch(t *testing.T) {
 		{"since skips it", Query{To: "rare@example.com", Since: time.Now().Add(-time.Hour)}, 0},
 		{"nothing", Query{To: "nobody@example.com"}, 0},
 	} {
-		stories, _, err := Search(files, tc.q, 0)
+		stories, _, err := Search(context.Background(), files, tc.q, 0, Limits{})
 		if err != nil || len(stories) != tc.want {
 			t.Errorf("%s: %d stories, want %d (%v)", tc.name, len(stories), tc.want, err)
 		}
 	}
 	// A story has all of its message's events, in order.
-	stories, _, _ := Search(files, Query{Code: "5.7.60", Device: "mfp-199"}, 1)
-	if len(stories) != 1 {
-		t.Fatalf("limit 1: %d stories", len(stories))
+	stories, st, _ := Search(context.Background(), files, Query{Code: "5.7.60", Device: "mfp-199"}, 1, Limits{})
+	if len(stories) != 1 || st.More != 2 {
+		t.Fatalf("limit 1: %d stories, %d more; want 1 and 2 more", len(stories), st.More)
 	}
 	var kinds []string
 	for _, e := range stories[0].Events {
@@ -101,6 +103,42 @@ func TestSearch(t *testing.T) {
 	}
 	if got := strings.Join(kinds, ","); got != "received,dead" || stories[0].ID != "msg00002999" && stories[0].ID != "msg00002799" {
 		t.Errorf("the newest match: %s %s", stories[0].ID, got)
+	}
+}
+
+// A search's bounds: it stops at its budget of bytes, saying so, with
+// what it found; it keeps track of at most MaxTracked messages, the
+// newest, counting the others; it stops when its context ends.
+func TestSearchLimits(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.log")
+	size := writeLog(t, log, 3000, time.Now())
+	files, _ := Files(log)
+	ctx := context.Background()
+	all, st, err := Search(ctx, files, Query{Code: "432"}, 0, Limits{})
+	if err != nil || len(all) != 300 || st.Incomplete != "" || st.More != 0 {
+		t.Fatalf("unbounded: %d stories, %+v, %v", len(all), st, err)
+	}
+	// A budget of a third of the log: the first pass stops there, the
+	// stories found are whole as far as read, and the page can say so.
+	part, st, err := Search(ctx, files, Query{Code: "432"}, 0, Limits{MaxBytes: size / 3})
+	if err != nil || len(part) == 0 || len(part) >= 300 || !strings.Contains(st.Incomplete, "stopped after reading") || st.Bytes > size/3+1<<20 {
+		t.Errorf("a third of the log: %d stories, %+v, %v", len(part), st, err)
+	}
+	// Tracking 20: the 20 newest are the newest of all, the rest counted.
+	newest, st, err := Search(ctx, files, Query{Code: "432"}, 0, Limits{MaxTracked: 20})
+	if err != nil || len(newest) != 20 || st.More != 280 || newest[19].ID != all[299].ID || newest[0].ID != all[280].ID {
+		t.Errorf("tracking 20: %d stories, %+v, %v", len(newest), st, err)
+	}
+	// Two filters, tracking few: what was forgotten half-matched is said.
+	_, st, _ = Search(ctx, files, Query{Code: "5.7.60", Device: "mfp-199"}, 0, Limits{MaxTracked: 5})
+	if !strings.Contains(st.Incomplete, "not followed") {
+		t.Errorf("two filters, tracking 5: %+v", st)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, st, err := Search(cancelled, files, Query{Code: "432"}, 0, Limits{}); !errors.Is(err, context.Canceled) || st.Bytes > 0 {
+		t.Errorf("a cancelled search: %v, %d bytes read", err, st.Bytes)
 	}
 }
 
@@ -119,12 +157,13 @@ func BenchmarkSearch(b *testing.B) {
 	var st Stats
 	read := func() time.Duration {
 		start := time.Now()
-		eachLine(log, &st, func([]byte) error { return nil })
+		r := &reader{ctx: context.Background(), st: &st}
+		r.eachLine(log, func([]byte) error { return nil })
 		return time.Since(start)
 	}
 	search := func(q Query) (time.Duration, int) {
 		start := time.Now()
-		stories, _, err := Search(files, q, 0)
+		stories, _, err := Search(context.Background(), files, q, 0, Limits{})
 		if err != nil {
 			b.Fatal(err)
 		}

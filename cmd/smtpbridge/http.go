@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sync"
@@ -26,9 +27,12 @@ func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
 		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas})
-	mux.Handle("GET /{$}", httpauth.Basic(page, d.pageAuth))
-	mux.Handle("GET /metrics", httpauth.Basic(d.m.Handler(), d.pageAuth))
-	traceH := httpauth.Basic(status.TraceHandler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.searchAudit()), d.pageAuth)
+	// The pages that do work for whoever loads them refuse a cross-site
+	// browser request: a page elsewhere must not make the admin's browser
+	// run searches here.
+	mux.Handle("GET /{$}", httpauth.SameSite(httpauth.Basic(page, d.pageAuth)))
+	mux.Handle("GET /metrics", httpauth.SameSite(httpauth.Basic(d.m.Handler(), d.pageAuth)))
+	traceH := httpauth.SameSite(httpauth.Basic(status.TraceHandler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.searchAudit()), d.pageAuth))
 	mux.Handle("GET /trace", traceH)
 	mux.Handle("GET /message/{id}", traceH)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -117,15 +121,14 @@ func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
 // one, when the bridge starts; a reload that sets it takes effect at
 // the next search).
 func (d *daemon) searchAudit() status.Searcher {
-	return func(q trace.Query, limit int) ([]trace.Story, error) {
+	return func(ctx context.Context, q trace.Query, limit int, lim trace.Limits) ([]trace.Story, trace.Stats, error) {
 		d.mu.Lock()
 		path := d.cfg.Log.AuditFile
 		d.mu.Unlock()
 		if path == "" {
-			return nil, errors.New("no audit log: set log.audit_file in the config and reload")
+			return nil, trace.Stats{}, errors.New("no audit log: set log.audit_file in the config and reload")
 		}
-		stories, _, err := trace.SearchLog(path, q, limit)
-		return stories, err
+		return trace.SearchLog(ctx, path, q, limit, lim)
 	}
 }
 

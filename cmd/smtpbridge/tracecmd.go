@@ -78,9 +78,10 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		}
 		log = cfg.Log.AuditFile
 	}
+	// Ctrl-C stops a search of a large log as it stops --follow.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if *follow {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
 		enc := json.NewEncoder(stdout)
 		fmt.Fprintf(stderr, "following %s (Ctrl-C to stop)\n", log)
 		return trace.Follow(ctx, log, q, func(e trace.Event) {
@@ -92,7 +93,7 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		})
 	}
 	start := time.Now()
-	stories, st, err := trace.SearchLog(log, q, *limit)
+	stories, st, err := trace.SearchLog(ctx, log, q, *limit, trace.Limits{})
 	if err != nil {
 		return err
 	}
@@ -114,6 +115,9 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		time.Since(start).Round(time.Millisecond))
 	if st.Skipped > 0 {
 		fmt.Fprintf(stderr, " (%d file(s) older than --since skipped)", st.Skipped)
+	}
+	if st.More > 0 {
+		fmt.Fprintf(stderr, "; %d more, older, matched (--limit N, or 0 for all)", st.More)
 	}
 	fmt.Fprintln(stderr)
 	if len(stories) == 0 {

@@ -26,6 +26,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/smtpbridge/smtpbridge/internal/httpauth"
 )
 
 // TokenFile is the admin token's file name in the spool directory.
@@ -104,7 +106,7 @@ func Protect(h http.Handler, p Policy) http.Handler {
 		case !hostAllowed(r.Host, allowed):
 			refuse(w, http.StatusForbidden, "the request's Host is not this bridge's; call it as 127.0.0.1, [::1] or localhost, or add the name to http.allowed_hosts")
 			return
-		case crossSite(r):
+		case httpauth.CrossSite(r):
 			refuse(w, http.StatusForbidden, "cross-site requests are refused")
 			return
 		}
@@ -139,23 +141,6 @@ func hostAllowed(host string, allowed map[string]bool) bool {
 		return a.Unmap().IsLoopback()
 	}
 	return host != "" && allowed[host]
-}
-
-// crossSite says whether a browser sent the request from another site.
-// The command line sends neither header; a browser sends Sec-Fetch-Site
-// (modern ones) or Origin (on every POST, and on cross-origin GETs).
-func crossSite(r *http.Request) bool {
-	switch r.Header.Get("Sec-Fetch-Site") {
-	case "", "same-origin", "none":
-	default: // cross-site, same-site (another port or subdomain)
-		return true
-	}
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return false
-	}
-	// Same origin only: http://<the request's Host>.
-	return !strings.EqualFold(origin, "http://"+r.Host) && !strings.EqualFold(origin, "https://"+r.Host)
 }
 
 // WriteJSON answers with v as indented JSON.
