@@ -352,6 +352,11 @@ type Log struct {
 // HTTP is the listener for metrics and health checks.
 type HTTP struct {
 	Address string `yaml:"address"`
+	// AdminOverTCP serves the admin API (reload, the queue, the blocks,
+	// the drain) on Address too, besides the admin socket in spool.dir
+	// where it always is. Off by default: any local user can bind
+	// Address while the bridge is down.
+	AdminOverTCP bool `yaml:"admin_over_tcp"`
 	// AllowedHosts are names the admin API accepts in a request's Host
 	// besides loopback addresses and localhost.
 	AllowedHosts []string `yaml:"allowed_hosts"`

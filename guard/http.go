@@ -59,7 +59,7 @@ func (c *Client) do(method, path string, out any) error {
 		return fmt.Errorf("%w: %s", ErrNotBlocked, se.Message)
 	}
 	if errors.Is(err, adminapi.ErrUnreachable) {
-		return fmt.Errorf("no smtpbridge answers at %s (blocks live in the running bridge; is it running, and is http.address right?)", c.BaseURL)
+		return fmt.Errorf("no smtpbridge answers at %s (blocks live in the running bridge; is it running with this spool.dir?)", c.Where())
 	}
 	return err
 }

@@ -105,6 +105,7 @@ spool:
   dir: spool
 http:
   address: %q
+  admin_over_tcp: true
   auth:
     username: prometheus
     password_file: metrics.password
@@ -664,8 +665,14 @@ func TestAbuse(t *testing.T) {
 					}
 				}
 				// The command line, as the bridge's owner.
-				if out, err := runCmd(t, "", binary, "queue", "list", "--config", b.config); err != nil || !strings.Contains(out, "bridge at http://") {
+				if out, err := runCmd(t, "", binary, "queue", "list", "--config", b.config); err != nil || !strings.Contains(out, "bridge at "+filepath.Join(b.u.dir, "spool", "admin.sock")) {
 					t.Errorf("smtpbridge queue list: %v\n%s", err, out)
+				}
+				// Over TCP (http.admin_over_tcp), the token goes to the
+				// bridge's own listener: the test's user's, as it owns the
+				// token file.
+				if out, err := runCmd(t, "", binary, "queue", "list", "--admin", "http://"+b.http, "--token-file", tokenFile); err != nil || !strings.Contains(out, "bridge at http://") {
+					t.Errorf("smtpbridge queue list --admin: %v\n%s", err, out)
 				}
 				if out, err := runCmd(t, "", binary, "reload", "--config", b.config); err != nil || !strings.Contains(out, "configuration reloaded") {
 					t.Errorf("smtpbridge reload: %v\n%s", err, out)

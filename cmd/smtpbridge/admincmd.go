@@ -21,7 +21,7 @@ type adminFlags struct {
 func addAdminFlags(fs *flag.FlagSet) adminFlags {
 	return adminFlags{
 		config:    configFlag(fs),
-		admin:     fs.String("admin", "", "the running bridge's admin API, e.g. http://127.0.0.1:9464 (default: http.address from --config)"),
+		admin:     fs.String("admin", "", "the running bridge's admin API over TCP, e.g. http://127.0.0.1:9464 (http.admin_over_tcp; default: the admin socket in spool.dir from --config)"),
 		tokenFile: fs.String("token-file", "", "the admin token `FILE` (default: admin.token in spool.dir from --config)"),
 	}
 }
@@ -34,9 +34,12 @@ type adminTarget struct {
 	tokenErr error
 }
 
-// resolve finds the bridge's admin API and its token from the flags.
+// resolve finds the bridge's admin API and its token from the flags: the
+// admin socket in spool.dir, where only the bridge's user (and root) can
+// connect; or, with --admin, a TCP address, where the token goes only to
+// a listener of the user who owns the token file.
 func (f adminFlags) resolve(cmd string) (*adminTarget, error) {
-	t := &adminTarget{}
+	t := &adminTarget{client: adminapi.Client{OwnerUID: -1}}
 	if *f.config != "" {
 		cfg, err := config.LoadAdmin(*f.config)
 		if err != nil {
@@ -48,7 +51,7 @@ func (f adminFlags) resolve(cmd string) (*adminTarget, error) {
 	case *f.admin != "":
 		t.client.BaseURL = *f.admin
 	case t.cfg != nil:
-		t.client.BaseURL = "http://" + loopbackAddr(t.cfg.HTTP.Address)
+		t.client.Socket = filepath.Join(t.cfg.Spool.Dir, adminapi.SocketFile)
 	default:
 		return nil, usageError{cmd + ": pass --config FILE (or set SMTPBRIDGE_CONFIG) or --admin URL"}
 	}
@@ -64,6 +67,7 @@ func (f adminFlags) resolve(cmd string) (*adminTarget, error) {
 	switch {
 	case err == nil:
 		t.client.Token = tok
+		t.client.OwnerUID = fileOwner(path)
 	case errors.Is(err, fs.ErrPermission):
 		t.tokenErr = fmt.Errorf("%w; run the command as the bridge's user (or root)", err)
 	case errors.Is(err, fs.ErrNotExist):
@@ -79,7 +83,7 @@ func (f adminFlags) resolve(cmd string) (*adminTarget, error) {
 func (t *adminTarget) explain(err error) error {
 	var se *adminapi.StatusError
 	if t.tokenErr != nil && errors.As(err, &se) && se.Code == 401 {
-		return fmt.Errorf("the bridge at %s refused the request: %w", t.client.BaseURL, t.tokenErr)
+		return fmt.Errorf("the bridge at %s refused the request: %w", t.client.Where(), t.tokenErr)
 	}
 	return err
 }
@@ -117,6 +121,9 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 			err = nil
 		}
 	}
+	if errors.Is(err, adminapi.ErrUnreachable) {
+		return fmt.Errorf("no smtpbridge answers at %s: nothing reloaded (is it running with this spool.dir? a stopped bridge reads the config when it starts)", t.client.Where())
+	}
 	if err != nil {
 		return t.explain(err)
 	}
@@ -135,10 +142,10 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if !res.OK {
-		return fmt.Errorf("the config was not reloaded (%d problem(s)); the bridge at %s keeps the config it runs with", len(res.Problems), t.client.BaseURL)
+		return fmt.Errorf("the config was not reloaded (%d problem(s)); the bridge at %s keeps the config it runs with", len(res.Problems), t.client.Where())
 	}
 	if !*asJSON {
-		fmt.Fprintf(stdout, "configuration reloaded (bridge at %s)\n", t.client.BaseURL)
+		fmt.Fprintf(stdout, "configuration reloaded (bridge at %s)\n", t.client.Where())
 	}
 	return nil
 }

@@ -53,7 +53,7 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c := &guard.Client{Client: t.client}
-	url := c.BaseURL
+	url := c.Where()
 	if sub == "unblock" {
 		a, err := netip.ParseAddr(pos[0])
 		if p, perr := netip.ParsePrefix(pos[0]); err != nil && perr == nil {

@@ -54,11 +54,11 @@ func cmdDrain(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := t.client.Do(http.MethodPost, "/api/drain", &r); err != nil {
 		if errors.Is(err, adminapi.ErrUnreachable) {
-			return fmt.Errorf("no smtpbridge answers at %s: nothing to drain there (is http.address right?)", t.client.BaseURL)
+			return fmt.Errorf("no smtpbridge answers at %s: nothing to drain there (is it running with this spool.dir?)", t.client.Where())
 		}
 		return t.explain(err)
 	}
-	fmt.Fprintf(stdout, "draining the bridge at %s: not ready for new devices; %d queued message(s) due now\n", t.client.BaseURL, r.Retried)
+	fmt.Fprintf(stdout, "draining the bridge at %s: not ready for new devices; %d queued message(s) due now\n", t.client.Where(), r.Retried)
 	c := &queue.Client{Client: t.client}
 	deadline := time.Now().Add(*timeout)
 	last := -1

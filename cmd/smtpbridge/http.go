@@ -21,8 +21,10 @@ import (
 //	GET  /metrics   Prometheus metrics } if set
 //	GET  /healthz   the process answers
 //	GET  /readyz    listeners bound and the spool writable
-//	POST /-/reload  reload the config       } the admin API: loopback
-//	     /api/...   queue, blocks, drain    } clients with the admin token only
+//	POST /-/reload  reload the config       } the admin API, with
+//	     /api/...   queue, blocks, drain    } http.admin_over_tcp only
+//
+// The admin API is always on the admin socket (adminHandler).
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
@@ -39,6 +41,29 @@ func (d *daemon) handler() http.Handler {
 		text(w, http.StatusOK, "ok\n")
 	})
 	mux.Handle("GET /readyz", d.readyHandler())
+	admin := d.adminHandler()
+	if !d.cfg.HTTP.AdminOverTCP {
+		// Say where it is rather than 404 alone.
+		admin = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			adminapi.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "the admin API is on the bridge's socket " +
+				adminapi.SocketFile + " in spool.dir, not on http.address: run the smtpbridge command on this host as the bridge's user " +
+				"(or root) with --config; or set http.admin_over_tcp: true"})
+		})
+	}
+	mux.Handle("/-/reload", admin)
+	mux.Handle("/api/", admin)
+	return mux
+}
+
+// adminHandler is the admin API, for callers the policy allows (a
+// loopback or socket peer with the admin token):
+//
+//	POST /-/reload          reload the config
+//	POST /api/drain         drain before a stop
+//	GET  /api/replicas      the replicas sharing Redis
+//	     /api/blocks...     the blocked addresses
+//	     /api/...           the queue
+func (d *daemon) adminHandler() http.Handler {
 	admin := http.NewServeMux()
 	admin.Handle("POST /-/reload", d.reloadHandler())
 	admin.HandleFunc("POST /api/drain", d.drain)
@@ -52,10 +77,7 @@ func (d *daemon) handler() http.Handler {
 	admin.Handle("/api/blocks", guard.Handler(d.guard))
 	admin.Handle("/api/blocks/", guard.Handler(d.guard))
 	admin.Handle("/api/", queue.Handler(d.q))
-	protected := adminapi.Protect(admin, d.admin)
-	mux.Handle("/-/reload", protected)
-	mux.Handle("/api/", protected)
-	return mux
+	return adminapi.Protect(admin, d.admin)
 }
 
 // readyCacheFor keeps /readyz from writing to the spool on every probe of

@@ -280,7 +280,7 @@ func TestQueueCommand(t *testing.T) {
 	if !strings.Contains(dead.DeadReason, "5.1.10") {
 		t.Errorf("dead letter %+v", dead)
 	}
-	if out := cli(false, "queue", "list"); !strings.Contains(out, deferred.ID) || !strings.Contains(out, "1 deferred") || !strings.Contains(out, "bridge at http://") {
+	if out := cli(false, "queue", "list"); !strings.Contains(out, deferred.ID) || !strings.Contains(out, "1 deferred") || !strings.Contains(out, "bridge at "+filepath.Join(u.dir, "spool", "admin.sock")) {
 		t.Errorf("queue list:\n%s", out)
 	}
 	if out := cli(false, "queue", "show", dead.ID); !strings.Contains(out, "Dead because:") || !strings.Contains(out, "RESOLVER.ADR.RecipientNotFound") {

@@ -27,11 +27,13 @@ Commands:
   dead            the dead letters
   requeue ID      move a dead letter back into the queue, due now
 
-Where: the running bridge's admin API at http.address (from --config), or,
-when no bridge answers there, the stopped bridge's spool.dir directly.
---admin URL and --spool DIR choose one explicitly. The admin API needs the
-bridge's admin token: admin.token in spool.dir (from --config), readable by
-the bridge's user, or --token-file FILE.
+Where: the running bridge's admin socket (admin.sock in spool.dir, from
+--config), or, when no bridge answers there, the stopped bridge's
+spool.dir directly. --spool DIR chooses the latter; --admin URL the admin
+API on http.address (with http.admin_over_tcp: true), where the admin
+token goes only to a listener of the user who owns the token file. Run
+the command as the bridge's user (or root): only they can reach the
+socket and read the token (admin.token in spool.dir, or --token-file).
 
 Flags:
 `
@@ -171,13 +173,13 @@ func queueManager(af adminFlags, spoolDir string) (queue.Manager, string, func()
 		return nil, "", nop, err
 	}
 	c := &queue.Client{Client: t.client}
-	where := "bridge at " + c.BaseURL
+	where := "bridge at " + c.Where()
 	err = c.Ping()
 	switch {
 	case err == nil:
 		return c, where, nop, nil
 	case errors.Is(err, queue.ErrUnreachable) && *af.admin == "":
-		return openOffline(t.cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer; check http.address", c.BaseURL))
+		return openOffline(t.cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer", c.Where()))
 	}
 	return nil, "", nop, t.explain(err)
 }

@@ -164,6 +164,7 @@ func restartOnly(cur, next *config.Config) []string {
 	changed("hostname", cur.Hostname, next.Hostname)
 	changed("spool.dir", cur.Spool.Dir, next.Spool.Dir)
 	changed("http.address", cur.HTTP.Address, next.HTTP.Address)
+	changed("http.admin_over_tcp", fmt.Sprint(cur.HTTP.AdminOverTCP), fmt.Sprint(next.HTTP.AdminOverTCP))
 	changed("log.format", cur.Log.Format, next.Log.Format)
 	changed("sandbox.dir", cur.Sandbox.Dir, next.Sandbox.Dir)
 	// How to reach Redis and this replica's name in it (the password

@@ -304,6 +304,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 			log.Error().Err(err).Msg("http listener stopped")
 		}
 	}()
+	adminSrv := d.serveAdminSocket(cfg)
 	saverStop, saverDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(saverDone)
@@ -370,6 +371,9 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	// messages stay in the spool for the next start.
 	d.q.Close(max(time.Until(deadline(sctx)), time.Second))
 	httpSrv.Shutdown(sctx)
+	if adminSrv != nil {
+		adminSrv.Shutdown(sctx)
+	}
 	close(saverStop)
 	<-saverDone
 	if items, err := d.q.List(); err == nil && len(items) > 0 {
@@ -377,6 +381,27 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	}
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// serveAdminSocket serves the admin API on spool.dir's admin socket, the
+// command line's way in. Without it (a path too long for a socket, a
+// system without them) the bridge runs all the same: the log says what
+// that costs.
+func (d *daemon) serveAdminSocket(cfg *config.Config) *http.Server {
+	ln, err := adminapi.Listen(cfg.Spool.Dir)
+	if err != nil {
+		d.log.Error().Err(err).Bool("admin_over_tcp", cfg.HTTP.AdminOverTCP).
+			Msg("no admin socket: smtpbridge reload, queue, drain and blocks cannot reach this bridge but with http.admin_over_tcp: true (SIGHUP still reloads)")
+		return nil
+	}
+	srv := httpserve.Server(d.adminHandler())
+	srv.ConnContext = adminapi.SocketConnContext
+	go func() {
+		if err := srv.Serve(httpserve.Limit(ln, httpserve.MaxConnections)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error().Err(err).Msg("admin socket stopped")
+		}
+	}()
+	return srv
 }
 
 // clusterLoop brings the other replicas' blocks and unblocks here, and

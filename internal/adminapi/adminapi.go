@@ -99,11 +99,12 @@ func Protect(h http.Handler, p Policy) http.Handler {
 	}
 	want := []byte("Bearer " + p.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		socket := fromSocket(r)
 		switch {
-		case !isLoopback(r):
+		case !socket && !isLoopback(r):
 			refuse(w, http.StatusForbidden, "the admin API answers clients on the bridge's own host only; run the smtpbridge command there")
 			return
-		case !hostAllowed(r.Host, allowed):
+		case !socket && !hostAllowed(r.Host, allowed):
 			refuse(w, http.StatusForbidden, "the request's Host is not this bridge's; call it as 127.0.0.1, [::1] or localhost, or add the name to http.allowed_hosts")
 			return
 		case httpauth.CrossSite(r):

@@ -1,6 +1,7 @@
 package adminapi
 
 import (
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -131,5 +132,60 @@ func TestToken(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, TokenFile), []byte("short\n"), 0o600)
 	if _, err := LoadOrCreateToken(dir); err == nil || !strings.Contains(err.Error(), "remove it") {
 		t.Errorf("a broken token file: %v", err)
+	}
+}
+
+// On the admin socket the peer is the bridge's user or root whatever its
+// address and Host say; the token and the cross-site check still apply.
+func TestProtectSocket(t *testing.T) {
+	h := Protect(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("done")) }), Policy{Token: token})
+	for _, c := range []struct {
+		name, auth, origin string
+		want               int
+	}{
+		{"the token", "Bearer " + token, "", 200},
+		{"no token", "", "", 401},
+		{"cross-site, with the token", "Bearer " + token, "http://evil.example", 403},
+	} {
+		r := httptest.NewRequest("POST", "/-/reload", nil)
+		r = r.WithContext(SocketConnContext(r.Context(), nil))
+		r.RemoteAddr, r.Host = "@", "anything"
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		if c.origin != "" {
+			r.Header.Set("Origin", c.origin)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != c.want {
+			t.Errorf("%s: %d, want %d", c.name, w.Code, c.want)
+		}
+	}
+}
+
+// Listen makes a socket only the bridge's user can use, replaces one a
+// previous run left, and refuses anything else in its place.
+func TestListenSocket(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := Listen(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, SocketFile)
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket %v %v", fi, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // a crash leaves it behind
+	ln, err = Listen(dir)
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	ln.Close()
+	os.Remove(path)
+	os.WriteFile(path, []byte("x"), 0o600)
+	if _, err := Listen(dir); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("over a file: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package adminapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,12 +12,71 @@ import (
 	"time"
 )
 
-// Client calls a running bridge's admin API.
+// Client calls a running bridge's admin API: on its Unix socket (Socket),
+// or, where the bridge serves it there too (http.admin_over_tcp), on its
+// http listener (BaseURL).
 type Client struct {
+	// Socket is the bridge's admin socket (spool.dir/admin.sock); when
+	// set, BaseURL is not dialled.
+	Socket  string
 	BaseURL string // e.g. http://127.0.0.1:9464
 	Token   string // the bridge's admin token
-	HTTP    *http.Client
+	// OwnerUID is the bridge's user (the owner of its admin token file):
+	// over TCP the token goes only to a listener of that user's, checked
+	// on each connection (PeerUID). -1: no token is sent over TCP.
+	OwnerUID int
+	HTTP     *http.Client
 }
+
+// Where names what the client calls, for messages.
+func (c *Client) Where() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	return c.BaseURL
+}
+
+// ErrNotOwner is a TCP listener that is not the bridge's user's: the
+// token is not sent to it.
+var ErrNotOwner = errors.New("the program listening there is not the bridge's user's; the admin token was not sent")
+
+func (c *Client) httpClient() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil}
+	switch {
+	case c.Socket != "":
+		tr.DialContext = dialSocket(c.Socket)
+	case c.Token != "":
+		// The token goes only to the bridge: the listener must be its
+		// user's, checked on the connection itself.
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			uid, err := PeerUID(conn)
+			if err == nil && (c.OwnerUID < 0 || uid != c.OwnerUID) {
+				err = fmt.Errorf("%s is held by user %d, not the bridge's user %d: %w", addr, uid, c.OwnerUID, ErrNotOwner)
+			}
+			if err != nil {
+				conn.Close()
+				return nil, &checkError{err}
+			}
+			return conn, nil
+		}
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr}
+}
+
+// checkError is a connection refused by the client's own check of its
+// peer, not by the network.
+type checkError struct{ err error }
+
+func (e *checkError) Error() string { return e.err.Error() }
+func (e *checkError) Unwrap() error { return e.err }
 
 // ErrUnreachable is returned when no bridge answers at the address.
 var ErrUnreachable = errors.New("no smtpbridge answers there")
@@ -41,11 +101,12 @@ const maxAnswer = 64 << 20
 
 // Do sends a request and decodes the JSON answer into out.
 func (c *Client) Do(method, path string, out any) error {
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
+	hc := c.httpClient()
+	base := c.BaseURL
+	if c.Socket != "" {
+		base = "http://localhost"
 	}
-	req, err := http.NewRequest(method, strings.TrimRight(c.BaseURL, "/")+path, nil)
+	req, err := http.NewRequest(method, strings.TrimRight(base, "/")+path, nil)
 	if err != nil {
 		return fmt.Errorf("admin API: %w", err)
 	}
@@ -55,7 +116,13 @@ func (c *Client) Do(method, path string, out any) error {
 	resp, err := hc.Do(req)
 	if err != nil {
 		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
+		var ce *checkError
+		switch {
+		case errors.As(err, &ce):
+			return fmt.Errorf("admin API: %w", ce.err)
+		case errors.Is(err, ErrUnreachable):
+			return fmt.Errorf("%s: %w", c.Where(), ErrUnreachable)
+		case errors.As(err, &op) && op.Op == "dial" && c.Socket == "":
 			return fmt.Errorf("%s: %w", c.BaseURL, ErrUnreachable)
 		}
 		return fmt.Errorf("admin API: %w", err)
