@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"strconv"
 	"time"
 
@@ -20,6 +21,9 @@ type Redis struct {
 	ClusterAddresses   []string
 	Username, Password string
 	TLS                bool
+	// RootCAs replaces the system's CAs for Redis's certificate; nil:
+	// the system's.
+	RootCAs *x509.CertPool
 }
 
 // Client returns a client for r. It connects on first use; a Redis that
@@ -29,7 +33,7 @@ type Redis struct {
 func Client(r Redis) redis.UniversalClient {
 	var tlsCfg *tls.Config
 	if r.TLS {
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: r.RootCAs}
 	}
 	switch {
 	case len(r.SentinelAddresses) > 0:

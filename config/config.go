@@ -16,6 +16,7 @@ package config
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net/netip"
 	"strings"
 	"time"
@@ -424,10 +425,16 @@ type ClusterRedis struct {
 	Username          string   `yaml:"username"`
 	PasswordFile      string   `yaml:"password_file"`
 	TLS               bool     `yaml:"tls"`
-	KeyPrefix         string   `yaml:"key_prefix"`
+	// CAFile is a PEM bundle of the CAs Redis's certificate is checked
+	// against (with tls), instead of the system's: a private CA's, as
+	// cert-manager's for the Helm chart's Redis.
+	CAFile    string `yaml:"ca_file"`
+	KeyPrefix string `yaml:"key_prefix"`
 
 	// Password is password_file's content, read by Load.
 	Password secret.String `yaml:"-"`
+	// RootCAs is ca_file's certificates, read by Load; nil without it.
+	RootCAs *x509.CertPool `yaml:"-"`
 }
 
 // Enabled says whether replicas share their limits.

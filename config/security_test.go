@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/pki"
 )
 
 func loadGood(t *testing.T, extra func(string) string, mode os.FileMode) (*Config, error) {
@@ -296,5 +298,35 @@ func TestHTTPAuth(t *testing.T) {
 				t.Errorf("the password file was read as %q", a.Password.Value())
 			}
 		})
+	}
+}
+
+// cluster.redis.ca_file: a PEM bundle, with tls only.
+func TestRedisCAFile(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("redis CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "ca.crt")
+	os.WriteFile(good, ca.CertPEM(), 0o644)
+	junk := filepath.Join(dir, "junk.crt")
+	os.WriteFile(junk, []byte("not a certificate\n"), 0o644)
+	for _, c := range []struct{ name, yaml, problem string }{
+		{"a CA", "cluster:\n  redis:\n    address: redis:6379\n    tls: true\n    ca_file: " + good + "\n", ""},
+		{"without tls", "cluster:\n  redis:\n    address: redis:6379\n    ca_file: " + good + "\n", "cluster.redis.ca_file: set tls: true too"},
+		{"no PEM", "cluster:\n  redis:\n    address: redis:6379\n    tls: true\n    ca_file: " + junk + "\n", "holds no PEM certificate"},
+		{"missing", "cluster:\n  redis:\n    address: redis:6379\n    tls: true\n    ca_file: /nonexistent/ca.crt\n", "cluster.redis.ca_file: open /nonexistent/ca.crt"},
+	} {
+		cfg, err := loadGood(t, func(s string) string { return s + c.yaml }, 0)
+		if c.problem != "" {
+			if !strings.Contains(problems(err), c.problem) {
+				t.Errorf("%s: problems:\n%s\nwant %q", c.name, problems(err), c.problem)
+			}
+			continue
+		}
+		if err != nil || cfg.Cluster.Redis.RootCAs == nil {
+			t.Errorf("%s: %v", c.name, problems(err))
+		}
 	}
 }

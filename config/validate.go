@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -704,6 +705,20 @@ func (l *loader) validateCluster(c *Config) {
 		} else {
 			l.checkSecretFile("cluster.redis.password_file", r.PasswordFile)
 			r.Password = secret.String(strings.TrimRight(string(data), "\r\n"))
+		}
+	}
+	if r.CAFile != "" {
+		r.CAFile = l.path(r.CAFile)
+		switch data, err := os.ReadFile(r.CAFile); {
+		case err != nil:
+			l.errorf("cluster.redis.ca_file", "%v", err)
+		case !r.TLS:
+			l.errorf("cluster.redis.ca_file", "set tls: true too: the CA checks Redis's certificate, which only a TLS connection has")
+		default:
+			r.RootCAs = x509.NewCertPool()
+			if !r.RootCAs.AppendCertsFromPEM(data) {
+				l.errorf("cluster.redis.ca_file", "%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", r.CAFile)
+			}
 		}
 	}
 	if c.Cluster.Instance == "" {

@@ -171,8 +171,8 @@ func restartOnly(cur, next *config.Config) []string {
 	// file's content is compared, never shown).
 	cluster := func(c config.Cluster) string {
 		r := c.Redis
-		return fmt.Sprintf("redis %s sentinel %v/%s cluster %v user %q tls %v prefix %q instance %q ttl %s",
-			r.Address, r.SentinelAddresses, r.MasterName, r.ClusterAddresses, r.Username, r.TLS, r.KeyPrefix, c.Instance, c.LeaseTTL)
+		return fmt.Sprintf("redis %s sentinel %v/%s cluster %v user %q tls %v ca %q prefix %q instance %q ttl %s",
+			r.Address, r.SentinelAddresses, r.MasterName, r.ClusterAddresses, r.Username, r.TLS, r.CAFile, r.KeyPrefix, c.Instance, c.LeaseTTL)
 	}
 	if cluster(cur.Cluster) != cluster(next.Cluster) || cur.Cluster.Redis.Password.Value() != next.Cluster.Redis.Password.Value() {
 		out = append(out, "cluster changed; restart smtpbridge to apply it (the rest of the new config is in use)")

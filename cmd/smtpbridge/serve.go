@@ -215,7 +215,7 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	if cfg.Cluster.Enabled() {
 		r := cfg.Cluster.Redis
 		rdb = cluster.Client(cluster.Redis{Address: r.Address, SentinelAddresses: r.SentinelAddresses, MasterName: r.MasterName,
-			ClusterAddresses: r.ClusterAddresses, Username: r.Username, Password: r.Password.Value(), TLS: r.TLS})
+			ClusterAddresses: r.ClusterAddresses, Username: r.Username, Password: r.Password.Value(), TLS: r.TLS, RootCAs: r.RootCAs})
 		defer rdb.Close()
 		d.shared = cluster.New(cluster.Options{Client: rdb, Prefix: r.KeyPrefix, Instance: cfg.Cluster.Instance,
 			Limits: mailboxLimits(cfg), Log: log, Observer: sharedObservers{d.m, d.board}, LeaseTTL: cfg.Cluster.LeaseTTL})

@@ -6,9 +6,11 @@
 package helm_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +18,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 
@@ -79,6 +83,14 @@ func helm(t *testing.T, wantErr bool, args ...string) string {
 var valueSets = map[string]string{
 	"defaults": `
 secretEnv: {CONTOSO_SECRET: "s3cret"}
+`,
+	"redis-tls": `
+secretEnv: {CONTOSO_SECRET: "s3cret"}
+redis:
+  auth: {existingSecret: my-redis-password}
+  tls: {secretName: redis-tls}
+networkPolicy:
+  smtpFrom: ["10.20.0.0/16", "192.168.50.0/24"]
 `,
 	"production": `
 replicaCount: 3
@@ -145,6 +157,7 @@ type objects struct {
 	accounts   []*corev1.ServiceAccount
 	monitors   []*monitoringv1.ServiceMonitor
 	rules      []*monitoringv1.PrometheusRule
+	policies   map[string]*networkingv1.NetworkPolicy
 }
 
 // decodeStrict turns one YAML document into v, refusing duplicate keys
@@ -162,7 +175,7 @@ func decodeStrict(doc []byte, v any) error {
 func render(t *testing.T, set string) objects {
 	t.Helper()
 	out := helm(t, false, "template", "rel", chart, "-f", valuesFile(t, set))
-	o := objects{services: map[string]*corev1.Service{}}
+	o := objects{services: map[string]*corev1.Service{}, policies: map[string]*networkingv1.NetworkPolicy{}}
 	for _, doc := range strings.Split(out, "\n---\n") {
 		var head struct {
 			APIVersion string `json:"apiVersion"`
@@ -199,6 +212,8 @@ func render(t *testing.T, set string) objects {
 		case "monitoring.coreos.com/v1 ServiceMonitor":
 			x := &monitoringv1.ServiceMonitor{}
 			o.monitors, v = append(o.monitors, x), x
+		case "networking.k8s.io/v1 NetworkPolicy":
+			v = &networkingv1.NetworkPolicy{}
 		case "monitoring.coreos.com/v1 PrometheusRule":
 			x := &monitoringv1.PrometheusRule{}
 			o.rules, v = append(o.rules, x), x
@@ -210,6 +225,9 @@ func render(t *testing.T, set string) objects {
 		}
 		if s, ok := v.(*corev1.Service); ok {
 			o.services[s.Name] = s
+		}
+		if p, ok := v.(*networkingv1.NetworkPolicy); ok {
+			o.policies[p.Name] = p
 		}
 	}
 	return o
@@ -298,21 +316,125 @@ func TestProduction(t *testing.T) {
 	checkConfig(t, cfg, true)
 }
 
-// A first install: the release's own Redis, two replicas, a PDB.
+// A first install: the release's own Redis, two replicas, a PDB; the
+// Redis asks for a password the chart made, in a Secret the bridge reads
+// too, and admits the bridge's pods only.
 func TestDefaults(t *testing.T) {
 	o := render(t, "defaults")
 	if len(o.sts) != 1 || *o.sts[0].Spec.Replicas != 2 || len(o.deploys) != 1 || o.services["rel-smtpbridge-redis"] == nil || len(o.pdbs) != 1 {
 		t.Fatalf("defaults: %d StatefulSets, %d Deployments (Redis), services %v, %d PDBs", len(o.sts), len(o.deploys), o.services, len(o.pdbs))
 	}
-	if cfg := o.configMaps[0].Data["smtpbridge.yaml"]; !strings.Contains(cfg, "address: rel-smtpbridge-redis:6379") {
-		t.Errorf("config does not point at the release's Redis:\n%s", cfg)
+	cfg := o.configMaps[0].Data["smtpbridge.yaml"]
+	if !strings.Contains(cfg, "address: rel-smtpbridge-redis:6379") || !strings.Contains(cfg, "password_file: /etc/smtpbridge/redis/password") {
+		t.Errorf("config does not point at the release's Redis with its password:\n%s", cfg)
 	}
-	if len(o.secrets) != 1 || o.secrets[0].StringData["CONTOSO_SECRET"] != "s3cret" {
+	secrets := map[string]*corev1.Secret{}
+	for _, s := range o.secrets {
+		secrets[s.Name] = s
+	}
+	if s := secrets["rel-smtpbridge"]; s == nil || s.StringData["CONTOSO_SECRET"] != "s3cret" {
 		t.Errorf("secrets: %+v", o.secrets)
 	}
-	if r := o.deploys[0].Spec.Template.Spec.Containers[0]; r.SecurityContext.ReadOnlyRootFilesystem == nil || !*r.SecurityContext.ReadOnlyRootFilesystem {
+	pw := secrets["rel-smtpbridge-redis"]
+	if pw == nil || len(pw.Data["password"]) < 32 {
+		t.Fatalf("no generated Redis password: %+v", pw)
+	}
+	redis := o.deploys[0].Spec.Template.Spec
+	r := redis.Containers[0]
+	if r.SecurityContext.ReadOnlyRootFilesystem == nil || !*r.SecurityContext.ReadOnlyRootFilesystem {
 		t.Error("the Redis container's root filesystem is writable")
 	}
+	script := strings.Join(append(r.Command, r.Args...), " ")
+	if !strings.Contains(script, "requirepass") || !strings.Contains(script, "/etc/redis/auth/password") || strings.Contains(script, string(pw.Data["password"])) {
+		t.Errorf("Redis does not take its password from the Secret's file:\n%s", script)
+	}
+	if !mountsSecret(redis, "/etc/redis/auth", "rel-smtpbridge-redis") || !mountsSecret(o.sts[0].Spec.Template.Spec, "/etc/smtpbridge/redis", "rel-smtpbridge-redis") {
+		t.Error("Redis or the bridge does not mount the Redis password Secret")
+	}
+	// Redis admits the bridge's pods only, on its port.
+	np := o.policies["rel-smtpbridge-redis"]
+	if np == nil || np.Spec.PodSelector.MatchLabels["app.kubernetes.io/component"] != "redis" || len(np.Spec.Ingress) != 1 ||
+		len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector.MatchLabels["app.kubernetes.io/component"] != "bridge" ||
+		np.Spec.Ingress[0].Ports[0].Port.IntValue() != 6379 {
+		t.Errorf("Redis's NetworkPolicy: %+v", np)
+	}
+	if !selects(np.Spec.Ingress[0].From[0].PodSelector.MatchLabels, o.sts[0].Spec.Template.Labels) ||
+		selects(np.Spec.Ingress[0].From[0].PodSelector.MatchLabels, o.deploys[0].Spec.Template.Labels) {
+		t.Error("the NetworkPolicy's peers are not exactly the bridge's pods")
+	}
+	if len(o.policies) != 1 {
+		t.Errorf("%d NetworkPolicies by default, want Redis's only", len(o.policies))
+	}
+	// The devices' Service, the replicas' Service and the PDB pick the
+	// bridge's pods, never the Redis pod.
+	for _, sel := range []map[string]string{o.services["rel-smtpbridge"].Spec.Selector, o.services["rel-smtpbridge-headless"].Spec.Selector, o.pdbs[0].Spec.Selector.MatchLabels} {
+		if !selects(sel, o.sts[0].Spec.Template.Labels) || selects(sel, o.deploys[0].Spec.Template.Labels) {
+			t.Errorf("selector %v picks the Redis pod, or not the bridge's", sel)
+		}
+	}
+	checkConfig(t, cfg, true)
+}
+
+// The release's Redis with a password of the admin's and TLS, and the
+// SMTP ports kept to the devices' networks.
+func TestRedisTLS(t *testing.T) {
+	o := render(t, "redis-tls")
+	for _, s := range o.secrets {
+		if s.Name == "rel-smtpbridge-redis" {
+			t.Error("the chart made a Redis password beside the admin's Secret")
+		}
+	}
+	redis := o.deploys[0].Spec.Template.Spec
+	script := strings.Join(redis.Containers[0].Args, " ")
+	for _, want := range []string{"--port 0 --tls-port 6379", "--tls-cert-file /etc/redis/tls/tls.crt", "--tls-auth-clients no"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("Redis's command lacks %q:\n%s", want, script)
+		}
+	}
+	if !mountsSecret(redis, "/etc/redis/auth", "my-redis-password") || !mountsSecret(redis, "/etc/redis/tls", "redis-tls") ||
+		!mountsSecret(o.sts[0].Spec.Template.Spec, "/etc/smtpbridge/redis", "my-redis-password") ||
+		!mountsSecret(o.sts[0].Spec.Template.Spec, "/etc/smtpbridge/redis-tls", "redis-tls") {
+		t.Error("the password or TLS Secrets are not mounted where the config says")
+	}
+	cfg := o.configMaps[0].Data["smtpbridge.yaml"]
+	for _, want := range []string{"tls: true", "ca_file: /etc/smtpbridge/redis-tls/ca.crt", "password_file: /etc/smtpbridge/redis/password"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("config lacks %q:\n%s", want, cfg)
+		}
+	}
+	np := o.policies["rel-smtpbridge"]
+	if np == nil || len(np.Spec.Ingress) != 2 || len(np.Spec.Ingress[0].From) != 2 || np.Spec.Ingress[0].From[0].IPBlock.CIDR != "10.20.0.0/16" ||
+		np.Spec.Ingress[0].Ports[0].Port.IntValue() != 5870 || np.Spec.Ingress[1].Ports[0].Port.IntValue() != 9464 {
+		t.Errorf("the bridge's NetworkPolicy: %+v", np)
+	}
+	checkConfig(t, cfg, true)
+}
+
+// mountsSecret says whether pod mounts a volume of Secret name at path.
+func mountsSecret(pod corev1.PodSpec, path, name string) bool {
+	for _, c := range pod.Containers {
+		for _, m := range c.VolumeMounts {
+			if m.MountPath != path {
+				continue
+			}
+			for _, v := range pod.Volumes {
+				if v.Name == m.Name && v.Secret != nil && v.Secret.SecretName == name {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// selects says whether a label selector picks a pod with these labels.
+func selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return len(selector) > 0
 }
 
 // One sandbox bridge: no Redis, no PDB; its config passes check-config.
@@ -343,7 +465,7 @@ func checkConfig(t *testing.T, cfg string, withTLS bool) {
 	t.Helper()
 	dir := t.TempDir()
 	etc := filepath.Join(dir, "etc")
-	for _, d := range []string{"tls", "http", "redis"} {
+	for _, d := range []string{"tls", "http", "redis", "redis-tls"} {
 		if err := os.MkdirAll(filepath.Join(etc, d), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -362,6 +484,11 @@ func checkConfig(t *testing.T, cfg string, withTLS bool) {
 	}
 	os.WriteFile(filepath.Join(etc, "http", "password"), []byte("scrape-password\n"), 0o600)
 	os.WriteFile(filepath.Join(etc, "redis", "password"), []byte("redis-password\n"), 0o600)
+	redisCA, err := pki.NewCA("redis CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(etc, "redis-tls", "ca.crt"), redisCA.CertPEM(), 0o600)
 	cfg = strings.ReplaceAll(cfg, "/etc/smtpbridge", etc)
 	cfg = strings.ReplaceAll(cfg, "/var/lib/smtpbridge", filepath.Join(dir, "var"))
 	path := filepath.Join(dir, "smtpbridge.yaml")
@@ -375,4 +502,63 @@ func checkConfig(t *testing.T, cfg string, withTLS bool) {
 		t.Errorf("smtpbridge check-config on the chart's config: %v\n%s\n%s", err, out, cfg)
 	}
 	t.Logf("check-config: %s", bytes.TrimSpace(out))
+}
+
+// The release's Redis's start script, as the chart renders it, run here
+// with redis-server: without the password Redis answers nothing but
+// NOAUTH; with it, it works. The password is in no command line.
+func TestRedisScriptAsksForThePassword(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server is not installed: .ci/run installs it")
+	}
+	o := render(t, "defaults")
+	c := o.deploys[0].Spec.Template.Spec.Containers[0]
+	dir := t.TempDir()
+	const password = "Zx9Qp2Lm7Rt4Vb8Nc3Hd6Jf1Kg5Ws0Ye"
+	os.WriteFile(filepath.Join(dir, "password"), []byte(password), 0o600)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	script := strings.NewReplacer("/etc/redis/auth/password", filepath.Join(dir, "password"), "/data/", dir+"/").Replace(c.Args[0])
+	script = strings.Replace(script, "--maxmemory-policy noeviction", fmt.Sprintf("--maxmemory-policy noeviction --port %d --bind 127.0.0.1", port), 1)
+	cmd := exec.Command(c.Command[0], append(c.Command[1:], script)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var conn net.Conn
+	for i := 0; ; i++ {
+		if conn, err = net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("redis did not start: %v\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	ask := func(cmd string) string {
+		fmt.Fprintf(conn, "%s\r\n", cmd)
+		line, _ := r.ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	if got := ask("SET smtpbridge:fail:10.0.0.1 0"); !strings.HasPrefix(got, "-NOAUTH") {
+		t.Errorf("without the password: %q, want NOAUTH", got)
+	}
+	if got := ask("AUTH " + password); got != "+OK" {
+		t.Errorf("AUTH with the password: %q", got)
+	}
+	if got := ask("PING"); got != "+PONG" {
+		t.Errorf("after AUTH: %q", got)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+	if strings.Contains(string(cmdline), password) {
+		t.Error("the password is on redis-server's command line")
+	}
 }

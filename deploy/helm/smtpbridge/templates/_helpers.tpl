@@ -27,6 +27,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* The bridge's pods: the Services, the PDB and the NetworkPolicies pick them, not the Redis pod, which has the selector labels too. */}}
+{{- define "smtpbridge.bridgeLabels" -}}
+{{ include "smtpbridge.selectorLabels" . }}
+app.kubernetes.io/component: bridge
+{{- end -}}
+
+{{- define "smtpbridge.redisLabels" -}}
+{{ include "smtpbridge.selectorLabels" . }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{/* The Secret with the release's Redis's password (key "password"). */}}
+{{- define "smtpbridge.redisSecret" -}}
+{{- default (printf "%s-redis" (include "smtpbridge.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
 {{/* Whether the replicas share their limits through Redis. */}}
 {{- define "smtpbridge.clustered" -}}
 {{- $e := .Values.redis.external -}}
@@ -51,6 +67,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $r := dict "key_prefix" .Values.redis.keyPrefix -}}
 {{- if .Values.redis.enabled -}}
 {{- $_ := set $r "address" (printf "%s-redis:6379" (include "smtpbridge.fullname" .)) -}}
+{{- $_ := set $r "password_file" "/etc/smtpbridge/redis/password" -}}
+{{- if .Values.redis.tls.secretName -}}
+{{- $_ := set $r "tls" true -}}
+{{- $_ := set $r "ca_file" "/etc/smtpbridge/redis-tls/ca.crt" -}}
+{{- end -}}
 {{- else -}}
 {{- with $e.address }}{{ $_ := set $r "address" . }}{{ end -}}
 {{- with $e.sentinelAddresses }}{{ $_ := set $r "sentinel_addresses" . }}{{ end -}}
