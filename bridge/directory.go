@@ -50,6 +50,9 @@ const (
 	AuthBadCredentials AuthResult = "bad_credentials"
 	AuthUnknownUser    AuthResult = "unknown_user"
 	AuthNetworkDenied  AuthResult = "network_denied"
+	// AuthDocumentedPassword: the right password, but one the project
+	// documents (the sandbox's), which anyone may know.
+	AuthDocumentedPassword AuthResult = "documented_password"
 )
 
 // ErrLoginFailed is returned by Authenticate for any failed login.
@@ -70,6 +73,9 @@ type Directory struct {
 	hashing chan struct{}
 	// logins are the logins verified recently; a reload passes them on.
 	logins *loginCache
+	// documentedOK lets devices log in with a documented password
+	// (sandbox mode only).
+	documentedOK bool
 }
 
 type netDevice struct {
@@ -122,6 +128,11 @@ func NewDirectory(devices []Device) (*Directory, error) {
 	return d, nil
 }
 
+// AllowDocumentedPasswords lets devices log in with a password the
+// project documents (the sandbox's): for sandbox mode, where no real
+// mailbox is behind them.
+func (d *Directory) AllowDocumentedPasswords() { d.documentedOK = true }
+
 // Inherit takes over what old, the directory a reload replaces, learnt:
 // its recent logins, less those of devices removed or whose password or
 // networks changed, and its bound on password checks in flight.
@@ -156,6 +167,11 @@ func (d *Directory) Authenticate(username string, password []byte, remote netip.
 	// timing does not tell a valid username from an allowed network.
 	if !dev.allowedFrom(remote) {
 		return nil, AuthNetworkDenied, ErrLoginFailed
+	}
+	// A hash made of a documented password by another tool than the
+	// bridge's is found here, where the password is at hand, at no cost.
+	if !d.documentedOK && passwd.IsDocumented(password) {
+		return nil, AuthDocumentedPassword, ErrLoginFailed
 	}
 	return dev, AuthSuccess, nil
 }

@@ -216,3 +216,37 @@ func TestLoginCacheBound(t *testing.T) {
 		t.Error("the newest login was evicted")
 	}
 }
+
+// A device whose password is the sandbox's (a hash of it made anew, so
+// that the config's own check by text did not catch it) cannot log in,
+// even with the right password, but in sandbox mode; the failure says
+// why in its result, and the cache of verified logins does not let it in
+// on the second try.
+func TestDocumentedPasswordRefused(t *testing.T) {
+	enc, err := passwd.NewArgon2id([]byte("scan-to-mail"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, _ := passwd.Parse(enc)
+	mbox, _ := mailaddr.Parse("scanner@contoso.example")
+	lan := netip.MustParseAddr("10.0.0.5")
+	for _, sandbox := range []bool{false, true} {
+		d, err := NewDirectory([]Device{{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: mbox}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := AuthDocumentedPassword
+		if sandbox {
+			d.AllowDocumentedPasswords()
+			want = AuthSuccess
+		}
+		for try := range 2 {
+			if _, got, _ := d.Authenticate("mfp", []byte("scan-to-mail"), lan); got != want {
+				t.Errorf("sandbox %v, try %d: %s, want %s", sandbox, try, got, want)
+			}
+		}
+		if _, got, _ := d.Authenticate("mfp", []byte("wrong"), lan); got != AuthBadCredentials {
+			t.Errorf("sandbox %v, a wrong password: %s", sandbox, got)
+		}
+	}
+}

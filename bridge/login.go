@@ -77,7 +77,13 @@ func (se *session) login(mech, username string, password []byte) error {
 		if result != AuthUnknownUser {
 			ev = ev.Str("username", username)
 		}
-		ev.Msg("device login failed")
+		if result == AuthDocumentedPassword {
+			se.connLog.Error().Str("event", "auth_failed").Str("mechanism", mech).Str("result", string(result)).Str("device", name).
+				Str("hint", "give the device a password of its own: smtpbridge hash-password, then its password_hash in the config and a reload").
+				Msg("device login refused: its password is the sandbox's, which the README prints; outside sandbox mode no device may use it")
+		} else {
+			ev.Msg("device login failed")
+		}
 		return se.authFailed()
 	}
 	failed = false

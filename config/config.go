@@ -49,6 +49,9 @@ type Config struct {
 
 	// Path is the file the config was loaded from.
 	Path string `yaml:"-"`
+	// lines are the file's line of each key, for problems found after
+	// Load (Line).
+	lines map[string]int
 	// Warnings are problems that do not stop the bridge from starting.
 	Warnings []Problem `yaml:"-"`
 }

@@ -71,6 +71,16 @@ func Load(path string) (*Config, error) {
 
 // LoadWithEnv is Load with a custom environment lookup, for tests.
 func LoadWithEnv(path string, lookup func(string) (string, bool)) (*Config, error) {
+	return load(path, lookup, "")
+}
+
+// LoadSandbox loads path as smtpbridge serve --sandbox DIR runs it: in
+// sandbox mode, with sandbox.dir set to dir whatever the file says.
+func LoadSandbox(path, dir string) (*Config, error) {
+	return load(path, os.LookupEnv, dir)
+}
+
+func load(path string, lookup func(string) (string, bool), sandboxDir string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -78,7 +88,10 @@ func LoadWithEnv(path string, lookup func(string) (string, bool)) (*Config, erro
 	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, fromEnv: map[string]bool{}}
 	cfg := l.parse(data)
 	if cfg != nil {
-		cfg.Path = path
+		cfg.Path, cfg.lines = path, l.lines
+		if sandboxDir != "" {
+			cfg.Sandbox.Dir = sandboxDir
+		}
 		cfg.applyDefaults()
 		l.validate(cfg)
 		l.checkInlineSecrets(cfg)
@@ -171,9 +184,11 @@ func (l *loader) warnf(key, format string, args ...any) {
 
 // line returns the line of key, or of its nearest parent that is in the
 // file (a missing key is reported where its parent is).
-func (l *loader) line(key string) int {
+func (l *loader) line(key string) int { return lineOf(l.lines, key) }
+
+func lineOf(lines map[string]int, key string) int {
 	for key != "" {
-		if n, ok := l.lines[key]; ok {
+		if n, ok := lines[key]; ok {
 			return n
 		}
 		i := strings.LastIndexAny(key, ".[")
@@ -184,6 +199,10 @@ func (l *loader) line(key string) int {
 	}
 	return 0
 }
+
+// Line is the line of key in the config file, or of its nearest parent
+// that is in it; 0 when unknown.
+func (c *Config) Line(key string) int { return lineOf(c.lines, key) }
 
 // path resolves a file name from the config relative to the config file's
 // directory, so the bridge finds the same files whatever its working

@@ -297,10 +297,15 @@ func (l *loader) validateDevices(c *Config) {
 			l.checkUnauthenticated(c, k, d)
 		} else if d.PasswordHash == "" {
 			l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
+		} else if strings.HasPrefix(d.PasswordHash, passwordPlaceholder) {
+			l.errorf(k+".password_hash", "still the example's placeholder: give device %s a password of its own: run `smtpbridge hash-password` (it asks for the password twice) and put the hash it prints here", d.Name)
 		} else if h, err := passwd.Parse(d.PasswordHash); err != nil {
 			l.errorf(k+".password_hash", "%v; create one with `smtpbridge hash-password` (never put the password itself here)", err)
 		} else {
 			p.PasswordHash = h
+			if passwd.IsDocumentedHash(d.PasswordHash) && c.Sandbox.Dir == "" {
+				l.errorf(k+".password_hash", "is the hash of the sandbox's password, which the README prints (%s): anyone who read it could log in as device %s; outside sandbox mode give it a password of its own with `smtpbridge hash-password`", strings.Join(passwd.Documented(), ", "), d.Name)
+			}
 		}
 		if d.Tenant == "" {
 			l.errorf(k+".tenant", "required: the name of one of the tenants")

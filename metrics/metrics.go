@@ -33,7 +33,7 @@ const namespace = "smtpbridge"
 // Label values.
 var (
 	// AuthResults are auth_attempts_total's result values.
-	AuthResults = []string{"success", "bad_credentials", "unknown_user", "blocked", "network_denied"}
+	AuthResults = []string{"success", "bad_credentials", "unknown_user", "blocked", "network_denied", "documented_password"}
 	// Mechanisms are the AUTH mechanisms devices use.
 	Mechanisms = []string{"PLAIN", "LOGIN"}
 	// RejectReasons are messages_rejected_total's reason values.
@@ -161,7 +161,7 @@ func New(version string, inv Inventory) *Metrics {
 			"Device connections refused at the greeting, per listener and reason (network: not in allowed_networks; blocked: too many failed logins; limit, limit_ip: max_connections, max_connections_per_ip).",
 			"listener", "reason"),
 		authAttempts: counter("auth_attempts_total",
-			"Device AUTH attempts, per listener, mechanism and result (success, bad_credentials, unknown_user, blocked, network_denied).",
+			"Device AUTH attempts, per listener, mechanism and result (success, bad_credentials, unknown_user, blocked, network_denied, documented_password).",
 			"listener", "mechanism", "result"),
 		received: counter("messages_received_total",
 			"Messages the bridge took from devices (spooled, or in sync mode handed to Exchange whole).", "device", "tenant"),

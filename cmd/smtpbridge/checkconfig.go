@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/config"
 )
@@ -21,6 +22,23 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Load refused the hashes the project ships by their text; this
+	// checks every device's hash (serve checks each password at login).
+	start := time.Now()
+	problems := cfg.DocumentedPasswords(func(done, total int) {
+		if time.Since(start) > 2*time.Second && (done%100 == 0 || done == total) {
+			fmt.Fprintf(stderr, "\rchecking the devices' passwords against the documented ones: %d/%d", done, total)
+			if done == total {
+				fmt.Fprintln(stderr)
+			}
+		}
+	})
+	for _, p := range problems {
+		fmt.Fprintf(stderr, "%s:%s\n", cfg.Path, problemLine(p))
+	}
+	if len(problems) > 0 {
+		return configError{fmt.Sprintf("%s: %d problem(s); nothing was started", cfg.Path, len(problems))}
+	}
 	fmt.Fprintf(stdout, "%s: OK (%d listener(s), %d tenant(s), %d device(s)", *path,
 		len(cfg.Listeners), len(cfg.Tenants), len(cfg.Devices))
 	if len(cfg.Warnings) > 0 {
@@ -32,7 +50,12 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 
 // loadConfig loads path, printing every problem and warning to w.
 func loadConfig(path string, w io.Writer) (*config.Config, error) {
-	cfg, err := config.Load(path)
+	return loadConfigWith(path, w, config.Load)
+}
+
+// loadConfigWith is loadConfig with load for config.Load.
+func loadConfigWith(path string, w io.Writer, load func(string) (*config.Config, error)) (*config.Config, error) {
+	cfg, err := load(path)
 	var ce *config.Error
 	if errors.As(err, &ce) {
 		n := 0

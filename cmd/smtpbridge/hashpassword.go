@@ -27,6 +27,9 @@ func cmdHashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) e
 		return err
 	}
 	defer clear(pw)
+	if passwd.IsDocumented(pw) {
+		fmt.Fprintln(stderr, "warning: this is the sandbox's password, which the README prints: a device with it works in sandbox mode only; check-config and the bridge refuse it anywhere else")
+	}
 	var hash string
 	if *algo == "bcrypt" {
 		if len(pw) > 72 {

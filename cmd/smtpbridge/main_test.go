@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -293,15 +295,20 @@ func TestHashPassword(t *testing.T) {
 	}
 }
 
-// TestProductionExample keeps examples/smtpbridge.yaml valid: with its
-// certificate in place and CONTOSO_SECRET set, check-config accepts it.
+// TestProductionExample keeps examples/smtpbridge.yaml valid: as shipped
+// (and installed by the packages) check-config refuses it, naming each
+// device whose password is still the placeholder and the command that
+// makes one; with the devices' own passwords, its certificate in place
+// and CONTOSO_SECRET set, it accepts it; the sandbox's password, whether
+// the shipped hash or a hash made anew, is refused outside sandbox mode.
 func TestProductionExample(t *testing.T) {
 	dir := t.TempDir()
 	data, err := os.ReadFile("../../examples/smtpbridge.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, "smtpbridge.yaml"), string(data))
+	path := filepath.Join(dir, "smtpbridge.yaml")
+	writeFile(t, path, string(data))
 	ca, err := pki.NewCA("example CA")
 	if err != nil {
 		t.Fatal(err)
@@ -314,22 +321,54 @@ func TestProductionExample(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
 	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
 	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
-
-	cmd := exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
-	cmd.Env = append(os.Environ(), "CONTOSO_SECRET=example-secret-value")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "OK (2 listener(s), 1 tenant(s), 3 device(s)") {
-		t.Fatalf("%v\n%s", err, out)
+	check := func(env []string) (string, error) {
+		cmd := exec.Command(binary, "check-config", "--config", path)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
 	}
-	if strings.Contains(string(out), "example-secret-value") {
+	withSecret := append(os.Environ(), "CONTOSO_SECRET=example-secret-value")
+
+	out, err := check(withSecret)
+	if err == nil || strings.Count(out, "still the example's placeholder: give device") != 2 || !strings.Contains(out, "smtpbridge hash-password") ||
+		!strings.Contains(out, "devices[0].password_hash") || !strings.Contains(out, "devices[1].password_hash") {
+		t.Fatalf("the example as shipped: %v\n%s", err, out)
+	}
+	const placeholder = `"REPLACE with the output of: smtpbridge hash-password"`
+	mfpHash := strconv.Quote(hashOf(t, "mfp-2f's own password"))
+	own := strings.Replace(string(data), placeholder, mfpHash, 1)
+	own = strings.Replace(own, placeholder, strconv.Quote(hashOf(t, "the ERP's own password")), 1)
+	writeFile(t, path, own)
+	out, err = check(withSecret)
+	if err != nil || !strings.Contains(out, "OK (2 listener(s), 1 tenant(s), 3 device(s)") {
+		t.Fatalf("with the devices' own passwords: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "example-secret-value") {
 		t.Errorf("check-config printed the secret:\n%s", out)
 	}
-
-	cmd = exec.Command(binary, "check-config", "--config", filepath.Join(dir, "smtpbridge.yaml"))
-	cmd.Env = filterEnv(os.Environ(), "CONTOSO_SECRET")
-	out, err = cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "CONTOSO_SECRET") {
+	out, err = check(filterEnv(os.Environ(), "CONTOSO_SECRET"))
+	if err == nil || !strings.Contains(out, "CONTOSO_SECRET") {
 		t.Errorf("a missing ${CONTOSO_SECRET} is not reported: %v\n%s", err, out)
+	}
+
+	// The sandbox's password: the hash the README's examples carry, and
+	// one made anew with hash-password.
+	sandboxYAML, err := os.ReadFile("../../examples/sandbox.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := regexp.MustCompile(`\$argon2id\$[^"]+`).FindString(string(sandboxYAML))
+	fresh, err := runCmd(t, "scan-to-mail", binary, "hash-password")
+	if err != nil || !strings.Contains(fresh, "warning: this is the sandbox's password") {
+		t.Fatalf("hash-password of the sandbox's password: %v\n%s", err, fresh)
+	}
+	fresh = regexp.MustCompile(`\$argon2id\$\S+`).FindString(fresh)
+	for name, h := range map[string]string{"the shipped hash": shipped, "a fresh hash": fresh} {
+		writeFile(t, path, strings.Replace(own, mfpHash, strconv.Quote(h), 1))
+		out, err := check(withSecret)
+		if err == nil || !strings.Contains(out, "devices[0].password_hash") || !strings.Contains(out, "the sandbox's") || !strings.Contains(out, "scan-to-mail") {
+			t.Errorf("%s of the sandbox's password outside sandbox mode: %v\n%s", name, err, out)
+		}
 	}
 }
 

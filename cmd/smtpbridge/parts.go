@@ -175,6 +175,9 @@ func serverSettings(cfg *config.Config) (bridge.Settings, error) {
 	if err != nil {
 		return bridge.Settings{}, err
 	}
+	if cfg.Sandbox.Dir != "" {
+		dir.AllowDocumentedPasswords()
+	}
 	l := cfg.Limits
 	return bridge.Settings{Listeners: listeners(cfg.Listeners), Directory: dir, Limits: bridge.Limits{
 		MaxMessageBytes: l.MaxMessageBytes, MaxRecipients: l.MaxRecipients, CommandTimeout: l.CommandTimeout,

@@ -55,7 +55,12 @@ func (d *daemon) reload(source string) reloadResult {
 
 func (d *daemon) apply() reloadResult {
 	path := d.cfg.Path
-	cfg, err := config.Load(path)
+	load := config.Load
+	if d.sb != nil {
+		// Sandbox mode stays on until a restart, whatever the file says.
+		load = func(p string) (*config.Config, error) { return config.LoadSandbox(p, d.cfg.Sandbox.Dir) }
+	}
+	cfg, err := load(path)
 	var ce *config.Error
 	switch {
 	case errors.As(err, &ce):

@@ -67,16 +67,25 @@ func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := configFlag(fs)
 	sandboxDir := fs.String("sandbox", "", "run against in-process fakes of Entra ID and Exchange Online, writing mail to `DIR` as .eml")
-	cfg, err := parseConfigFlags(fs, path, args, stderr)
-	if err != nil {
+	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
+	if *path == "" {
+		return usageError{"no config file: pass --config FILE or set SMTPBRIDGE_CONFIG (try examples/sandbox.yaml)"}
+	}
+	var cfg *config.Config
+	var err error
 	if *sandboxDir != "" {
-		abs, err := filepath.Abs(*sandboxDir)
-		if err != nil {
-			return usageError{fmt.Sprintf("sandbox directory %q: %v", *sandboxDir, err)}
+		abs, aerr := filepath.Abs(*sandboxDir)
+		if aerr != nil {
+			return usageError{fmt.Sprintf("sandbox directory %q: %v", *sandboxDir, aerr)}
 		}
-		cfg.Sandbox.Dir = abs
+		cfg, err = loadConfigWith(*path, stderr, func(p string) (*config.Config, error) { return config.LoadSandbox(p, abs) })
+	} else {
+		cfg, err = loadConfig(*path, stderr)
+	}
+	if err != nil {
+		return err
 	}
 	log := newLogger(cfg.Log, stderr)
 	for _, p := range cfg.Warnings {

@@ -78,14 +78,26 @@ func helm(t *testing.T, wantErr bool, args ...string) string {
 	return out.String() + stderr.String()
 }
 
+// testHash is a device's own password hash (printf
+// helm-test-device-password | smtpbridge hash-password), as a user would
+// put in the values.
+const testHash = "$argon2id$v=19$m=7168,t=5,p=1$wIXfWUD8F8PSzXP1IKJlVQ$K25TWnLBn2kyyZQ3uW3M5v4cl+3ZL0OhwQVyZtqesjo"
+
 // The value sets the tests render: what a first install, a production
 // install with everything on, and a single sandbox bridge set.
 var valueSets = map[string]string{
 	"defaults": `
 secretEnv: {CONTOSO_SECRET: "s3cret"}
+config:
+  devices:
+    - {name: mfp-2f, username: mfp-2f, password_hash: "` + testHash + `", tenant: contoso, mailbox: scanner@contoso.com}
 `,
+	"untouched": ``,
 	"redis-tls": `
 secretEnv: {CONTOSO_SECRET: "s3cret"}
+config:
+  devices:
+    - {name: mfp-2f, username: mfp-2f, password_hash: "` + testHash + `", tenant: contoso, mailbox: scanner@contoso.com}
 redis:
   auth: {existingSecret: my-redis-password}
   tls: {secretName: redis-tls}
@@ -118,7 +130,7 @@ config:
   tenants:
     - {name: contoso, tenant_id: contoso.onmicrosoft.com, client_id: 00000000-0000-0000-0000-000000000000, client_secret: "${CONTOSO_SECRET}"}
   devices:
-    - {name: mfp-2f, username: mfp-2f, password_hash: "$argon2id$v=19$m=7168,t=5,p=1$yApTCPw9fmA3WY9HgO+e5g$AVeYUj6c5M/zt46EsuRgKZfgOaMc/lUk19HBOIaAWBQ", tenant: contoso, mailbox: scanner@contoso.com}
+    - {name: mfp-2f, username: mfp-2f, password_hash: "` + testHash + `", tenant: contoso, mailbox: scanner@contoso.com}
   limits: {max_message_bytes: 36700160, max_connections: 200}
   spool: {max_bytes: 1073741824}
 `,
@@ -437,6 +449,16 @@ func selects(selector, labels map[string]string) bool {
 	return len(selector) > 0
 }
 
+// The chart's own values, untouched: the bridge would not start (the
+// device's password is a placeholder), and check-config says what to do.
+func TestUntouchedValuesRefused(t *testing.T) {
+	o := render(t, "untouched")
+	out, err := checkConfigOutput(t, o.configMaps[0].Data["smtpbridge.yaml"], true)
+	if err == nil || !strings.Contains(out, "devices[0].password_hash: still the example's placeholder") || !strings.Contains(out, "smtpbridge hash-password") {
+		t.Errorf("check-config on the chart's untouched values: %v\n%s", err, out)
+	}
+}
+
 // One sandbox bridge: no Redis, no PDB; its config passes check-config.
 func TestSandbox(t *testing.T) {
 	o := render(t, "sandbox")
@@ -460,8 +482,19 @@ func TestReplicasNeedRedis(t *testing.T) {
 }
 
 // checkConfig runs smtpbridge check-config on a rendered config, its
-// paths moved to a temporary directory with the files they name.
+// paths moved to a temporary directory with the files they name, and
+// fails the test if it refuses it.
 func checkConfig(t *testing.T, cfg string, withTLS bool) {
+	t.Helper()
+	out, err := checkConfigOutput(t, cfg, withTLS)
+	if err != nil {
+		t.Errorf("smtpbridge check-config on the chart's config: %v\n%s\n%s", err, out, cfg)
+	}
+	t.Logf("check-config: %s", bytes.TrimSpace([]byte(out)))
+}
+
+// checkConfigOutput runs smtpbridge check-config on a rendered config.
+func checkConfigOutput(t *testing.T, cfg string, withTLS bool) (string, error) {
 	t.Helper()
 	dir := t.TempDir()
 	etc := filepath.Join(dir, "etc")
@@ -498,10 +531,7 @@ func checkConfig(t *testing.T, cfg string, withTLS bool) {
 	cmd := exec.Command(bin(t, "smtpbridge"), "check-config", "--config", path)
 	cmd.Env = append(os.Environ(), "CONTOSO_SECRET=s3cret")
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Errorf("smtpbridge check-config on the chart's config: %v\n%s\n%s", err, out, cfg)
-	}
-	t.Logf("check-config: %s", bytes.TrimSpace(out))
+	return string(out), err
 }
 
 // The release's Redis's start script, as the chart renders it, run here

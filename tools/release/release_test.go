@@ -143,7 +143,7 @@ func installDeb(t *testing.T, deb string) {
 	}
 	// The config to edit: check-config names what to fill in.
 	out = sh(t, true, "/usr/bin/smtpbridge", "check-config", "--config", "/etc/smtpbridge/smtpbridge.yaml")
-	for _, w := range []string{"CONTOSO_SECRET", "nothing was started"} {
+	for _, w := range []string{"CONTOSO_SECRET", "devices[0].password_hash: still the example's placeholder", "smtpbridge hash-password", "nothing was started"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("check-config on the unedited /etc/smtpbridge/smtpbridge.yaml lacks %q:\n%s", w, out)
 		}
