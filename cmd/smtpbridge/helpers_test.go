@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
@@ -40,17 +44,28 @@ func httpGet(t *testing.T, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// postAdmin POSTs to the admin API with the token of the bridge whose
-// spool.dir is spoolDir, as the command line does.
+// postAdmin POSTs u's path to the admin API with the token of the bridge
+// whose spool.dir is spoolDir, on its admin socket, as the command line
+// does.
 func postAdmin(t *testing.T, u, spoolDir string) (int, string) {
 	t.Helper()
 	tok, err := adminapi.ReadToken(filepath.Join(spoolDir, adminapi.TokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("POST", u, nil)
+	path, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(spoolDir, adminapi.SocketFile)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	req, _ := http.NewRequest("POST", "http://localhost"+path.RequestURI(), nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
