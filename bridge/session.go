@@ -279,7 +279,7 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 		return reply
 	}
 
-	envelopeFrom := dev.Mailbox.String()
+	envelopeFrom, headerFrom := dev.Mailbox.String(), dev.Mailbox.String()
 	if dev.EnforceFrom {
 		envelopeFrom = tx.from
 		f, i := h.Get("from")
@@ -288,6 +288,8 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 		} else if addrs, ok := fromAddresses(f.Value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.senderAllowed(a) }) {
 			se.reject(tx, "data", errHeaderFromDenied, audit.ReasonPolicy, "header From "+message.CleanText(f.Value()))
 			return errHeaderFromDenied
+		} else if len(addrs) > 0 {
+			headerFrom = addrs[0].String()
 		}
 		if len(h.All("from")) > 1 {
 			// A second From field would be an author the policy did not
@@ -305,7 +307,7 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 
 	msg := &message.Message{
 		ID: tx.id, Device: dev.Name, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),
-		From: envelopeFrom, To: tx.to, Mode: dev.Mode, DSN: tx.dsn,
+		From: envelopeFrom, HeaderFrom: headerFrom, To: tx.to, Mode: dev.Mode, DSN: tx.dsn,
 		Body:   io.MultiReader(bytes.NewReader(h.Bytes()), newCRLFReader(body)),
 		Remote: se.remote.String(), MessageID: messageID(h),
 	}

@@ -81,6 +81,9 @@ type Limiter struct {
 	// known is, per mailbox, what the last shared submission saw of the
 	// replicas' starts and recipients: the fallback starts from it.
 	known map[upstream.Mailbox]known
+	// epochs are, per mailbox, the epoch of its keys in Redis this
+	// replica last saw: another means Redis lost them (restoreWindow).
+	epochs map[upstream.Mailbox]string
 	// graceUntil: after Redis returns, until the other replicas have
 	// had the time to count their fallback slots there, each of them is
 	// assumed to hold one.
@@ -100,7 +103,8 @@ func New(o Options) *Limiter {
 	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
 		window: upstream.RateWindow, day: 24 * time.Hour, limits: o.Limits, shared: true,
 		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
-		replicas: 1, seen: map[upstream.Mailbox]bool{}, known: map[upstream.Mailbox]known{}, stop: make(chan struct{}), done: make(chan struct{})}
+		replicas: 1, seen: map[upstream.Mailbox]bool{}, known: map[upstream.Mailbox]known{}, epochs: map[upstream.Mailbox]string{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 	l.local = upstream.NewLocal(fallbackLimits(o.Limits, 1))
 	l.ttl = LeaseTTL
 	if o.LeaseTTL > 0 {
@@ -190,7 +194,7 @@ func (l *Limiter) fail(err error) {
 	// far as this one saw: each replica's share is then what is left of
 	// the limit after what it saw, so that together they stay within it.
 	for mb, k := range l.known {
-		l.local.Seed(mb, k.starts, k.used)
+		l.local.Seed(mb, k.times(), k.used)
 	}
 	replicas := l.replicas
 	var shared []*lease
@@ -363,9 +367,27 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		l.mu.Unlock()
 		unit := max(day/1440, time.Millisecond)
 		octx, cancel := ctxOp(ctx)
-		res, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb)},
-			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, 1440, unit.Milliseconds(), rcpts, newID(l.instance)).Int64Slice()
+		l.mu.Lock()
+		epoch := l.epochs[mb]
+		l.mu.Unlock()
+		raw, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb), l.key("epoch", mb)},
+			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, 1440, unit.Milliseconds(), rcpts, newID(l.instance),
+			epoch, newID(l.instance)).Slice()
 		cancel()
+		if err == nil && len(raw) == 2 {
+			if code, _ := raw[0].(int64); code == 2 {
+				// Redis forgot the mailbox's window since this replica
+				// last asked (it restarted empty, and go-redis's new
+				// connection hid it): the starts it knows go back first.
+				l.restoreWindow(ctx, mb, fmt.Sprint(raw[1]))
+				continue
+			}
+		}
+		var res []int64
+		var starts []start
+		if err == nil {
+			res, starts, err = parseSubmit(raw)
+		}
 		if err != nil {
 			l.fail(err)
 			continue
@@ -373,7 +395,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		switch res[0] {
 		case 1:
 			bucket := res[1]
-			l.saw(mb, res[2], res[3], res[4:])
+			l.saw(mb, res[2], res[3], starts)
 			var once sync.Once
 			return func(accepted int) {
 				once.Do(func() {
@@ -627,23 +649,99 @@ func (l *Limiter) probe() {
 	}
 }
 
+// restoreWindow adds back to Redis the mailbox's starts in the window as
+// this replica last saw them (every replica's, a dead one's too), under
+// their own members, so that a Redis that restarted empty does not let
+// the minute pass its limit; then it takes epoch as the keys' new one.
+// Where Redis kept them, adding them again changes nothing.
+func (l *Limiter) restoreWindow(ctx context.Context, mb upstream.Mailbox, epoch string) {
+	l.mu.Lock()
+	k, window := l.known[mb], l.window
+	l.epochs[mb] = epoch
+	l.mu.Unlock()
+	octx, cancel := ctxOp(ctx)
+	defer cancel()
+	n := 0
+	for _, st := range k.starts {
+		if time.Since(st.at) < window {
+			l.rdb.ZAdd(octx, l.key("rate", mb), redis.Z{Score: float64(st.redisMs), Member: st.id})
+			n++
+		}
+	}
+	if n > 0 {
+		l.rdb.PExpire(octx, l.key("rate", mb), 2*window)
+		l.log.Warn().Str("tenant", mb.Tenant).Str("mailbox", mb.Address).Int("starts", n).
+			Msg("Redis lost the mailbox's rate window (a restart?): the starts this replica saw in it are counted there again")
+	}
+}
+
 // known is what a shared submission saw of a mailbox.
 type known struct {
-	starts []time.Time // in the window, on this replica's clock
-	used   int         // recipients in the day
+	starts []start // in the window, every replica's
+	used   int     // recipients in the day
+}
+
+// start is a submission start in Redis's rate window: its member there,
+// its time on Redis's clock, and on this replica's.
+type start struct {
+	id      string
+	redisMs int64
+	at      time.Time
+}
+
+// parseSubmit reads the submit script's answer: its numbers, and the
+// window's starts when it said go.
+func parseSubmit(raw []any) ([]int64, []start, error) {
+	num := func(v any) (int64, bool) {
+		n, ok := v.(int64)
+		return n, ok
+	}
+	var res []int64
+	for i, v := range raw {
+		if i >= 4 && len(res) > 0 && res[0] == 1 {
+			break
+		}
+		n, ok := num(v)
+		if !ok {
+			return nil, nil, fmt.Errorf("redis: unexpected answer %v", raw)
+		}
+		res = append(res, n)
+	}
+	if len(res) == 0 {
+		return nil, nil, fmt.Errorf("redis: empty answer")
+	}
+	var starts []start
+	if res[0] == 1 {
+		for i := 4; i+1 < len(raw); i += 2 {
+			id, ok1 := raw[i].(string)
+			ms, ok2 := num(raw[i+1])
+			if !ok1 || !ok2 {
+				return nil, nil, fmt.Errorf("redis: unexpected start %v %v", raw[i], raw[i+1])
+			}
+			starts = append(starts, start{id: id, redisMs: ms})
+		}
+	}
+	return res, starts, nil
 }
 
 // saw notes what a shared submission saw: Redis's clock (ms), the day's
-// recipients, and the window's starts on Redis's clock.
-func (l *Limiter) saw(mb upstream.Mailbox, redisNow, used int64, starts []int64) {
+// recipients, and the window's starts.
+func (l *Limiter) saw(mb upstream.Mailbox, redisNow, used int64, starts []start) {
 	now := time.Now()
-	k := known{used: int(used), starts: make([]time.Time, len(starts))}
-	for i, s := range starts {
-		k.starts[i] = now.Add(-time.Duration(redisNow-s) * time.Millisecond)
+	for i := range starts {
+		starts[i].at = now.Add(-time.Duration(redisNow-starts[i].redisMs) * time.Millisecond)
 	}
 	l.mu.Lock()
-	l.known[mb] = k
+	l.known[mb] = known{used: int(used), starts: starts}
 	l.mu.Unlock()
+}
+
+func (k known) times() []time.Time {
+	out := make([]time.Time, len(k.starts))
+	for i, s := range k.starts {
+		out[i] = s.at
+	}
+	return out
 }
 
 // Scripts run atomically in Redis, on its clock.
@@ -678,12 +776,23 @@ for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(ARGV[3]) then return {2, waiting} end
 return {1, waiting}`)
-	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit;
-	// ARGV perMinute, windowMs, perDay, dayUnits, unitMs, rcpts, id.
-	// {1, unit, nowMs, used, start...}: go, with the recipients of the
-	// day and the starts of the window, this one's included; {0, waitMs}:
-	// wait; {-1, retryAtMs, used}: the day's quota is full.
+	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit,
+	// KEYS[3] the mailbox's epoch; ARGV perMinute, windowMs, perDay,
+	// dayUnits, unitMs, rcpts, id, the epoch this replica last saw, a new
+	// epoch should there be none. {2, epoch}: Redis lost the mailbox's
+	// keys since this replica last saw them (a restart, empty): it adds
+	// back the window's starts it knows, then asks again.
+	// {1, unit, nowMs, used, id, startMs, id, startMs...}: go, with the
+	// recipients of the day and the starts of the window, this one's
+	// included; {0, waitMs}: wait; {-1, retryAtMs, used}: the day's quota
+	// is full.
 	submitScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[9]
+  redis.call('SET', KEYS[3], epoch)
+end
+if epoch ~= ARGV[8] then return {2, epoch} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local perMinute, window, perDay = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -724,7 +833,10 @@ redis.call('PEXPIRE', KEYS[2], (units + 1) * unitMs)
 local out = {1, unit, now, used + rcpts}
 if perMinute > 0 then
   local s = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-  for i = 2, #s, 2 do table.insert(out, tonumber(s[i])) end
+  for i = 1, #s, 2 do
+    table.insert(out, s[i])
+    table.insert(out, tonumber(s[i + 1]))
+  end
 end
 return out`)
 	// heartbeat: KEYS[1] the replicas; ARGV instance, ttl. Returns the

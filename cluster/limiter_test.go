@@ -255,3 +255,68 @@ func TestRedisDownAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A Redis that restarts empty forgets the window's starts; on reconnect
+// each replica adds back the starts it saw before the outage (every
+// replica's, one killed meanwhile included), so that the window holds no
+// more than the limit across the restart. With Redis only cut off, not
+// restarted, adding them again counts nothing twice.
+func TestRedisRestartKeepsTheWindow(t *testing.T) {
+	shorten(t)
+	for _, restart := range []bool{true, false} {
+		t.Run(fmt.Sprintf("restart=%v", restart), func(t *testing.T) {
+			r := testenv.StartRedis(t)
+			ls, _ := replicas(t, r, 3, upstream.Limits{Connections: 3, PerMinute: 6})
+			for _, l := range ls {
+				l.SetWindows(10*time.Second, 24*time.Hour)
+			}
+			// Five of the six starts, the last by the replica that dies.
+			for i := range 5 {
+				if _, err := ls[i%3].Submit(context.Background(), mb, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ls[1].Close() // SIGKILLed: it will not add back its own
+			if restart {
+				r.Stop()
+				r.Start() // empty: no persistence
+			} else {
+				r.Stop()
+				time.Sleep(300 * time.Millisecond)
+				r.Start()
+			}
+			// The survivors notice, fall back, and come back.
+			for _, i := range []int{0, 2} {
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				ls[i].Submit(ctx, mb, 1) // fails over, or waits: either way no more than the share
+				cancel()
+			}
+			testenv.Eventually(t, "shared again", 5*time.Second, func() bool { return ls[0].Shared() && ls[2].Shared() })
+			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+			defer rdb.Close()
+			n, err := rdb.ZCard(context.Background(), ls[0].key("rate", mb)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The five starts before, and at most one taken in the
+			// fallback meanwhile (each survivor's share of what was left).
+			if n < 5 || n > 6 {
+				t.Errorf("after the Redis %s, the window holds %d starts, want the 5 before (and at most 1 taken meanwhile)",
+					map[bool]string{true: "restart", false: "cut"}[restart], n)
+			}
+			// None more fits in the window than the limit.
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			taken := int(n)
+			for taken < 10 {
+				if _, err := ls[0].Submit(ctx, mb, 1); err != nil {
+					break
+				}
+				taken++
+			}
+			if taken > 6 {
+				t.Errorf("%d starts in the window after Redis came back, limit 6", taken)
+			}
+		})
+	}
+}

@@ -276,6 +276,11 @@ type Delivery struct {
 	// BounceTo receives a delivery status notification for each message
 	// that becomes a dead letter. Empty: none is sent.
 	BounceTo string `yaml:"bounce_to"`
+	// RememberRefusals is how long the bridge remembers, per mailbox,
+	// the senders Exchange refused as Send As and the recipients it
+	// refused as unknown, and refuses a message that repeats one itself
+	// rather than earn the mailbox continuous-error throttling.
+	RememberRefusals time.Duration `yaml:"remember_refusals"`
 }
 
 // Delivery modes, as message defines them.
@@ -479,6 +484,7 @@ const (
 	DefaultRetryInitial            = time.Minute
 	DefaultRetryMax                = 30 * time.Minute
 	DefaultMaxAge                  = 48 * time.Hour
+	DefaultRememberRefusals        = time.Hour
 	// Exchange Online's SMTP AUTH limits per mailbox.
 	DefaultMaxConnectionsPerMailbox = 3
 	DefaultMaxMessagesPerMinute     = 30
@@ -575,6 +581,9 @@ func (c *Config) applyDefaults() {
 	}
 	if d.MaxAge == 0 {
 		d.MaxAge = DefaultMaxAge
+	}
+	if d.RememberRefusals == 0 {
+		d.RememberRefusals = DefaultRememberRefusals
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"

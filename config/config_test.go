@@ -93,7 +93,7 @@ func TestLoadGood(t *testing.T) {
 		t.Error("log/http defaults not applied")
 	}
 	want := Delivery{Mode: ModeHybrid, SyncTimeout: 20 * time.Second, RetryInitial: time.Minute,
-		RetryMax: 30 * time.Minute, MaxAge: 48 * time.Hour}
+		RetryMax: 30 * time.Minute, MaxAge: 48 * time.Hour, RememberRefusals: time.Hour}
 	if cfg.Delivery != want {
 		t.Errorf("delivery defaults = %+v, want %+v", cfg.Delivery, want)
 	}

@@ -458,6 +458,9 @@ func (l *loader) validateDelivery(c *Config) {
 	if positive("delivery.max_age", d.MaxAge) && d.MaxAge < d.RetryInitial {
 		l.errorf("delivery.max_age", "%s is shorter than retry_initial (%s): a message would die before its first retry", d.MaxAge, d.RetryInitial)
 	}
+	if positive("delivery.remember_refusals", d.RememberRefusals) && d.RememberRefusals > 7*24*time.Hour {
+		l.errorf("delivery.remember_refusals", "%s: use at most 168h (1h by default); a reload forgets them anyway", d.RememberRefusals)
+	}
 }
 
 // ParseNetwork parses a CIDR prefix or a single IP address.

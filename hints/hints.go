@@ -71,6 +71,31 @@ var smtp = []smtpHint{
 	{550, "5.1.10", "RecipientNotFound", Hint{
 		Meaning: "Exchange Online knows no recipient with this address: a typo in the device's address book, a mailbox or contact that was removed, or an address in one of your domains that is not in Exchange Online (Directory-Based Edge Blocking refuses it).",
 		Fix:     "Correct the address on the device or in the ERP; for an address in your own domain, check it with Get-Recipient <address> in Exchange Online PowerShell. The message is not retried: send it again once fixed (smtpbridge queue requeue ID for a dead letter)."}},
+	// 535 5.7.139's cause is the sentence after the comma (EXCHANGE.md).
+	{535, "5.7.139", "disabled for the Tenant", Hint{
+		Meaning: "SMTP AUTH is disabled for the whole tenant; it governs OAuth logins too. The mailbox's own setting overrides the tenant's.",
+		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false for each mailbox the bridge sends as (or Set-TransportConfig -SmtpClientAuthenticationDisabled $false for the whole tenant)."}},
+	{535, "5.7.139", "disabled for the Mailbox", Hint{
+		Meaning: "SMTP AUTH is disabled for this mailbox; it governs OAuth logins too.",
+		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false."}},
+	{535, "5.7.139", "basic authentication is disabled", Hint{
+		Meaning: "Exchange refused a Basic (username and password) login. The bridge logs in with OAuth tokens only: something else logs in as the mailbox, or smtp_host is not Exchange Online's.",
+		Fix:     "Check smtp_host (smtp.office365.com:587); point the device that still logs in to Exchange itself at the bridge."}},
+	{535, "5.7.139", "credentials were incorrect", Hint{
+		Meaning: "Exchange refused the login's credentials: the token's user is not the mailbox the bridge logs in as, or the token is not for Exchange.",
+		Fix:     "Check the device's mailbox and the tenant's token_scope (https://outlook.office365.com/.default); smtpbridge doctor shows the token's audience."}},
+	{535, "5.7.139", "did not meet the criteria", Hint{
+		Meaning: "A Conditional Access policy refused the login (the app, the bridge's address, or the mailbox's user).",
+		Fix:     "In Entra ID > Conditional Access, exclude the bridge's app (workload identity) or allow the bridge's public address; the sign-in logs name the policy."}},
+	{535, "5.7.139", "security defaults", Hint{
+		Meaning: "The tenant's security defaults lock the mailbox's user.",
+		Fix:     "Replace security defaults with Conditional Access policies that exclude the bridge's app, or use an app credential (auth: app) rather than a user's sign-in."}},
+	{535, "5.7.139", "account locked", Hint{
+		Meaning: "The mailbox's user account is locked.",
+		Fix:     "Unlock the account in Entra ID (or on-premises AD for a synchronised user) and find out why it was locked."}},
+	{535, "5.7.139", "federated STS", Hint{
+		Meaning: "Exchange could not reach the federated sign-in service (AD FS) of the mailbox's domain.",
+		Fix:     "Check the federation service, or move the domain to managed authentication (password hash sync)."}},
 	{535, "5.7.139", "", Hint{
 		Meaning: "SMTP AUTH is disabled for the mailbox or the whole tenant; it governs OAuth logins too.",
 		Fix:     "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | Format-List SmtpClientAuthenticationDisabled for the tenant)."}},
@@ -80,6 +105,25 @@ var smtp = []smtpHint{
 	{530, "5.7.57", "", Hint{
 		Meaning: "Exchange did not take a login before MAIL FROM.",
 		Fix:     "Check token_scope (https://outlook.office365.com/.default) and that smtp_host is Exchange Online; smtpbridge doctor shows the token's audience."}},
+	{501, "5.5.124", "", Hint{
+		Meaning: "Exchange refused the login's form; the mailbox's messages wait (the mailbox is held).",
+		Fix:     "Check smtp_host (smtp.office365.com:587) and that nothing between the bridge and Exchange rewrites the connection."}},
+	// Continuous-error throttling: the mailbox, not the message.
+	{550, "5.2.251", "", Hint{
+		Meaning: "Microsoft throttles the mailbox from SMTP AUTH for a while, for every application, after its submissions kept failing as mailbox full (continuous error throttling). Support cannot lift it; the bridge holds the mailbox's messages and probes with one at a time.",
+		Fix:     "Empty the mailbox's Sent Items (Exchange keeps a copy of everything sent), then wait; smtpbridge queue retry --mailbox <mailbox> tries at once."}},
+	{550, "5.2.252", "throttled", Hint{
+		Meaning: "Microsoft throttles the mailbox from SMTP AUTH for a while, for every application, after its submissions kept failing for Send As (continuous error throttling). The bridge holds the mailbox's messages and probes with one at a time.",
+		Fix:     "Grant the mailbox Send As for the From addresses its devices use (Add-RecipientPermission -Identity <address> -Trustee <mailbox> -AccessRights SendAs), or use from_policy: rewrite; then wait."}},
+	{550, "5.2.253", "", Hint{
+		Meaning: "Microsoft throttles the mailbox from SMTP AUTH for a while, for every application, after its submissions kept failing for an invalid licence (continuous error throttling).",
+		Fix:     "Give the mailbox's user an Exchange Online licence (or make it a shared mailbox), then wait."}},
+	{550, "5.2.254", "", Hint{
+		Meaning: "Microsoft throttles the mailbox from SMTP AUTH for a while, for every application, after its submissions kept failing for too many recipients (continuous error throttling).",
+		Fix:     "Keep the devices' recipients per message under Exchange's limit (500 by default; limits.max_recipients), then wait."}},
+	{550, "5.2.255", "", Hint{
+		Meaning: "Microsoft throttles the mailbox from SMTP AUTH for a while, for every application, after its submissions kept failing for unknown recipients (continuous error throttling).",
+		Fix:     "Correct the addresses in the devices' address books (the dead letters name them), then wait."}},
 	{550, "5.7.60", "", Hint{
 		Meaning: "The envelope sender is not the mailbox, and the mailbox has no SendAs right for it.",
 		Fix:     "Add-RecipientPermission -Identity <sender address> -Trustee <mailbox> -AccessRights SendAs, or use from_policy: rewrite so that the device sends as its mailbox."}},
@@ -87,7 +131,7 @@ var smtp = []smtpHint{
 		Meaning: "The header From is not the mailbox, and the mailbox has no SendAs right for it (SendAsDenied).",
 		Fix:     "Add-RecipientPermission -Identity <From address> -Trustee <mailbox> -AccessRights SendAs, or use from_policy: rewrite."}},
 	{432, "4.3.2", "", Hint{
-		Meaning: "More than 3 connections for this mailbox at once (STOREDRV.ClientSubmit; sender thread limit exceeded).",
+		Meaning: "More than 3 connections for this mailbox at once (STOREDRV.ClientSubmit; sender thread limit exceeded, or Concurrent connections limit exceeded).",
 		Fix:     "Keep max_connections_per_mailbox at 3 or less, and look for other clients using the same mailbox; the bridge retries."}},
 	{554, "5.2.0", "SubmissionQuota", Hint{
 		Meaning: "The mailbox reached Exchange Online's 10,000 recipients a day.",
@@ -104,18 +148,36 @@ var smtp = []smtpHint{
 	{451, "4.7.0", "", Hint{
 		Meaning: "A temporary server error at Exchange Online.",
 		Fix:     "Nothing: the bridge retries. If it lasts, check the Microsoft 365 service health page."}},
+	{451, "4.3.111", "", Hint{
+		Meaning: "A temporary error in Exchange Online's mail store.",
+		Fix:     "Nothing: the bridge retries. If it lasts, check the Microsoft 365 service health page."}},
+	{451, "4.7.500", "", Hint{
+		Meaning: "Exchange Online is busy and asks the bridge's address to come back later.",
+		Fix:     "Nothing: the bridge retries. If it lasts, check that the bridge sends no more than Exchange's limits (the status page's quota table)."}},
+	{452, "4.5.3", "", Hint{
+		Meaning: "Too many recipients for one message (500 by default). The bridge sends the recipients Exchange did not take in the next transaction, never the whole message again.",
+		Fix:     "Nothing for the message; keep limits.max_recipients at or under the mailbox's limit so that devices are told at once."}},
 	{550, "5.7.233", "", Hint{
 		Meaning: "The tenant exceeded Exchange's external recipient rate limit.",
 		Fix:     "Wait for the limit to lift; check the Microsoft 365 Defender portal for a device or account sending more than it should."}},
 	{554, "5.2.2", "", Hint{
-		Meaning: "The mailbox is full: Exchange keeps a copy of each sent message in Sent Items.",
-		Fix:     "Empty the mailbox's Sent Items, or give it a retention policy that deletes old items."}},
+		Meaning: "The sending mailbox is full: Exchange keeps a copy of each sent message in Sent Items. The bridge holds the mailbox's messages and probes with one at a time; submitting each would earn continuous error throttling (5.2.251).",
+		Fix:     "Empty the mailbox's Sent Items, or give it a retention policy that deletes old items; then smtpbridge queue retry --mailbox <mailbox>."}},
 	{552, "5.3.4", "", Hint{
 		Meaning: "The message is larger than the mailbox's MaxSendSize (35 MB by default).",
 		Fix:     "Set-Mailbox -Identity <mailbox> -MaxSendSize 150MB (up to 150 MB), or set limits.max_message_bytes to the mailbox's size so that devices are told at once."}},
 	{550, "5.1.8", "", Hint{
 		Meaning: "The mailbox is blocked from sending (Access denied, bad outbound sender), usually after it sent spam.",
 		Fix:     "Release it under Restricted entities in the Microsoft 365 Defender portal, and find out why it was blocked."}},
+	{550, "5.7.501", "", Hint{
+		Meaning: "Exchange blocks the mailbox as a sender after it detected spam from it.",
+		Fix:     "Release it under Restricted entities in the Microsoft 365 Defender portal, and find out why it was blocked; then smtpbridge queue retry --mailbox <mailbox>."}},
+	{550, "5.7.705", "", Hint{
+		Meaning: "Exchange restricts the whole tenant's outbound mail after it sent too much spam.",
+		Fix:     "Open a case with Microsoft support; find the accounts that sent it."}},
+	{550, "5.7.750", "", Hint{
+		Meaning: "Exchange blocks the tenant from sending from domains it has not registered.",
+		Fix:     "Add and verify the sending domain in the Microsoft 365 admin center, or send from a verified one."}},
 	{550, "5.7.708", "", Hint{
 		Meaning: "Exchange restricts the whole tenant's outbound mail (traffic not accepted from this IP or tenant).",
 		Fix:     "Open a case with Microsoft support."}},
@@ -183,7 +245,7 @@ func ForReply(reply string) *Hint {
 // Match explains a reply by its code, enhanced code ("5.7.3") and text.
 func Match(code int, enhanced, text string) *Hint {
 	for _, e := range smtp {
-		if e.code == code && e.enhanced == enhanced && strings.Contains(text, e.contains) {
+		if e.code == code && e.enhanced == enhanced && strings.Contains(strings.ToLower(text), strings.ToLower(e.contains)) {
 			h := e.Hint
 			h.Code = e.codeText()
 			return &h

@@ -29,7 +29,11 @@ type Message struct {
 	Tenant  string // the tenant's name in the config
 	Mailbox string // the mailbox it is sent as: the XOAUTH2 user
 	From    string // envelope sender (the mailbox under the rewrite policy)
-	To      []string
+	// HeaderFrom is the address of the message's From field as it
+	// leaves the bridge (the mailbox under the rewrite policy): what
+	// Exchange's Send As check after the data is about.
+	HeaderFrom string
+	To         []string
 	// Mode is the delivery mode of the device (ModeHybrid, ModeQueue or
 	// ModeSync); the delivery side dispatches on it.
 	Mode string

@@ -33,8 +33,8 @@ func TestClassify(t *testing.T) {
 		{StageRcpt, 450, [3]int{4, 2, 1}, Temporary, false, true},
 	}
 	quota := Classify("h", StageData, Reply{554, [3]int{5, 2, 0}, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"}, "")
-	if quota.Class != Throttled || !quota.Pauses() {
-		t.Errorf("the daily quota: %s", quota.Class)
+	if quota.Class != Held || quota.Hold != HoldDailyQuota || quota.Pauses() || quota.Permanent() {
+		t.Errorf("the daily quota: %s %s", quota.Class, quota.Hold)
 	}
 	for _, tc := range tests {
 		e := Classify("h:587", tc.stage, Reply{tc.code, tc.enh, "x"}, "")
@@ -50,6 +50,86 @@ func TestClassify(t *testing.T) {
 	if ClassOf(errors.New("x")) != Temporary || ClassOf(fmt.Errorf("w: %w", broken)) != Broken {
 		t.Error("ClassOf")
 	}
+}
+
+// Exchange's replies as Microsoft's articles and the field write them
+// ("Continuous error throttling for SMTP AUTH submissions", "SMTP AUTH
+// submission improvements", "Non-delivery reports in Exchange Online",
+// "Fix issues with printers, scanners, and LOB applications that send
+// email using Microsoft 365"), with the front-end suffixes they end in:
+// each in its class and hold, whatever the suffix.
+func TestClassifyExchangeTexts(t *testing.T) {
+	suffixes := []string{"", " [Hostname=DM5SPR00MB2471.namprd08.prod.outlook.com]",
+		" [MN2PR05CA0004.namprd05.prod.outlook.com 2023-09-12T20:59:57.214Z 08DBB276B7E699C4]"}
+	for _, c := range []struct {
+		stage Stage
+		reply string
+		class Class
+		hold  Hold
+	}{
+		{StageData, "550 5.2.251 Sender throttled due to continuous mailbox full errors.", Held, HoldThrottled},
+		{StageData, "550 5.2.252 Sender throttled due to continuous send as denied errors.", Held, HoldThrottled},
+		{StageMail, "550 5.2.253 Sender throttled due to continuous invalid license errors.", Held, HoldThrottled},
+		{StageData, "550 5.2.254 Sender throttled due to continuous too many recipients errors.", Held, HoldThrottled},
+		{StageData, "550 5.2.255 Sender throttled due to continuous invalid recipients errors.", Held, HoldThrottled},
+		{StageData, "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.", Held, HoldMailboxFull},
+		{StageData, "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionQuotaExceeded", Held, HoldMailboxFull},
+		{StageData, "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.", Held, HoldDailyQuota},
+		{StageMail, "550 5.1.8 Access denied, bad outbound sender", Held, HoldSenderBlocked},
+		{StageMail, "550 5.7.501 Access denied, spam abuse detected", Held, HoldSenderBlocked},
+		{StageMail, "550 5.7.705 Access denied, tenant has exceeded threshold", Held, HoldSenderBlocked},
+		{StageMail, "550 5.7.708 Access denied, traffic not accepted from this IP", Held, HoldSenderBlocked},
+		{StageMail, "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains", Held, HoldSenderBlocked},
+		{StageAuth, "535 5.7.3 Authentication unsuccessful", Setup, HoldSetup},
+		{StageAuth, "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.", Setup, HoldSetup},
+		{StageAuth, "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information.", Setup, HoldSetup},
+		{StageAuth, "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully. Contact your administrator.", Setup, HoldSetup},
+		{StageMail, "530 5.7.57 Client not authenticated to send mail. Error: 535 5.7.139 Authentication unsuccessful", Setup, HoldSetup},
+		{StageAuth, "501 5.5.124 Authentication failed", Setup, HoldSetup},
+		{StageData, "554 5.2.252 SendAsDenied; scanner@contoso.com not allowed to send as billing@contoso.com; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.", Permanent, ""},
+		{StageMail, "550 5.7.60 SMTP; Client does not have permissions to send as this sender", Permanent, ""},
+		{StageRcpt, "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", Permanent, ""},
+		{StageRcpt, "452 4.5.3 Too many recipients", Temporary, ""},
+		{StageRcpt, "550 5.5.3 Too many recipients", Temporary, ""},
+		{StageMail, "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", Throttled, ""},
+		{StageMail, "432 4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information.", Throttled, ""},
+		{StageAuth, "451 4.7.0 Temporary server error. Please try again later. PRX4", Throttled, ""},
+		{StageData, "451 4.3.111 Temporary server error. Please try again later. MRH1", Throttled, ""},
+		{StageData, "451 4.7.500 Server busy. Please try again later from [203.0.113.5]. (AS761)", Throttled, ""},
+	} {
+		for _, suffix := range suffixes {
+			r := parseReply(t, c.reply+suffix)
+			e := Classify("smtp.office365.com:587", c.stage, r, "")
+			if e.Class != c.class || e.Hold != c.hold {
+				t.Errorf("%q: %s/%q, want %s/%q", c.reply+suffix, e.Class, e.Hold, c.class, c.hold)
+			}
+		}
+	}
+	sendAs := Classify("h", StageData, parseReply(t, "554 5.2.252 SendAsDenied; x not allowed to send as y"), "")
+	if !SendAsRefusal(sendAs) || UnknownRecipient(sendAs) {
+		t.Error("SendAsDenied is a Send As refusal")
+	}
+	unknown := Classify("h", StageRcpt, parseReply(t, "550 5.1.10 RESOLVER.ADR.RecipientNotFound"), "gone@x.example")
+	if !UnknownRecipient(unknown) || SendAsRefusal(unknown) {
+		t.Error("5.1.10 is an unknown recipient")
+	}
+	if r := ReplyFor(Classify("h", StageData, parseReply(t, "550 5.2.251 Sender throttled due to continuous mailbox full errors."), "")); r.Code != 451 ||
+		r.EnhancedString() != "4.2.251" || !strings.Contains(r.Text, "mailbox is held") {
+		t.Errorf("a sync device's reply to a held mailbox: %v", r)
+	}
+}
+
+// parseReply reads "550 5.2.251 text" as a Reply.
+func parseReply(t *testing.T, s string) Reply {
+	t.Helper()
+	var r Reply
+	var a, b, c int
+	if n, _ := fmt.Sscanf(s, "%d %d.%d.%d", &r.Code, &a, &b, &c); n != 4 {
+		t.Fatalf("not a reply: %q", s)
+	}
+	r.Enhanced = [3]int{a, b, c}
+	r.Text = strings.SplitN(s, " ", 3)[2]
+	return r
 }
 
 // TestReplyFor is the table of every reply a device can get for a failed

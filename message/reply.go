@@ -101,6 +101,16 @@ func ReplyFor(err error) Reply {
 		// Exchange refused the bridge's login (535 5.7.3, 5.7.139): the
 		// message is fine, the tenant's set-up is not.
 		return Reply{451, [3]int{4, 7, 0}, bound("Exchange Online refused the bridge's login for this mailbox (" + text + "), try again later")}
+	case Held:
+		// The mailbox is blocked, not the message: a 4xx with Exchange's
+		// detail, so that the device may send it again later.
+		enh := e.Reply.Enhanced
+		if enh[0] != 0 {
+			enh[0] = 4
+		} else {
+			enh = [3]int{4, 2, 0}
+		}
+		return Reply{451, enh, bound("This device's mailbox is held: " + e.Hold.Words() + " (Exchange Online: " + text + "), try again later")}
 	}
 	enh := e.Reply.Enhanced
 	switch enh[0] {
@@ -151,4 +161,33 @@ func bound(s string) string {
 		return s[:297] + "..."
 	}
 	return s
+}
+
+// ParseReply reads a reply as String writes it: "550 5.7.60 text", or
+// "451 text" without an enhanced code.
+func ParseReply(s string) (Reply, bool) {
+	code, rest, _ := strings.Cut(strings.TrimSpace(s), " ")
+	var r Reply
+	if len(code) != 3 || code[0] < '2' || code[0] > '5' {
+		return Reply{}, false
+	}
+	fmt.Sscanf(code, "%d", &r.Code)
+	if enh, text, ok := strings.Cut(rest, " "); ok || enh != "" {
+		var a, b, c int
+		if n, _ := fmt.Sscanf(enh, "%d.%d.%d", &a, &b, &c); n == 3 && a == r.Code/100 {
+			r.Enhanced, rest = [3]int{a, b, c}, text
+		}
+	}
+	r.Text = rest
+	return r, r.Code != 0
+}
+
+// HoldOfReply is the hold a reply puts its mailbox in, whatever the
+// stage it came at: HoldOf's, or HoldSetup for a refused login (530,
+// 535, 501 5.5.124).
+func HoldOfReply(r Reply) Hold {
+	if r.Code == 530 || r.Code == 535 || r.Code == 501 && r.Enhanced == [3]int{5, 5, 124} {
+		return HoldSetup
+	}
+	return HoldOf(r)
 }

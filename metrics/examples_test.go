@@ -33,6 +33,7 @@ func exported(t *testing.T) map[string]bool {
 	})
 	m.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
 	m.ObserveSignIn("contoso", "a@contoso.example", true)
+	m.MailboxHold("contoso", "a@contoso.example", "throttled", true)
 	m.SetSources(Sources{MailboxRecipients: func() map[Mailbox]int { return map[Mailbox]int{{"contoso", "a@contoso.example"}: 1} }})
 	names := map[string]bool{}
 	for _, line := range strings.Split(scrape(t, m), "\n") {

@@ -132,6 +132,8 @@ type Metrics struct {
 	credentialExpiry *prometheus.GaugeVec
 	deviceExpected   *prometheus.GaugeVec
 	quotaLimit       *prometheus.GaugeVec
+	mailboxHeld      *prometheus.GaugeVec
+	repeated         *prometheus.CounterVec
 
 	reloadSuccess prometheus.Gauge
 	sharedLimits  prometheus.Gauge
@@ -197,6 +199,12 @@ func New(version string, inv Inventory) *Metrics {
 			"When the tenant's client certificate (NotAfter) or client secret (client_secret_expires) expires (Unix time); absent when unknown.", "tenant"),
 		quotaLimit: gauge("mailbox_recipients_per_day_limit",
 			"The tenant's max_recipients_per_day: each of its mailboxes may send to this many recipients in any 24 hours.", "tenant"),
+		mailboxHeld: gauge("mailbox_held",
+			"1 while Exchange Online refuses the mailbox itself (reason: throttled, mailbox_full, daily_quota, sender_blocked, setup): its messages wait for one probe at a time.",
+			"tenant", "mailbox", "reason"),
+		repeated: counter("refusals_repeated_total",
+			"Messages (or recipients) the bridge refused itself without submitting them, repeating a refusal Exchange gave within delivery.remember_refusals (reason: send_as, unknown_recipient).",
+			"tenant", "reason"),
 		deviceExpected: gauge("device_expected_interval_seconds",
 			"The device's expect_every: it should send at least this often; absent for devices without one.", "device"),
 		sharedLimits: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "cluster_shared_limits",
@@ -230,6 +238,7 @@ func New(version string, inv Inventory) *Metrics {
 		m.received, m.delivered, m.rejected, m.failed, m.refused, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
 		m.tokenRequests, m.tokenExpiry, m.signInRequired, m.credentialExpiry, m.deviceExpected, m.quotaLimit,
+		m.mailboxHeld, m.repeated,
 		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Configure(inv)
@@ -275,6 +284,9 @@ func (m *Metrics) Configure(inv Inventory) {
 			m.tokenRequests.WithLabelValues(t.Name, src, "success")
 		}
 		m.tokenRequests.WithLabelValues(t.Name, "identity_provider", "failure")
+		for _, r := range []string{"send_as", "unknown_recipient"} {
+			m.repeated.WithLabelValues(t.Name, r)
+		}
 		m.latency.WithLabelValues(t.Name)
 		for _, st := range UpstreamStages {
 			m.upstreamDuration.WithLabelValues(t.Name, st)
@@ -323,7 +335,7 @@ func (m *Metrics) deleteTenant(name string) {
 	l := prometheus.Labels{"tenant": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		m.tokenRequests, m.tokenExpiry, m.signInRequired, m.credentialExpiry, m.latency, m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
-		m.quotaLimit,
+		m.quotaLimit, m.mailboxHeld, m.repeated,
 	} {
 		v.DeletePartialMatch(l)
 	}
@@ -416,6 +428,21 @@ func (m *Metrics) Observe(e audit.Event) {
 			m.failed.WithLabelValues(e.Device, e.Tenant, e.Reason).Inc()
 		}
 	}
+}
+
+// MailboxHold records a mailbox held (Exchange refuses the mailbox
+// itself) or released.
+func (m *Metrics) MailboxHold(tenant, mailbox, reason string, held bool) {
+	m.mailboxHeld.DeletePartialMatch(prometheus.Labels{"tenant": tenant, "mailbox": mailbox})
+	if held {
+		m.mailboxHeld.WithLabelValues(tenant, mailbox, reason).Set(1)
+	}
+}
+
+// RefusedLocally counts a message (or recipient) the bridge refused
+// itself, repeating Exchange's refusal.
+func (m *Metrics) RefusedLocally(tenant, reason string) {
+	m.repeated.WithLabelValues(tenant, reason).Inc()
 }
 
 // UpstreamStage records how long a step of a submission took.

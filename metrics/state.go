@@ -132,6 +132,10 @@ var knownReplies = [][2]string{
 	{"5xx", "5.7.233"}, // tenant external recipient rate limit
 	{"5xx", "5.1.8"},   // sender blocked (bad outbound sender)
 	{"5xx", "5.7.708"}, // tenant's outbound traffic restricted
+	{"5xx", "5.2.251"}, // continuous-error throttling: mailbox full errors
+	{"5xx", "5.2.255"}, // continuous-error throttling: invalid recipients errors
+	{"5xx", "5.1.10"},  // recipient not found
+	{"4xx", "4.5.3"},   // too many recipients
 	{"2xx", "other"}, {"4xx", "other"}, {"5xx", "other"},
 }
 

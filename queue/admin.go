@@ -35,9 +35,11 @@ type Manager interface {
 	List() ([]Item, error)
 	Dead() ([]Item, error)
 	Show(id string) (Item, error)
-	// Retry makes a queued message due now; RetryAll all of them.
+	// Retry makes a queued message due now; RetryAll all of them;
+	// RetryMailbox those of one mailbox, lifting its hold.
 	Retry(id string) error
 	RetryAll() (int, error)
+	RetryMailbox(mailbox string) (int, error)
 	// Drop deletes a queued message or a dead letter.
 	Drop(id string) error
 	// Requeue moves a dead letter back into the queue, due now.
@@ -140,19 +142,52 @@ func (q *Queue) Retry(id string) error {
 	return nil
 }
 
-// RetryAll implements Manager.
-func (q *Queue) RetryAll() (int, error) {
+// RetryAll implements Manager. An admin's "go now" lifts every pause and
+// hold too.
+func (q *Queue) RetryAll() (int, error) { return q.retry("", true), nil }
+
+// RetryMailbox implements Manager: after a fix (Sent Items emptied, a
+// grant, Set-CASMailbox), the mailbox's hold and pause are lifted and its
+// messages go now.
+func (q *Queue) RetryMailbox(mailbox string) (int, error) {
+	return q.retry(strings.ToLower(mailbox), true), nil
+}
+
+// DueAll makes every queued message due now, but a held mailbox's,
+// which wait for its probe (smtpbridge drain).
+func (q *Queue) DueAll() int { return q.retry("", false) }
+
+// retry makes the queued messages of mailbox ("" for all) due now,
+// lifting their mailboxes' pauses, and their holds with lift.
+func (q *Queue) retry(mailbox string, lift bool) int {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	now := time.Now()
+	n := 0
 	for _, e := range q.entries {
-		e.due = now
+		if mailbox == "" || keyOf(e).mailbox == mailbox {
+			e.due = now
+			n++
+		}
 	}
-	for _, l := range q.lanes {
+	var changes []*holdChange
+	for k, l := range q.lanes {
+		if mailbox != "" && k.mailbox != mailbox {
+			continue
+		}
 		l.pausedUntil = time.Time{}
+		if l.hold == nil {
+			continue
+		}
+		if lift {
+			changes = append(changes, q.releaseLane(k, l))
+		} else if l.hold.probe == "" {
+			l.hold.next = now
+		}
 	}
+	q.mu.Unlock()
+	q.announce(changes...)
 	q.kick()
-	return len(q.entries), nil
+	return n
 }
 
 // Drop implements Manager.
@@ -259,6 +294,24 @@ func (o *Offline) RetryAll() (int, error) {
 	metas, err := o.s.List()
 	n := 0
 	for _, m := range metas {
+		m.NextAttempt = time.Now().UTC()
+		if uerr := o.s.Update(m); uerr != nil {
+			err = errors.Join(err, uerr)
+			continue
+		}
+		n++
+	}
+	return n, err
+}
+
+// RetryMailbox implements Manager.
+func (o *Offline) RetryMailbox(mailbox string) (int, error) {
+	metas, err := o.s.List()
+	n := 0
+	for _, m := range metas {
+		if !strings.EqualFold(m.Mailbox, mailbox) {
+			continue
+		}
 		m.NextAttempt = time.Now().UTC()
 		if uerr := o.s.Update(m); uerr != nil {
 			err = errors.Join(err, uerr)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
@@ -16,7 +17,8 @@ import (
 //	GET    /api/queue             queued messages
 //	GET    /api/queue/{id}        one message, queued or dead
 //	POST   /api/queue/{id}/retry  make it due now
-//	POST   /api/queue/retry       make every queued message due now
+//	POST   /api/queue/retry       make every queued message due now;
+//	                              ?mailbox=M: those of mailbox M, lifting its hold
 //	DELETE /api/queue/{id}        drop a message or dead letter
 //	GET    /api/dead              dead letters
 //	POST   /api/dead/{id}/requeue move a dead letter back into the queue
@@ -44,7 +46,13 @@ func Handler(m Manager) http.Handler {
 		reply(w, map[string]any{"retried": 1}, m.Retry(r.PathValue("id")))
 	})
 	mux.HandleFunc("POST /api/queue/retry", func(w http.ResponseWriter, r *http.Request) {
-		n, err := m.RetryAll()
+		var n int
+		var err error
+		if mb := r.URL.Query().Get("mailbox"); mb != "" {
+			n, err = m.RetryMailbox(mb)
+		} else {
+			n, err = m.RetryAll()
+		}
 		reply(w, map[string]any{"retried": n}, err)
 	})
 	mux.HandleFunc("DELETE /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -142,6 +150,15 @@ func (c *Client) RetryAll() (int, error) {
 		Retried int `json:"retried"`
 	}
 	err := c.do("POST", "/api/queue/retry", &r)
+	return r.Retried, err
+}
+
+// RetryMailbox implements Manager.
+func (c *Client) RetryMailbox(mailbox string) (int, error) {
+	var r struct {
+		Retried int `json:"retried"`
+	}
+	err := c.do("POST", "/api/queue/retry?mailbox="+url.QueryEscape(mailbox), &r)
 	return r.Retried, err
 }
 

@@ -29,7 +29,7 @@ func (q *Queue) Deliver(_ context.Context, m *message.Message) (message.Receipt,
 func (q *Queue) spool(m *message.Message, wait bool) (*pending, error) {
 	now := time.Now().UTC()
 	meta := spool.Meta{
-		ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To, DSN: m.DSN, Received: now,
+		ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, HeaderFrom: m.HeaderFrom, To: m.To, DSN: m.DSN, Received: now,
 		// The first attempt follows at once; the record says so already,
 		// so that a crash during it makes the restart wait before the next.
 		Attempts: 1, NextAttempt: now.Add(q.backoff(1)),

@@ -55,17 +55,42 @@ func (h hybrid) Deliver(ctx context.Context, m *message.Message) (message.Receip
 type Sync struct {
 	Transport Deliverer
 	Events    audit.Observer
+	// Holds are the mailboxes' holds, which sync mode keeps to as the
+	// queue does: a held mailbox's message is not sent (the device gets
+	// a 451 naming why), and a mailbox-wide refusal holds the mailbox
+	// for the queue too. Nil: none.
+	Holds Holder
+}
+
+// Holder keeps the mailboxes' holds: the Queue.
+type Holder interface {
+	HoldOf(tenant, mailbox string) (HoldState, bool)
+	NoteHold(tenant, mailbox string, err error)
 }
 
 // Deliver implements Deliverer.
 func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt, error) {
 	start := time.Now()
+	if s.Holds != nil {
+		if h, held := s.Holds.HoldOf(m.Tenant, m.Mailbox); held {
+			err := heldError(h)
+			ev := syncEvent(audit.Deferred, m, 0)
+			ev.Reply, ev.RetryBy, ev.Err = message.ReplyOf(err).String(), audit.RetryByDevice, err
+			ev.Detail = "not sent: its mailbox is held (" + h.Reason.Words() + ")"
+			ev.SetupProblem = h.Reason == message.HoldSetup
+			s.observe(ev)
+			return message.Receipt{}, err
+		}
+	}
 	counted := &countingReader{r: m.Body}
 	mm := *m
 	mm.Body = counted
 	// The device can only retry all recipients: all or none.
 	mm.AllRecipients = true
 	receipt, err := s.Transport.Deliver(ctx, &mm)
+	if s.Holds != nil && message.StageOf(err) != message.StageSource {
+		s.Holds.NoteHold(m.Tenant, m.Mailbox, err)
+	}
 	if message.StageOf(err) == message.StageSource {
 		// The device's data did not arrive: nothing was taken, and the
 		// device side reports it.
@@ -83,7 +108,7 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 		ev.Reply, ev.UpstreamID, ev.Accepted, ev.Duration = receipt.Reply.String(), receipt.UpstreamID, start, took
 	case message.IsPermanent(err):
 		ev = syncEvent(audit.Bounced, m, counted.n)
-		ev.Reply, ev.Reason, ev.Err, ev.Duration = message.ReplyOf(err).String(), audit.ReasonPermanent, err, took
+		ev.Reply, ev.Reason, ev.Err, ev.Duration, ev.Detail = message.ReplyOf(err).String(), audit.ReasonPermanent, err, took, noteOf(err)
 	default:
 		ev = syncEvent(audit.Deferred, m, counted.n)
 		ev.Reply, ev.RetryBy, ev.Err, ev.Duration = message.ReplyOf(err).String(), audit.RetryByDevice, err, took

@@ -61,6 +61,22 @@ func poisonQueue(t *testing.T, tr queue.Deliverer, dir string, log *strings.Buil
 	return q, sp
 }
 
+// holdQueue is a queue over dir with retry_initial 1s and a hold
+// observer.
+func holdQueue(t *testing.T, tr queue.Deliverer, dir string, obs queue.HoldObserver) (*queue.Queue, *spool.Spool) {
+	t.Helper()
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test", Holds: obs,
+		Settings: queue.Settings{RetryInitial: time.Second, RetryMax: 2 * time.Second, MaxAge: time.Hour, SyncTimeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, sp
+}
+
 type lockedBuilder struct {
 	mu sync.Mutex
 	b  *strings.Builder

@@ -91,6 +91,8 @@ type Options struct {
 	// Events is told about every message event (audit log, metrics,
 	// status page); nil means nobody listens.
 	Events audit.Observer
+	// Holds is told when a mailbox is held or released; nil: nobody.
+	Holds HoldObserver
 }
 
 // Queue is the delivery queue over a spool: queue mode.
@@ -109,6 +111,7 @@ type Queue struct {
 	entries  map[string]*entry
 	lanes    map[laneKey]*lane
 	inFlight int // attempts running that no device waits for
+	holdSeq  int64
 	started  bool
 	closed   bool
 }
@@ -130,6 +133,9 @@ type entry struct {
 	// not stop when told) returns at last; until then the message is
 	// not tried again.
 	abandoned <-chan struct{}
+	// metHold is the hold of its mailbox the message was last found
+	// waiting for (hold.id), so that it is recorded once per hold.
+	metHold int64
 }
 
 type result struct {
@@ -139,13 +145,15 @@ type result struct {
 
 type laneKey struct{ tenant, mailbox string }
 
-// lane is one mailbox's share of the runner: its attempts in flight, and
-// its pause (after a throttling reply or while Exchange cannot be
-// reached, its messages wait together).
+// lane is one mailbox's share of the runner: its attempts in flight, its
+// pause (after a throttling reply or while Exchange cannot be reached,
+// its messages wait together), and its hold (Exchange refuses the
+// mailbox itself: its messages wait for one probe, hold.go).
 type lane struct {
 	active      int
 	pausedUntil time.Time
 	pauses      int // consecutive throttled or failed attempts
+	hold        *hold
 }
 
 // New loads the spool's queued messages and returns a queue; Start runs
@@ -168,6 +176,7 @@ func New(o Options) (*Queue, error) {
 		o.Log.Error().Err(err).Msg("some queued messages could not be read; they stay in the spool untouched")
 	}
 	buried := q.strikesFromLastRun(metas)
+	q.holdsFromSpool(metas)
 	for _, m := range metas {
 		if !slices.ContainsFunc(buried, func(b spool.Meta) bool { return b.ID == m.ID }) {
 			q.entries[m.ID] = &entry{meta: m, due: m.NextAttempt}
@@ -279,21 +288,55 @@ func (q *Queue) run() {
 const idleWait = time.Minute
 
 // dispatch starts every attempt that is due and not paused, and returns
-// how long until the next one may be.
+// how long until the next one may be. A held mailbox's messages are not
+// started but for its probe; a session waiting on one is told at once
+// (met, after q.mu is released).
 func (q *Queue) dispatch(now time.Time) time.Duration {
 	q.mu.Lock()
-	defer q.mu.Unlock()
+	next, met := q.dispatchLocked(now)
+	q.mu.Unlock()
+	q.met(met)
+	return next
+}
+
+func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 	if q.closed {
-		return idleWait
+		return idleWait, nil
 	}
 	next := now.Add(idleWait)
 	var ready []*entry
+	var met []meetHold
+	probes := map[laneKey]*entry{} // the oldest message of each held lane whose probe is due
 	for _, e := range q.entries {
 		if e.running || e.abandoned != nil && !closedNow(e) {
 			continue
 		}
+		k := keyOf(e)
+		l := q.lanes[k]
+		if l != nil && l.hold != nil {
+			h := l.hold
+			if e.metHold != h.id || e.waiter != nil {
+				m := meetHold{meta: e.meta, state: k.state(h), waiter: e.waiter, persist: e.paid || e.meta.Attempting}
+				if m.persist {
+					e.paid, e.meta.Attempting = false, false
+					m.meta = e.meta
+				}
+				e.metHold, e.waiter, e.due = h.id, nil, h.next
+				met = append(met, m)
+			}
+			switch {
+			case h.probe != "":
+			case !h.next.After(now):
+				if p := probes[k]; p == nil || olderThan(e, p) {
+					probes[k] = e
+				}
+			case h.next.Before(next):
+				next = h.next
+			}
+			continue
+		}
 		due := e.due
-		if l := q.lanes[keyOf(e)]; e.waiter == nil && l != nil && l.pausedUntil.After(due) {
+		if e.waiter == nil && l != nil && l.pausedUntil.After(due) {
 			due = l.pausedUntil
 		}
 		if e.waiter != nil || !due.After(now) {
@@ -301,6 +344,10 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 		} else if due.Before(next) {
 			next = due
 		}
+	}
+	for k, e := range probes {
+		q.lanes[k].hold.probe = e.meta.ID
+		ready = append(ready, e)
 	}
 	// Sessions waiting first, then the longest-due messages.
 	slices.SortFunc(ready, func(a, b *entry) int {
@@ -318,10 +365,16 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 	for _, e := range ready {
 		l := q.lane(keyOf(e))
 		if n := q.concurrency(e.meta.Tenant); n > 0 && l.active >= n {
+			if l.hold != nil && l.hold.probe == e.meta.ID {
+				l.hold.probe = "" // no room now: the next round
+			}
 			continue
 		}
 		counted := e.waiter == nil
 		if counted && q.inFlight >= maxInFlight {
+			if l.hold != nil && l.hold.probe == e.meta.ID {
+				l.hold.probe = ""
+			}
 			continue
 		}
 		if counted {
@@ -332,7 +385,7 @@ func (q *Queue) dispatch(now time.Time) time.Duration {
 		q.wg.Add(1)
 		go q.attempt(e, counted)
 	}
-	return max(next.Sub(now), time.Millisecond)
+	return max(next.Sub(now), time.Millisecond), met
 }
 
 // closedNow says whether e's abandoned attempt has ended at last, and
@@ -345,6 +398,15 @@ func closedNow(e *entry) bool {
 	default:
 		return false
 	}
+}
+
+// olderThan says whether a was received before b: the probe of a held
+// mailbox is its oldest message.
+func olderThan(a, b *entry) bool {
+	if c := a.meta.Received.Compare(b.meta.Received); c != 0 {
+		return c < 0
+	}
+	return a.meta.ID < b.meta.ID
 }
 
 func (q *Queue) concurrency(tenant string) int {
@@ -410,7 +472,7 @@ func (q *Queue) deliver(m spool.Meta, log zerolog.Logger) attempted {
 			Err: fmt.Errorf("open spooled message: %w", err)}}
 	}
 	defer f.Close()
-	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, To: m.To,
+	msg := &message.Message{ID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox, From: m.From, HeaderFrom: m.HeaderFrom, To: m.To,
 		Size: m.Size, DSN: m.DSN, Body: f}
 	var a attempted
 	a.receipt, a.err, a.strike, a.abandoned = q.attemptOnce(msg, log)
@@ -481,14 +543,34 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 		m.LastReply = message.ReplyOf(again[0]).String()
 		pause = again[0]
 	}
-	laneWide := out == outDeferred && pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero())
-	if laneWide {
+	held := out == outDeferred && pause != nil && pause.Hold != ""
+	laneWide := held || out == outDeferred && pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero())
+	var changes []*holdChange
+	q.mu.Lock()
+	k := keyOf(e)
+	l := q.lane(k)
+	switch {
+	case held:
+		// The mailbox's failure, not the message's: it waits for the
+		// mailbox's probe.
+		next, ch := q.holdLane(k, l, pause, m.ID, now)
+		m.NextAttempt, changes = next.UTC(), append(changes, ch)
+	case l.hold != nil && (err == nil || len(receipt.Accepted) > 0 || pause != nil && !pause.Pauses() && pause.Reply.Code != 0):
+		// Exchange took a message, or answered a probe with something
+		// else than the hold's refusal: the mailbox is not refused now.
+		changes = append(changes, q.releaseLane(k, l))
+	case l.hold != nil && l.hold.probe == m.ID:
+		// A probe that learnt nothing (Exchange out of reach,
+		// throttling): another at the same step.
+		l.hold.probe, l.hold.next = "", now.Add(q.holdWait(l.hold.step, l.hold.reason))
+	}
+	if laneWide && !held {
 		// Not the message's own failure: it goes when its mailbox does,
 		// not on a backoff of its own.
-		q.mu.Lock()
-		m.NextAttempt = q.pauseLane(q.lane(keyOf(e)), pause, now).UTC()
-		q.mu.Unlock()
+		m.NextAttempt = q.pauseLane(l, pause, now).UTC()
 	}
+	q.mu.Unlock()
+	q.announce(changes...)
 	if out == outDeferred && (err == nil || perRecipient || laneWide) {
 		// Recipients were taken or refused: the spool must say who is
 		// left before anything else, so that a crash from here on gives
@@ -505,7 +587,6 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 	e.running = false
 	waiter := e.waiter
 	e.waiter = nil
-	l := q.lane(keyOf(e))
 	l.active--
 	if e.abandoned = a.abandoned; e.abandoned != nil {
 		go func() { <-a.abandoned; q.kick() }() // its turn comes when it ends
@@ -539,7 +620,7 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 			q.report(m, failures(gone), fmt.Sprintf("refused by Exchange Online for %d of the message's recipients", len(gone)), log)
 		}
 	}
-	ev.Err = err
+	ev.Err, ev.Detail = err, noteOf(err)
 	switch out {
 	case outDelivered:
 		q.remove(m.ID, log)
@@ -547,7 +628,7 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 		ev.Kind, ev.Reply, ev.Reason = audit.Bounced, m.LastReply, audit.ReasonPermanent
 		if waiter != nil {
 			// The session passes the refusal on to the device.
-			ev.Detail = "the device was told"
+			ev.Detail = strings.TrimPrefix(ev.Detail+"; the device was told", "; ")
 			q.o.Events.Observe(ev)
 			q.remove(m.ID, log)
 			return
@@ -558,7 +639,11 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 		log.Error().Err(err).Int("strikes", m.Strikes).Msg("the message's attempts failed to end twice in a row: it goes to the dead letters, not tried again")
 		q.bury(m, audit.ReasonPoison, poisonReason(m.Strikes, err), log)
 	case outExpired:
-		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s; last reply: %s", q.settings().MaxAge, m.LastReply), log)
+		why := ""
+		if r, ok := message.ParseReply(m.LastReply); ok && message.HoldOfReply(r) != "" {
+			why = " (its mailbox was held: " + message.HoldOfReply(r).Words() + ")"
+		}
+		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s%s; last reply: %s", q.settings().MaxAge, why, m.LastReply), log)
 	case outDeferred:
 		if perRecipient || err == nil {
 			for _, r := range again {
@@ -575,12 +660,24 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 	}
 }
 
+// noteOf is what the bridge itself did about a failure (Error.Note).
+func noteOf(err error) string {
+	var e *message.Error
+	if errors.As(err, &e) {
+		return e.Note
+	}
+	return ""
+}
+
 // refusedBy says who refused a message for good: Exchange, or the
 // bridge itself (a message it can never send as it is).
 func refusedBy(err error) string {
 	var e *message.Error
 	if errors.As(err, &e) && e.Reply.Code == 0 && e.Stage == message.StageSource {
 		return "refused by the bridge: "
+	}
+	if e != nil && e.Note != "" {
+		return "refused by the bridge, as Exchange Online refused it before: "
 	}
 	return "refused by Exchange Online: "
 }
@@ -589,7 +686,7 @@ func refusedBy(err error) string {
 // or for now.
 func (q *Queue) recipientEvent(base audit.Event, k audit.Kind, r *message.Error, m spool.Meta) {
 	ev := base
-	ev.Kind, ev.Recipient, ev.Rcpts, ev.Reply, ev.Err = k, r.Recipient, 1, message.ReplyOf(r).String(), r
+	ev.Kind, ev.Recipient, ev.Rcpts, ev.Reply, ev.Err, ev.Detail = k, r.Recipient, 1, message.ReplyOf(r).String(), r, r.Note
 	ev.UpstreamID, ev.Accepted = "", time.Time{}
 	switch k {
 	case audit.Bounced:

@@ -41,6 +41,7 @@ type Meta struct {
 	Tenant      string    `json:"tenant"`
 	Mailbox     string    `json:"mailbox"`
 	From        string    `json:"from"`
+	HeaderFrom  string    `json:"header_from,omitempty"`
 	To          []string  `json:"to"`
 	Size        int64     `json:"size"`
 	Received    time.Time `json:"received"`

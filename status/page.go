@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
 
@@ -33,6 +34,8 @@ type Sources struct {
 	// Replicas are the accounts of the replicas sharing limits
 	// (cluster.redis), this one's included.
 	Replicas func() []Replica
+	// Holds are the mailboxes Exchange refuses now (queue.Holds).
+	Holds func() []queue.HoldState
 }
 
 // Replica is one replica's account of its own spool: each delivers only
@@ -110,6 +113,22 @@ const (
 	classNone = "none"
 )
 
+// holdView is a mailbox Exchange refuses now.
+type holdView struct {
+	Tenant, Mailbox, Reason, Words, Reply, Fix string
+	Since, Next                                stamp
+}
+
+// holdFix is what ends a hold of each reason (EXCHANGE.md,
+// "Mailbox-level rules").
+var holdFix = map[message.Hold]string{
+	message.HoldThrottled:     "Microsoft blocks the mailbox from SMTP AUTH for a time it decides, for every application, after its submissions kept failing; support cannot lift it. Fix what kept failing (a Send As grant, a full mailbox, unknown recipients) and wait, or point the devices at another mailbox.",
+	message.HoldMailboxFull:   "Exchange keeps a copy of every message sent in the mailbox's Sent Items: empty them (or give the mailbox a retention policy that deletes them), then smtpbridge queue retry --mailbox MAILBOX.",
+	message.HoldDailyQuota:    "The mailbox sent to its 10,000 recipients of the last 24 hours; room comes back as the day rolls on. Spread the devices over more mailboxes.",
+	message.HoldSenderBlocked: "Exchange blocks the mailbox as a sender, usually after it sent spam: release it under Restricted entities in the Microsoft 365 Defender portal, find out why, then smtpbridge queue retry --mailbox MAILBOX.",
+	message.HoldSetup:         "Exchange refuses the bridge's login for the mailbox: SMTP AUTH disabled (Set-CASMailbox -Identity MAILBOX -SmtpClientAuthenticationDisabled $false), the service principal or the mailbox permission missing (smtpbridge exchange-script prints them); then smtpbridge queue retry --mailbox MAILBOX.",
+}
+
 // signInView is a delegated mailbox that needs a new sign-in.
 type signInView struct {
 	Tenant, Mailbox string
@@ -142,6 +161,7 @@ type view struct {
 	Quotas      []quotaView
 	Replicas    []replicaView
 	SignIns     []signInView
+	Holds       []holdView
 	// The last 24 hours, as inline SVG.
 	Messages, QueueChart, Replies template.HTML
 }
@@ -283,6 +303,13 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 		v.SignIns = append(v.SignIns, signInView{Tenant: k[0], Mailbox: k[1], Since: stampOf(since, now)})
 	}
 	slices.SortFunc(v.SignIns, func(a, b signInView) int { return strings.Compare(a.Tenant+" "+a.Mailbox, b.Tenant+" "+b.Mailbox) })
+	if src.Holds != nil {
+		for _, h := range src.Holds() {
+			v.Holds = append(v.Holds, holdView{Tenant: h.Tenant, Mailbox: h.Mailbox, Reason: string(h.Reason), Words: h.Reason.Words(),
+				Reply: h.Reply, Fix: strings.ReplaceAll(holdFix[h.Reason], "MAILBOX", h.Mailbox),
+				Since: stampOf(h.Since, now), Next: stampOf(h.NextProbe, now)})
+		}
+	}
 	v.ReloadAt = stampOf(b.reload.At, now)
 	for _, d := range b.inv.Devices {
 		dv := b.deviceView(d, now)
@@ -423,7 +450,10 @@ func (b *Board) tenantView(t Tenant, now time.Time) tenantView {
 
 // ago says how long ago, coarsely: "12s ago", "5m ago", "3h ago", "2d ago".
 func ago(d time.Duration) string {
-	if d < time.Second {
+	switch {
+	case d <= -time.Second:
+		return "in " + human(-d)
+	case d < time.Second:
 		return "just now"
 	}
 	return human(d) + " ago"

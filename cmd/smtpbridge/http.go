@@ -28,7 +28,7 @@ import (
 func (d *daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
-		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas})
+		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas, Holds: d.q.Holds})
 	// The pages that do work for whoever loads them refuse a cross-site
 	// browser request: a page elsewhere must not make the admin's browser
 	// run searches here.
@@ -127,15 +127,12 @@ func (d *daemon) readyHandler() http.Handler {
 
 // drain is POST /api/drain: from now on /readyz says not ready, so
 // that no new devices are sent here, and every queued message is due
-// now. smtpbridge drain then watches the queue empty.
+// now, but a held mailbox's, whose probe goes now instead. smtpbridge
+// drain then watches the queue empty.
 func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
 	d.draining.Store(true)
-	n, err := d.q.RetryAll()
-	if err != nil {
-		adminapi.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
-		return
-	}
-	d.log.Info().Int("retried", n).Msg("draining: not ready for new devices; every queued message is due now")
+	n := d.q.DueAll()
+	d.log.Info().Int("retried", n).Msg("draining: not ready for new devices; every queued message is due now (a held mailbox's probe goes first)")
 	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"retried": n})
 }
 

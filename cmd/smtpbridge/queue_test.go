@@ -217,7 +217,9 @@ func TestQueueCommand(t *testing.T) {
 	u := startFakes(t)
 	plain, secure, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	path := u.config(t, plain, secure, httpAddr)
-	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n")
+	// remember_refusals 1ms: the second message to the recipient Exchange
+	// refused goes to Exchange too (TestRefusalsRemembered has the rest).
+	appendConfig(t, path, "delivery:\n  mode: queue\n  retry_initial: 1h\n  retry_max: 2h\n  remember_refusals: 1ms\n")
 	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
 	// The first message is refused for good (a dead letter); the second
 	// is throttled (deferred, next attempt in an hour).

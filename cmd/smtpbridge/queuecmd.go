@@ -22,7 +22,9 @@ const queueUsage = `Usage: smtpbridge queue COMMAND [flags] [ID]
 Commands:
   list            queued messages (waiting for their first or next attempt)
   show ID         one message, queued or dead, with its last reply
-  retry ID|--all  make a queued message (or all of them) due now
+  retry ID|--all|--mailbox M
+                  make a queued message (all of them, or a mailbox's,
+                  lifting its hold) due now
   drop ID         delete a queued message or a dead letter
   dead            the dead letters
   requeue ID      move a dead letter back into the queue, due now
@@ -52,12 +54,13 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	spoolDir := fs.String("spool", "", "work on the stopped bridge's spool `DIR` directly")
 	asJSON := fs.Bool("json", false, "print JSON")
 	all := fs.Bool("all", false, "retry: every queued message")
+	mailbox := fs.String("mailbox", "", "retry: every queued message of this mailbox, lifting its hold (after a fix)")
 	fs.Usage = func() { fmt.Fprint(stderr, queueUsage); fs.PrintDefaults() }
 	pos, err := parseInterspersed(fs, args, stderr)
 	if err != nil {
 		return err
 	}
-	needID := map[string]bool{"show": true, "drop": true, "requeue": true, "retry": !*all}
+	needID := map[string]bool{"show": true, "drop": true, "requeue": true, "retry": !*all && *mailbox == ""}
 	switch sub {
 	case "list", "dead", "show", "retry", "drop", "requeue":
 	default:
@@ -117,9 +120,12 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		return out(it, func() { printItem(stdout, it) })
 	case "retry":
 		n := 1
-		if *all {
+		switch {
+		case *all:
 			n, err = m.RetryAll()
-		} else {
+		case *mailbox != "":
+			n, err = m.RetryMailbox(*mailbox)
+		default:
 			err = m.Retry(id)
 		}
 		if err != nil {

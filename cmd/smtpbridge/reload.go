@@ -126,6 +126,9 @@ func (d *daemon) apply() reloadResult {
 	d.exo.SetRoutes(d.ms.routes(cfg))
 	d.graph.SetRoutes(d.ms.graphRoutes(cfg))
 	d.route.configure(cfg)
+	// A reload may be an admin's fix (a Send As grant): what Exchange
+	// refused before is tried again.
+	d.refusals.Reset(cfg.Delivery.RememberRefusals)
 	d.m.Configure(metricsInventory(cfg))
 	d.board.Configure(d.ms.statusInventory(cfg))
 	d.checkSignIns(cfg)

@@ -132,6 +132,9 @@ type daemon struct {
 	graphStore *tokenstore.Store
 	graph      *graph.Transport
 	route      *transports
+	// refusals remembers Exchange's Send As and unknown-recipient
+	// refusals for delivery.remember_refusals.
+	refusals *queue.Refusals
 	q          *queue.Queue
 	srv        *bridge.Server
 	m          *metrics.Metrics
@@ -248,12 +251,15 @@ func serve(ctx context.Context, cfg *config.Config, sandboxDir string, log zerol
 	defer d.graph.Close()
 	d.route = &transports{smtp: d.exo, graph: d.graph}
 	d.route.configure(cfg)
-	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.route,
-		Hostname: d.hostname, Log: log, Events: events}); err != nil {
+	// Every delivery mode goes through the memory of Exchange's Send As
+	// and unknown-recipient refusals.
+	d.refusals = queue.NewRefusals(d.route, cfg.Delivery.RememberRefusals, d.m)
+	if d.q, err = queue.New(queue.Options{Settings: queueSettings(cfg), Spool: d.sp, Transport: d.refusals,
+		Hostname: d.hostname, Log: log, Events: events, Holds: holdMetrics{d.m}}); err != nil {
 		return err
 	}
 	modes := queue.Modes{
-		message.ModeSync:   queue.Sync{Transport: d.route, Events: events},
+		message.ModeSync:   queue.Sync{Transport: d.refusals, Events: events, Holds: d.q},
 		message.ModeQueue:  d.q,
 		message.ModeHybrid: d.q.Hybrid(),
 	}
@@ -603,6 +609,14 @@ func (l *tokenLog) ObserveToken(tenant string, _ tokenstore.Token, err error) {
 }
 
 // tokenObservers tells metrics and the status page about token requests.
+// holdMetrics is the gauge of the mailboxes held; the status page reads
+// the queue's holds itself, and the queue logs each change.
+type holdMetrics struct{ m *metrics.Metrics }
+
+func (h holdMetrics) MailboxHold(s queue.HoldState, held bool) {
+	h.m.MailboxHold(s.Tenant, s.Mailbox, string(s.Reason), held)
+}
+
 type tokenObservers []tokenstore.Observer
 
 func (o tokenObservers) ObserveToken(tenant string, tok tokenstore.Token, err error) {

@@ -40,7 +40,9 @@ func startTraceBridge(t *testing.T) *traceBridge {
 	data := testenv.ReadFile(t, path)
 	writeFile(t, path, strings.Replace(data, "log:\n  level: debug\n", "log:\n  level: debug\n  audit_file: audit.log\n", 1))
 	insertDevices(t, path, fmt.Sprintf("  - {name: erp, username: erp, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example, delivery: {mode: queue}}\n", hashOf(t, password)))
-	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 1s\n  retry_max: 2s\n")
+	// Each refusal here is to be Exchange's own, not repeated from the
+	// bridge's memory of the one before (TestRefusalsRemembered).
+	appendConfig(t, path, "delivery:\n  mode: hybrid\n  retry_initial: 1s\n  retry_max: 2s\n  remember_refusals: 1ms\n")
 	tb := &traceBridge{u: u, path: path, plain: plain, http: httpAddr,
 		env: []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}}
 	tb.p = startBridge(t, tb.env, []string{plain, httpAddr}, "serve", "--config", path)

@@ -126,6 +126,13 @@ type Server struct {
 	principals  map[string]map[string]string // tenant ID -> app ID -> SP object ID
 	scripts     map[Stage][]Reply
 	refuse      map[string][]Reply // by lower-case recipient
+	// held are the mailbox-wide refusals (Refuse): the reply each stage
+	// of a mailbox's transactions gets until Allow.
+	held map[string]map[Stage]Reply
+	// maxRcpts is the recipients per transaction (SetMaxRecipients).
+	maxRcpts int
+	// mails counts MAIL commands per mailbox, scripted refusals included.
+	mails map[string]int
 	messages    []Message
 	active      map[string]int // mailbox -> authenticated connections
 	peak        map[string]int // mailbox -> most authenticated connections at once
@@ -162,6 +169,8 @@ func New(v TokenVerifier) *Server {
 		principals: map[string]map[string]string{},
 		scripts:    map[Stage][]Reply{},
 		refuse:     map[string][]Reply{},
+		held:       map[string]map[Stage]Reply{},
+		mails:      map[string]int{},
 		active:     map[string]int{},
 		peak:       map[string]int{},
 		conns:      map[*turnConn]struct{}{},
@@ -261,6 +270,51 @@ func (s *Server) Script(stage Stage, r ...Reply) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scripts[stage] = append(s.scripts[stage], r...)
+}
+
+// Refuse makes every transaction of a mailbox get r at stage until
+// Allow: Exchange's refusals of a mailbox rather than a message
+// (continuous-error throttling, a full mailbox, the daily quota, a login
+// refused at StageAuth), in its own words.
+func (s *Server) Refuse(mailbox string, stage Stage, r Reply) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.ToLower(mailbox)
+	if s.held[k] == nil {
+		s.held[k] = map[Stage]Reply{}
+	}
+	s.held[k][stage] = r
+}
+
+// Allow ends a mailbox's refusals.
+func (s *Server) Allow(mailbox string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.held, strings.ToLower(mailbox))
+}
+
+// refused is the mailbox's refusal at stage, if Refuse set one.
+func (s *Server) refused(mailbox string, stage Stage) (Reply, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.held[strings.ToLower(mailbox)][stage]
+	return r, ok
+}
+
+// SetMaxRecipients makes RCPT beyond n in a transaction get Exchange's
+// 452 4.5.3 Too many recipients (its default limit is 500); 0: no limit.
+func (s *Server) SetMaxRecipients(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxRcpts = n
+}
+
+// Mails counts the MAIL commands a mailbox's transactions began with,
+// those refused included: the submissions Exchange saw.
+func (s *Server) Mails(mailbox string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mails[strings.ToLower(mailbox)]
 }
 
 // RefuseRecipient makes the next RCPTs of addr get r, one each (a zero

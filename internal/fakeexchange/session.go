@@ -154,6 +154,12 @@ func (se *session) login(user, token string) error {
 	if mb == nil || !strings.EqualFold(mb.TenantID, claims.TenantID) {
 		return errAuth
 	}
+	if r, ok := se.s.refused(mb.Address, StageAuth); ok {
+		se.s.mu.Lock()
+		se.s.authLogins++ // a login Exchange saw, and refused
+		se.s.mu.Unlock()
+		return se.reply(r)
+	}
 	if mb.SMTPAuthDisabled {
 		return errAuthDisabled
 	}
@@ -204,7 +210,13 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errNotAuthenticated
 	}
 	se.mailAt = time.Now()
+	se.s.mu.Lock()
+	se.s.mails[strings.ToLower(se.user)]++
+	se.s.mu.Unlock()
 	if r, ok := se.s.scripted(StageMail); ok {
+		return se.reply(r)
+	}
+	if r, ok := se.s.refused(se.user, StageMail); ok {
 		return se.reply(r)
 	}
 	se.s.mu.Lock()
@@ -237,6 +249,12 @@ func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if r, ok := se.s.refusal(to); ok {
 		return se.reply(r)
+	}
+	se.s.mu.Lock()
+	limit := se.s.maxRcpts
+	se.s.mu.Unlock()
+	if limit > 0 && len(se.to) >= limit {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
 	}
 	se.to = append(se.to, to)
 	se.commands = append(se.commands, "RCPT")
@@ -330,6 +348,9 @@ func (se *session) Data(r io.Reader) error {
 			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.", se.user, headerFrom)}
 	}
 	if r, ok := se.s.scripted(StageData); ok {
+		return se.reply(r)
+	}
+	if r, ok := se.s.refused(se.user, StageData); ok {
 		return se.reply(r)
 	}
 	se.s.mu.Lock()

@@ -97,6 +97,8 @@ type Server struct {
 	mu        sync.Mutex
 	mailboxes map[string]string // lower-case address -> tenant ID
 	scripts   []Reply
+	// kindScripts are the replies scripted for one kind of request.
+	kindScripts map[string][]Reply
 	messages  []Message
 	drafts    map[string]*draft
 	uploads   map[string]*upload
@@ -198,6 +200,18 @@ func (s *Server) Script(r ...Reply) {
 	s.scripts = append(s.scripts, r...)
 }
 
+// ScriptKind makes the next API requests of a kind (sendMail, draft,
+// attachment, session, send) get these replies, one each, before any
+// Script reply: a reply at any step of a submission, in Graph's words.
+func (s *Server) ScriptKind(kind string, r ...Reply) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kindScripts == nil {
+		s.kindScripts = map[string][]Reply{}
+	}
+	s.kindScripts[kind] = append(s.kindScripts[kind], r...)
+}
+
 // Messages returns the messages sent so far.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
@@ -284,7 +298,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inFlight++
 	s.peak = max(s.peak, s.inFlight)
 	var scripted *Reply
-	if len(s.scripts) > 0 {
+	if q := s.kindScripts[kind]; len(q) > 0 {
+		scripted = &q[0]
+		s.kindScripts[kind] = q[1:]
+	} else if len(s.scripts) > 0 {
 		scripted = &s.scripts[0]
 		s.scripts = s.scripts[1:]
 	}

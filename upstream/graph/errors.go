@@ -24,14 +24,20 @@ type graphError struct {
 // in the classes the SMTP transport's replies have, with an SMTP-like
 // reply whose text carries Graph's status, code, message and request-id
 // (what hints match and what a support ticket needs):
-//   - 429, 503, 504: throttled; the mailbox waits Retry-After;
-//   - 401: the token was refused: the tenant's set-up;
+//   - 429 (ApplicationThrottled: "Application is over its
+//     MailboxConcurrency limit."), 503, 504 and ErrorTooManyObjectsOpened
+//     ("Too many concurrent connections opened., Cannot open mailbox."):
+//     throttled; the mailbox waits Retry-After;
+//   - 401: the token was refused: the tenant's set-up; the mailbox is held;
 //   - 403 ErrorAccessDenied: the app lacks Mail.Send (Mail.ReadWrite for
 //     a draft), or the mailbox is outside its RBAC scope: permanent,
 //     with the permission named;
+//   - ErrorQuotaExceeded ("Mailbox has exceeded maximum mailbox size."):
+//     the mailbox is full: held;
 //   - ErrorSendAsDenied, ErrorMessageSizeExceeded, ErrorInvalidRecipients,
 //     the MIME errors: permanent;
-//   - MailboxNotEnabledForRESTAPI, an unknown mailbox: the set-up;
+//   - MailboxNotEnabledForRESTAPI, ErrorInvalidUser, an unknown mailbox:
+//     the set-up; the mailbox is held;
 //   - other 5xx: temporary.
 func (s *sender) refusal(resp *http.Response, stage message.Stage) *message.Error {
 	var ge graphError
@@ -48,7 +54,7 @@ func (s *sender) refusal(resp *http.Response, stage message.Stage) *message.Erro
 		e.Reply = message.Reply{Code: c, Enhanced: enh, Text: message.CleanText(t)}
 	}
 	switch {
-	case resp.StatusCode == 429 || resp.StatusCode == 503 || resp.StatusCode == 504:
+	case resp.StatusCode == 429 || resp.StatusCode == 503 || resp.StatusCode == 504 || code == "ErrorTooManyObjectsOpened":
 		e.Class = message.Throttled
 		if d, ok := retryAfter(resp.Header.Get("Retry-After")); ok {
 			e.RetryAt = time.Now().Add(d)
@@ -57,8 +63,11 @@ func (s *sender) refusal(resp *http.Response, stage message.Stage) *message.Erro
 			reply(451, [3]int{4, 3, 2}, "")
 		}
 	case resp.StatusCode == 401:
-		e.Class, e.Stage = message.Setup, message.StageAuth
+		e.Class, e.Stage, e.Hold = message.Setup, message.StageAuth, message.HoldSetup
 		reply(535, [3]int{5, 7, 3}, "")
+	case code == "ErrorQuotaExceeded":
+		e.Class, e.Hold = message.Held, message.HoldMailboxFull
+		reply(554, [3]int{5, 2, 2}, "")
 	case code == "ErrorAccessDenied" || resp.StatusCode == 403:
 		e.Class = message.Permanent
 		need := "Mail.Send"
@@ -79,7 +88,7 @@ func (s *sender) refusal(resp *http.Response, stage message.Stage) *message.Erro
 		e.Class = message.Permanent
 		reply(554, [3]int{5, 6, 0}, "")
 	case code == "MailboxNotEnabledForRESTAPI" || code == "ErrorInvalidUser" || code == "ResourceNotFound" || resp.StatusCode == 404:
-		e.Class = message.Setup
+		e.Class, e.Hold = message.Setup, message.HoldSetup
 		reply(550, [3]int{5, 1, 1}, "")
 	case resp.StatusCode >= 500:
 		e.Class = message.Temporary

@@ -199,6 +199,8 @@ type sender struct {
 	// ids are the last request's Graph request-id and our
 	// client-request-id, for the receipt and the audit log.
 	requestID, clientRequestID string
+	// status is the last reply's HTTP status.
+	status int
 }
 
 // sendMailMax is the most a MIME message sent whole to sendMail may be:
@@ -225,7 +227,13 @@ func (s *sender) send(ctx context.Context) (message.Receipt, error) {
 		if err := s.budget().take(ctx, 1, 0); err != nil {
 			return message.Receipt{}, s.waited(err)
 		}
-		return s.sendMail(ctx, rw.header, buf.Bytes())
+		receipt, err := s.sendMail(ctx, rw.header, buf.Bytes())
+		if err == nil || s.status != http.StatusRequestEntityTooLarge {
+			return receipt, err
+		}
+		// Graph measures its 4 MB in its own way: a message it finds too
+		// large for sendMail goes as a draft, as a larger one would.
+		return s.sendDraft(ctx, rw, bytes.NewReader(buf.Bytes()))
 	}
 	receipt, err := s.sendDraft(ctx, rw, io.MultiReader(buf, br))
 	if err != nil && src.Err != nil {
@@ -286,7 +294,7 @@ func (s *sender) do(ctx context.Context, c *http.Client, method, u string, body 
 		cancel()
 		return nil, &message.Error{Class: message.Temporary, Stage: stage, Host: s.route.Host, Err: err}
 	}
-	s.requestID = resp.Header.Get("request-id")
+	s.requestID, s.status = resp.Header.Get("request-id"), resp.StatusCode
 	resp.Body = cancelOnClose{resp.Body, cancel}
 	for _, w := range want {
 		if resp.StatusCode == w {
