@@ -135,14 +135,14 @@ type daemon struct {
 	// refusals remembers Exchange's Send As and unknown-recipient
 	// refusals for delivery.remember_refusals.
 	refusals *queue.Refusals
-	q          *queue.Queue
-	srv        *bridge.Server
-	m          *metrics.Metrics
-	board      *status.Board
-	audit      *audit.Logger
-	sp         *spool.Spool
-	httpLn     net.Listener
-	admin      adminapi.Policy // who may call the admin API
+	q        *queue.Queue
+	srv      *bridge.Server
+	m        *metrics.Metrics
+	board    *status.Board
+	audit    *audit.Logger
+	sp       *spool.Spool
+	httpLn   net.Listener
+	admin    adminapi.Policy // who may call the admin API
 	// pageAuth is who may see the status page and /metrics.
 	pageAuth httpauth.Credential
 

@@ -121,18 +121,18 @@ type Server struct {
 	srv      *smtp.Server
 	ln       net.Listener
 
-	mu          sync.Mutex
-	mailboxes   map[string]*Mailbox          // by lower-case address
-	principals  map[string]map[string]string // tenant ID -> app ID -> SP object ID
-	scripts     map[Stage][]Reply
-	refuse      map[string][]Reply // by lower-case recipient
+	mu         sync.Mutex
+	mailboxes  map[string]*Mailbox          // by lower-case address
+	principals map[string]map[string]string // tenant ID -> app ID -> SP object ID
+	scripts    map[Stage][]Reply
+	refuse     map[string][]Reply // by lower-case recipient
 	// held are the mailbox-wide refusals (Refuse): the reply each stage
 	// of a mailbox's transactions gets until Allow.
 	held map[string]map[Stage]Reply
 	// maxRcpts is the recipients per transaction (SetMaxRecipients).
 	maxRcpts int
 	// mails counts MAIL commands per mailbox, scripted refusals included.
-	mails map[string]int
+	mails       map[string]int
 	messages    []Message
 	active      map[string]int // mailbox -> authenticated connections
 	peak        map[string]int // mailbox -> most authenticated connections at once

@@ -99,13 +99,13 @@ type Server struct {
 	scripts   []Reply
 	// kindScripts are the replies scripted for one kind of request.
 	kindScripts map[string][]Reply
-	messages  []Message
-	drafts    map[string]*draft
-	uploads   map[string]*upload
-	requests  map[string]int // by kind: sendMail, draft, attachment, session, chunk, send
-	inFlight  int
-	peak      int
-	mailDir   string
+	messages    []Message
+	drafts      map[string]*draft
+	uploads     map[string]*upload
+	requests    map[string]int // by kind: sendMail, draft, attachment, session, chunk, send
+	inFlight    int
+	peak        int
+	mailDir     string
 }
 
 // SetMailDir makes the server write each message it sends to dir as an
