@@ -365,13 +365,13 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		l.mu.Lock()
 		window, day := l.window, l.day
 		l.mu.Unlock()
-		unit := max(day/1440, time.Millisecond)
+		unit := max(day/upstream.DayBuckets, time.Millisecond)
 		octx, cancel := ctxOp(ctx)
 		l.mu.Lock()
 		epoch := l.epochs[mb]
 		l.mu.Unlock()
 		raw, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb), l.key("epoch", mb)},
-			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, 1440, unit.Milliseconds(), rcpts, newID(l.instance),
+			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, upstream.DayBuckets, unit.Milliseconds(), rcpts, newID(l.instance),
 			epoch, newID(l.instance)).Slice()
 		cancel()
 		if err == nil && len(raw) == 2 {
@@ -594,7 +594,7 @@ func (l *Limiter) probe() {
 	l.starts, l.rcpts = map[upstream.Mailbox][]time.Time{}, map[upstream.Mailbox]int{}
 	window, day := l.window, l.day
 	l.mu.Unlock()
-	unit := max(day/1440, time.Millisecond)
+	unit := max(day/upstream.DayBuckets, time.Millisecond)
 	// Adopt: the fallback's slots and starts count in Redis from now,
 	// so that the shared limits see them.
 	for _, le := range local {

@@ -60,7 +60,7 @@ func (l *Limiter) Recipients() map[upstream.Mailbox]int {
 	}
 	day := l.day
 	l.mu.Unlock()
-	unit := max(day/1440, time.Millisecond).Milliseconds()
+	unit := max(day/upstream.DayBuckets, time.Millisecond).Milliseconds()
 	now := time.Now().UnixMilli() / unit
 	out := map[upstream.Mailbox]int{}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
@@ -74,7 +74,7 @@ func (l *Limiter) Recipients() map[upstream.Mailbox]int {
 		for k, v := range h {
 			u, _ := strconv.ParseInt(k, 10, 64)
 			c, _ := strconv.Atoi(v)
-			if u > now-1440 {
+			if u > now-upstream.DayBuckets {
 				n += c
 			}
 		}

@@ -130,6 +130,11 @@ func (s *Spool) recover() error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), durable.TempSuffix) {
+			// Metadata a crash caught being written; the old one stands.
+			os.Remove(filepath.Join(s.dir, queueDir, e.Name()))
+			continue
+		}
 		if id, ok := strings.CutSuffix(e.Name(), ".eml"); ok {
 			if _, err := os.Stat(s.metaPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
 				if _, err := os.Stat(s.metaPath(deadDir, id)); err == nil {
@@ -165,6 +170,10 @@ func (s *Spool) recover() error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	for _, e := range deads {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), durable.TempSuffix) {
+			os.Remove(filepath.Join(s.dir, deadDir, e.Name()))
+			continue
+		}
 		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
 			_, derr := os.Stat(s.dataPath(deadDir, id))
 			_, qerr := os.Stat(s.metaPath(queueDir, id))
@@ -318,22 +327,10 @@ func (s *Spool) writeMeta(dir string, m Meta) error {
 	if err != nil {
 		return fmt.Errorf("spool: encode metadata: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), m.ID+"-*.json")
-	if err != nil {
-		return fmt.Errorf("spool: metadata: %w", err)
-	}
-	_, werr := f.Write(append(data, '\n'))
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(f.Name())
+	if err := durable.WriteFile(s.metaPath(dir, m.ID), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("spool: write metadata: %w", err)
 	}
-	if err := durable.Rename(f.Name(), s.metaPath(dir, m.ID)); err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("spool: %w", err)
-	}
-	return syncDir(filepath.Join(s.dir, dir))
+	return nil
 }
 
 // Update rewrites a queued message's metadata (attempts, next attempt,

@@ -113,25 +113,12 @@ func (f *fileCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 	sealed := f.aead.Seal(nonce, nonce, plain, []byte(f.path))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	dir := filepath.Dir(f.path)
-	// CreateTemp opens O_EXCL: a fresh file, never a link's target.
-	tmp, err := os.CreateTemp(dir, ".cache-*")
-	if err != nil {
-		return fmt.Errorf("token cache: %w", err)
-	}
-	_, werr := tmp.Write(sealed)
-	serr := tmp.Sync()
-	// Written as root, the file must be the service's user's to read and
-	// replace: given away through the descriptor, before it is closed,
-	// never by name (the user could have swapped the name for a link).
-	oerr := durable.ChownLikeDir(tmp, dir)
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, oerr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("token cache: %w", err)
-	}
-	if err := durable.Rename(tmp.Name(), f.path); err != nil {
-		os.Remove(tmp.Name())
+	// Written as root (sudo smtpbridge tenant login), the file is given
+	// to the directory's owner, the service's user, through its
+	// descriptor: never by name, which that user could have swapped for
+	// a link. And its directory is flushed: a power cut must not lose a
+	// delegated mailbox's refresh token.
+	if err := durable.WriteFile(f.path, sealed, 0o600); err != nil {
 		return fmt.Errorf("token cache: %w", err)
 	}
 	return nil

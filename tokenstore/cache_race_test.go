@@ -124,7 +124,7 @@ func race(spool, target string) {
 		}
 		entries, _ := os.ReadDir(tokens)
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".cache-") && e.Type().IsRegular() {
+			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") && e.Type().IsRegular() {
 				p := filepath.Join(tokens, e.Name())
 				if os.Remove(p) == nil && os.Symlink(target, p) == nil {
 					swaps++

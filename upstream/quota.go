@@ -8,24 +8,24 @@ import (
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
-// dayBuckets is how finely the rolling day of a recipient quota is
-// counted: minutes, for a day.
-const dayBuckets = 1440
+// DayBuckets is how finely the rolling day of a recipient quota is
+// counted, here and in the replicas' Redis: minutes, for a day.
+const DayBuckets = 1440
 
-// daily counts recipients over a rolling window in dayBuckets buckets,
+// daily counts recipients over a rolling window in DayBuckets buckets,
 // so that its memory does not grow with the messages.
 type daily struct {
-	start [dayBuckets]int64 // the bucket's start, in units of the window / dayBuckets
-	count [dayBuckets]int
+	start [DayBuckets]int64 // the bucket's start, in units of the window / DayBuckets
+	count [DayBuckets]int
 }
 
-func unitOf(window time.Duration) time.Duration { return max(window/dayBuckets, time.Nanosecond) }
+func unitOf(window time.Duration) time.Duration { return max(window/DayBuckets, time.Nanosecond) }
 
 // total is the count within the window ending at now.
 func (d *daily) total(now int64) int {
 	n := 0
 	for i := range d.start {
-		if now-d.start[i] < dayBuckets {
+		if now-d.start[i] < DayBuckets {
 			n += d.count[i]
 		}
 	}
@@ -33,7 +33,7 @@ func (d *daily) total(now int64) int {
 }
 
 func (d *daily) add(now int64, n int) {
-	i := now % dayBuckets
+	i := now % DayBuckets
 	if d.start[i] != now {
 		d.start[i], d.count[i] = now, 0
 	}
@@ -42,7 +42,7 @@ func (d *daily) add(now int64, n int) {
 
 // adjust corrects the count of unit, if it is still in the window.
 func (d *daily) adjust(unit int64, delta int) {
-	if i := unit % dayBuckets; d.start[i] == unit {
+	if i := unit % DayBuckets; d.start[i] == unit {
 		d.count[i] = max(d.count[i]+delta, 0)
 	}
 }
@@ -51,16 +51,16 @@ func (d *daily) adjust(unit int64, delta int) {
 // left the window.
 func (d *daily) frees(now int64, need int) int64 {
 	freed := 0
-	for u := now - dayBuckets + 1; u <= now; u++ {
-		i := u % dayBuckets
+	for u := now - DayBuckets + 1; u <= now; u++ {
+		i := u % DayBuckets
 		if d.start[i] == u {
 			freed += d.count[i]
 		}
 		if freed >= need {
-			return u + dayBuckets
+			return u + DayBuckets
 		}
 	}
-	return now + dayBuckets
+	return now + DayBuckets
 }
 
 // QuotaError is the failure of a message that would take a mailbox over
@@ -114,7 +114,7 @@ func (l *Local) Save(path string) error {
 	for mb, b := range l.boxes {
 		s := savedDay{Tenant: mb.Tenant, Mailbox: mb.Address}
 		for i := range b.day.start {
-			if b.day.count[i] > 0 && now-b.day.start[i] < dayBuckets {
+			if b.day.count[i] > 0 && now-b.day.start[i] < DayBuckets {
 				s.Counts = append(s.Counts, [2]int64{b.day.start[i] * unit, int64(b.day.count[i])})
 			}
 		}
@@ -142,7 +142,7 @@ func (l *Local) Load(path string) error {
 	for _, s := range in {
 		b := l.box(MailboxOf(s.Tenant, s.Mailbox))
 		for _, c := range s.Counts {
-			if u := c[0] / unit; now-u < dayBuckets && u <= now {
+			if u := c[0] / unit; now-u < DayBuckets && u <= now {
 				b.day.add(u, int(c[1]))
 			}
 		}

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/smtpbridge/smtpbridge/internal/durable"
 	"github.com/smtpbridge/smtpbridge/internal/httpauth"
 )
 
@@ -48,19 +49,7 @@ func LoadOrCreateToken(dir string) (string, error) {
 	b := make([]byte, 32)
 	rand.Read(b)
 	tok = hex.EncodeToString(b)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
-	}
-	_, err = f.WriteString(tok + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
+	if err := durable.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	return tok, nil

@@ -14,30 +14,14 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/durable"
 )
 
-// WriteJSON writes v as JSON to path (mode 0600) through a temporary file
-// in the same directory, synced, then renamed over path.
+// WriteJSON writes v as JSON to path (mode 0600), whole or not at all
+// (durable.WriteFile).
 func WriteJSON(path string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	_, werr := tmp.Write(append(data, '\n'))
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	if err := durable.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	// The rename on disk too: a crash must not bring back the old file.
-	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+	if err := durable.WriteFile(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
 	return nil
