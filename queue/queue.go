@@ -490,97 +490,160 @@ const (
 	outPoison                   // its attempts failed to end too often: given up
 )
 
-// settle records an attempt's outcome in memory, tells a waiting session,
-// then updates the spool. Each recipient has its own outcome: those
+var outcomeNames = [...]string{outDelivered: "delivered", outRefused: "refused", outExpired: "expired", outDeferred: "deferred", outPoison: "poison"}
+
+func (o outcome) String() string { return outcomeNames[o] }
+
+// verdict is what one attempt means for a message and its mailbox: the
+// queue's rule, decided apart from the locks, spool writes and events
+// that carry it out (settle).
+type verdict struct {
+	out outcome
+	// meta is the message's metadata after the attempt: Attempting
+	// cleared, Strikes counted, LastReply set and, when recipients had
+	// outcomes of their own, To narrowed to those tried again.
+	// NextAttempt is settle's, from the mailbox's state.
+	meta spool.Meta
+	// gone and again are the recipients Exchange refused for good and
+	// for now, when it answered recipient by recipient (perRecipient).
+	gone, again  []*message.Error
+	perRecipient bool
+	// pause is the failure that may make the mailbox wait, nil if none.
+	pause *message.Error
+	// held: the mailbox's failure, not the message's (Error.Hold): it
+	// waits for the mailbox's probe. laneWide: the message waits with
+	// its mailbox (held, throttled, out of reach, told when to come
+	// back) rather than on a backoff of its own.
+	held, laneWide bool
+	// took: Exchange took the message or some of its recipients, which
+	// ends the mailbox's pause. clears: the answer says the mailbox is
+	// not refused now (Exchange took something, or refused the message
+	// for a reason of its own), which ends a hold.
+	took, clears bool
+	// persist: the spool must record who is left before the session or
+	// anything else hears of the outcome.
+	persist bool
+}
+
+// decide is the queue's rule for one attempt of a message received (or
+// requeued) at m.Since(): each recipient has its own outcome. Those
 // Exchange took are done, those it refused for good are reported, those
-// it refused for now stay queued, alone.
-func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took time.Duration, log zerolog.Logger) {
+// it refused for now stay queued, alone; a refusal of the whole message
+// for good bounces it; a message older than maxAge is given up; two
+// attempts in a row that did not end (a.strike) make it poison.
+func decide(m spool.Meta, a attempted, now time.Time, maxAge time.Duration) verdict {
 	receipt, err := a.receipt, a.err
-	now := time.Now()
-	m.Attempting = false
+	v := verdict{meta: m, perRecipient: len(receipt.Refused) > 0}
+	v.meta.Attempting = false
 	if a.strike {
-		m.Strikes++
+		v.meta.Strikes++
 	} else {
-		m.Strikes = 0
+		v.meta.Strikes = 0
 	}
-	var gone, again []*message.Error // recipients refused for good, and for now
 	for _, r := range receipt.Refused {
 		if r.Permanent() {
-			gone = append(gone, r)
+			v.gone = append(v.gone, r)
 		} else {
-			again = append(again, r)
+			v.again = append(v.again, r)
 		}
 	}
-	perRecipient := len(receipt.Refused) > 0
-	var out outcome
 	switch {
-	case a.strike && m.Strikes >= maxStrikes:
-		out = outPoison
-	case perRecipient && len(again) == 0 && len(receipt.Accepted) == 0:
-		out = outRefused // every recipient refused for good: as a whole
-	case err == nil && len(again) == 0:
-		out = outDelivered
-	case err != nil && !perRecipient && message.IsPermanent(err):
-		out = outRefused
-	case now.Sub(m.Since()) >= q.settings().MaxAge:
-		out = outExpired
+	case a.strike && v.meta.Strikes >= maxStrikes:
+		v.out = outPoison
+	case v.perRecipient && len(v.again) == 0 && len(receipt.Accepted) == 0:
+		v.out = outRefused // every recipient refused for good: as a whole
+	case err == nil && len(v.again) == 0:
+		v.out = outDelivered
+	case err != nil && !v.perRecipient && message.IsPermanent(err):
+		v.out = outRefused
+	case now.Sub(m.Since()) >= maxAge:
+		v.out = outExpired
 	default:
-		out = outDeferred
+		v.out = outDeferred
 	}
-	if perRecipient && out != outRefused {
+	if v.perRecipient && v.out != outRefused {
 		// Only the recipients refused for now are tried again.
-		m.To = nil
-		for _, r := range again {
-			m.To = append(m.To, r.Recipient)
+		v.meta.To = nil
+		for _, r := range v.again {
+			v.meta.To = append(v.meta.To, r.Recipient)
 		}
 	}
-	var pause *message.Error // what makes the mailbox wait
 	switch {
 	case err != nil:
-		m.LastReply = message.ReplyOf(err).String()
-		errors.As(err, &pause)
-	case len(again) > 0:
-		m.LastReply = message.ReplyOf(again[0]).String()
-		pause = again[0]
+		v.meta.LastReply = message.ReplyOf(err).String()
+		errors.As(err, &v.pause)
+	case len(v.again) > 0:
+		v.meta.LastReply = message.ReplyOf(v.again[0]).String()
+		v.pause = v.again[0]
 	}
-	held := out == outDeferred && pause != nil && pause.Hold != ""
-	laneWide := held || out == outDeferred && pause != nil && (pause.Pauses() || !pause.RetryAt.IsZero())
+	p := v.pause
+	deferred := v.out == outDeferred && p != nil
+	v.held = deferred && p.Hold != ""
+	v.laneWide = v.held || deferred && (p.Pauses() || !p.RetryAt.IsZero())
+	v.took = err == nil || len(receipt.Accepted) > 0
+	v.clears = v.took || p != nil && p.Hold == "" && !p.Pauses() && p.Reply.Code != 0
+	v.persist = v.out == outDeferred && (err == nil || v.perRecipient || v.laneWide)
+	return v
+}
+
+// settle carries out an attempt's verdict: the mailbox's hold or pause,
+// the spool, a waiting session, then the events.
+func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took time.Duration, log zerolog.Logger) {
+	now := time.Now()
+	v := decide(m, a, now, q.settings().MaxAge)
+	l := q.settleLane(e, &v, now)
+	if v.persist {
+		// Recipients were taken or refused: the spool must say who is
+		// left before anything else, so that a crash from here on gives
+		// nobody the message twice.
+		if uerr := q.o.Spool.Update(v.meta); uerr != nil {
+			log.Error().Err(uerr).Msg("could not record the recipients left in the spool; after a restart they may get the message twice")
+		}
+	}
+	told := q.release(e, l, counted, v, a)
+	q.kick()
+	q.tell(v, a, told, took, log)
+}
+
+// settleLane applies the verdict to the message's mailbox: a hold begun,
+// lifted or probed again, a pause; it sets v.meta.NextAttempt when the
+// message waits with its mailbox.
+func (q *Queue) settleLane(e *entry, v *verdict, now time.Time) *lane {
 	var changes []*holdChange
 	q.mu.Lock()
 	k := keyOf(e)
 	l := q.lane(k)
 	switch {
-	case held:
+	case v.held:
 		// The mailbox's failure, not the message's: it waits for the
 		// mailbox's probe.
-		next, ch := q.holdLane(k, l, pause, m.ID, now)
-		m.NextAttempt, changes = next.UTC(), append(changes, ch)
-	case l.hold != nil && (err == nil || len(receipt.Accepted) > 0 || pause != nil && !pause.Pauses() && pause.Reply.Code != 0):
+		next, ch := q.holdLane(k, l, v.pause, v.meta.ID, now)
+		v.meta.NextAttempt, changes = next.UTC(), append(changes, ch)
+	case l.hold != nil && v.clears:
 		// Exchange took a message, or answered a probe with something
 		// else than the hold's refusal: the mailbox is not refused now.
 		changes = append(changes, q.releaseLane(k, l))
-	case l.hold != nil && l.hold.probe == m.ID:
+	case l.hold != nil && l.hold.probe == v.meta.ID:
 		// A probe that learnt nothing (Exchange out of reach,
 		// throttling): another at the same step.
 		l.hold.probe, l.hold.next = "", now.Add(q.holdWait(l.hold.step, l.hold.reason))
 	}
-	if laneWide && !held {
+	if v.laneWide && !v.held {
 		// Not the message's own failure: it goes when its mailbox does,
 		// not on a backoff of its own.
-		m.NextAttempt = q.pauseLane(l, pause, now).UTC()
+		v.meta.NextAttempt = q.pauseLane(l, v.pause, now).UTC()
 	}
 	q.mu.Unlock()
 	q.announce(changes...)
-	if out == outDeferred && (err == nil || perRecipient || laneWide) {
-		// Recipients were taken or refused: the spool must say who is
-		// left before anything else, so that a crash from here on gives
-		// nobody the message twice.
-		if uerr := q.o.Spool.Update(m); uerr != nil {
-			log.Error().Err(uerr).Msg("could not record the recipients left in the spool; after a restart they may get the message twice")
-		}
-	}
+	return l
+}
 
+// release ends the attempt in memory: the entry is rescheduled or gone,
+// the lane's slot is free, and a waiting session gets the outcome, which
+// it reports (told).
+func (q *Queue) release(e *entry, l *lane, counted bool, v verdict, a attempted) (told bool) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if counted {
 		q.inFlight--
 	}
@@ -591,42 +654,45 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 	if e.abandoned = a.abandoned; e.abandoned != nil {
 		go func() { <-a.abandoned; q.kick() }() // its turn comes when it ends
 	}
-	switch {
-	case out == outDeferred:
-		e.meta, e.due = m, m.NextAttempt
-	default:
-		delete(q.entries, m.ID)
+	if v.out == outDeferred {
+		e.meta, e.due = v.meta, v.meta.NextAttempt
+	} else {
+		delete(q.entries, v.meta.ID)
 	}
-	if err == nil || len(receipt.Accepted) > 0 {
+	if v.took {
 		l.pauses, l.pausedUntil = 0, time.Time{}
 	}
 	if waiter != nil {
-		waiter <- result{receipt, err}
+		waiter <- result{a.receipt, a.err}
 	}
-	q.mu.Unlock()
-	q.kick()
+	return waiter != nil
+}
 
+// tell records the verdict's events and does what is left of it in the
+// spool: a delivered message removed, a failed one buried or reported.
+func (q *Queue) tell(v verdict, a attempted, told bool, took time.Duration, log zerolog.Logger) {
+	m, receipt, err := v.meta, a.receipt, a.err
 	ev := event(audit.Delivered, m)
 	ev.Attempt, ev.Duration = m.Attempts, took
 	if len(receipt.Accepted) > 0 {
 		ev.Rcpts, ev.Reply, ev.UpstreamID, ev.Accepted = len(receipt.Accepted), receipt.Reply.String(), receipt.UpstreamID, m.Received
 		q.o.Events.Observe(ev)
 	}
-	if out != outRefused {
-		for _, r := range gone {
+	if v.out != outRefused {
+		for _, r := range v.gone {
 			q.recipientEvent(ev, audit.Bounced, r, m)
 		}
-		if len(gone) > 0 {
-			q.report(m, failures(gone), fmt.Sprintf("refused by Exchange Online for %d of the message's recipients", len(gone)), log)
+		if len(v.gone) > 0 {
+			q.report(m, failures(v.gone), fmt.Sprintf("refused by Exchange Online for %d of the message's recipients", len(v.gone)), log)
 		}
 	}
 	ev.Err, ev.Detail = err, noteOf(err)
-	switch out {
+	switch v.out {
 	case outDelivered:
 		q.remove(m.ID, log)
 	case outRefused:
 		ev.Kind, ev.Reply, ev.Reason = audit.Bounced, m.LastReply, audit.ReasonPermanent
-		if waiter != nil {
+		if told {
 			// The session passes the refusal on to the device.
 			ev.Detail = strings.TrimPrefix(ev.Detail+"; the device was told", "; ")
 			q.o.Events.Observe(ev)
@@ -639,25 +705,38 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 		log.Error().Err(err).Int("strikes", m.Strikes).Msg("the message's attempts failed to end twice in a row: it goes to the dead letters, not tried again")
 		q.bury(m, audit.ReasonPoison, poisonReason(m.Strikes, err), log)
 	case outExpired:
-		why := ""
-		if r, ok := message.ParseReply(m.LastReply); ok && message.HoldOfReply(r) != "" {
-			why = " (its mailbox was held: " + message.HoldOfReply(r).Words() + ")"
-		}
-		q.bury(m, audit.ReasonExpired, fmt.Sprintf("not delivered within %s%s; last reply: %s", q.settings().MaxAge, why, m.LastReply), log)
+		q.bury(m, audit.ReasonExpired, q.expiredReason(m), log)
 	case outDeferred:
-		if perRecipient || err == nil {
-			for _, r := range again {
-				q.recipientEvent(ev, audit.Deferred, r, m)
-			}
-			return
-		}
-		ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
-		ev.SetupProblem = message.ClassOf(err) == message.Setup
-		q.o.Events.Observe(ev)
-		if uerr := q.o.Spool.Update(m); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
-			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
-		}
+		q.deferred(v, ev, log)
 	}
+}
+
+// deferred reports a message tried again later: each recipient refused
+// for now, or the message as a whole, whose last reply the spool keeps.
+func (q *Queue) deferred(v verdict, ev audit.Event, log zerolog.Logger) {
+	m := v.meta
+	if v.perRecipient || ev.Err == nil {
+		for _, r := range v.again {
+			q.recipientEvent(ev, audit.Deferred, r, m)
+		}
+		return
+	}
+	ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
+	ev.SetupProblem = message.ClassOf(ev.Err) == message.Setup
+	q.o.Events.Observe(ev)
+	if uerr := q.o.Spool.Update(m); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
+		log.Error().Err(uerr).Msg("could not record the last reply in the spool")
+	}
+}
+
+// expiredReason is the dead letter's reason for a message not delivered
+// within max_age.
+func (q *Queue) expiredReason(m spool.Meta) string {
+	why := ""
+	if r, ok := message.ParseReply(m.LastReply); ok && message.HoldOfReply(r) != "" {
+		why = " (its mailbox was held: " + message.HoldOfReply(r).Words() + ")"
+	}
+	return fmt.Sprintf("not delivered within %s%s; last reply: %s", q.settings().MaxAge, why, m.LastReply)
 }
 
 // noteOf is what the bridge itself did about a failure (Error.Note).
