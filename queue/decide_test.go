@@ -30,8 +30,12 @@ func TestDecide(t *testing.T) {
 		return e
 	}
 	ok := message.Receipt{Reply: message.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Text: "OK"}, Accepted: []string{"a@x", "b@x", "c@x"}}
-	unknown := func(r string) *message.Error { return up(message.StageRcpt, 550, [3]int{5, 1, 10}, "RESOLVER.ADR.RecipNotFound", r) }
-	busy := func(r string) *message.Error { return up(message.StageRcpt, 452, [3]int{4, 5, 3}, "Too many recipients", r) }
+	unknown := func(r string) *message.Error {
+		return up(message.StageRcpt, 550, [3]int{5, 1, 10}, "RESOLVER.ADR.RecipNotFound", r)
+	}
+	busy := func(r string) *message.Error {
+		return up(message.StageRcpt, 452, [3]int{4, 5, 3}, "Too many recipients", r)
+	}
 	mixed := message.Receipt{Reply: ok.Reply, Accepted: []string{"a@x"}, Refused: []*message.Error{unknown("b@x"), busy("c@x")}}
 	someGone := message.Receipt{Reply: ok.Reply, Accepted: []string{"a@x"}, Refused: []*message.Error{unknown("b@x"), unknown("c@x")}}
 	allGone := message.Receipt{Refused: []*message.Error{unknown("a@x"), unknown("b@x"), unknown("c@x")}}
