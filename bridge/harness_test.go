@@ -12,6 +12,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
@@ -34,7 +35,7 @@ const devicePassword = testenv.DevicePassword
 // env is a bridge in front of the test World.
 type env struct {
 	t     *testing.T
-	world *testenv.World
+	world *fakeworld.World
 	std   testenv.Standard
 	srv   *bridge.Server
 	store *tokenstore.Store
@@ -112,7 +113,7 @@ func network(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncbuf.Buffer{}}
-	e.world, e.std = testenv.Start(t, func(w *testenv.World) {
+	e.world, e.std = testenv.Start(t, func(w *fakeworld.World) {
 		if o.exoSetup != nil {
 			o.exoSetup(w.Exchange)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
@@ -40,7 +41,7 @@ const (
 // Exchange Online) behind a proxy the test can take down or black-hole.
 type world struct {
 	t     *testing.T
-	tw    *testenv.World
+	tw    *fakeworld.World
 	exo   *fakeexchange.Server
 	proxy *proxy
 }

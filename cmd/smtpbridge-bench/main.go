@@ -52,6 +52,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
@@ -323,7 +324,7 @@ func makeBody(size int) []byte {
 // world is the fake Microsoft side: the test environment's World, with
 // one app and one mailbox that takes Exchange's largest messages.
 type world struct {
-	*testenv.World
+	*fakeworld.World
 	ca     *pki.CA
 	caFile string
 	entra  *fakeentra.Server
@@ -332,8 +333,12 @@ type world struct {
 }
 
 func startWorld(dir string) (*world, error) {
-	tw, err := testenv.NewWorld(dir)
+	tw, err := fakeworld.New()
 	if err != nil {
+		return nil, err
+	}
+	if err := tw.WriteFiles(dir); err != nil {
+		tw.Close()
 		return nil, err
 	}
 	w := &world{World: tw, ca: tw.CA, caFile: tw.CAFile, entra: tw.Entra, exo: tw.Exchange}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
@@ -70,7 +71,7 @@ const (
 // Fabrikam's mfp@fabrikam.example, and Fabrikam's app certificate in
 // dir/app.pem.
 type fakes struct {
-	*testenv.World
+	*fakeworld.World
 	entra  *fakeentra.Server
 	exo    *fakeexchange.Server
 	caFile string

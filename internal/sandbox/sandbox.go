@@ -1,6 +1,6 @@
 // Package sandbox runs smtpbridge's whole upstream path without a Microsoft
-// tenant: the test environment's fake Entra ID and fake Exchange Online
-// (testenv.World) on loopback, with real TLS from a throw-away CA, set up
+// tenant: a fake Entra ID, Exchange Online and Microsoft Graph
+// (fakeworld.World) on loopback, with real TLS from a throw-away CA, set up
 // so that every configured tenant, app and device mailbox is known and
 // correctly permitted. What the fake Exchange accepts is written to a
 // directory as .eml files.
@@ -18,8 +18,8 @@ import (
 	"sync"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
-	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // Tenant is what the sandbox needs of a configured tenant.
@@ -37,7 +37,7 @@ type Mailbox struct {
 
 // Sandbox is a running pair of fakes.
 type Sandbox struct {
-	World   *testenv.World
+	World   *fakeworld.World
 	MailDir string
 
 	mu   sync.Mutex
@@ -50,14 +50,8 @@ func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, err
 	if err := os.MkdirAll(mailDir, 0o750); err != nil {
 		return nil, fmt.Errorf("sandbox mail directory: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "smtpbridge-sandbox")
-	if err != nil {
-		return nil, err
-	}
-	w, err := testenv.NewWorld(dir)
-	// The CA and listener files were only needed by tests; the sandbox
-	// trusts the CA in memory.
-	os.RemoveAll(dir)
+	// The bridge trusts the fakes' CA in memory (RootCAs): no files.
+	w, err := fakeworld.New()
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}

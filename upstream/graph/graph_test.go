@@ -12,6 +12,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
@@ -26,7 +27,7 @@ const mailbox = "scanner@contoso.example"
 const graphScope = fakeentra.GraphResource + "/.default"
 
 type rig struct {
-	w  *testenv.World
+	w  *fakeworld.World
 	tr *Transport
 }
 

@@ -12,6 +12,7 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
@@ -22,7 +23,7 @@ import (
 const mailbox = "scanner@contoso.example"
 
 type rig struct {
-	w     *testenv.World
+	w     *fakeworld.World
 	tr    *Transport
 	lim   *upstream.Local
 	obs   *observer
@@ -31,7 +32,7 @@ type rig struct {
 
 // newRig is the SMTP transport in front of the test World, for tenant
 // contoso with the given per-mailbox limits.
-func newRig(t *testing.T, limits upstream.Limits, setup ...func(*testenv.World)) *rig {
+func newRig(t *testing.T, limits upstream.Limits, setup ...func(*fakeworld.World)) *rig {
 	t.Helper()
 	w, std := testenv.Start(t, setup...)
 	w.AddMailbox(mailbox, testenv.TenantID, std.Secret)
@@ -105,7 +106,7 @@ func TestDeliverReusesConnections(t *testing.T) {
 // Concurrent messages for one mailbox never hold more connections than
 // the limiter allows; they wait instead of failing.
 func TestDeliverWithinConnectionLimit(t *testing.T) {
-	r := newRig(t, upstream.Limits{Connections: 2}, func(w *testenv.World) { w.Exchange.SetSubmitDelay(30 * time.Millisecond) })
+	r := newRig(t, upstream.Limits{Connections: 2}, func(w *fakeworld.World) { w.Exchange.SetSubmitDelay(30 * time.Millisecond) })
 	var wg sync.WaitGroup
 	for i := 0; i < 12; i++ {
 		wg.Go(func() {
@@ -196,7 +197,7 @@ func TestDeliverFailures(t *testing.T) {
 // Exchange refusing the bridge's login is the tenant's set-up, not the
 // message's fault; a token Entra refuses costs no connection.
 func TestDeliverSetupProblems(t *testing.T) {
-	r := newRig(t, upstream.Limits{Connections: 1}, func(w *testenv.World) {
+	r := newRig(t, upstream.Limits{Connections: 1}, func(w *fakeworld.World) {
 		w.Exchange.Script(fakeexchange.StageAuth, fakeexchange.Reply{Code: 535, Enhanced: gosmtp.EnhancedCode{5, 7, 139},
 			Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."})
 	})
@@ -221,7 +222,7 @@ func TestDeliverSetupProblems(t *testing.T) {
 	}
 }
 
-func mustStore(t *testing.T, w *testenv.World, clientSecret string) *tokenstore.Store {
+func mustStore(t *testing.T, w *fakeworld.World, clientSecret string) *tokenstore.Store {
 	t.Helper()
 	s, err := tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: testenv.TenantID, ClientID: testenv.ClientID,
 		Credential: secret.NewClientSecret(clientSecret), AuthorityHost: w.Entra.URL(), Scope: testenv.TokenScope,
@@ -235,7 +236,7 @@ func mustStore(t *testing.T, w *testenv.World, clientSecret string) *tokenstore.
 // A lowered limit closes the connections above it as their messages end;
 // a changed route closes the idle ones at once.
 func TestLimitsAndRoutesChange(t *testing.T) {
-	r := newRig(t, upstream.Limits{Connections: 3}, func(w *testenv.World) { w.Exchange.SetSubmitDelay(50 * time.Millisecond) })
+	r := newRig(t, upstream.Limits{Connections: 3}, func(w *fakeworld.World) { w.Exchange.SetSubmitDelay(50 * time.Millisecond) })
 	var wg sync.WaitGroup
 	for i := 0; i < 3; i++ {
 		wg.Go(func() { r.tr.Deliver(context.Background(), msg(fmt.Sprintf("c%d", i))) })
