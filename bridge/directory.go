@@ -10,34 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 )
-
-// Device is a configured device, compiled: what the session checks.
-type Device struct {
-	Name     string
-	Username string // "" for a device without AUTH
-	Tenant   string
-	// Mailbox is the mailbox the device sends as: the XOAUTH2 user.
-	Mailbox mailaddr.Address
-	// EnforceFrom is from_policy: enforce (senders outside AllowedFrom
-	// are refused); otherwise the From is rewritten to the mailbox.
-	EnforceFrom       bool
-	AllowedFrom       mailaddr.Patterns
-	AllowedRecipients mailaddr.Patterns // empty: any
-	Networks          []netip.Prefix    // empty: any
-	// Mode is the device's delivery mode (message.ModeHybrid, ...).
-	Mode string
-	// Unauthenticated devices (auth: none) are recognised by their source
-	// address among Networks, on listeners that allow it.
-	Unauthenticated bool
-	// MaxPerHour bounds the messages the device may send in any hour; 0
-	// for no bound.
-	MaxPerHour int
-	// PasswordHash checks the device's password; nil without AUTH.
-	PasswordHash passwd.Hash
-}
 
 // AuthResult says why a login failed, for logs and metrics. The device
 // itself always gets the same 535 reply, so that it learns nothing about
@@ -61,7 +36,7 @@ var ErrLoginFailed = errors.New("login failed")
 // Directory finds devices by username or source address and checks their
 // passwords.
 type Directory struct {
-	byUser map[string]*Device
+	byUser map[string]*inventory.Device
 	// byNet are the devices without AUTH, most specific network first.
 	byNet []netDevice
 	// dummy is verified for an unknown username, so that it costs as much
@@ -80,13 +55,13 @@ type Directory struct {
 
 type netDevice struct {
 	prefix netip.Prefix
-	dev    *Device
+	dev    *inventory.Device
 }
 
 // NewDirectory indexes the devices. Every device with a Username needs a
 // PasswordHash; every one without needs Networks.
-func NewDirectory(devices []Device) (*Directory, error) {
-	d := &Directory{byUser: map[string]*Device{}, hashing: make(chan struct{}, runtime.GOMAXPROCS(0)),
+func NewDirectory(devices []inventory.Device) (*Directory, error) {
+	d := &Directory{byUser: map[string]*inventory.Device{}, hashing: make(chan struct{}, runtime.GOMAXPROCS(0)),
 		logins: newLoginCache()}
 	costs := map[string]int{}
 	var common passwd.Hash
@@ -143,29 +118,29 @@ func (d *Directory) Inherit(old *Directory) {
 	d.hashing, d.logins = old.hashing, old.logins
 	d.logins.retain(func(username, of string) bool {
 		dev := d.byUser[username]
-		return dev != nil && dev.login() == of
+		return dev != nil && loginOf(dev) == of
 	})
 }
 
 // Authenticate checks username and password for a connection from remote.
 // An unknown username costs one hash verification, like a known one; a
 // login verified recently with the same password costs a MAC.
-func (d *Directory) Authenticate(username string, password []byte, remote netip.Addr) (*Device, AuthResult, error) {
+func (d *Directory) Authenticate(username string, password []byte, remote netip.Addr) (*inventory.Device, AuthResult, error) {
 	dev, known := d.byUser[username]
 	now := time.Now()
 	if !known {
 		d.verify(d.dummy, password)
 		return nil, AuthUnknownUser, ErrLoginFailed
 	}
-	if !d.logins.verified(username, password, dev.login(), now) {
+	if !d.logins.verified(username, password, loginOf(dev), now) {
 		if !d.verify(dev.PasswordHash, password) {
 			return nil, AuthBadCredentials, ErrLoginFailed
 		}
-		d.logins.add(username, password, dev.login(), now)
+		d.logins.add(username, password, loginOf(dev), now)
 	}
 	// The network is checked after the password so that the answer's
 	// timing does not tell a valid username from an allowed network.
-	if !dev.allowedFrom(remote) {
+	if !dev.AllowedFromNetwork(remote) {
 		return nil, AuthNetworkDenied, ErrLoginFailed
 	}
 	// A hash made of a documented password by another tool than the
@@ -197,7 +172,7 @@ func (d *Directory) verify(h passwd.Hash, password []byte) bool {
 
 // ByAddress returns the device without AUTH whose networks hold remote
 // most specifically, or nil.
-func (d *Directory) ByAddress(remote netip.Addr) *Device {
+func (d *Directory) ByAddress(remote netip.Addr) *inventory.Device {
 	remote = remote.Unmap()
 	for _, nd := range d.byNet {
 		if nd.prefix.Contains(remote) {
@@ -208,17 +183,17 @@ func (d *Directory) ByAddress(remote netip.Addr) *Device {
 }
 
 // Lookup returns the device with the given username, or nil.
-func (d *Directory) Lookup(username string) *Device { return d.byUser[username] }
+func (d *Directory) Lookup(username string) *inventory.Device { return d.byUser[username] }
 
 // current returns the device as the directory has it now for a login made
 // against dev, from remote: nil when the login no longer holds (a reload
 // removed the device, changed its password or its networks).
-func (d *Directory) current(dev *Device, remote netip.Addr) *Device {
+func (d *Directory) current(dev *inventory.Device, remote netip.Addr) *inventory.Device {
 	now := d.Lookup(dev.Username)
 	if dev.Unauthenticated {
 		now = d.ByAddress(remote)
 	}
-	if now == nil || !now.sameLogin(dev) || !now.allowedFrom(remote) {
+	if now == nil || !sameLogin(now, dev) || !now.AllowedFromNetwork(remote) {
 		return nil
 	}
 	return now
@@ -226,7 +201,7 @@ func (d *Directory) current(dev *Device, remote netip.Addr) *Device {
 
 // sameLogin says whether other is the same device with the same password,
 // so that a login made against it still holds.
-func (dev *Device) sameLogin(other *Device) bool {
+func sameLogin(dev, other *inventory.Device) bool {
 	return dev.Name == other.Name && dev.Username == other.Username && dev.Unauthenticated == other.Unauthenticated &&
 		(dev.PasswordHash == nil) == (other.PasswordHash == nil) &&
 		(dev.PasswordHash == nil || dev.PasswordHash.String() == other.PasswordHash.String())
@@ -234,7 +209,7 @@ func (dev *Device) sameLogin(other *Device) bool {
 
 // login identifies what a login is verified against: the device's
 // password hash and networks.
-func (dev *Device) login() string {
+func loginOf(dev *inventory.Device) string {
 	var b strings.Builder
 	b.WriteString(dev.Name)
 	b.WriteByte(0)
@@ -244,17 +219,4 @@ func (dev *Device) login() string {
 		b.WriteString(p.String())
 	}
 	return b.String()
-}
-
-func (dev *Device) allowedFrom(remote netip.Addr) bool {
-	if len(dev.Networks) == 0 {
-		return true
-	}
-	remote = remote.Unmap()
-	for _, p := range dev.Networks {
-		if p.Contains(remote) {
-			return true
-		}
-	}
-	return false
 }

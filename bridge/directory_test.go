@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 )
@@ -23,7 +24,7 @@ func newTestDirectory(tb testing.TB) *Directory {
 		tb.Fatal(err)
 	}
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
-	d, err := NewDirectory([]Device{
+	d, err := NewDirectory([]inventory.Device{
 		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: mbox},
 		{Name: "lab", Username: "lab", PasswordHash: hash, Tenant: "t", Mailbox: mbox,
 			Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
@@ -92,7 +93,7 @@ func (h countingHash) Verify(pw []byte) bool {
 	return h.Hash.Verify(pw)
 }
 
-func countingDevices(t *testing.T, checks *atomic.Int32, password string) []Device {
+func countingDevices(t *testing.T, checks *atomic.Int32, password string) []inventory.Device {
 	t.Helper()
 	enc, err := passwd.NewBcrypt([]byte(password), 4)
 	if err != nil {
@@ -104,7 +105,7 @@ func countingDevices(t *testing.T, checks *atomic.Int32, password string) []Devi
 	}
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
 	h := countingHash{hash, checks}
-	return []Device{
+	return []inventory.Device{
 		{Name: "mfp", Username: "mfp", PasswordHash: h, Tenant: "t", Mailbox: mbox},
 		{Name: "lab", Username: "lab", PasswordHash: h, Tenant: "t", Mailbox: mbox,
 			Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
@@ -146,7 +147,7 @@ func TestLoginCache(t *testing.T) {
 
 	defer func(ttl time.Duration) { loginCacheTTL = ttl }(loginCacheTTL)
 	loginCacheTTL = 0
-	d.logins.add("mfp", []byte("right password"), d.byUser["mfp"].login(), time.Now())
+	d.logins.add("mfp", []byte("right password"), loginOf(d.byUser["mfp"]), time.Now())
 	try("mfp", "right password", lan, AuthSuccess, 1) // expired
 }
 
@@ -195,7 +196,7 @@ func TestLoginCacheReload(t *testing.T) {
 	gone, _ := NewDirectory(devs[1:])
 	changed.Authenticate("mfp", []byte("new password"), lab)
 	gone.Inherit(changed)
-	if gone.logins.verified("mfp", []byte("new password"), devs[0].login(), time.Now()) {
+	if gone.logins.verified("mfp", []byte("new password"), loginOf(&devs[0]), time.Now()) {
 		t.Error("a removed device's login is still cached")
 	}
 }
@@ -231,7 +232,7 @@ func TestDocumentedPasswordRefused(t *testing.T) {
 	mbox, _ := mailaddr.Parse("scanner@contoso.example")
 	lan := netip.MustParseAddr("10.0.0.5")
 	for _, sandbox := range []bool{false, true} {
-		d, err := NewDirectory([]Device{{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: mbox}})
+		d, err := NewDirectory([]inventory.Device{{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "t", Mailbox: mbox}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/bridge"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -90,7 +91,7 @@ func TestAuthVariants(t *testing.T) {
 func TestAuthFailures(t *testing.T) {
 	restricted := device("lab", "scanner@contoso.example")
 	restricted.Networks = []netip.Prefix{network("192.0.2.0/24")}
-	e := newEnv(t, envOptions{devices: []bridge.Device{device("mfp", "scanner@contoso.example"), restricted}})
+	e := newEnv(t, envOptions{devices: []inventory.Device{device("mfp", "scanner@contoso.example"), restricted}})
 	addr := e.addr("plain")
 	tests := []struct {
 		name, auth, want string
@@ -170,7 +171,7 @@ func TestPolicy(t *testing.T) {
 	enforce.AllowedFrom = patterns("billing@contoso.example", "noreply@contoso.example")
 	enforce.AllowedRecipients = patterns("contoso.example", "bob@partner.example")
 	e := newEnv(t, envOptions{
-		devices: []bridge.Device{device("mfp", "scanner@contoso.example"), enforce},
+		devices: []inventory.Device{device("mfp", "scanner@contoso.example"), enforce},
 		limits:  bridge.Limits{MaxRecipients: 3, MaxMessageBytes: 64 << 10},
 	})
 	addr := e.addr("plain")
@@ -337,7 +338,7 @@ func randomBody(t *testing.T, n int) string {
 func TestCertificateTenant(t *testing.T) {
 	dev := device("fab", "mfp@fabrikam.example")
 	dev.Tenant = "cert"
-	e := newEnv(t, envOptions{devices: []bridge.Device{dev}})
+	e := newEnv(t, envOptions{devices: []inventory.Device{dev}})
 	for range 3 {
 		d := dial(t, e.addr("plain"))
 		d.Login("fab", devicePassword)
@@ -418,7 +419,7 @@ func TestReplyMapping(t *testing.T) {
 			if mbox == "" {
 				mbox = "scanner@contoso.example"
 			}
-			tc.opts.devices = []bridge.Device{device("mfp", mbox)}
+			tc.opts.devices = []inventory.Device{device("mfp", mbox)}
 			e := newEnv(t, tc.opts)
 			if tc.prep != nil {
 				tc.prep(e)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 )
 
 // The ESMTP extensions the bridge offers work, and those it does not are
@@ -120,7 +121,7 @@ func TestMaxErrors(t *testing.T) {
 	e := newEnv(t, envOptions{limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 100, MaxErrors: 5}})
 	dev := device("mfp", "scanner@contoso.example")
 	dev.AllowedRecipients = patterns("contoso.example")
-	e.reload([]bridge.Device{dev}, bridge.Limits{}, nil)
+	e.reload([]inventory.Device{dev}, bridge.Limits{}, nil)
 	d := dial(t, e.addr("plain"))
 	d.Login("mfp", devicePassword)
 	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")

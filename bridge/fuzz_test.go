@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -70,9 +71,9 @@ func FuzzSession(f *testing.F) {
 	rec := &recorder{}
 	mfp := device("mfp", "scanner@contoso.example")
 	mfp.AllowedRecipients = patterns("contoso.example")
-	alarm := bridge.Device{Name: "alarm", Unauthenticated: true, Tenant: "secret", Mailbox: addr("alarm@contoso.example"),
+	alarm := inventory.Device{Name: "alarm", Unauthenticated: true, Tenant: "secret", Mailbox: addr("alarm@contoso.example"),
 		Networks: []netip.Prefix{network("127.0.0.1/32")}, AllowedRecipients: patterns("alerts.example"), Mode: message.ModeSync}
-	dir, err := bridge.NewDirectory([]bridge.Device{mfp, alarm})
+	dir, err := bridge.NewDirectory([]inventory.Device{mfp, alarm})
 	if err != nil {
 		f.Fatal(err)
 	}

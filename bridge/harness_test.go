@@ -1,6 +1,7 @@
 package bridge_test
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net/netip"
@@ -11,15 +12,16 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
-	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
@@ -45,7 +47,7 @@ type env struct {
 }
 
 type envOptions struct {
-	devices   []bridge.Device
+	devices   []inventory.Device
 	listeners []bridge.Listener
 	limits    bridge.Limits
 	// exoSetup runs before the fake Exchange starts.
@@ -84,12 +86,12 @@ func withDefaults(l bridge.Limits) bridge.Limits {
 }
 
 // device returns a device on the secret tenant sending as mailbox.
-func device(name, mbox string) bridge.Device {
+func device(name, mbox string) inventory.Device {
 	h, err := passwd.Parse(testenv.Hash())
 	if err != nil {
 		panic(err)
 	}
-	return bridge.Device{Name: name, Username: name, PasswordHash: h, Tenant: "secret", Mailbox: addr(mbox), Mode: message.ModeSync}
+	return inventory.Device{Name: name, Username: name, PasswordHash: h, Tenant: "secret", Mailbox: addr(mbox), Mode: message.ModeSync}
 }
 
 func addr(s string) mailaddr.Address {
@@ -123,39 +125,28 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	e.world.AddMailbox("mfp@fabrikam.example", testenv.CertTenantID, e.std.Cert)
 
-	var err error
-	e.store, err = tokenstore.New([]tokenstore.Tenant{
+	pool := e.world.CA.Pool()
+	tokens := []tokenstore.Tenant{
 		{Name: "secret", TenantID: testenv.TenantID, ClientID: testenv.ClientID, Credential: secret.NewClientSecret(testenv.ClientSecret),
-			AuthorityHost: e.world.Entra.URL(), Scope: testenv.TokenScope, RootCAs: e.world.CA.Pool()},
+			AuthorityHost: e.world.Entra.URL(), Scope: testenv.TokenScope, RootCAs: pool},
 		{Name: "cert", TenantID: testenv.CertTenantID, ClientID: testenv.CertClientID,
 			Credential:    secret.NewCertificate([]*x509.Certificate{e.std.AppCert.Cert}, e.std.AppCert.Key),
-			AuthorityHost: e.world.Entra.URL(), Scope: testenv.TokenScope, RootCAs: e.world.CA.Pool()},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
+			AuthorityHost: e.world.Entra.URL(), Scope: testenv.TokenScope, RootCAs: pool},
 	}
 	smtpHost := e.world.Exchange.Addr()
 	if o.smtpHost != "" {
 		smtpHost = o.smtpHost
 	}
 	routes := map[string]upsmtp.Route{
-		"secret": {Host: smtpHost, RootCAs: e.world.CA.Pool()},
-		"cert":   {Host: e.world.Exchange.Addr(), RootCAs: e.world.CA.Pool()},
+		"secret": {Host: smtpHost, RootCAs: pool},
+		"cert":   {Host: e.world.Exchange.Addr(), RootCAs: pool},
 	}
 	if o.untrusted {
 		routes["secret"] = upsmtp.Route{Host: smtpHost} // system roots, which do not know the test CA
 	}
-	limits := upstream.NewLocal(map[string]upstream.Limits{"secret": {Connections: 3}, "cert": {Connections: 3}})
-	exo := upsmtp.New(upsmtp.Options{Tokens: e.store, Limiter: limits, Routes: routes, Hostname: "bridge.test"})
-	t.Cleanup(exo.Close)
-
 	devices := o.devices
 	if devices == nil {
-		devices = []bridge.Device{device("mfp", "scanner@contoso.example")}
-	}
-	dir, err := bridge.NewDirectory(devices)
-	if err != nil {
-		t.Fatal(err)
+		devices = []inventory.Device{device("mfp", "scanner@contoso.example")}
 	}
 	listeners := o.listeners
 	if listeners == nil {
@@ -169,21 +160,24 @@ func newEnv(t *testing.T, o envOptions) *env {
 			listeners[i].MinTLSVersion = tls.VersionTLS12
 		}
 	}
-	lim := withDefaults(o.limits)
+	// The product's wiring (daemon.Path) without a spool: the devices
+	// here relay in sync mode, through the SMTP transport.
 	log := zerolog.New(e.logs).Level(zerolog.DebugLevel)
-	events := audit.NewLogger(log)
-	e.settings = bridge.Settings{Listeners: listeners, Limits: lim, Directory: dir}
-	e.srv, err = bridge.NewServer(bridge.Options{Hostname: "bridge.test", Settings: e.settings,
-		Deliverer: queue.Sync{Transport: exo, Events: events}, Events: events, Log: log})
+	path, err := daemon.NewPath(daemon.Parts{Hostname: "bridge.test",
+		Inventory: inventory.Inventory{Devices: devices, Tenants: []inventory.Tenant{
+			{Name: "secret", Transport: inventory.TransportSMTP}, {Name: "cert", Transport: inventory.TransportSMTP}}},
+		Listeners: listeners, Limits: withDefaults(o.limits), Tokens: tokens, GraphTokens: tokens, Routes: routes,
+		MailboxLimits: map[string]upstream.Limits{"secret": {Connections: 3}, "cert": {Connections: 3}},
+	}, daemon.PathOptions{Log: log, Events: audit.NewLogger(log)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.srv.Listen(); err != nil {
+	e.srv, e.store, e.settings = path.Server, path.Tokens, *path.Server.Settings()
+	if err := path.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e.srv.Serve()
 	t.Cleanup(func() {
-		e.srv.Shutdown(t.Context())
+		path.Stop(context.Background())
 		testenv.CheckNoSecrets(t, "the bridge's log", e.logs.String())
 	})
 	return e

@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // reload applies devices and limits to the running server, keeping its
 // listeners.
-func (e *env) reload(devices []bridge.Device, limits bridge.Limits, listeners []bridge.Listener) {
+func (e *env) reload(devices []inventory.Device, limits bridge.Limits, listeners []bridge.Listener) {
 	e.t.Helper()
 	dir, err := bridge.NewDirectory(devices)
 	if err != nil {
@@ -46,7 +47,7 @@ func TestReloadPolicyAppliesToOpenSession(t *testing.T) {
 
 	restricted := device("mfp", "scanner@contoso.example")
 	restricted.AllowedRecipients = patterns("contoso.example")
-	e.reload([]bridge.Device{restricted}, bridge.Limits{}, nil)
+	e.reload([]inventory.Device{restricted}, bridge.Limits{}, nil)
 
 	// The same connection, no new login: the new policy applies.
 	d.Cmd("MAIL FROM:<scan@printer.lan>", "250")
@@ -63,7 +64,7 @@ func TestReloadPolicyAppliesToOpenSession(t *testing.T) {
 // made with the old one: the next MAIL FROM gets 530, and the device must
 // connect and log in again, with the new password.
 func TestReloadRevokesLogin(t *testing.T) {
-	e := newEnv(t, envOptions{devices: []bridge.Device{device("mfp", "scanner@contoso.example"), device("erp", "erp@contoso.example")}})
+	e := newEnv(t, envOptions{devices: []inventory.Device{device("mfp", "scanner@contoso.example"), device("erp", "erp@contoso.example")}})
 	mfp := dial(t, e.addr("plain"))
 	mfp.Login("mfp", devicePassword)
 	erp := dial(t, e.addr("plain"))
@@ -79,7 +80,7 @@ func TestReloadRevokesLogin(t *testing.T) {
 	}
 	changed := device("mfp", "scanner@contoso.example")
 	changed.PasswordHash = newHash
-	e.reload([]bridge.Device{changed}, bridge.Limits{}, nil) // erp removed
+	e.reload([]inventory.Device{changed}, bridge.Limits{}, nil) // erp removed
 
 	mfp.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
 	mfp.Cmd("MAIL FROM:<scan@printer.lan>", "530 5.7.0")
@@ -107,7 +108,7 @@ func TestReloadLimitsForNewConnections(t *testing.T) {
 	e := newEnv(t, envOptions{limits: bridge.Limits{MaxMessageBytes: 1 << 20, MaxRecipients: 3}})
 	old := dial(t, e.addr("plain"))
 	old.Login("mfp", devicePassword)
-	e.reload([]bridge.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{MaxMessageBytes: 2000, MaxRecipients: 1}, nil)
+	e.reload([]inventory.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{MaxMessageBytes: 2000, MaxRecipients: 1}, nil)
 
 	fresh := dial(t, e.addr("plain"))
 	if got := fresh.Cmd("EHLO device.lan", "250"); got == "" {
@@ -138,7 +139,7 @@ func TestReloadListenerCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := []bridge.Listener{{Name: "tls", Address: "127.0.0.1:0", TLS: bridge.TLSImplicit, Certificate: &leaf.TLS, MinTLSVersion: tls.VersionTLS12}}
-	e.reload([]bridge.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{}, ls)
+	e.reload([]inventory.Device{device("mfp", "scanner@contoso.example")}, bridge.Limits{}, ls)
 	second := peerCert(t, e.addr("tls"))
 	if first == second || !strings.Contains(second, "renewed.example") {
 		t.Errorf("certificate after reload: %q (before: %q)", second, first)
@@ -217,7 +218,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			dir, err := bridge.NewDirectory([]bridge.Device{device("mfp", "scanner@contoso.example")})
+			dir, err := bridge.NewDirectory([]inventory.Device{device("mfp", "scanner@contoso.example")})
 			if err == nil {
 				st := e.settings
 				st.Directory = dir

@@ -16,6 +16,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/internal/header"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/message"
 )
@@ -48,7 +49,7 @@ type session struct {
 	// device up again in the current settings, so a reload's changes
 	// apply from the next message on; at RCPT and DATA it checks that
 	// the login still holds.
-	device *Device
+	device *inventory.Device
 	log    zerolog.Logger // connLog plus the device's fields
 	tx     *transaction   // the message in progress, from MAIL FROM on
 	// The Data in progress: cancel stops its delivery, done is closed
@@ -61,7 +62,7 @@ type session struct {
 // began, only Data uses it.
 type transaction struct {
 	st      *Settings // the settings current at MAIL FROM
-	device  *Device
+	device  *inventory.Device
 	id      string
 	log     zerolog.Logger
 	from    string // envelope sender as the device gave it
@@ -91,7 +92,7 @@ func (se *session) refuse(err error) error {
 }
 
 // setDevice records who logged in; se.mu is held.
-func (se *session) setDevice(dev *Device) {
+func (se *session) setDevice(dev *inventory.Device) {
 	se.device = dev
 	if dev == nil {
 		se.log = se.connLog
@@ -151,7 +152,7 @@ func (se *session) mail(from string, opts *smtp.MailOptions) error {
 			se.reject(tx, "mail", errSenderSyntax, audit.ReasonPolicy, "sender "+from)
 			return errSenderSyntax
 		}
-		if !dev.senderAllowed(a) {
+		if !dev.SenderAllowed(a) {
 			se.reject(tx, "mail", errSenderNotAllowed, audit.ReasonPolicy, "sender "+from)
 			return errSenderNotAllowed
 		}
@@ -285,7 +286,7 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 		f, i := h.Get("from")
 		if i < 0 {
 			h.Fields = append(h.Fields, formatField("From", mailAddress(dev.Mailbox)))
-		} else if addrs, ok := fromAddresses(f.Value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.senderAllowed(a) }) {
+		} else if addrs, ok := fromAddresses(f.Value()); !ok || slices.ContainsFunc(addrs, func(a mailaddr.Address) bool { return !dev.SenderAllowed(a) }) {
 			se.reject(tx, "data", errHeaderFromDenied, audit.ReasonPolicy, "header From "+message.CleanText(f.Value()))
 			return errHeaderFromDenied
 		} else if len(addrs) > 0 {

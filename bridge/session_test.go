@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
@@ -18,10 +19,10 @@ import (
 
 // recorderServer is a bridge whose Deliverer records what it is given:
 // the device side alone.
-func recorderServer(t *testing.T, lim bridge.Limits, devices ...bridge.Device) (*bridge.Server, *recorder, *syncbuf.Buffer) {
+func recorderServer(t *testing.T, lim bridge.Limits, devices ...inventory.Device) (*bridge.Server, *recorder, *syncbuf.Buffer) {
 	t.Helper()
 	if len(devices) == 0 {
-		devices = []bridge.Device{device("mfp", "scanner@contoso.example")}
+		devices = []inventory.Device{device("mfp", "scanner@contoso.example")}
 	}
 	dir, err := bridge.NewDirectory(devices)
 	if err != nil {
@@ -135,7 +136,7 @@ func TestRevokedMidTransaction(t *testing.T) {
 	atData.Cmd("MAIL FROM:<scan@printer.lan>", "250")
 	atData.Cmd("RCPT TO:<bob@contoso.example>", "250")
 
-	e.reload([]bridge.Device{changed}, bridge.Limits{}, nil)
+	e.reload([]inventory.Device{changed}, bridge.Limits{}, nil)
 
 	atRcpt.Cmd("RCPT TO:<bob@contoso.example>", "530 5.7.0")
 	atRcpt.Cmd("RCPT TO:<bob@contoso.example>", "530 5.7.0")

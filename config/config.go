@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/message"
@@ -188,33 +188,14 @@ type Device struct {
 	// Transport overrides the tenant's transport for this device.
 	Transport string `yaml:"transport"`
 
-	// Parsed is the device as Load parsed it.
-	Parsed ParsedDevice `yaml:"-"`
-}
-
-// ParsedDevice is a device's settings parsed, with the global delivery
-// settings applied.
-type ParsedDevice struct {
-	// PasswordHash is password_hash parsed; nil for auth: none.
-	PasswordHash      passwd.Hash
-	Mailbox           mailaddr.Address
-	AllowedFrom       mailaddr.Patterns
-	AllowedRecipients mailaddr.Patterns
-	Networks          []netip.Prefix
-	// Mode and BounceTo are the device's own delivery.mode and
-	// delivery.bounce_to, or the global ones.
-	Mode, BounceTo string
-	// MaxQueuedBytes is the device's max_queued_bytes, or the global
-	// limits.max_queued_bytes_per_device.
-	MaxQueuedBytes int64
-	// Transport is the device's transport, or its tenant's.
-	Transport string
+	// Parsed is the device as Load compiled it: what the bridge runs.
+	Parsed inventory.Device `yaml:"-"`
 }
 
 // Transports to Exchange Online.
 const (
-	TransportSMTP  = "smtp"
-	TransportGraph = "graph"
+	TransportSMTP  = inventory.TransportSMTP
+	TransportGraph = inventory.TransportGraph
 )
 
 // How a tenant's tokens are got (tenants[].auth).
@@ -621,4 +602,23 @@ func (c *Config) Device(name string) *Device {
 		}
 	}
 	return nil
+}
+
+// Inventory is the config's listeners, tenants and devices, compiled: the
+// one description of them the bridge's parts take.
+func (c *Config) Inventory() inventory.Inventory {
+	var inv inventory.Inventory
+	for _, l := range c.Listeners {
+		inv.Listeners = append(inv.Listeners, l.Name)
+	}
+	for i := range c.Tenants {
+		t := &c.Tenants[i]
+		inv.Tenants = append(inv.Tenants, inventory.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID,
+			Credential: t.Credential, CredentialExpiry: t.CredentialExpiry(), SMTPHost: t.SMTPHost, Transport: t.Transport,
+			RecipientsPerDay: t.MaxRecipientsPerDay})
+	}
+	for _, d := range c.Devices {
+		inv.Devices = append(inv.Devices, d.Parsed)
+	}
+	return inv
 }

@@ -14,8 +14,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 )
 
 // Problem is one thing wrong with a config file.
@@ -24,6 +25,17 @@ type Problem struct {
 	Line    int    // 0 when unknown
 	Message string
 	Warning bool // a warning does not stop the bridge
+}
+
+// In is the problem as a line of a file's report, in the file:line form
+// editors jump to: "path:12: key: msg", or "path: key: msg" without a
+// line.
+func (p Problem) In(path string) string {
+	s := p.String()
+	if p.Line > 0 {
+		return path + ":" + strings.TrimPrefix(s, "line ")
+	}
+	return path + ": " + s
 }
 
 func (p Problem) String() string {

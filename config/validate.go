@@ -275,98 +275,132 @@ func (l *loader) validateDevices(c *Config) {
 		d := &c.Devices[i]
 		k := fmt.Sprintf("devices[%d]", i)
 		l.checkName(k+".name", d.Name, names)
-		switch {
-		case d.Auth == AuthNone:
-			if d.Username != "" || d.PasswordHash != "" {
-				l.errorf(k+".auth", "a device with auth: none has no username or password_hash; remove them, or use auth: password")
-			}
-		case d.Username == "":
-			l.errorf(k+".username", "required: the user name the device logs in with")
-		case users[d.Username] != "":
-			l.errorf(k+".username", "%q is already used by device %q", d.Username, users[d.Username])
-		default:
-			users[d.Username] = d.Name
-		}
-		switch d.Auth {
-		case AuthPassword, AuthNone:
-		default:
-			l.errorf(k+".auth", "%q is not one of password, none", d.Auth)
-		}
 		p := &d.Parsed
-		if d.Auth == AuthNone {
-			l.checkUnauthenticated(c, k, d)
-		} else if d.PasswordHash == "" {
-			l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
-		} else if strings.HasPrefix(d.PasswordHash, passwordPlaceholder) {
-			l.errorf(k+".password_hash", "still the example's placeholder: give device %s a password of its own: run `smtpbridge hash-password` (it asks for the password twice) and put the hash it prints here", d.Name)
-		} else if h, err := passwd.Parse(d.PasswordHash); err != nil {
+		p.Name, p.Username, p.Tenant = d.Name, d.Username, d.Tenant
+		p.Unauthenticated, p.MaxPerHour, p.ExpectEvery = d.Auth == AuthNone, d.MaxMessagesPerHour, d.ExpectEvery
+		l.deviceLogin(c, k, d, users)
+		l.deviceRoute(c, k, d)
+		l.devicePolicy(k, d)
+		l.deviceDelivery(c, k, d)
+	}
+}
+
+// deviceLogin checks how device d logs in: its username, unique, and
+// password hash, or its networks without AUTH.
+func (l *loader) deviceLogin(c *Config, k string, d *Device, users map[string]string) {
+	switch {
+	case d.Auth == AuthNone:
+		if d.Username != "" || d.PasswordHash != "" {
+			l.errorf(k+".auth", "a device with auth: none has no username or password_hash; remove them, or use auth: password")
+		}
+	case d.Username == "":
+		l.errorf(k+".username", "required: the user name the device logs in with")
+	case users[d.Username] != "":
+		l.errorf(k+".username", "%q is already used by device %q", d.Username, users[d.Username])
+	default:
+		users[d.Username] = d.Name
+	}
+	switch d.Auth {
+	case AuthPassword, AuthNone:
+	default:
+		l.errorf(k+".auth", "%q is not one of password, none", d.Auth)
+	}
+	switch {
+	case d.Auth == AuthNone:
+		l.checkUnauthenticated(c, k, d)
+	case d.PasswordHash == "":
+		l.errorf(k+".password_hash", "required: create one with `smtpbridge hash-password`")
+	case strings.HasPrefix(d.PasswordHash, passwordPlaceholder):
+		l.errorf(k+".password_hash", "still the example's placeholder: give device %s a password of its own: run `smtpbridge hash-password` (it asks for the password twice) and put the hash it prints here", d.Name)
+	default:
+		h, err := passwd.Parse(d.PasswordHash)
+		if err != nil {
 			l.errorf(k+".password_hash", "%v; create one with `smtpbridge hash-password` (never put the password itself here)", err)
-		} else {
-			p.PasswordHash = h
-			if passwd.IsDocumentedHash(d.PasswordHash) && c.Sandbox.Dir == "" {
-				l.errorf(k+".password_hash", "is the hash of the sandbox's password, which the README prints (%s): anyone who read it could log in as device %s; outside sandbox mode give it a password of its own with `smtpbridge hash-password`", strings.Join(passwd.Documented(), ", "), d.Name)
-			}
+			return
 		}
-		if d.Tenant == "" {
-			l.errorf(k+".tenant", "required: the name of one of the tenants")
-		} else if t := c.Tenant(d.Tenant); t == nil {
-			l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
-		} else {
-			p.Transport = t.Transport
+		d.Parsed.PasswordHash = h
+		if passwd.IsDocumentedHash(d.PasswordHash) && c.Sandbox.Dir == "" {
+			l.errorf(k+".password_hash", "is the hash of the sandbox's password, which the README prints (%s): anyone who read it could log in as device %s; outside sandbox mode give it a password of its own with `smtpbridge hash-password`", strings.Join(passwd.Documented(), ", "), d.Name)
 		}
-		switch d.Transport {
-		case "":
-		case TransportSMTP, TransportGraph:
-			p.Transport = d.Transport
-		default:
-			l.errorf(k+".transport", "%q: use smtp or graph, or leave it out for the tenant's", d.Transport)
+	}
+}
+
+// deviceRoute checks where device d's mail goes: its tenant, transport
+// and mailbox.
+func (l *loader) deviceRoute(c *Config, k string, d *Device) {
+	p := &d.Parsed
+	if d.Tenant == "" {
+		l.errorf(k+".tenant", "required: the name of one of the tenants")
+	} else if t := c.Tenant(d.Tenant); t == nil {
+		l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
+	} else {
+		p.Transport = t.Transport
+	}
+	switch d.Transport {
+	case "":
+	case TransportSMTP, TransportGraph:
+		p.Transport = d.Transport
+	default:
+		l.errorf(k+".transport", "%q: use smtp or graph, or leave it out for the tenant's", d.Transport)
+	}
+	if a, err := mailaddr.Parse(d.Mailbox); err != nil {
+		l.errorf(k+".mailbox", "%q: %v; this is the mailbox the device sends as, e.g. scanner@contoso.com", d.Mailbox, err)
+	} else {
+		p.Mailbox = a
+	}
+}
+
+// devicePolicy checks what device d may send: its senders, recipients,
+// networks and rate.
+func (l *loader) devicePolicy(k string, d *Device) {
+	p := &d.Parsed
+	switch d.FromPolicy {
+	case FromRewrite:
+		if len(d.AllowedFrom) > 0 {
+			l.warnf(k+".allowed_from", "only used with from_policy: enforce; with rewrite every message is sent as the mailbox")
 		}
-		if a, err := mailaddr.Parse(d.Mailbox); err != nil {
-			l.errorf(k+".mailbox", "%q: %v; this is the mailbox the device sends as, e.g. scanner@contoso.com", d.Mailbox, err)
-		} else {
-			p.Mailbox = a
-		}
-		switch d.FromPolicy {
-		case FromRewrite:
-			if len(d.AllowedFrom) > 0 {
-				l.warnf(k+".allowed_from", "only used with from_policy: enforce; with rewrite every message is sent as the mailbox")
-			}
-		case FromEnforce:
-		default:
-			l.errorf(k+".from_policy", "%q is not one of rewrite, enforce", d.FromPolicy)
-		}
-		p.AllowedFrom = l.patterns(k+".allowed_from", d.AllowedFrom, "write an address, or contoso.com or *@contoso.com for a whole domain")
-		p.AllowedRecipients = l.patterns(k+".allowed_recipients", d.AllowedRecipients, "write contoso.com, *@contoso.com or bob@partner.org")
-		p.Networks = l.networks(k+".networks", d.Networks)
-		if d.MaxMessagesPerHour < 0 {
-			l.errorf(k+".max_messages_per_hour", "must be positive, e.g. 200")
-		}
-		if d.ExpectEvery < 0 {
-			l.errorf(k+".expect_every", "%s must be positive, e.g. 24h", d.ExpectEvery)
-		} else if d.ExpectEvery > 0 && d.ExpectEvery < time.Minute {
-			l.errorf(k+".expect_every", "%s is too short to tell silence from a pause; use 1m or more, e.g. 24h for a daily test mail", d.ExpectEvery)
-		}
-		l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
-		l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
-		switch {
-		case d.MaxQueuedBytes < 0:
-			l.errorf(k+".max_queued_bytes", "must be positive, e.g. 1073741824 (1 GiB)")
-		case d.MaxQueuedBytes > 0:
-			p.MaxQueuedBytes = d.MaxQueuedBytes
-		default:
-			p.MaxQueuedBytes = c.Limits.MaxQueuedBytesPerDevice
-		}
-		if p.MaxQueuedBytes > 0 && p.MaxQueuedBytes < c.Limits.MaxMessageBytes {
-			l.warnf(k+".max_queued_bytes", "%d is below limits.max_message_bytes (%d): a message that large never fits in the device's share of the spool",
-				p.MaxQueuedBytes, c.Limits.MaxMessageBytes)
-		}
-		p.Mode, p.BounceTo = c.Delivery.Mode, c.Delivery.BounceTo
-		if d.Delivery.Mode != "" {
-			p.Mode = d.Delivery.Mode
-		}
-		if d.Delivery.BounceTo != "" {
-			p.BounceTo = d.Delivery.BounceTo
-		}
+	case FromEnforce:
+		p.EnforceFrom = true
+	default:
+		l.errorf(k+".from_policy", "%q is not one of rewrite, enforce", d.FromPolicy)
+	}
+	p.AllowedFrom = l.patterns(k+".allowed_from", d.AllowedFrom, "write an address, or contoso.com or *@contoso.com for a whole domain")
+	p.AllowedRecipients = l.patterns(k+".allowed_recipients", d.AllowedRecipients, "write contoso.com, *@contoso.com or bob@partner.org")
+	p.Networks = l.networks(k+".networks", d.Networks)
+	if d.MaxMessagesPerHour < 0 {
+		l.errorf(k+".max_messages_per_hour", "must be positive, e.g. 200")
+	}
+	if d.ExpectEvery < 0 {
+		l.errorf(k+".expect_every", "%s must be positive, e.g. 24h", d.ExpectEvery)
+	} else if d.ExpectEvery > 0 && d.ExpectEvery < time.Minute {
+		l.errorf(k+".expect_every", "%s is too short to tell silence from a pause; use 1m or more, e.g. 24h for a daily test mail", d.ExpectEvery)
+	}
+}
+
+// deviceDelivery checks device d's delivery: its mode, bounce address
+// and share of the spool, its own or the global ones.
+func (l *loader) deviceDelivery(c *Config, k string, d *Device) {
+	p := &d.Parsed
+	l.checkMode(k+".delivery.mode", d.Delivery.Mode, true)
+	l.checkAddress(k+".delivery.bounce_to", d.Delivery.BounceTo)
+	switch {
+	case d.MaxQueuedBytes < 0:
+		l.errorf(k+".max_queued_bytes", "must be positive, e.g. 1073741824 (1 GiB)")
+	case d.MaxQueuedBytes > 0:
+		p.MaxQueuedBytes = d.MaxQueuedBytes
+	default:
+		p.MaxQueuedBytes = c.Limits.MaxQueuedBytesPerDevice
+	}
+	if p.MaxQueuedBytes > 0 && p.MaxQueuedBytes < c.Limits.MaxMessageBytes {
+		l.warnf(k+".max_queued_bytes", "%d is below limits.max_message_bytes (%d): a message that large never fits in the device's share of the spool",
+			p.MaxQueuedBytes, c.Limits.MaxMessageBytes)
+	}
+	p.Mode, p.BounceTo = c.Delivery.Mode, c.Delivery.BounceTo
+	if d.Delivery.Mode != "" {
+		p.Mode = d.Delivery.Mode
+	}
+	if d.Delivery.BounceTo != "" {
+		p.BounceTo = d.Delivery.BounceTo
 	}
 }
 

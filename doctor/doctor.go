@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
@@ -33,20 +34,9 @@ type Tenant struct {
 	SecretExpires time.Time
 	SMTP          upsmtp.Route
 	// Graph is set when some of the devices send through Microsoft
-	// Graph (Device.Graph).
+	// Graph (Device.ViaGraph).
 	Graph   *Graph
-	Devices []Device
-}
-
-// Device is a device as doctor and ExchangeScript need it.
-type Device struct {
-	Name, Mailbox string
-	// EnforceFrom and AllowedFrom: with from_policy: enforce, the
-	// mailbox needs SendAs for the plain addresses in allowed_from.
-	EnforceFrom bool
-	AllowedFrom []string
-	// Graph says the device sends through Microsoft Graph.
-	Graph bool
+	Devices []inventory.Device
 }
 
 // Status of a step.
@@ -149,7 +139,7 @@ func pick(tenants []Tenant, o Options) ([]Tenant, error) {
 			continue
 		}
 		if o.Device != "" {
-			i := slices.IndexFunc(t.Devices, func(d Device) bool { return d.Name == o.Device })
+			i := slices.IndexFunc(t.Devices, func(d inventory.Device) bool { return d.Name == o.Device })
 			if i < 0 {
 				continue
 			}
@@ -161,7 +151,7 @@ func pick(tenants []Tenant, o Options) ([]Tenant, error) {
 	case len(out) > 0:
 		return out, nil
 	case o.Device != "" && o.Tenant != "" && slices.ContainsFunc(tenants, func(t Tenant) bool {
-		return slices.ContainsFunc(t.Devices, func(d Device) bool { return d.Name == o.Device })
+		return slices.ContainsFunc(t.Devices, func(d inventory.Device) bool { return d.Name == o.Device })
 	}):
 		return nil, fmt.Errorf("device %q does not belong to tenant %q", o.Device, o.Tenant)
 	case o.Device != "":
@@ -173,9 +163,9 @@ func pick(tenants []Tenant, o Options) ([]Tenant, error) {
 func (r *run) tenant(ctx context.Context, t *Tenant) {
 	r.rep.Tenants++
 	r.add(r.credential(t))
-	var viaSMTP, viaGraph []Device
+	var viaSMTP, viaGraph []inventory.Device
 	for _, d := range t.Devices {
-		if d.Graph && t.Graph != nil {
+		if d.ViaGraph() && t.Graph != nil {
 			viaGraph = append(viaGraph, d)
 		} else {
 			viaSMTP = append(viaSMTP, d)
@@ -191,7 +181,7 @@ func (r *run) tenant(ctx context.Context, t *Tenant) {
 }
 
 // smtpTenant checks a tenant's SMTP side for its devices on SMTP.
-func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []Device) {
+func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []inventory.Device) {
 	step := func(name string, st Status, detail string) Step {
 		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
 	}
@@ -249,12 +239,12 @@ type mailbox struct {
 }
 
 // mailboxesOf lists the mailboxes of a tenant's devices, each once.
-func mailboxesOf(devices []Device) []mailbox {
+func mailboxesOf(devices []inventory.Device) []mailbox {
 	var out []mailbox
 	for _, d := range devices {
-		i := slices.IndexFunc(out, func(m mailbox) bool { return strings.EqualFold(m.address, d.Mailbox) })
+		i := slices.IndexFunc(out, func(m mailbox) bool { return strings.EqualFold(m.address, d.Mailbox.String()) })
 		if i < 0 {
-			out = append(out, mailbox{address: d.Mailbox})
+			out = append(out, mailbox{address: d.Mailbox.String()})
 			i = len(out) - 1
 		}
 		out[i].devices = append(out[i].devices, d.Name)

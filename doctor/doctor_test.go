@@ -10,6 +10,8 @@ import (
 	"github.com/smtpbridge/smtpbridge/doctor"
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
@@ -61,9 +63,9 @@ func newWorld(t *testing.T, m mistake) *world {
 			AuthorityHost: w.entra.URL(), Scope: "https://outlook.office365.com/.default", RootCAs: w.ca.Pool()},
 		SecretExpires: time.Now().AddDate(1, 0, 0),
 		SMTP:          upsmtp.Route{RootCAs: w.ca.Pool()},
-		Devices: []doctor.Device{
-			{Name: "mfp-2f", Mailbox: mailbox},
-			{Name: "mfp-3f", Mailbox: "SCANNER@contoso.example"}, // the same mailbox: checked once
+		Devices: []inventory.Device{
+			{Name: "mfp-2f", Mailbox: mailaddr.MustParse(mailbox)},
+			{Name: "mfp-3f", Mailbox: mailaddr.MustParse("SCANNER@contoso.example")}, // the same mailbox: checked once
 		},
 	}
 	if !m.noStart {
@@ -207,7 +209,7 @@ func TestRBAC(t *testing.T) {
 
 func TestFilters(t *testing.T) {
 	w := newWorld(t, mistake{})
-	w.tenants[0].Devices = append(w.tenants[0].Devices, doctor.Device{Name: "other", Mailbox: "erp@contoso.example"})
+	w.tenants[0].Devices = append(w.tenants[0].Devices, inventory.Device{Name: "other", Mailbox: mailaddr.MustParse("erp@contoso.example")})
 	rep, err := doctor.Run(context.Background(), w.tenants, doctor.Options{Device: "other"})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream/graph"
@@ -35,7 +36,7 @@ const graphFix = "Entra admin center > App registrations > the app > API permiss
 // graphTenant checks a tenant's Graph side: a token for Graph, its roles
 // (Mail.Send; Mail.ReadWrite for messages over 3 MB), and per mailbox a
 // draft created and deleted, which sends nothing.
-func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []Device) {
+func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []inventory.Device) {
 	step := func(name string, st Status, detail string) Step {
 		return Step{Tenant: t.Name, Name: name, Status: st, Detail: detail}
 	}
@@ -47,7 +48,7 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []Device) {
 		// A delegated tenant's Graph token is the first mailbox's.
 		var mb string
 		if t.Credential.Delegated() && len(devices) > 0 {
-			mb = devices[0].Mailbox
+			mb = devices[0].Mailbox.String()
 		}
 		tok, err = store.Token(ctx, t.Name, mb)
 	}

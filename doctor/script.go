@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 )
 
 // ExchangeScript writes the Exchange Online PowerShell that grants exactly
@@ -123,9 +123,9 @@ func writeDelegatedTenant(b *strings.Builder, source string, t *Tenant) {
 		line("# No device sends through this tenant yet: nothing more to set up.")
 		return
 	}
-	var viaSMTP []Device
+	var viaSMTP []inventory.Device
 	for _, d := range t.Devices {
-		if !d.Graph {
+		if !d.ViaGraph() {
 			viaSMTP = append(viaSMTP, d)
 		}
 	}
@@ -269,21 +269,14 @@ func writeGraphTenant(b *strings.Builder, source string, t *Tenant) {
 
 // tenantMailboxes lists the mailboxes a tenant's devices send as, and the
 // (mailbox, address) pairs that need SendAs, each once, in config order.
-func tenantMailboxes(devices []Device) (mailboxes []string, sendAs [][2]string) {
+func tenantMailboxes(devices []inventory.Device) (mailboxes []string, sendAs [][2]string) {
 	for _, d := range devices {
-		if !slices.ContainsFunc(mailboxes, func(m string) bool { return strings.EqualFold(m, d.Mailbox) }) {
-			mailboxes = append(mailboxes, d.Mailbox)
+		mb := d.Mailbox.String()
+		if !slices.ContainsFunc(mailboxes, func(m string) bool { return strings.EqualFold(m, mb) }) {
+			mailboxes = append(mailboxes, mb)
 		}
-		if !d.EnforceFrom {
-			continue
-		}
-		for _, a := range d.AllowedFrom {
-			// Only plain addresses: a pattern ("*@domain") cannot be
-			// granted SendAs ('*' is a legal local part, so Parse takes it).
-			if _, err := mailaddr.Parse(a); err != nil || strings.HasPrefix(a, "*@") || strings.EqualFold(a, d.Mailbox) {
-				continue
-			}
-			pair := [2]string{d.Mailbox, a}
+		for _, a := range d.SendAs() {
+			pair := [2]string{mb, a.String()}
 			if !slices.Contains(sendAs, pair) {
 				sendAs = append(sendAs, pair)
 			}

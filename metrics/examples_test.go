@@ -12,7 +12,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
 // The shipped Prometheus and Grafana files (examples/) against the bridge's
@@ -26,15 +28,17 @@ const examples = "../examples"
 // included, with every label set present.
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
-	m := New("dev", Inventory{
+	m := New("dev", inventory.Inventory{
 		Listeners: []string{"lan"},
-		Tenants:   []Tenant{{Name: "contoso", CredentialExpiry: time.Now().Add(time.Hour), RecipientsPerDay: 10000}},
-		Devices:   []Device{{Name: "alarm", Tenant: "contoso", ExpectEvery: time.Hour}},
+		Tenants:   []inventory.Tenant{{Name: "contoso", CredentialExpiry: time.Now().Add(time.Hour), RecipientsPerDay: 10000}},
+		Devices:   []inventory.Device{{Name: "alarm", Tenant: "contoso", ExpectEvery: time.Hour}},
 	})
 	m.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
 	m.ObserveSignIn("contoso", "a@contoso.example", true)
 	m.MailboxHold("contoso", "a@contoso.example", "throttled", true)
-	m.SetSources(Sources{MailboxRecipients: func() map[Mailbox]int { return map[Mailbox]int{{"contoso", "a@contoso.example"}: 1} }})
+	m.SetSources(Sources{MailboxRecipients: func() map[upstream.Mailbox]int {
+		return map[upstream.Mailbox]int{{Tenant: "contoso", Address: "a@contoso.example"}: 1}
+	}})
 	names := map[string]bool{}
 	for _, line := range strings.Split(scrape(t, m), "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {

@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -25,7 +24,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/queue"
+	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
 const namespace = "smtpbridge"
@@ -48,61 +51,18 @@ var (
 	QueueStates = []string{"queued", "deferred", "dead"}
 )
 
-// Inventory is what the config defines: the label sets to initialise.
-type Inventory struct {
-	Listeners []string
-	Tenants   []Tenant
-	Devices   []Device
-}
-
-// Tenant is a configured tenant.
-type Tenant struct {
-	Name string
-	// CredentialExpiry is the certificate's NotAfter or the configured
-	// client_secret_expires; zero when unknown.
-	CredentialExpiry time.Time
-	// RecipientsPerDay is each mailbox's quota (max_recipients_per_day).
-	RecipientsPerDay int
-}
-
-// Device is a configured device.
-type Device struct {
-	Name, Tenant string
-	// Mailbox is the mailbox the device sends as.
-	Mailbox string
-	// ExpectEvery is how often the device is expected to send; zero for
-	// devices that send when people use them.
-	ExpectEvery time.Duration
-}
-
 // Sources are read at scrape time. Any may be nil.
 type Sources struct {
-	Queue               func() QueueStats
+	Queue               func() queue.Stats
 	UpstreamConnections func() map[string]int // by tenant
 	DeviceLastSeen      func() map[string]time.Time
 	DeviceLastMessage   func() map[string]time.Time
 	BlockedAddresses    func() int
 	// MailboxRecipients are the recipients each mailbox sent to in the
 	// rolling day of its quota.
-	MailboxRecipients func() map[Mailbox]int
+	MailboxRecipients func() map[upstream.Mailbox]int
 	// Spool is what the spool holds, in all and per device.
-	Spool func() SpoolStats
-}
-
-// SpoolStats is what the spool holds.
-type SpoolStats struct {
-	Bytes   int64            // queued and dead messages
-	Free    int64            // the filesystem's free space; -1 unknown
-	Devices map[string]int64 // the messages' bytes per device
-}
-
-// Mailbox is a tenant's sending mailbox.
-type Mailbox struct{ Tenant, Address string }
-
-// QueueStats is the queue's state.
-type QueueStats struct {
-	Queued, Deferred, Dead int
-	Oldest                 time.Time // zero when empty
+	Spool func() spool.Usage
 }
 
 // Metrics is the bridge's registry and collectors.
@@ -143,11 +103,11 @@ type Metrics struct {
 	state *stateCollector
 
 	mu  sync.Mutex
-	inv Inventory
+	inv inventory.Inventory
 }
 
 // New registers the collectors and initialises the label sets of inv.
-func New(version string, inv Inventory) *Metrics {
+func New(version string, inv inventory.Inventory) *Metrics {
 	r := prometheus.NewRegistry()
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
@@ -250,15 +210,15 @@ func New(version string, inv Inventory) *Metrics {
 // Configure initialises the label sets of a (new) configuration and
 // deletes those of devices and tenants it no longer has, so that a
 // removed device stops showing as silent.
-func (m *Metrics) Configure(inv Inventory) {
+func (m *Metrics) Configure(inv inventory.Inventory) {
 	m.mu.Lock()
 	old := m.inv
 	m.inv = inv
 	m.mu.Unlock()
 	for _, d := range old.Devices {
 		// A mailbox no device sends as any more needs no sign-in.
-		if !slices.ContainsFunc(inv.Devices, func(n Device) bool { return n.Tenant == d.Tenant && strings.EqualFold(n.Mailbox, d.Mailbox) }) {
-			m.signInRequired.DeleteLabelValues(d.Tenant, d.Mailbox)
+		if !slices.ContainsFunc(inv.Devices, func(n inventory.Device) bool { return n.Tenant == d.Tenant && n.Mailbox.Equal(d.Mailbox) }) {
+			m.signInRequired.DeleteLabelValues(d.Tenant, d.Mailbox.String())
 		}
 	}
 
@@ -275,7 +235,7 @@ func (m *Metrics) Configure(inv Inventory) {
 		}
 	}
 	for _, t := range old.Tenants {
-		if !slices.ContainsFunc(inv.Tenants, func(n Tenant) bool { return n.Name == t.Name }) {
+		if !slices.ContainsFunc(inv.Tenants, func(n inventory.Tenant) bool { return n.Name == t.Name }) {
 			m.deleteTenant(t.Name)
 		}
 	}
@@ -309,7 +269,7 @@ func (m *Metrics) Configure(inv Inventory) {
 		}
 	}
 	for _, d := range old.Devices {
-		if !slices.ContainsFunc(inv.Devices, func(n Device) bool { return n.Name == d.Name && n.Tenant == d.Tenant }) {
+		if !slices.ContainsFunc(inv.Devices, func(n inventory.Device) bool { return n.Name == d.Name && n.Tenant == d.Tenant }) {
 			m.deleteDevice(d)
 		}
 	}
@@ -341,7 +301,7 @@ func (m *Metrics) deleteTenant(name string) {
 	}
 }
 
-func (m *Metrics) deleteDevice(d Device) {
+func (m *Metrics) deleteDevice(d inventory.Device) {
 	l := prometheus.Labels{"device": d.Name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		m.received, m.delivered, m.rejected, m.failed, m.refused, m.deviceExpected,

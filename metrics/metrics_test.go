@@ -11,14 +11,17 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
+	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
-var testInventory = Inventory{
+var testInventory = inventory.Inventory{
 	Listeners: []string{"lan"},
-	Tenants:   []Tenant{{Name: "contoso", CredentialExpiry: time.Unix(1900000000, 0)}, {Name: "fabrikam"}},
-	Devices: []Device{
+	Tenants:   []inventory.Tenant{{Name: "contoso", CredentialExpiry: time.Unix(1900000000, 0)}, {Name: "fabrikam"}},
+	Devices: []inventory.Device{
 		{Name: "mfp-2f", Tenant: "contoso"},
 		{Name: "alarm", Tenant: "contoso", ExpectEvery: 24 * time.Hour},
 	},
@@ -53,8 +56,8 @@ func TestMetricsCountEvents(t *testing.T) {
 	m := New("1.2.3", testInventory)
 	seen := time.Unix(1800000000, 0)
 	m.SetSources(Sources{
-		Queue: func() QueueStats {
-			return QueueStats{Queued: 2, Deferred: 1, Dead: 4, Oldest: time.Now().Add(-90 * time.Second)}
+		Queue: func() queue.Stats {
+			return queue.Stats{Queued: 2, Deferred: 1, Dead: 4, Oldest: time.Now().Add(-90 * time.Second)}
 		},
 		UpstreamConnections: func() map[string]int { return map[string]int{"contoso": 2} },
 		DeviceLastSeen:      func() map[string]time.Time { return map[string]time.Time{"mfp-2f": seen} },
@@ -177,10 +180,10 @@ func TestMetricsZeroInitialised(t *testing.T) {
 func TestMetricsConfigure(t *testing.T) {
 	m := New("dev", testInventory)
 	m.Observe(audit.Event{Kind: audit.Received, Device: "alarm", Tenant: "contoso", Size: 10})
-	m.Configure(Inventory{
+	m.Configure(inventory.Inventory{
 		Listeners: []string{"lan"},
-		Tenants:   []Tenant{{Name: "contoso"}},
-		Devices:   []Device{{Name: "mfp-2f", Tenant: "contoso"}, {Name: "erp", Tenant: "contoso", ExpectEvery: time.Hour}},
+		Tenants:   []inventory.Tenant{{Name: "contoso"}},
+		Devices:   []inventory.Device{{Name: "mfp-2f", Tenant: "contoso"}, {Name: "erp", Tenant: "contoso", ExpectEvery: time.Hour}},
 	})
 	m.Reloaded(false)
 	body := scrape(t, m)
@@ -225,7 +228,7 @@ func goVersion() string { return runtime.Version() }
 // The sign-in gauge is 1 while a delegated mailbox needs a sign-in, and
 // goes when a token comes or when no device sends as the mailbox.
 func TestSignInRequired(t *testing.T) {
-	inv := Inventory{Tenants: []Tenant{{Name: "t"}}, Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "scans@x.example"}}}
+	inv := inventory.Inventory{Tenants: []inventory.Tenant{{Name: "t"}}, Devices: []inventory.Device{{Name: "mfp", Tenant: "t", Mailbox: mailaddr.MustParse("scans@x.example")}}}
 	m := New("dev", inv)
 	const series = `smtpbridge_mailbox_sign_in_required{mailbox="scans@x.example",tenant="t"} 1`
 	m.ObserveSignIn("t", "scans@x.example", true)
@@ -237,7 +240,7 @@ func TestSignInRequired(t *testing.T) {
 		t.Fatal("the series stays after a token came")
 	}
 	m.ObserveSignIn("t", "scans@x.example", true)
-	m.Configure(Inventory{Tenants: []Tenant{{Name: "t"}}, Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "other@x.example"}}})
+	m.Configure(inventory.Inventory{Tenants: []inventory.Tenant{{Name: "t"}}, Devices: []inventory.Device{{Name: "mfp", Tenant: "t", Mailbox: mailaddr.MustParse("other@x.example")}}})
 	if strings.Contains(scrape(t, m), "smtpbridge_mailbox_sign_in_required{") {
 		t.Fatal("the series stays after the config stopped sending as the mailbox")
 	}

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/queue"
 )
 
 // stateCollector reads the queue's, upstream's and devices' state when
@@ -42,7 +45,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	inv := c.m.inv
 	c.m.mu.Unlock()
 
-	var qs QueueStats
+	var qs queue.Stats
 	if src.Queue != nil {
 		qs = src.Queue()
 	}
@@ -97,7 +100,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // devices sends one timestamp per configured device, 0 for never.
-func (c *stateCollector) devices(ch chan<- prometheus.Metric, desc *prometheus.Desc, src func() map[string]time.Time, inv Inventory) {
+func (c *stateCollector) devices(ch chan<- prometheus.Metric, desc *prometheus.Desc, src func() map[string]time.Time, inv inventory.Inventory) {
 	var last map[string]time.Time
 	if src != nil {
 		last = src()

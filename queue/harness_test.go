@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -16,14 +17,15 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/bridge"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
 	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
-	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
@@ -145,7 +147,7 @@ type stack struct {
 	w    *world
 	sp   *spool.Spool
 	q    *queue.Queue
-	exo  *upsmtp.Transport
+	path *daemon.Path
 	srv  *bridge.Server
 	logs *syncbuf.Buffer
 	once sync.Once
@@ -173,59 +175,44 @@ func (w *world) start(o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := tokenstore.New([]tokenstore.Tenant{{Name: "contoso", TenantID: testenv.TenantID, ClientID: testenv.ClientID,
-		Credential: secret.NewClientSecret(testenv.ClientSecret), AuthorityHost: w.tw.Entra.URL(),
-		Scope: testenv.TokenScope, RootCAs: w.tw.CA.Pool()}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := &stack{t: t, w: w, sp: sp, logs: &syncbuf.Buffer{}}
-	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
-	events := audit.NewLogger(log)
-	limiter := upstream.NewLocal(map[string]upstream.Limits{"contoso": {Connections: 3, PerMinute: 1000, RecipientsPerDay: o.quota}})
-	if o.day > 0 {
-		limiter.Day = o.day
-	}
-	s.exo = upsmtp.New(upsmtp.Options{Tokens: store, Hostname: "bridge.test",
-		Limiter: limiter,
-		Routes:  map[string]upsmtp.Route{"contoso": {Host: w.proxy.addr(), RootCAs: w.tw.CA.Pool()}}})
-	s.q, err = queue.New(queue.Options{Spool: sp, Transport: s.exo, Hostname: "bridge.test", Log: log, Events: events,
-		Settings: queue.Settings{RetryInitial: o.retryInitial, RetryMax: o.retryMax, MaxAge: o.maxAge, SyncTimeout: o.syncTimeout,
-			BounceTo: func(string) string { return o.bounceTo }}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	enc, err := passwd.NewBcrypt([]byte(devicePassword), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hash, _ := passwd.Parse(enc)
-	mbox, _ := mailaddr.Parse(mailbox)
-	erp, _ := mailaddr.Parse("erp@contoso.example")
 	allowed, _ := mailaddr.ParsePatterns([]string{"erp@contoso.example", "billing@contoso.example"})
-	dir, err := bridge.NewDirectory([]bridge.Device{
-		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "contoso", Mailbox: mbox, Mode: o.mode},
-		{Name: "erp", Username: "erp", PasswordHash: hash, Tenant: "contoso", Mailbox: erp, Mode: o.mode,
+	devices := []inventory.Device{
+		{Name: "mfp", Username: "mfp", PasswordHash: hash, Tenant: "contoso", Mailbox: mailaddr.MustParse(mailbox), Mode: o.mode},
+		{Name: "erp", Username: "erp", PasswordHash: hash, Tenant: "contoso", Mailbox: mailaddr.MustParse("erp@contoso.example"), Mode: o.mode,
 			EnforceFrom: true, AllowedFrom: allowed},
-	})
+	}
+	tokens := []tokenstore.Tenant{{Name: "contoso", TenantID: testenv.TenantID, ClientID: testenv.ClientID,
+		Credential: secret.NewClientSecret(testenv.ClientSecret), AuthorityHost: w.tw.Entra.URL(),
+		Scope: testenv.TokenScope, RootCAs: w.tw.CA.Pool()}}
+	// The product's wiring (daemon.Path), with Exchange behind the
+	// test's proxy.
+	log := zerolog.New(s.logs).Level(zerolog.DebugLevel)
+	path, err := daemon.NewPath(daemon.Parts{Hostname: "bridge.test",
+		Inventory: inventory.Inventory{Devices: devices, Tenants: []inventory.Tenant{{Name: "contoso", Transport: inventory.TransportSMTP}}},
+		Listeners: []bridge.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: bridge.TLSNone, AllowInsecureAuth: true}},
+		Limits:    bridge.Limits{MaxMessageBytes: 36700160, MaxRecipients: 100, CommandTimeout: time.Minute, MaxLineLength: 64 << 10},
+		Queue: queue.Settings{RetryInitial: o.retryInitial, RetryMax: o.retryMax, MaxAge: o.maxAge, SyncTimeout: o.syncTimeout,
+			BounceTo: func(string) string { return o.bounceTo }},
+		Tokens: tokens, GraphTokens: tokens,
+		MailboxLimits: map[string]upstream.Limits{"contoso": {Connections: 3, PerMinute: 1000, RecipientsPerDay: o.quota}},
+		Routes:        map[string]upsmtp.Route{"contoso": {Host: w.proxy.addr(), RootCAs: w.tw.CA.Pool()}},
+	}, daemon.PathOptions{Log: log, Spool: sp, Events: audit.NewLogger(log)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	modes := queue.Modes{message.ModeSync: queue.Sync{Transport: s.exo, Events: events}, message.ModeQueue: s.q, message.ModeHybrid: s.q.Hybrid()}
-	s.srv, err = bridge.NewServer(bridge.Options{Hostname: "bridge.test", Deliverer: modes, Events: events, Log: log,
-		Settings: bridge.Settings{Directory: dir,
-			Listeners: []bridge.Listener{{Name: "lan", Address: "127.0.0.1:0", TLS: bridge.TLSNone, AllowInsecureAuth: true}},
-			Limits: bridge.Limits{MaxMessageBytes: 36700160, MaxRecipients: 100, CommandTimeout: time.Minute,
-				MaxLineLength: 64 << 10}},
-	})
-	if err != nil {
+	if o.day > 0 {
+		path.Limiter.Day = o.day
+	}
+	s.path, s.q, s.srv = path, path.Queue, path.Server
+	if err := path.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	s.q.Start()
-	s.srv.Serve()
 	t.Cleanup(s.stop)
 	return s
 }
@@ -233,9 +220,9 @@ func (w *world) start(o stackOptions) *stack {
 // stop shuts the instance down as SIGTERM would.
 func (s *stack) stop() {
 	s.once.Do(func() {
-		s.srv.Shutdown(s.t.Context())
-		s.q.Close(5 * time.Second)
-		s.exo.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.path.Stop(ctx)
 		testenv.CheckNoSecrets(s.t, "the log", s.logs.String())
 	})
 }

@@ -21,28 +21,9 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
-
-// Inventory is what the config defines, as the page shows it.
-type Inventory struct {
-	Devices []Device
-	Tenants []Tenant
-}
-
-// Device is a configured device.
-type Device struct {
-	Name, Tenant, Mailbox, Mode string
-	ExpectEvery                 time.Duration
-}
-
-// Tenant is a configured tenant.
-type Tenant struct {
-	Name, TenantID, ClientID string
-	Credential               string    // "client secret" or "certificate"
-	CredentialExpiry         time.Time // zero when unknown
-	SMTPHost                 string
-}
 
 // maxRecent bounds the recent failures kept.
 const maxRecent = 50
@@ -53,7 +34,7 @@ type Board struct {
 	started time.Time
 
 	mu      sync.Mutex
-	inv     Inventory
+	inv     inventory.Inventory
 	devices map[string]*deviceState
 	tenants map[string]*tenantState
 	recent  []Failure // newest last
@@ -119,7 +100,7 @@ func NewBoard() *Board {
 
 // Configure sets the devices and tenants to show. State of devices and
 // tenants that stay is kept.
-func (b *Board) Configure(inv Inventory) {
+func (b *Board) Configure(inv inventory.Inventory) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.inv = inv
@@ -129,7 +110,7 @@ func (b *Board) Configure(inv Inventory) {
 		}
 	}
 	for name := range b.devHist {
-		if !slices.ContainsFunc(inv.Devices, func(d Device) bool { return d.Name == name }) {
+		if !slices.ContainsFunc(inv.Devices, func(d inventory.Device) bool { return d.Name == name }) {
 			delete(b.devHist, name) // a removed device's chart goes with it
 		}
 	}
@@ -141,17 +122,15 @@ func (b *Board) Configure(inv Inventory) {
 	for k := range b.signIns {
 		// A sign-in line stays only while a device of a delegated
 		// tenant still sends as the mailbox.
-		delegated := slices.ContainsFunc(inv.Tenants, func(t Tenant) bool { return t.Name == k[0] && t.Credential == CredentialDelegated })
-		used := slices.ContainsFunc(inv.Devices, func(d Device) bool { return d.Tenant == k[0] && strings.EqualFold(d.Mailbox, k[1]) })
+		delegated := slices.ContainsFunc(inv.Tenants, func(t inventory.Tenant) bool { return t.Name == k[0] && t.Credential.Delegated() })
+		used := slices.ContainsFunc(inv.Devices, func(d inventory.Device) bool {
+			return d.Tenant == k[0] && strings.EqualFold(d.Mailbox.String(), k[1])
+		})
 		if !delegated || !used {
 			delete(b.signIns, k)
 		}
 	}
 }
-
-// CredentialDelegated is Tenant.Credential for a tenant with delegated
-// sign-in.
-const CredentialDelegated = "delegated sign-in"
 
 // SharedLimits records whether the limits are shared through Redis.
 func (b *Board) SharedLimits(ok bool) {

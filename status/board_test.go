@@ -2,6 +2,7 @@ package status
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net/http"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
+	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/queue"
 	"github.com/smtpbridge/smtpbridge/spool"
@@ -75,16 +79,16 @@ func contains(t *testing.T, page string, want ...string) {
 func TestPage(t *testing.T) {
 	b := NewBoard()
 	b.started = time.Now().Add(-48 * time.Hour)
-	b.Configure(Inventory{
-		Devices: []Device{
-			{Name: "mfp-2f", Tenant: "contoso", Mailbox: "scanner@contoso.example", Mode: "hybrid"},
-			{Name: "alarm", Tenant: "contoso", Mailbox: "alarm@contoso.example", ExpectEvery: 24 * time.Hour},
-			{Name: "erp", Tenant: "fabrikam", Mailbox: "erp@fabrikam.example"},
+	b.Configure(inventory.Inventory{
+		Devices: []inventory.Device{
+			{Name: "mfp-2f", Tenant: "contoso", Mailbox: mailaddr.MustParse("scanner@contoso.example"), Mode: "hybrid"},
+			{Name: "alarm", Tenant: "contoso", Mailbox: mailaddr.MustParse("alarm@contoso.example"), ExpectEvery: 24 * time.Hour},
+			{Name: "erp", Tenant: "fabrikam", Mailbox: mailaddr.MustParse("erp@fabrikam.example")},
 		},
-		Tenants: []Tenant{
-			{Name: "contoso", TenantID: "contoso.example", ClientID: "c1", Credential: "client secret",
+		Tenants: []inventory.Tenant{
+			{Name: "contoso", TenantID: "contoso.example", ClientID: "c1", Credential: secret.NewClientSecret("s"),
 				CredentialExpiry: time.Now().Add(10 * 24 * time.Hour)},
-			{Name: "fabrikam", TenantID: "fabrikam.example", ClientID: "c2", Credential: "certificate",
+			{Name: "fabrikam", TenantID: "fabrikam.example", ClientID: "c2", Credential: secret.NewCertificate([]*x509.Certificate{{}}, nil),
 				CredentialExpiry: time.Now().Add(-time.Hour)},
 		},
 	})
@@ -153,7 +157,7 @@ func TestPage(t *testing.T) {
 
 func TestPageEmpty(t *testing.T) {
 	b := NewBoard()
-	b.Configure(Inventory{Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "m@x"}}, Tenants: []Tenant{{Name: "t"}}})
+	b.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp", Tenant: "t", Mailbox: mailaddr.MustParse("m@x")}}, Tenants: []inventory.Tenant{{Name: "t"}}})
 	page := render(t, b, fakeQueue{})
 	contains(t, page, "config loaded", "none overdue", ">never<", "not requested yet", "no delivery yet",
 		"None since the bridge started", `<b id="dead-count">0</b>`)
@@ -166,7 +170,7 @@ func TestPersistLastSeen(t *testing.T) {
 	if err := b.Load(path); err != nil {
 		t.Fatal(err)
 	}
-	b.Configure(Inventory{Devices: []Device{{Name: "mfp"}}})
+	b.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp"}}})
 	b.AuthAttempt("lan", "LOGIN", "success", "mfp", netip.Addr{})
 	b.Observe(audit.Event{Kind: audit.Received, Device: "mfp"})
 	if err := b.Save(); err != nil {
@@ -178,7 +182,7 @@ func TestPersistLastSeen(t *testing.T) {
 	if err := b2.Load(path); err != nil {
 		t.Fatal(err)
 	}
-	b2.Configure(Inventory{Devices: []Device{{Name: "mfp"}}})
+	b2.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp"}}})
 	if got := b2.LastSeen()["mfp"]; !got.Equal(seen.UTC()) || got.IsZero() {
 		t.Errorf("last seen after restart = %v, want %v", got, seen)
 	}
@@ -216,8 +220,8 @@ func TestHuman(t *testing.T) {
 // it through a delegated tenant.
 func TestSignInLine(t *testing.T) {
 	b := NewBoard()
-	inv := Inventory{Devices: []Device{{Name: "mfp", Tenant: "t", Mailbox: "scans@x.example"}},
-		Tenants: []Tenant{{Name: "t", Credential: CredentialDelegated}}}
+	inv := inventory.Inventory{Devices: []inventory.Device{{Name: "mfp", Tenant: "t", Mailbox: mailaddr.MustParse("scans@x.example")}},
+		Tenants: []inventory.Tenant{{Name: "t", Credential: secret.NewDelegated()}}}
 	b.Configure(inv)
 	b.ObserveSignIn("t", "scans@x.example", true)
 	contains(t, render(t, b, fakeQueue{}), `id="sign-in-scans@x.example"`, "smtpbridge tenant login --config FILE --tenant t --mailbox scans@x.example")
@@ -226,7 +230,7 @@ func TestSignInLine(t *testing.T) {
 		t.Error("the line stays after a token came")
 	}
 	b.ObserveSignIn("t", "scans@x.example", true)
-	inv.Tenants[0].Credential = "client secret"
+	inv.Tenants[0].Credential = secret.NewClientSecret("s")
 	b.Configure(inv)
 	if strings.Contains(render(t, b, fakeQueue{}), "sign-in needed") {
 		t.Error("the line stays after the tenant stopped using delegated sign-in")

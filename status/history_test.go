@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 )
 
 // The charts count what happened per 10 minutes, survive a Save and a
 // Load into a new board (a restart), and draw every count.
 func TestHistory(t *testing.T) {
 	b := NewBoard()
-	b.Configure(Inventory{Devices: []Device{{Name: "mfp-2f"}, {Name: "erp"}}})
+	b.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp-2f"}, {Name: "erp"}}})
 	for i := range 5 {
 		b.Observe(audit.Event{Kind: audit.Received, MsgID: "m", Device: "mfp-2f"})
 		if i < 4 {
@@ -35,7 +36,7 @@ func TestHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	restarted := NewBoard()
-	restarted.Configure(Inventory{Devices: []Device{{Name: "mfp-2f"}, {Name: "erp"}}})
+	restarted.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp-2f"}, {Name: "erp"}}})
 	if err := restarted.Load(path); err != nil {
 		t.Fatal(err)
 	}

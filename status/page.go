@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpbridge/smtpbridge/cluster"
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
@@ -41,13 +43,8 @@ type Sources struct {
 // Replica is one replica's account of its own spool: each delivers only
 // what it holds.
 type Replica struct {
-	Instance string    `json:"instance"`
-	This     bool      `json:"this"` // the replica serving the page
-	Queued   int       `json:"queued"`
-	Deferred int       `json:"deferred"`
-	Dead     int       `json:"dead"`
-	Oldest   time.Time `json:"oldest,omitzero"`
-	At       time.Time `json:"at"` // when it last said so
+	cluster.Replica
+	This bool `json:"this"` // the replica serving the page
 }
 
 // SpoolUsage is what the spool holds against its bounds.
@@ -377,12 +374,12 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 }
 
 // deviceView describes a device; b.mu is held.
-func (b *Board) deviceView(d Device, now time.Time) deviceView {
+func (b *Board) deviceView(d inventory.Device, now time.Time) deviceView {
 	st := b.devices[d.Name]
 	if st == nil {
 		st = &deviceState{}
 	}
-	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox, Mode: d.Mode,
+	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox.String(), Mode: d.Mode,
 		LastSeen: stampOf(st.LastSeen, now), LastMessage: stampOf(st.LastMessage, now),
 		Received: st.received, Delivered: st.delivered, Failed: st.failed, Rejected: st.rejected,
 		AuthFailures: st.authFailures, Class: classOK, LastUpstreamID: st.lastUpstreamID}
@@ -410,12 +407,12 @@ func (b *Board) deviceView(d Device, now time.Time) deviceView {
 }
 
 // tenantView describes a tenant; b.mu is held.
-func (b *Board) tenantView(t Tenant, now time.Time) tenantView {
+func (b *Board) tenantView(t inventory.Tenant, now time.Time) tenantView {
 	st := b.tenants[t.Name]
 	if st == nil {
 		st = &tenantState{}
 	}
-	tv := tenantView{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential, SMTPHost: t.SMTPHost,
+	tv := tenantView{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.CredentialLabel(), SMTPHost: t.SMTPHost,
 		CredExpiry: "not known (set client_secret_expires)", CredClass: classNone,
 		Token: "not requested yet", TokenClass: classNone, Exchange: "no delivery yet", ExchangeClass: classNone}
 	if exp := t.CredentialExpiry; !exp.IsZero() {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 )
 
 // adminFlags are the flags of the commands that call the admin API.
@@ -113,7 +114,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var res reloadResult
+	var res daemon.ReloadResult
 	err = t.client.Do("POST", "/-/reload", &res)
 	var se *adminapi.StatusError
 	if errors.As(err, &se) && se.Code == 422 {

@@ -34,7 +34,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 		}
 	})
 	for _, p := range problems {
-		fmt.Fprintf(stderr, "%s:%s\n", cfg.Path, problemLine(p))
+		fmt.Fprintln(stderr, p.In(cfg.Path))
 	}
 	if len(problems) > 0 {
 		return configError{fmt.Sprintf("%s: %d problem(s); nothing was started", cfg.Path, len(problems))}
@@ -60,7 +60,7 @@ func loadConfigWith(path string, w io.Writer, load func(string) (*config.Config,
 	if errors.As(err, &ce) {
 		n := 0
 		for _, p := range ce.Problems {
-			fmt.Fprintf(w, "%s:%s\n", ce.File, problemLine(p))
+			fmt.Fprintln(w, p.In(ce.File))
 			if !p.Warning {
 				n++
 			}
@@ -71,18 +71,7 @@ func loadConfigWith(path string, w io.Writer, load func(string) (*config.Config,
 		return nil, configError{err.Error()}
 	}
 	for _, p := range cfg.Warnings {
-		fmt.Fprintf(w, "%s:%s\n", path, problemLine(p))
+		fmt.Fprintln(w, p.In(path))
 	}
 	return cfg, nil
-}
-
-func problemLine(p config.Problem) string {
-	s := p.String()
-	if p.Line > 0 {
-		// "line 12: key: msg" -> "12: key: msg", the file:line form editors jump to.
-		s = s[len("line "):]
-	} else {
-		s = " " + s
-	}
-	return s
 }

@@ -12,7 +12,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/doctor"
-	"github.com/smtpbridge/smtpbridge/internal/sandbox"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 )
 
 // doctorTimeout bounds a whole doctor run.
@@ -31,9 +31,9 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ms, stop, err := sandboxFor(cfg)
+	ms, stop, err := daemon.StartSandbox(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("sandbox: %w", err)
 	}
 	defer stop()
 
@@ -45,7 +45,7 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "smtpbridge doctor: %s\n", cfg.Path)
 		o.Progress = p.step
 	}
-	rep, err := doctor.Run(ctx, ms.doctorTenants(cfg), o)
+	rep, err := doctor.Run(ctx, daemon.DoctorTenants(cfg, ms), o)
 	if errors.Is(err, doctor.ErrNoSuch) {
 		return usageError{"doctor: " + err.Error()}
 	}
@@ -65,20 +65,6 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 		return errDoctorFailed
 	}
 	return nil
-}
-
-// sandboxFor starts the in-process fakes for a sandbox config, so that
-// doctor and send-test see what serve would.
-func sandboxFor(cfg *config.Config) (microsoft, func(), error) {
-	if cfg.Sandbox.Dir == "" {
-		return microsoft{}, func() {}, nil
-	}
-	ts, mbs := sandboxSetup(cfg)
-	sb, err := sandbox.Start(cfg.Sandbox.Dir, ts, mbs)
-	if err != nil {
-		return microsoft{}, nil, fmt.Errorf("sandbox: %w", err)
-	}
-	return microsoft{sb: sb}, func() { sb.Close() }, nil
 }
 
 // doctorPrinter prints steps as they finish, under a heading per tenant
@@ -127,7 +113,7 @@ func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	script, err := doctor.ExchangeScript(microsoft{}.doctorTenants(cfg), cfg.Path, *tenant, *rbac, *graph)
+	script, err := doctor.ExchangeScript(daemon.DoctorTenants(cfg, daemon.Microsoft{}), cfg.Path, *tenant, *rbac, *graph)
 	if errors.Is(err, doctor.ErrNoSuch) {
 		return usageError{"exchange-script: " + err.Error()}
 	}

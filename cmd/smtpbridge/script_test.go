@@ -9,6 +9,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/doctor"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 )
 
@@ -33,7 +34,7 @@ func TestExchangeScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tenants := microsoft{}.doctorTenants(cfg)
+	tenants := daemon.DoctorTenants(cfg, daemon.Microsoft{})
 	for _, c := range []struct {
 		golden, tenant string
 		rbac, graph    bool

@@ -8,19 +8,17 @@ import (
 	"io"
 	"mime"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/smtpbridge/smtpbridge/bridge"
-	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/rs/zerolog"
+
 	"github.com/smtpbridge/smtpbridge/hints"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
-	"github.com/smtpbridge/smtpbridge/upstream"
-	"github.com/smtpbridge/smtpbridge/upstream/graph"
-	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
 // sendTestTimeout bounds a send-test.
@@ -39,12 +37,8 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	if *device == "" || *to == "" {
 		return usageError{"send-test: --device NAME and --to ADDRESS are required"}
 	}
-	var dev *bridge.Device
-	for _, d := range devices(cfg) {
-		if d.Name == *device {
-			dev = &d
-		}
-	}
+	inv := cfg.Inventory()
+	dev := inv.Device(*device)
 	if dev == nil {
 		return usageError{fmt.Sprintf("send-test: no device %q in %s", *device, cfg.Path)}
 	}
@@ -55,52 +49,43 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	if !dev.RecipientAllowed(rcpt) {
 		return fmt.Errorf("device %s may not send to %s: it is not in the device's allowed_recipients (the device would get 550 5.7.1)", dev.Name, rcpt)
 	}
-	ms, stop, err := sandboxFor(cfg)
+	ms, stop, err := daemon.StartSandbox(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("sandbox: %w", err)
 	}
 	defer stop()
-	t := cfg.Tenant(dev.Tenant)
-	store, err := tokenstore.New([]tokenstore.Tenant{ms.tokenTenant(cfg, t)}, nil)
-	if err != nil {
-		return err
-	}
+	// The bridge's own path, with nothing listening: the message goes
+	// through the device's transport as the bridge would send it.
+	parts := daemon.PartsOf(cfg, ms)
+	parts.Listeners = nil
 	hostname := cfg.Hostname
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	route := ms.route(t)
-	limiter := upstream.NewLocal(map[string]upstream.Limits{t.Name: {Connections: 1}})
-	var exo upstream.Transport
-	via, idLabel := route.Host, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n"
-	if cfgDev := cfg.Device(dev.Name); cfgDev != nil && cfgDev.Parsed.Transport == config.TransportGraph {
-		gt := ms.graphTokenTenants(cfg)
-		i := slices.IndexFunc(gt, func(x tokenstore.Tenant) bool { return x.Name == t.Name })
-		gstore, err := tokenstore.New(gt[i:i+1], nil)
-		if err != nil {
-			return err
-		}
-		gr := ms.graphRoutes(cfg)[t.Name]
-		g := graph.New(graph.Options{Tokens: gstore, Limiter: limiter, Routes: map[string]graph.Route{t.Name: gr}})
-		defer g.Close()
-		exo, via = g, gr.Host+" (Microsoft Graph)"
+	parts.Hostname = hostname
+	bridgePath, err := daemon.NewPath(parts, daemon.PathOptions{Log: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	defer bridgePath.Close()
+	t := inv.Tenant(dev.Tenant)
+	smtpHost := parts.Routes[t.Name].Host
+	via, idLabel := smtpHost, "Exchange's message ID: %s (Exchange admin center > Mail flow > Message trace)\n"
+	if dev.ViaGraph() {
+		via = parts.GraphRoutes[t.Name].Host + " (Microsoft Graph)"
 		idLabel = "Graph's request-id: %s (for Microsoft support; the message trace shows the message by its Message-ID)\n"
-	} else {
-		s := upsmtp.New(upsmtp.Options{Tokens: store, Hostname: hostname, Routes: map[string]upsmtp.Route{t.Name: route}, Limiter: limiter})
-		defer s.Close()
-		exo = s
 	}
 
 	if *subject == "" {
 		*subject = "smtpbridge test from " + dev.Name
 	}
 	id := message.NewID()
-	body := testMessage(id, hostname, dev, t.Name, route.Host, rcpt.String(), *subject)
+	body := testMessage(id, hostname, dev, t.Name, smtpHost, rcpt.String(), *subject)
 	fmt.Fprintf(stdout, "sending as %s (device %s, tenant %s) to %s through %s ...\n", dev.Mailbox, dev.Name, t.Name, rcpt, via)
 	ctx, cancel := context.WithTimeout(context.Background(), sendTestTimeout)
 	defer cancel()
 	start := time.Now()
-	receipt, err := exo.Deliver(ctx, &message.Message{ID: id, Device: dev.Name, Tenant: t.Name, Mailbox: dev.Mailbox.String(),
+	receipt, err := bridgePath.Deliver(ctx, &message.Message{ID: id, Device: dev.Name, Tenant: t.Name, Mailbox: dev.Mailbox.String(),
 		From: dev.Mailbox.String(), To: []string{rcpt.String()}, Size: int64(len(body)), Body: strings.NewReader(body)})
 	if err != nil {
 		reply := message.ReplyOf(err).String()
@@ -127,7 +112,7 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 }
 
 // testMessage is the message send-test sends.
-func testMessage(id, hostname string, dev *bridge.Device, tenant, smtpHost, to, subject string) string {
+func testMessage(id, hostname string, dev *inventory.Device, tenant, smtpHost, to, subject string) string {
 	var b strings.Builder
 	crlf := func(format string, a ...any) { fmt.Fprintf(&b, format+"\r\n", a...) }
 	crlf("From: %s <%s>", mime.QEncoding.Encode("utf-8", "smtpbridge test ("+dev.Name+")"), dev.Mailbox)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/winsvc"
 )
 
@@ -136,11 +137,8 @@ func runService(cfgPath string) error {
 		if err != nil {
 			return err
 		}
-		log := newLogger(cfg.Log, lw)
-		for _, p := range cfg.Warnings {
-			log.Warn().Str("key", p.Key).Int("line", p.Line).Msg(p.Message)
-		}
-		hup := make(chan os.Signal, 1)
+		log := daemon.NewLogger(cfg.Log, lw)
+		reloads := make(chan string, 1)
 		go func() {
 			for {
 				select {
@@ -151,23 +149,15 @@ func runService(cfgPath string) error {
 						log.Warn().Err(err).Msg("could not reopen the log file; still writing to the old one")
 					}
 					select {
-					case hup <- paramChange:
+					case reloads <- "paramchange":
 					default:
 					}
 				}
 			}
 		}()
-		return serve(ctx, cfg, "", log, hup, started)
+		return serve(ctx, cfg, log, reloads, started)
 	})
 }
-
-// paramChange is the reload the Windows service asks for.
-var paramChange os.Signal = serviceSignal("paramchange")
-
-type serviceSignal string
-
-func (s serviceSignal) String() string { return string(s) }
-func (s serviceSignal) Signal()        {}
 
 // reopener is a log file that can be reopened under the same name.
 type reopener struct {

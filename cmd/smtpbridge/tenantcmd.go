@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/config"
+	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/mailaddr"
 	"github.com/smtpbridge/smtpbridge/internal/privdrop"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
@@ -45,7 +46,15 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	if t.Auth != config.AuthDelegated {
 		return fmt.Errorf("tenant %s uses its app's own credential (auth: %s): nobody signs in for it; set auth: delegated to use sign-in per mailbox", t.Name, t.Auth)
 	}
-	mailboxes, transports := mailboxTransports(cfg, t.Name)
+	var mailboxes []string
+	transports := map[string][]string{} // by lower-case address
+	inv := cfg.Inventory()
+	for _, mb := range inv.Mailboxes() {
+		if mb.Tenant == t.Name {
+			mailboxes = append(mailboxes, mb.Address.String())
+			transports[strings.ToLower(mb.Address.String())] = mb.Transports
+		}
+	}
 	if *mailbox == "" {
 		if len(mailboxes) != 1 {
 			return usageError{fmt.Sprintf("tenant login: --mailbox ADDRESS is required; the devices of tenant %s send as: %s", t.Name, strings.Join(mailboxes, ", "))}
@@ -68,21 +77,20 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	} else if u.Changed() {
 		fmt.Fprintf(stderr, "Running as user %d (the owner of %s) from here on, as the bridge does.\n", u.UID, cfg.TokenCache.Dir)
 	}
-	ms := microsoft{}
-	tt := ms.tokenTenant(cfg, t)
+	tt := daemon.Microsoft{}.TokenTenant(cfg, t)
 	// The sign-in asks for the permissions of the transports the
 	// mailbox's devices use (the tenant's, for a mailbox no device uses
 	// yet): the first by the device code, the other checked after from
 	// the same refresh token.
 	used := transports[strings.ToLower(*mailbox)]
 	if len(used) == 0 {
-		used = map[string]bool{t.Transport: true}
+		used = []string{t.Transport}
 	}
 	var extra []string
 	switch {
-	case used[config.TransportGraph] && used[config.TransportSMTP]:
+	case slices.Contains(used, config.TransportGraph) && slices.Contains(used, config.TransportSMTP):
 		extra = append(extra, t.DelegatedScope(true))
-	case used[config.TransportGraph]:
+	case slices.Contains(used, config.TransportGraph):
 		tt.DelegatedScope = t.DelegatedScope(true)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)

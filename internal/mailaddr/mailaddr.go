@@ -117,3 +117,13 @@ func CheckDomain(d string) error {
 	}
 	return nil
 }
+
+// MustParse is Parse for addresses known to be valid, such as literals
+// in tests; it panics on an error.
+func MustParse(s string) Address {
+	a, err := Parse(s)
+	if err != nil {
+		panic(fmt.Sprintf("mailaddr.MustParse(%q): %v", s, err))
+	}
+	return a
+}

@@ -16,6 +16,8 @@ import (
 type Pattern struct {
 	local  string // "" matches any local part
 	domain string
+	// written is an exact-address pattern's address as written.
+	written Address
 }
 
 // ParsePattern parses one of the forms documented on Pattern.
@@ -40,7 +42,7 @@ func ParsePattern(s string) (Pattern, error) {
 	if err != nil {
 		return Pattern{}, err
 	}
-	return Pattern{local: strings.ToLower(a.Local), domain: strings.ToLower(a.Domain)}, nil
+	return Pattern{local: strings.ToLower(a.Local), domain: strings.ToLower(a.Domain), written: a}, nil
 }
 
 // Match reports whether a matches p.
@@ -74,6 +76,17 @@ func ParsePatterns(list []string) (Patterns, error) {
 		ps = append(ps, p)
 	}
 	return ps, nil
+}
+
+// Addresses are the exact addresses among the patterns, as written.
+func (ps Patterns) Addresses() []Address {
+	var out []Address
+	for _, p := range ps {
+		if p.local != "" {
+			out = append(out, p.written)
+		}
+	}
+	return out
 }
 
 // Match reports whether any pattern matches a. An empty list matches nothing;

@@ -19,21 +19,8 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
-	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/internal/inventory"
 )
-
-// Tenant is what the sandbox needs of a configured tenant.
-type Tenant struct {
-	Name, TenantID, ClientID string
-	Credential               secret.Credential
-}
-
-// Mailbox is a device's mailbox: the tenant name it belongs to, and the
-// device's allowed_from, whose plain addresses get SendAs.
-type Mailbox struct {
-	Address, Tenant string
-	AllowedFrom     []string
-}
 
 // Sandbox is a running pair of fakes.
 type Sandbox struct {
@@ -44,9 +31,10 @@ type Sandbox struct {
 	apps map[string]string // tenant ID + client ID -> service principal object ID
 }
 
-// Start starts the fakes on loopback and registers the tenants and
-// mailboxes. Messages go to mailDir, which is created.
-func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, error) {
+// Start starts the fakes on loopback and registers the inventory's
+// tenants and the mailboxes its devices send as. Messages go to mailDir,
+// which is created.
+func Start(mailDir string, inv inventory.Inventory) (*Sandbox, error) {
 	if err := os.MkdirAll(mailDir, 0o750); err != nil {
 		return nil, fmt.Errorf("sandbox mail directory: %w", err)
 	}
@@ -62,7 +50,7 @@ func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, err
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	sb := &Sandbox{World: w, MailDir: mailDir, apps: map[string]string{}}
-	if err := sb.Register(tenants, mailboxes); err != nil {
+	if err := sb.Register(inv); err != nil {
 		sb.Close()
 		return nil, err
 	}
@@ -73,11 +61,11 @@ func Start(mailDir string, tenants []Tenant, mailboxes []Mailbox) (*Sandbox, err
 // correctly permitted. It may be called again after a reload: what was
 // registered before keeps its IDs, so tokens already issued stay valid,
 // and a changed secret or certificate replaces the old one.
-func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
+func (sb *Sandbox) Register(inv inventory.Inventory) error {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	apps := map[string]*fakeentra.App{} // tenant name -> its app
-	for _, t := range tenants {
+	for _, t := range inv.Tenants {
 		key := strings.ToLower(t.TenantID + "/" + t.ClientID)
 		app := fakeentra.App{ClientID: t.ClientID, ObjectID: sb.apps[key]}
 		if t.Credential.IsCertificate() {
@@ -98,30 +86,20 @@ func (sb *Sandbox) Register(tenants []Tenant, mailboxes []Mailbox) error {
 		sb.apps[key] = a.ObjectID
 		apps[t.Name] = a
 	}
-	tenantIDs := map[string]string{}
-	for _, t := range tenants {
-		tenantIDs[t.Name] = t.TenantID
-	}
-	for _, m := range mailboxes {
-		app := apps[m.Tenant]
+	for _, d := range inv.Devices {
+		app := apps[d.Tenant]
 		if app == nil {
 			continue
 		}
-		sb.World.AddMailbox(m.Address, tenantIDs[m.Tenant], app, sendAs(m.AllowedFrom)...)
+		// SendAs for the plain addresses in allowed_from, as an admin
+		// would grant with Add-RecipientPermission.
+		var sendAs []string
+		for _, a := range d.AllowedFrom.Addresses() {
+			sendAs = append(sendAs, a.String())
+		}
+		sb.World.AddMailbox(d.Mailbox.String(), inv.Tenant(d.Tenant).TenantID, app, sendAs...)
 	}
 	return nil
-}
-
-// sendAs grants the mailbox SendAs for the plain addresses in allowed_from,
-// as an admin would with Add-RecipientPermission.
-func sendAs(allowedFrom []string) []string {
-	var out []string
-	for _, a := range allowedFrom {
-		if strings.Contains(a, "@") && !strings.HasPrefix(a, "*@") {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // AuthorityHost is the tenants' authority_host in sandbox mode.

@@ -26,6 +26,41 @@ func (s String) Value() string { return string(s) }
 // String implements fmt.Stringer.
 func (s String) String() string { return redactIfSet(s != "") }
 
+// Credential labels, for the status page and doctor: what kind of
+// credential a tenant has, never its contents.
+const (
+	LabelClientSecret    = "client secret"
+	LabelCertificate     = "certificate"
+	LabelFederatedToken  = "federated token"
+	LabelDelegated       = "delegated sign-in"
+	LabelManagedIdentity = "managed identity"
+	// LabelManagedIdentityFederated: a managed identity whose token is
+	// an app registration's client assertion.
+	LabelManagedIdentityFederated = "managed identity as federated credential"
+	LabelNone                     = "none"
+)
+
+// Label says what kind of credential c is (one of the Label constants).
+// appClientID is the tenant's client_id: with one, a managed identity is
+// that app registration's federated credential.
+func (c Credential) Label(appClientID string) string {
+	switch {
+	case c.delegated:
+		return LabelDelegated
+	case c.managed && appClientID != "":
+		return LabelManagedIdentityFederated
+	case c.managed:
+		return LabelManagedIdentity
+	case c.IsCertificate():
+		return LabelCertificate
+	case c.tokenFile != "":
+		return LabelFederatedToken
+	case c.secret != "":
+		return LabelClientSecret
+	}
+	return LabelNone
+}
+
 // GoString implements fmt.GoStringer.
 func (s String) GoString() string { return s.String() }
 

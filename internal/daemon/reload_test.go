@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -19,8 +19,8 @@ func TestReloadWarnsAboutOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Not started: messages stay queued.
-	q, err := queue.New(queue.Options{Spool: sp, Settings: queueSettings(&config.Config{Delivery: config.Delivery{
-		RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second}})})
+	q, err := queue.New(queue.Options{Spool: sp, Settings: PartsOf(&config.Config{Delivery: config.Delivery{
+		RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second}}, Microsoft{}).Queue})
 	if err != nil {
 		t.Fatal(err)
 	}

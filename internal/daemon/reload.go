@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -7,15 +7,14 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/smtpbridge/smtpbridge/internal/memlimit"
-
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
+	"github.com/smtpbridge/smtpbridge/internal/memlimit"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
 
-// reloadResult is what a reload did, for POST /-/reload.
-type reloadResult struct {
+// ReloadResult is what a reload did, for POST /-/reload.
+type ReloadResult struct {
 	OK bool `json:"ok"`
 	// Problems stopped the reload: the previous config stays in use.
 	Problems []string `json:"problems,omitempty"`
@@ -24,13 +23,13 @@ type reloadResult struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// reload reads the config file again and applies it as a whole: devices,
+// Reload reads the config file again and applies it as a whole: devices,
 // their policies and limits, tenants, delivery settings, listener TLS
 // settings, log level and audit file. A config with any problem changes
 // nothing. Sessions in progress are not dropped (each keeps the settings
 // it started with until its next message) and queued messages stay
 // queued.
-func (d *daemon) reload(source string) reloadResult {
+func (d *Daemon) Reload(source string) ReloadResult {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	log := d.log.With().Str("event", "reload").Str("source", source).Logger()
@@ -53,37 +52,17 @@ func (d *daemon) reload(source string) reloadResult {
 	return res
 }
 
-func (d *daemon) apply() reloadResult {
-	path := d.cfg.Path
-	load := config.Load
-	if d.sb != nil {
-		// Sandbox mode stays on until a restart, whatever the file says.
-		load = func(p string) (*config.Config, error) { return config.LoadSandbox(p, d.cfg.Sandbox.Dir) }
-	}
-	cfg, err := load(path)
-	var ce *config.Error
-	switch {
-	case errors.As(err, &ce):
-		var res reloadResult
-		for _, p := range ce.Problems {
-			if !p.Warning {
-				res.Problems = append(res.Problems, path+":"+problemLine(p))
-			}
-		}
+func (d *Daemon) apply() ReloadResult {
+	cfg, res := d.load()
+	if cfg == nil {
 		return res
-	case err != nil:
-		return reloadResult{Problems: []string{err.Error()}}
 	}
-	var warnings []string
-	for _, p := range cfg.Warnings {
-		warnings = append(warnings, path+":"+problemLine(p))
-	}
-	warnings = append(warnings, restartOnly(d.cfg, cfg)...)
+	warnings := append(res.Warnings, restartOnly(d.cfg, cfg)...)
 	if d.sb != nil {
 		// Sandbox mode stays on until a restart, whatever the file says.
 		cfg.Sandbox.Dir = d.cfg.Sandbox.Dir
-		if err := d.sb.Register(sandboxSetup(cfg)); err != nil {
-			return reloadResult{Problems: []string{err.Error()}}
+		if err := d.sb.Register(cfg.Inventory()); err != nil {
+			return ReloadResult{Problems: []string{err.Error()}}
 		}
 	} else {
 		cfg.Sandbox.Dir = ""
@@ -94,51 +73,52 @@ func (d *daemon) apply() reloadResult {
 	cfg.Cluster = d.cfg.Cluster
 	cfg.Listeners = runningListeners(d.cfg.Listeners, cfg.Listeners)
 
-	// Everything that can fail first, and nothing changed until it has
-	// all succeeded.
-	st, err := serverSettings(cfg)
-	if err != nil {
-		return reloadResult{Problems: []string{err.Error()}}
+	parts := PartsOf(cfg, d.ms)
+	parts.Hostname = d.hostname
+	if err := d.path.Reconfigure(parts); err != nil {
+		return ReloadResult{Problems: []string{err.Error()}}
 	}
-	qs := queueSettings(cfg)
-	if err := qs.Check(); err != nil {
-		return reloadResult{Problems: []string{err.Error()}}
-	}
-	if err := d.store.Reconfigure(d.ms.tokenTenants(cfg)); err != nil {
-		return reloadResult{Problems: []string{err.Error()}}
-	}
-	if err := d.graphStore.Reconfigure(d.ms.graphTokenTenants(cfg)); err != nil {
-		return reloadResult{Problems: []string{err.Error()}}
-	}
-	if err := d.srv.Reload(st); err != nil {
-		// config.Load has loaded the certificates, so nothing should get
-		// here. The tokens are already reconfigured, which is harmless.
-		return reloadResult{Problems: []string{err.Error()}}
-	}
-	d.q.Reconfigure(qs)
-	d.sp.SetQuota(spoolQuota(cfg))
 	d.applyMemoryLimit(cfg)
-	d.guard.Reconfigure(guardSettings(cfg))
-	d.limiter.SetLimits(mailboxLimits(cfg))
-	if d.shared != nil {
-		d.shared.SetLimits(mailboxLimits(cfg))
-	}
-	d.exo.SetRoutes(d.ms.routes(cfg))
-	d.graph.SetRoutes(d.ms.graphRoutes(cfg))
-	d.route.configure(cfg)
-	// A reload may be an admin's fix (a Send As grant): what Exchange
-	// refused before is tried again.
-	d.refusals.Reset(cfg.Delivery.RememberRefusals)
-	d.m.Configure(metricsInventory(cfg))
-	d.board.Configure(d.ms.statusInventory(cfg))
+	d.m.Configure(parts.Inventory)
+	d.board.Configure(parts.Inventory)
 	d.checkSignIns(cfg)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
 		warnings = append(warnings, fmt.Sprintf("log.audit_file: %v; the audit log goes to the previous file", err))
 		cfg.Log.AuditFile = d.cfg.Log.AuditFile
 	}
-	setLogLevel(cfg.Log.Level)
+	SetLogLevel(cfg.Log.Level)
 	d.cfg = cfg
-	return reloadResult{OK: true, Warnings: append(warnings, orphans(d.q, cfg)...)}
+	return ReloadResult{OK: true, Warnings: append(warnings, orphans(d.path.Queue, cfg)...)}
+}
+
+// load reads the config file again, in sandbox mode if the bridge runs
+// in it: the config and its warnings, or nil and the problems.
+func (d *Daemon) load() (*config.Config, ReloadResult) {
+	path := d.cfg.Path
+	load := config.Load
+	if d.sb != nil {
+		// Sandbox mode stays on until a restart, whatever the file says.
+		load = func(p string) (*config.Config, error) { return config.LoadSandbox(p, d.cfg.Sandbox.Dir) }
+	}
+	cfg, err := load(path)
+	var ce *config.Error
+	switch {
+	case errors.As(err, &ce):
+		var res ReloadResult
+		for _, p := range ce.Problems {
+			if !p.Warning {
+				res.Problems = append(res.Problems, p.In(path))
+			}
+		}
+		return nil, res
+	case err != nil:
+		return nil, ReloadResult{Problems: []string{err.Error()}}
+	}
+	var res ReloadResult
+	for _, p := range cfg.Warnings {
+		res.Warnings = append(res.Warnings, p.In(path))
+	}
+	return cfg, res
 }
 
 // orphans warns about queued messages of tenants the config no longer
@@ -219,9 +199,9 @@ func runningListeners(cur, next []config.Listener) []config.Listener {
 
 // reloadHandler serves POST /-/reload: 200 with the warnings, or 422 with
 // the problems that kept the previous config in use.
-func (d *daemon) reloadHandler() http.Handler {
+func (d *Daemon) reloadHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		res := d.reload("http")
+		res := d.Reload("http")
 		code := http.StatusOK
 		if !res.OK {
 			code = http.StatusUnprocessableEntity
@@ -232,7 +212,7 @@ func (d *daemon) reloadHandler() http.Handler {
 
 // applyMemoryLimit sets the Go runtime's soft memory limit
 // (limits.max_memory_bytes), and logs it.
-func (d *daemon) applyMemoryLimit(cfg *config.Config) {
+func (d *Daemon) applyMemoryLimit(cfg *config.Config) {
 	l := memlimit.Apply(cfg.Limits.MaxMemoryBytes)
 	ev := d.log.Info().Str("source", l.Source)
 	if l.Bytes > 0 {

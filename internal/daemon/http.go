@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/trace"
 )
 
-// handler is everything the http listener serves:
+// Handler is everything the http listener serves:
 //
 //	GET  /          the status page   } with http.auth's credential,
 //	GET  /metrics   Prometheus metrics } if set
@@ -25,16 +25,17 @@ import (
 //	     /api/...   queue, blocks, drain    } http.admin_over_tcp only
 //
 // The admin API is always on the admin socket (adminHandler).
-func (d *daemon) handler() http.Handler {
+func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
-	page := d.board.Handler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, status.Sources{
-		Queue: d.q, Blocks: d.guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas, Holds: d.q.Holds})
+	info := status.PageInfo{Version: d.o.Version, Hostname: d.hostname}
+	page := d.board.Handler(info, status.Sources{
+		Queue: d.path.Queue, Blocks: d.path.Guard.Blocks, Spool: d.spoolUsage, Quotas: d.quotas, Replicas: d.knownReplicas, Holds: d.path.Queue.Holds})
 	// The pages that do work for whoever loads them refuse a cross-site
 	// browser request: a page elsewhere must not make the admin's browser
 	// run searches here.
 	mux.Handle("GET /{$}", httpauth.SameSite(httpauth.Basic(page, d.pageAuth)))
 	mux.Handle("GET /metrics", httpauth.SameSite(httpauth.Basic(d.m.Handler(), d.pageAuth)))
-	traceH := httpauth.SameSite(httpauth.Basic(status.TraceHandler(status.PageInfo{Version: buildVersion(), Hostname: d.hostname}, d.searchAudit()), d.pageAuth))
+	traceH := httpauth.SameSite(httpauth.Basic(status.TraceHandler(info, d.searchAudit()), d.pageAuth))
 	mux.Handle("GET /trace", traceH)
 	mux.Handle("GET /message/{id}", traceH)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -63,7 +64,7 @@ func (d *daemon) handler() http.Handler {
 //	GET  /api/replicas      the replicas sharing Redis
 //	     /api/blocks...     the blocked addresses
 //	     /api/...           the queue
-func (d *daemon) adminHandler() http.Handler {
+func (d *Daemon) adminHandler() http.Handler {
 	admin := http.NewServeMux()
 	admin.Handle("POST /-/reload", d.reloadHandler())
 	admin.HandleFunc("POST /api/drain", d.drain)
@@ -74,9 +75,9 @@ func (d *daemon) adminHandler() http.Handler {
 		}
 		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"replicas": reps})
 	})
-	admin.Handle("/api/blocks", guard.Handler(d.guard))
-	admin.Handle("/api/blocks/", guard.Handler(d.guard))
-	admin.Handle("/api/", queue.Handler(d.q))
+	admin.Handle("/api/blocks", guard.Handler(d.path.Guard))
+	admin.Handle("/api/blocks/", guard.Handler(d.path.Guard))
+	admin.Handle("/api/", queue.Handler(d.path.Queue))
 	return adminapi.Protect(admin, d.admin)
 }
 
@@ -89,7 +90,7 @@ const readyCacheFor = time.Second
 // max_message_bytes within its quota and free-space reserve. It does not
 // ask Entra ID or Exchange: while they fail, the queue holds the mail, so
 // a load balancer should keep sending it here.
-func (d *daemon) readyHandler() http.Handler {
+func (d *Daemon) readyHandler() http.Handler {
 	var (
 		mu      sync.Mutex
 		checked time.Time
@@ -98,12 +99,12 @@ func (d *daemon) readyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
 		if time.Since(checked) > readyCacheFor {
-			last = d.srv.Ready()
+			last = d.path.Server.Ready()
 			if last == nil {
 				last = d.sp.CheckWritable()
 			}
 			if last == nil {
-				last = d.sp.CanTake(d.srv.Settings().Limits.MaxMessageBytes)
+				last = d.sp.CanTake(d.path.Server.Settings().Limits.MaxMessageBytes)
 			}
 			checked = time.Now()
 		}
@@ -116,7 +117,7 @@ func (d *daemon) readyHandler() http.Handler {
 			text(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
 			return
 		}
-		if d.shared != nil && !d.shared.Shared() {
+		if sh := d.path.Shared; sh != nil && !sh.Shared() {
 			// Ready all the same: the mail still goes, more slowly.
 			text(w, http.StatusOK, "ready; Redis is out of reach: each mailbox's limits are this replica's conservative share until it returns\n")
 			return
@@ -129,9 +130,9 @@ func (d *daemon) readyHandler() http.Handler {
 // that no new devices are sent here, and every queued message is due
 // now, but a held mailbox's, whose probe goes now instead. smtpbridge
 // drain then watches the queue empty.
-func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
+func (d *Daemon) drain(w http.ResponseWriter, _ *http.Request) {
 	d.draining.Store(true)
-	n := d.q.DueAll()
+	n := d.path.Queue.DueAll()
 	d.log.Info().Int("retried", n).Msg("draining: not ready for new devices; every queued message is due now (a held mailbox's probe goes first)")
 	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"retried": n})
 }
@@ -139,7 +140,7 @@ func (d *daemon) drain(w http.ResponseWriter, _ *http.Request) {
 // searchAudit searches the audit log the config names now (nil without
 // one, when the bridge starts; a reload that sets it takes effect at
 // the next search).
-func (d *daemon) searchAudit() status.Searcher {
+func (d *Daemon) searchAudit() status.Searcher {
 	return func(ctx context.Context, q trace.Query, limit int, lim trace.Limits) ([]trace.Story, trace.Stats, error) {
 		d.mu.Lock()
 		path := d.cfg.Log.AuditFile
@@ -158,7 +159,7 @@ func text(w http.ResponseWriter, code int, s string) {
 }
 
 // spoolUsage is the spool's fill for the status page.
-func (d *daemon) spoolUsage() status.SpoolUsage {
+func (d *Daemon) spoolUsage() status.SpoolUsage {
 	u, q := d.sp.Usage(), d.sp.Quota()
 	return status.SpoolUsage{Bytes: u.Bytes, MaxBytes: q.MaxBytes, Free: u.Free, MinFree: q.MinFreeBytes,
 		Devices: u.Devices, Share: q.DeviceMaxBytes}
@@ -166,10 +167,11 @@ func (d *daemon) spoolUsage() status.SpoolUsage {
 
 // quotas are the mailboxes' recipients in the last day for the status
 // page.
-func (d *daemon) quotas() []status.MailboxQuota {
+func (d *Daemon) quotas() []status.MailboxQuota {
 	var out []status.MailboxQuota
-	for mb, n := range d.limits.Recipients() {
-		out = append(out, status.MailboxQuota{Tenant: mb.Tenant, Mailbox: mb.Address, Used: n, Limit: d.limits.DailyLimit(mb.Tenant)})
+	limits := d.path.Limits()
+	for mb, n := range limits.Recipients() {
+		out = append(out, status.MailboxQuota{Tenant: mb.Tenant, Mailbox: mb.Address, Used: n, Limit: limits.DailyLimit(mb.Tenant)})
 	}
 	return out
 }
