@@ -158,7 +158,11 @@ func (t *Tenant) CredentialExpiry() time.Time {
 }
 
 // Device is one legacy device (printer, scanner, application) that logs in
-// with a username and password and sends as one mailbox.
+// with a username and password and sends as one mailbox: its entry as
+// written in the file, strings unparsed. inventory.Device, the other
+// declaration, is the same device compiled (Parsed), which the bridge
+// runs; this one exists for the YAML and for the errors that name its
+// keys.
 type Device struct {
 	Name string `yaml:"name"`
 	// Auth is password (the default: AUTH PLAIN or LOGIN) or none (the

@@ -243,24 +243,37 @@ type failureView struct {
 
 func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
-	q := src.Queue
+	v.fromSources(src, now)
+	b.mu.Lock()
+	b.charts(&v, now)
+	v.Reload = b.reload
+	v.ReloadAt = stampOf(b.reload.At, now)
+	v.Cluster, v.ClusterAt = b.shared, stampOf(b.sharedAt, now)
+	for k, since := range b.signIns {
+		v.SignIns = append(v.SignIns, signInView{Tenant: k[0], Mailbox: k[1], Since: stampOf(since, now)})
+	}
+	slices.SortFunc(v.SignIns, func(a, b signInView) int { return strings.Compare(a.Tenant+" "+a.Mailbox, b.Tenant+" "+b.Mailbox) })
+	b.inventoryViews(&v, now)
+	for i := len(b.recent) - 1; i >= 0; i-- {
+		f := b.recent[i]
+		v.Recent = append(v.Recent, failureView{At: stampOf(f.Time, now), Kind: f.Kind, Device: f.Device, MsgID: f.MsgID, Text: f.Text})
+	}
+	b.mu.Unlock()
+	if src.Queue != nil {
+		v.queue(src.Queue, now)
+	}
+	return v
+}
+
+// fromSources fills what the page reads from the other parts: the
+// spool, the replicas, the quotas, the blocks and the holds.
+func (v *view) fromSources(src Sources, now time.Time) {
 	if src.Spool != nil {
 		v.Spool = spoolViewOf(src.Spool())
 	}
 	if src.Replicas != nil {
 		for _, r := range src.Replicas() {
-			rv := replicaView{Instance: r.Instance, This: r.This, Queued: r.Queued, Deferred: r.Deferred, Dead: r.Dead,
-				Heard: stampOf(r.At, now), Class: classOK}
-			if !r.Oldest.IsZero() {
-				rv.Oldest = ago(now.Sub(r.Oldest))
-			}
-			switch {
-			case now.Sub(r.At) > replicaSilent:
-				rv.Class = classBad // gone, with mail in its spool
-			case r.Deferred > 0 || r.Dead > 0:
-				rv.Class = classWarn
-			}
-			v.Replicas = append(v.Replicas, rv)
+			v.Replicas = append(v.Replicas, replicaViewOf(r, now))
 		}
 	}
 	if src.Quotas != nil {
@@ -278,8 +291,33 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username), Replica: bl.Replica})
 		}
 	}
+	if src.Holds != nil {
+		for _, h := range src.Holds() {
+			v.Holds = append(v.Holds, holdView{Tenant: h.Tenant, Mailbox: h.Mailbox, Reason: string(h.Reason), Words: h.Reason.Words(),
+				Reply: h.Reply, Fix: strings.ReplaceAll(holdFix[h.Reason], "MAILBOX", h.Mailbox),
+				Since: stampOf(h.Since, now), Next: stampOf(h.NextProbe, now)})
+		}
+	}
+}
 
-	b.mu.Lock()
+func replicaViewOf(r Replica, now time.Time) replicaView {
+	rv := replicaView{Instance: r.Instance, This: r.This, Queued: r.Queued, Deferred: r.Deferred, Dead: r.Dead,
+		Heard: stampOf(r.At, now), Class: classOK}
+	if !r.Oldest.IsZero() {
+		rv.Oldest = ago(now.Sub(r.Oldest))
+	}
+	switch {
+	case now.Sub(r.At) > replicaSilent:
+		rv.Class = classBad // gone, with mail in its spool
+	case r.Deferred > 0 || r.Dead > 0:
+		rv.Class = classWarn
+	}
+	return rv
+}
+
+// charts draws the last day's messages, queue depth and replies; b.mu is
+// held.
+func (b *Board) charts(v *view, now time.Time) {
 	series := func(h *history, f func(*bucket) int) []int { return h.series(now, f) }
 	v.Messages = chart("chart-messages", 720, 160, []line{
 		{"received", "#0969da", series(&b.hist, func(x *bucket) int { return x.Received })},
@@ -294,20 +332,11 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 		{"4xx", "#9a6700", series(&b.hist, func(x *bucket) int { return x.R4xx })},
 		{"5xx", "#cf222e", series(&b.hist, func(x *bucket) int { return x.R5xx })},
 	}, true)
-	v.Reload = b.reload
-	v.Cluster, v.ClusterAt = b.shared, stampOf(b.sharedAt, now)
-	for k, since := range b.signIns {
-		v.SignIns = append(v.SignIns, signInView{Tenant: k[0], Mailbox: k[1], Since: stampOf(since, now)})
-	}
-	slices.SortFunc(v.SignIns, func(a, b signInView) int { return strings.Compare(a.Tenant+" "+a.Mailbox, b.Tenant+" "+b.Mailbox) })
-	if src.Holds != nil {
-		for _, h := range src.Holds() {
-			v.Holds = append(v.Holds, holdView{Tenant: h.Tenant, Mailbox: h.Mailbox, Reason: string(h.Reason), Words: h.Reason.Words(),
-				Reply: h.Reply, Fix: strings.ReplaceAll(holdFix[h.Reason], "MAILBOX", h.Mailbox),
-				Since: stampOf(h.Since, now), Next: stampOf(h.NextProbe, now)})
-		}
-	}
-	v.ReloadAt = stampOf(b.reload.At, now)
+}
+
+// inventoryViews describes every device, with its chart, and every
+// tenant; b.mu is held.
+func (b *Board) inventoryViews(v *view, now time.Time) {
 	for _, d := range b.inv.Devices {
 		dv := b.deviceView(d, now)
 		h := b.devHist[d.Name]
@@ -330,47 +359,43 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 		}
 		v.Tenants = append(v.Tenants, tv)
 	}
-	for i := len(b.recent) - 1; i >= 0; i-- {
-		f := b.recent[i]
-		v.Recent = append(v.Recent, failureView{At: stampOf(f.Time, now), Kind: f.Kind, Device: f.Device, MsgID: f.MsgID, Text: f.Text})
-	}
-	b.mu.Unlock()
+}
 
-	if q != nil {
-		v.Queue = q.Stats()
-		for _, w := range v.Queue.Waiting {
-			next := "now"
-			if d := w.Next.Sub(now); d > 0 {
-				next = "in " + human(d)
-			}
-			v.Waiting = append(v.Waiting, waitView{Reply: w.Reply, Count: w.Count, Next: next})
+// queue describes the queue: why messages wait, how old the oldest is,
+// the newest dead letters.
+func (v *view) queue(q QueueView, now time.Time) {
+	v.Queue = q.Stats()
+	for _, w := range v.Queue.Waiting {
+		next := "now"
+		if d := w.Next.Sub(now); d > 0 {
+			next = "in " + human(d)
 		}
-		v.QueueClass = classOK
-		if !v.Queue.Oldest.IsZero() {
-			age := now.Sub(v.Queue.Oldest)
-			v.Oldest = ago(age)
-			switch {
-			case age > 30*time.Minute:
-				v.QueueClass = classBad
-			case age > 5*time.Minute:
-				v.QueueClass = classWarn
-			}
-		}
-		dead, err := q.Dead()
-		if err != nil {
-			v.DeadErr = err.Error()
-		}
-		slices.SortFunc(dead, func(a, b queue.Item) int { return b.Received.Compare(a.Received) })
-		if len(dead) > maxDeadShown {
-			v.DeadMore = len(dead) - maxDeadShown
-			dead = dead[:maxDeadShown]
-		}
-		for _, it := range dead {
-			v.Dead = append(v.Dead, deadView{ID: it.ID, Device: it.Device, Reason: it.DeadReason,
-				Received: stampOf(it.Received, now), Rcpts: len(it.To)})
+		v.Waiting = append(v.Waiting, waitView{Reply: w.Reply, Count: w.Count, Next: next})
+	}
+	v.QueueClass = classOK
+	if !v.Queue.Oldest.IsZero() {
+		age := now.Sub(v.Queue.Oldest)
+		v.Oldest = ago(age)
+		switch {
+		case age > 30*time.Minute:
+			v.QueueClass = classBad
+		case age > 5*time.Minute:
+			v.QueueClass = classWarn
 		}
 	}
-	return v
+	dead, err := q.Dead()
+	if err != nil {
+		v.DeadErr = err.Error()
+	}
+	slices.SortFunc(dead, func(a, b queue.Item) int { return b.Received.Compare(a.Received) })
+	if len(dead) > maxDeadShown {
+		v.DeadMore = len(dead) - maxDeadShown
+		dead = dead[:maxDeadShown]
+	}
+	for _, it := range dead {
+		v.Dead = append(v.Dead, deadView{ID: it.ID, Device: it.Device, Reason: it.DeadReason,
+			Received: stampOf(it.Received, now), Rcpts: len(it.To)})
+	}
 }
 
 // deviceView describes a device; b.mu is held.

@@ -161,6 +161,23 @@ type Stats struct {
 	Incomplete string
 }
 
+// Summary is the command line's account of a search that found n
+// messages in took.
+func (st Stats) Summary(n int, took time.Duration) string {
+	s := fmt.Sprintf("%d message(s); %d file(s), %.1f MB, %d lines read in %s", n, st.Files, float64(st.Bytes)/1e6, st.Lines,
+		took.Round(time.Millisecond))
+	if st.Skipped > 0 {
+		s += fmt.Sprintf(" (%d file(s) older than --since skipped)", st.Skipped)
+	}
+	if st.More > 0 {
+		s += fmt.Sprintf("; %d more, older, matched (--limit N, or 0 for all)", st.More)
+	}
+	if st.Incomplete != "" {
+		s += "; incomplete: " + st.Incomplete
+	}
+	return s
+}
+
 // Limits bound the work of one search; zero values bound nothing. The
 // status page sets them, since anyone who can load it can run searches;
 // the command line, run by an admin, does not.
@@ -238,53 +255,16 @@ func (t *tracked) add(id []byte, bits uint32, file int) {
 // ctx ends, with ctx's error.
 func Search(ctx context.Context, files []string, q Query, limit int, lim Limits) ([]Story, Stats, error) {
 	var st Stats
-	var read []int // indexes in files
-	for i, f := range files {
-		if !q.Since.IsZero() {
-			if fi, err := os.Stat(f); err == nil && fi.ModTime().Before(q.Since) {
-				st.Skipped++ // its last event is older than Since
-				continue
-			}
-		}
-		read = append(read, i)
-	}
-	st.Files = len(read)
+	read := recentFiles(files, q.Since, &st)
 	fs := q.filters()
 	cands := &tracked{max: lim.MaxTracked, full: uint32(1)<<len(fs) - 1, byID: map[string]*candidate{}, st: &st}
 	r := &reader{ctx: ctx, st: &st, maxBytes: lim.MaxBytes}
 	// Pass 1: the messages whose events meet every filter.
 	for _, fi := range read {
 		err := r.eachLine(files[fi], func(line []byte) error {
-			id := msgID(line)
-			if id == nil {
-				return nil
+			if id, bits, ok := q.matchLine(line, fs); ok {
+				cands.add(id, bits, fi)
 			}
-			var ev *Event
-			var bits uint32
-			for i, flt := range fs {
-				if !containsFold(line, flt.needle) {
-					continue
-				}
-				if ev == nil {
-					ev = &Event{}
-					if json.Unmarshal(line, ev) != nil {
-						return nil
-					}
-				}
-				if flt.match(ev) {
-					bits |= 1 << i
-				}
-			}
-			if bits == 0 && len(fs) > 0 {
-				return nil
-			}
-			if !q.Since.IsZero() || !q.Until.IsZero() {
-				t, ok := lineTime(line)
-				if !ok || !q.Since.IsZero() && t.Before(q.Since) || !q.Until.IsZero() && t.After(q.Until) {
-					return nil
-				}
-			}
-			cands.add(id, bits, fi)
 			return nil
 		})
 		if errors.Is(err, errBudget) {
@@ -294,12 +274,7 @@ func Search(ctx context.Context, files []string, q Query, limit int, lim Limits)
 			return nil, st, err
 		}
 	}
-	var kept []*candidate
-	for _, c := range cands.order[cands.head:] {
-		if c != nil && c.bits == cands.full {
-			kept = append(kept, c)
-		}
-	}
+	kept := cands.matched()
 	if limit > 0 && len(kept) > limit {
 		st.More += len(kept) - limit
 		kept = kept[len(kept)-limit:]
@@ -307,15 +282,83 @@ func Search(ctx context.Context, files []string, q Query, limit int, lim Limits)
 	if len(kept) == 0 {
 		return nil, st, nil
 	}
+	out, err := collect(r, files, kept)
+	return out, st, err
+}
+
+// recentFiles are the indexes of the files to read: all but those whose
+// last event is older than since (counted in st.Skipped).
+func recentFiles(files []string, since time.Time, st *Stats) []int {
+	var read []int
+	for i, f := range files {
+		if !since.IsZero() {
+			if fi, err := os.Stat(f); err == nil && fi.ModTime().Before(since) {
+				st.Skipped++
+				continue
+			}
+		}
+		read = append(read, i)
+	}
+	st.Files = len(read)
+	return read
+}
+
+// matchLine says which of the filters fs one line of the log meets (a
+// bit each), and whether it counts: a message's event within the
+// query's time span that meets one filter at least (any, without
+// filters).
+func (q Query) matchLine(line []byte, fs []filter) (id []byte, bits uint32, ok bool) {
+	if id = msgID(line); id == nil {
+		return nil, 0, false
+	}
+	var ev *Event
+	for i, flt := range fs {
+		if !containsFold(line, flt.needle) {
+			continue
+		}
+		if ev == nil {
+			ev = &Event{}
+			if json.Unmarshal(line, ev) != nil {
+				return nil, 0, false
+			}
+		}
+		if flt.match(ev) {
+			bits |= 1 << i
+		}
+	}
+	if bits == 0 && len(fs) > 0 {
+		return nil, 0, false
+	}
+	if !q.Since.IsZero() || !q.Until.IsZero() {
+		t, ok := lineTime(line)
+		if !ok || !q.Since.IsZero() && t.Before(q.Since) || !q.Until.IsZero() && t.After(q.Until) {
+			return nil, 0, false
+		}
+	}
+	return id, bits, true
+}
+
+// matched are the candidates that met every filter, oldest first.
+func (t *tracked) matched() []*candidate {
+	var kept []*candidate
+	for _, c := range t.order[t.head:] {
+		if c != nil && c.bits == t.full {
+			kept = append(kept, c)
+		}
+	}
+	return kept
+}
+
+// collect is pass 2: every event of the kept messages, from the file
+// before the first that has one of them (a message's first events may be
+// in the file rotated just before its match) to the end.
+func collect(r *reader, files []string, kept []*candidate) ([]Story, error) {
 	want := map[string]*Story{}
 	first := len(files)
 	for _, c := range kept {
 		want[c.id] = &Story{ID: c.id}
 		first = min(first, c.file)
 	}
-	// Pass 2: every event of those messages, from the file before the
-	// first that has one of them (a message's first events may be in the
-	// file rotated just before its match) to the end.
 	for _, f := range files[max(first-1, 0):] {
 		err := r.eachLine(f, func(line []byte) error {
 			id := msgID(line)
@@ -336,7 +379,7 @@ func Search(ctx context.Context, files []string, q Query, limit int, lim Limits)
 			break
 		}
 		if err != nil {
-			return nil, st, err
+			return nil, err
 		}
 	}
 	out := make([]Story, 0, len(kept))
@@ -345,7 +388,7 @@ func Search(ctx context.Context, files []string, q Query, limit int, lim Limits)
 		slices.SortStableFunc(s.Events, func(a, b Event) int { return a.Time.Compare(b.Time) })
 		out = append(out, *s)
 	}
-	return out, st, nil
+	return out, nil
 }
 
 // asciiLower appends b in lower case (ASCII letters only: the prefilter;

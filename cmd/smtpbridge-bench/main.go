@@ -91,6 +91,69 @@ type options struct {
 type device struct{ user, password, hash string }
 
 func run(args []string, out io.Writer) error {
+	o, err := parseOptions(args)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "smtpbridge-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if o.binary == "" {
+		o.binary = filepath.Join(dir, "smtpbridge")
+		fmt.Fprintln(out, "building smtpbridge ...")
+		if b, err := exec.Command("go", "build", "-o", o.binary, "github.com/smtpbridge/smtpbridge/cmd/smtpbridge").CombinedOutput(); err != nil {
+			return fmt.Errorf("build: %v\n%s", err, b)
+		}
+	}
+	w, err := startWorld(dir)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	// Straight to Exchange, every device has a connection of its own.
+	w.exo.SetMaxConnections(o.devices + o.c + 1)
+	fmt.Fprintf(out, "hashing %d device passwords (argon2id, the default) ...\n", o.devices+o.burst)
+	b := &bench{o: o, w: w, out: out, body: makeBody(o.size)}
+	if b.fleet, err = makeDevices("mfp", o.devices); err != nil {
+		return err
+	}
+	if b.burst, err = makeDevices("burst", o.burst); err != nil {
+		return err
+	}
+	tok, err := w.store.Token(context.Background(), "contoso", "")
+	if err != nil {
+		return err
+	}
+	b.token = tok.AccessToken
+	var res results
+	for i, rtt := range o.rtts {
+		fmt.Fprintf(out, "[%d/%d] %s round trip: %d devices, one connection and one login per message, %d messages each way, then one device alone ...\n",
+			i+1, len(o.rtts), rtt, o.devices, o.n)
+		r, grants, err := b.atRTT(rtt)
+		res.grants += grants
+		if err != nil {
+			return err
+		}
+		res.rows = append(res.rows, r)
+	}
+	if err := b.memory(&res); err != nil {
+		return err
+	}
+	if o.graph {
+		fmt.Fprintf(out, "[graph] %d messages of %d bytes from %d devices, one alone, then a %d MB scan, through Microsoft Graph with a %s round trip ...\n",
+			o.n, len(b.body), o.devices, o.scan/1_000_000, o.rtts[0])
+		if res.graph, err = w.graphRun(o, b.fleet, b.burst, b.body); err != nil {
+			return fmt.Errorf("graph: %w", err)
+		}
+	}
+	b.report(res)
+	return nil
+}
+
+// parseOptions reads the flags.
+func parseOptions(args []string) (options, error) {
 	fs := flag.NewFlagSet("smtpbridge-bench", flag.ContinueOnError)
 	var o options
 	var rtts string
@@ -106,166 +169,147 @@ func run(args []string, out io.Writer) error {
 	fs.BoolVar(&o.graph, "graph", true, "also measure the Microsoft Graph transport")
 	fs.Int64Var(&o.scan, "scan", 30_000_000, "size of the scan sent through Graph (a PDF attachment)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return o, err
 	}
 	for _, f := range strings.Split(rtts, ",") {
 		d, err := time.ParseDuration(strings.TrimSpace(f))
 		if err != nil || d < 0 {
-			return fmt.Errorf("-rtt: %q is not a duration such as 20ms", f)
+			return o, fmt.Errorf("-rtt: %q is not a duration such as 20ms", f)
 		}
 		o.rtts = append(o.rtts, d)
 	}
 	if o.devices < 1 || o.n < o.devices || o.alone < 1 {
-		return errors.New("-devices, -n and -alone must be positive, and -n at least -devices")
+		return o, errors.New("-devices, -n and -alone must be positive, and -n at least -devices")
 	}
-	dir, err := os.MkdirTemp("", "smtpbridge-bench")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	if o.binary == "" {
-		o.binary = filepath.Join(dir, "smtpbridge")
-		fmt.Fprintln(out, "building smtpbridge ...")
-		if b, err := exec.Command("go", "build", "-o", o.binary, "github.com/smtpbridge/smtpbridge/cmd/smtpbridge").CombinedOutput(); err != nil {
-			return fmt.Errorf("build: %v\n%s", err, b)
-		}
-	}
+	return o, nil
+}
 
-	w, err := startWorld(dir)
-	if err != nil {
-		return err
-	}
-	defer w.close()
-	// Straight to Exchange, every device has a connection of its own.
-	w.exo.SetMaxConnections(o.devices + o.c + 1)
-	fmt.Fprintf(out, "hashing %d device passwords (argon2id, the default) ...\n", o.devices+o.burst)
-	fleet, err := makeDevices("mfp", o.devices)
-	if err != nil {
-		return err
-	}
-	burst, err := makeDevices("burst", o.burst)
-	if err != nil {
-		return err
-	}
-	body := makeBody(o.size)
-	tok, err := w.store.Token(context.Background(), "contoso", "")
-	if err != nil {
-		return err
-	}
+// bench is one run's set-up: the fake Microsoft side, the devices, the
+// message, and a token for the direct runs.
+type bench struct {
+	o            options
+	w            *world
+	out          io.Writer
+	fleet, burst []device
+	body         []byte
+	token        string
+}
 
-	type row struct {
-		rtt                      time.Duration
-		direct, bridge           result
-		directAlone, bridgeAlone result
-		cpuPerMsg                time.Duration
-		bridgeTrips, directTrips float64
+// row is the figures at one round-trip time.
+type row struct {
+	rtt                      time.Duration
+	direct, bridge           result
+	directAlone, bridgeAlone result
+	cpuPerMsg                time.Duration
+	bridgeTrips, directTrips float64
+}
+
+// results are a run's figures.
+type results struct {
+	rows             []row
+	grants           int
+	burstRSS, bigRSS int64
+	graph            graphRow
+}
+
+// atRTT measures at one round-trip time to Exchange: the devices
+// straight to Exchange and through a bridge, loaded and alone; and the
+// token grants the bridge asked Entra for.
+func (b *bench) atRTT(rtt time.Duration) (row, int, error) {
+	w, o, fleet := b.w, b.o, b.fleet
+	proxy, err := startProxy(w.exo.Addr(), rtt/2)
+	if err != nil {
+		return row{}, 0, err
 	}
-	var rows []row
-	grants := 0
-	for i, rtt := range o.rtts {
-		proxy, err := startProxy(w.exo.Addr(), rtt/2)
+	defer proxy.close()
+	br, err := w.startBridge(o, proxy.addr(), append(fleet, b.burst...))
+	if err != nil {
+		return row{}, 0, err
+	}
+	g0 := w.entra.Grants(clientID)
+	defer br.stop()
+	r := row{rtt: rtt}
+	// Every device has logged in once, and the bridge has its upstream
+	// connections: a site's steady state.
+	if _, err := sendPerMessage(fleet, len(fleet)*2, b.body, br.login); err != nil {
+		return r, 0, fmt.Errorf("warm-up through the bridge: %w\n%s", err, br.logs.String())
+	}
+	direct := w.direct(proxy.addr(), b.token)
+	t0 := proxy.turns.Load()
+	if r.direct, err = sendPerMessage(fleet, o.n, b.body, direct); err != nil {
+		return r, 0, fmt.Errorf("direct: %w", err)
+	}
+	r.directTrips = float64(proxy.turns.Load()-t0) / float64(o.n)
+	if r.directAlone, err = sendPerMessage(fleet[:1], o.alone, b.body, direct); err != nil {
+		return r, 0, fmt.Errorf("direct: %w", err)
+	}
+	cpu0, err := cpuTime(br.cmd.Process.Pid)
+	if err != nil {
+		return r, 0, err
+	}
+	t0 = proxy.turns.Load()
+	if r.bridge, err = sendPerMessage(fleet, o.n, b.body, br.login); err != nil {
+		return r, 0, fmt.Errorf("through the bridge: %w\n%s", err, br.logs.String())
+	}
+	r.bridgeTrips = float64(proxy.turns.Load()-t0) / float64(o.n)
+	cpu1, err := cpuTime(br.cmd.Process.Pid)
+	if err != nil {
+		return r, 0, err
+	}
+	r.cpuPerMsg = (cpu1 - cpu0) / time.Duration(o.n)
+	if r.bridgeAlone, err = sendPerMessage(fleet[:1], o.alone, b.body, br.login); err != nil {
+		return r, 0, fmt.Errorf("through the bridge: %w\n%s", err, br.logs.String())
+	}
+	return r, w.entra.Grants(clientID) - g0, nil
+}
+
+// memory measures the bridge's peak RSS during a login burst and while
+// relaying one big message, each on a bridge of its own.
+func (b *bench) memory(res *results) error {
+	o, w := b.o, b.w
+	if o.burst == 0 && o.big == 0 {
+		return nil
+	}
+	fmt.Fprintf(b.out, "[memory] a login burst of %d devices, then one %d MB message, each through a bridge of its own ...\n", o.burst, o.big/1_000_000)
+	proxy, err := startProxy(w.exo.Addr(), o.rtts[0]/2)
+	if err != nil {
+		return err
+	}
+	defer proxy.close()
+	// peak sends n messages of body from devices through a new bridge
+	// and returns the bridge's peak RSS from its start.
+	peak := func(devices []device, n int, body []byte) (int64, error) {
+		br, err := w.startBridge(o, proxy.addr(), append(b.fleet, b.burst...))
 		if err != nil {
-			return err
+			return 0, err
 		}
-		br, err := w.startBridge(o, proxy.addr(), append(fleet, burst...))
-		if err != nil {
-			proxy.close()
-			return err
+		defer br.stop()
+		if _, err := sendPerMessage(devices, n, body, br.login); err != nil {
+			return 0, fmt.Errorf("%w\n%s", err, br.logs.String())
 		}
-		g0 := w.entra.Grants(clientID)
-		r := row{rtt: rtt}
-		fmt.Fprintf(out, "[%d/%d] %s round trip: %d devices, one connection and one login per message, %d messages each way, then one device alone ...\n",
-			i+1, len(o.rtts), rtt, o.devices, o.n)
-		err = func() error {
-			// Every device has logged in once, and the bridge has its
-			// upstream connections: a site's steady state.
-			if _, err := sendPerMessage(fleet, len(fleet)*2, body, br.login); err != nil {
-				return fmt.Errorf("warm-up through the bridge: %w\n%s", err, br.logs.String())
-			}
-			direct := w.direct(proxy.addr(), tok.AccessToken)
-			t0 := proxy.turns.Load()
-			if r.direct, err = sendPerMessage(fleet, o.n, body, direct); err != nil {
-				return fmt.Errorf("direct: %w", err)
-			}
-			r.directTrips = float64(proxy.turns.Load()-t0) / float64(o.n)
-			if r.directAlone, err = sendPerMessage(fleet[:1], o.alone, body, direct); err != nil {
-				return fmt.Errorf("direct: %w", err)
-			}
-			cpu0, err := cpuTime(br.cmd.Process.Pid)
-			if err != nil {
-				return err
-			}
-			t0 = proxy.turns.Load()
-			if r.bridge, err = sendPerMessage(fleet, o.n, body, br.login); err != nil {
-				return fmt.Errorf("through the bridge: %w\n%s", err, br.logs.String())
-			}
-			r.bridgeTrips = float64(proxy.turns.Load()-t0) / float64(o.n)
-			cpu1, err := cpuTime(br.cmd.Process.Pid)
-			if err != nil {
-				return err
-			}
-			r.cpuPerMsg = (cpu1 - cpu0) / time.Duration(o.n)
-			if r.bridgeAlone, err = sendPerMessage(fleet[:1], o.alone, body, br.login); err != nil {
-				return fmt.Errorf("through the bridge: %w\n%s", err, br.logs.String())
-			}
-			return nil
-		}()
-		grants += w.entra.Grants(clientID) - g0
-		br.stop()
-		proxy.close()
-		if err != nil {
-			return err
-		}
-		rows = append(rows, r)
+		return peakRSS(br.cmd.Process.Pid)
 	}
-
-	var burstRSS, bigRSS int64
-	if o.burst > 0 || o.big > 0 {
-		fmt.Fprintf(out, "[memory] a login burst of %d devices, then one %d MB message, each through a bridge of its own ...\n", o.burst, o.big/1_000_000)
-		proxy, err := startProxy(w.exo.Addr(), o.rtts[0]/2)
-		if err != nil {
-			return err
-		}
-		defer proxy.close()
-		// peak runs f against a new bridge and returns the bridge's peak
-		// RSS from its start.
-		peak := func(devices []device, n int, body []byte) (int64, error) {
-			br, err := w.startBridge(o, proxy.addr(), append(fleet, burst...))
-			if err != nil {
-				return 0, err
-			}
-			defer br.stop()
-			if _, err := sendPerMessage(devices, n, body, br.login); err != nil {
-				return 0, fmt.Errorf("%w\n%s", err, br.logs.String())
-			}
-			return peakRSS(br.cmd.Process.Pid)
-		}
-		if o.burst > 0 {
-			if burstRSS, err = peak(burst, len(burst), body); err != nil {
-				return fmt.Errorf("login burst: %w", err)
-			}
-		}
-		if o.big > 0 {
-			if bigRSS, err = peak(fleet[:1], 1, makeBody(int(o.big))); err != nil {
-				return fmt.Errorf("big message: %w", err)
-			}
+	if o.burst > 0 {
+		if res.burstRSS, err = peak(b.burst, len(b.burst), b.body); err != nil {
+			return fmt.Errorf("login burst: %w", err)
 		}
 	}
-
-	var gr graphRow
-	if o.graph {
-		fmt.Fprintf(out, "[graph] %d messages of %d bytes from %d devices, one alone, then a %d MB scan, through Microsoft Graph with a %s round trip ...\n",
-			o.n, len(body), o.devices, o.scan/1_000_000, o.rtts[0])
-		if gr, err = w.graphRun(o, fleet, burst, body); err != nil {
-			return fmt.Errorf("graph: %w", err)
+	if o.big > 0 {
+		if res.bigRSS, err = peak(b.fleet[:1], 1, makeBody(int(o.big))); err != nil {
+			return fmt.Errorf("big message: %w", err)
 		}
 	}
+	return nil
+}
 
+// report prints the figures against their targets; the first round-trip
+// time's are the targets', the others informational.
+func (b *bench) report(res results) {
+	o, out, body := b.o, b.out, b.body
 	fmt.Fprintln(out)
-	for i, r := range rows {
-		target := i == 0
+	for i, r := range res.rows {
 		note := func(ok bool) string {
-			if !target {
+			if i > 0 {
 				return "(informational)"
 			}
 			return verdict(ok)
@@ -284,22 +328,21 @@ func run(args []string, out io.Writer) error {
 	}
 	if o.burst > 0 {
 		fmt.Fprintf(out, "peak RSS     %.1f MiB during a login burst of %d devices (target <= 64 MiB) %s\n",
-			float64(burstRSS)/(1<<20), o.burst, verdict(burstRSS <= 64<<20))
+			float64(res.burstRSS)/(1<<20), o.burst, verdict(res.burstRSS <= 64<<20))
 	}
 	if o.big > 0 {
 		fmt.Fprintf(out, "peak RSS     %.1f MiB while relaying %d MB (target <= 64 MiB) %s\n",
-			float64(bigRSS)/(1<<20), o.big/1_000_000, verdict(bigRSS <= 64<<20))
+			float64(res.bigRSS)/(1<<20), o.big/1_000_000, verdict(res.bigRSS <= 64<<20))
 	}
-	if o.graph {
+	if gr := res.graph; o.graph {
 		fmt.Fprintf(out, "graph        %d-byte messages: %.1f msg/s from %d devices, p50 %.2f ms p99 %.2f ms, alone p50 %.2f ms, bridge CPU %.2f ms per message (%s round trip)\n",
 			len(body), gr.loaded.rate(), o.devices, ms(gr.loaded.percentile(50)), ms(gr.loaded.percentile(99)), ms(gr.alone.percentile(50)), ms(gr.cpuPerMsg), o.rtts[0])
 		fmt.Fprintf(out, "graph scan   %.1f MB (a %.1f MB PDF) through a draft and an upload session in %.2f s, peak RSS %.1f MiB (target <= 64 MiB) %s\n",
 			float64(gr.scanSize)/1e6, float64(gr.pdfSize)/1e6, gr.scanTook.Seconds(), float64(gr.scanRSS)/(1<<20), verdict(gr.scanRSS <= 64<<20))
 	}
-	sent := len(o.rtts) * (2*len(fleet) + o.n + o.alone)
+	sent := len(o.rtts) * (2*len(b.fleet) + o.n + o.alone)
 	fmt.Fprintf(out, "tokens       %d grant(s) for %d messages through %d bridge start(s) (target: 1 per start) %s\n",
-		grants, sent, len(o.rtts), verdict(grants <= len(o.rtts)))
-	return nil
+		res.grants, sent, len(o.rtts), verdict(res.grants <= len(o.rtts)))
 }
 
 func verdict(ok bool) string {

@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
-	"path/filepath"
 
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
@@ -29,64 +27,27 @@ func addAdminFlags(fs *flag.FlagSet) adminFlags {
 
 // adminTarget is where a command reaches the running bridge.
 type adminTarget struct {
-	client adminapi.Client
-	cfg    *config.Config // nil with --admin and no config
-	// tokenErr is why there is no token, for a bridge that asks for one.
-	tokenErr error
+	*adminapi.Target
+	cfg *config.Config // nil with --admin and no config
 }
 
-// resolve finds the bridge's admin API and its token from the flags: the
-// admin socket in spool.dir, where only the bridge's user (and root) can
-// connect; or, with --admin, a TCP address, where the token goes only to
-// a listener of the user who owns the token file.
+// resolve finds the bridge's admin API and its token from the flags (see
+// adminapi.Resolve), the config naming the spool directory.
 func (f adminFlags) resolve(cmd string) (*adminTarget, error) {
-	t := &adminTarget{client: adminapi.Client{OwnerUID: -1}}
+	t := &adminTarget{}
+	spoolDir := ""
 	if *f.config != "" {
 		cfg, err := config.LoadAdmin(*f.config)
 		if err != nil {
 			return nil, configError{err.Error()}
 		}
-		t.cfg = cfg
+		t.cfg, spoolDir = cfg, cfg.Spool.Dir
 	}
-	switch {
-	case *f.admin != "":
-		t.client.BaseURL = *f.admin
-	case t.cfg != nil:
-		t.client.Socket = filepath.Join(t.cfg.Spool.Dir, adminapi.SocketFile)
-	default:
+	if *f.admin == "" && spoolDir == "" {
 		return nil, usageError{cmd + ": pass --config FILE (or set SMTPBRIDGE_CONFIG) or --admin URL"}
 	}
-	path := *f.tokenFile
-	if path == "" && t.cfg != nil {
-		path = filepath.Join(t.cfg.Spool.Dir, adminapi.TokenFile)
-	}
-	if path == "" {
-		t.tokenErr = errors.New("no admin token: pass --token-file FILE (admin.token in the bridge's spool.dir) or --config")
-		return t, nil
-	}
-	tok, err := adminapi.ReadToken(path)
-	switch {
-	case err == nil:
-		t.client.Token = tok
-		t.client.OwnerUID = fileOwner(path)
-	case errors.Is(err, fs.ErrPermission):
-		t.tokenErr = fmt.Errorf("%w; run the command as the bridge's user (or root)", err)
-	case errors.Is(err, fs.ErrNotExist):
-		t.tokenErr = fmt.Errorf("%w; the bridge writes it at start: is it running with this spool.dir?", err)
-	default:
-		t.tokenErr = err
-	}
+	t.Target = adminapi.Resolve(spoolDir, *f.admin, *f.tokenFile)
 	return t, nil
-}
-
-// explain turns a refusal for want of a token into the reason there is
-// none.
-func (t *adminTarget) explain(err error) error {
-	var se *adminapi.StatusError
-	if t.tokenErr != nil && errors.As(err, &se) && se.Code == 401 {
-		return fmt.Errorf("the bridge at %s refused the request: %w", t.client.Where(), t.tokenErr)
-	}
-	return err
 }
 
 const reloadUsage = `Usage: smtpbridge reload [--config FILE | --admin URL --token-file FILE] [--json]
@@ -115,7 +76,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var res daemon.ReloadResult
-	err = t.client.Do("POST", "/-/reload", &res)
+	err = t.Client.Do("POST", "/-/reload", &res)
 	var se *adminapi.StatusError
 	if errors.As(err, &se) && se.Code == 422 {
 		if jerr := json.Unmarshal(se.Body, &res); jerr == nil {
@@ -123,10 +84,10 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if errors.Is(err, adminapi.ErrUnreachable) {
-		return fmt.Errorf("no smtpbridge answers at %s: nothing reloaded (is it running with this spool.dir? a stopped bridge reads the config when it starts)", t.client.Where())
+		return fmt.Errorf("no smtpbridge answers at %s: nothing reloaded (is it running with this spool.dir? a stopped bridge reads the config when it starts)", t.Client.Where())
 	}
 	if err != nil {
-		return t.explain(err)
+		return t.Explain(err)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -143,10 +104,10 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if !res.OK {
-		return fmt.Errorf("the config was not reloaded (%d problem(s)); the bridge at %s keeps the config it runs with", len(res.Problems), t.client.Where())
+		return fmt.Errorf("the config was not reloaded (%d problem(s)); the bridge at %s keeps the config it runs with", len(res.Problems), t.Client.Where())
 	}
 	if !*asJSON {
-		fmt.Fprintf(stdout, "configuration reloaded (bridge at %s)\n", t.client.Where())
+		fmt.Fprintf(stdout, "configuration reloaded (bridge at %s)\n", t.Client.Where())
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -9,8 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/smtpbridge/smtpbridge/guard"
 )
@@ -52,8 +49,8 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c := &guard.Client{Client: t.client}
-	url := c.Where()
+	c := &guard.Client{Client: t.Client}
+	url := "bridge at " + c.Where()
 	if sub == "unblock" {
 		a, err := netip.ParseAddr(pos[0])
 		if p, perr := netip.ParsePrefix(pos[0]); err != nil && perr == nil {
@@ -64,16 +61,16 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 		}
 		if err := c.Unblock(a); err != nil {
 			if errors.Is(err, guard.ErrNotBlocked) {
-				return fmt.Errorf("%s is not blocked (bridge at %s)", a, url)
+				return fmt.Errorf("%s is not blocked (%s)", a, url)
 			}
-			return t.explain(err)
+			return t.Explain(err)
 		}
-		fmt.Fprintf(stdout, "unblocked %s (bridge at %s)\n", a, url)
+		fmt.Fprintf(stdout, "unblocked %s (%s)\n", a, url)
 		return nil
 	}
 	blocks, err := c.Blocks()
 	if err != nil {
-		return t.explain(err)
+		return t.Explain(err)
 	}
 	if *asJSON {
 		if blocks == nil {
@@ -83,21 +80,6 @@ func cmdBlocks(args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(blocks)
 	}
-	if len(blocks) == 0 {
-		fmt.Fprintf(stdout, "no addresses blocked (bridge at %s)\n", url)
-		return nil
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADDRESS\tSINCE\tLIFTED IN\tFAILURES\tLAST USERNAME")
-	now := time.Now()
-	for _, b := range blocks {
-		user := cmp.Or(b.Username, "(not a device's; not shown)")
-		if b.Replica != "" {
-			user += " (blocked by " + b.Replica + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", b.Addr, b.Since.Local().Format(time.DateTime), roundDur(b.Until.Sub(now)), b.Failures, user)
-	}
-	tw.Flush()
-	fmt.Fprintf(stdout, "%d address(es) blocked (bridge at %s); lift one with: smtpbridge blocks unblock ADDR\n", len(blocks), url)
+	guard.WriteBlocks(stdout, blocks, url)
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/config"
@@ -39,11 +38,11 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), doctorTimeout)
 	defer cancel()
-	p := &doctorPrinter{w: stdout}
+	p := &doctor.Printer{W: stdout}
 	o := doctor.Options{Tenant: *tenant, Device: *device, Hostname: cfg.Hostname, WarnBefore: config.CredentialWarnBefore}
 	if !*asJSON {
 		fmt.Fprintf(stdout, "smtpbridge doctor: %s\n", cfg.Path)
-		o.Progress = p.step
+		o.Progress = p.Step
 	}
 	rep, err := doctor.Run(ctx, daemon.DoctorTenants(cfg, ms), o)
 	if errors.Is(err, doctor.ErrNoSuch) {
@@ -65,42 +64,6 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) error {
 		return errDoctorFailed
 	}
 	return nil
-}
-
-// doctorPrinter prints steps as they finish, under a heading per tenant
-// and mailbox.
-type doctorPrinter struct {
-	w               io.Writer
-	tenant, mailbox string
-}
-
-var marks = map[doctor.Status]string{doctor.Pass: "[ ok ]", doctor.Warn: "[warn]", doctor.Fail: "[FAIL]", doctor.Skip: "[skip]"}
-
-func (p *doctorPrinter) step(s doctor.Step) {
-	if s.Tenant != p.tenant {
-		p.tenant, p.mailbox = s.Tenant, ""
-		fmt.Fprintf(p.w, "\ntenant %s\n", s.Tenant)
-	}
-	if s.Mailbox != "" && s.Mailbox != p.mailbox {
-		p.mailbox = s.Mailbox
-		fmt.Fprintf(p.w, "  mailbox %s (device %s)\n", s.Mailbox, strings.Join(s.Devices, ", "))
-	}
-	indent := "  "
-	if s.Mailbox != "" {
-		indent = "    "
-	}
-	fmt.Fprintf(p.w, "%s%s %-11s%s\n", indent, marks[s.Status], s.Name, s.Detail)
-	pad := indent + strings.Repeat(" ", 7)
-	if s.Code != "" || s.Meaning != "" {
-		code := ""
-		if s.Code != "" {
-			code = s.Code + ": "
-		}
-		fmt.Fprintf(p.w, "%smeans: %s%s\n", pad, code, s.Meaning)
-	}
-	if s.Fix != "" {
-		fmt.Fprintf(p.w, "%sfix:   %s\n", pad, s.Fix)
-	}
 }
 
 func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {

@@ -52,20 +52,20 @@ func cmdDrain(args []string, stdout, stderr io.Writer) error {
 	var r struct {
 		Retried int `json:"retried"`
 	}
-	if err := t.client.Do(http.MethodPost, "/api/drain", &r); err != nil {
+	if err := t.Client.Do(http.MethodPost, "/api/drain", &r); err != nil {
 		if errors.Is(err, adminapi.ErrUnreachable) {
-			return fmt.Errorf("no smtpbridge answers at %s: nothing to drain there (is it running with this spool.dir?)", t.client.Where())
+			return fmt.Errorf("no smtpbridge answers at %s: nothing to drain there (is it running with this spool.dir?)", t.Client.Where())
 		}
-		return t.explain(err)
+		return t.Explain(err)
 	}
-	fmt.Fprintf(stdout, "draining the bridge at %s: not ready for new devices; %d queued message(s) due now\n", t.client.Where(), r.Retried)
-	c := &queue.Client{Client: t.client}
+	fmt.Fprintf(stdout, "draining the bridge at %s: not ready for new devices; %d queued message(s) due now\n", t.Client.Where(), r.Retried)
+	c := &queue.Client{Client: t.Client}
 	deadline := time.Now().Add(*timeout)
 	last := -1
 	for {
 		items, err := c.List()
 		if err != nil {
-			return t.explain(err)
+			return t.Explain(err)
 		}
 		if len(items) == 0 {
 			fmt.Fprintln(stdout, "drained: the queue is empty")

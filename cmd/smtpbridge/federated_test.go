@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -474,7 +475,7 @@ devices:
 	if len(files) != 1 {
 		t.Fatalf("%d cache files, want the mailbox's 1", len(files))
 	}
-	if owner := fileOwner(files[0]); asRoot && owner != nobody {
+	if owner := adminapi.FileOwner(files[0]); asRoot && owner != nobody {
 		t.Errorf("the cache file written by tenant login as root belongs to %d, not to the spool's owner %d", owner, nobody)
 	}
 	if data := testenv.ReadFile(t, files[0]); strings.Contains(data, "rt-") || strings.Contains(data, mailbox) {

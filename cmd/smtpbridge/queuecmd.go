@@ -6,10 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/privdrop"
 	"github.com/smtpbridge/smtpbridge/queue"
@@ -72,78 +69,104 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	case !needID[sub] && len(pos) != 0:
 		return usageError{fmt.Sprintf("queue %s: unexpected argument %q", sub, pos[0])}
 	}
-
 	m, where, closeFn, err := queueManager(af, *spoolDir)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
-	id := ""
+	c := queueCmd{m: m, where: where, w: stdout, json: *asJSON}
 	if len(pos) == 1 {
-		id = pos[0]
-	}
-	out := func(v any, text func()) error {
-		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(v)
-		}
-		text()
-		return nil
+		c.id = pos[0]
 	}
 	switch sub {
 	case "list", "dead":
-		var items []queue.Item
-		if sub == "list" {
-			items, err = m.List()
-		} else {
-			items, err = m.Dead()
-		}
-		if err != nil && items == nil {
-			return err
-		}
-		if items == nil {
-			items = []queue.Item{}
-		}
-		perr := out(items, func() {
-			printItems(stdout, items, sub == "dead", where)
-			if c, ok := m.(*queue.Client); ok {
-				printReplicas(stdout, c)
-			}
-		})
-		return errors.Join(err, perr)
+		return c.list(sub == "dead")
 	case "show":
-		it, err := m.Show(id)
-		if err != nil {
-			return err
-		}
-		return out(it, func() { printItem(stdout, it) })
+		return c.show()
 	case "retry":
-		n := 1
-		switch {
-		case *all:
-			n, err = m.RetryAll()
-		case *mailbox != "":
-			n, err = m.RetryMailbox(*mailbox)
-		default:
-			err = m.Retry(id)
-		}
-		if err != nil {
-			return err
-		}
-		return out(map[string]int{"retried": n}, func() { fmt.Fprintf(stdout, "%d message(s) due now (%s)\n", n, where) })
-	case "drop":
-		if err := m.Drop(id); err != nil {
-			return err
-		}
-		return out(map[string]string{"dropped": id}, func() { fmt.Fprintf(stdout, "dropped %s (%s)\n", id, where) })
-	case "requeue":
-		if err := m.Requeue(id); err != nil {
-			return err
-		}
-		return out(map[string]string{"requeued": id}, func() { fmt.Fprintf(stdout, "requeued %s, due now (%s)\n", id, where) })
+		return c.retry(*all, *mailbox)
 	}
+	return c.change(sub)
+}
+
+// queueCmd is one queue command's work on a queue, the bridge's or a
+// stopped spool's (where), printing to w.
+type queueCmd struct {
+	m     queue.Manager
+	where string
+	w     io.Writer
+	json  bool
+	id    string
+}
+
+// out prints v as JSON with --json, or runs text.
+func (c queueCmd) out(v any, text func()) error {
+	if c.json {
+		enc := json.NewEncoder(c.w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	text()
 	return nil
+}
+
+func (c queueCmd) list(dead bool) error {
+	var items []queue.Item
+	var err error
+	if dead {
+		items, err = c.m.Dead()
+	} else {
+		items, err = c.m.List()
+	}
+	if err != nil && items == nil {
+		return err
+	}
+	if items == nil {
+		items = []queue.Item{}
+	}
+	perr := c.out(items, func() {
+		queue.WriteList(c.w, items, dead, c.where)
+		if qc, ok := c.m.(*queue.Client); ok {
+			printReplicas(c.w, qc)
+		}
+	})
+	return errors.Join(err, perr)
+}
+
+func (c queueCmd) show() error {
+	it, err := c.m.Show(c.id)
+	if err != nil {
+		return err
+	}
+	return c.out(it, func() { queue.WriteItem(c.w, it) })
+}
+
+func (c queueCmd) retry(all bool, mailbox string) error {
+	n, err := 1, error(nil)
+	switch {
+	case all:
+		n, err = c.m.RetryAll()
+	case mailbox != "":
+		n, err = c.m.RetryMailbox(mailbox)
+	default:
+		err = c.m.Retry(c.id)
+	}
+	if err != nil {
+		return err
+	}
+	return c.out(map[string]int{"retried": n}, func() { fmt.Fprintf(c.w, "%d message(s) due now (%s)\n", n, c.where) })
+}
+
+// change drops or requeues one message.
+func (c queueCmd) change(sub string) error {
+	do, done, past := c.m.Drop, "dropped %s (%s)\n", "dropped"
+	if sub == "requeue" {
+		do, done, past = c.m.Requeue, "requeued %s, due now (%s)\n", "requeued"
+	}
+	if err := do(c.id); err != nil {
+		return err
+	}
+	return c.out(map[string]string{past: c.id}, func() { fmt.Fprintf(c.w, done, c.id, c.where) })
 }
 
 // parseInterspersed parses flags that may come before or after the
@@ -178,7 +201,7 @@ func queueManager(af adminFlags, spoolDir string) (queue.Manager, string, func()
 	if err != nil {
 		return nil, "", nop, err
 	}
-	c := &queue.Client{Client: t.client}
+	c := &queue.Client{Client: t.Client}
 	where := "bridge at " + c.Where()
 	err = c.Ping()
 	switch {
@@ -187,7 +210,7 @@ func queueManager(af adminFlags, spoolDir string) (queue.Manager, string, func()
 	case errors.Is(err, queue.ErrUnreachable) && *af.admin == "":
 		return openOffline(t.cfg.Spool.Dir, fmt.Sprintf("its admin API at %s does not answer", c.Where()))
 	}
-	return nil, "", nop, t.explain(err)
+	return nil, "", nop, t.Explain(err)
 }
 
 // openOffline opens a stopped bridge's spool; whenLocked says what to do
@@ -209,106 +232,6 @@ func openOffline(dir, whenLocked string) (queue.Manager, string, func(), error) 
 	return off, "stopped bridge, spool " + dir, off.Close, nil
 }
 
-// loopbackAddr turns a wildcard listen address into one to connect to.
-func loopbackAddr(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return net.JoinHostPort(host, port)
-}
-
-func printItems(w io.Writer, items []queue.Item, dead bool, where string) {
-	if len(items) == 0 {
-		fmt.Fprintf(w, "no messages (%s)\n", where)
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	last := "LAST REPLY"
-	if dead {
-		last = "REASON"
-	}
-	fmt.Fprintf(tw, "ID\tSTATE\tAGE\tATTEMPTS\tNEXT\tDEVICE\tRCPTS\tSIZE\t%s\n", last)
-	counts := map[string]int{}
-	now := time.Now()
-	for _, it := range items {
-		counts[it.State]++
-		next := "-"
-		if !dead {
-			next = "now"
-			if d := it.NextAttempt.Sub(now); d > 0 {
-				next = "in " + roundDur(d)
-			}
-		}
-		reason := it.LastReply
-		if dead {
-			reason = it.DeadReason
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", it.ID, it.State, roundDur(now.Sub(it.Received)),
-			it.Attempts, next, it.Device, len(it.To), it.Size, truncate(reason, 60))
-	}
-	tw.Flush()
-	var parts []string
-	for _, s := range []string{queue.StateQueued, queue.StateDeferred, queue.StateDelivering, queue.StateDead} {
-		if counts[s] > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
-		}
-	}
-	fmt.Fprintf(w, "%d message(s): %s (%s)\n", len(items), strings.Join(parts, ", "), where)
-}
-
-func printItem(w io.Writer, it queue.Item) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
-		}
-	}
-	row("ID", it.ID)
-	row("State", it.State)
-	row("Device", it.Device)
-	row("Tenant", it.Tenant)
-	row("Mailbox", it.Mailbox)
-	row("From", it.From)
-	row("To", strings.Join(it.To, ", "))
-	row("Size", fmt.Sprintf("%d bytes", it.Size))
-	row("Received", it.Received.Local().Format(time.RFC1123))
-	if !it.Requeued.IsZero() {
-		row("Requeued", it.Requeued.Local().Format(time.RFC1123))
-	}
-	row("Attempts", fmt.Sprint(it.Attempts))
-	if it.State != queue.StateDead {
-		row("Next attempt", it.NextAttempt.Local().Format(time.RFC1123))
-	}
-	row("Last reply", it.LastReply)
-	row("Dead because", it.DeadReason)
-	row("Report of", it.DSNFor)
-	tw.Flush()
-}
-
-func roundDur(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	case d < time.Hour:
-		return d.Round(time.Minute).String()
-	}
-	return d.Round(time.Hour).String()
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
-}
-
 // printReplicas shows, for a bridge among replicas sharing limits, what
 // each replica's spool holds: each delivers only its own.
 func printReplicas(w io.Writer, c *queue.Client) {
@@ -318,16 +241,5 @@ func printReplicas(w io.Writer, c *queue.Client) {
 	if c.Do("GET", "/api/replicas", &r) != nil || len(r.Replicas) == 0 {
 		return // a bridge on its own, or an older one
 	}
-	fmt.Fprintln(w, "\nReplicas (each delivers only what its own spool holds):")
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REPLICA\tQUEUED\tDEFERRED\tDEAD\tLAST HEARD")
-	now := time.Now()
-	for _, rep := range r.Replicas {
-		name := rep.Instance
-		if rep.This {
-			name += " (this one)"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s ago\n", name, rep.Queued, rep.Deferred, rep.Dead, roundDur(now.Sub(rep.At)))
-	}
-	tw.Flush()
+	status.WriteReplicas(w, r.Replicas)
 }

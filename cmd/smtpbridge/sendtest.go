@@ -88,20 +88,7 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 	receipt, err := bridgePath.Deliver(ctx, &message.Message{ID: id, Device: dev.Name, Tenant: t.Name, Mailbox: dev.Mailbox.String(),
 		From: dev.Mailbox.String(), To: []string{rcpt.String()}, Size: int64(len(body)), Body: strings.NewReader(body)})
 	if err != nil {
-		reply := message.ReplyOf(err).String()
-		fmt.Fprintf(stdout, "not delivered: %s\n", reply)
-		if detail := err.Error(); message.StageOf(err) != "" {
-			fmt.Fprintf(stdout, "  (%s)\n", detail)
-		}
-		var te *tokenstore.Error
-		h := hints.ForReply(reply)
-		if errors.As(err, &te) {
-			h = hints.ForAADSTS(te.AADSTS)
-		}
-		if h != nil {
-			fmt.Fprintf(stdout, "  means: %s\n  fix:   %s\n", h.Meaning, h.Fix)
-		}
-		fmt.Fprintln(stdout, "  smtpbridge doctor --device "+dev.Name+" checks the whole path step by step.")
+		printNotDelivered(stdout, dev.Name, err)
 		return errors.New("the test message was not delivered")
 	}
 	fmt.Fprintf(stdout, "delivered in %s: %s\n", time.Since(start).Round(time.Millisecond), receipt.Reply)
@@ -109,6 +96,25 @@ func cmdSendTest(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, idLabel, receipt.UpstreamID)
 	}
 	return nil
+}
+
+// printNotDelivered says why a test message was not delivered: the reply
+// a device would get, the failure, and what it means with its fix.
+func printNotDelivered(w io.Writer, device string, err error) {
+	reply := message.ReplyOf(err).String()
+	fmt.Fprintf(w, "not delivered: %s\n", reply)
+	if detail := err.Error(); message.StageOf(err) != "" {
+		fmt.Fprintf(w, "  (%s)\n", detail)
+	}
+	var te *tokenstore.Error
+	h := hints.ForReply(reply)
+	if errors.As(err, &te) {
+		h = hints.ForAADSTS(te.AADSTS)
+	}
+	if h != nil {
+		fmt.Fprintf(w, "  means: %s\n  fix:   %s\n", h.Meaning, h.Fix)
+	}
+	fmt.Fprintln(w, "  smtpbridge doctor --device "+device+" checks the whole path step by step.")
 }
 
 // testMessage is the message send-test sends.

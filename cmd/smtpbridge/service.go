@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"github.com/smtpbridge/smtpbridge/internal/daemon"
 	"github.com/smtpbridge/smtpbridge/internal/winsvc"
@@ -63,48 +61,29 @@ func cmdService(args []string, stdout, stderr io.Writer) error {
 		}
 		return abs, nil
 	}
+	simple := map[string]struct {
+		do   func() error
+		done string
+	}{
+		"uninstall": {winsvc.Uninstall, "removed the service %s; its config, spool and logs stay"},
+		"start":     {winsvc.Start, "the service %s is running"},
+		"stop":      {winsvc.StopService, "the service %s is stopped"},
+		"reload":    {winsvc.Reload, "asked the service %s to reload its config; its log says how it went"},
+	}
+	if c, ok := simple[sub]; ok {
+		if err := c.do(); err != nil {
+			return fmt.Errorf("service %s: %w", sub, err)
+		}
+		fmt.Fprintf(stdout, c.done+"\n", winsvc.Name)
+		return nil
+	}
 	switch sub {
 	case "install":
 		cfgPath, err := configPath()
 		if err != nil {
 			return err
 		}
-		if _, err := loadConfig(cfgPath, stderr); err != nil {
-			return fmt.Errorf("service install: fix the config first (smtpbridge check-config --config %q): %w", cfgPath, err)
-		}
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("service install: %w", err)
-		}
-		if err := winsvc.Install(exe, []string{"service", "run", "--config", cfgPath}, *automatic); err != nil {
-			return fmt.Errorf("service install: %w", err)
-		}
-		fmt.Fprintf(stdout, "installed the service %s (config %s); start it with: smtpbridge service start\n", winsvc.Name, cfgPath)
-		return nil
-	case "uninstall":
-		if err := winsvc.Uninstall(); err != nil {
-			return fmt.Errorf("service uninstall: %w", err)
-		}
-		fmt.Fprintf(stdout, "removed the service %s; its config, spool and logs stay\n", winsvc.Name)
-		return nil
-	case "start":
-		if err := winsvc.Start(); err != nil {
-			return fmt.Errorf("service start: %w", err)
-		}
-		fmt.Fprintf(stdout, "the service %s is running\n", winsvc.Name)
-		return nil
-	case "stop":
-		if err := winsvc.StopService(); err != nil {
-			return fmt.Errorf("service stop: %w", err)
-		}
-		fmt.Fprintf(stdout, "the service %s is stopped\n", winsvc.Name)
-		return nil
-	case "reload":
-		if err := winsvc.Reload(); err != nil {
-			return fmt.Errorf("service reload: %w", err)
-		}
-		fmt.Fprintf(stdout, "asked the service %s to reload its config; its log says how it went\n", winsvc.Name)
-		return nil
+		return installService(cfgPath, *automatic, stdout, stderr)
 	case "status":
 		st, err := winsvc.Status()
 		if err != nil {
@@ -122,13 +101,30 @@ func cmdService(args []string, stdout, stderr io.Writer) error {
 	return usageError{fmt.Sprintf("service: unknown command %q (install, uninstall, start, stop, reload, status)", sub)}
 }
 
+// installService registers the service to serve cfgPath, once the
+// config checks out.
+func installService(cfgPath string, automatic bool, stdout, stderr io.Writer) error {
+	if _, err := loadConfig(cfgPath, stderr); err != nil {
+		return fmt.Errorf("service install: fix the config first (smtpbridge check-config --config %q): %w", cfgPath, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("service install: %w", err)
+	}
+	if err := winsvc.Install(exe, []string{"service", "run", "--config", cfgPath}, automatic); err != nil {
+		return fmt.Errorf("service install: %w", err)
+	}
+	fmt.Fprintf(stdout, "installed the service %s (config %s); start it with: smtpbridge service start\n", winsvc.Name, cfgPath)
+	return nil
+}
+
 // runService is the service's process: serve on the config, its log in
 // smtpbridge.log beside it (reopened on each reload, so that the file
 // can be rotated), under the control manager.
 func runService(cfgPath string) error {
 	logPath := filepath.Join(filepath.Dir(cfgPath), "smtpbridge.log")
-	lw := &reopener{path: logPath}
-	if err := lw.reopen(); err != nil {
+	lw := &winsvc.LogFile{Path: logPath}
+	if err := lw.Reopen(); err != nil {
 		return fmt.Errorf("service: log file: %w", err)
 	}
 	defer lw.Close()
@@ -145,7 +141,7 @@ func runService(cfgPath string) error {
 				case <-ctx.Done():
 					return
 				case <-reload:
-					if err := lw.reopen(); err != nil {
+					if err := lw.Reopen(); err != nil {
 						log.Warn().Err(err).Msg("could not reopen the log file; still writing to the old one")
 					}
 					select {
@@ -157,46 +153,4 @@ func runService(cfgPath string) error {
 		}()
 		return serve(ctx, cfg, log, reloads, started)
 	})
-}
-
-// reopener is a log file that can be reopened under the same name.
-type reopener struct {
-	path string
-	mu   sync.Mutex
-	f    *os.File
-}
-
-func (r *reopener) reopen() error {
-	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	old := r.f
-	r.f = f
-	r.mu.Unlock()
-	if old != nil {
-		old.Close()
-	}
-	return nil
-}
-
-func (r *reopener) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.f == nil {
-		return 0, errors.New("log file closed")
-	}
-	return r.f.Write(p)
-}
-
-func (r *reopener) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.f == nil {
-		return nil
-	}
-	err := r.f.Close()
-	r.f = nil
-	return err
 }

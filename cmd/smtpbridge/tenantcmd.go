@@ -24,6 +24,37 @@ const loginTimeout = 15 * time.Minute
 
 // cmdTenant runs smtpbridge tenant login: delegated sign-in for one
 // mailbox of a tenant with auth: delegated.
+// tenantMailboxes lists the mailboxes the tenant's devices send as, with
+// the transports they use, by lower-case address.
+func tenantMailboxes(cfg *config.Config, tenant string) (mailboxes []string, transports map[string][]string) {
+	transports = map[string][]string{}
+	inv := cfg.Inventory()
+	for _, mb := range inv.Mailboxes() {
+		if mb.Tenant == tenant {
+			mailboxes = append(mailboxes, mb.Address.String())
+			transports[strings.ToLower(mb.Address.String())] = mb.Transports
+		}
+	}
+	return mailboxes, transports
+}
+
+// loginScopes sets what the sign-in asks for: the permissions of the
+// transports the mailbox's devices use (the tenant's, for a mailbox no
+// device uses yet), the first by the device code (tt.DelegatedScope),
+// the other checked after from the same refresh token (extra).
+func loginScopes(t *config.Tenant, tt *tokenstore.Tenant, used []string) (extra []string) {
+	if len(used) == 0 {
+		used = []string{t.Transport}
+	}
+	switch {
+	case slices.Contains(used, config.TransportGraph) && slices.Contains(used, config.TransportSMTP):
+		extra = append(extra, t.DelegatedScope(true))
+	case slices.Contains(used, config.TransportGraph):
+		tt.DelegatedScope = t.DelegatedScope(true)
+	}
+	return extra
+}
+
 func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "login" {
 		return usageError{"tenant: the command is: smtpbridge tenant login --config FILE --tenant NAME --mailbox ADDRESS"}
@@ -46,15 +77,7 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 	if t.Auth != config.AuthDelegated {
 		return fmt.Errorf("tenant %s uses its app's own credential (auth: %s): nobody signs in for it; set auth: delegated to use sign-in per mailbox", t.Name, t.Auth)
 	}
-	var mailboxes []string
-	transports := map[string][]string{} // by lower-case address
-	inv := cfg.Inventory()
-	for _, mb := range inv.Mailboxes() {
-		if mb.Tenant == t.Name {
-			mailboxes = append(mailboxes, mb.Address.String())
-			transports[strings.ToLower(mb.Address.String())] = mb.Transports
-		}
-	}
+	mailboxes, transports := tenantMailboxes(cfg, t.Name)
 	if *mailbox == "" {
 		if len(mailboxes) != 1 {
 			return usageError{fmt.Sprintf("tenant login: --mailbox ADDRESS is required; the devices of tenant %s send as: %s", t.Name, strings.Join(mailboxes, ", "))}
@@ -78,21 +101,7 @@ func cmdTenant(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "Running as user %d (the owner of %s) from here on, as the bridge does.\n", u.UID, cfg.TokenCache.Dir)
 	}
 	tt := daemon.Microsoft{}.TokenTenant(cfg, t)
-	// The sign-in asks for the permissions of the transports the
-	// mailbox's devices use (the tenant's, for a mailbox no device uses
-	// yet): the first by the device code, the other checked after from
-	// the same refresh token.
-	used := transports[strings.ToLower(*mailbox)]
-	if len(used) == 0 {
-		used = []string{t.Transport}
-	}
-	var extra []string
-	switch {
-	case slices.Contains(used, config.TransportGraph) && slices.Contains(used, config.TransportSMTP):
-		extra = append(extra, t.DelegatedScope(true))
-	case slices.Contains(used, config.TransportGraph):
-		tt.DelegatedScope = t.DelegatedScope(true)
-	}
+	extra := loginScopes(t, &tt, transports[strings.ToLower(*mailbox)])
 	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)

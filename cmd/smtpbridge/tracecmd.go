@@ -64,19 +64,9 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 	if q.Until, err = trace.ParseWhen(*until, now); err != nil {
 		return usageError{"trace --until: " + err.Error()}
 	}
-	log := *file
-	if log == "" {
-		if *path == "" {
-			return usageError{"trace: pass --config FILE (or set SMTPBRIDGE_CONFIG) or --file AUDIT_LOG"}
-		}
-		cfg, err := config.LoadAdmin(*path)
-		if err != nil {
-			return configError{err.Error()}
-		}
-		if cfg.Log.AuditFile == "" {
-			return configError{fmt.Sprintf("%s: log.audit_file is not set: the bridge keeps no audit log to trace; set it (e.g. /var/lib/smtpbridge/audit.log) and reload", *path)}
-		}
-		log = cfg.Log.AuditFile
+	log, err := auditLog(*file, *path)
+	if err != nil {
+		return err
 	}
 	// Ctrl-C stops a search of a large log as it stops --follow.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -92,12 +82,37 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 			e.FollowLine(stdout)
 		})
 	}
+	return traceSearch(ctx, log, q, *limit, *asJSON, stdout, stderr)
+}
+
+// auditLog is the audit log to trace: --file, or the config's
+// log.audit_file.
+func auditLog(file, configPath string) (string, error) {
+	if file != "" {
+		return file, nil
+	}
+	if configPath == "" {
+		return "", usageError{"trace: pass --config FILE (or set SMTPBRIDGE_CONFIG) or --file AUDIT_LOG"}
+	}
+	cfg, err := config.LoadAdmin(configPath)
+	if err != nil {
+		return "", configError{err.Error()}
+	}
+	if cfg.Log.AuditFile == "" {
+		return "", configError{fmt.Sprintf("%s: log.audit_file is not set: the bridge keeps no audit log to trace; set it (e.g. /var/lib/smtpbridge/audit.log) and reload", configPath)}
+	}
+	return cfg.Log.AuditFile, nil
+}
+
+// traceSearch prints the stories of the messages q matches, the newest
+// limit of them, and a summary of the search.
+func traceSearch(ctx context.Context, log string, q trace.Query, limit int, asJSON bool, stdout, stderr io.Writer) error {
 	start := time.Now()
-	stories, st, err := trace.SearchLog(ctx, log, q, *limit, trace.Limits{})
+	stories, st, err := trace.SearchLog(ctx, log, q, limit, trace.Limits{})
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if asJSON {
 		if stories == nil {
 			stories = []trace.Story{}
 		}
@@ -111,15 +126,7 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		}
 		s.Text(stdout, time.Local)
 	}
-	fmt.Fprintf(stderr, "%d message(s); %d file(s), %.1f MB, %d lines read in %s", len(stories), st.Files, float64(st.Bytes)/1e6, st.Lines,
-		time.Since(start).Round(time.Millisecond))
-	if st.Skipped > 0 {
-		fmt.Fprintf(stderr, " (%d file(s) older than --since skipped)", st.Skipped)
-	}
-	if st.More > 0 {
-		fmt.Fprintf(stderr, "; %d more, older, matched (--limit N, or 0 for all)", st.More)
-	}
-	fmt.Fprintln(stderr)
+	fmt.Fprintln(stderr, st.Summary(len(stories), time.Since(start)))
 	if len(stories) == 0 {
 		return errors.New("trace: no message matches")
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -146,4 +148,57 @@ func (c *Client) Do(method, path string, out any) error {
 		return fmt.Errorf("admin API: bad answer: %w", err)
 	}
 	return nil
+}
+
+// Target is where a command reaches the running bridge's admin API, with
+// the token it sends.
+type Target struct {
+	Client Client
+	// tokenErr is why there is no token, for a bridge that asks for one.
+	tokenErr error
+}
+
+// Resolve finds the bridge's admin API and its token: the admin socket
+// in spoolDir, where only the bridge's user (and root) can connect; or,
+// with adminURL, a TCP address, where the token goes only to a listener
+// of the user who owns the token file. The token is read from tokenFile,
+// or the spool directory's; a token that cannot be read is no error until
+// the bridge asks for one (Explain).
+func Resolve(spoolDir, adminURL, tokenFile string) *Target {
+	t := &Target{Client: Client{OwnerUID: -1}}
+	if adminURL != "" {
+		t.Client.BaseURL = adminURL
+	} else {
+		t.Client.Socket = filepath.Join(spoolDir, SocketFile)
+	}
+	if tokenFile == "" && spoolDir != "" {
+		tokenFile = filepath.Join(spoolDir, TokenFile)
+	}
+	if tokenFile == "" {
+		t.tokenErr = errors.New("no admin token: pass --token-file FILE (admin.token in the bridge's spool.dir) or --config")
+		return t
+	}
+	tok, err := ReadToken(tokenFile)
+	switch {
+	case err == nil:
+		t.Client.Token = tok
+		t.Client.OwnerUID = FileOwner(tokenFile)
+	case errors.Is(err, fs.ErrPermission):
+		t.tokenErr = fmt.Errorf("%w; run the command as the bridge's user (or root)", err)
+	case errors.Is(err, fs.ErrNotExist):
+		t.tokenErr = fmt.Errorf("%w; the bridge writes it at start: is it running with this spool.dir?", err)
+	default:
+		t.tokenErr = err
+	}
+	return t
+}
+
+// Explain turns a refusal for want of a token into the reason there is
+// none.
+func (t *Target) Explain(err error) error {
+	var se *StatusError
+	if t.tokenErr != nil && errors.As(err, &se) && se.Code == 401 {
+		return fmt.Errorf("the bridge at %s refused the request: %w", t.Client.Where(), t.tokenErr)
+	}
+	return err
 }

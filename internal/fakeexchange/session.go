@@ -304,13 +304,10 @@ func (se *session) Data(r io.Reader) error {
 	se.s.mu.Lock()
 	dir := se.s.mailDir
 	se.s.mu.Unlock()
-	var (
-		file *os.File
-		err  error
-	)
+	var file *os.File
 	if dir != "" {
-		file, err = os.CreateTemp(dir, ".incoming-*")
-		if err != nil {
+		var err error
+		if file, err = se.openMailFile(dir, id); err != nil {
 			return errTemporary
 		}
 		defer func() {
@@ -319,8 +316,6 @@ func (se *session) Data(r io.Reader) error {
 				os.Remove(file.Name())
 			}
 		}()
-		fmt.Fprintf(file, "Return-Path: <%s>\r\nX-Sandbox-Rcpt-To: %s\r\nX-Sandbox-Mailbox: %s\r\nX-Sandbox-Queue-Id: <%s>\r\n",
-			se.from, strings.Join(se.to, ", "), se.user, id)
 	}
 
 	limit := maxSendSize(mb)
@@ -371,18 +366,11 @@ func (se *session) Data(r io.Reader) error {
 		msg.TLSVersion = st.Version
 	}
 	if file != nil {
-		name := filepath.Join(dir, time.Now().UTC().Format("20060102T150405Z")+"-"+randomHex(4)+".eml")
-		if err := file.Sync(); err != nil {
+		name, err := commitMailFile(file, dir)
+		if err != nil {
 			return errTemporary
 		}
-		if err := file.Close(); err != nil {
-			return errTemporary
-		}
-		if err := os.Rename(file.Name(), name); err != nil {
-			return errTemporary
-		}
-		file = nil
-		msg.File = name
+		file, msg.File = nil, name
 	}
 	msg.Commands = append(se.commands, "DATA")
 	if se.s.window.Load() > 0 && se.txnStart >= 0 {
@@ -394,6 +382,32 @@ func (se *session) Data(r io.Reader) error {
 	se.s.mu.Unlock()
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 		Message: fmt.Sprintf("OK <%s> [Hostname=%s]", id, se.s.Hostname)}
+}
+
+// openMailFile starts the sandbox's copy of message id in dir, with the
+// envelope in headers of its own.
+func (se *session) openMailFile(dir, id string) (*os.File, error) {
+	file, err := os.CreateTemp(dir, ".incoming-*")
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(file, "Return-Path: <%s>\r\nX-Sandbox-Rcpt-To: %s\r\nX-Sandbox-Mailbox: %s\r\nX-Sandbox-Queue-Id: <%s>\r\n",
+		se.from, strings.Join(se.to, ", "), se.user, id)
+	return file, nil
+}
+
+// commitMailFile gives an accepted message's copy its .eml name, once
+// flushed; the file is closed.
+func commitMailFile(file *os.File, dir string) (string, error) {
+	name := filepath.Join(dir, time.Now().UTC().Format("20060102T150405Z")+"-"+randomHex(4)+".eml")
+	if err := file.Sync(); err != nil {
+		file.Close()
+		return "", err
+	}
+	if err := file.Close(); err != nil {
+		return "", err
+	}
+	return name, os.Rename(file.Name(), name)
 }
 
 // fromHeader returns the address in the From header of the message's

@@ -275,37 +275,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mailbox, op, id, sub, session := strings.ToLower(m[1]), m[2], m[3], m[4], m[5]
-	kind := ""
-	switch {
-	case op == "sendMail" && r.Method == http.MethodPost:
-		kind = "sendMail"
-	case op == "messages" && id == "" && r.Method == http.MethodPost:
-		kind = "draft"
-	case op == "messages" && sub == "send" && r.Method == http.MethodPost:
-		kind = "send"
-	case op == "messages" && sub == "attachments" && session != "" && r.Method == http.MethodPost:
-		kind = "session"
-	case op == "messages" && sub == "attachments" && r.Method == http.MethodPost:
-		kind = "attachment"
-	case op == "messages" && id != "" && sub == "" && r.Method == http.MethodDelete:
-		kind = "delete"
-	default:
+	kind := requestKind(r.Method, op, id, sub, session)
+	if kind == "" {
 		writeError(w, 405, "Request_BadRequest", "Unsupported request: "+r.Method+" "+r.URL.Path)
 		return
 	}
-	s.mu.Lock()
-	s.requests[kind]++
-	s.inFlight++
-	s.peak = max(s.peak, s.inFlight)
-	var scripted *Reply
-	if q := s.kindScripts[kind]; len(q) > 0 {
-		scripted = &q[0]
-		s.kindScripts[kind] = q[1:]
-	} else if len(s.scripts) > 0 {
-		scripted = &s.scripts[0]
-		s.scripts = s.scripts[1:]
-	}
-	s.mu.Unlock()
+	scripted := s.begin(kind)
 	defer func() {
 		s.mu.Lock()
 		s.inFlight--
@@ -319,23 +294,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, scripted.Status, scripted.Code, scripted.Message)
 		return
 	}
-	claims, ok := s.authorize(w, r, mailbox)
-	if !ok {
-		return
-	}
-	need := fakeentra.RoleMailReadWrite
-	if kind == "sendMail" || kind == "send" {
-		need = fakeentra.RoleMailSend
-	}
-	if claims.Scope != "" {
-		// A delegated token: the signed-in user's own mailbox, with
-		// the delegated permission.
-		if !strings.EqualFold(claims.UPN, mailbox) || !slices.Contains(strings.Fields(claims.Scope), need) {
-			writeError(w, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
-			return
-		}
-	} else if !slices.Contains(claims.Roles, need) {
-		writeError(w, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+	if !s.permitted(w, r, kind, mailbox) {
 		return
 	}
 	if r.ContentLength > MaxRequestBytes {
@@ -368,6 +327,73 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		w.WriteHeader(204)
 	}
+}
+
+// requestKind names a request to a mailbox's path (op, the message id,
+// sub and an upload session), "" for one Graph would not take.
+func requestKind(method, op, id, sub, session string) string {
+	post := method == http.MethodPost
+	switch {
+	case op == "sendMail" && post:
+		return "sendMail"
+	case op == "messages" && id == "" && post:
+		return "draft"
+	case op == "messages" && sub == "send" && post:
+		return "send"
+	case op == "messages" && sub == "attachments" && session != "" && post:
+		return "session"
+	case op == "messages" && sub == "attachments" && post:
+		return "attachment"
+	case op == "messages" && id != "" && sub == "" && method == http.MethodDelete:
+		return "delete"
+	}
+	return ""
+}
+
+// begin counts a request of kind in flight, and takes the scripted reply
+// for it, if any: its kind's first, else the first of any kind.
+func (s *Server) begin(kind string) *Reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests[kind]++
+	s.inFlight++
+	s.peak = max(s.peak, s.inFlight)
+	if q := s.kindScripts[kind]; len(q) > 0 {
+		s.kindScripts[kind] = q[1:]
+		return &q[0]
+	}
+	if len(s.scripts) > 0 {
+		r := &s.scripts[0]
+		s.scripts = s.scripts[1:]
+		return r
+	}
+	return nil
+}
+
+// permitted checks the token and its permission for a request of kind
+// on mailbox: Mail.Send to send, Mail.ReadWrite for drafts; a delegated
+// token only for the signed-in user's own mailbox. It answers a refusal
+// itself.
+func (s *Server) permitted(w http.ResponseWriter, r *http.Request, kind, mailbox string) bool {
+	claims, ok := s.authorize(w, r, mailbox)
+	if !ok {
+		return false
+	}
+	need := fakeentra.RoleMailReadWrite
+	if kind == "sendMail" || kind == "send" {
+		need = fakeentra.RoleMailSend
+	}
+	if claims.Scope != "" {
+		// A delegated token: the signed-in user's own mailbox, with
+		// the delegated permission.
+		ok = strings.EqualFold(claims.UPN, mailbox) && slices.Contains(strings.Fields(claims.Scope), need)
+	} else {
+		ok = slices.Contains(claims.Roles, need)
+	}
+	if !ok {
+		writeError(w, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+	}
+	return ok
 }
 
 // authorize checks the bearer token: Graph's audience, the mailbox's

@@ -99,22 +99,9 @@ func (s *submission) send(c *client, m *message.Message, body *bodySender, reuse
 	}
 	s.obs.UpstreamStage(s.tenant, string(message.StageMail), time.Since(start))
 	start = time.Now()
-	var receipt message.Receipt
-	for _, to := range m.To {
-		_, err := x.next()
-		switch {
-		case err == nil && mailErr == nil:
-			receipt.Accepted = append(receipt.Accepted, to)
-		case err == nil:
-		default:
-			e := s.fail(message.StageRcpt, to, err)
-			if e.Class == message.Broken {
-				return message.Receipt{}, e
-			}
-			if mailErr == nil {
-				receipt.Refused = append(receipt.Refused, e)
-			}
-		}
+	receipt, err := s.recipients(x, m.To, mailErr != nil)
+	if err != nil {
+		return message.Receipt{}, err
 	}
 	s.obs.UpstreamStage(s.tenant, string(message.StageRcpt), time.Since(start))
 	start = time.Now()
@@ -146,6 +133,30 @@ func (s *submission) send(c *client, m *message.Message, body *bodySender, reuse
 		return message.Receipt{}, s.fail(message.StageData, "", err)
 	}
 	receipt.Reply, receipt.UpstreamID = successReply(final), queueID(final.Text)
+	return receipt, nil
+}
+
+// recipients reads the replies to the RCPT commands: who Exchange took,
+// who it refused and why; nobody when MAIL was refused (mailRefused). A
+// broken connection is the error.
+func (s *submission) recipients(x *flight, to []string, mailRefused bool) (message.Receipt, error) {
+	var receipt message.Receipt
+	for _, rcpt := range to {
+		_, err := x.next()
+		switch {
+		case err == nil && !mailRefused:
+			receipt.Accepted = append(receipt.Accepted, rcpt)
+		case err == nil:
+		default:
+			e := s.fail(message.StageRcpt, rcpt, err)
+			if e.Class == message.Broken {
+				return message.Receipt{}, e
+			}
+			if !mailRefused {
+				receipt.Refused = append(receipt.Refused, e)
+			}
+		}
+	}
 	return receipt, nil
 }
 

@@ -1,14 +1,14 @@
 //go:build unix
 
-package main
+package adminapi
 
 import (
 	"os"
 	"syscall"
 )
 
-// fileOwner is the user who owns path, or -1.
-func fileOwner(path string) int {
+// FileOwner is the user who owns path, or -1.
+func FileOwner(path string) int {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return -1
