@@ -1,7 +1,10 @@
 // Package cluster shares what several bridge replicas must agree on
 // through Redis (or Valkey): each mailbox's connections to Exchange, its
-// submissions per minute and its recipients per day. Each replica keeps
-// its own spool; only the limits are shared.
+// submissions per minute and its recipients per day (Limiter); the
+// addresses blocked for failed logins (NewGuard); and each replica's
+// account of what its spool holds (Roster), for the status page and the
+// queue command. Each replica keeps its own spool and delivers only what
+// it holds: messages are never shared.
 //
 // A connection slot is a lease in Redis with a short TTL that its holder
 // renews: a replica killed with SIGKILL loses its leases within the TTL,

@@ -436,7 +436,11 @@ func (c Cluster) Enabled() bool {
 	return r.Address != "" || len(r.SentinelAddresses) > 0 || len(r.ClusterAddresses) > 0
 }
 
-// Defaults. Exchange Online's own limits are documented in the README.
+// Defaults: each key's default is stated here once, applied by
+// applyDefaults (or, for keys that depend on others, where they are
+// checked), and restated in the README's configuration tables, which
+// TestREADMEDefaults holds to these. Exchange Online's own limits are
+// documented in the README.
 const (
 	DefaultAuthorityHost   = "https://login.microsoftonline.com"
 	DefaultSMTPHost        = "smtp.office365.com:587"
@@ -460,6 +464,8 @@ const (
 	DefaultAuthBlock       = 15 * time.Minute
 	DefaultIPv6Prefix      = 64
 	DefaultSpoolDir        = "./spool"
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "json"
 	// Spool quotas: one device cannot fill the disk, and the disk keeps
 	// room for the system.
 	DefaultMaxQueuedBytesPerDevice = 1 << 30
@@ -474,6 +480,12 @@ const (
 	DefaultMaxConnectionsPerMailbox = 3
 	DefaultMaxMessagesPerMinute     = 30
 	DefaultMaxRecipientsPerDay      = 10000
+	// Replicas: the prefix of their keys in Redis, and how long a dead
+	// replica's connection slot lasts.
+	DefaultRedisKeyPrefix = "smtpbridge:"
+	DefaultLeaseTTL       = 15 * time.Second
+	// DefaultTokenCacheSubdir is token_cache.dir's default, in spool.dir.
+	DefaultTokenCacheSubdir = "tokens"
 	// ExchangeMaxMessageBytes is the largest MaxSendSize Exchange Online
 	// allows a mailbox (150 MB).
 	ExchangeMaxMessageBytes = 157286400
@@ -571,10 +583,10 @@ func (c *Config) applyDefaults() {
 		d.RememberRefusals = DefaultRememberRefusals
 	}
 	if c.Log.Level == "" {
-		c.Log.Level = "info"
+		c.Log.Level = DefaultLogLevel
 	}
 	if c.Log.Format == "" {
-		c.Log.Format = "json"
+		c.Log.Format = DefaultLogFormat
 	}
 	if c.HTTP.Address == "" {
 		c.HTTP.Address = DefaultHTTPAddress

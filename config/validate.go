@@ -737,7 +737,7 @@ func (l *loader) validateCluster(c *Config) {
 		}
 	}
 	if r.KeyPrefix == "" {
-		r.KeyPrefix = "smtpbridge:"
+		r.KeyPrefix = DefaultRedisKeyPrefix
 	}
 	if r.PasswordFile != "" {
 		r.PasswordFile = l.path(r.PasswordFile)
@@ -768,7 +768,7 @@ func (l *loader) validateCluster(c *Config) {
 	}
 	switch ttl := &c.Cluster.LeaseTTL; {
 	case *ttl == 0:
-		*ttl = 15 * time.Second
+		*ttl = DefaultLeaseTTL
 	case *ttl < time.Second || *ttl > 10*time.Minute:
 		l.errorf("cluster.lease_ttl", "%s: use 1s to 10m (15s by default): how long a dead replica's connections count against the mailbox", *ttl)
 	}
@@ -817,7 +817,7 @@ func (l *loader) validateTokenCache(c *Config) {
 	}
 	tc.Key = secret.String(key)
 	if tc.Dir == "" {
-		tc.Dir = filepath.Join(c.Spool.Dir, "tokens")
+		tc.Dir = filepath.Join(c.Spool.Dir, DefaultTokenCacheSubdir)
 	} else {
 		tc.Dir = l.path(tc.Dir)
 	}

@@ -6,8 +6,9 @@
 //
 // Here are the pieces they share: the Transport interface itself, the
 // TokenSource they get tokens from, the Limiter that keeps each mailbox
-// within Exchange Online's limits (one per process today, one shared
-// between replicas later), and the Observer that metrics implement.
+// within Exchange Online's limits (Local, this process's; package
+// cluster's shares them between replicas through Redis), and the
+// Observer that metrics implement.
 //
 // The Exchange side knows nothing of devices, sessions or the queue: it
 // gets a message.Message and returns a message.Receipt or a

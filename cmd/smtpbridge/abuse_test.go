@@ -54,38 +54,38 @@ func startAbuseBridge(t *testing.T) *abuseBridge {
 	t.Helper()
 	u := startFakes(t)
 	b := &abuseBridge{u: u, plain: testenv.FreePort(t), panel: testenv.FreePort(t), http: testenv.FreePort(t), v6: testenv.FreePort6(t)}
-	cfg := fmt.Sprintf(`
+	cfg := u.configFrom(t, `
 hostname: bridge.test
 listeners:
   - name: lan
-    address: %q
+    address: {{q .Plain}}
     allow_insecure_auth: true
   - name: v6
-    address: %q
+    address: {{q .V6}}
     allow_insecure_auth: true
   - name: panel
-    address: %q
+    address: {{q .Panel}}
     allow_insecure_auth: true
     allow_unauthenticated: true
     allowed_networks: ["127.0.0.0/28"]
 tenants:
   - name: contoso
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
     client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
     max_messages_per_minute: 100000
 devices:
   - name: mfp-2f
     username: mfp-2f
-    password_hash: %q
+    password_hash: {{q .Hash}}
     tenant: contoso
     mailbox: scanner@contoso.example
     allowed_recipients: [contoso.example]
   - name: spammy
     username: spammy
-    password_hash: %q
+    password_hash: {{q .Hash}}
     tenant: contoso
     mailbox: scanner@contoso.example
     max_messages_per_hour: 3
@@ -104,12 +104,12 @@ limits:
 spool:
   dir: spool
 http:
-  address: %q
+  address: {{q .HTTP}}
   admin_over_tcp: true
   auth:
     username: prometheus
     password_file: metrics.password
-`, b.plain, b.v6, b.panel, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hashOf(t, password), hashOf(t, password), b.http)
+`, map[string]any{"Plain": b.plain, "V6": b.v6, "Panel": b.panel, "Hash": hashOf(t, password), "HTTP": b.http})
 	writeFile(t, filepath.Join(u.dir, "metrics.password"), pagePassword+"\n")
 	path := filepath.Join(u.dir, "abuse.yaml")
 	writeFile(t, path, cfg)

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
-
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,28 +32,28 @@ func (u *fakes) replicaConfig(t *testing.T, n int, redisAddr, hash string, perMi
 	for i := 1; i <= replicaDevices; i++ {
 		fmt.Fprintf(&devs, "  - {name: mfp-%02d, username: mfp-%02d, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example}\n", i, i, hash)
 	}
-	cfg := fmt.Sprintf(`
-hostname: replica-%d.test
+	cfg := u.configFrom(t, `
+hostname: replica-{{.N}}.test
 listeners:
-  - {name: lan, address: %q, tls: none, allow_insecure_auth: true}
+  - {name: lan, address: {{q .SMTP}}, tls: none, allow_insecure_auth: true}
 tenants:
   - name: contoso
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
     client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: %q
-    smtp_host: %q
-    max_messages_per_minute: %d
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
+    max_messages_per_minute: {{.PerMinute}}
 devices:
-%sdelivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 30s}
-spool: {dir: spool-%d}
+{{.Devices}}delivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 30s}
+spool: {dir: spool-{{.N}}}
 log: {level: info}
-http: {address: %q}
+http: {address: {{q .HTTP}}}
 cluster:
-  redis: {address: %q, key_prefix: "test:"}
-  instance: replica-%d
+  redis: {address: {{q .Redis}}, key_prefix: "test:"}
+  instance: replica-{{.N}}
   lease_ttl: 3s
-`, n, smtpAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(), perMinute, devs.String(), n, httpAddr, redisAddr, n)
+`, map[string]any{"N": n, "SMTP": smtpAddr, "PerMinute": perMinute, "Devices": devs.String(), "HTTP": httpAddr, "Redis": redisAddr})
 	path = filepath.Join(u.dir, fmt.Sprintf("replica-%d.yaml", n))
 	writeFile(t, path, cfg)
 	return path, smtpAddr, httpAddr

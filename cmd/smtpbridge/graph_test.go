@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -27,37 +26,36 @@ func (u *fakes) graphConfig(t *testing.T, plain, httpAddr string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`
+	cfg := u.configFrom(t, `
 hostname: bridge.test
 listeners:
-  - {name: lan, address: %q, tls: none, allow_insecure_auth: true}
+  - {name: lan, address: {{q .Plain}}, tls: none, allow_insecure_auth: true}
 tenants:
   - name: contoso
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
     client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
     transport: graph
-    graph_host: %q
-    graph_token_scope: %q
+    graph_host: {{q .GraphHost}}
+    graph_token_scope: {{q .GraphScope}}
   - name: fabrikam
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .CertTenantID}}
+    client_id: {{q .CertClientID}}
     certificate_file: app.pem
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
 devices:
-  - {name: mfp-2f, username: mfp-2f, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example}
-  - {name: mfp-smtp, username: mfp-smtp, password_hash: %q, tenant: contoso, mailbox: scanner@contoso.example, transport: smtp}
-  - {name: fab-mfp, username: fab-mfp, password_hash: %q, tenant: fabrikam, mailbox: mfp@fabrikam.example}
+  - {name: mfp-2f, username: mfp-2f, password_hash: {{q .Hash}}, tenant: contoso, mailbox: scanner@contoso.example}
+  - {name: mfp-smtp, username: mfp-smtp, password_hash: {{q .Hash}}, tenant: contoso, mailbox: scanner@contoso.example, transport: smtp}
+  - {name: fab-mfp, username: fab-mfp, password_hash: {{q .Hash}}, tenant: fabrikam, mailbox: mfp@fabrikam.example}
 limits: {max_message_bytes: 36700160}
 delivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 20s}
 spool: {dir: spool}
 log: {level: debug, audit_file: audit.log}
-http: {address: %q}
-`, plain, tenantID, clientID, u.entra.URL(), u.exo.Addr(), u.Graph.URL(), fakeentra.GraphResource+"/.default",
-		certTenantID, certClientID, u.entra.URL(), u.exo.Addr(), hash, hash, hash, httpAddr)
+http: {address: {{q .HTTP}}}
+`, map[string]any{"Plain": plain, "GraphScope": fakeentra.GraphResource + "/.default", "Hash": hash, "HTTP": httpAddr})
 	path := filepath.Join(u.dir, "graph.yaml")
 	writeFile(t, path, cfg)
 	return path

@@ -36,26 +36,26 @@ func startHoldBridge(t *testing.T, extra string) *holdBridge {
 	u.AddMailbox(otherMailbox, tenantID, u.app)
 	plain, httpAddr := testenv.FreePort(t), testenv.FreePort(t)
 	hash := strconv.Quote(hashOf(t, password))
-	cfg := fmt.Sprintf(`
+	cfg := u.configFrom(t, `
 hostname: bridge.test
 listeners:
-  - {name: lan, address: %q, tls: none, allow_insecure_auth: true}
+  - {name: lan, address: {{q .Plain}}, tls: none, allow_insecure_auth: true}
 tenants:
   - name: contoso
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
     client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
 devices:
-  - {name: mfp-2f, username: mfp-2f, password_hash: %s, tenant: contoso, mailbox: %s, from_policy: enforce, allowed_from: [%s, billing@contoso.example]}
-  - {name: erp, username: erp, password_hash: %s, tenant: contoso, mailbox: %s}
+  - {name: mfp-2f, username: mfp-2f, password_hash: {{.Hash}}, tenant: contoso, mailbox: {{.Held}}, from_policy: enforce, allowed_from: [{{.Held}}, billing@contoso.example]}
+  - {name: erp, username: erp, password_hash: {{.Hash}}, tenant: contoso, mailbox: {{.Other}}}
 delivery: {mode: hybrid, retry_initial: 2s, retry_max: 30s, sync_timeout: 10s}
 limits: {max_recipients: 1000}
 spool: {dir: spool}
 log: {level: debug, audit_file: audit.log}
-http: {address: %q}
-%s`, plain, tenantID, clientID, u.entra.URL(), u.exo.Addr(), hash, heldMailbox, heldMailbox, hash, otherMailbox, httpAddr, extra)
+http: {address: {{q .HTTP}}}
+{{.Extra}}`, map[string]any{"Plain": plain, "Hash": hash, "Held": heldMailbox, "Other": otherMailbox, "HTTP": httpAddr, "Extra": extra})
 	path := filepath.Join(u.dir, "holds.yaml")
 	writeFile(t, path, cfg)
 	p := startBridge(t, []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}, []string{plain, httpAddr}, "serve", "--config", path)

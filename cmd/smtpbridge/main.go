@@ -17,8 +17,9 @@
 //	smtpbridge version
 //
 // SMTPBRIDGE_CONFIG may name the config file instead of --config. This
-// package only parses flags, loads the config, wires the parts together
-// and handles signals; the relay lives in package bridge.
+// package holds the commands: it parses their flags, loads the config,
+// handles signals and prints; the running bridge is internal/daemon,
+// which wires the parts (HACKING.md has the map).
 package main
 
 import (

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"text/template"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
@@ -106,46 +107,69 @@ type bridgeProc struct {
 	exited chan error
 }
 
+// configFrom renders a config from a text/template with named fields:
+// the fakes' (TenantID, ClientID, CertTenantID, CertClientID, Authority,
+// SMTPHost, GraphHost) and the test's own in vars. {{q .X}} writes X
+// quoted for YAML.
+func (u *fakes) configFrom(t *testing.T, text string, vars map[string]any) string {
+	t.Helper()
+	data := map[string]any{"TenantID": tenantID, "ClientID": clientID, "CertTenantID": certTenantID, "CertClientID": certClientID,
+		"Authority": u.entra.URL(), "SMTPHost": u.exo.Addr(), "GraphHost": u.Graph.URL()}
+	for k, v := range vars {
+		data[k] = v
+	}
+	tmpl, err := template.New("config").Option("missingkey=error").
+		Funcs(template.FuncMap{"q": func(v any) string { return strconv.Quote(fmt.Sprint(v)) }}).Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := tmpl.Execute(&b, data); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
 func (u *fakes) config(t *testing.T, plain, tlsAddr, httpAddr string) string {
 	t.Helper()
 	hash, err := passwd.NewArgon2id([]byte(password))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`
+	cfg := u.configFrom(t, `
 hostname: bridge.test
 listeners:
   - name: lan
-    address: %q
+    address: {{q .Plain}}
     tls: none
     allow_insecure_auth: true
   - name: secure
-    address: %q
+    address: {{q .TLS}}
     tls: starttls
     cert_file: listener.crt
     key_file: listener.key
 tenants:
   - name: contoso
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
     client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
   - name: fabrikam
-    tenant_id: %q
-    client_id: %q
+    tenant_id: {{q .CertTenantID}}
+    client_id: {{q .CertClientID}}
     certificate_file: app.pem
-    authority_host: %q
-    smtp_host: %q
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
 devices:
   - name: mfp-2f
     username: mfp-2f
-    password_hash: %q
+    password_hash: {{q .Hash}}
     tenant: contoso
     mailbox: scanner@contoso.example
   - name: fab-mfp
     username: fab-mfp
-    password_hash: %q
+    password_hash: {{q .Hash}}
     tenant: fabrikam
     mailbox: mfp@fabrikam.example
 spool:
@@ -153,9 +177,8 @@ spool:
 log:
   level: debug
 http:
-  address: %q
-`, plain, tlsAddr, tenantID, clientID, u.entra.URL(), u.exo.Addr(),
-		certTenantID, certClientID, u.entra.URL(), u.exo.Addr(), hash, hash, httpAddr)
+  address: {{q .HTTP}}
+`, map[string]any{"Plain": plain, "TLS": tlsAddr, "Hash": hash, "HTTP": httpAddr})
 	path := filepath.Join(u.dir, "smtpbridge.yaml")
 	writeFile(t, path, cfg)
 	return path

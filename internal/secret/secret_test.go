@@ -1,6 +1,7 @@
 package secret
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -39,5 +40,26 @@ func TestSecretsNeverPrint(t *testing.T) {
 	}
 	if String("").String() != "" || !c.Equal(NewClientSecret("hunter2-secret")) || c.Equal(NewClientSecret("other")) {
 		t.Error("empty secret or Equal")
+	}
+}
+
+// Each kind of credential has its label, and none shows its contents.
+func TestCredentialLabel(t *testing.T) {
+	for _, c := range []struct {
+		cred     Credential
+		clientID string
+		want     string
+	}{
+		{NewClientSecret("Zq8~canary"), "app", LabelClientSecret},
+		{NewCertificate([]*x509.Certificate{{}}, nil), "app", LabelCertificate},
+		{NewFederatedTokenFile("/var/run/token"), "app", LabelFederatedToken},
+		{NewDelegated(), "app", LabelDelegated},
+		{NewManagedIdentity(""), "", LabelManagedIdentity},
+		{NewManagedIdentity("user-assigned"), "app", LabelManagedIdentityFederated},
+		{Credential{}, "app", LabelNone},
+	} {
+		if got := c.cred.Label(c.clientID); got != c.want || strings.Contains(got, "canary") {
+			t.Errorf("%v.Label(%q) = %q, want %q", c.cred, c.clientID, got, c.want)
+		}
 	}
 }
