@@ -160,8 +160,9 @@ func FuzzPattern(f *testing.F) {
 		if err != nil {
 			return
 		}
-		// The canonical form parses back to the same pattern.
-		if q, err := ParsePattern(p.String()); err != nil || q != p {
+		// The canonical form parses back to a pattern that matches the
+		// same (an exact address keeps its spelling as written too).
+		if q, err := ParsePattern(p.String()); err != nil || q.local != p.local || q.domain != p.domain {
 			t.Fatalf("pattern %q -> %q does not parse back (%v)", pat, p.String(), err)
 		}
 		if !p.Match(a) {
@@ -177,4 +178,20 @@ func FuzzPattern(f *testing.F) {
 			t.Fatalf("a list of %q does not match what %q matches", pat, pat)
 		}
 	})
+}
+
+// Addresses are a list's exact addresses, spelled as written; domain
+// patterns are not addresses.
+func TestPatternsAddresses(t *testing.T) {
+	ps, err := ParsePatterns([]string{"Billing@Contoso.com", "contoso.com", "*@fabrikam.com", "o'brien@contoso.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range ps.Addresses() {
+		got = append(got, a.String())
+	}
+	if strings.Join(got, " ") != "Billing@Contoso.com o'brien@contoso.com" {
+		t.Errorf("Addresses() = %q", got)
+	}
 }
