@@ -58,6 +58,8 @@ type trackedConn struct {
 	sessionEnd time.Time // zero: no limit
 	release    func()    // the guard's connection slot
 
+	// spoke: the client sent something (a command, a TLS hello).
+	spoke           atomic.Bool
 	closeAfterWrite atomic.Bool
 	authFailures    atomic.Int32
 	errors          atomic.Int32
@@ -92,7 +94,7 @@ func (c *trackedConn) forget() {
 		delete(c.l.conns, c)
 		c.l.mu.Unlock()
 		c.releaseGuard()
-		c.l.observer.ConnectionClosed(c.l.name)
+		c.l.observer.ConnectionClosed(c.l.name, !c.spoke.Load())
 	})
 }
 
@@ -195,7 +197,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if !c.data.Load() {
-		return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if n > 0 {
+			c.spoke.Store(true)
+		}
+		return n, err
 	}
 	left := c.dataLeft.Load()
 	if left <= 0 {

@@ -57,6 +57,8 @@ type envOptions struct {
 	// untrusted makes the bridge verify Exchange against the system roots,
 	// which do not know the test CA.
 	untrusted bool
+	// observer, if set, hears of connections and logins.
+	observer bridge.Observer
 }
 
 // testLimits are the config's defaults, with a short command timeout.
@@ -168,7 +170,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 			{Name: "secret", Transport: inventory.TransportSMTP}, {Name: "cert", Transport: inventory.TransportSMTP}}},
 		Listeners: listeners, Limits: withDefaults(o.limits), Tokens: tokens, GraphTokens: tokens, Routes: routes,
 		MailboxLimits: map[string]upstream.Limits{"secret": {Connections: 3}, "cert": {Connections: 3}},
-	}, daemon.PathOptions{Log: log, Events: audit.NewLogger(log)})
+	}, daemon.PathOptions{Log: log, Events: audit.NewLogger(log), Conns: o.observer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -24,7 +26,10 @@ import (
 // page implement it. Message events go to an audit.Observer instead.
 type Observer interface {
 	Connection(listener string)
-	ConnectionClosed(listener string)
+	// ConnectionClosed reports a connection's end; silent: the client
+	// closed it before sending anything (a load balancer's or
+	// Kubernetes' TCP health check).
+	ConnectionClosed(listener string, silent bool)
 	// ConnectionRefused reports a connection refused at the greeting:
 	// reason is network (allowed_networks), blocked, limit or limit_ip.
 	ConnectionRefused(listener, reason string)
@@ -37,7 +42,7 @@ type Observer interface {
 type nopObserver struct{}
 
 func (nopObserver) Connection(string)                                      {}
-func (nopObserver) ConnectionClosed(string)                                {}
+func (nopObserver) ConnectionClosed(string, bool)                          {}
 func (nopObserver) ConnectionRefused(string, string)                       {}
 func (nopObserver) AuthAttempt(string, string, string, string, netip.Addr) {}
 
@@ -412,11 +417,27 @@ func remoteAddr(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// errorLog sends go-smtp's own errors to the process log.
+// errorLog sends go-smtp's own errors to the process log: at warning
+// level, but a client that went away (a reset, a close, before or in the
+// middle of a session: a health check, a device switched off) at debug
+// level, since nothing is wrong with the bridge.
 type errorLog struct{ log zerolog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {
-	e.log.Warn().Msg(strings.TrimSpace(fmt.Sprintf(format, v...)))
+	ev := e.log.Warn()
+	for _, a := range v {
+		if err, ok := a.(error); ok && wentAway(err) {
+			ev = e.log.Debug()
+		}
+	}
+	ev.Msg(strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+// wentAway says whether err is the client closing or resetting the
+// connection.
+func wentAway(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func (e errorLog) Println(v ...any) {

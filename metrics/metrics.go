@@ -72,6 +72,7 @@ type Metrics struct {
 	connections       *prometheus.CounterVec
 	connectionsActive *prometheus.GaugeVec
 	connsRefused      *prometheus.CounterVec
+	connsSilent       *prometheus.CounterVec
 	authAttempts      *prometheus.CounterVec
 
 	received  *prometheus.CounterVec
@@ -119,6 +120,8 @@ func New(version string, inv inventory.Inventory) *Metrics {
 		Registry:          r,
 		connections:       counter("connections_total", "TCP connections devices opened, per listener.", "listener"),
 		connectionsActive: gauge("connections_active", "Device connections open now, per listener.", "listener"),
+		connsSilent: counter("connections_silent_total",
+			"Device connections closed before the client sent anything (TCP health checks of load balancers and Kubernetes), per listener.", "listener"),
 		connsRefused: counter("connections_refused_total",
 			"Device connections refused at the greeting, per listener and reason (network: not in allowed_networks; blocked: too many failed logins; limit, limit_ip: max_connections, max_connections_per_ip).",
 			"listener", "reason"),
@@ -194,7 +197,7 @@ func New(version string, inv inventory.Inventory) *Metrics {
 		Help: "Always 1; the labels say which build is running.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
-	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.authAttempts,
+	r.MustRegister(m.connections, m.connectionsActive, m.connsRefused, m.connsSilent, m.authAttempts,
 		m.received, m.delivered, m.rejected, m.failed, m.refused, m.size, m.latency,
 		m.upstreamReplies, m.upstreamDuration, m.upstreamErrors,
 		m.tokenRequests, m.tokenExpiry, m.signInRequired, m.credentialExpiry, m.deviceExpected, m.quotaLimit,
@@ -228,6 +231,7 @@ func (m *Metrics) Configure(inv inventory.Inventory) {
 		for _, r := range RefuseReasons {
 			m.connsRefused.WithLabelValues(l, r)
 		}
+		m.connsSilent.WithLabelValues(l)
 		for _, mech := range Mechanisms {
 			for _, res := range AuthResults {
 				m.authAttempts.WithLabelValues(l, mech, res)
@@ -344,9 +348,12 @@ func (m *Metrics) Connection(listener string) {
 	m.connectionsActive.WithLabelValues(listener).Inc()
 }
 
-// ConnectionClosed counts a device connection's end.
-func (m *Metrics) ConnectionClosed(listener string) {
+// ConnectionClosed counts a device connection's end, and a silent one.
+func (m *Metrics) ConnectionClosed(listener string, silent bool) {
 	m.connectionsActive.WithLabelValues(listener).Dec()
+	if silent {
+		m.connsSilent.WithLabelValues(listener).Inc()
+	}
 }
 
 // ConnectionRefused counts a connection refused at the greeting.

@@ -65,7 +65,7 @@ func TestMetricsCountEvents(t *testing.T) {
 	})
 	m.Connection("lan")
 	m.Connection("lan")
-	m.ConnectionClosed("lan")
+	m.ConnectionClosed("lan", false)
 	m.AuthAttempt("lan", "LOGIN", "bad_credentials", "mfp-2f", netip.MustParseAddr("10.0.0.5"))
 	m.AuthAttempt("lan", "PLAIN", "blocked", "", netip.MustParseAddr("10.0.0.6"))
 

@@ -170,7 +170,7 @@ func (b *Board) addFailure(f Failure) {
 func (b *Board) Connection(string) {}
 
 // ConnectionClosed implements bridge.Observer.
-func (b *Board) ConnectionClosed(string) {}
+func (b *Board) ConnectionClosed(string, bool) {}
 
 // ConnectionRefused implements bridge.Observer.
 func (b *Board) ConnectionRefused(string, string) {}

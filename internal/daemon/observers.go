@@ -150,9 +150,9 @@ func (o connObservers) Connection(l string) {
 	}
 }
 
-func (o connObservers) ConnectionClosed(l string) {
+func (o connObservers) ConnectionClosed(l string, silent bool) {
 	for _, x := range o {
-		x.ConnectionClosed(l)
+		x.ConnectionClosed(l, silent)
 	}
 }
 
