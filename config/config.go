@@ -41,6 +41,7 @@ type Config struct {
 	Delivery  Delivery   `yaml:"delivery"`
 	Log       Log        `yaml:"log"`
 	HTTP      HTTP       `yaml:"http"`
+	Metrics   Metrics    `yaml:"metrics"`
 	Sandbox   Sandbox    `yaml:"sandbox"`
 	Cluster   Cluster    `yaml:"cluster"`
 	// TokenCache keeps the tenants' tokens on disk, encrypted, so that a
@@ -342,6 +343,17 @@ type Log struct {
 	// line, whatever the level. Reopened on reload (log rotation).
 	AuditFile string `yaml:"audit_file"`
 }
+
+// Metrics are the settings of /metrics.
+type Metrics struct {
+	// PerDevice labels the message counters with each device and
+	// exports its last-seen time (4 series a device); false keeps them
+	// per tenant only, for fleets that want aggregates. Default true.
+	PerDevice *bool `yaml:"per_device"`
+}
+
+// PerDeviceOn is metrics.per_device with its default.
+func (m Metrics) PerDeviceOn() bool { return m.PerDevice == nil || *m.PerDevice }
 
 // HTTP is the listener for metrics and health checks.
 type HTTP struct {

@@ -18,15 +18,15 @@ import (
 // heading, to the YAML path their keys are under; an item of a list is
 // its first ([0]).
 var readmeSections = map[string]string{
-	"`listeners` (at least one)":        "listeners[0].",
-	"`tenants` (at least one)":          "tenants[0].",
-	"`devices` (at least one)":          "devices[0].",
-	"`limits`":                          "limits.",
-	"`security`":                        "security.",
-	"`delivery`":                        "delivery.",
-	"`spool`, `log`, `http`, `sandbox`": "",
-	"`cluster`":                         "cluster.",
-	"`token_cache`":                     "token_cache.",
+	"`listeners` (at least one)": "listeners[0].",
+	"`tenants` (at least one)":   "tenants[0].",
+	"`devices` (at least one)":   "devices[0].",
+	"`limits`":                   "limits.",
+	"`security`":                 "security.",
+	"`delivery`":                 "delivery.",
+	"`spool`, `log`, `http`, `metrics`, `sandbox`": "",
+	"`cluster`":     "cluster.",
+	"`token_cache`": "token_cache.",
 }
 
 // derived are the defaults the README states in words, as what they are
@@ -45,7 +45,8 @@ var derived = map[string]func(c *Config) bool{
 		h, _ := os.Hostname()
 		return c.Cluster.Instance == h
 	},
-	"token_cache.dir": func(c *Config) bool { return c.TokenCache.Dir == filepath.Join(c.Spool.Dir, "tokens") },
+	"token_cache.dir":    func(c *Config) bool { return c.TokenCache.Dir == filepath.Join(c.Spool.Dir, "tokens") },
+	"metrics.per_device": func(c *Config) bool { return c.Metrics.PerDevice == nil && c.Metrics.PerDeviceOn() },
 }
 
 // setByTest are the keys minimalConfig sets, whose defaults it cannot

@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/internal/inventory"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
@@ -32,11 +33,19 @@ func exported(t *testing.T) map[string]bool {
 		Listeners: []string{"lan"},
 		Tenants:   []inventory.Tenant{{Name: "contoso", CredentialExpiry: time.Now().Add(time.Hour), RecipientsPerDay: 10000}},
 		Devices:   []inventory.Device{{Name: "alarm", Tenant: "contoso", ExpectEvery: time.Hour}},
-	})
+	}, Options{PerDevice: true})
+	// The series that appear at their first occurrence.
+	m.Observe(audit.Event{Kind: audit.Rejected, Device: "alarm", Reason: audit.ReasonPolicy})
+	m.Observe(audit.Event{Kind: audit.Bounced, Device: "alarm", Tenant: "contoso", Recipient: "x@example.com"})
+	m.Observe(audit.Event{Kind: audit.Delivered, Device: "alarm", Tenant: "contoso", Accepted: time.Now()})
+	m.UpstreamStage("contoso", "data", time.Millisecond)
+	m.UpstreamReply("contoso", 250, [3]int{2, 0, 0})
+	m.UpstreamError("contoso", "connect")
+	m.RefusedLocally("contoso", "send_as")
 	m.ObserveToken("contoso", tokenstore.Token{ExpiresOn: time.Now().Add(time.Hour)}, nil)
 	m.ObserveSignIn("contoso", "a@contoso.example", true)
 	m.MailboxHold("contoso", "a@contoso.example", "throttled", true)
-	m.SetSources(Sources{MailboxRecipients: func() map[upstream.Mailbox]int {
+	m.SetSources(Sources{UpstreamConnections: func() map[string]int { return map[string]int{"contoso": 1} }, MailboxRecipients: func() map[upstream.Mailbox]int {
 		return map[upstream.Mailbox]int{{Tenant: "contoso", Address: "a@contoso.example"}: 1}
 	}})
 	names := map[string]bool{}
@@ -169,13 +178,13 @@ func TestDashboard(t *testing.T) {
 	if n < 20 {
 		t.Errorf("only %d metric references found in the dashboard; is the parser broken?", n)
 	}
-	// What the page promises: every device, its last message and
-	// failures, token and certificate health, the queue.
+	// What the page promises: every device, when it was last seen, its
+	// messages and failures, token and certificate health, the queue.
 	var all strings.Builder
 	for _, e := range dashboardExprs(t) {
 		all.WriteString(e + "\n")
 	}
-	for _, want := range []string{"smtpbridge_device_last_seen_timestamp_seconds", "smtpbridge_device_last_message_timestamp_seconds",
+	for _, want := range []string{"smtpbridge_device_last_seen_timestamp_seconds", "smtpbridge_messages_received_total",
 		"smtpbridge_messages_failed_total", "smtpbridge_token_expiry_timestamp_seconds", "smtpbridge_credential_expiry_timestamp_seconds",
 		"smtpbridge_queue_messages", "smtpbridge_queue_oldest_message_age_seconds"} {
 		if !strings.Contains(all.String(), want) {

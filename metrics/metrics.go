@@ -56,7 +56,6 @@ type Sources struct {
 	Queue               func() queue.Stats
 	UpstreamConnections func() map[string]int // by tenant
 	DeviceLastSeen      func() map[string]time.Time
-	DeviceLastMessage   func() map[string]time.Time
 	BlockedAddresses    func() int
 	// MailboxRecipients are the recipients each mailbox sent to in the
 	// rolling day of its quota.
@@ -105,10 +104,27 @@ type Metrics struct {
 
 	mu  sync.Mutex
 	inv inventory.Inventory
+	o   Options
+}
+
+// Options are the metrics' settings (the config's metrics section).
+type Options struct {
+	// PerDevice labels the message counters with each device and keeps
+	// its last-seen time; without it they are per tenant only (device
+	// ""), for fleets that want aggregates.
+	PerDevice bool
 }
 
 // New registers the collectors and initialises the label sets of inv.
-func New(version string, inv inventory.Inventory) *Metrics {
+//
+// The series made up front are the ones an operator watches before
+// anything happens: per device received, delivered, failed (permanent)
+// and last seen (with PerDevice), per tenant its token requests, the
+// two login refusals the alerts watch, its quota and connections. The
+// rest (a rejection's reason, a reply's code, a stage's histogram)
+// appear at their first occurrence, so that a fleet of 10,000 devices
+// and 200 tenants is about 42,000 series, not 160,000.
+func New(version string, inv inventory.Inventory, o Options) *Metrics {
 	r := prometheus.NewRegistry()
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
@@ -129,7 +145,7 @@ func New(version string, inv inventory.Inventory) *Metrics {
 			"Device AUTH attempts, per listener, mechanism and result (success, bad_credentials, unknown_user, blocked, network_denied, documented_password).",
 			"listener", "mechanism", "result"),
 		received: counter("messages_received_total",
-			"Messages the bridge took from devices (spooled, or in sync mode handed to Exchange whole).", "device", "tenant"),
+			"Messages the bridge took from devices (spooled, or in sync mode handed to Exchange whole); device is empty with metrics.per_device: false.", "device", "tenant"),
 		delivered: counter("messages_delivered_total", "Messages Exchange Online accepted (250).", "device", "tenant"),
 		rejected: counter("messages_rejected_total",
 			"Messages or recipients the bridge refused itself, per reason (policy, size, recipients, malformed, rate).", "device", "reason"),
@@ -180,13 +196,12 @@ func New(version string, inv inventory.Inventory) *Metrics {
 	m.state = &stateCollector{m: m,
 		queue:      prometheus.NewDesc(namespace+"_queue_messages", "Messages in the spool, per state (queued, deferred, dead).", []string{"state"}, nil),
 		oldest:     prometheus.NewDesc(namespace+"_queue_oldest_message_age_seconds", "Age of the oldest message waiting in the queue; 0 when empty.", nil, nil),
-		upstream:   prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant.", []string{"tenant"}, nil),
+		upstream:   prometheus.NewDesc(namespace+"_upstream_connections", "Connections to Exchange Online open or being opened, per tenant; present while there are some.", []string{"tenant"}, nil),
 		lastSeen:   prometheus.NewDesc(namespace+"_device_last_seen_timestamp_seconds", "When the device last logged in or sent (Unix time); 0 if never.", []string{"device"}, nil),
 		blocked:    prometheus.NewDesc(namespace+"_blocked_addresses", "Source addresses blocked now for too many failed logins.", nil, nil),
-		lastMsg:    prometheus.NewDesc(namespace+"_device_last_message_timestamp_seconds", "When the bridge last received a message from the device (Unix time); 0 if never.", []string{"device"}, nil),
 		spoolBytes: prometheus.NewDesc(namespace+"_spool_bytes", "Bytes of the messages in the spool, queued and dead.", nil, nil),
 		spoolFree:  prometheus.NewDesc(namespace+"_spool_free_bytes", "Free space on the spool's filesystem.", nil, nil),
-		deviceSpool: prometheus.NewDesc(namespace+"_device_spool_bytes", "Bytes of the device's messages in the spool, queued and dead (its share is max_queued_bytes).",
+		deviceSpool: prometheus.NewDesc(namespace+"_device_spool_bytes", "Bytes of the device's messages in the spool, queued and dead (its share is max_queued_bytes); present while it holds 1 MiB or half its share, whichever is less.",
 			[]string{"device"}, nil),
 		quota: prometheus.NewDesc(namespace+"_mailbox_recipients_day", "Recipients the mailbox sent to in the last 24 hours, as its quota counts them.",
 			[]string{"tenant", "mailbox"}, nil),
@@ -204,7 +219,7 @@ func New(version string, inv inventory.Inventory) *Metrics {
 		m.mailboxHeld, m.repeated,
 		m.reloadSuccess, m.reloadTime, m.state, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.Configure(inv)
+	m.Configure(inv, o)
 	m.reloadSuccess.Set(1)
 	m.reloadTime.Set(float64(time.Now().Unix()))
 	return m
@@ -213,14 +228,21 @@ func New(version string, inv inventory.Inventory) *Metrics {
 // Configure initialises the label sets of a (new) configuration and
 // deletes those of devices and tenants it no longer has, so that a
 // removed device stops showing as silent.
-func (m *Metrics) Configure(inv inventory.Inventory) {
+func (m *Metrics) Configure(inv inventory.Inventory, o Options) {
 	m.mu.Lock()
-	old := m.inv
-	m.inv = inv
+	old, oldOpts := m.inv, m.o
+	m.inv, m.o = inv, o
 	m.mu.Unlock()
+	type deviceKey struct{ name, tenant string }
+	devices := make(map[deviceKey]bool, len(inv.Devices))
+	mailboxes := map[upstream.Mailbox]bool{}
+	for _, d := range inv.Devices {
+		devices[deviceKey{d.Name, d.Tenant}] = true
+		mailboxes[upstream.MailboxOf(d.Tenant, d.Mailbox.String())] = true
+	}
 	for _, d := range old.Devices {
 		// A mailbox no device sends as any more needs no sign-in.
-		if !slices.ContainsFunc(inv.Devices, func(n inventory.Device) bool { return n.Tenant == d.Tenant && n.Mailbox.Equal(d.Mailbox) }) {
+		if !mailboxes[upstream.MailboxOf(d.Tenant, d.Mailbox.String())] {
 			m.signInRequired.DeleteLabelValues(d.Tenant, d.Mailbox.String())
 		}
 	}
@@ -244,21 +266,12 @@ func (m *Metrics) Configure(inv inventory.Inventory) {
 		}
 	}
 	for _, t := range inv.Tenants {
-		for _, src := range []string{"cache", "identity_provider"} {
-			m.tokenRequests.WithLabelValues(t.Name, src, "success")
-		}
+		// The grants the alerts watch; cache hits come with the first.
 		m.tokenRequests.WithLabelValues(t.Name, "identity_provider", "failure")
-		for _, r := range []string{"send_as", "unknown_recipient"} {
-			m.repeated.WithLabelValues(t.Name, r)
-		}
-		m.latency.WithLabelValues(t.Name)
-		for _, st := range UpstreamStages {
-			m.upstreamDuration.WithLabelValues(t.Name, st)
-			if st != "token" {
-				m.upstreamErrors.WithLabelValues(t.Name, st)
-			}
-		}
-		for _, k := range knownReplies {
+		m.tokenRequests.WithLabelValues(t.Name, "identity_provider", "success")
+		// The login refusals the alerts watch; the other replies'
+		// series appear with their first.
+		for _, k := range alertedReplies {
 			m.upstreamReplies.WithLabelValues(t.Name, k[0], k[1])
 		}
 		if t.CredentialExpiry.IsZero() {
@@ -272,27 +285,50 @@ func (m *Metrics) Configure(inv inventory.Inventory) {
 			m.quotaLimit.DeleteLabelValues(t.Name)
 		}
 	}
-	for _, d := range old.Devices {
-		if !slices.ContainsFunc(inv.Devices, func(n inventory.Device) bool { return n.Name == d.Name && n.Tenant == d.Tenant }) {
-			m.deleteDevice(d)
+	if oldOpts.PerDevice && !o.PerDevice {
+		// All at once: deleting 10,000 devices one by one scans every
+		// series each time.
+		for _, v := range m.deviceVecs() {
+			v.Reset()
 		}
+	}
+	for _, d := range old.Devices {
+		if o.PerDevice && !devices[deviceKey{d.Name, d.Tenant}] {
+			m.deleteDevice(d.Name)
+		}
+	}
+	if !o.PerDevice {
+		for _, t := range inv.Tenants {
+			m.received.WithLabelValues("", t.Name)
+			m.delivered.WithLabelValues("", t.Name)
+			m.failed.WithLabelValues("", t.Name, audit.ReasonPermanent)
+		}
+		return
+	}
+	if !oldOpts.PerDevice {
+		m.deleteDevice("") // the per-tenant series of per_device: false
 	}
 	for _, d := range inv.Devices {
 		m.received.WithLabelValues(d.Name, d.Tenant)
 		m.delivered.WithLabelValues(d.Name, d.Tenant)
-		for _, r := range RejectReasons {
-			m.rejected.WithLabelValues(d.Name, r)
-		}
-		for _, r := range FailReasons {
-			m.failed.WithLabelValues(d.Name, d.Tenant, r)
-		}
-		m.refused.WithLabelValues(d.Name, d.Tenant)
+		m.failed.WithLabelValues(d.Name, d.Tenant, audit.ReasonPermanent)
 		if d.ExpectEvery > 0 {
 			m.deviceExpected.WithLabelValues(d.Name).Set(d.ExpectEvery.Seconds())
 		} else {
 			m.deviceExpected.DeleteLabelValues(d.Name)
 		}
 	}
+}
+
+// device is the device label of a message's series: its name, or ""
+// without per-device metrics.
+func (m *Metrics) device(name string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.o.PerDevice {
+		return ""
+	}
+	return name
 }
 
 func (m *Metrics) deleteTenant(name string) {
@@ -305,11 +341,19 @@ func (m *Metrics) deleteTenant(name string) {
 	}
 }
 
-func (m *Metrics) deleteDevice(d inventory.Device) {
-	l := prometheus.Labels{"device": d.Name}
-	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		m.received, m.delivered, m.rejected, m.failed, m.refused, m.deviceExpected,
-	} {
+// deviceVec is a metric vector with a device label.
+type deviceVec interface {
+	DeletePartialMatch(prometheus.Labels) int
+	Reset()
+}
+
+func (m *Metrics) deviceVecs() []deviceVec {
+	return []deviceVec{m.received, m.delivered, m.rejected, m.failed, m.refused, m.deviceExpected}
+}
+
+func (m *Metrics) deleteDevice(name string) {
+	l := prometheus.Labels{"device": name}
+	for _, v := range m.deviceVecs() {
 		v.DeletePartialMatch(l)
 	}
 }
@@ -371,28 +415,29 @@ func (m *Metrics) Observe(e audit.Event) {
 	if e.DSNFor != "" {
 		return // the bridge's own report, not a device's message
 	}
+	dev := m.device(e.Device)
 	switch e.Kind {
 	case audit.Received:
-		m.received.WithLabelValues(e.Device, e.Tenant).Inc()
+		m.received.WithLabelValues(dev, e.Tenant).Inc()
 		m.size.Observe(float64(e.Size))
 	case audit.Delivered:
-		m.delivered.WithLabelValues(e.Device, e.Tenant).Inc()
+		m.delivered.WithLabelValues(dev, e.Tenant).Inc()
 		if !e.Accepted.IsZero() {
 			m.latency.WithLabelValues(e.Tenant).Observe(time.Since(e.Accepted).Seconds())
 		}
 	case audit.Rejected:
-		m.rejected.WithLabelValues(e.Device, e.Reason).Inc()
+		m.rejected.WithLabelValues(dev, e.Reason).Inc()
 	case audit.Bounced:
 		if e.Recipient != "" {
-			m.refused.WithLabelValues(e.Device, e.Tenant).Inc()
+			m.refused.WithLabelValues(dev, e.Tenant).Inc()
 			return
 		}
-		m.failed.WithLabelValues(e.Device, e.Tenant, audit.ReasonPermanent).Inc()
+		m.failed.WithLabelValues(dev, e.Tenant, audit.ReasonPermanent).Inc()
 	case audit.Dead:
 		// A refusal was counted as it happened (Bounced); a poison
 		// message's series is made at its first, not for every device.
 		if e.Reason == audit.ReasonExpired || e.Reason == audit.ReasonPoison {
-			m.failed.WithLabelValues(e.Device, e.Tenant, e.Reason).Inc()
+			m.failed.WithLabelValues(dev, e.Tenant, e.Reason).Inc()
 		}
 	}
 }

@@ -167,7 +167,7 @@ func (d *Daemon) startObservers() error {
 	}
 	inv := d.ms.Inventory(cfg)
 	d.board.Configure(inv)
-	d.m = metrics.New(d.o.Version, inv)
+	d.m = metrics.New(d.o.Version, inv, metrics.Options{PerDevice: cfg.Metrics.PerDeviceOn()})
 	d.audit = audit.NewLogger(d.log)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
 		return fmt.Errorf("log.audit_file: %w", err)
@@ -220,7 +220,6 @@ func (d *Daemon) metricsSources() metrics.Sources {
 		Queue:               x.Queue.Stats,
 		UpstreamConnections: x.SMTP.Connections,
 		DeviceLastSeen:      d.board.LastSeen,
-		DeviceLastMessage:   d.board.LastMessage,
 		BlockedAddresses:    func() int { return len(x.Guard.Blocks()) },
 		Spool:               d.sp.Usage,
 		MailboxRecipients:   x.Limits().Recipients,

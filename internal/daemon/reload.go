@@ -10,6 +10,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/config"
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
 	"github.com/smtpbridge/smtpbridge/internal/memlimit"
+	"github.com/smtpbridge/smtpbridge/metrics"
 	"github.com/smtpbridge/smtpbridge/queue"
 )
 
@@ -79,7 +80,7 @@ func (d *Daemon) apply() ReloadResult {
 		return ReloadResult{Problems: []string{err.Error()}}
 	}
 	d.applyMemoryLimit(cfg)
-	d.m.Configure(parts.Inventory)
+	d.m.Configure(parts.Inventory, metrics.Options{PerDevice: cfg.Metrics.PerDeviceOn()})
 	d.board.Configure(parts.Inventory)
 	d.checkSignIns(cfg)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
