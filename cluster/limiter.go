@@ -373,7 +373,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		l.mu.Lock()
 		epoch := l.epochs[mb]
 		l.mu.Unlock()
-		raw, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb), l.key("epoch", mb), l.key("lost", mb)},
+		raw, err := submitScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("rcpt", mb), l.key("epoch", mb)},
 			lim.PerMinute, window.Milliseconds(), lim.RecipientsPerDay, upstream.DayBuckets, unit.Milliseconds(), rcpts, newID(l.instance),
 			epoch, newID(l.instance)).Slice()
 		cancel()
@@ -382,7 +382,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 				// Redis forgot the mailbox's window since this replica
 				// last asked (it restarted empty, and go-redis's new
 				// connection hid it): the starts it knows go back first.
-				l.restoreWindow(ctx, mb, lim, fmt.Sprint(raw[1]))
+				l.restoreWindow(ctx, mb, fmt.Sprint(raw[1]))
 				continue
 			}
 		}
@@ -654,6 +654,8 @@ func (l *Limiter) probe() {
 	if l.obs != nil {
 		l.obs.SharedLimits(true)
 	}
+	// A Redis that restarted empty gets the minute back now.
+	l.checkEpochs(ctx)
 }
 
 // restoreWindow adds back to Redis the mailbox's starts in the window as
@@ -661,48 +663,35 @@ func (l *Limiter) probe() {
 // their own members, so that a Redis that restarted empty does not let
 // the minute pass its limit; then it takes epoch as the keys' new one.
 // Where Redis kept them, adding them again changes nothing.
-//
-// What this replica did not see is lost with Redis: the starts the
-// other replicas made after its last look, whose makers may have died
-// with Redis (a host going down) before adding them back. Before the
-// restart the window held no more than the limit, so those are at most
-// the limit less the starts it saw: when it saw the mailbox within the
-// window, it counts that many as lost for a whole window from now (the
-// "lost" key, the largest count any replica put there). A mailbox
-// whose minute was busy may wait up to a minute after a Redis restart;
-// none passes Exchange's limit.
-func (l *Limiter) restoreWindow(ctx context.Context, mb upstream.Mailbox, lim upstream.Limits, epoch string) {
+func (l *Limiter) restoreWindow(ctx context.Context, mb upstream.Mailbox, epoch string) {
 	l.mu.Lock()
 	k, window := l.known[mb], l.window
 	l.epochs[mb] = epoch
 	l.mu.Unlock()
-	if lim.PerMinute <= 0 || time.Since(k.seen) >= window {
-		return
-	}
-	args := []any{window.Milliseconds(), lim.PerMinute}
+	octx, cancel := ctxOp(ctx)
+	defer cancel()
 	n := 0
 	for _, st := range k.starts {
 		if time.Since(st.at) < window {
-			args = append(args, st.id, st.redisMs)
+			l.rdb.ZAdd(octx, l.key("rate", mb), redis.Z{Score: float64(st.redisMs), Member: st.id})
 			n++
 		}
 	}
-	octx, cancel := ctxOp(ctx)
-	defer cancel()
-	lost, err := restoreScript.Run(octx, l.rdb, []string{l.key("rate", mb), l.key("lost", mb)}, args...).Int()
-	if err != nil {
-		l.fail(err)
-		return
+	if n > 0 {
+		l.rdb.PExpire(octx, l.key("rate", mb), 2*window)
+		l.log.Warn().Str("tenant", mb.Tenant).Str("mailbox", mb.Address).Int("starts", n).
+			Msg("Redis lost the mailbox's rate window (a restart?): the starts this replica saw in it are counted there again")
 	}
-	l.log.Warn().Str("tenant", mb.Tenant).Str("mailbox", mb.Address).Int("starts", n).Int("unseen", lost).
-		Msg("Redis lost the mailbox's rate window (a restart?): the starts this replica saw in it are counted there again, and the ones it may not have seen are assumed for a minute")
 }
 
-// checkEpochs looks, for each mailbox this replica saw within the window,
-// whether Redis still has its keys' epoch, and restores the window where
-// it lost them: a Redis that restarted empty gets the minute back within
-// a renewal, not only at the mailbox's next submission (by then the
-// replica that knew most may be gone).
+// checkEpochs looks, at every renewal, at the window of each mailbox
+// this replica saw busy within the last window. Where Redis still has its
+// epoch, the replica takes the window's starts as what it knows (so that
+// it knows the other replicas' starts of the last second, not only those
+// before its own last submission); where Redis lost it (a restart,
+// empty), it puts back what it knew. Either way a Redis restart gets the
+// minute back within a renewal, whichever replica made the starts, as
+// long as that replica lived until then.
 func (l *Limiter) checkEpochs(ctx context.Context) {
 	l.mu.Lock()
 	window := l.window
@@ -720,9 +709,12 @@ func (l *Limiter) checkEpochs(ctx context.Context) {
 	}
 	// One round trip for all of them; a script only where it changed.
 	pipe := l.rdb.Pipeline()
+	now := pipe.Time(ctx)
 	gets := make([]*redis.StringCmd, len(mbs))
+	ranges := make([]*redis.ZSliceCmd, len(mbs))
 	for i, mb := range mbs {
 		gets[i] = pipe.Get(ctx, l.key("epoch", mb))
+		ranges[i] = pipe.ZRangeWithScores(ctx, l.key("rate", mb), 0, -1)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		l.fail(err)
@@ -730,10 +722,7 @@ func (l *Limiter) checkEpochs(ctx context.Context) {
 	}
 	for i, mb := range mbs {
 		if gets[i].Err() == nil && gets[i].Val() == mine[i] {
-			continue
-		}
-		lim, err := l.limitsOf(mb)
-		if err != nil {
+			l.refresh(mb, now.Val(), ranges[i].Val())
 			continue
 		}
 		epoch, err := epochScript.Run(ctx, l.rdb, []string{l.key("epoch", mb)}, newID(l.instance)).Text()
@@ -742,9 +731,36 @@ func (l *Limiter) checkEpochs(ctx context.Context) {
 			return
 		}
 		if epoch != mine[i] {
-			l.restoreWindow(ctx, mb, lim, epoch)
+			l.restoreWindow(ctx, mb, epoch)
 		}
 	}
+}
+
+// refresh takes the mailbox's window as Redis has it now (its clock
+// redisNow) as what this replica knows; a window with starts keeps the
+// mailbox among those checked.
+func (l *Limiter) refresh(mb upstream.Mailbox, redisNow time.Time, window []redis.Z) {
+	starts := make([]start, 0, len(window))
+	for _, z := range window {
+		id, ok := z.Member.(string)
+		if !ok {
+			continue
+		}
+		starts = append(starts, start{id: id, redisMs: int64(z.Score)})
+	}
+	local := time.Now()
+	nowMs := redisNow.UnixMilli()
+	for i := range starts {
+		starts[i].at = local.Add(-time.Duration(nowMs-starts[i].redisMs) * time.Millisecond)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := l.known[mb]
+	k.starts = starts
+	if len(starts) > 0 {
+		k.seen = local
+	}
+	l.known[mb] = k
 }
 
 // known is what a shared submission saw of a mailbox.
@@ -850,8 +866,7 @@ end
 if n > tonumber(ARGV[3]) and redis.call('ZRANK', KEYS[1], ARGV[2]) >= tonumber(ARGV[3]) then return {2, waiting} end
 return {1, waiting}`)
 	// submit: KEYS[1] the starts, KEYS[2] the recipients per time unit,
-	// KEYS[3] the mailbox's epoch, KEYS[4] the starts lost with a Redis
-	// restart that count until it expires; ARGV perMinute, windowMs, perDay,
+	// KEYS[3] the mailbox's epoch; ARGV perMinute, windowMs, perDay,
 	// dayUnits, unitMs, rcpts, id, the epoch this replica last saw, a new
 	// epoch should there be none. {2, epoch}: Redis lost the mailbox's
 	// keys since this replica last saw them (a restart, empty): it adds
@@ -895,13 +910,9 @@ if perDay > 0 and used > 0 and used + rcpts > perDay then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if perMinute > 0 then
-  local lost = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if redis.call('ZCARD', KEYS[1]) + lost >= perMinute then
-    local wait = window
-    if lost > 0 then wait = redis.call('PTTL', KEYS[4]) end
+  if redis.call('ZCARD', KEYS[1]) >= perMinute then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    if #oldest > 0 then wait = math.min(wait, tonumber(oldest[2]) + window - now) end
-    return {0, math.max(wait, 1)}
+    return {0, tonumber(oldest[2]) + window - now}
   end
   redis.call('ZADD', KEYS[1], now, ARGV[7])
   redis.call('PEXPIRE', KEYS[1], 2 * window)
@@ -917,23 +928,6 @@ if perMinute > 0 then
   end
 end
 return out`)
-	// restore: KEYS[1] the starts, KEYS[2] the lost count; ARGV
-	// windowMs, perMinute, then the starts seen (id, ms). Adds them back,
-	// and counts the limit less them as lost for a window unless a larger
-	// count is there. Returns the count this replica asked for.
-	restoreScript = redis.NewScript(`
-local window, perMinute = tonumber(ARGV[1]), tonumber(ARGV[2])
-local seen = 0
-for i = 3, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[i + 1]), ARGV[i])
-  seen = seen + 1
-end
-if seen > 0 then redis.call('PEXPIRE', KEYS[1], 2 * window) end
-local lost = perMinute - seen
-if lost > 0 and lost > tonumber(redis.call('GET', KEYS[2]) or '0') then
-  redis.call('SET', KEYS[2], lost, 'PX', window)
-end
-return math.max(lost, 0)`)
 	// epoch: KEYS[1] the mailbox's epoch; ARGV a new one should there be
 	// none. Returns the epoch.
 	epochScript = redis.NewScript(`
