@@ -13,6 +13,7 @@
 package status
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/hints"
 	"github.com/smtpbridge/smtpbridge/internal/inventory"
+	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 )
 
@@ -63,6 +65,7 @@ type deviceState struct {
 	// queue ID, or Graph's request-id (for its message trace and support).
 	lastUpstreamID string
 	lastFailure    *Failure
+	lastDelivered  time.Time
 }
 
 type tenantState struct {
@@ -82,6 +85,9 @@ type Failure struct {
 	Tenant string
 	MsgID  string
 	Text   string
+	// Reply is the reply the failure is about (Exchange's, or the
+	// bridge's own to the device), if any: the row shows its code.
+	Reply string
 }
 
 // ReloadState is the outcome of the last configuration load.
@@ -210,7 +216,7 @@ func (b *Board) Observe(e audit.Event) {
 	}
 	b.count(e, now)
 	d := b.device(e.Device)
-	f := Failure{Time: now, Kind: string(e.Kind), Device: e.Device, Tenant: e.Tenant, MsgID: e.MsgID}
+	f := Failure{Time: now, Kind: string(e.Kind), Device: e.Device, Tenant: e.Tenant, MsgID: e.MsgID, Reply: e.Reply}
 	switch e.Kind {
 	case audit.Received:
 		d.received++
@@ -219,6 +225,7 @@ func (b *Board) Observe(e audit.Event) {
 		return
 	case audit.Delivered:
 		d.delivered++
+		d.lastDelivered = now
 		if e.UpstreamID != "" {
 			d.lastUpstreamID = e.UpstreamID
 		}
@@ -283,11 +290,15 @@ func (b *Board) count(e audit.Event, now time.Time) {
 		add(func(x *bucket) { x.Delivered++ })
 		all.replyClass(e.Reply)
 	case audit.Deferred:
-		all.replyClass(e.Reply)
+		if fromExchange(e) {
+			all.replyClass(e.Reply)
+		}
 	case audit.Bounced:
 		// Refused by Exchange, for all recipients or some: a failure to
 		// look at either way.
-		all.replyClass(e.Reply)
+		if fromExchange(e) {
+			all.replyClass(e.Reply)
+		}
 		add(func(x *bucket) { x.Failed++ })
 	case audit.Dead:
 		if e.Reason == audit.ReasonExpired || e.Reason == audit.ReasonPoison {
@@ -311,6 +322,18 @@ func (b *Board) SampleQueue(depth int) {
 		x.Queue = depth
 		b.dirty = true
 	}
+}
+
+// fromExchange says whether an event's reply is Exchange's (or Graph's),
+// not the bridge's own: the 451 it gives a device when Exchange could not
+// be reached, or a refusal it repeated from memory. The replies chart
+// counts only Exchange's.
+func fromExchange(e audit.Event) bool {
+	var me *message.Error
+	if errors.As(e.Err, &me) {
+		return me.Reply.Code != 0 && me.Note == ""
+	}
+	return e.Err == nil && e.Reply != ""
 }
 
 func problemText(e audit.Event) string {

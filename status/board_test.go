@@ -133,7 +133,7 @@ func TestPage(t *testing.T) {
 		// credentials: contoso in 10 days (warn), fabrikam expired.
 		`(in 9d 23h)`, `(expired 1h ago)`,
 		"OK, valid until",
-		`<b id="queue-waiting">1 + 2</b>`, "oldest 45m", `<b id="dead-count">1</b>`,
+		`<b>3</b><span class="muted" id="queue-waiting">1 queued · 2 deferred</span>`, "oldest 45m", `<b id="dead-count">1</b>`,
 		"001deadletter", "554 5.2.0 quota",
 		"last reload failed", "unknown tenant &#34;nope&#34;",
 		"dead letter (expired): 451 4.7.0 Temporary server error",
@@ -159,7 +159,7 @@ func TestPageEmpty(t *testing.T) {
 	b := NewBoard()
 	b.Configure(inventory.Inventory{Devices: []inventory.Device{{Name: "mfp", Tenant: "t", Mailbox: mailaddr.MustParse("m@x")}}, Tenants: []inventory.Tenant{{Name: "t"}}})
 	page := render(t, b, fakeQueue{})
-	contains(t, page, "config loaded", "none overdue", ">never<", "not requested yet", "no delivery yet",
+	contains(t, page, "config loaded", "none failing or silent", "1 never seen", ">never<", "not requested yet", "no delivery yet",
 		"None since the bridge started", `<b id="dead-count">0</b>`)
 }
 

@@ -3,6 +3,7 @@ package status
 import (
 	"fmt"
 	"html/template"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -101,6 +102,20 @@ func (b *bucket) replyClass(reply string) {
 	}
 }
 
+// coarse sums each n buckets of values into one: a sparkline's 48
+// half-hours of the day's 144 ten-minute buckets.
+func coarse(values []int, n int) []int {
+	out := make([]int, 0, (len(values)+n-1)/n)
+	for i := 0; i < len(values); i += n {
+		sum := 0
+		for _, v := range values[i:min(i+n, len(values))] {
+			sum += v
+		}
+		out = append(out, sum)
+	}
+	return out
+}
+
 // line is one series of a chart.
 type line struct {
 	Name, Color string
@@ -130,7 +145,14 @@ func chart(id string, w, h int, lines []line, axes bool) template.HTML {
 		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="9" fill="currentColor">24 h ago</text><text x="%d" y="%d" font-size="9" fill="currentColor" text-anchor="end">now</text>`,
 			pad, h-2, w-2, h-2)
 	}
-	for _, l := range lines {
+	coord := "%.1f,%.1f"
+	if !axes {
+		coord = "%.0f,%.0f" // a sparkline: whole pixels are enough
+	}
+	for i, l := range lines {
+		if !axes && i > 0 && !slices.ContainsFunc(l.Values, func(v int) bool { return v != 0 }) {
+			continue // a sparkline draws a second series only when it has something
+		}
 		var pts, vals strings.Builder
 		total := 0
 		for i, v := range l.Values {
@@ -140,7 +162,7 @@ func chart(id string, w, h int, lines []line, axes bool) template.HTML {
 				pts.WriteByte(' ')
 				vals.WriteByte(',')
 			}
-			fmt.Fprintf(&pts, "%.1f,%.1f", x, y)
+			fmt.Fprintf(&pts, coord, x, y)
 			vals.WriteString(strconv.Itoa(v))
 			total += v
 		}

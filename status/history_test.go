@@ -40,7 +40,7 @@ func TestHistory(t *testing.T) {
 	if err := restarted.Load(path); err != nil {
 		t.Fatal(err)
 	}
-	v := restarted.view(PageInfo{}, Sources{}, time.Now())
+	v := restarted.view(PageInfo{}, Sources{}, listQuery{Sort: sortProblems, Page: 1, TPage: 1}, time.Now())
 	values := func(svg, series string) string {
 		m := regexp.MustCompile(`data-series="` + series + `" data-values="([0-9,]*)"`).FindStringSubmatch(svg)
 		if m == nil {

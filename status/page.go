@@ -79,24 +79,47 @@ const maxDeadShown = 20
 //go:embed page.html
 var pageHTML string
 
-var pageTmpl = template.Must(template.Must(template.New("page").Parse(pageHTML)).Parse(styleHTML))
+//go:embed device.html
+var deviceHTML string
+
+var (
+	pageTmpl       = template.Must(template.Must(template.New("page").Parse(pageHTML)).Parse(styleHTML))
+	devicePageTmpl = template.Must(template.Must(template.New("device").Parse(deviceHTML)).Parse(styleHTML))
+)
 
 // Handler serves the status page: one server-rendered HTML page with its
 // styles inline, no script and no external asset, so that it works on a
 // phone and in a browser with no network beyond the bridge.
+//
+// "/" is the page: what needs attention, the summaries, the charts, and
+// the devices and tenants a page at a time (GET parameters q, state,
+// sort, page, tpage); "/device/NAME" is one device's page.
 func (b *Board) Handler(info PageInfo, src Sources) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/" {
+		var (
+			tmpl = pageTmpl
+			data any
+		)
+		switch name, isDevice := strings.CutPrefix(r.URL.Path, "/device/"); {
+		case r.URL.Path == "/":
+			data = b.view(info, src, parseListQuery(r.URL.Query()), time.Now())
+		case isDevice && name != "":
+			dv, ok := b.devicePage(info, name, time.Now())
+			if !ok {
+				http.NotFound(w, r)
+				return
+			}
+			tmpl, data = devicePageTmpl, dv
+		default:
 			http.NotFound(w, r)
 			return
 		}
-		v := b.view(info, src, time.Now())
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		// Nothing on the page needs a script, a frame or a remote asset.
 		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		if err := pageTmpl.Execute(w, v); err != nil {
+		if err := tmpl.Execute(w, data); err != nil {
 			http.Error(w, "rendering the status page failed", http.StatusInternalServerError)
 		}
 	})
@@ -141,24 +164,36 @@ type view struct {
 	Cluster     string
 	ClusterAt   stamp
 	ReloadAt    stamp
-	Devices     []deviceView
-	Tenants     []tenantView
+	Query       listQuery
+	Fleet       fleetCounts
+	Devices     []deviceView // the page shown
+	DevicePager pager
+	// StateLinks are the device list's filters, the one in use marked.
+	StateLinks  []stateLink
+	SortLinks   []stateLink
+	Tenants     []tenantView // the page shown
+	TenantPager pager
+	TenantCount int
 	Queue       queue.Stats
-	QueueClass  string
-	Oldest      string
-	Dead        []deadView
-	DeadMore    int
-	DeadErr     string
-	Recent      []failureView
-	Overdue     int
-	TenantIssue int
-	Blocks      []blockView
-	Waiting     []waitView
-	Spool       *spoolView
-	Quotas      []quotaView
-	Replicas    []replicaView
-	SignIns     []signInView
-	Holds       []holdView
+	// QueueWaiting is queued and deferred together.
+	QueueWaiting int
+	QueueClass   string
+	Oldest       string
+	Dead         []deadView
+	DeadMore     int
+	DeadErr      string
+	Recent       []failureView
+	Overdue      int
+	TenantIssue  int
+	Blocks       []blockView
+	BlocksMore   int
+	Waiting      []waitView
+	Spool        *spoolView
+	Quotas       []quotaView
+	QuotasMore   int
+	Replicas     []replicaView
+	SignIns      []signInView
+	Holds        []holdView
 	// The last 24 hours, as inline SVG.
 	Messages, QueueChart, Replies template.HTML
 }
@@ -208,22 +243,34 @@ func stampOf(t, now time.Time) stamp {
 	return stamp{Rel: ago(now.Sub(t)), Abs: t.UTC().Format("2006-01-02 15:04:05 UTC")}
 }
 
+// stateLink is a filter or an order of the device list.
+type stateLink struct {
+	Label, Href string
+	On          bool
+}
+
 type deviceView struct {
 	Name, Tenant, Mailbox, Mode           string
 	LastSeen, LastMessage                 stamp
 	Received, Delivered, Failed, Rejected int
 	AuthFailures                          int
-	LastFailure                           string
-	LastFailureAt                         stamp
-	LastUpstreamID                        string
-	Class                                 string
-	Expect                                string
-	Note                                  string
-	HasFailure                            bool
-	Spark                                 template.HTML // its last 24 hours
+	// The last failure: its code ("550 5.7.60", "login") and reason for
+	// the row, the whole text on hover and on the device's page, and
+	// the message it was about.
+	LastFailure                 string
+	FailureCode, FailureReason  string
+	FailureMsgID                string
+	LastFailureAt               stamp
+	LastUpstreamID              string
+	Class                       string
+	Expect                      string
+	Note                        string
+	HasFailure, FailureRecovers bool
+	Spark                       template.HTML // its last 24 hours
 }
 
 type tenantView struct {
+	Class                                          string
 	Name, TenantID, ClientID, Credential, SMTPHost string
 	CredExpiry, CredClass                          string
 	Token, TokenClass                              string
@@ -241,8 +288,16 @@ type failureView struct {
 	Kind, Device, MsgID, Text string
 }
 
-func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
-	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now)}
+func (b *Board) view(info PageInfo, src Sources, q listQuery, now time.Time) view {
+	v := view{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Started: stampOf(b.started, now), Query: q}
+	for _, s := range []struct{ label, state string }{{"all", stateAll}, {"problems", stateProblems}, {"failing", stateFailing},
+		{"silent", stateSilent}, {"never seen", stateNever}, {"OK", stateOK}} {
+		v.StateLinks = append(v.StateLinks, stateLink{Label: s.label, Href: q.link("devices", "state", s.state, "page", ""), On: q.State == s.state})
+	}
+	for _, s := range []struct{ label, sort string }{{"problems first", sortProblems}, {"name", sortName},
+		{"last seen", sortSeen}, {"most failed", sortFailed}} {
+		v.SortLinks = append(v.SortLinks, stateLink{Label: s.label, Href: q.link("devices", "sort", s.sort, "page", ""), On: q.Sort == s.sort})
+	}
 	v.fromSources(src, now)
 	b.mu.Lock()
 	b.charts(&v, now)
@@ -253,7 +308,8 @@ func (b *Board) view(info PageInfo, src Sources, now time.Time) view {
 		v.SignIns = append(v.SignIns, signInView{Tenant: k[0], Mailbox: k[1], Since: stampOf(since, now)})
 	}
 	slices.SortFunc(v.SignIns, func(a, b signInView) int { return strings.Compare(a.Tenant+" "+a.Mailbox, b.Tenant+" "+b.Mailbox) })
-	b.inventoryViews(&v, now)
+	b.deviceList(&v, q, now)
+	b.tenantList(&v, q, now)
 	for i := len(b.recent) - 1; i >= 0; i-- {
 		f := b.recent[i]
 		v.Recent = append(v.Recent, failureView{At: stampOf(f.Time, now), Kind: f.Kind, Device: f.Device, MsgID: f.MsgID, Text: f.Text})
@@ -281,14 +337,23 @@ func (v *view) fromSources(src Sources, now time.Time) {
 			v.Quotas = append(v.Quotas, quotaView{Tenant: mq.Tenant, Mailbox: mq.Mailbox, Used: mq.Used, Limit: mq.Limit,
 				Class: fullness(int64(mq.Used), int64(mq.Limit))})
 		}
+		// The fullest first.
 		slices.SortFunc(v.Quotas, func(a, b quotaView) int {
-			return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Mailbox, b.Mailbox))
+			return cmp.Or(cmp.Compare(share(b), share(a)), cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Mailbox, b.Mailbox))
 		})
+		if len(v.Quotas) > maxQuotasShown {
+			v.QuotasMore = len(v.Quotas) - maxQuotasShown
+			v.Quotas = v.Quotas[:maxQuotasShown]
+		}
 	}
 	if src.Blocks != nil {
 		for _, bl := range src.Blocks() {
 			v.Blocks = append(v.Blocks, blockView{Addr: bl.Addr, Since: stampOf(bl.Since, now),
 				Until: "in " + human(bl.Until.Sub(now)), Failures: bl.Failures, Username: shownUsername(bl.Username), Replica: bl.Replica})
+		}
+		if len(v.Blocks) > maxBlocksShown {
+			v.BlocksMore = len(v.Blocks) - maxBlocksShown
+			v.Blocks = v.Blocks[:maxBlocksShown]
 		}
 	}
 	if src.Holds != nil {
@@ -334,37 +399,11 @@ func (b *Board) charts(v *view, now time.Time) {
 	}, true)
 }
 
-// inventoryViews describes every device, with its chart, and every
-// tenant; b.mu is held.
-func (b *Board) inventoryViews(v *view, now time.Time) {
-	for _, d := range b.inv.Devices {
-		dv := b.deviceView(d, now)
-		h := b.devHist[d.Name]
-		if h == nil {
-			h = &history{}
-		}
-		dv.Spark = chart("spark-"+d.Name, 120, 24, []line{
-			{"received", "#0969da", h.series(now, func(x *bucket) int { return x.Received })},
-			{"failed", "#cf222e", h.series(now, func(x *bucket) int { return x.Failed })},
-		}, false)
-		if dv.Class == classBad && dv.Note != "" {
-			v.Overdue++
-		}
-		v.Devices = append(v.Devices, dv)
-	}
-	for _, t := range b.inv.Tenants {
-		tv := b.tenantView(t, now)
-		if tv.TokenClass == classBad || tv.ExchangeClass == classBad || tv.CredClass == classBad {
-			v.TenantIssue++
-		}
-		v.Tenants = append(v.Tenants, tv)
-	}
-}
-
 // queue describes the queue: why messages wait, how old the oldest is,
 // the newest dead letters.
 func (v *view) queue(q QueueView, now time.Time) {
 	v.Queue = q.Stats()
+	v.QueueWaiting = v.Queue.Queued + v.Queue.Deferred
 	for _, w := range v.Queue.Waiting {
 		next := "now"
 		if d := w.Next.Sub(now); d > 0 {
@@ -398,37 +437,66 @@ func (v *view) queue(q QueueView, now time.Time) {
 	}
 }
 
-// deviceView describes a device; b.mu is held.
-func (b *Board) deviceView(d inventory.Device, now time.Time) deviceView {
+// deviceView describes a device's row; b.mu is held.
+func (b *Board) deviceView(r deviceRank, now time.Time) deviceView {
+	d, st := r.d, r.st
+	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox.String(), Mode: d.Mode,
+		LastSeen: stampOf(st.LastSeen, now), LastMessage: stampOf(st.LastMessage, now),
+		Received: st.received, Delivered: st.delivered, Failed: st.failed, Rejected: st.rejected,
+		AuthFailures: st.authFailures, Class: r.class, Note: r.note, LastUpstreamID: st.lastUpstreamID}
+	if f := st.lastFailure; f != nil {
+		dv.HasFailure = true
+		dv.LastFailure, dv.LastFailureAt, dv.FailureMsgID = f.Text, stampOf(f.Time, now), f.MsgID
+		dv.FailureCode, dv.FailureReason = shortFailure(f)
+		dv.FailureRecovers = st.recovered(f)
+	}
+	if d.ExpectEvery > 0 {
+		dv.Expect = "every " + human(d.ExpectEvery)
+	}
+	return dv
+}
+
+// devicePageView is one device's page.
+type devicePageView struct {
+	Info   PageInfo
+	Now    string
+	Device deviceView
+	Chart  template.HTML
+}
+
+// devicePage describes the device named name; false if there is none.
+func (b *Board) devicePage(info PageInfo, name string, now time.Time) (devicePageView, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := slices.IndexFunc(b.inv.Devices, func(d inventory.Device) bool { return d.Name == name })
+	if i < 0 {
+		return devicePageView{}, false
+	}
+	d := b.inv.Devices[i]
 	st := b.devices[d.Name]
 	if st == nil {
 		st = &deviceState{}
 	}
-	dv := deviceView{Name: d.Name, Tenant: d.Tenant, Mailbox: d.Mailbox.String(), Mode: d.Mode,
-		LastSeen: stampOf(st.LastSeen, now), LastMessage: stampOf(st.LastMessage, now),
-		Received: st.received, Delivered: st.delivered, Failed: st.failed, Rejected: st.rejected,
-		AuthFailures: st.authFailures, Class: classOK, LastUpstreamID: st.lastUpstreamID}
-	if st.LastSeen.IsZero() {
-		dv.Class = classNone
+	r := deviceRank{d: d, st: st}
+	r.class, r.note = b.deviceStatus(d, st, now)
+	h := b.devHist[d.Name]
+	if h == nil {
+		h = &history{}
 	}
-	if f := st.lastFailure; f != nil {
-		dv.HasFailure = true
-		dv.LastFailure, dv.LastFailureAt = f.Text, stampOf(f.Time, now)
-		if now.Sub(f.Time) < time.Hour {
-			dv.Class = classWarn
-		}
+	return devicePageView{Info: info, Now: now.UTC().Format("2006-01-02 15:04:05 UTC"), Device: b.deviceView(r, now),
+		Chart: chart("chart-device", 720, 120, []line{
+			{"received", "#0969da", h.series(now, func(x *bucket) int { return x.Received })},
+			{"delivered", "#1a7f37", h.series(now, func(x *bucket) int { return x.Delivered })},
+			{"failed", "#cf222e", h.series(now, func(x *bucket) int { return x.Failed })},
+		}, true)}, true
+}
+
+// share is how full a mailbox's daily quota is, in thousandths.
+func share(q quotaView) int {
+	if q.Limit <= 0 {
+		return 0
 	}
-	if d.ExpectEvery > 0 {
-		dv.Expect = "every " + human(d.ExpectEvery)
-		// A device never seen counts from the bridge's start, as the
-		// alert rule does.
-		since := cmp.Or(st.LastSeen, b.started)
-		if silent := now.Sub(since); silent > d.ExpectEvery {
-			dv.Class = classBad
-			dv.Note = "silent for " + human(silent) + ", expected " + dv.Expect
-		}
-	}
-	return dv
+	return q.Used * 1000 / q.Limit
 }
 
 // tenantView describes a tenant; b.mu is held.

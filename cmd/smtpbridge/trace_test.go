@@ -159,8 +159,11 @@ func TestTrace(t *testing.T) {
 		}
 	}
 	deadID := stories[3].ID
-	if status := get(t, "http://"+httpAddr+"/"); !strings.Contains(status, `href="message/`+deadID+`"`) || !strings.Contains(status, `href="trace?device=mfp-2f"`) {
-		t.Error("the status page does not link the dead letter to its story, or the device to its messages")
+	if status := get(t, "http://"+httpAddr+"/"); !strings.Contains(status, `href="message/`+deadID+`"`) || !strings.Contains(status, `href="device/mfp-2f"`) {
+		t.Error("the status page does not link the dead letter to its story, or the device to its page")
+	}
+	if dev := get(t, "http://"+httpAddr+"/device/mfp-2f"); !strings.Contains(dev, `href="../trace?device=mfp-2f"`) {
+		t.Error("the device's page does not link its messages in the trace")
 	}
 	msgPage := get(t, "http://"+httpAddr+"/message/"+deadID)
 	if !strings.Contains(msgPage, "dead") || !strings.Contains(msgPage, "RESOLVER.ADR.RecipientNotFound") || strings.Count(msgPage, `class="story"`) != 1 {

@@ -33,7 +33,9 @@ func (d *Daemon) Handler() http.Handler {
 	// The pages that do work for whoever loads them refuse a cross-site
 	// browser request: a page elsewhere must not make the admin's browser
 	// run searches here.
-	mux.Handle("GET /{$}", httpauth.SameSite(httpauth.Basic(page, d.pageAuth)))
+	pageH := httpauth.SameSite(httpauth.Basic(page, d.pageAuth))
+	mux.Handle("GET /{$}", pageH)
+	mux.Handle("GET /device/{name}", pageH)
 	mux.Handle("GET /metrics", httpauth.SameSite(httpauth.Basic(d.m.Handler(), d.pageAuth)))
 	traceH := httpauth.SameSite(httpauth.Basic(status.TraceHandler(info, d.searchAudit()), d.pageAuth))
 	mux.Handle("GET /trace", traceH)
