@@ -44,6 +44,13 @@ type Manager interface {
 	Drop(id string) error
 	// Requeue moves a dead letter back into the queue, due now.
 	Requeue(id string) error
+	// Select lists a page of the messages f selects, oldest first,
+	// after the continuation after ("" from the start), at most limit
+	// (0: DefaultPage); the bridge holds no more than the page for it.
+	Select(f Filter, after string, limit int) (Page, error)
+	// RetryWhere and DropWhere retry or drop what f selects.
+	RetryWhere(f Filter) (int, error)
+	DropWhere(f Filter) (int, error)
 }
 
 // Errors of a Manager.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/smtpbridge/smtpbridge/internal/adminapi"
@@ -31,8 +32,26 @@ func Handler(m Manager) http.Handler {
 		reply(w, map[string]any{"ok": true}, nil)
 	})
 	mux.HandleFunc("GET /api/queue", func(w http.ResponseWriter, r *http.Request) {
-		items, err := m.List()
-		reply(w, map[string]any{"messages": items}, err)
+		f, err := FilterOf(r.URL.Query())
+		if err != nil {
+			adminapi.WriteJSON(w, http.StatusBadRequest, apiError{err.Error()})
+			return
+		}
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		p, err := m.Select(f, r.URL.Query().Get("after"), limit)
+		reply(w, p, err)
+	})
+	mux.HandleFunc("POST /api/queue/drop", func(w http.ResponseWriter, r *http.Request) {
+		f, err := FilterOf(r.URL.Query())
+		if err == nil && f.Empty() {
+			err = errors.New("name what to drop: a device, mailbox, tenant, state or age")
+		}
+		if err != nil {
+			adminapi.WriteJSON(w, http.StatusBadRequest, apiError{err.Error()})
+			return
+		}
+		n, err := m.DropWhere(f)
+		reply(w, map[string]any{"dropped": n}, err)
 	})
 	mux.HandleFunc("GET /api/dead", func(w http.ResponseWriter, r *http.Request) {
 		items, err := m.Dead()
@@ -46,12 +65,19 @@ func Handler(m Manager) http.Handler {
 		reply(w, map[string]any{"retried": 1}, m.Retry(r.PathValue("id")))
 	})
 	mux.HandleFunc("POST /api/queue/retry", func(w http.ResponseWriter, r *http.Request) {
+		f, err := FilterOf(r.URL.Query())
+		if err != nil {
+			adminapi.WriteJSON(w, http.StatusBadRequest, apiError{err.Error()})
+			return
+		}
 		var n int
-		var err error
-		if mb := r.URL.Query().Get("mailbox"); mb != "" {
-			n, err = m.RetryMailbox(mb)
-		} else {
+		switch {
+		case f.Empty():
 			n, err = m.RetryAll()
+		case f == Filter{Mailbox: f.Mailbox}:
+			n, err = m.RetryMailbox(f.Mailbox)
+		default:
+			n, err = m.RetryWhere(f)
 		}
 		reply(w, map[string]any{"retried": n}, err)
 	})
@@ -118,11 +144,50 @@ func (c *Client) Ping() error {
 	return c.do("GET", "/api/ping", &r)
 }
 
-// List implements Manager.
+// List implements Manager, a page at a time.
 func (c *Client) List() ([]Item, error) {
-	var r itemsReply
-	err := c.do("GET", "/api/queue", &r)
-	return r.Messages, err
+	var all []Item
+	after := ""
+	for {
+		p, err := c.Select(Filter{}, after, MaxPage)
+		all = append(all, p.Items...)
+		if err != nil || p.Next == "" {
+			return all, err
+		}
+		after = p.Next
+	}
+}
+
+// Select implements Manager.
+func (c *Client) Select(f Filter, after string, limit int) (Page, error) {
+	v := f.Values()
+	if after != "" {
+		v.Set("after", after)
+	}
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	var p Page
+	err := c.do("GET", "/api/queue?"+v.Encode(), &p)
+	return p, err
+}
+
+// RetryWhere implements Manager.
+func (c *Client) RetryWhere(f Filter) (int, error) {
+	var r struct {
+		Retried int `json:"retried"`
+	}
+	err := c.do("POST", "/api/queue/retry?"+f.Values().Encode(), &r)
+	return r.Retried, err
+}
+
+// DropWhere implements Manager.
+func (c *Client) DropWhere(f Filter) (int, error) {
+	var r struct {
+		Dropped int `json:"dropped"`
+	}
+	err := c.do("POST", "/api/queue/drop?"+f.Values().Encode(), &r)
+	return r.Dropped, err
 }
 
 // Dead implements Manager.

@@ -285,6 +285,17 @@ func TestQueueCommand(t *testing.T) {
 	if out := cli(false, "queue", "list"); !strings.Contains(out, deferred.ID) || !strings.Contains(out, "1 deferred") || !strings.Contains(out, "bridge at "+filepath.Join(u.dir, "spool", "admin.sock")) {
 		t.Errorf("queue list:\n%s", out)
 	}
+	// Filters through the running bridge's admin API.
+	waitFor("the device's deferred message", "queue", "list", "--device", "mfp-2f", "--state", "deferred", "--limit", "5", "--json")
+	if out := cli(false, "queue", "list", "--device", "nobody", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("queue list --device nobody:\n%s", out)
+	}
+	if out := cli(false, "queue", "dead", "--mailbox", "SCANNER@contoso.example", "--older-than", "1h"); !strings.Contains(out, "no messages") {
+		t.Errorf("queue dead --older-than 1h lists a message received just now:\n%s", out)
+	}
+	if out := cli(true, "queue", "list", "--state", "stuck"); !strings.Contains(out, `unknown state "stuck"`) {
+		t.Errorf("queue list --state stuck:\n%s", out)
+	}
 	if out := cli(false, "queue", "show", dead.ID); !strings.Contains(out, "Dead because:") || !strings.Contains(out, "RESOLVER.ADR.RecipientNotFound") {
 		t.Errorf("queue show:\n%s", out)
 	}
@@ -310,7 +321,9 @@ func TestQueueCommand(t *testing.T) {
 	if out := cli(false, "queue", "list", "--json"); !strings.Contains(out, dead.ID) {
 		t.Errorf("requeued message not listed:\n%s", out)
 	}
-	cli(false, "queue", "drop", dead.ID)
+	if out := cli(false, "queue", "drop", "--device", "mfp-2f", "--state", "deferred"); !strings.Contains(out, "dropped 1 message(s)") {
+		t.Errorf("queue drop --device mfp-2f --state deferred:\n%s\n%s", out, cli(false, "queue", "list", "--json"))
+	}
 	if out := cli(false, "queue", "list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("queue not empty after drop:\n%s", out)
 	}

@@ -17,14 +17,23 @@ import (
 const queueUsage = `Usage: smtpbridge queue COMMAND [flags] [ID]
 
 Commands:
-  list            queued messages (waiting for their first or next attempt)
+  list            queued messages (waiting for their first or next
+                  attempt), oldest first, as the bridge sends them page
+                  by page; the filters below choose which
   show ID         one message, queued or dead, with its last reply
-  retry ID|--all|--mailbox M
-                  make a queued message (all of them, or a mailbox's,
-                  lifting its hold) due now
-  drop ID         delete a queued message or a dead letter
-  dead            the dead letters
+  retry ID|--all|FILTERS
+                  make a queued message (all of them, or those the
+                  filters select, lifting their mailboxes' holds) due now
+  drop ID|FILTERS delete a queued message or a dead letter, or all those
+                  the filters select (at least one filter), e.g.
+                  queue drop --device mfp-3f --state dead
+  dead            the dead letters (list --state dead)
   requeue ID      move a dead letter back into the queue, due now
+
+Filters (list, dead, retry, drop): --device NAME, --mailbox ADDRESS,
+--tenant NAME, --state queued|deferred|delivering|dead, --older-than 2h.
+list and dead print everything selected unless --limit N; then the last
+line gives the --after value that goes on from there.
 
 Where: the running bridge's admin socket (admin.sock in spool.dir, from
 --config), or, when no bridge answers there, the stopped bridge's
@@ -51,13 +60,27 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	spoolDir := fs.String("spool", "", "work on the stopped bridge's spool `DIR` directly")
 	asJSON := fs.Bool("json", false, "print JSON")
 	all := fs.Bool("all", false, "retry: every queued message")
-	mailbox := fs.String("mailbox", "", "retry: every queued message of this mailbox, lifting its hold (after a fix)")
+	var f queue.Filter
+	fs.StringVar(&f.Mailbox, "mailbox", "", "select the messages sent as this `mailbox` (retry lifts its hold: after a fix)")
+	fs.StringVar(&f.Device, "device", "", "select the messages of this `device`")
+	fs.StringVar(&f.Tenant, "tenant", "", "select the messages of this `tenant`")
+	fs.StringVar(&f.State, "state", "", "select the messages in this `state`: queued, deferred, delivering or dead")
+	fs.DurationVar(&f.OlderThan, "older-than", 0, "select the messages received longer ago than this `duration` (e.g. 2h)")
+	limit := fs.Int("limit", 0, "list, dead: print at most `N` messages")
+	after := fs.String("after", "", "list, dead: go on after this `value` (printed as the last line of a --limit listing)")
 	fs.Usage = func() { fmt.Fprint(stderr, queueUsage); fs.PrintDefaults() }
 	pos, err := parseInterspersed(fs, args, stderr)
 	if err != nil {
 		return err
 	}
-	needID := map[string]bool{"show": true, "drop": true, "requeue": true, "retry": !*all && *mailbox == ""}
+	if err := f.Check(); err != nil {
+		return usageError{"queue " + sub + ": " + err.Error()}
+	}
+	if *limit < 0 {
+		return usageError{"queue " + sub + ": --limit must be positive"}
+	}
+	filtered := !f.Empty()
+	needID := map[string]bool{"show": true, "drop": !filtered, "requeue": true, "retry": !*all && !filtered}
 	switch sub {
 	case "list", "dead", "show", "retry", "drop", "requeue":
 	default:
@@ -74,17 +97,24 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closeFn()
-	c := queueCmd{m: m, where: where, w: stdout, json: *asJSON}
+	c := queueCmd{m: m, where: where, w: stdout, stderr: stderr, json: *asJSON}
 	if len(pos) == 1 {
 		c.id = pos[0]
 	}
 	switch sub {
 	case "list", "dead":
-		return c.list(sub == "dead")
+		if sub == "dead" {
+			f.State = queue.StateDead
+		}
+		return c.list(f, *after, *limit)
 	case "show":
 		return c.show()
 	case "retry":
-		return c.retry(*all, *mailbox)
+		return c.retry(*all, f)
+	case "drop":
+		if filtered {
+			return c.dropWhere(f)
+		}
 	}
 	return c.change(sub)
 }
@@ -92,11 +122,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 // queueCmd is one queue command's work on a queue, the bridge's or a
 // stopped spool's (where), printing to w.
 type queueCmd struct {
-	m     queue.Manager
-	where string
-	w     io.Writer
-	json  bool
-	id    string
+	m         queue.Manager
+	where     string
+	w, stderr io.Writer
+	json      bool
+	id        string
 }
 
 // out prints v as JSON with --json, or runs text.
@@ -110,26 +140,66 @@ func (c queueCmd) out(v any, text func()) error {
 	return nil
 }
 
-func (c queueCmd) list(dead bool) error {
-	var items []queue.Item
-	var err error
-	if dead {
-		items, err = c.m.Dead()
-	} else {
-		items, err = c.m.List()
+// list prints what f selects a page at a time as the bridge sends it:
+// the bridge keeps no more than a page in memory for it, and neither does
+// this command (JSON is written item by item, as an array).
+func (c queueCmd) list(f queue.Filter, after string, limit int) error {
+	lw := queue.NewListWriter(c.w, f.State == queue.StateDead)
+	enc := json.NewEncoder(c.w)
+	if c.json {
+		fmt.Fprint(c.w, "[")
 	}
-	if err != nil && items == nil {
+	shown, matched, next := 0, 0, after
+	for first := true; first || next != ""; first = false {
+		size := queue.MaxPage
+		if limit > 0 {
+			size = min(size, limit-shown)
+		}
+		if size <= 0 {
+			break
+		}
+		p, err := c.m.Select(f, next, size)
+		if err != nil {
+			return err
+		}
+		for _, it := range p.Items {
+			if c.json {
+				if shown > 0 {
+					fmt.Fprint(c.w, ",")
+				}
+				fmt.Fprint(c.w, "\n")
+				if err := enc.Encode(it); err != nil {
+					return err
+				}
+			}
+			shown++
+		}
+		if !c.json {
+			lw.Write(p.Items)
+		}
+		matched, next = p.Matched, p.Next
+	}
+	if c.json {
+		fmt.Fprint(c.w, "]\n")
+		if next != "" {
+			fmt.Fprintf(c.stderr, "%d of %d message(s); more: add --after %s\n", shown, matched, next)
+		}
+		return nil
+	}
+	lw.Close(matched, next, c.where)
+	if qc, ok := c.m.(*queue.Client); ok {
+		printReplicas(c.w, qc)
+	}
+	return nil
+}
+
+// dropWhere drops what f selects.
+func (c queueCmd) dropWhere(f queue.Filter) error {
+	n, err := c.m.DropWhere(f)
+	if err != nil && n == 0 {
 		return err
 	}
-	if items == nil {
-		items = []queue.Item{}
-	}
-	perr := c.out(items, func() {
-		queue.WriteList(c.w, items, dead, c.where)
-		if qc, ok := c.m.(*queue.Client); ok {
-			printReplicas(c.w, qc)
-		}
-	})
+	perr := c.out(map[string]int{"dropped": n}, func() { fmt.Fprintf(c.w, "dropped %d message(s) (%s)\n", n, c.where) })
 	return errors.Join(err, perr)
 }
 
@@ -141,13 +211,15 @@ func (c queueCmd) show() error {
 	return c.out(it, func() { queue.WriteItem(c.w, it) })
 }
 
-func (c queueCmd) retry(all bool, mailbox string) error {
+func (c queueCmd) retry(all bool, f queue.Filter) error {
 	n, err := 1, error(nil)
 	switch {
 	case all:
 		n, err = c.m.RetryAll()
-	case mailbox != "":
-		n, err = c.m.RetryMailbox(mailbox)
+	case f == queue.Filter{Mailbox: f.Mailbox} && f.Mailbox != "":
+		n, err = c.m.RetryMailbox(f.Mailbox)
+	case !f.Empty():
+		n, err = c.m.RetryWhere(f)
 	default:
 		err = c.m.Retry(c.id)
 	}
