@@ -202,7 +202,7 @@ func (q *Queue) Drop(id string) error {
 	q.mu.Lock()
 	e := q.entries[id]
 	switch {
-	case e != nil && e.running:
+	case e != nil && (e.running || e.unpaying):
 		q.mu.Unlock()
 		return ErrBusy
 	case e != nil:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -34,7 +35,9 @@ const (
 // abandonAfter is how long an attempt whose context ended (its limit, or
 // the shutdown) may take to return before it is abandoned: settled as a
 // strike while its goroutine runs on. Tests shorten it.
-var abandonAfter = 5 * time.Second
+var abandonAfter atomic.Int64 // a time.Duration: 5 s (init)
+
+func init() { abandonAfter.Store(int64(5 * time.Second)) }
 
 // errStopped is the strike found at start: the bridge ended during the
 // message's attempt.
@@ -108,7 +111,7 @@ func (q *Queue) attemptOnce(msg *message.Message, log zerolog.Logger) (receipt m
 			return e.receipt, e.err, true, nil
 		}
 		return message.Receipt{}, overrun, true, nil
-	case <-time.After(abandonAfter):
+	case <-time.After(time.Duration(abandonAfter.Load())):
 		log.Error().Dur("limit", limit).Msg("an attempt did not stop when told to; it is abandoned, and its message not tried again until it ends")
 		if q.ctx.Err() != nil {
 			return message.Receipt{}, strikeError(errors.New("the attempt did not stop at the shutdown")), true, returned

@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -236,5 +237,64 @@ func TestCloseWithinGrace(t *testing.T) {
 	q.Close(time.Second)
 	if took := time.Since(start); took > 1500*time.Millisecond {
 		t.Errorf("Close(1s) took %s", took)
+	}
+}
+
+// A backlog that waits for its first attempts (its mailbox's one
+// connection busy, Exchange slow or down) is not struck by a restart:
+// only the message whose attempt was under way is. Before, every message
+// of the backlog kept "attempt under way" on disk from its commit, so
+// two restarts in a row buried the whole backlog as poison, and each
+// restart rewrote every record.
+func TestBacklogSurvivesRestarts(t *testing.T) {
+	defer queue.SetAbandonAfter(100 * time.Millisecond)()
+	defer queue.SetUnpayAfter(200 * time.Millisecond)()
+	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
+	defer close(tr.release)
+	dir := tempdir.New(t)
+	var log strings.Builder
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test",
+		Settings: queue.Settings{RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second,
+			AttemptLimit: time.Hour, Concurrency: func(string) int { return 1 }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	for i := range 5 {
+		queueMessage(t, q, "poison@contoso.example", fmt.Sprintf("backlog-%d", i))
+	}
+	testenv.Eventually(t, "the waiting four marked as not under way", 5*time.Second, func() bool {
+		m, _ := sp.List()
+		n := 0
+		for _, x := range m {
+			if !x.Attempting {
+				n++
+			}
+		}
+		return tr.poison.Load() == 1 && n == 4
+	})
+	q.Close(0) // the bridge stops with one attempt stuck
+	for run := 1; run <= 2; run++ {
+		q2, sp2 := poisonQueue(t, &misbehaving{}, dir, &log)
+		m, _ := sp2.List()
+		d, _ := sp2.Dead()
+		struck := 0
+		for _, x := range m {
+			struck += x.Strikes
+			if x.Strikes == 0 && x.Attempts != 0 {
+				t.Errorf("run %d: %s counts %d attempts, none was made", run, x.ID, x.Attempts)
+			}
+		}
+		if run == 1 && (len(m) != 5 || struck != 1) {
+			t.Errorf("after the first stop: %d queued with %d strikes; want 5 with the one stuck attempt's", len(m), struck)
+		}
+		if run == 2 && (len(m) != 5 || len(d) != 0) {
+			t.Errorf("after the second stop: %d queued, %d dead; want the whole backlog queued", len(m), len(d))
+		}
+		q2.Close(0)
 	}
 }

@@ -126,9 +126,13 @@ type entry struct {
 	due  time.Time // when the runner may start the next attempt
 	// paid means the spool already counts the next attempt (Attempts and
 	// NextAttempt written at commit), so it need not be written again.
-	paid    bool
-	running bool
-	waiter  chan result // a hybrid session waiting for the first attempt
+	paid bool
+	// paidAt is when a paid entry was committed; unpaying is set while
+	// its record is rewritten as not under way (unpay).
+	paidAt   time.Time
+	unpaying bool
+	running  bool
+	waiter   chan result // a hybrid session waiting for the first attempt
 	// abandoned is closed when an attempt that was abandoned (it did
 	// not stop when told) returns at last; until then the message is
 	// not tried again.
@@ -294,9 +298,59 @@ const idleWait = time.Minute
 func (q *Queue) dispatch(now time.Time) time.Duration {
 	q.mu.Lock()
 	next, met := q.dispatchLocked(now)
+	unpay := q.unpaidLocked(now)
 	q.mu.Unlock()
 	q.met(met)
-	return next
+	q.unpay(unpay)
+	if len(unpay) > 0 {
+		return time.Millisecond // they may go now
+	}
+	return min(next, time.Duration(unpayAfter.Load()))
+}
+
+// unpayAfter is how long a message whose record says its first attempt
+// is under way (paid, to save a write) may wait for that attempt (its
+// lane full or paused, Exchange down) before the record is rewritten to
+// say it is not: otherwise a restart would count a strike against every
+// message of a backlog (the poison rule), and a second one bury them all.
+var unpayAfter atomic.Int64 // a time.Duration; 5 s (init)
+
+func init() { unpayAfter.Store(int64(5 * time.Second)) }
+
+// unpaidLocked picks the paid entries that have waited past unpayAfter
+// without their attempt starting, and marks them; q.mu is held.
+func (q *Queue) unpaidLocked(now time.Time) []spool.Meta {
+	var out []spool.Meta
+	for _, e := range q.entries {
+		if !e.paid || e.running || e.unpaying || now.Sub(e.paidAt) < time.Duration(unpayAfter.Load()) {
+			continue
+		}
+		e.paid, e.unpaying = false, true
+		e.meta.Attempting = false
+		e.meta.Attempts = max(e.meta.Attempts-1, 0)
+		out = append(out, e.meta)
+	}
+	return out
+}
+
+// unpay rewrites the records unpaidLocked picked, then lets their
+// entries go.
+func (q *Queue) unpay(metas []spool.Meta) {
+	for _, m := range metas {
+		if err := q.o.Spool.Update(m); err != nil && !errors.Is(err, spool.ErrNotFound) {
+			q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record in the spool that the message waits for its first attempt")
+		}
+	}
+	if len(metas) == 0 {
+		return
+	}
+	q.mu.Lock()
+	for _, m := range metas {
+		if e := q.entries[m.ID]; e != nil {
+			e.unpaying = false
+		}
+	}
+	q.mu.Unlock()
 }
 
 func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
@@ -308,7 +362,7 @@ func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 	var met []meetHold
 	probes := map[laneKey]*entry{} // the oldest message of each held lane whose probe is due
 	for _, e := range q.entries {
-		if e.running || e.abandoned != nil && !closedNow(e) {
+		if e.running || e.unpaying || e.abandoned != nil && !closedNow(e) {
 			continue
 		}
 		k := keyOf(e)

@@ -253,7 +253,7 @@ func (q *Queue) DropWhere(f Filter) (int, error) {
 	q.mu.Lock()
 	var ids []string
 	for id, e := range q.entries {
-		if !e.running && f.Match(e.item(), now) {
+		if !e.running && !e.unpaying && f.Match(e.item(), now) {
 			ids = append(ids, id)
 		}
 	}

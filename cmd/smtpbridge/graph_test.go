@@ -165,16 +165,16 @@ func TestGraphTransport(t *testing.T) {
 		t.Errorf("contoso's grants: %d for Graph, %d for Exchange; want 1 each (each cached for its lifetime)", g, s)
 	}
 
-	// The status page shows the last delivery's request-id, the audit
+	// The device's page shows its last delivery's request-id, the audit
 	// log each delivery's.
-	resp, err := http.Get("http://" + httpAddr + "/")
+	resp, err := http.Get("http://" + httpAddr + "/device/mfp-2f")
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if g := graphMessage(u.Graph, "graph throttled"); !strings.Contains(string(page), g.RequestID) {
-		t.Errorf("the status page lacks the last delivery's request-id %s", g.RequestID)
+		t.Errorf("the device's page lacks its last delivery's request-id %s", g.RequestID)
 	}
 	p.stop(t)
 	audit, err := os.ReadFile(filepath.Join(u.dir, "audit.log"))
