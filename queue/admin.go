@@ -95,6 +95,7 @@ var _ Manager = (*Queue)(nil)
 
 // List implements Manager.
 func (q *Queue) List() ([]Item, error) {
+	q.waitLoaded()
 	q.mu.Lock()
 	items := make([]Item, 0, len(q.entries))
 	for _, e := range q.entries {
@@ -119,6 +120,7 @@ func (q *Queue) Dead() ([]Item, error) { return deadItems(q.o.Spool) }
 
 // Show implements Manager.
 func (q *Queue) Show(id string) (Item, error) {
+	q.waitLoaded()
 	q.mu.Lock()
 	e := q.entries[id]
 	var it Item
@@ -135,6 +137,7 @@ func (q *Queue) Show(id string) (Item, error) {
 // Retry implements Manager. It also lifts the mailbox's pause, so that an
 // admin who fixed the cause sees the result at once.
 func (q *Queue) Retry(id string) error {
+	q.waitLoaded()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	e := q.entries[id]
@@ -167,6 +170,7 @@ func (q *Queue) DueAll() int { return q.retry("", false) }
 // retry makes the queued messages of mailbox ("" for all) due now,
 // lifting their mailboxes' pauses, and their holds with lift.
 func (q *Queue) retry(mailbox string, lift bool) int {
+	q.waitLoaded()
 	q.mu.Lock()
 	now := time.Now()
 	n := 0
@@ -199,6 +203,7 @@ func (q *Queue) retry(mailbox string, lift bool) int {
 
 // Drop implements Manager.
 func (q *Queue) Drop(id string) error {
+	q.waitLoaded()
 	q.mu.Lock()
 	e := q.entries[id]
 	switch {

@@ -93,6 +93,10 @@ type Options struct {
 	Events audit.Observer
 	// Holds is told when a mailbox is held or released; nil: nobody.
 	Holds HoldObserver
+	// LoadInBackground reads the spool's queued messages when Start runs,
+	// before the first attempt, instead of in New: the bridge listens at
+	// once however long the queue, and takes new messages meanwhile.
+	LoadInBackground bool
 }
 
 // Queue is the delivery queue over a spool: queue mode.
@@ -104,6 +108,9 @@ type Queue struct {
 	cancel context.CancelFunc
 	wake   chan struct{}
 	stop   chan struct{}
+	// loaded is closed once the queued messages were read from the
+	// spool (load).
+	loaded chan struct{}
 	done   chan struct{}
 	wg     sync.WaitGroup // attempts in flight
 
@@ -174,27 +181,56 @@ func New(o Options) (*Queue, error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 		entries: map[string]*entry{}, lanes: map[laneKey]*lane{}}
 	q.cur.Store(&o.Settings)
+	q.loaded = make(chan struct{})
+	if !o.LoadInBackground {
+		q.load()
+	}
+	return q, nil
+}
+
+// waitLoaded waits, for the admin's tools, until the queue has read the
+// spool (a background load takes a few seconds at 100,000 messages), so
+// that what they list and change is the whole queue.
+func (q *Queue) waitLoaded() {
+	select {
+	case <-q.loaded:
+	case <-time.After(time.Minute):
+	}
+}
+
+// load reads the queued messages from the spool: the strikes of those
+// whose attempt the last run left under way, the holds the last run had,
+// and an entry for each.
+func (q *Queue) load() {
+	start := time.Now()
+	o := q.o
 	metas, err := o.Spool.List()
 	if err != nil {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
 		o.Log.Error().Err(err).Msg("some queued messages could not be read; they stay in the spool untouched")
 	}
 	buried := q.strikesFromLastRun(metas)
+	isBuried := make(map[string]bool, len(buried))
+	for _, b := range buried {
+		isBuried[b.ID] = true
+	}
+	q.mu.Lock()
 	q.holdsFromSpool(metas)
 	for _, m := range metas {
-		if !slices.ContainsFunc(buried, func(b spool.Meta) bool { return b.ID == m.ID }) {
+		if !isBuried[m.ID] {
 			q.entries[m.ID] = &entry{meta: m, due: m.NextAttempt}
 		}
 	}
+	q.mu.Unlock()
+	close(q.loaded)
 	if len(metas) > 0 {
-		o.Log.Info().Int("messages", len(metas)-len(buried)).Msg("queue reloaded from the spool")
+		o.Log.Info().Int("messages", len(metas)-len(buried)).Dur("took", time.Since(start)).Msg("queue reloaded from the spool")
 	}
 	for _, m := range buried {
 		log := o.Log.With().Str("msg_id", m.ID).Str("device", m.Device).Str("tenant", m.Tenant).Logger()
 		log.Error().Int("strikes", m.Strikes).Msg("the bridge stopped during this message's attempts twice in a row: it goes to the dead letters, not tried again")
 		q.bury(m, audit.ReasonPoison, poisonReason(m.Strikes, errStopped), log)
 	}
-	return q, nil
 }
 
 // settings returns the current reloadable settings.
@@ -274,6 +310,9 @@ func (q *Queue) kick() {
 
 func (q *Queue) run() {
 	defer close(q.done)
+	if q.o.LoadInBackground {
+		q.load()
+	}
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {

@@ -174,6 +174,7 @@ func (s *selection) page() Page {
 // Select implements Manager: the queued messages are read from memory,
 // the dead letters (state dead) from the spool.
 func (q *Queue) Select(f Filter, after string, limit int) (Page, error) {
+	q.waitLoaded()
 	s, err := newSelection(f, after, limit)
 	if err != nil {
 		return Page{}, err
@@ -197,6 +198,7 @@ func (q *Queue) Select(f Filter, after string, limit int) (Page, error) {
 // now, and their mailboxes' pauses and holds lifted (the admin says the
 // cause is fixed).
 func (q *Queue) RetryWhere(f Filter) (int, error) {
+	q.waitLoaded()
 	if f.State == StateDead {
 		return 0, errors.New("dead letters are not retried: requeue them (smtpbridge queue requeue ID)")
 	}
@@ -231,6 +233,7 @@ func (q *Queue) RetryWhere(f Filter) (int, error) {
 // DropWhere implements Manager: the selected messages are deleted, each
 // logged; a message being delivered is left (and counted in busy).
 func (q *Queue) DropWhere(f Filter) (int, error) {
+	q.waitLoaded()
 	if f.Empty() {
 		return 0, errors.New("name what to drop: a device, mailbox, tenant, state or age")
 	}

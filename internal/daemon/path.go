@@ -106,7 +106,7 @@ func NewPath(p Parts, o PathOptions) (*Path, error) {
 	modes := queue.Modes{message.ModeSync: queue.Sync{Transport: x.Refusals, Events: o.Events}}
 	if o.Spool != nil {
 		x.Queue, err = queue.New(queue.Options{Settings: p.Queue, Spool: o.Spool, Transport: x.Refusals,
-			Hostname: p.Hostname, Log: o.Log, Events: o.Events, Holds: o.Holds})
+			Hostname: p.Hostname, Log: o.Log, Events: o.Events, Holds: o.Holds, LoadInBackground: true})
 		if err != nil {
 			x.closeTransports()
 			return nil, err
