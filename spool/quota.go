@@ -44,6 +44,8 @@ type usage struct {
 	quota    Quota
 	total    int64
 	byDevice map[string]int64
+	// uncounted are the messages Open found and has not counted yet.
+	uncounted map[string]bool
 }
 
 // freeCheckEvery is how often, in bytes written, a writer asks the
@@ -106,13 +108,7 @@ func (u *usage) add(device string, own bool, n int64, check bool) error {
 			}
 		}
 	}
-	u.total += n
-	if u.byDevice == nil {
-		u.byDevice = map[string]int64{}
-	}
-	if u.byDevice[device] += n; u.byDevice[device] <= 0 {
-		delete(u.byDevice, device)
-	}
+	u.addLocked(device, n)
 	return nil
 }
 
@@ -123,8 +119,30 @@ func (u *usage) minFree() int64 {
 	return u.quota.MinFreeBytes
 }
 
-// countMeta counts a committed message found at Open.
-func (u *usage) countMeta(m Meta) { u.add(m.Device, m.DSNFor == "", m.Size, false) }
+// addLocked counts n more bytes of a device's message; u.mu is held.
+func (u *usage) addLocked(device string, n int64) {
+	u.total += n
+	if u.byDevice == nil {
+		u.byDevice = map[string]int64{}
+	}
+	if u.byDevice[device] += n; u.byDevice[device] <= 0 {
+		delete(u.byDevice, device)
+	}
+}
+
+// forget takes a removed message's bytes off, unless Open found it and
+// it was never counted (then it is only struck from those to count).
+func (u *usage) forget(id, device string, n int64, counts bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.uncounted[id] {
+		delete(u.uncounted, id)
+		return
+	}
+	if counts {
+		u.addLocked(device, -n)
+	}
+}
 
 // TakeScratch counts n bytes of an attempt's temporary files (a large
 // message's attachments decoded for Microsoft Graph) against the spool's

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/smtpbridge/smtpbridge/internal/tempdir"
@@ -111,5 +112,70 @@ func TestScratch(t *testing.T) {
 	s.ReleaseScratch(8_000)
 	if _, err := write(t, s, "mfp", 3_000); err != nil {
 		t.Errorf("after the scratch went: %v", err)
+	}
+}
+
+// A spool opened in the background counts what it holds while it takes
+// and removes messages: each message found is counted once, and one
+// removed or buried before its turn neither counts nor drives the count
+// below what is left.
+func TestOpenBackgroundCountsOnce(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metas []Meta
+	for i := range 400 {
+		metas = append(metas, put(t, s, strings.Repeat("x", 100+i)))
+	}
+	defer func(f func()) { beforeCount = f }(beforeCount)
+	for run := range 5 {
+		// The count starts after the changes in even runs, during them
+		// in odd ones.
+		hold := make(chan struct{})
+		beforeCount = func() {
+			if run%2 == 0 {
+				<-hold
+			}
+		}
+		s2, err := OpenBackground(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// While it counts: a new message, some removed, some buried.
+		fresh := put(t, s2, strings.Repeat("y", 1000))
+		var left int64 = fresh.Size
+		for i, m := range metas {
+			switch i % 4 {
+			case 0:
+				if err := s2.Remove(m.ID); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			case 1:
+				if err := s2.Bury(m, "test"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			left += m.Size
+		}
+		close(hold)
+		<-s2.Counted()
+		if u := s2.Usage(); u.Bytes != left || u.Devices["mfp"] != left {
+			t.Fatalf("run %d: %d bytes counted (%d for the device), %d left in the spool", run, u.Bytes, u.Devices["mfp"], left)
+		}
+		// What is left, buried ones included, for the next run.
+		q, _ := s2.List()
+		d, _ := s2.Dead()
+		for _, m := range d {
+			if err := s2.RemoveDead(m.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		metas = q
+		if u := s2.Usage(); u.Bytes < 0 {
+			t.Fatalf("run %d: negative count %d", run, u.Bytes)
+		}
 	}
 }

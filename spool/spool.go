@@ -80,8 +80,9 @@ func (m Meta) Since() time.Time {
 // Spool is an open spool directory. Its methods are safe for concurrent
 // use on different message IDs.
 type Spool struct {
-	dir string
-	use usage
+	dir     string
+	use     usage
+	counted chan struct{} // closed when countFound is done
 }
 
 const (
@@ -96,7 +97,21 @@ var ErrNotFound = errors.New("message not in the spool")
 // Open creates the directory layout if needed, removes what a crash left
 // half-written, and returns the spool.
 func Open(dir string) (*Spool, error) {
-	s := &Spool{dir: dir}
+	s, err := OpenBackground(dir)
+	if err != nil {
+		return nil, err
+	}
+	<-s.counted
+	return s, nil
+}
+
+// OpenBackground is Open, but counts the bytes of the messages already in
+// the spool in the background, so that a bridge with 100,000 queued
+// listens at once (reading them takes seconds). Until they are counted
+// the bounds see only what came since: a spool at its bound may take a
+// few more messages in those seconds, never lose one.
+func OpenBackground(dir string) (*Spool, error) {
+	s := &Spool{dir: dir, counted: make(chan struct{})}
 	for _, d := range []string{tmpDir, queueDir, deadDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
@@ -105,14 +120,53 @@ func Open(dir string) (*Spool, error) {
 	if err := s.recover(); err != nil {
 		return nil, err
 	}
-	for _, dir := range []string{queueDir, deadDir} {
-		metas, _ := s.list(dir) // unreadable ones are reported by whoever lists them
-		for _, m := range metas {
-			s.use.countMeta(m)
+	var ids []string
+	for _, d := range []string{queueDir, deadDir} {
+		entries, err := os.ReadDir(filepath.Join(s.dir, d))
+		if err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		for _, e := range entries {
+			if id, ok := strings.CutSuffix(e.Name(), ".json"); ok && validID(id) {
+				ids = append(ids, id)
+			}
 		}
 	}
+	s.use.uncounted = make(map[string]bool, len(ids))
+	for _, id := range ids {
+		s.use.uncounted[id] = true
+	}
+	go s.countFound(ids)
 	return s, nil
 }
+
+// countFound counts the messages Open found, each once: one removed
+// meanwhile was not counted and is not taken off (usage.forget).
+func (s *Spool) countFound(ids []string) {
+	defer close(s.counted)
+	beforeCount()
+	for _, id := range ids {
+		m, err := s.readMeta(queueDir, id)
+		if err != nil {
+			if m, err = s.readMeta(deadDir, id); err != nil {
+				s.use.forget(id, "", 0, false)
+				continue // gone, or unreadable: whoever lists it reports it
+			}
+		}
+		s.use.mu.Lock()
+		if s.use.uncounted[id] {
+			delete(s.use.uncounted, id)
+			s.use.addLocked(m.Device, m.Size)
+		}
+		s.use.mu.Unlock()
+	}
+}
+
+// beforeCount runs before the background count starts (tests hold it).
+var beforeCount = func() {}
+
+// Counted is closed once the messages found at Open are counted.
+func (s *Spool) Counted() <-chan struct{} { return s.counted }
 
 // Dir is the spool's directory.
 func (s *Spool) Dir() string { return s.dir }
@@ -426,7 +480,7 @@ func (s *Spool) Remove(id string) error {
 	if err := s.removeQueued(id); err != nil {
 		return err
 	}
-	s.use.add(m.Device, m.DSNFor == "", -m.Size, false)
+	s.use.forget(id, m.Device, m.Size, true)
 	return nil
 }
 
@@ -548,7 +602,7 @@ func (s *Spool) RemoveDead(id string) error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	os.Remove(s.dataPath(deadDir, id))
-	s.use.add(m.Device, m.DSNFor == "", -m.Size, false)
+	s.use.forget(id, m.Device, m.Size, true)
 	return syncDir(filepath.Join(s.dir, deadDir))
 }
 

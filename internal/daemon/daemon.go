@@ -124,7 +124,7 @@ func (d *Daemon) openSpool() error {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	d.unlock = unlock
-	if d.sp, err = spool.Open(cfg.Spool.Dir); err != nil {
+	if d.sp, err = spool.OpenBackground(cfg.Spool.Dir); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
 	d.applyMemoryLimit(cfg)
