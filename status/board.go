@@ -110,13 +110,15 @@ func (b *Board) Configure(inv inventory.Inventory) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.inv = inv
+	names := make(map[string]bool, len(inv.Devices))
 	for _, d := range inv.Devices {
+		names[d.Name] = true
 		if b.devices[d.Name] == nil {
 			b.devices[d.Name] = &deviceState{}
 		}
 	}
 	for name := range b.devHist {
-		if !slices.ContainsFunc(inv.Devices, func(d inventory.Device) bool { return d.Name == name }) {
+		if !names[name] {
 			delete(b.devHist, name) // a removed device's chart goes with it
 		}
 	}

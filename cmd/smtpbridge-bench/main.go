@@ -85,6 +85,9 @@ type options struct {
 	binary   string
 	graph    bool
 	scan     int64
+	// The scale run (-scale).
+	scale           bool
+	tenants, queued int
 }
 
 // device is a configured device of the bridge: its login.
@@ -106,6 +109,9 @@ func run(args []string, out io.Writer) error {
 		if b, err := exec.Command("go", "build", "-o", o.binary, "github.com/smtpbridge/smtpbridge/cmd/smtpbridge").CombinedOutput(); err != nil {
 			return fmt.Errorf("build: %v\n%s", err, b)
 		}
+	}
+	if o.scale {
+		return runScale(o, dir, out)
 	}
 	w, err := startWorld(dir)
 	if err != nil {
@@ -168,6 +174,9 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.binary, "binary", "", "smtpbridge binary (default: build ./cmd/smtpbridge)")
 	fs.BoolVar(&o.graph, "graph", true, "also measure the Microsoft Graph transport")
 	fs.Int64Var(&o.scan, "scan", 30_000_000, "size of the scan sent through Graph (a PDF attachment)")
+	fs.BoolVar(&o.scale, "scale", false, "measure how the bridge grows with the fleet instead: -tenants, -devices, -queued")
+	fs.IntVar(&o.tenants, "tenants", 200, "with -scale: tenants")
+	fs.IntVar(&o.queued, "queued", 100_000, "with -scale: messages queued while Exchange is down")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -178,10 +187,26 @@ func parseOptions(args []string) (options, error) {
 		}
 		o.rtts = append(o.rtts, d)
 	}
+	if o.scale {
+		if !setFlag(fs, "devices") {
+			o.devices = 10_000
+		}
+		if o.tenants < 1 || o.devices < o.tenants || o.queued < 1 {
+			return o, errors.New("-tenants, -devices and -queued must be positive, and -devices at least -tenants")
+		}
+		return o, nil
+	}
 	if o.devices < 1 || o.n < o.devices || o.alone < 1 {
 		return o, errors.New("-devices, -n and -alone must be positive, and -n at least -devices")
 	}
 	return o, nil
+}
+
+// setFlag says whether the command line set the flag named name.
+func setFlag(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // bench is one run's set-up: the fake Microsoft side, the devices, the

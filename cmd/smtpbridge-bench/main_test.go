@@ -34,3 +34,29 @@ func TestBenchSmoke(t *testing.T) {
 		}
 	}
 }
+
+// The scale run builds a small fleet and prints every figure, each
+// with its target and verdict; the small run's figures are not
+// asserted, only that each was measured.
+func TestScaleSmoke(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"-scale", "-tenants", "3", "-devices", "30", "-queued", "300"}, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, re := range []string{
+		`scale: 3 tenants, 30 devices, 300 queued \(Exchange down\)`,
+		`start +greets after [0-9.]+ s; idle RSS [0-9.]+ MiB \(target < 96 MiB\) (ok|MISSED)`,
+		`status page +[0-9.]+ KB, first view in [0-9.]+ ms`,
+		`/metrics +[0-9]+ series, [0-9.]+ MB`,
+		`/metrics +per_device: false: [0-9]+ series`,
+		`health check 0 line\(s\) above debug`,
+		`queue +300 messages queued at [0-9]+ msg/s`,
+		`queue list +--mailbox M --limit 50: the bridge answers 50 items in [0-9]+ ms`,
+		`reload +30 devices in [0-9.]+ s .*; a logged-in device's next message: sent`,
+		`restart +with 300 queued: greets after [0-9.]+ s .*, queue scheduled after [0-9.]+ s`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out.String()) {
+			t.Errorf("output lacks /%s/:\n%s", re, out.String())
+		}
+	}
+}

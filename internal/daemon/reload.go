@@ -50,6 +50,7 @@ func (d *Daemon) Reload(source string) ReloadResult {
 	d.board.Reloaded(true, nil)
 	log.Info().Int("devices", len(d.cfg.Devices)).Int("tenants", len(d.cfg.Tenants)).Int("warnings", len(res.Warnings)).
 		Msg("configuration reloaded")
+	go returnGarbage()
 	return res
 }
 
