@@ -188,6 +188,9 @@ func New(o Options) (*Queue, error) {
 	return q, nil
 }
 
+// Loaded is closed once the queue has read the spool.
+func (q *Queue) Loaded() <-chan struct{} { return q.loaded }
+
 // waitLoaded waits, for the admin's tools, until the queue has read the
 // spool (a background load takes a few seconds at 100,000 messages), so
 // that what they list and change is the whole queue.

@@ -472,7 +472,7 @@ func (b *Board) devicePage(info PageInfo, name string, now time.Time) (devicePag
 	if i < 0 {
 		return devicePageView{}, false
 	}
-	d := b.inv.Devices[i]
+	d := &b.inv.Devices[i]
 	st := b.devices[d.Name]
 	if st == nil {
 		st = &deviceState{}

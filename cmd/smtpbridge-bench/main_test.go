@@ -52,7 +52,7 @@ func TestScaleSmoke(t *testing.T) {
 		`health check 0 line\(s\) above debug`,
 		`queue +300 messages queued at [0-9]+ msg/s`,
 		`queue list +--mailbox M --limit 50: the bridge answers 50 items in [0-9]+ ms`,
-		`reload +30 devices in [0-9.]+ s .*; a logged-in device's next message: sent`,
+		`reload +30 devices: the bridge reloads in [0-9.]+ s .*; a logged-in device's next message: sent`,
 		`restart +with 300 queued: greets after [0-9.]+ s .*, queue scheduled after [0-9.]+ s`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {

@@ -258,7 +258,13 @@ func (d *Daemon) Run(ctx context.Context, reloads <-chan string, started func())
 	d.checkSignIns(cfg)
 	d.log.Info().Str("version", d.o.Version).Str("hostname", d.hostname).Str("http", d.httpLn.Addr().String()).
 		Int("devices", len(cfg.Devices)).Int("tenants", len(cfg.Tenants)).Msg("smtpbridge started")
-	go returnGarbage()
+	go func() {
+		returnGarbage()
+		if d.path.Queue != nil {
+			<-d.path.Queue.Loaded() // reading a long queue leaves megabytes behind too
+			returnGarbage()
+		}
+	}()
 	if started != nil {
 		started()
 	}
