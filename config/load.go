@@ -26,12 +26,18 @@ type Problem struct {
 	Line    int    // 0 when unknown
 	Message string
 	Warning bool // a warning does not stop the bridge
+	// File is the included file the key is in (include:); "" for the
+	// config file itself.
+	File string
 }
 
 // In is the problem as a line of a file's report, in the file:line form
 // editors jump to: "path:12: key: msg", or "path: key: msg" without a
 // line.
 func (p Problem) In(path string) string {
+	if p.File != "" {
+		return p.String()
+	}
 	s := p.String()
 	if p.Line > 0 {
 		return path + ":" + strings.TrimPrefix(s, "line ")
@@ -41,7 +47,12 @@ func (p Problem) In(path string) string {
 
 func (p Problem) String() string {
 	var b strings.Builder
-	if p.Line > 0 {
+	switch {
+	case p.File != "" && p.Line > 0:
+		fmt.Fprintf(&b, "%s:%d: ", p.File, p.Line)
+	case p.File != "":
+		b.WriteString(p.File + ": ")
+	case p.Line > 0:
 		fmt.Fprintf(&b, "line %d: ", p.Line)
 	}
 	if p.Warning {
@@ -98,7 +109,7 @@ func load(path string, lookup func(string) (string, bool), sandboxDir string) (*
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, fromEnv: map[string]bool{}}
+	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, files: map[string]string{}, fromEnv: map[string]bool{}}
 	cfg := l.parse(data)
 	if cfg != nil {
 		cfg.Path, cfg.lines = path, l.lines
@@ -137,7 +148,7 @@ func LoadAdmin(path string) (*Config, error) {
 		}
 		return "unset", true
 	}
-	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, fromEnv: map[string]bool{}}
+	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, files: map[string]string{}, fromEnv: map[string]bool{}}
 	cfg := l.parse(data)
 	if cfg == nil {
 		return nil, &Error{File: path, Problems: l.problems}
@@ -158,8 +169,11 @@ func LoadAdmin(path string) (*Config, error) {
 }
 
 type loader struct {
-	file     string
-	dir      string
+	file string
+	dir  string
+	// files are the keys that come from included files (devices[12]),
+	// with the file's path as written in problems.
+	files    map[string]string
 	lookup   func(string) (string, bool)
 	lines    map[string]int  // key path -> line, for messages
 	fromEnv  map[string]bool // keys whose value came from ${VAR}
@@ -188,11 +202,26 @@ func (l *loader) checkInlineSecrets(c *Config) {
 }
 
 func (l *loader) errorf(key, format string, args ...any) {
-	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), Message: fmt.Sprintf(format, args...)})
+	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), File: l.fileOf(key), Message: fmt.Sprintf(format, args...)})
 }
 
 func (l *loader) warnf(key, format string, args ...any) {
-	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), Message: fmt.Sprintf(format, args...), Warning: true})
+	l.problems = append(l.problems, Problem{Key: key, Line: l.line(key), File: l.fileOf(key), Message: fmt.Sprintf(format, args...), Warning: true})
+}
+
+// fileOf is the included file key comes from, or "" for the config file.
+func (l *loader) fileOf(key string) string {
+	for key != "" {
+		if f, ok := l.files[key]; ok {
+			return f
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			break
+		}
+		key = key[:i]
+	}
+	return ""
 }
 
 // line returns the line of key, or of its nearest parent that is in the
@@ -243,6 +272,7 @@ func (l *loader) parse(data []byte) *Config {
 		return nil
 	}
 	doc := root.Content[0]
+	l.include(doc)
 	l.expandEnv(doc, "")
 	l.checkKeys(doc, reflect.TypeOf(Config{}), "")
 
