@@ -249,8 +249,10 @@ func TestCloseWithinGrace(t *testing.T) {
 func TestBacklogSurvivesRestarts(t *testing.T) {
 	defer queue.SetAbandonAfter(100 * time.Millisecond)()
 	defer queue.SetUnpayAfter(200 * time.Millisecond)()
+	// The stuck attempt is never released: released, it would settle
+	// into the spool while the test's directory is removed. Its
+	// goroutine ends with the test binary.
 	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
-	defer close(tr.release)
 	dir := tempdir.New(t)
 	var log strings.Builder
 	sp, err := spool.Open(dir)
