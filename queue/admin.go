@@ -236,7 +236,7 @@ func (q *Queue) Requeue(id string) error {
 		return err
 	}
 	q.mu.Lock()
-	q.entries[id] = &entry{meta: m, due: time.Now()}
+	q.entries[id] = &entry{meta: q.strs.meta(m), due: time.Now()}
 	q.mu.Unlock()
 	q.kick()
 	q.o.Events.Observe(event(audit.Requeued, m))

@@ -66,7 +66,7 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(s
 	if committed != nil {
 		committed(meta)
 	}
-	e := &entry{meta: meta, due: time.Now(), paid: true, paidAt: time.Now()}
+	e := &entry{meta: q.strs.meta(meta), due: time.Now(), paid: true, paidAt: time.Now()}
 	p := &pending{q: q, id: meta.ID}
 	if wait {
 		e.waiter = make(chan result, 1)
