@@ -397,11 +397,6 @@ func (b *Board) LastSeen() map[string]time.Time {
 	return b.times(func(d *deviceState) time.Time { return d.LastSeen })
 }
 
-// LastMessage returns when each device last sent a message, for metrics.
-func (b *Board) LastMessage() map[string]time.Time {
-	return b.times(func(d *deviceState) time.Time { return d.LastMessage })
-}
-
 func (b *Board) times(f func(*deviceState) time.Time) map[string]time.Time {
 	b.mu.Lock()
 	defer b.mu.Unlock()
