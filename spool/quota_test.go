@@ -120,7 +120,7 @@ func TestScratch(t *testing.T) {
 // removed or buried before its turn neither counts nor drives the count
 // below what is left.
 func TestOpenBackgroundCountsOnce(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempdir.New(t) // t.TempDir cannot remove it under Wine
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
