@@ -113,8 +113,10 @@ type Queue struct {
 	loaded chan struct{}
 	// strs shares the strings that queued messages repeat.
 	strs interner
-	done chan struct{}
-	wg   sync.WaitGroup // attempts in flight
+	// unpaidAt is when unpaidLocked last looked; q.mu.
+	unpaidAt time.Time
+	done     chan struct{}
+	wg       sync.WaitGroup // attempts in flight
 
 	mu       sync.Mutex
 	entries  map[string]*entry
@@ -364,6 +366,12 @@ func init() { unpayAfter.Store(int64(5 * time.Second)) }
 // unpaidLocked picks the paid entries that have waited past unpayAfter
 // without their attempt starting, and marks them; q.mu is held.
 func (q *Queue) unpaidLocked(now time.Time) []spool.Meta {
+	// A look over every entry: at most once a second, not at every
+	// message's kick.
+	if now.Sub(q.unpaidAt) < time.Second {
+		return nil
+	}
+	q.unpaidAt = now
 	var out []spool.Meta
 	for _, e := range q.entries {
 		if !e.paid || e.running || e.unpaying || now.Sub(e.paidAt) < time.Duration(unpayAfter.Load()) {
