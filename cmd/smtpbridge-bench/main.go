@@ -648,20 +648,7 @@ func sendPerMessage(devices []device, n int, body []byte, open func(device) (*sm
 }
 
 func sendOne(c *smtp.Client, body []byte) error {
-	if err := c.Mail(mailbox, nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("bob@contoso.example", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(body); err != nil {
-		return err
-	}
-	resp, err := w.CloseWithResponse()
+	resp, err := submit(c, mailbox, body)
 	if err != nil {
 		return err
 	}
@@ -669,6 +656,25 @@ func sendOne(c *smtp.Client, body []byte) error {
 		return fmt.Errorf("the bridge queued a message instead of delivering it: %s", resp.StatusText)
 	}
 	return nil
+}
+
+// submit sends one message from from to bob on c, and returns the reply
+// to its data.
+func submit(c *smtp.Client, from string, body []byte) (*smtp.DataResponse, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return nil, err
+	}
+	if err := c.Rcpt("bob@contoso.example", nil); err != nil {
+		return nil, err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(body); err != nil {
+		return nil, err
+	}
+	return w.CloseWithResponse()
 }
 
 // proxy is the link to Exchange: it adds oneWay to each direction, as a

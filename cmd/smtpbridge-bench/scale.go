@@ -398,20 +398,8 @@ func (s *scale) session(device, from string, n int, body []byte) error {
 // queueOne sends one message and wants it taken (queued, Exchange being
 // down).
 func queueOne(c *smtp.Client, from string, body []byte) error {
-	if err := c.Mail(from, nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("bob@contoso.example", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(body); err != nil {
-		return err
-	}
-	return w.Close()
+	_, err := submit(c, from, body)
+	return err
 }
 
 // measureQueueList asks the running bridge for one mailbox's first 50
