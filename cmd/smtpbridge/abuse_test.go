@@ -69,13 +69,7 @@ listeners:
     allow_unauthenticated: true
     allowed_networks: ["127.0.0.0/28"]
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-    max_messages_per_minute: 100000
+{{template "contoso" .}}    max_messages_per_minute: 100000
 devices:
   - name: mfp-2f
     username: mfp-2f

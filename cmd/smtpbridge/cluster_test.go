@@ -37,13 +37,7 @@ hostname: replica-{{.N}}.test
 listeners:
   - {name: lan, address: {{q .SMTP}}, tls: none, allow_insecure_auth: true}
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-    max_messages_per_minute: {{.PerMinute}}
+{{template "contoso" .}}    max_messages_per_minute: {{.PerMinute}}
 devices:
 {{.Devices}}delivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 30s}
 spool: {dir: spool-{{.N}}}

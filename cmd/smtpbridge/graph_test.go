@@ -31,13 +31,7 @@ hostname: bridge.test
 listeners:
   - {name: lan, address: {{q .Plain}}, tls: none, allow_insecure_auth: true}
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-    transport: graph
+{{template "contoso" .}}    transport: graph
     graph_host: {{q .GraphHost}}
     graph_token_scope: {{q .GraphScope}}
   - name: fabrikam

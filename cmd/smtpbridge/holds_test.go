@@ -41,13 +41,7 @@ hostname: bridge.test
 listeners:
   - {name: lan, address: {{q .Plain}}, tls: none, allow_insecure_auth: true}
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-devices:
+{{template "contoso" .}}devices:
   - {name: mfp-2f, username: mfp-2f, password_hash: {{.Hash}}, tenant: contoso, mailbox: {{.Held}}, from_policy: enforce, allowed_from: [{{.Held}}, billing@contoso.example]}
   - {name: erp, username: erp, password_hash: {{.Hash}}, tenant: contoso, mailbox: {{.Other}}}
 delivery: {mode: hybrid, retry_initial: 2s, retry_max: 30s, sync_timeout: 10s}

@@ -110,7 +110,18 @@ type bridgeProc struct {
 // configFrom renders a config from a text/template with named fields:
 // the fakes' (TenantID, ClientID, CertTenantID, CertClientID, Authority,
 // SMTPHost, GraphHost) and the test's own in vars. {{q .X}} writes X
-// quoted for YAML.
+// quoted for YAML; {{template "contoso" .}} the secret tenant's list item
+// (its further keys may follow, indented as its own).
+// contosoTenant is the tenant with a client secret, as the configs list
+// it.
+const contosoTenant = `{{define "contoso"}}  - name: contoso
+    tenant_id: {{q .TenantID}}
+    client_id: {{q .ClientID}}
+    client_secret: "${TEST_CLIENT_SECRET}"
+    authority_host: {{q .Authority}}
+    smtp_host: {{q .SMTPHost}}
+{{end}}`
+
 func (u *fakes) configFrom(t *testing.T, text string, vars map[string]any) string {
 	t.Helper()
 	data := map[string]any{"TenantID": tenantID, "ClientID": clientID, "CertTenantID": certTenantID, "CertClientID": certClientID,
@@ -119,7 +130,7 @@ func (u *fakes) configFrom(t *testing.T, text string, vars map[string]any) strin
 		data[k] = v
 	}
 	tmpl, err := template.New("config").Option("missingkey=error").
-		Funcs(template.FuncMap{"q": func(v any) string { return strconv.Quote(fmt.Sprint(v)) }}).Parse(text)
+		Funcs(template.FuncMap{"q": func(v any) string { return strconv.Quote(fmt.Sprint(v)) }}).Parse(contosoTenant + text)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,13 +160,7 @@ listeners:
     cert_file: listener.crt
     key_file: listener.key
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-  - name: fabrikam
+{{template "contoso" .}}  - name: fabrikam
     tenant_id: {{q .CertTenantID}}
     client_id: {{q .CertClientID}}
     certificate_file: app.pem

@@ -114,13 +114,7 @@ hostname: bridge.test
 listeners:
   - {name: lan, address: {{q .SMTP}}, tls: none, allow_insecure_auth: true}
 tenants:
-  - name: contoso
-    tenant_id: {{q .TenantID}}
-    client_id: {{q .ClientID}}
-    client_secret: "${TEST_CLIENT_SECRET}"
-    authority_host: {{q .Authority}}
-    smtp_host: {{q .SMTPHost}}
-devices:
+{{template "contoso" .}}devices:
 {{.Devices}}delivery: {mode: hybrid, retry_initial: 1s, retry_max: 2s, sync_timeout: 2s}
 spool: {dir: spool-layout}
 http: {address: {{q .HTTP}}}
