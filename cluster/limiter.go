@@ -749,10 +749,7 @@ func (l *Limiter) refresh(mb upstream.Mailbox, redisNow time.Time, window []redi
 		starts = append(starts, start{id: id, redisMs: int64(z.Score)})
 	}
 	local := time.Now()
-	nowMs := redisNow.UnixMilli()
-	for i := range starts {
-		starts[i].at = local.Add(-time.Duration(nowMs-starts[i].redisMs) * time.Millisecond)
-	}
+	placeStarts(starts, redisNow.UnixMilli(), local)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	k := l.known[mb]
@@ -817,12 +814,18 @@ func parseSubmit(raw []any) ([]int64, []start, error) {
 // recipients, and the window's starts.
 func (l *Limiter) saw(mb upstream.Mailbox, redisNow, used int64, starts []start) {
 	now := time.Now()
-	for i := range starts {
-		starts[i].at = now.Add(-time.Duration(redisNow-starts[i].redisMs) * time.Millisecond)
-	}
+	placeStarts(starts, redisNow, now)
 	l.mu.Lock()
 	l.known[mb] = known{used: int(used), starts: starts, seen: now}
 	l.mu.Unlock()
+}
+
+// placeStarts sets each start's time on this replica's clock, now, from
+// its time on Redis's, whose clock said redisNowMs then.
+func placeStarts(starts []start, redisNowMs int64, now time.Time) {
+	for i := range starts {
+		starts[i].at = now.Add(-time.Duration(redisNowMs-starts[i].redisMs) * time.Millisecond)
+	}
 }
 
 func (k known) times() []time.Time {

@@ -216,8 +216,6 @@ func (c queueCmd) retry(all bool, f queue.Filter) error {
 	switch {
 	case all:
 		n, err = c.m.RetryAll()
-	case f == queue.Filter{Mailbox: f.Mailbox} && f.Mailbox != "":
-		n, err = c.m.RetryMailbox(f.Mailbox)
 	case !f.Empty():
 		n, err = c.m.RetryWhere(f)
 	default:
