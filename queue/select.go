@@ -281,16 +281,20 @@ func (o *Offline) Select(f Filter, after string, limit int) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	var items []Item
-	if f.State == StateDead {
-		items, err = o.Dead()
-	} else {
-		items, err = o.List()
-	}
+	items, err := o.among(f)
 	for _, it := range items {
 		s.add(it)
 	}
 	return s.page(), err
+}
+
+// among reads the messages f chooses from: the dead letters for state
+// dead, else the queued ones.
+func (o *Offline) among(f Filter) ([]Item, error) {
+	if f.State == StateDead {
+		return o.Dead()
+	}
+	return o.List()
 }
 
 // RetryWhere implements Manager.
@@ -319,13 +323,7 @@ func (o *Offline) DropWhere(f Filter) (int, error) {
 	if f.Empty() {
 		return 0, errors.New("name what to drop: a device, mailbox, tenant, state or age")
 	}
-	var items []Item
-	var err error
-	if f.State == StateDead {
-		items, err = o.Dead()
-	} else {
-		items, err = o.List()
-	}
+	items, err := o.among(f)
 	n, now := 0, time.Now()
 	for _, it := range items {
 		if !f.Match(it, now) {
