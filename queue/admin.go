@@ -66,12 +66,38 @@ func stateOf(m spool.Meta) string {
 	return StateQueued
 }
 
-// item describes a queued entry; q.mu is held.
+// item describes a queued entry as memory has it (what the filters and
+// the listing's order need: no sender, recipients or size; full reads
+// the rest); q.mu is held.
 func (e *entry) item() Item {
+	m := spool.Meta{ID: e.id, Device: e.device, Tenant: e.tenant, Mailbox: e.mailbox, LastReply: e.lastReply,
+		Received: e.received, NextAttempt: e.due}
 	if e.running {
-		return Item{Meta: e.meta, State: StateDelivering}
+		return Item{Meta: m, State: StateDelivering}
 	}
-	return Item{Meta: e.meta, State: stateOf(e.meta)}
+	return Item{Meta: m, State: stateOf(m)}
+}
+
+// full reads the items' whole records from the spool, q.mu released;
+// an item whose record went meanwhile (delivered) keeps what it has.
+func (q *Queue) full(items []Item) {
+	for i := range items {
+		if m, err := q.o.Spool.Get(items[i].ID); err == nil {
+			items[i].Meta = m
+		}
+	}
+}
+
+// CountByTenant counts the queued messages of each tenant, from memory.
+func (q *Queue) CountByTenant() map[string]int {
+	q.waitLoaded()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := map[string]int{}
+	for _, e := range q.entries {
+		n[e.tenant]++
+	}
+	return n
 }
 
 func deadItems(s *spool.Spool) ([]Item, error) {
@@ -103,6 +129,7 @@ func (q *Queue) List() ([]Item, error) {
 	}
 	q.mu.Unlock()
 	sortItems(items)
+	q.full(items)
 	return items, nil
 }
 
@@ -129,7 +156,9 @@ func (q *Queue) Show(id string) (Item, error) {
 	}
 	q.mu.Unlock()
 	if e != nil {
-		return it, nil
+		items := []Item{it}
+		q.full(items)
+		return items[0], nil
 	}
 	return showDead(q.o.Spool, id)
 }
@@ -207,13 +236,18 @@ func (q *Queue) Drop(id string) error {
 	q.mu.Lock()
 	e := q.entries[id]
 	switch {
-	case e != nil && (e.running || e.unpaying):
+	case e != nil && (e.running || e.rewriting):
 		q.mu.Unlock()
 		return ErrBusy
 	case e != nil:
+		known := e.item().Meta
 		delete(q.entries, id)
 		q.mu.Unlock()
-		ev := event(audit.Dropped, e.meta)
+		m, err := q.o.Spool.Get(id)
+		if err != nil {
+			m = known
+		}
+		ev := event(audit.Dropped, m)
 		ev.Detail = "queued message"
 		q.o.Events.Observe(ev)
 		return q.o.Spool.Remove(id)
@@ -236,7 +270,7 @@ func (q *Queue) Requeue(id string) error {
 		return err
 	}
 	q.mu.Lock()
-	q.entries[id] = &entry{meta: q.strs.meta(m), due: time.Now()}
+	q.entries[id] = q.entryOf(m, time.Now())
 	q.mu.Unlock()
 	q.kick()
 	q.o.Events.Observe(event(audit.Requeued, m))
@@ -380,22 +414,22 @@ func (q *Queue) Stats() Stats {
 	st := Stats{Dead: dead}
 	why := map[string]*WaitReason{}
 	for _, e := range q.entries {
-		if stateOf(e.meta) == StateDeferred {
+		if e.lastReply != "" {
 			st.Deferred++
-			w := why[e.meta.LastReply]
+			w := why[e.lastReply]
 			if w == nil {
-				w = &WaitReason{Reply: e.meta.LastReply, Next: e.meta.NextAttempt}
-				why[e.meta.LastReply] = w
+				w = &WaitReason{Reply: e.lastReply, Next: e.due}
+				why[e.lastReply] = w
 			}
 			w.Count++
-			if e.meta.NextAttempt.Before(w.Next) {
-				w.Next = e.meta.NextAttempt
+			if e.due.Before(w.Next) {
+				w.Next = e.due
 			}
 		} else {
 			st.Queued++
 		}
-		if st.Oldest.IsZero() || e.meta.Received.Before(st.Oldest) {
-			st.Oldest = e.meta.Received
+		if st.Oldest.IsZero() || e.received.Before(st.Oldest) {
+			st.Oldest = e.received
 		}
 	}
 	for _, w := range why {

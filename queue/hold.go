@@ -211,7 +211,7 @@ func heldError(s HoldState) error {
 // meetHold is what dispatch found to do about an entry of a held lane:
 // tell its waiting session, and record once per hold that it waits.
 type meetHold struct {
-	meta    spool.Meta
+	known   spool.Meta // what the entry knew; the event reads the record
 	state   HoldState
 	waiter  chan result
 	persist bool // the record on disk still says an attempt is under way
@@ -224,12 +224,17 @@ func (q *Queue) met(ms []meetHold) {
 		if m.waiter != nil {
 			m.waiter <- result{err: err}
 		}
-		if m.persist {
-			if uerr := q.o.Spool.Update(m.meta); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
-				q.o.Log.Error().Err(uerr).Str("msg_id", m.meta.ID).Msg("could not record in the spool that the message waits for its mailbox's hold")
+		meta, gerr := q.o.Spool.Get(m.known.ID)
+		if gerr != nil {
+			meta = m.known
+		}
+		if m.persist && gerr == nil {
+			meta.Attempting = false
+			if uerr := q.o.Spool.Update(meta); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
+				q.o.Log.Error().Err(uerr).Str("msg_id", meta.ID).Msg("could not record in the spool that the message waits for its mailbox's hold")
 			}
 		}
-		ev := event(audit.Deferred, m.meta)
+		ev := event(audit.Deferred, meta)
 		ev.Reply, ev.RetryBy, ev.NextAttempt, ev.Err = m.state.Reply, audit.RetryByQueue, m.state.NextProbe, err
 		ev.Detail = fmt.Sprintf("not attempted: its mailbox is held (%s); the mailbox's oldest message probes it, next at %s",
 			m.state.Reason.Words(), m.state.NextProbe.UTC().Format(time.RFC3339))

@@ -66,7 +66,8 @@ func (q *Queue) add(meta spool.Meta, body io.Reader, wait bool, committed func(s
 	if committed != nil {
 		committed(meta)
 	}
-	e := &entry{meta: q.strs.meta(meta), due: time.Now(), paid: true, paidAt: time.Now()}
+	e := q.entryOf(meta, time.Now())
+	e.paid, e.paidAt = true, e.due
 	p := &pending{q: q, id: meta.ID}
 	if wait {
 		e.waiter = make(chan result, 1)

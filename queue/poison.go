@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -121,9 +122,10 @@ func (q *Queue) attemptOnce(msg *message.Message, log zerolog.Logger) (receipt m
 }
 
 // strikesFromLastRun counts a strike against each message the last run
-// ended during an attempt at (marked Attempting on disk), and returns
-// those that have had their last.
-func (q *Queue) strikesFromLastRun(metas []spool.Meta) (buried []spool.Meta) {
+// ended during an attempt at (marked Attempting on disk): those that
+// have had their last are buried, the others (struck) have the strike
+// recorded by recordStrikes.
+func (q *Queue) strikesFromLastRun(metas []spool.Meta) (struck, buried []spool.Meta) {
 	for i := range metas {
 		m := &metas[i]
 		if !m.Attempting {
@@ -134,13 +136,51 @@ func (q *Queue) strikesFromLastRun(metas []spool.Meta) (buried []spool.Meta) {
 		m.LastReply = message.ReplyFor(strikeError(errStopped)).String()
 		if m.Strikes >= maxStrikes {
 			buried = append(buried, *m)
-			continue
-		}
-		if err := q.o.Spool.Update(*m); err != nil {
-			q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record a strike against the message")
+		} else {
+			struck = append(struck, *m)
 		}
 	}
-	return buried
+	return struck, buried
+}
+
+// strikeWriters is how many records recordStrikes writes at once: each
+// write waits for the disk (fsync), and the disk takes several at once
+// about as fast as one.
+const strikeWriters = 8
+
+// recordStrikes writes the strikes strikesFromLastRun counted, after the
+// queue is scheduled (a bridge stopped while thousands of messages were
+// under way would otherwise wait seconds for them), each message held
+// (rewriting) until its record says so: an attempt read before would
+// not count the strike.
+func (q *Queue) recordStrikes(struck []spool.Meta) {
+	if len(struck) == 0 {
+		return
+	}
+	work := make(chan spool.Meta)
+	var wg sync.WaitGroup
+	for range min(strikeWriters, len(struck)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				if err := q.o.Spool.Update(m); err != nil {
+					q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record a strike against the message")
+				}
+				q.mu.Lock()
+				if e := q.entries[m.ID]; e != nil {
+					e.rewriting = false
+				}
+				q.mu.Unlock()
+			}
+		}()
+	}
+	for _, m := range struck {
+		work <- m
+	}
+	close(work)
+	wg.Wait()
+	q.kick()
 }
 
 // poisonReason is a buried poison message's reason, in words.

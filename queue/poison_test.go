@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -299,4 +300,63 @@ func TestBacklogSurvivesRestarts(t *testing.T) {
 		}
 		q2.Close(0)
 	}
+}
+
+// A bridge stopped while many attempts were under way counts a strike
+// against each at its next start; with the queue loaded in the
+// background, the strikes are written after the queue is scheduled, and
+// no message is attempted before its record has its strike (the attempt
+// would otherwise not count it, and a second crash not bury it).
+func TestStrikesWrittenBeforeTheNextAttempt(t *testing.T) {
+	dir := tempdir.New(t)
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for i := range n {
+		m := spool.Meta{ID: message.NewID(), Device: "mfp", Tenant: "contoso", Mailbox: fmt.Sprintf("box-%d@contoso.example", i%20),
+			From: "scans@contoso.example", To: []string{"bob@contoso.example"}, Attempts: 1, Attempting: true}
+		w, err := sp.Create(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(w, "Subject: x\r\n\r\nbody\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp2, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &strikeWatcher{sp: sp2}
+	q, err := queue.New(queue.Options{Spool: sp2, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test", LoadInBackground: true,
+		Settings: queue.Settings{RetryInitial: time.Second, RetryMax: time.Second, MaxAge: time.Hour, SyncTimeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	defer q.Close(time.Second)
+	testenv.Eventually(t, "every message delivered", 20*time.Second, func() bool { return tr.attempts.Load() == n })
+	if bad := tr.unstruck.Load(); bad != 0 {
+		t.Errorf("%d of %d attempts read a record without the strike of the last run", bad, n)
+	}
+}
+
+// strikeWatcher delivers every message, noting those whose record did
+// not have a strike when their attempt began.
+type strikeWatcher struct {
+	sp                 *spool.Spool
+	attempts, unstruck atomic.Int32
+}
+
+func (s *strikeWatcher) Deliver(ctx context.Context, msg *message.Message) (message.Receipt, error) {
+	if m, err := s.sp.Get(msg.ID); err != nil || m.Strikes != 1 {
+		s.unstruck.Add(1)
+	}
+	s.attempts.Add(1)
+	return message.Receipt{Accepted: msg.To}, nil
 }

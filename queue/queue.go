@@ -131,19 +131,28 @@ type Queue struct {
 // that no device waits for (each holds a spool file open).
 const maxInFlight = 100
 
-// entry is a queued message as the runner sees it.
+// entry is a queued message as the runner sees it: what scheduling,
+// the status page and the tools' filters need, a few (shared) strings
+// and times, about 200 bytes. The rest of its record (sender,
+// recipients, size, what it asked of reports, strikes) stays in the
+// spool, read at each attempt and for the page of messages a tool shows,
+// so that a queue of 100,000 costs tens of MB, not hundreds.
 type entry struct {
-	meta spool.Meta
-	due  time.Time // when the runner may start the next attempt
+	id                      string
+	device, tenant, mailbox string // interned
+	lastReply               string // the last attempt's reply, "" before the first; interned
+	received                time.Time
+	due                     time.Time // when the runner may start the next attempt
 	// paid means the spool already counts the next attempt (Attempts and
 	// NextAttempt written at commit), so it need not be written again.
 	paid bool
-	// paidAt is when a paid entry was committed; unpaying is set while
-	// its record is rewritten as not under way (unpay).
-	paidAt   time.Time
-	unpaying bool
-	running  bool
-	waiter   chan result // a hybrid session waiting for the first attempt
+	// paidAt is when a paid entry was committed. rewriting is set while
+	// its record is rewritten (as not under way, unpay; with a strike,
+	// at start): it is not attempted or dropped meanwhile.
+	paidAt    time.Time
+	rewriting bool
+	running   bool
+	waiter    chan result // a hybrid session waiting for the first attempt
 	// abandoned is closed when an attempt that was abandoned (it did
 	// not stop when told) returns at last; until then the message is
 	// not tried again.
@@ -216,7 +225,7 @@ func (q *Queue) load() {
 		// Unreadable metadata stays on disk for an admin; the rest runs.
 		o.Log.Error().Err(err).Msg("some queued messages could not be read; they stay in the spool untouched")
 	}
-	buried := q.strikesFromLastRun(metas)
+	struck, buried := q.strikesFromLastRun(metas)
 	isBuried := make(map[string]bool, len(buried))
 	for _, b := range buried {
 		isBuried[b.ID] = true
@@ -225,13 +234,23 @@ func (q *Queue) load() {
 	q.holdsFromSpool(metas)
 	for _, m := range metas {
 		if !isBuried[m.ID] {
-			q.entries[m.ID] = &entry{meta: q.strs.meta(m), due: m.NextAttempt}
+			q.entries[m.ID] = q.entryOf(m, m.NextAttempt)
 		}
+	}
+	for _, m := range struck {
+		q.entries[m.ID].rewriting = true
 	}
 	q.mu.Unlock()
 	close(q.loaded)
 	if len(metas) > 0 {
 		o.Log.Info().Int("messages", len(metas)-len(buried)).Dur("took", time.Since(start)).Msg("queue reloaded from the spool")
+	}
+	if o.LoadInBackground {
+		// The runner goes on meanwhile; the struck wait for their write.
+		q.wg.Add(1)
+		go func() { defer q.wg.Done(); q.recordStrikes(struck) }()
+	} else {
+		q.recordStrikes(struck)
 	}
 	for _, m := range buried {
 		log := o.Log.With().Str("msg_id", m.ID).Str("device", m.Device).Str("tenant", m.Tenant).Logger()
@@ -365,41 +384,45 @@ func init() { unpayAfter.Store(int64(5 * time.Second)) }
 
 // unpaidLocked picks the paid entries that have waited past unpayAfter
 // without their attempt starting, and marks them; q.mu is held.
-func (q *Queue) unpaidLocked(now time.Time) []spool.Meta {
+func (q *Queue) unpaidLocked(now time.Time) []string {
 	// A look over every entry: at most once a second, not at every
 	// message's kick.
 	if now.Sub(q.unpaidAt) < time.Second {
 		return nil
 	}
 	q.unpaidAt = now
-	var out []spool.Meta
+	var out []string
 	for _, e := range q.entries {
-		if !e.paid || e.running || e.unpaying || now.Sub(e.paidAt) < time.Duration(unpayAfter.Load()) {
+		if !e.paid || e.running || e.rewriting || now.Sub(e.paidAt) < time.Duration(unpayAfter.Load()) {
 			continue
 		}
-		e.paid, e.unpaying = false, true
-		e.meta.Attempting = false
-		e.meta.Attempts = max(e.meta.Attempts-1, 0)
-		out = append(out, e.meta)
+		e.paid, e.rewriting = false, true
+		out = append(out, e.id)
 	}
 	return out
 }
 
-// unpay rewrites the records unpaidLocked picked, then lets their
-// entries go.
-func (q *Queue) unpay(metas []spool.Meta) {
-	for _, m := range metas {
-		if err := q.o.Spool.Update(m); err != nil && !errors.Is(err, spool.ErrNotFound) {
-			q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record in the spool that the message waits for its first attempt")
+// unpay rewrites the records unpaidLocked picked as not under way (the
+// attempt counted at commit uncounted), then lets their entries go.
+func (q *Queue) unpay(ids []string) {
+	for _, id := range ids {
+		m, err := q.o.Spool.Get(id)
+		if err == nil {
+			m.Attempting = false
+			m.Attempts = max(m.Attempts-1, 0)
+			err = q.o.Spool.Update(m)
+		}
+		if err != nil && !errors.Is(err, spool.ErrNotFound) {
+			q.o.Log.Error().Err(err).Str("msg_id", id).Msg("could not record in the spool that the message waits for its first attempt")
 		}
 	}
-	if len(metas) == 0 {
+	if len(ids) == 0 {
 		return
 	}
 	q.mu.Lock()
-	for _, m := range metas {
-		if e := q.entries[m.ID]; e != nil {
-			e.unpaying = false
+	for _, id := range ids {
+		if e := q.entries[id]; e != nil {
+			e.rewriting = false
 		}
 	}
 	q.mu.Unlock()
@@ -414,7 +437,7 @@ func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 	var met []meetHold
 	probes := map[laneKey]*entry{} // the oldest message of each held lane whose probe is due
 	for _, e := range q.entries {
-		if e.running || e.unpaying || e.abandoned != nil && !closedNow(e) {
+		if e.running || e.rewriting || e.abandoned != nil && !closedNow(e) {
 			continue
 		}
 		k := keyOf(e)
@@ -422,11 +445,8 @@ func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 		if l != nil && l.hold != nil {
 			h := l.hold
 			if e.metHold != h.id || e.waiter != nil {
-				m := meetHold{meta: e.meta, state: k.state(h), waiter: e.waiter, persist: e.paid || e.meta.Attempting}
-				if m.persist {
-					e.paid, e.meta.Attempting = false, false
-					m.meta = e.meta
-				}
+				m := meetHold{known: e.item().Meta, state: k.state(h), waiter: e.waiter, persist: e.paid}
+				e.paid = false
 				e.metHold, e.waiter, e.due = h.id, nil, h.next
 				met = append(met, m)
 			}
@@ -452,7 +472,7 @@ func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 		}
 	}
 	for k, e := range probes {
-		q.lanes[k].hold.probe = e.meta.ID
+		q.lanes[k].hold.probe = e.id
 		ready = append(ready, e)
 	}
 	// Sessions waiting first, then the longest-due messages.
@@ -466,19 +486,19 @@ func (q *Queue) dispatchLocked(now time.Time) (time.Duration, []meetHold) {
 		if c := a.due.Compare(b.due); c != 0 {
 			return c
 		}
-		return strings.Compare(a.meta.ID, b.meta.ID)
+		return strings.Compare(a.id, b.id)
 	})
 	for _, e := range ready {
 		l := q.lane(keyOf(e))
-		if n := q.concurrency(e.meta.Tenant); n > 0 && l.active >= n {
-			if l.hold != nil && l.hold.probe == e.meta.ID {
+		if n := q.concurrency(e.tenant); n > 0 && l.active >= n {
+			if l.hold != nil && l.hold.probe == e.id {
 				l.hold.probe = "" // no room now: the next round
 			}
 			continue
 		}
 		counted := e.waiter == nil
 		if counted && q.inFlight >= maxInFlight {
-			if l.hold != nil && l.hold.probe == e.meta.ID {
+			if l.hold != nil && l.hold.probe == e.id {
 				l.hold.probe = ""
 			}
 			continue
@@ -509,10 +529,10 @@ func closedNow(e *entry) bool {
 // olderThan says whether a was received before b: the probe of a held
 // mailbox is its oldest message.
 func olderThan(a, b *entry) bool {
-	if c := a.meta.Received.Compare(b.meta.Received); c != 0 {
+	if c := a.received.Compare(b.received); c != 0 {
 		return c < 0
 	}
-	return a.meta.ID < b.meta.ID
+	return a.id < b.id
 }
 
 func (q *Queue) concurrency(tenant string) int {
@@ -523,7 +543,7 @@ func (q *Queue) concurrency(tenant string) int {
 }
 
 func keyOf(e *entry) laneKey {
-	return laneKey{e.meta.Tenant, strings.ToLower(e.meta.Mailbox)}
+	return laneKey{e.tenant, strings.ToLower(e.mailbox)}
 }
 
 func (q *Queue) lane(k laneKey) *lane {
@@ -539,12 +559,16 @@ func (q *Queue) lane(k laneKey) *lane {
 func (q *Queue) attempt(e *entry, counted bool) {
 	defer q.wg.Done()
 	q.mu.Lock()
-	m := e.meta
 	paid := e.paid
 	e.paid = false
 	q.mu.Unlock()
 
-	log := q.o.Log.With().Str("msg_id", m.ID).Str("device", m.Device).Str("tenant", m.Tenant).Logger()
+	log := q.o.Log.With().Str("msg_id", e.id).Str("device", e.device).Str("tenant", e.tenant).Logger()
+	m, err := q.o.Spool.Get(e.id)
+	if err != nil {
+		q.unreadable(e, counted, paid, err, log)
+		return
+	}
 	if !paid {
 		m.Attempts++
 		m.NextAttempt = time.Now().Add(q.backoff(m.Attempts)).UTC()
@@ -558,6 +582,38 @@ func (q *Queue) attempt(e *entry, counted bool) {
 	start := time.Now()
 	a := q.deliver(m, log)
 	q.settle(e, counted, m, a, time.Since(start), log)
+}
+
+// unreadable ends an attempt whose record could not be read from the
+// spool: the record is left as it is (an admin's to look at), the
+// message is tried again after retry_max, and a waiting session is
+// told to try later; a message that went meanwhile is forgotten.
+func (q *Queue) unreadable(e *entry, counted, paid bool, err error, log zerolog.Logger) {
+	gone := errors.Is(err, spool.ErrNotFound)
+	if !gone {
+		log.Error().Err(err).Msg("could not read the queued message's record in the spool; it is tried again later")
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if counted {
+		q.inFlight--
+	}
+	l := q.lane(keyOf(e))
+	l.active--
+	if l.hold != nil && l.hold.probe == e.id {
+		l.hold.probe = ""
+	}
+	e.running, e.paid = false, paid
+	if gone {
+		delete(q.entries, e.id)
+	} else {
+		e.due = time.Now().Add(q.settings().RetryMax)
+	}
+	if e.waiter != nil {
+		e.waiter <- result{err: &message.Error{Class: message.Temporary, Stage: message.StageSpool, Err: fmt.Errorf("read the spooled message's record: %w", err)}}
+		e.waiter = nil
+	}
+	q.kick()
 }
 
 // attempted is how an attempt ended.
@@ -698,12 +754,18 @@ func (q *Queue) settle(e *entry, counted bool, m spool.Meta, a attempted, took t
 	now := time.Now()
 	v := decide(m, a, now, q.settings().MaxAge)
 	l := q.settleLane(e, &v, now)
-	if v.persist {
-		// Recipients were taken or refused: the spool must say who is
-		// left before anything else, so that a crash from here on gives
-		// nobody the message twice.
-		if uerr := q.o.Spool.Update(v.meta); uerr != nil {
+	if v.out == outDeferred {
+		// The record, which the next attempt reads, says how this one
+		// went before the entry is free. Where recipients were taken or
+		// refused (persist) it says who is left before anything else, so
+		// that a crash from here on gives nobody the message twice.
+		uerr := q.o.Spool.Update(v.meta)
+		switch {
+		case uerr == nil, errors.Is(uerr, spool.ErrNotFound):
+		case v.persist:
 			log.Error().Err(uerr).Msg("could not record the recipients left in the spool; after a restart they may get the message twice")
+		default:
+			log.Error().Err(uerr).Msg("could not record the last reply in the spool")
 		}
 	}
 	told := q.release(e, l, counted, v, a)
@@ -761,7 +823,7 @@ func (q *Queue) release(e *entry, l *lane, counted bool, v verdict, a attempted)
 		go func() { <-a.abandoned; q.kick() }() // its turn comes when it ends
 	}
 	if v.out == outDeferred {
-		e.meta, e.due = q.strs.meta(v.meta), v.meta.NextAttempt
+		e.lastReply, e.due = q.strs.get(v.meta.LastReply), v.meta.NextAttempt
 	} else {
 		delete(q.entries, v.meta.ID)
 	}
@@ -830,9 +892,6 @@ func (q *Queue) deferred(v verdict, ev audit.Event, log zerolog.Logger) {
 	ev.Kind, ev.Reply, ev.RetryBy, ev.NextAttempt = audit.Deferred, m.LastReply, audit.RetryByQueue, m.NextAttempt
 	ev.SetupProblem = message.ClassOf(ev.Err) == message.Setup
 	q.o.Events.Observe(ev)
-	if uerr := q.o.Spool.Update(m); uerr != nil && !errors.Is(uerr, spool.ErrNotFound) {
-		log.Error().Err(uerr).Msg("could not record the last reply in the spool")
-	}
 }
 
 // expiredReason is the dead letter's reason for a message not delivered
@@ -959,9 +1018,9 @@ func (in *interner) get(s string) string {
 	return s
 }
 
-// meta is m with its repeated strings shared.
-func (in *interner) meta(m spool.Meta) spool.Meta {
-	m.Device, m.Tenant, m.Mailbox = in.get(m.Device), in.get(m.Tenant), in.get(m.Mailbox)
-	m.From, m.HeaderFrom, m.LastReply = in.get(m.From), in.get(m.HeaderFrom), in.get(m.LastReply)
-	return m
+// entryOf is m's entry, due at due, with its repeated strings shared.
+func (q *Queue) entryOf(m spool.Meta, due time.Time) *entry {
+	in := &q.strs
+	return &entry{id: m.ID, device: in.get(m.Device), tenant: in.get(m.Tenant), mailbox: in.get(m.Mailbox),
+		lastReply: in.get(m.LastReply), received: m.Received, due: due}
 }

@@ -613,3 +613,55 @@ func TestPauseDoesNotGrowWithFailures(t *testing.T) {
 	testenv.Eventually(t, "every message delivered", 10*time.Second, func() bool { return len(w.subjects()) == n })
 	t.Logf("%d messages throttled %d times in all, delivered in %s", n, n, time.Since(start).Round(time.Millisecond))
 }
+
+// The queue keeps only an index of each message in memory and reads the
+// rest of its record at each attempt: a record that became unreadable
+// meanwhile is left on disk as it is (not overwritten with what memory
+// knows), the error is logged, and the message stays queued; a
+// readable record is delivered with the recipients it names.
+func TestUnreadableRecordIsLeftAlone(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	w.proxy.set("down")
+	s := w.start(stackOptions{mode: message.ModeQueue, spoolDir: dir, retryInitial: time.Hour, retryMax: time.Hour})
+	for _, subj := range []string{"broken", "fine"} {
+		if code, _ := s.send("mfp", "x@contoso.example", subj, "bob@contoso.example", "carol@contoso.example"); code != 250 {
+			t.Fatal("not accepted")
+		}
+	}
+	testenv.Eventually(t, "both deferred", 5*time.Second, func() bool {
+		items := s.queued()
+		return len(items) == 2 && items[0].LastReply != "" && items[1].LastReply != ""
+	})
+	items := s.queued()
+	if len(items[0].To) != 2 || items[0].Size == 0 {
+		t.Fatalf("the listing does not show the record's recipients and size: %+v", items[0])
+	}
+	broken := filepath.Join(dir, "queue", items[0].ID+".json")
+	garbage := []byte(`{"id": "` + items[0].ID + `", "to": [`)
+	if err := os.WriteFile(broken, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.proxy.set("up")
+	if _, err := s.q.RetryAll(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the readable message delivered", 10*time.Second, func() bool { return w.subjects()["fine"] == 1 })
+	testenv.Eventually(t, "the unreadable record logged", 5*time.Second, func() bool {
+		return strings.Contains(s.logs.String(), "could not read the queued message's record")
+	})
+	if got, _ := os.ReadFile(broken); string(got) != string(garbage) {
+		t.Errorf("the unreadable record was rewritten: %q", got)
+	}
+	if w.subjects()["broken"] != 0 {
+		t.Error("a message whose record cannot be read was sent")
+	}
+	if left := s.queued(); len(left) != 1 || left[0].ID != items[0].ID {
+		t.Errorf("queued after the attempts: %+v, want the unreadable message only", left)
+	}
+	for _, m := range w.exo.Messages() {
+		if len(m.To) != 2 {
+			t.Errorf("delivered to %v, want the record's two recipients", m.To)
+		}
+	}
+}

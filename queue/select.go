@@ -191,7 +191,9 @@ func (q *Queue) Select(f Filter, after string, limit int) (Page, error) {
 		s.add(e.item())
 	}
 	q.mu.Unlock()
-	return s.page(), nil
+	p := s.page()
+	q.full(p.Items)
+	return p, nil
 }
 
 // RetryWhere implements Manager: the selected queued messages are due
@@ -256,7 +258,7 @@ func (q *Queue) DropWhere(f Filter) (int, error) {
 	q.mu.Lock()
 	var ids []string
 	for id, e := range q.entries {
-		if !e.running && !e.unpaying && f.Match(e.item(), now) {
+		if !e.running && !e.rewriting && f.Match(e.item(), now) {
 			ids = append(ids, id)
 		}
 	}

@@ -127,15 +127,12 @@ func (d *Daemon) load() (*config.Config, ReloadResult) {
 // has: they cannot be delivered and become dead letters at max_age,
 // unless the tenant comes back.
 func orphans(q *queue.Queue, cfg *config.Config) []string {
-	items, _ := q.List()
-	n := map[string]int{}
-	for _, it := range items {
-		if cfg.Tenant(it.Tenant) == nil {
-			n[it.Tenant]++
-		}
-	}
+	n := q.CountByTenant()
 	var out []string
 	for _, t := range slices.Sorted(maps.Keys(n)) {
+		if cfg.Tenant(t) != nil {
+			continue
+		}
 		out = append(out, fmt.Sprintf("%d queued message(s) of tenant %q, which the config no longer has, cannot be delivered; "+
 			"add the tenant back, or drop them with smtpbridge queue drop", n[t], t))
 	}
