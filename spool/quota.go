@@ -130,6 +130,23 @@ func (u *usage) addLocked(device string, n int64) {
 	}
 }
 
+// uncountedYet says whether id, found at Open, is still to be counted.
+func (u *usage) uncountedYet(id string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.uncounted[id]
+}
+
+// found counts a message found at Open, once, whoever reads it first.
+func (u *usage) found(id, device string, n int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.uncounted[id] {
+		delete(u.uncounted, id)
+		u.addLocked(device, n)
+	}
+}
+
 // forget takes a removed message's bytes off, unless Open found it and
 // it was never counted (then it is only struck from those to count).
 func (u *usage) forget(id, device string, n int64, counts bool) {

@@ -146,6 +146,9 @@ func (s *Spool) countFound(ids []string) {
 	defer close(s.counted)
 	beforeCount()
 	for _, id := range ids {
+		if !s.use.uncountedYet(id) {
+			continue // a listing (the queue's load) counted it
+		}
 		m, err := s.readMeta(queueDir, id)
 		if err != nil {
 			if m, err = s.readMeta(deadDir, id); err != nil {
@@ -153,12 +156,7 @@ func (s *Spool) countFound(ids []string) {
 				continue // gone, or unreadable: whoever lists it reports it
 			}
 		}
-		s.use.mu.Lock()
-		if s.use.uncounted[id] {
-			delete(s.use.uncounted, id)
-			s.use.addLocked(m.Device, m.Size)
-		}
-		s.use.mu.Unlock()
+		s.use.found(id, m.Device, m.Size)
 	}
 }
 
@@ -425,6 +423,9 @@ func (s *Spool) list(dir string) ([]Meta, error) {
 			errs = append(errs, err)
 			continue
 		}
+		// The queue's load at start reads what the background count
+		// would: each record is read once.
+		s.use.found(id, m.Device, m.Size)
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b Meta) int { return a.Received.Compare(b.Received) })
@@ -516,8 +517,13 @@ func (s *Spool) Bury(m Meta, reason string) error {
 }
 
 // DeadCount counts the dead letters without reading them.
-func (s *Spool) DeadCount() (int, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, deadDir))
+func (s *Spool) DeadCount() (int, error) { return s.count(deadDir) }
+
+// QueuedCount counts the queued messages without reading them.
+func (s *Spool) QueuedCount() (int, error) { return s.count(queueDir) }
+
+func (s *Spool) count(dir string) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, dir))
 	if err != nil {
 		return 0, fmt.Errorf("spool: %w", err)
 	}

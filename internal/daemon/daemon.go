@@ -279,8 +279,8 @@ func (d *Daemon) Run(ctx context.Context, reloads <-chan string, started func())
 	d.shutdown(httpSrv, adminSrv)
 	close(stop)
 	<-saversDone
-	if items, err := d.sp.List(); err == nil && len(items) > 0 {
-		d.log.Info().Int("queued", len(items)).Str("spool", cfg.Spool.Dir).Msg("queued messages stay in the spool and are delivered after the next start")
+	if n, err := d.sp.QueuedCount(); err == nil && n > 0 {
+		d.log.Info().Int("queued", n).Str("spool", cfg.Spool.Dir).Msg("queued messages stay in the spool and are delivered after the next start")
 	}
 	d.log.Info().Msg("stopped")
 	return nil
