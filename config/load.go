@@ -135,21 +135,36 @@ func load(path string, lookup func(string) (string, bool), sandboxDir string) (*
 }
 
 // LoadAdmin reads what the command line needs to reach a running bridge
-// or its spool (http, spool): problems elsewhere in the file, ${VAR}s
-// unset in the admin's shell among them, do not stop it.
-func LoadAdmin(path string) (*Config, error) {
+// or its spool (spool.dir, and log.audit_file for trace): problems
+// elsewhere in the file, ${VAR}s unset in the admin's shell or secret
+// files only the service can read among them, do not stop it.
+func LoadAdmin(path string) (*Config, error) { return loadAdmin(path, true) }
+
+// loadAdmin is LoadAdmin; without cut it reads the whole file.
+func loadAdmin(path string, cut bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	lookup := func(name string) (string, bool) {
-		if v, ok := os.LookupEnv(name); ok {
-			return v, true
-		}
-		return "unset", true
+	// A ${VAR} unset in the admin's shell is a problem only where the
+	// command needs it (http, spool); ${VAR:-default} takes its default.
+	lookup := os.LookupEnv
+	newLoader := func() *loader {
+		return &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, files: map[string]string{}, fromEnv: map[string]bool{}}
 	}
-	l := &loader{file: path, dir: filepath.Dir(path), lookup: lookup, lines: map[string]int{}, files: map[string]string{}, fromEnv: map[string]bool{}}
-	cfg := l.parse(data)
+	// The fleet's lists are not read: a config of 10,000 devices would
+	// take the command most of its time. If the file without them does
+	// not parse (an alias to an anchor in them), it is read whole.
+	l := newLoader()
+	var cfg *Config
+	if part, ok := withoutFleet(data); ok && cut {
+		if cfg = l.parse(part); cfg == nil || len(l.problems) > 0 {
+			l, cfg = newLoader(), nil
+		}
+	}
+	if cfg == nil {
+		cfg = l.parse(data)
+	}
 	if cfg == nil {
 		return nil, &Error{File: path, Problems: l.problems}
 	}
@@ -158,7 +173,7 @@ func LoadAdmin(path string) (*Config, error) {
 	l.validate(cfg)
 	var errs []Problem
 	for _, p := range l.problems {
-		if !p.Warning && (p.Key == "" || strings.HasPrefix(p.Key, "http.") || strings.HasPrefix(p.Key, "spool.")) {
+		if !p.Warning && (p.Key == "" || strings.HasPrefix(p.Key, "spool.")) {
 			errs = append(errs, p)
 		}
 	}
@@ -167,6 +182,53 @@ func LoadAdmin(path string) (*Config, error) {
 	}
 	return cfg, nil
 }
+
+// fleetKeys are the top-level keys LoadAdmin does without: the lists
+// that grow with the fleet, and include:, which only extends them.
+var fleetKeys = map[string]bool{"tenants": true, "devices": true, "include": true, "listeners": true}
+
+// withoutFleet is a block-style config file with the sections of
+// fleetKeys blanked (their lines kept as empty lines, so that problems
+// in the rest name their lines); ok is false when the file is not a
+// plain block mapping at its top level (a flow mapping, several
+// documents), which the caller then reads whole.
+func withoutFleet(data []byte) ([]byte, bool) {
+	out := make([]byte, 0, 4096)
+	drop, started := false, false
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i+1], data[i+1:]
+		} else {
+			data = nil
+		}
+		text := strings.TrimRight(string(line), "\r\n")
+		switch {
+		case text == "" || text[0] == ' ' || text[0] == '\t' || text[0] == '#':
+			// Inside the section above (or blank, or a comment).
+		case text == "---" && !started:
+		case text == "---" || text == "..." || text[0] == '{' && !started:
+			return nil, false
+		default:
+			key, _, ok := strings.Cut(text, ":")
+			if !ok || !topKeyRE.MatchString(key) {
+				if !started {
+					return nil, false
+				}
+				break // a continuation line of the section above
+			}
+			started, drop = true, fleetKeys[key]
+		}
+		if drop {
+			out = append(out, '\n')
+		} else {
+			out = append(out, line...)
+		}
+	}
+	return out, started
+}
+
+var topKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 type loader struct {
 	file string
