@@ -342,12 +342,25 @@ func (q *Queue) run() {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		next := q.dispatch(time.Now())
+		start := time.Now()
+		next := q.dispatch(start)
+		took := time.Since(start)
 		t.Reset(next)
 		select {
 		case <-q.stop:
 			return
 		case <-q.wake:
+			// A look over the queue costs in proportion to it (about
+			// 13 ms at 100,000 messages): kicks that come faster (each
+			// message taken, each attempt settled) are served together,
+			// so that looking takes at most half of a core.
+			if rest := took - time.Since(start) + took; took > time.Millisecond && rest > 0 {
+				select {
+				case <-q.stop:
+					return
+				case <-time.After(rest):
+				}
+			}
 		case <-t.C:
 		}
 	}
