@@ -181,68 +181,75 @@ func (s *Spool) recover() error {
 	for _, e := range tmps {
 		os.Remove(filepath.Join(s.dir, tmpDir, e.Name()))
 	}
-	entries, err := os.ReadDir(filepath.Join(s.dir, queueDir))
+	// What each directory holds, from one listing each: with 100,000
+	// queued, a stat per file would take a second before the bridge
+	// listens.
+	queued, err := names(filepath.Join(s.dir, queueDir))
 	if err != nil {
-		return fmt.Errorf("spool: %w", err)
+		return err
 	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), durable.TempSuffix) {
+	dead, err := names(filepath.Join(s.dir, deadDir))
+	if err != nil {
+		return err
+	}
+	for name := range queued {
+		if strings.HasPrefix(name, ".") && strings.Contains(name, durable.TempSuffix) {
 			// Metadata a crash caught being written; the old one stands.
-			os.Remove(filepath.Join(s.dir, queueDir, e.Name()))
+			os.Remove(filepath.Join(s.dir, queueDir, name))
 			continue
 		}
-		if id, ok := strings.CutSuffix(e.Name(), ".eml"); ok {
-			if _, err := os.Stat(s.metaPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
-				if _, err := os.Stat(s.metaPath(deadDir, id)); err == nil {
-					// A crash in the middle of Requeue: undo it.
-					if err := durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
-						return fmt.Errorf("spool: %w", err)
-					}
-					continue
+		if id, ok := strings.CutSuffix(name, ".eml"); ok && !queued[id+".json"] {
+			if dead[id+".json"] {
+				// A crash in the middle of Requeue: undo it.
+				if err := durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id)); err != nil {
+					return fmt.Errorf("spool: %w", err)
 				}
-				// Never committed: the device did not get a 250 for it.
-				os.Remove(filepath.Join(s.dir, queueDir, e.Name()))
+				dead[id+".eml"] = true
+				continue
 			}
+			// Never committed: the device did not get a 250 for it.
+			os.Remove(filepath.Join(s.dir, queueDir, name))
 		}
-		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
-			if _, err := os.Stat(s.dataPath(queueDir, id)); errors.Is(err, fs.ErrNotExist) {
-				// A crash in the middle of Bury: finish it.
-				if _, err := os.Stat(s.dataPath(deadDir, id)); err == nil {
-					if m, err := s.readMeta(queueDir, id); err == nil {
-						if m.DeadReason == "" {
-							m.DeadReason = "moved to dead letters (completed after a restart)"
-						}
-						if err := s.writeMeta(deadDir, m); err != nil {
-							return err
-						}
-					}
-					os.Remove(s.metaPath(queueDir, id))
+		if id, ok := strings.CutSuffix(name, ".json"); ok && !queued[id+".eml"] && dead[id+".eml"] {
+			// A crash in the middle of Bury: finish it.
+			if m, err := s.readMeta(queueDir, id); err == nil {
+				if m.DeadReason == "" {
+					m.DeadReason = "moved to dead letters (completed after a restart)"
+				}
+				if err := s.writeMeta(deadDir, m); err != nil {
+					return err
 				}
 			}
+			os.Remove(s.metaPath(queueDir, id))
 		}
 	}
-	deads, err := os.ReadDir(filepath.Join(s.dir, deadDir))
-	if err != nil {
-		return fmt.Errorf("spool: %w", err)
-	}
-	for _, e := range deads {
-		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), durable.TempSuffix) {
-			os.Remove(filepath.Join(s.dir, deadDir, e.Name()))
+	for name := range dead {
+		if strings.HasPrefix(name, ".") && strings.Contains(name, durable.TempSuffix) {
+			os.Remove(filepath.Join(s.dir, deadDir, name))
 			continue
 		}
-		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
-			_, derr := os.Stat(s.dataPath(deadDir, id))
-			_, qerr := os.Stat(s.metaPath(queueDir, id))
-			if errors.Is(derr, fs.ErrNotExist) && qerr == nil {
-				// A crash at the end of Requeue: the queue has it.
-				os.Remove(s.metaPath(deadDir, id))
-			}
+		if id, ok := strings.CutSuffix(name, ".json"); ok && !dead[id+".eml"] && queued[id+".json"] {
+			// A crash at the end of Requeue: the queue has it.
+			os.Remove(s.metaPath(deadDir, id))
 		}
 	}
 	if err := syncDir(filepath.Join(s.dir, deadDir)); err != nil {
 		return err
 	}
 	return syncDir(filepath.Join(s.dir, queueDir))
+}
+
+// names lists a directory's entries as a set.
+func names(dir string) (map[string]bool, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	set := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		set[e.Name()] = true
+	}
+	return set, nil
 }
 
 func validID(id string) bool {
