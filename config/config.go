@@ -47,6 +47,8 @@ type Config struct {
 	// TokenCache keeps the tenants' tokens on disk, encrypted, so that a
 	// restart needs no new grant.
 	TokenCache TokenCache `yaml:"token_cache"`
+	// Network is how the bridge reaches Microsoft: a proxy, a CA.
+	Network Network `yaml:"network"`
 
 	// Path is the file the config was loaded from.
 	Path string `yaml:"-"`
@@ -399,6 +401,28 @@ type TokenCache struct {
 
 	// Key is the key, read by Load.
 	Key secret.String `yaml:"-"`
+}
+
+// Network is how the bridge reaches Entra ID, Graph and Exchange:
+// directly, or through the company's HTTP proxy.
+type Network struct {
+	// Proxy is an http:// URL; without it, HTTPS_PROXY and NO_PROXY
+	// from the environment apply to Entra ID and Graph.
+	Proxy string `yaml:"proxy"`
+	// ProxyUser and ProxyPasswordFile authenticate to the proxy
+	// (Basic); the password is never in the config.
+	ProxyUser         string `yaml:"proxy_user"`
+	ProxyPasswordFile string `yaml:"proxy_password_file"`
+	// CAFile is a PEM file of CAs trusted for Entra ID and Graph beside
+	// the system's: a TLS-inspecting proxy's.
+	CAFile string `yaml:"ca_file"`
+	// SMTPViaProxy sends SMTP to Exchange through the proxy (CONNECT).
+	SMTPViaProxy bool `yaml:"smtp_via_proxy"`
+
+	// ProxyPassword is proxy_password_file's content and CAPEM
+	// ca_file's, read by Load.
+	ProxyPassword secret.String `yaml:"-"`
+	CAPEM         string        `yaml:"-"`
 }
 
 // ManagedIdentity is a tenant's managed identity.

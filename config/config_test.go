@@ -450,3 +450,57 @@ func TestDelegatedAuth(t *testing.T) {
 		}
 	}
 }
+
+// network: a proxy URL with a credential in it, an https:// or pathful
+// proxy, half a credential, a CA file without a certificate and
+// smtp_via_proxy with no proxy are each refused with the key and the
+// fix; a good section loads the password and the CA.
+func TestNetwork(t *testing.T) {
+	dir := t.TempDir()
+	base := fmt.Sprintf(goodConfig, testHash(t))
+	vars := env(map[string]string{"CONTOSO_SECRET": "s", "MAXR": "10"})
+	t.Setenv("HTTPS_PROXY", "")
+	t.Setenv("https_proxy", "")
+	for _, tc := range []struct{ network, key, want string }{
+		{"{proxy: \"http://bob:hunter2@proxy.local:3128\"}", "network.proxy", "network.proxy_password_file"},
+		{"{proxy: \"https://proxy.local:3128\"}", "network.proxy", "http://"},
+		{"{proxy: \"http://proxy.local:3128/pac\"}", "network.proxy", "path"},
+		{"{proxy: \"http://proxy.local:3128\", proxy_user: svc}", "network.proxy_user", "both"},
+		{"{proxy_user: svc, proxy_password_file: pw}", "network.proxy_user", "needs network.proxy"},
+		{"{ca_file: notpem.txt}", "network.ca_file", "no PEM certificate"},
+		{"{smtp_via_proxy: true}", "network.smtp_via_proxy", "no proxy"},
+	} {
+		os.WriteFile(filepath.Join(dir, "notpem.txt"), []byte("hello"), 0o600)
+		os.WriteFile(filepath.Join(dir, "pw"), []byte("pr0xy\n"), 0o600)
+		_, err := LoadWithEnv(writeConfig(t, dir, base+"network: "+tc.network+"\n"), vars)
+		var ce *Error
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: %v, want a config error", tc.network, err)
+			continue
+		}
+		found := false
+		for _, p := range ce.Problems {
+			if p.Key == tc.key && strings.Contains(p.Message, tc.want) {
+				found = true
+			}
+			if strings.Contains(p.Message, "hunter2") {
+				t.Errorf("a problem shows the proxy password: %s", p.Message)
+			}
+		}
+		if !found {
+			t.Errorf("%s: problems %v, want one at %s saying %q", tc.network, ce.Problems, tc.key, tc.want)
+		}
+	}
+	ca, err := pki.NewCA("Contoso inspection CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM(), 0o600)
+	c, err := LoadWithEnv(writeConfig(t, dir, base+"network: {proxy: \"http://proxy.local:3128\", proxy_user: svc, proxy_password_file: pw, ca_file: ca.pem, smtp_via_proxy: true}\n"), vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Network; n.ProxyPassword.Value() != "pr0xy" || n.CAPEM != string(ca.CertPEM()) || !n.SMTPViaProxy {
+		t.Errorf("network loaded as %+v", n)
+	}
+}

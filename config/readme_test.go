@@ -27,6 +27,7 @@ var readmeSections = map[string]string{
 	"`spool`, `log`, `http`, `metrics`, `sandbox`": "",
 	"`cluster`":     "cluster.",
 	"`token_cache`": "token_cache.",
+	"`network`":     "network.",
 }
 
 // derived are the defaults the README states in words, as what they are

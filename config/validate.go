@@ -40,6 +40,52 @@ func (l *loader) validate(c *Config) {
 	l.validateDevices(c)
 	l.validateDelivery(c)
 	l.validateGlobals(c)
+	l.validateNetwork(c)
+}
+
+// validateNetwork checks network: the proxy's URL (no credential in it),
+// its password file, the CA file.
+func (l *loader) validateNetwork(c *Config) {
+	n := &c.Network
+	if n.Proxy != "" {
+		u, err := url.Parse(n.Proxy)
+		switch {
+		case err != nil || u.Host == "" || u.Scheme != "http":
+			l.errorf("network.proxy", "%q is not an http:// proxy URL; write e.g. http://proxy.example.com:3128 (the connection to the proxy is plain HTTP; TLS to Microsoft runs inside it)", n.Proxy)
+		case u.User != nil:
+			l.errorf("network.proxy", "the URL holds a user or password; write the user in network.proxy_user and the password in a file named by network.proxy_password_file")
+		case u.Path != "" && u.Path != "/" || u.RawQuery != "":
+			l.errorf("network.proxy", "%q has a path or query; a proxy URL is only http://host:port", n.Proxy)
+		}
+	}
+	if (n.ProxyUser != "") != (n.ProxyPasswordFile != "") {
+		l.errorf("network.proxy_user", "set both network.proxy_user and network.proxy_password_file, or neither")
+	}
+	if n.ProxyUser != "" && n.Proxy == "" {
+		l.errorf("network.proxy_user", "a proxy user needs network.proxy (the environment's HTTPS_PROXY carries its own credential)")
+	}
+	if n.ProxyPasswordFile != "" {
+		n.ProxyPasswordFile = l.path(n.ProxyPasswordFile)
+		if data, err := os.ReadFile(n.ProxyPasswordFile); err != nil {
+			l.errorf("network.proxy_password_file", "%v", err)
+		} else {
+			l.checkSecretFile("network.proxy_password_file", n.ProxyPasswordFile)
+			n.ProxyPassword = secret.String(strings.TrimRight(string(data), "\r\n"))
+		}
+	}
+	if n.CAFile != "" {
+		n.CAFile = l.path(n.CAFile)
+		if data, err := os.ReadFile(n.CAFile); err != nil {
+			l.errorf("network.ca_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
+			l.errorf("network.ca_file", "%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", n.CAFile)
+		} else {
+			n.CAPEM = string(data)
+		}
+	}
+	if n.SMTPViaProxy && n.Proxy == "" && os.Getenv("HTTPS_PROXY") == "" && os.Getenv("https_proxy") == "" {
+		l.errorf("network.smtp_via_proxy", "no proxy to go through: set network.proxy (or HTTPS_PROXY in the service's environment)")
+	}
 }
 
 func (l *loader) validateListeners(c *Config) {

@@ -13,6 +13,7 @@ import (
 	"crypto/sha1"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -196,7 +197,7 @@ func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []inventory.Dev
 			tok, err := store.Token(ctx, t.Name, m.address)
 			if err != nil {
 				s.Status = Fail
-				r.add(tokenFailure(s, err))
+				r.add(tokenFailure(s, t, err))
 				continue
 			}
 			s.Detail = fmt.Sprintf("the mailbox's sign-in, for %s, valid until %s", t.DelegatedScope, tok.ExpiresOn.UTC().Format("15:04 UTC"))
@@ -212,7 +213,7 @@ func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []inventory.Dev
 		tok, err = store.Token(ctx, t.Name, "")
 	}
 	if err != nil {
-		r.add(tokenFailure(step("token", Fail, ""), err))
+		r.add(tokenFailure(step("token", Fail, ""), t, err))
 		r.add(step("claims", Skip, "no token"))
 		for _, m := range mailboxes {
 			r.rep.Mailboxes++
@@ -220,7 +221,7 @@ func (r *run) smtpTenant(ctx context.Context, t *Tenant, devices []inventory.Dev
 		}
 		return
 	}
-	r.add(step("token", Pass, fmt.Sprintf("granted by %s, valid until %s", t.AuthorityHost, tok.ExpiresOn.UTC().Format("15:04 UTC"))))
+	r.add(step("token", Pass, fmt.Sprintf("granted by %s (%s), valid until %s", t.AuthorityHost, t.Egress.Via(authorityURL(t)), tok.ExpiresOn.UTC().Format("15:04 UTC"))))
 
 	claims, cs := r.claims(t, tok.AccessToken)
 	r.add(cs)
@@ -339,7 +340,7 @@ func days(d time.Duration) int { return int(d.Hours() / 24) }
 
 // tokenFailure explains a failed token request; for a delegated
 // mailbox, the sign-in to do again.
-func tokenFailure(s Step, err error) Step {
+func tokenFailure(s Step, t *Tenant, err error) Step {
 	s.Detail = err.Error()
 	var te *tokenstore.Error
 	if errors.As(err, &te) {
@@ -355,14 +356,26 @@ func tokenFailure(s Step, err error) Step {
 			}
 		default:
 			s.Detail = strings.TrimPrefix(te.Error(), "token for tenant "+te.Tenant+": ")
-			s.Meaning = "No answer from the authority."
+			s.Meaning = "No answer from the authority (" + t.Egress.Via(authorityURL(t)) + ")."
 			s.Fix = "Check authority_host, DNS and the firewall (outbound HTTPS to login.microsoftonline.com), and the system's CA certificates (SSL_CERT_FILE)."
+			if meaning, fix, ok := t.Egress.Explain(err, t.AuthorityHost); ok {
+				s.Meaning, s.Fix = meaning, fix
+			}
 		}
 		if te.SignIn {
 			s.Fix = "Sign in as the mailbox's user: " + te.LoginCommand() + " (with --config as for doctor)."
 		}
 	}
 	return s
+}
+
+// authorityURL is t's authority as a URL, for its proxy.
+func authorityURL(t *Tenant) *url.URL {
+	u, err := url.Parse(t.AuthorityHost)
+	if err != nil || u.Host == "" {
+		return &url.URL{Scheme: "https", Host: t.AuthorityHost}
+	}
+	return u
 }
 
 // mailbox probes Exchange Online for one mailbox.
@@ -377,6 +390,9 @@ func (r *run) mailbox(ctx context.Context, t *Tenant, m mailbox, tok tokenstore.
 			s.Status, s.Detail = Skip, "not tried: an earlier step failed"
 		case steps[i].Err == nil:
 			s.Status, s.Detail = Pass, steps[i].Detail
+			if name == message.StageConnect {
+				s.Detail += " (" + t.SMTP.Egress.SMTPVia(t.SMTP.Host) + ")"
+			}
 			if name == message.StageAuth && !c.hasRole() {
 				s.Detail += "; the token has no SMTP.SendAsApp role, so RBAC for Applications grants this app the mailbox"
 			}
@@ -410,6 +426,11 @@ func probeFailure(s Step, t *Tenant, err error, c claims) Step {
 		return s
 	}
 	s.Detail = me.Err.Error()
+	if meaning, fix, ok := t.SMTP.Egress.Explain(me.Err, t.SMTP.Host); ok && me.Stage == message.StageConnect {
+		// (The proxy's CA is not SMTP's: STARTTLS is end to end.)
+		s.Meaning, s.Fix = meaning, fix
+		return s
+	}
 	switch me.Stage {
 	case message.StageConnect:
 		s.Meaning = "Exchange Online did not answer."

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -54,7 +55,7 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []inventory.De
 	}
 	mailboxes := mailboxesOf(devices)
 	if err != nil {
-		r.add(tokenFailure(step("graph token", Fail, ""), err))
+		r.add(tokenFailure(step("graph token", Fail, ""), t, err))
 		for _, m := range mailboxes {
 			r.rep.Mailboxes++
 			r.add(Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "graph mailbox", Status: Skip, Detail: "no token"})
@@ -103,7 +104,7 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []inventory.De
 		}
 		err := graph.CheckMailbox(ctx, t.Graph.Route, m.address, tok.AccessToken)
 		if err == nil {
-			ms.Status, ms.Detail = Pass, "a draft was created and deleted: the app may use the mailbox through Graph"
+			ms.Status, ms.Detail = Pass, "a draft was created and deleted: the app may use the mailbox through Graph ("+t.Graph.Route.Egress.Via(graphURL(t))+")"
 			r.add(ms)
 			continue
 		}
@@ -115,12 +116,23 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []inventory.De
 			if h := hints.Match(me.Reply.Code, me.Reply.EnhancedString(), me.Reply.Text); h != nil {
 				ms.Meaning, ms.Fix = h.Meaning, h.Fix
 			}
+		} else if meaning, fix, ok := t.Graph.Route.Egress.Explain(err, t.Graph.Route.Host); ok {
+			ms.Meaning, ms.Fix = meaning, fix
 		} else {
-			ms.Meaning = "Microsoft Graph did not answer."
+			ms.Meaning = "Microsoft Graph did not answer (" + t.Graph.Route.Egress.Via(graphURL(t)) + ")."
 			ms.Fix = fmt.Sprintf("Check graph_host (%s), DNS, and that the firewall lets the bridge reach it on TCP 443.", t.Graph.Route.Host)
 		}
 		r.add(ms)
 	}
+}
+
+// graphURL is t's Graph host as a URL, for its proxy.
+func graphURL(t *Tenant) *url.URL {
+	u, err := url.Parse(t.Graph.Route.Host)
+	if err != nil || u.Host == "" {
+		return &url.URL{Scheme: "https", Host: t.Graph.Route.Host}
+	}
+	return u
 }
 
 func rolesText(roles []string) string {

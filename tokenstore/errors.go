@@ -173,7 +173,3 @@ func firstLine(err error) string {
 	}
 	return s
 }
-
-func newTLSConfig(roots *x509.CertPool) *tls.Config {
-	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-}

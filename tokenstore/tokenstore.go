@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smtpbridge/smtpbridge/internal/secret"
+	"github.com/smtpbridge/smtpbridge/upstream/egress"
 )
 
 // Tenant is what the store needs to know about one app registration.
@@ -45,6 +46,8 @@ type Tenant struct {
 	// authority (sandbox mode). Production leaves it nil: the system trust
 	// store, which honours SSL_CERT_FILE, is used.
 	RootCAs *x509.CertPool
+	// Egress is the way to the authority: a proxy, a proxy's CA.
+	Egress egress.Settings
 	// Cache, if it has a key, keeps the tenant's tokens on disk,
 	// encrypted, across restarts.
 	Cache *Cache
@@ -205,18 +208,14 @@ func (s *Store) Reconfigure(tenants []Tenant) error {
 // equal says whether two tenants need the same MSAL client.
 func (t Tenant) equal(o Tenant) bool {
 	return t.Name == o.Name && t.TenantID == o.TenantID && t.ClientID == o.ClientID &&
-		t.AuthorityHost == o.AuthorityHost && t.Scope == o.Scope && t.RootCAs.Equal(o.RootCAs) &&
+		t.AuthorityHost == o.AuthorityHost && t.Scope == o.Scope && t.RootCAs.Equal(o.RootCAs) && t.Egress == o.Egress &&
 		t.Credential.Equal(o.Credential) && t.Cache.equal(o.Cache) && t.DelegatedScope == o.DelegatedScope
 }
 
 // httpClientFor is the HTTP client for t's authority: the system's trust
-// store, or t.RootCAs.
+// store, or t.RootCAs, with t.Egress's proxy and CA.
 func httpClientFor(t Tenant) *http.Client {
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if t.RootCAs != nil {
-		transport.TLSClientConfig = newTLSConfig(t.RootCAs)
-	}
-	return &http.Client{Transport: transport, Timeout: requestTimeout}
+	return &http.Client{Transport: t.Egress.Transport(t.RootCAs), Timeout: requestTimeout}
 }
 
 func newClient(t Tenant) (*client, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
 	"github.com/smtpbridge/smtpbridge/upstream"
+	"github.com/smtpbridge/smtpbridge/upstream/egress"
 	"github.com/smtpbridge/smtpbridge/upstream/graph"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
@@ -83,7 +84,13 @@ func (ms Microsoft) TokenTenant(cfg *config.Config, t *config.Tenant) tokenstore
 	}
 	return tokenstore.Tenant{Name: t.Name, TenantID: t.TenantID, ClientID: t.ClientID, Credential: t.Credential,
 		AuthorityHost: pick(ms.AuthorityHost, t.AuthorityHost), Scope: t.TokenScope, DelegatedScope: t.DelegatedScope(false),
-		RootCAs: ms.RootCAs, Cache: cache}
+		RootCAs: ms.RootCAs, Egress: EgressOf(cfg), Cache: cache}
+}
+
+// EgressOf is the config's way out to Microsoft (network).
+func EgressOf(cfg *config.Config) egress.Settings {
+	n := cfg.Network
+	return egress.Settings{Proxy: n.Proxy, User: n.ProxyUser, Password: n.ProxyPassword, CAPEM: n.CAPEM, SMTPViaProxy: n.SMTPViaProxy}
 }
 
 // GraphTokenTenant is TokenTenant with Graph's token scope: a Graph
@@ -95,13 +102,15 @@ func (ms Microsoft) GraphTokenTenant(cfg *config.Config, t *config.Tenant) token
 }
 
 // Route is where tenant t's SMTP submissions go.
-func (ms Microsoft) Route(t *config.Tenant) upsmtp.Route {
-	return upsmtp.Route{Host: pick(ms.SMTPHost, t.SMTPHost), RootCAs: ms.RootCAs}
+func (ms Microsoft) Route(cfg *config.Config, t *config.Tenant) upsmtp.Route {
+	e := EgressOf(cfg)
+	e.CAPEM = "" // the proxy's CA is for Entra ID and Graph: SMTP's TLS runs end to end
+	return upsmtp.Route{Host: pick(ms.SMTPHost, t.SMTPHost), RootCAs: ms.RootCAs, Egress: e}
 }
 
 // GraphRoute is where tenant t's Graph requests go.
-func (ms Microsoft) GraphRoute(t *config.Tenant) graph.Route {
-	return graph.Route{Host: pick(ms.GraphHost, t.GraphHost), RootCAs: ms.RootCAs}
+func (ms Microsoft) GraphRoute(cfg *config.Config, t *config.Tenant) graph.Route {
+	return graph.Route{Host: pick(ms.GraphHost, t.GraphHost), RootCAs: ms.RootCAs, Egress: EgressOf(cfg)}
 }
 
 // Parts are the settings of each part of the message's path, from a
@@ -145,7 +154,7 @@ func PartsOf(cfg *config.Config, ms Microsoft) Parts {
 		p.GraphTokens = append(p.GraphTokens, ms.GraphTokenTenant(cfg, t))
 		p.MailboxLimits[t.Name] = upstream.Limits{Connections: t.MaxConnectionsPerMailbox, PerMinute: t.MaxMessagesPerMinute,
 			RecipientsPerDay: t.MaxRecipientsPerDay}
-		p.Routes[t.Name], p.GraphRoutes[t.Name] = ms.Route(t), ms.GraphRoute(t)
+		p.Routes[t.Name], p.GraphRoutes[t.Name] = ms.Route(cfg, t), ms.GraphRoute(cfg, t)
 	}
 	d := cfg.Delivery
 	p.Queue = queue.Settings{RetryInitial: d.RetryInitial, RetryMax: d.RetryMax, MaxAge: d.MaxAge, SyncTimeout: d.SyncTimeout,
@@ -195,9 +204,9 @@ func DoctorTenants(cfg *config.Config, ms Microsoft) []doctor.Tenant {
 	var out []doctor.Tenant
 	for i := range cfg.Tenants {
 		t := &cfg.Tenants[i]
-		dt := doctor.Tenant{Tenant: ms.TokenTenant(cfg, t), SecretExpires: t.SecretExpires, SMTP: ms.Route(t)}
+		dt := doctor.Tenant{Tenant: ms.TokenTenant(cfg, t), SecretExpires: t.SecretExpires, SMTP: ms.Route(cfg, t)}
 		gt := ms.GraphTokenTenant(cfg, t)
-		dt.Graph = &doctor.Graph{Scope: gt.Scope, DelegatedScope: gt.DelegatedScope, Route: ms.GraphRoute(t)}
+		dt.Graph = &doctor.Graph{Scope: gt.Scope, DelegatedScope: gt.DelegatedScope, Route: ms.GraphRoute(cfg, t)}
 		for _, d := range inv.Devices {
 			if d.Tenant == t.Name {
 				dt.Devices = append(dt.Devices, d)

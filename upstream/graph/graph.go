@@ -37,6 +37,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/header"
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/upstream"
+	"github.com/smtpbridge/smtpbridge/upstream/egress"
 )
 
 // Route is where one tenant's Graph requests go.
@@ -45,6 +46,8 @@ type Route struct {
 	Host string
 	// RootCAs replaces the system roots (sandbox mode, tests).
 	RootCAs *x509.CertPool
+	// Egress is the way there: a proxy, a proxy's CA.
+	Egress egress.Settings
 }
 
 // Options configure a Transport.
@@ -126,8 +129,7 @@ func (t *Transport) route(tenant string) (Route, *http.Client, bool) {
 	}
 	c := t.clients[tenant]
 	if c == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig.RootCAs = r.RootCAs
+		tr := r.Egress.Transport(r.RootCAs)
 		tr.MaxIdleConnsPerHost = 8
 		tr.ResponseHeaderTimeout = requestTimeout
 		c = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

@@ -184,8 +184,7 @@ func (c *client) hello(name string) error {
 func (s *submission) dial(ctx context.Context, route Route, hostname string) (*client, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	d := net.Dialer{Timeout: dialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", route.Host)
+	conn, err := route.Egress.DialSMTP(ctx, route.Host, dialTimeout)
 	if err != nil {
 		return nil, s.fail(message.StageConnect, "", err)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/smtpbridge/smtpbridge/message"
 	"github.com/smtpbridge/smtpbridge/upstream"
+	"github.com/smtpbridge/smtpbridge/upstream/egress"
 )
 
 // Route is where one tenant's mail goes.
@@ -32,9 +33,13 @@ type Route struct {
 	// mode, tests). Nil in production: the system roots, which honour
 	// SSL_CERT_FILE, verify Exchange's certificate.
 	RootCAs *x509.CertPool
+	// Egress is the way there: direct, or a proxy's CONNECT tunnel.
+	Egress egress.Settings
 }
 
-func (r Route) equal(o Route) bool { return r.Host == o.Host && r.RootCAs.Equal(o.RootCAs) }
+func (r Route) equal(o Route) bool {
+	return r.Host == o.Host && r.RootCAs.Equal(o.RootCAs) && r.Egress == o.Egress
+}
 
 // Options configure a Transport.
 type Options struct {
