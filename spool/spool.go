@@ -156,8 +156,10 @@ func (s *Spool) countFound(ids []string) {
 		m, err := s.readMeta(queueDir, id)
 		if err != nil {
 			if m, err = s.readMeta(deadDir, id); err != nil {
-				s.use.forget(id, "", 0, false)
-				continue // gone, or unreadable: whoever lists it reports it
+				// Gone (a Remove under way, whose forget then strikes it
+				// off uncounted without taking its bytes off), or
+				// unreadable (whoever lists it reports it).
+				continue
 			}
 		}
 		s.use.found(id, m.Device, m.Size)
