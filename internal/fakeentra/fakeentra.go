@@ -447,11 +447,15 @@ func (s *Server) openIDConfig(w http.ResponseWriter, r *http.Request) {
 			"Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", name)})
 		return
 	}
-	base := s.url + "/" + name
+	// The endpoints under the name the client used, as Entra's own
+	// document does (a client that reached the fake through a proxy, by
+	// a name only the proxy resolves, must be sent back to that name).
+	origin := "https://" + r.Host
+	base := origin + "/" + name
 	writeJSON(w, 200, map[string]any{
 		"token_endpoint":                        base + "/oauth2/v2.0/token",
 		"authorization_endpoint":                base + "/oauth2/v2.0/authorize",
-		"issuer":                                s.url + "/" + t.id + "/v2.0",
+		"issuer":                                origin + "/" + t.id + "/v2.0",
 		"jwks_uri":                              base + "/discovery/v2.0/keys",
 		"response_types_supported":              []string{"code", "id_token", "token"},
 		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},

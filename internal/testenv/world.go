@@ -53,8 +53,13 @@ var shared = sync.OnceValues(func() (*pki.Leaf, error) {
 		return nil, err
 	}
 	sharedCA = ca
-	return ca.Issue("127.0.0.1", "localhost")
+	return ca.Issue("127.0.0.1", "localhost", "login."+ProxiedDomain, "graph."+ProxiedDomain, "smtp."+ProxiedDomain)
 })
+
+// ProxiedDomain names the fakes where only a proxy finds them (its own
+// hosts file maps the names to 127.0.0.1; this host cannot resolve
+// them): a bridge that reaches them went through the proxy.
+const ProxiedDomain = "proxied.test"
 
 var sharedCA *pki.CA
 
