@@ -73,6 +73,8 @@ Usage:
                                                    print the Exchange Online PowerShell the config needs
   smtpbridge tenant login --config FILE --tenant T --mailbox ADDRESS
                                                    sign in for a mailbox (auth: delegated)
+  smtpbridge device add|passwd|remove|list --config FILE [--name N ...]
+                                                   enroll a device: password, config, reload, its card
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
@@ -125,6 +127,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdExchangeScript(rest, stdout, stderr)
 	case "tenant":
 		err = cmdTenant(rest, stdout, stderr)
+	case "device":
+		err = cmdDevice(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

@@ -64,6 +64,7 @@ func (d *Daemon) Handler() http.Handler {
 //	POST /-/reload          reload the config
 //	POST /api/drain         drain before a stop
 //	GET  /api/replicas      the replicas sharing Redis
+//	GET  /api/devices       when each device was last seen
 //	     /api/blocks...     the blocked addresses
 //	     /api/...           the queue
 func (d *Daemon) adminHandler() http.Handler {
@@ -76,6 +77,17 @@ func (d *Daemon) adminHandler() http.Handler {
 			reps = []status.Replica{}
 		}
 		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"replicas": reps})
+	})
+	admin.HandleFunc("GET /api/devices", func(w http.ResponseWriter, _ *http.Request) {
+		// When each device was last seen (a login or a message), for
+		// smtpbridge device list.
+		seen := map[string]time.Time{}
+		for name, t := range d.board.LastSeen() {
+			if !t.IsZero() {
+				seen[name] = t
+			}
+		}
+		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"last_seen": seen})
 	})
 	admin.Handle("/api/blocks", guard.Handler(d.path.Guard))
 	admin.Handle("/api/blocks/", guard.Handler(d.path.Guard))
