@@ -72,8 +72,20 @@ func cmdExchangeScript(args []string, stdout, stderr io.Writer) error {
 	tenant := fs.String("tenant", "", "only this tenant")
 	rbac := fs.Bool("rbac", false, "grant the mailboxes with RBAC for Applications (a management scope) instead of FullAccess")
 	graph := fs.Bool("graph", false, "the set-up for the Microsoft Graph transport (RBAC for Applications: Application Mail.Send and Mail.ReadWrite)")
+	discover := fs.Bool("discover", false, "the grant smtpbridge discover needs (Graph's Reports.Read.All and AuditLog.Read.All)")
 	cfg, err := parseConfigFlags(fs, path, args, stderr)
 	if err != nil {
+		return err
+	}
+	if *discover {
+		script, err := doctor.DiscoverScript(daemon.DoctorTenants(cfg, daemon.Microsoft{}), *tenant)
+		if errors.Is(err, doctor.ErrNoSuch) {
+			return usageError{"exchange-script: " + err.Error()}
+		}
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(stdout, script)
 		return err
 	}
 	script, err := doctor.ExchangeScript(daemon.DoctorTenants(cfg, daemon.Microsoft{}), cfg.Path, *tenant, *rbac, *graph)

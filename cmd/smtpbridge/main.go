@@ -69,10 +69,12 @@ Usage:
                                                    check each tenant's set-up step by step
   smtpbridge send-test --config FILE --device D --to ADDRESS
                                                    send one test message through a device's mapping
-  smtpbridge exchange-script --config FILE [--tenant T] [--rbac | --graph]
+  smtpbridge exchange-script --config FILE [--tenant T] [--rbac | --graph | --discover]
                                                    print the Exchange Online PowerShell the config needs
   smtpbridge tenant login --config FILE --tenant T --mailbox ADDRESS
                                                    sign in for a mailbox (auth: delegated)
+  smtpbridge discover --config FILE [--tenant T] [--days 30] [--json | --yaml]
+                                                   the mailboxes that still send with SMTP AUTH (Graph)
   smtpbridge device add|passwd|remove|list --config FILE [--name N ...]
                                                    enroll a device: password, config, reload, its card
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
@@ -129,6 +131,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdTenant(rest, stdout, stderr)
 	case "device":
 		err = cmdDevice(rest, stdout, stderr)
+	case "discover":
+		err = cmdDiscover(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK

@@ -44,6 +44,13 @@ const (
 	RoleMailReadWrite = "Mail.ReadWrite"
 )
 
+// Microsoft Graph's application permissions for finding the senders
+// that still use SMTP AUTH (smtpbridge discover).
+const (
+	RoleReportsRead  = "Reports.Read.All"
+	RoleAuditLogRead = "AuditLog.Read.All"
+)
+
 // App is an app registration with its service principal in one tenant.
 type App struct {
 	ClientID string

@@ -106,6 +106,11 @@ type Server struct {
 	inFlight    int
 	peak        int
 	mailDir     string
+	// activity is each tenant's SMTP usage and sign-ins (reports.go);
+	// reports are the CSVs a report request redirected to.
+	activity map[string]*Activity
+	reports  map[string][]byte
+	pageSize int
 }
 
 // SetMailDir makes the server write each message it sends to dir as an
@@ -159,7 +164,7 @@ type upload struct {
 // New returns a server that trusts tokens checked by v.
 func New(v TokenVerifier) *Server {
 	return &Server{verifier: v, mailboxes: map[string]string{}, drafts: map[string]*draft{},
-		uploads: map[string]*upload{}, requests: map[string]int{}}
+		uploads: map[string]*upload{}, requests: map[string]int{}, activity: map[string]*Activity{}, reports: map[string][]byte{}}
 }
 
 // Start listens on addr with cert (HTTPS).
@@ -267,6 +272,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if m := reUpload.FindStringSubmatch(r.URL.Path); m != nil {
 		s.chunk(w, r, m[1])
+		return
+	}
+	if s.serveDirectory(w, r) {
 		return
 	}
 	m := reUserPath.FindStringSubmatch(r.URL.Path)
