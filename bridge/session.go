@@ -305,6 +305,12 @@ func (se *session) data(ctx context.Context, tx *transaction, r io.Reader) error
 		}
 	}
 	h.Prepend("Received", se.received(tx))
+	if _, i := h.Get("message-id"); i < 0 {
+		// As a submission agent may (RFC 6409 section 8.3): without it
+		// Exchange makes one the bridge never learns, and the message
+		// trace and sent_items could not find the message by it.
+		h.Fields = append(h.Fields, header.NewField("Message-ID", "<"+tx.id+"@"+se.srv.hostname+">"))
+	}
 
 	msg := &message.Message{
 		ID: tx.id, Device: dev.Name, Tenant: dev.Tenant, Mailbox: dev.Mailbox.String(),

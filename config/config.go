@@ -17,7 +17,9 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/internal/passwd"
 	"github.com/smtpbridge/smtpbridge/internal/secret"
 	"github.com/smtpbridge/smtpbridge/message"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole configuration file.
@@ -131,6 +134,9 @@ type Tenant struct {
 	// sendMail, for tenants that keep SMTP AUTH off). A device may
 	// override it.
 	Transport string `yaml:"transport"`
+	// SentItems has the bridge delete its own submissions' copies from
+	// the mailboxes' Sent Items (opt in); a device may override it.
+	SentItems SentItems `yaml:"sent_items"`
 	// GraphHost is Microsoft Graph's endpoint (national clouds differ);
 	// its token scope is GraphHost + "/.default".
 	GraphHost string `yaml:"graph_host"`
@@ -194,6 +200,8 @@ type Device struct {
 	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
 	// Transport overrides the tenant's transport for this device.
 	Transport string `yaml:"transport"`
+	// SentItems overrides the tenant's sent_items for this device.
+	SentItems *SentItems `yaml:"sent_items"`
 
 	// Parsed is the device as Load compiled it: what the bridge runs.
 	Parsed inventory.Device `yaml:"-"`
@@ -401,6 +409,38 @@ type TokenCache struct {
 
 	// Key is the key, read by Load.
 	Key secret.String `yaml:"-"`
+}
+
+// SentItems keeps a sending mailbox's Sent Items small: Exchange keeps
+// a copy of every message submitted, and a scanner's mailbox fills up.
+type SentItems struct {
+	// Keep is how long the copies of the bridge's own submissions stay
+	// in Sent Items before the bridge deletes them through Graph
+	// (Mail.ReadWrite); zero keeps them all, as Exchange does.
+	Keep Age `yaml:"keep"`
+}
+
+// Age is a duration written as Go writes them (36h, 90m) or in days
+// (30d).
+type Age time.Duration
+
+// UnmarshalYAML reads 30d or a Go duration.
+func (a *Age) UnmarshalYAML(n *yaml.Node) error {
+	s := strings.TrimSpace(n.Value)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		v, err := strconv.ParseFloat(days, 64)
+		if err != nil || v < 0 || v > 3650 {
+			return fmt.Errorf("line %d: %q is not a number of days such as 30d", n.Line, s)
+		}
+		*a = Age(time.Duration(v * float64(24*time.Hour)))
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration: write e.g. 30d or 12h", n.Line, s)
+	}
+	*a = Age(d)
+	return nil
 }
 
 // Network is how the bridge reaches Entra ID, Graph and Exchange:

@@ -42,6 +42,9 @@ var derived = map[string]func(c *Config) bool{
 		return c.Devices[0].Parsed.MaxQueuedBytes == c.Limits.MaxQueuedBytesPerDevice
 	},
 	"devices[0].transport": func(c *Config) bool { return c.Devices[0].Parsed.Transport == c.Tenants[0].Transport },
+	"devices[0].sent_items.keep": func(c *Config) bool {
+		return c.Devices[0].SentItems == nil && c.Devices[0].Parsed.SentItemsKeep == time.Duration(c.Tenants[0].SentItems.Keep)
+	},
 	"cluster.instance": func(c *Config) bool {
 		h, _ := os.Hostname()
 		return c.Cluster.Instance == h

@@ -244,6 +244,7 @@ func (l *loader) validateTenants(c *Config) {
 		t := &c.Tenants[i]
 		k := fmt.Sprintf("tenants[%d]", i)
 		l.checkName(k+".name", t.Name, names)
+		l.checkSentItems(k+".sent_items.keep", t.SentItems)
 		switch {
 		case t.TenantID == "":
 			l.errorf(k+".tenant_id", "required: the Directory (tenant) ID from the app registration's Overview page, or a verified domain")
@@ -371,6 +372,16 @@ func (l *loader) deviceLogin(c *Config, k string, d *Device, users map[string]st
 	}
 }
 
+// checkSentItems bounds sent_items.keep.
+func (l *loader) checkSentItems(key string, s SentItems) {
+	switch keep := time.Duration(s.Keep); {
+	case keep < 0:
+		l.errorf(key, "must not be negative; leave it out (or 0) to keep every copy")
+	case keep > 0 && keep < time.Hour:
+		l.warnf(key, "%s: the copies of the bridge's messages leave Sent Items within the hour; people looking there for a scan they sent will not find it", keep)
+	}
+}
+
 // deviceRoute checks where device d's mail goes: its tenant, transport
 // and mailbox.
 func (l *loader) deviceRoute(c *Config, k string, d *Device) {
@@ -381,6 +392,11 @@ func (l *loader) deviceRoute(c *Config, k string, d *Device) {
 		l.errorf(k+".tenant", "unknown tenant %q (known: %s)", d.Tenant, tenantNames(c))
 	} else {
 		p.Transport = t.Transport
+		p.SentItemsKeep = time.Duration(t.SentItems.Keep)
+	}
+	if d.SentItems != nil {
+		p.SentItemsKeep = time.Duration(d.SentItems.Keep)
+		l.checkSentItems(k+".sent_items.keep", *d.SentItems)
 	}
 	switch d.Transport {
 	case "":

@@ -37,6 +37,7 @@ import (
 	"github.com/smtpbridge/smtpbridge/spool"
 	"github.com/smtpbridge/smtpbridge/status"
 	"github.com/smtpbridge/smtpbridge/tokenstore"
+	"github.com/smtpbridge/smtpbridge/upstream/sentitems"
 	upsmtp "github.com/smtpbridge/smtpbridge/upstream/smtp"
 )
 
@@ -78,6 +79,7 @@ type Daemon struct {
 	replicas   []cluster.Replica
 	m          *metrics.Metrics
 	board      *status.Board
+	sent       *sentitems.Cleaner
 	audit      *audit.Logger
 	savers     []saver
 	httpLn     net.Listener
@@ -188,8 +190,12 @@ func (d *Daemon) startUpstream() error {
 	if err := os.MkdirAll(graphTmp, 0o700); err != nil {
 		return fmt.Errorf("spool.dir: %w", err)
 	}
+	var err error
+	if d.sent, err = sentitems.New(filepath.Join(cfg.Spool.Dir, "sent-items.jsonl"), graphRequester{d}, sentItemsKeep(cfg), d.log); err != nil {
+		return err
+	}
 	o := PathOptions{Log: d.log, Spool: d.sp, GraphTemp: graphTmp, Guard: guard.New(parts.Guard),
-		Events: audit.Tee{d.audit, d.m, d.board}, Conns: connObservers{d.m, d.board},
+		Events: audit.Tee{d.audit, d.m, d.board, d.sent}, Conns: connObservers{d.m, d.board},
 		Tokens: tokenObservers{d.m, d.board, &tokenLog{log: d.log}}, Upstream: d.m, Holds: holdMetrics{d.m}, Refused: d.m}
 	if cfg.Cluster.Enabled() {
 		r := cfg.Cluster.Redis
@@ -202,7 +208,6 @@ func (d *Daemon) startUpstream() error {
 		d.log.Info().Str("instance", cfg.Cluster.Instance).Msg("the mailboxes' limits are shared with the other replicas through Redis")
 	}
 	parts.Hostname = d.hostname
-	var err error
 	if d.path, err = NewPath(parts, o); err != nil {
 		if o.Shared != nil {
 			o.Shared.Close()
@@ -252,6 +257,9 @@ func (d *Daemon) Run(ctx context.Context, reloads <-chan string, started func())
 	adminSrv := d.serveAdminSocket(cfg)
 	stop := make(chan struct{})
 	saversDone := d.startSavers(stop)
+	sweepCtx, stopSweeps := context.WithCancel(context.Background())
+	defer stopSweeps()
+	go d.sent.Run(sweepCtx, sentItemsSweep(cfg))
 	if d.rdb != nil {
 		go d.clusterLoop(stop)
 	}

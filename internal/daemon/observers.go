@@ -179,3 +179,35 @@ func (o sharedObservers) SharedLimits(ok bool) {
 	o.m.SharedLimits(ok)
 	o.board.SharedLimits(ok)
 }
+
+// graphRequester is the Graph transport's Request, for sent_items: the
+// transport is made after the observers are.
+type graphRequester struct{ d *Daemon }
+
+func (g graphRequester) Request(ctx context.Context, tenant, mailbox, method, pathQuery string) (int, []byte, error) {
+	return g.d.path.Graph.Request(ctx, tenant, mailbox, method, pathQuery)
+}
+
+// sentItemsKeep is how long each device's copies stay in Sent Items
+// (sent_items.keep, the device's or its tenant's).
+func sentItemsKeep(cfg *config.Config) func(device string) time.Duration {
+	keep := map[string]time.Duration{}
+	for _, dv := range cfg.Devices {
+		if k := dv.Parsed.SentItemsKeep; k > 0 {
+			keep[dv.Name] = k
+		}
+	}
+	return func(device string) time.Duration { return keep[device] }
+}
+
+// sentItemsSweep is how often the copies due are looked for: half the
+// shortest keep, between a second and ten minutes.
+func sentItemsSweep(cfg *config.Config) time.Duration {
+	every := 10 * time.Minute
+	for _, dv := range cfg.Devices {
+		if k := dv.Parsed.SentItemsKeep; k > 0 {
+			every = min(every, k/2)
+		}
+	}
+	return max(every, time.Second)
+}

@@ -83,6 +83,7 @@ func (d *Daemon) apply() ReloadResult {
 	d.applyMemoryLimit(cfg)
 	d.m.Configure(parts.Inventory, metrics.Options{PerDevice: cfg.Metrics.PerDeviceOn()})
 	d.board.Configure(parts.Inventory)
+	d.sent.SetKeep(sentItemsKeep(cfg))
 	d.checkSignIns(cfg)
 	if err := d.audit.SetFile(cfg.Log.AuditFile); err != nil {
 		warnings = append(warnings, fmt.Sprintf("log.audit_file: %v; the audit log goes to the previous file", err))

@@ -30,3 +30,8 @@ func CheckDir(string) error { return nil }
 
 // OpenNoFollow opens path for reading.
 func OpenNoFollow(path string) (*os.File, error) { return os.Open(path) }
+
+// OpenAppend opens path for appending, creating it with perm.
+func OpenAppend(path string, perm os.FileMode) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
+}

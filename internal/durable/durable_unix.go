@@ -202,3 +202,14 @@ func OpenNoFollow(path string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// OpenAppend opens path for appending, creating it with perm, and never
+// through a symbolic link (a file written as root must not be one an
+// unprivileged user pointed elsewhere).
+func OpenAppend(path string, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, perm)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link: %w", path, ErrNotRegular)
+	}
+	return f, err
+}

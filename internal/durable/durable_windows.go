@@ -98,3 +98,12 @@ func OpenNoFollow(path string) (*os.File, error) {
 	}
 	return os.Open(path)
 }
+
+// OpenAppend opens path for appending, creating it with perm, refusing
+// a path that is not a regular file.
+func OpenAppend(path string, perm os.FileMode) (*os.File, error) {
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w", path, ErrNotRegular)
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
+}

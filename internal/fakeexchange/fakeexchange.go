@@ -139,13 +139,16 @@ type Server struct {
 	authLogins  int
 	inlineAuths int
 	mailDir     string
-	seq         int
-	noStartTLS  bool
-	dataDelay   time.Duration
-	window      atomic.Int64 // CountRoundTrips
-	conns       map[*turnConn]struct{}
-	maxConns    int // 0: MaxConnectionsPerMailbox
-	inData      atomic.Int32
+	// onAccepted is told of each message accepted (the fake world puts
+	// its copy in the mailbox's Sent Items, as Exchange does).
+	onAccepted func(Message)
+	seq        int
+	noStartTLS bool
+	dataDelay  time.Duration
+	window     atomic.Int64 // CountRoundTrips
+	conns      map[*turnConn]struct{}
+	maxConns   int // 0: MaxConnectionsPerMailbox
+	inData     atomic.Int32
 }
 
 // InData counts the submissions between their DATA (or BDAT) and the
@@ -234,6 +237,13 @@ func (s *Server) Close() error {
 		return nil
 	}
 	return s.srv.Close()
+}
+
+// SetOnAccepted has f told of each message accepted.
+func (s *Server) SetOnAccepted(f func(Message)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onAccepted = f
 }
 
 // SetMailDir makes accepted messages be written to dir as .eml files.

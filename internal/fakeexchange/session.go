@@ -379,7 +379,11 @@ func (se *session) Data(r io.Reader) error {
 	}
 	se.s.mu.Lock()
 	se.s.messages = append(se.s.messages, msg)
+	accepted := se.s.onAccepted
 	se.s.mu.Unlock()
+	if accepted != nil {
+		accepted(msg)
+	}
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 		Message: fmt.Sprintf("OK <%s> [Hostname=%s]", id, se.s.Hostname)}
 }

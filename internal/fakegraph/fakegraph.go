@@ -76,6 +76,9 @@ type Message struct {
 	Attachments     []Attachment
 	RequestID       string // the request-id of the request that sent it
 	ClientRequestID string
+	// InternetMessageID is its Message-ID, as Exchange keeps it (its own
+	// when the message had none).
+	InternetMessageID string
 }
 
 // Attachment is a file attachment of a draft.
@@ -110,7 +113,9 @@ type Server struct {
 	// reports are the CSVs a report request redirected to.
 	activity map[string]*Activity
 	reports  map[string][]byte
-	pageSize int
+	// sentItems are each mailbox's Sent Items folder (sentitems.go).
+	sentItems map[string][]SentItem
+	pageSize  int
 }
 
 // SetMailDir makes the server write each message it sends to dir as an
@@ -125,7 +130,13 @@ func (s *Server) SetMailDir(dir string) {
 // record keeps a sent message, and writes it to the mail directory.
 func (s *Server) record(m Message) {
 	s.mu.Lock()
+	if m.InternetMessageID == "" {
+		m.InternetMessageID = "<" + randomHex(16) + "@fake.prod.outlook.com>"
+	}
 	s.messages = append(s.messages, m)
+	// Exchange keeps a copy of what the mailbox sends.
+	s.sentItems[m.Mailbox] = append(s.sentItems[m.Mailbox], SentItem{ID: "AAMkSent" + randomHex(16), InternetMessageID: m.InternetMessageID,
+		Subject: m.Subject, Sent: time.Now().UTC(), Size: int64(len(m.MIME) + len(m.Body))})
 	dir := s.mailDir
 	s.mu.Unlock()
 	if dir == "" {
@@ -164,7 +175,8 @@ type upload struct {
 // New returns a server that trusts tokens checked by v.
 func New(v TokenVerifier) *Server {
 	return &Server{verifier: v, mailboxes: map[string]string{}, drafts: map[string]*draft{},
-		uploads: map[string]*upload{}, requests: map[string]int{}, activity: map[string]*Activity{}, reports: map[string][]byte{}}
+		uploads: map[string]*upload{}, requests: map[string]int{}, activity: map[string]*Activity{}, reports: map[string][]byte{},
+		sentItems: map[string][]SentItem{}}
 }
 
 // Start listens on addr with cert (HTTPS).
@@ -274,7 +286,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.chunk(w, r, m[1])
 		return
 	}
-	if s.serveDirectory(w, r) {
+	if s.serveDirectory(w, r) || s.serveSentItems(w, r) {
 		return
 	}
 	m := reUserPath.FindStringSubmatch(r.URL.Path)
@@ -462,7 +474,8 @@ func (s *Server) sendMail(w http.ResponseWriter, r *http.Request, mailbox string
 		return
 	}
 	s.record(Message{Mailbox: mailbox, Via: "sendMail", Recipients: rcpts, Subject: msg.Header.Get("Subject"),
-		MIME: data, RequestID: w.Header().Get("request-id"), ClientRequestID: r.Header.Get("client-request-id")})
+		MIME: data, RequestID: w.Header().Get("request-id"), ClientRequestID: r.Header.Get("client-request-id"),
+		InternetMessageID: strings.TrimSpace(msg.Header.Get("Message-Id"))})
 	w.WriteHeader(202)
 }
 
@@ -487,7 +500,8 @@ type draftJSON struct {
 		Name  string `json:"name"`
 		Value string `json:"value"`
 	} `json:"internetMessageHeaders"`
-	Importance string `json:"importance"`
+	Importance        string `json:"importance"`
+	InternetMessageID string `json:"internetMessageId"`
 }
 
 func (s *Server) createDraft(w http.ResponseWriter, mailbox string, body []byte) {
@@ -497,7 +511,7 @@ func (s *Server) createDraft(w http.ResponseWriter, mailbox string, body []byte)
 		return
 	}
 	msg := Message{Mailbox: mailbox, Via: "draft", Subject: d.Subject, Body: d.Body.Content, BodyType: strings.ToLower(d.Body.ContentType),
-		Headers: map[string]string{}}
+		Headers: map[string]string{}, InternetMessageID: d.InternetMessageID}
 	for _, h := range d.Headers {
 		if !strings.HasPrefix(strings.ToLower(h.Name), "x-") {
 			writeError(w, 400, "InvalidInternetMessageHeader", "The internet message header name '"+h.Name+"' should start with 'x-' or 'X-'.")

@@ -12,12 +12,15 @@
 package fakeworld
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
 	"github.com/smtpbridge/smtpbridge/internal/fakeexchange"
@@ -73,6 +76,17 @@ func NewWith(ca *pki.CA, leaf *pki.Leaf) (*World, error) {
 	}
 	w.Exchange = fakeexchange.New(w.Entra)
 	w.Graph = fakegraph.New(w.Entra)
+	// One mailbox store: what Exchange takes over SMTP AUTH has its copy
+	// in the mailbox's Sent Items, which Graph sees.
+	w.Exchange.SetOnAccepted(func(m fakeexchange.Message) {
+		it := fakegraph.SentItem{Sent: time.Now().UTC(), Size: m.Size}
+		if m.Data != nil {
+			if msg, err := mail.ReadMessage(bytes.NewReader(m.Data)); err == nil {
+				it.InternetMessageID, it.Subject = strings.TrimSpace(msg.Header.Get("Message-Id")), msg.Header.Get("Subject")
+			}
+		}
+		w.Graph.AddSentItem(m.AuthUser, it)
+	})
 	return w, nil
 }
 

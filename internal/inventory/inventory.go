@@ -76,6 +76,9 @@ type Device struct {
 	// Transport is the device's transport (TransportSMTP,
 	// TransportGraph), its own or its tenant's.
 	Transport string
+	// SentItemsKeep is how long the copies of its messages stay in the
+	// mailbox's Sent Items before the bridge deletes them; zero: kept.
+	SentItemsKeep time.Duration
 	// Unauthenticated devices (auth: none) are recognised by their source
 	// address among Networks, on listeners that allow it.
 	Unauthenticated bool

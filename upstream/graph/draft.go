@@ -63,6 +63,9 @@ type draftJSON struct {
 	ReplyTo    []recipientJSON `json:"replyTo,omitempty"`
 	Importance string          `json:"importance,omitempty"`
 	Headers    []headerJSON    `json:"internetMessageHeaders,omitempty"`
+	// InternetMessageID keeps the message's own Message-ID, which the
+	// copy in Sent Items then has too (sent_items finds it by it).
+	InternetMessageID string `json:"internetMessageId,omitempty"`
 }
 
 func recipients(list []*mail.Address) []recipientJSON {
@@ -128,6 +131,9 @@ func (s *sender) sendDraft(ctx context.Context, rw rewritten, content io.Reader)
 		}
 	}
 	d.Importance = importance(msg)
+	if id := strings.TrimSpace(msg.Get("Message-Id")); len(id) > 2 && len(id) <= 998 && id[0] == '<' && id[len(id)-1] == '>' && !strings.ContainsAny(id, " \t\r\n") {
+		d.InternetMessageID = id
+	}
 	for k, v := range msg {
 		if strings.HasPrefix(strings.ToLower(k), "x-") && len(d.Headers) < maxCustomHeaders && len(v) > 0 {
 			d.Headers = append(d.Headers, headerJSON{Name: k, Value: message.CleanText(v[0])})
