@@ -14,10 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/smtpbridge/smtpbridge/internal/fakeentra"
+	"github.com/smtpbridge/smtpbridge/internal/fakegraph"
 	"github.com/smtpbridge/smtpbridge/internal/fakeworld"
 	"github.com/smtpbridge/smtpbridge/internal/inventory"
 )
@@ -82,10 +85,14 @@ func (sb *Sandbox) Register(inv inventory.Inventory) error {
 		} else {
 			return errors.New("sandbox: tenant " + t.Name + " has no credential")
 		}
+		// The grant smtpbridge discover needs, as given with
+		// exchange-script --discover.
+		app.GraphRoles = []string{fakeentra.RoleMailSend, fakeentra.RoleMailReadWrite, fakeentra.RoleReportsRead, fakeentra.RoleAuditLogRead}
 		a := sb.World.AddApp(t.TenantID, app)
 		sb.apps[key] = a.ObjectID
 		apps[t.Name] = a
 	}
+	sb.legacySenders(inv)
 	for _, d := range inv.Devices {
 		app := apps[d.Tenant]
 		if app == nil {
@@ -120,3 +127,31 @@ func (sb *Sandbox) RootCAs() *x509.CertPool { return sb.World.CA.Pool() }
 
 // Close stops both fakes.
 func (sb *Sandbox) Close() error { return sb.World.Close() }
+
+// legacySenders gives each tenant a month of SMTP AUTH activity for
+// smtpbridge discover to find: its devices' mailboxes, and two more
+// that nothing in the config sends as yet (a copier and an ERP system
+// still sending with a password).
+func (sb *Sandbox) legacySenders(inv inventory.Inventory) {
+	now := time.Now().UTC()
+	for _, t := range inv.Tenants {
+		domain := "sandbox.example"
+		mailboxes := []string{}
+		for _, d := range inv.Devices {
+			if d.Tenant == t.Name && !slices.Contains(mailboxes, d.Mailbox.String()) {
+				mailboxes = append(mailboxes, d.Mailbox.String())
+				domain = d.Mailbox.Domain
+			}
+		}
+		mailboxes = append(mailboxes, "copier-3f@"+domain, "erp@"+domain)
+		act := fakegraph.Activity{Premium: true}
+		for i, m := range mailboxes {
+			act.Usage = append(act.Usage, fakegraph.Usage{UPN: m, LastActivity: now.Add(-time.Duration(i%5) * 24 * time.Hour), SMTP: true})
+			for j := range 3 + i%4 {
+				act.SignIns = append(act.SignIns, fakegraph.SignIn{UPN: m, IP: fmt.Sprintf("203.0.113.%d", 10+i%3),
+					Time: now.Add(-time.Duration(j*7+i) * time.Hour), ClientApp: "Authenticated SMTP"})
+			}
+		}
+		sb.World.Graph.SetActivity(t.TenantID, act)
+	}
+}
