@@ -1,14 +1,18 @@
 package main
 
 import (
+	"crypto/tls"
 	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -113,5 +117,74 @@ func TestDeviceEnrollment(t *testing.T) {
 		if strings.Contains(p.logs.String(), secret) {
 			t.Error("the bridge's log holds a device password")
 		}
+	}
+}
+
+// device add on the shipped example config, as an admin has it once the
+// example's two placeholder hashes are replaced: every line of it stays
+// as it was (comments and all), the new device logs in over STARTTLS
+// with the card's password on the running bridge without a restart, and
+// the card names the lan listener's port and STARTTLS.
+func TestDeviceAddOnTheShippedExample(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile("../../examples/smtpbridge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA("example CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("smtpbridge.contoso.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
+	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
+	lan, legacy, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+	const placeholder = `"REPLACE with the output of: smtpbridge hash-password"`
+	text := strings.Replace(string(data), placeholder, strconv.Quote(hashOf(t, "mfp-2f's own password")), 1)
+	text = strings.Replace(text, placeholder, strconv.Quote(hashOf(t, "the ERP's own password")), 1)
+	for from, to := range map[string]string{`"0.0.0.0:587"`: strconv.Quote(lan), `"0.0.0.0:2525"`: strconv.Quote(legacy),
+		"/var/lib/smtpbridge/spool": filepath.Join(dir, "spool"), "/var/lib/smtpbridge/audit.log": filepath.Join(dir, "audit.log")} {
+		if !strings.Contains(text, from) {
+			t.Fatalf("the example no longer has %s", from)
+		}
+		text = strings.ReplaceAll(text, from, to)
+	}
+	path := filepath.Join(dir, "smtpbridge.yaml")
+	writeFile(t, path, text)
+	env := []string{"CONTOSO_SECRET=example-secret-value", "SMTPBRIDGE_HTTP_ADDRESS=" + httpAddr}
+	p := startBridge(t, env, []string{lan, legacy}, "serve", "--config", path)
+
+	out, code := runBridge(t, env, "device", "add", "--config", path, "--name", "mfp-3f", "--tenant", "contoso",
+		"--mailbox", "scans@contoso.com", "--networks", "127.0.0.0/8")
+	if code != 0 {
+		t.Fatalf("device add on the example: exit %d\n%s", code, out)
+	}
+	after, _ := os.ReadFile(path)
+	before := strings.SplitAfter(text, "\n")
+	now := strings.SplitAfter(string(after), "\n")
+	i := 0
+	for i < len(before) && before[i] == now[i] {
+		i++
+	}
+	added := len(now) - len(before)
+	if added <= 0 || strings.Join(now[:i], "")+strings.Join(now[i+added:], "") != text {
+		t.Fatalf("device add changed lines of the example besides adding the device:\n%s", after)
+	}
+	_, lanPort, _ := strings.Cut(lan, ":")
+	if cardValue(t, out, "port (1)") != lanPort || !strings.HasPrefix(cardValue(t, out, "security (1)"), "STARTTLS") {
+		t.Errorf("the card does not name the lan listener's port %s and STARTTLS:\n%s", lanPort, out)
+	}
+	c, err := smtp.DialStartTLS(lan, &tls.Config{ServerName: "smtpbridge.contoso.local", RootCAs: ca.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "mfp-3f", cardValue(t, out, "password"))); err != nil {
+		t.Fatalf("the new device's login with its card's password on the running bridge: %v\n%s", err, p.logs.String())
 	}
 }
