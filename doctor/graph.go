@@ -106,6 +106,7 @@ func (r *run) graphTenant(ctx context.Context, t *Tenant, devices []inventory.De
 		if err == nil {
 			ms.Status, ms.Detail = Pass, "a draft was created and deleted: the app may use the mailbox through Graph ("+t.Graph.Route.Egress.Via(graphURL(t))+")"
 			r.add(ms)
+			r.add(sentItemsStep(ctx, t, m, tok.AccessToken))
 			continue
 		}
 		ms.Status, ms.Detail = Fail, err.Error()
@@ -140,4 +141,27 @@ func rolesText(roles []string) string {
 		return "none"
 	}
 	return strings.Join(roles, ", ")
+}
+
+// sentItemsWarn is the Sent Items size doctor warns at: most plans'
+// mailboxes hold 50 GB, and Exchange refuses every submission of a full
+// one (554 5.2.2), then throttles the mailbox.
+const sentItemsWarn = 40 << 30
+
+// sentItemsStep says how full the mailbox's Sent Items is, where Exchange
+// keeps a copy of everything the devices send.
+func sentItemsStep(ctx context.Context, t *Tenant, m mailbox, token string) Step {
+	s := Step{Tenant: t.Name, Mailbox: m.address, Devices: m.devices, Name: "sent items", Status: Pass}
+	n, size, err := graph.SentItemsStats(ctx, t.Graph.Route, m.address, token)
+	if err != nil {
+		s.Status, s.Detail = Skip, "the Sent Items folder could not be read: "+err.Error()
+		return s
+	}
+	s.Detail = fmt.Sprintf("%d item(s), %.1f MB: Exchange keeps a copy of every message sent", n, float64(size)/1e6)
+	if size >= sentItemsWarn {
+		s.Status, s.Code = Warn, "554 5.2.2"
+		s.Meaning = "Sent Items alone holds 40 GB or more: near most plans' 50 GB mailbox quota, past which Exchange refuses every message the mailbox sends."
+		s.Fix = "Set sent_items: {keep: 30d} on the tenant or the device (the bridge deletes the copies of its own messages), or give the mailbox a retention policy."
+	}
+	return s
 }

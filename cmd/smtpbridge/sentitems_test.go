@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -77,5 +78,17 @@ http: {address: {{q .HTTP}}}
 	}
 	if !strings.Contains(p.logs.String(), "copies of the bridge's messages deleted from Sent Items") {
 		t.Errorf("no log line of the deletion:\n%s", p.logs.String())
+	}
+
+	// doctor says how full Sent Items is, and warns near the quota.
+	env := []string{"TEST_CLIENT_SECRET=" + clientSecret, "SSL_CERT_FILE=" + u.caFile}
+	out, _ := runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")
+	if !regexp.MustCompile(`sent items\s+2 item\(s\)`).MatchString(out) {
+		t.Errorf("doctor does not show the Sent Items folder's 2 items:\n%s", out)
+	}
+	u.Graph.AddSentItem("scanner@contoso.example", fakegraph.SentItem{InternetMessageID: "<big@contoso.example>", Size: 41 << 30})
+	out, _ = runBridge(t, env, "doctor", "--config", path, "--device", "mfp-2f")
+	if !strings.Contains(out, "[warn] sent items") || !strings.Contains(out, "sent_items: {keep: 30d}") {
+		t.Errorf("doctor does not warn of a Sent Items near the quota:\n%s", out)
 	}
 }

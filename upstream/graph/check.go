@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -43,4 +44,27 @@ func CheckMailbox(ctx context.Context, route Route, mailbox, token string) error
 	}
 	resp.Body.Close()
 	return nil
+}
+
+// SentItemsStats reads a mailbox's Sent Items folder: how many items it
+// holds and their size (Mail.ReadWrite), for doctor.
+func SentItemsStats(ctx context.Context, route Route, mailbox, token string) (items int, bytes int64, err error) {
+	t := New(Options{Routes: map[string]Route{"": route}, Observer: upstream.NopObserver{}})
+	defer t.Close()
+	_, plain, _ := t.route("")
+	s := &sender{t: t, route: route, plain: plain, m: &message.Message{Mailbox: mailbox},
+		base: route.Host + "/v1.0/users/" + url.PathEscape(mailbox), api: authorized(plain, token)}
+	resp, err := s.do(ctx, s.api, http.MethodGet, s.base+"/mailFolders/sentitems", nil, -1, "", message.StageMail, http.StatusOK)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var f struct {
+		TotalItemCount int   `json:"totalItemCount"`
+		SizeInBytes    int64 `json:"sizeInBytes"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&f); err != nil {
+		return 0, 0, fmt.Errorf("the Sent Items folder: %w", err)
+	}
+	return f.TotalItemCount, f.SizeInBytes, nil
 }
