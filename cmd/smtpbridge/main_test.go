@@ -419,3 +419,22 @@ func hashOf(t *testing.T, pw string) string {
 	}
 	return h
 }
+
+// A plain go build in a checkout names its commit: smtpbridge version
+// prints the revision (and whether the tree had changes), so a bug
+// report says which code it is about.
+func TestVersionNamesTheRevision(t *testing.T) {
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse HEAD (the tests run in a git checkout): %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "smtpbridge")
+	cmd := exec.Command("go", "build", "-buildvcs=true", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := runCmd(t, "", bin, "version")
+	if rev := strings.TrimSpace(string(head))[:12]; err != nil || !strings.Contains(out, rev) {
+		t.Errorf("version of a build at %s: %v %q", rev, err, out)
+	}
+}

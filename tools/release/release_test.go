@@ -58,14 +58,32 @@ func TestRelease(t *testing.T) {
 		t.Errorf("the binary's version: %q", out)
 	}
 
-	// The SBOM names the required modules with their versions.
+	// The SBOM names the required modules with their versions, and
+	// smtpbridge's licence.
 	var bom struct {
 		BOMFormat  string `json:"bomFormat"`
 		Components []struct{ Name, Version, Purl string }
+		Metadata   struct {
+			Component struct {
+				Licenses []struct {
+					License struct{ ID string } `json:"license"`
+				} `json:"licenses"`
+			} `json:"component"`
+		} `json:"metadata"`
 	}
 	data, _ := os.ReadFile(filepath.Join(dist, "smtpbridge_0.9.1-test.1.cdx.json"))
 	if err := json.Unmarshal(data, &bom); err != nil || bom.BOMFormat != "CycloneDX" {
 		t.Fatalf("SBOM: %v", err)
+	}
+	if l := bom.Metadata.Component.Licenses; len(l) != 1 || l[0].License.ID != "Apache-2.0" {
+		t.Errorf("the SBOM's licence: %+v, want Apache-2.0", l)
+	}
+	deb := filepath.Join(dist, "smtpbridge_0.9.1-test.1_amd64.deb")
+	if lic := strings.TrimSpace(sh(t, false, "dpkg-deb", "-f", deb, "License")); lic != "Apache-2.0" {
+		t.Errorf("dpkg-deb -f License: %q, want Apache-2.0", lic)
+	}
+	if list := sh(t, false, "dpkg-deb", "-c", deb); !strings.Contains(list, "./usr/share/doc/smtpbridge/copyright") {
+		t.Errorf("the .deb has no copyright file:\n%s", list)
 	}
 	names := map[string]bool{}
 	for _, c := range bom.Components {

@@ -25,13 +25,25 @@ type cdxMetadata struct {
 }
 
 type cdxComponent struct {
-	Type    string    `json:"type"`
-	BOMRef  string    `json:"bom-ref"`
-	Name    string    `json:"name"`
-	Version string    `json:"version"`
-	PURL    string    `json:"purl"`
-	Hashes  []cdxHash `json:"hashes,omitempty"`
+	Type     string       `json:"type"`
+	BOMRef   string       `json:"bom-ref"`
+	Name     string       `json:"name"`
+	Version  string       `json:"version"`
+	PURL     string       `json:"purl"`
+	Hashes   []cdxHash    `json:"hashes,omitempty"`
+	Licenses []cdxLicense `json:"licenses,omitempty"`
 }
+
+// cdxLicense names a component's licence by its SPDX identifier.
+type cdxLicense struct {
+	License struct {
+		ID string `json:"id"`
+	} `json:"license"`
+}
+
+// License is smtpbridge's licence, as the LICENSE file, the packages and
+// the SBOM name it.
+const License = "Apache-2.0"
 
 type cdxHash struct {
 	Alg     string `json:"alg"`
@@ -52,6 +64,9 @@ func (r *release) sbom(bin string) error {
 		Metadata: cdxMetadata{Timestamp: time.Now().UTC().Format(time.RFC3339),
 			Component: cdxComponent{Type: "application", BOMRef: purl(bi.Main.Path, "v"+r.version), Name: bi.Main.Path,
 				Version: "v" + r.version, PURL: purl(bi.Main.Path, "v"+r.version)}}}
+	var lic cdxLicense
+	lic.License.ID = License
+	doc.Metadata.Component.Licenses = []cdxLicense{lic}
 	doc.Components = append(doc.Components, cdxComponent{Type: "library", BOMRef: "pkg:golang/stdlib@" + bi.GoVersion,
 		Name: "stdlib", Version: bi.GoVersion, PURL: "pkg:golang/stdlib@" + bi.GoVersion})
 	for _, m := range bi.Deps {
