@@ -504,3 +504,31 @@ func TestNetwork(t *testing.T) {
 		t.Errorf("network loaded as %+v", n)
 	}
 }
+
+// What serve would refuse at start is refused by the check first, with
+// the key, the line and the fix: a port that is no number, one out of
+// range, a duration without its unit.
+func TestCheckRefusesWhatServeWould(t *testing.T) {
+	dir := t.TempDir()
+	base := fmt.Sprintf(goodConfig, testHash(t))
+	vars := env(map[string]string{"CONTOSO_SECRET": "s", "MAXR": "10"})
+	for _, tc := range []struct{ from, to, key, want string }{
+		{`address: "127.0.0.1:2525"`, `address: "127.0.0.1:25x25"`, "listeners[0].address", "write a number such as 2525"},
+		{`address: "127.0.0.1:2525"`, `address: "127.0.0.1:99999"`, "listeners[0].address", "use 1 to 65535"},
+		{"limits:\n", "delivery: {sync_timeout: 20}\nlimits:\n", "delivery.sync_timeout", "20 has no unit: write a duration such as 20s"},
+	} {
+		_, err := LoadWithEnv(writeConfig(t, dir, strings.Replace(base, tc.from, tc.to, 1)), vars)
+		var ce *Error
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: %v, want a config error", tc.to, err)
+			continue
+		}
+		found := false
+		for _, p := range ce.Problems {
+			found = found || p.Key == tc.key && p.Line > 0 && strings.Contains(p.Message, tc.want)
+		}
+		if !found {
+			t.Errorf("%s: problems %v, want one at %s with a line, saying %q", tc.to, ce.Problems, tc.key, tc.want)
+		}
+	}
+}

@@ -368,8 +368,15 @@ func (l *loader) typeError(msg string) {
 		}
 	}
 	p.Message = strings.Replace(p.Message, "cannot unmarshal", "wrong type:", 1)
+	if m := bareDurationRE.FindStringSubmatch(p.Message); m != nil {
+		p.Message = fmt.Sprintf("%s has no unit: write a duration such as %ss (or %sm, %sh)", m[1], m[1], m[1], m[1])
+	}
 	l.problems = append(l.problems, p)
 }
+
+// bareDurationRE is yaml's complaint about a number where a duration
+// goes (sync_timeout: 20).
+var bareDurationRE = regexp.MustCompile("^wrong type: !!(?:int|float) `([0-9.]+)` into time.Duration$")
 
 var envRE = regexp.MustCompile(`\$\$\{|\$\{([^}]*)\}?`)
 

@@ -88,6 +88,22 @@ func (l *loader) validateNetwork(c *Config) {
 	}
 }
 
+// checkPort says what is wrong with a listener's port, "" if nothing:
+// a number from 1 to 65535, or a service name the system knows (smtp).
+func checkPort(port string) string {
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			return fmt.Sprintf("%q is neither a port number nor a service name this host knows; write a number such as 2525", port)
+		}
+		return ""
+	}
+	if n < 1 || n > 65535 {
+		return fmt.Sprintf("port %d is out of range: use 1 to 65535", n)
+	}
+	return ""
+}
+
 func (l *loader) validateListeners(c *Config) {
 	if len(c.Listeners) == 0 {
 		l.errorf("listeners", "at least one listener is required, e.g. {name: lan, address: \"0.0.0.0:2525\", tls: starttls, ...}")
@@ -102,6 +118,8 @@ func (l *loader) validateListeners(c *Config) {
 			l.errorf(k+".address", "required, e.g. \"0.0.0.0:2525\" (all interfaces) or \"127.0.0.1:2525\"")
 		} else if _, port, err := net.SplitHostPort(ls.Address); err != nil || port == "" {
 			l.errorf(k+".address", "%q is not host:port; write e.g. \"0.0.0.0:2525\" or \"127.0.0.1:587\"", ls.Address)
+		} else if msg := checkPort(port); msg != "" {
+			l.errorf(k+".address", "%q: %s", ls.Address, msg)
 		} else if other, dup := addrs[ls.Address]; dup {
 			l.errorf(k+".address", "%s is already used by listener %q", ls.Address, other)
 		} else {
