@@ -160,7 +160,7 @@ delivery:
 	}
 	for _, w := range []string{
 		`delivery.mode: "later" is not one of hybrid, queue, sync`,
-		`delivery.sync_timeout: wrong type`,
+		`delivery.sync_timeout: 20 has no unit: write a duration such as 20s`,
 		`delivery.retry_max: 1m0s is shorter than retry_initial (10m0s)`,
 		`delivery.bounce_to: "not an address"`,
 		`devices[0].delivery.mode: "sometimes" is not one of hybrid, queue, sync`,
