@@ -252,3 +252,26 @@ func untrustedExchange(t *testing.T, w *world) string {
 	t.Cleanup(func() { exo.Close() })
 	return exo.Addr()
 }
+
+// The printer keeps the step names and their details apart, whatever the
+// name, and heads each tenant and mailbox.
+func TestPrinterColumns(t *testing.T) {
+	var b strings.Builder
+	p := &doctor.Printer{W: &b}
+	for _, name := range []string{"token", "graph token", "graph mailbox", "sent items"} {
+		p.Step(doctor.Step{Tenant: "contoso", Mailbox: "scans@contoso.example", Devices: []string{"mfp"}, Name: name, Status: doctor.Pass, Detail: "detail"})
+	}
+	out := b.String()
+	if !strings.Contains(out, "tenant contoso\n") || !strings.Contains(out, "  mailbox scans@contoso.example (device mfp)\n") {
+		t.Errorf("no headings:\n%s", out)
+	}
+	col := -1
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[2:] {
+		i := strings.Index(line, "detail")
+		if col >= 0 && i != col || line[i-1] != ' ' {
+			t.Errorf("the details are not in one column after a space:\n%s", out)
+			break
+		}
+		col = i
+	}
+}

@@ -29,7 +29,9 @@ func (p *Printer) Step(s Step) {
 	if s.Mailbox != "" {
 		indent = "    "
 	}
-	fmt.Fprintf(p.W, "%s%s %-11s%s\n", indent, marks[s.Status], s.Name, s.Detail)
+	// The widest step name (graph mailbox) and a space: a name never
+	// runs into its detail.
+	fmt.Fprintf(p.W, "%s%s %-13s %s\n", indent, marks[s.Status], s.Name, s.Detail)
 	pad := indent + strings.Repeat(" ", 7)
 	if s.Code != "" || s.Meaning != "" {
 		code := ""
