@@ -187,19 +187,29 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // configFlag adds --config to fs, defaulting to $SMTPBRIDGE_CONFIG.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", defaultConfig(), "config file (default $SMTPBRIDGE_CONFIG; on Windows, %ProgramData%\\smtpbridge\\smtpbridge.yaml)")
+	return fs.String("config", defaultConfig(), "config file (default $SMTPBRIDGE_CONFIG, else the packages' config when it exists: /etc/smtpbridge/smtpbridge.yaml, or on Windows %ProgramData%\\smtpbridge\\smtpbridge.yaml)")
 }
 
-// defaultConfig is $SMTPBRIDGE_CONFIG, or on Windows the config the MSI
-// installs, if it is there.
+// installedConfig is where the packages install the config: the .deb
+// and .rpm, or the MSI.
+func installedConfig() string {
+	if runtime.GOOS == "windows" {
+		return filepath.Join(programData(), "smtpbridge", "smtpbridge.yaml")
+	}
+	return unixConfig
+}
+
+// unixConfig is the .deb's and .rpm's config (tests point it elsewhere).
+var unixConfig = "/etc/smtpbridge/smtpbridge.yaml"
+
+// defaultConfig is $SMTPBRIDGE_CONFIG, or the config the packages
+// install, if it is there.
 func defaultConfig() string {
 	if p := os.Getenv("SMTPBRIDGE_CONFIG"); p != "" {
 		return p
 	}
-	if runtime.GOOS == "windows" {
-		if p := filepath.Join(programData(), "smtpbridge", "smtpbridge.yaml"); fileExists(p) {
-			return p
-		}
+	if p := installedConfig(); fileExists(p) {
+		return p
 	}
 	return ""
 }
