@@ -5,6 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/config"
@@ -48,9 +51,40 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// loadConfig loads path, printing every problem and warning to w.
+// loadConfig loads path, printing every problem and warning to w. The
+// ${VAR}s come from the environment, then from secrets.env beside the
+// config (the file the packages' systemd unit reads), so that check-config
+// and doctor work in an admin's shell as the service does.
 func loadConfig(path string, w io.Writer) (*config.Config, error) {
-	return loadConfigWith(path, w, config.Load)
+	return loadConfigWith(path, w, func(p string) (*config.Config, error) {
+		lookup, err := envLookup(p, "")
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := config.LoadWithEnv(p, lookup)
+		var ce *config.Error
+		if errors.As(err, &ce) && unreadableSecrets(p) {
+			for _, pr := range ce.Problems {
+				if strings.Contains(pr.Message, "environment variable") {
+					fmt.Fprintf(w, "note: %s holds the secrets' variables, and this user cannot read it: run the command as root (sudo), as the service's unit reads it\n",
+						filepath.Join(filepath.Dir(p), "secrets.env"))
+					break
+				}
+			}
+		}
+		return cfg, err
+	})
+}
+
+// unreadableSecrets says whether a secrets.env beside the config exists
+// and cannot be read by this user.
+func unreadableSecrets(configPath string) bool {
+	f, err := os.Open(filepath.Join(filepath.Dir(configPath), "secrets.env"))
+	if err == nil {
+		f.Close()
+		return false
+	}
+	return errors.Is(err, os.ErrPermission)
 }
 
 // loadConfigWith is loadConfig with load for config.Load.

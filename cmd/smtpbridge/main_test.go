@@ -379,6 +379,14 @@ func TestProductionExample(t *testing.T) {
 	if err == nil || !strings.Contains(out, "CONTOSO_SECRET") {
 		t.Errorf("a missing ${CONTOSO_SECRET} is not reported: %v\n%s", err, out)
 	}
+	// The packages keep the secret in secrets.env beside the config, for
+	// systemd: check-config reads it too, as the README's steps say.
+	writeFile(t, filepath.Join(dir, "secrets.env"), "# for systemd\nCONTOSO_SECRET=example-secret-value\n")
+	out, err = check(filterEnv(os.Environ(), "CONTOSO_SECRET"))
+	if err != nil || !strings.Contains(out, "OK (") || strings.Contains(out, "example-secret-value") {
+		t.Errorf("check-config with the secret in secrets.env: %v\n%s", err, out)
+	}
+	os.Remove(filepath.Join(dir, "secrets.env"))
 
 	// The sandbox's password: the hash the README's examples carry, and
 	// one made anew with hash-password.
