@@ -44,7 +44,7 @@ Flags:
 
 func cmdDevice(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprint(stderr, deviceUsage)
+		fmt.Fprint(stderr, strings.TrimSuffix(deviceUsage, "\nFlags:\n")+"\nEach command's flags: smtpbridge device COMMAND --help.\n")
 		return usageError{"device: name a subcommand: add, passwd, remove or list"}
 	}
 	sub, rest := args[0], args[1:]

@@ -446,3 +446,19 @@ func TestVersionNamesTheRevision(t *testing.T) {
 		t.Errorf("version of a build at %s: %v %q", rev, err, out)
 	}
 }
+
+// No help text ends with an empty section, and the usage of a command
+// that takes an ID names its alternatives.
+func TestHelpTexts(t *testing.T) {
+	for _, c := range [][]string{{"reload"}, {"blocks"}, {"device"}, {"device", "add"}, {"drain"}, {"trace"}, {"service"},
+		{"queue"}, {"queue", "list"}, {"discover"}, {"doctor"}, {"check-config"}, {"send-test"}, {"exchange-script"}} {
+		out, _ := runCmd(t, "", binary, append(c, "--help")...)
+		if strings.HasSuffix(strings.TrimSpace(out), "Flags:") {
+			t.Errorf("smtpbridge %s --help ends with an empty Flags: section:\n%s", strings.Join(c, " "), out)
+		}
+	}
+	out, _ := runCmd(t, "", binary, "queue", "retry", "--spool", t.TempDir())
+	if !strings.Contains(out, "--all") {
+		t.Errorf("queue retry without an ID does not name --all: %s", out)
+	}
+}

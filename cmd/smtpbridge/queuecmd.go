@@ -49,7 +49,8 @@ Flags:
 func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fmt.Fprint(stdout, queueUsage)
+			// The flags are each command's: smtpbridge queue list --help.
+			fmt.Fprint(stdout, strings.TrimSuffix(queueUsage, "\nFlags:\n")+"\nEach command's flags: smtpbridge queue COMMAND --help.\n")
 			return nil
 		}
 		return usageError{"queue: name a command: list, show, retry, drop, dead, requeue (see smtpbridge queue --help)"}
@@ -88,7 +89,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case needID[sub] && len(pos) != 1:
-		return usageError{fmt.Sprintf("queue %s: give one message ID", sub)}
+		alt := map[string]string{"retry": " (or --all, or filters such as --mailbox M)", "drop": " (or filters such as --device D --state dead)"}[sub]
+		return usageError{fmt.Sprintf("queue %s: give one message ID%s", sub, alt)}
 	case !needID[sub] && len(pos) != 0:
 		return usageError{fmt.Sprintf("queue %s: unexpected argument %q", sub, pos[0])}
 	}

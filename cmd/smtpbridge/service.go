@@ -37,7 +37,7 @@ Flags:
 func cmdService(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fmt.Fprint(stdout, serviceUsage)
+			fmt.Fprint(stdout, strings.TrimSuffix(serviceUsage, "\nFlags:\n")+"\nEach command's flags: smtpbridge service COMMAND --help.\n")
 			return nil
 		}
 		return usageError{"service: name a command: install, uninstall, start, stop, reload, status (see smtpbridge service --help)"}
