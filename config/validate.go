@@ -232,9 +232,12 @@ func (l *loader) checkListenerCert(k string, ls *Listener) {
 		return
 	}
 	ls.Certificate = &pair
-	leaf := pair.Leaf
-	if leaf != nil && now().After(leaf.NotAfter) {
-		l.warnf(k+".cert_file", "the certificate expired on %s; devices that check it will refuse to connect", leaf.NotAfter.Format(time.DateOnly))
+	switch leaf := pair.Leaf; {
+	case leaf == nil:
+	case now().After(leaf.NotAfter):
+		l.warnf(k+".cert_file", "the certificate expired on %s; devices that check it will refuse to connect (smtpbridge tls-cert makes a new one)", leaf.NotAfter.Format(time.DateOnly))
+	case now().Add(CredentialWarnBefore).After(leaf.NotAfter):
+		l.warnf(k+".cert_file", "the certificate expires on %s; make a new one before then (smtpbridge tls-cert) and give devices that pin it the new fingerprint", leaf.NotAfter.Format(time.DateOnly))
 	}
 }
 

@@ -104,6 +104,8 @@ Usage:
                                                    the mailboxes that still send with SMTP AUTH (Graph)
   smtpbridge device add|passwd|remove|list --config FILE [--name N ...]
                                                    enroll a device: password, config, reload, its card
+  smtpbridge tls-cert --host NAME [--ip ADDR] [--days N] [--ca] --out DIR
+                                                   a listener certificate for a LAN without a PKI
   smtpbridge hash-password [--algorithm A]         hash a device password (read from stdin)
   smtpbridge queue COMMAND [--config FILE] [ID]    list, show, retry, drop, dead, requeue
   smtpbridge blocks [list|unblock ADDR]            addresses blocked for failed logins
@@ -160,6 +162,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdDevice(rest, stdout, stderr)
 	case "discover":
 		err = cmdDiscover(rest, stdout, stderr)
+	case "tls-cert":
+		err = cmdTLSCert(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "smtpbridge %s (%s)\n", buildVersion(), runtime.Version())
 		return exitOK
