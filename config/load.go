@@ -116,6 +116,16 @@ func load(path string, lookup func(string) (string, bool), sandboxDir string) (*
 		if sandboxDir != "" {
 			cfg.Sandbox.Dir = sandboxDir
 		}
+		if cfg.Sandbox.Dir != "" && !writable(l.dir) {
+			// A sandbox config read from where this user may not write
+			// (the package's /usr/share/doc): its state goes to a
+			// directory of the user's own.
+			l.stateDir = sandboxStateDir()
+			if err := os.MkdirAll(l.stateDir, 0o700); err != nil {
+				l.errorf("sandbox", "%s is not writable by this user, nor is %s: %v; copy the config to a directory of your own", l.dir, l.stateDir, err)
+			}
+			l.warnf("sandbox", "%s is not writable by this user: the sandbox keeps its spool, mail and audit log in %s", l.dir, l.stateDir)
+		}
 		cfg.applyDefaults()
 		l.validate(cfg)
 		l.checkInlineSecrets(cfg)
@@ -233,6 +243,9 @@ var topKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 type loader struct {
 	file string
 	dir  string
+	// stateDir, if set, is where a sandbox config's relative spool,
+	// mail and audit paths go instead of dir (statePath).
+	stateDir string
 	// files are the keys that come from included files (devices[12]),
 	// with the file's path as written in problems.
 	files    map[string]string
@@ -307,6 +320,39 @@ func lineOf(lines map[string]int, key string) int {
 // Line is the line of key in the config file, or of its nearest parent
 // that is in it; 0 when unknown.
 func (c *Config) Line(key string) int { return lineOf(c.lines, key) }
+
+// statePath is path for the files the bridge writes (spool, sandbox
+// mail, audit log): under stateDir, by their last element, when set.
+func (l *loader) statePath(p string) string {
+	if l.stateDir != "" && p != "" && !filepath.IsAbs(p) {
+		return filepath.Join(l.stateDir, filepath.Base(p))
+	}
+	return l.path(p)
+}
+
+// writable says whether this user may create files in dir.
+func writable(dir string) bool {
+	f, err := os.CreateTemp(dir, ".smtpbridge-write-check-*")
+	if err != nil {
+		return false
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return true
+}
+
+// sandboxStateDir is the user's own directory for a sandbox's state:
+// $XDG_STATE_HOME/smtpbridge-sandbox, ~/.local/state/smtpbridge-sandbox,
+// or one in the temporary directory.
+func sandboxStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "smtpbridge-sandbox")
+	}
+	if home, err := os.UserHomeDir(); err == nil && home != "" && writable(home) {
+		return filepath.Join(home, ".local", "state", "smtpbridge-sandbox")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("smtpbridge-sandbox-%d", os.Getuid()))
+}
 
 // path resolves a file name from the config relative to the config file's
 // directory, so the bridge finds the same files whatever its working

@@ -608,7 +608,7 @@ func (l *loader) validateGlobals(c *Config) {
 	}
 	l.validateLimits(c)
 	l.validateSecurity(c)
-	c.Spool.Dir = l.path(c.Spool.Dir)
+	c.Spool.Dir = l.statePath(c.Spool.Dir)
 	if c.Spool.MaxBytes < 0 {
 		l.errorf("spool.max_bytes", "must be positive, e.g. 10737418240 (10 GiB); leave it out for no bound but min_free_bytes")
 	} else if c.Spool.MaxBytes > 0 && c.Spool.MaxBytes < c.Limits.MaxMessageBytes {
@@ -618,7 +618,7 @@ func (l *loader) validateGlobals(c *Config) {
 		l.errorf("spool.min_free_bytes", "must be positive, e.g. %d", DefaultMinFreeBytes)
 	}
 	if c.Sandbox.Dir != "" {
-		c.Sandbox.Dir = l.path(c.Sandbox.Dir)
+		c.Sandbox.Dir = l.statePath(c.Sandbox.Dir)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -631,7 +631,7 @@ func (l *loader) validateGlobals(c *Config) {
 		l.errorf("log.format", "%q is not one of json, console", c.Log.Format)
 	}
 	if c.Log.AuditFile != "" {
-		c.Log.AuditFile = l.path(c.Log.AuditFile)
+		c.Log.AuditFile = l.statePath(c.Log.AuditFile)
 		if fi, err := os.Stat(filepath.Dir(c.Log.AuditFile)); err != nil || !fi.IsDir() {
 			// A warning: check-config may run on another machine than
 			// the bridge. The bridge itself refuses to start without it.

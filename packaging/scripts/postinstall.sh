@@ -14,9 +14,10 @@ cat <<'MSG'
 smtpbridge is installed, not started. Next:
   1. edit /etc/smtpbridge/smtpbridge.yaml (tenant, devices, listener
      certificate) and /etc/smtpbridge/secrets.env (the client secret);
-  2. smtpbridge check-config --config /etc/smtpbridge/smtpbridge.yaml
-     and smtpbridge doctor --config /etc/smtpbridge/smtpbridge.yaml;
+  2. sudo smtpbridge check-config, then sudo smtpbridge doctor (they
+     read the config above and secrets.env, as the service does);
   3. systemctl enable --now smtpbridge
-Try it first without a tenant: smtpbridge serve --config
-/usr/share/doc/smtpbridge/examples/sandbox.yaml --sandbox /tmp/sandbox-mail
+Try it first without a tenant, as any user: smtpbridge serve --config
+/usr/share/doc/smtpbridge/examples/sandbox.yaml (its spool and mail go
+to ~/.local/state/smtpbridge-sandbox)
 MSG
