@@ -65,3 +65,32 @@ func TestExchangeScript(t *testing.T) {
 		t.Error("an unknown tenant was accepted")
 	}
 }
+
+// The README's RBAC steps come in the order exchange-script --rbac
+// prints them: the service principal before the role assignment that
+// names it (New-ManagementRoleAssignment -App fails without it).
+func TestREADMEStepsInTheScriptsOrder(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, err := os.ReadFile("testdata/exchange-script-rbac.ps1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := []string{"New-ServicePrincipal", "New-ManagementScope", "New-ManagementRoleAssignment"}
+	for name, text := range map[string]string{"exchange-script --rbac": string(script), "README": string(readme)} {
+		last := -1
+		for _, cmd := range order {
+			i := strings.Index(text, cmd+" -")
+			if i < 0 {
+				t.Errorf("%s has no %s", name, cmd)
+				continue
+			}
+			if i < last {
+				t.Errorf("%s runs %s before the step it needs", name, cmd)
+			}
+			last = i
+		}
+	}
+}
