@@ -139,11 +139,14 @@ func TraceHandler(info PageInfo, search Searcher) http.Handler {
 
 func storyViewOf(s trace.Story) storyView {
 	sv := storyView{ID: s.ID, Class: classNone}
-	for _, e := range s.Events {
+	for i, e := range s.Events {
 		if sv.Device == "" {
 			sv.Device, sv.Tenant, sv.Mailbox = e.Device, e.Tenant, e.Mailbox
 		}
 		ev := eventView{At: e.Time.UTC().Format("2006-01-02 15:04:05"), Kind: e.Kind, Hint: e.Hint}
+		if s.HintShownBefore(i) {
+			ev.Hint = ""
+		}
 		ev.Text = strings.TrimPrefix(e.Line(), e.Kind)
 		switch e.Kind {
 		case "delivered":

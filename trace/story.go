@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -20,10 +21,25 @@ func (s Story) Text(w io.Writer, loc *time.Location) {
 		fmt.Fprintf(w, " → %s as %s", tenant, mailbox)
 	}
 	fmt.Fprintln(w)
-	for _, e := range s.Events {
+	for i, e := range s.Events {
 		fmt.Fprintf(w, "  %s  %s\n", e.Time.In(loc).Format("2006-01-02 15:04:05"), e.Line())
-		e.writeHint(w, hintIndent)
+		if !s.HintShownBefore(i) {
+			e.writeHint(w, hintIndent)
+		}
 	}
+}
+
+// HintShownBefore says whether event i's hint is an earlier event's
+// already: a story tells each hint once, where it first applies (five
+// deferrals for one token failure are not five times the same advice).
+func (s Story) HintShownBefore(i int) bool {
+	h := s.Events[i].Hint
+	for _, e := range s.Events[:i] {
+		if e.Hint == h {
+			return true
+		}
+	}
+	return false
 }
 
 // hintIndent puts a hint under the event's text.
@@ -43,6 +59,9 @@ func (e Event) FollowLine(w io.Writer) {
 	fmt.Fprintf(w, "%s  %s  %s  %s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.MsgID, cmp.Or(e.Device, "-"), e.Line())
 	e.writeHint(w, hintIndent)
 }
+
+// aadstsRE is an Entra ID error code in an event's error.
+var aadstsRE = regexp.MustCompile(`AADSTS[0-9]{4,8}`)
 
 // Line tells the event in one line (its hint apart: Hint).
 func (e Event) Line() string {
@@ -90,6 +109,11 @@ func (e Event) Line() string {
 	}
 	if e.Reply != "" {
 		fmt.Fprintf(&b, ": %s", e.Reply)
+	}
+	if code := aadstsRE.FindString(e.Error); code != "" && !strings.Contains(b.String(), code) && !strings.Contains(e.Detail, code) {
+		// A token failure: Entra's own code, which its docs and the
+		// hints are indexed by.
+		fmt.Fprintf(&b, " [%s]", code)
 	}
 	if e.Detail != "" && (e.Reply == "" || !strings.Contains(e.Detail, e.Reply)) {
 		fmt.Fprintf(&b, " (%s)", e.Detail)

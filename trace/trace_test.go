@@ -183,3 +183,26 @@ func BenchmarkSearch(b *testing.B) {
 			to.Seconds()/base.Seconds(), dev.Round(time.Millisecond), dev.Seconds()/base.Seconds())
 	}
 }
+
+// A message deferred five times for a token failure: its story gives
+// the hint once, where it first applies, and Entra's code on each line.
+func TestStoryTellsAHintOnce(t *testing.T) {
+	s := Story{ID: "001a"}
+	for i := range 5 {
+		s.Events = append(s.Events, Event{Time: time.Date(2026, 12, 6, 3, i, 0, 0, time.UTC), Kind: "deferred", Attempt: i + 1,
+			Reply: "451 4.7.0 the bridge could not get a token from Entra ID",
+			Error: "token for tenant contoso: AADSTS7000215: Invalid client secret provided.", Hint: "The client secret is wrong: copy its Value, not its ID."})
+	}
+	var b strings.Builder
+	s.Text(&b, time.UTC)
+	out := b.String()
+	if n := strings.Count(out, "hint: "); n != 1 {
+		t.Errorf("the hint is told %d times, want once:\n%s", n, out)
+	}
+	if n := strings.Count(out, "[AADSTS7000215]"); n != 5 {
+		t.Errorf("Entra's code is on %d lines, want each of the 5:\n%s", n, out)
+	}
+	if strings.Index(out, "hint: ") > strings.Index(out, "(attempt 2)") {
+		t.Errorf("the hint is not under the first event it applies to:\n%s", out)
+	}
+}
