@@ -261,12 +261,18 @@ func TestPrinterColumns(t *testing.T) {
 	for _, name := range []string{"token", "graph token", "graph mailbox", "sent items"} {
 		p.Step(doctor.Step{Tenant: "contoso", Mailbox: "scans@contoso.example", Devices: []string{"mfp"}, Name: name, Status: doctor.Pass, Detail: "detail"})
 	}
+	p.Step(doctor.Step{Tenant: "contoso", Name: "token", Status: doctor.Pass, Detail: "detail"})
+	p.Step(doctor.Step{Tenant: "contoso", Mailbox: "scans@contoso.example", Devices: []string{"mfp-smtp"}, Name: "connect", Status: doctor.Pass, Detail: "detail"})
 	out := b.String()
-	if !strings.Contains(out, "tenant contoso\n") || !strings.Contains(out, "  mailbox scans@contoso.example (device mfp)\n") {
-		t.Errorf("no headings:\n%s", out)
+	if !strings.Contains(out, "tenant contoso\n") || !strings.Contains(out, "  mailbox scans@contoso.example (device mfp)\n") ||
+		!strings.Contains(out, "  mailbox scans@contoso.example (device mfp-smtp)\n") {
+		t.Errorf("a mailbox's section is not headed, or not headed again after a tenant's step:\n%s", out)
 	}
 	col := -1
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[2:] {
+		if !strings.HasPrefix(line, "    [") {
+			continue // headings, and the tenant's steps, a level out
+		}
 		i := strings.Index(line, "detail")
 		if col >= 0 && i != col || line[i-1] != ' ' {
 			t.Errorf("the details are not in one column after a space:\n%s", out)

@@ -22,9 +22,11 @@ func (p *Printer) Step(s Step) {
 		fmt.Fprintf(p.W, "\ntenant %s\n", s.Tenant)
 	}
 	if s.Mailbox != "" && s.Mailbox != p.mailbox {
-		p.mailbox = s.Mailbox
 		fmt.Fprintf(p.W, "  mailbox %s (device %s)\n", s.Mailbox, strings.Join(s.Devices, ", "))
 	}
+	// A tenant's step between two of a mailbox's (Graph's, then SMTP's)
+	// ends the mailbox's section: the next one is headed again.
+	p.mailbox = s.Mailbox
 	indent := "  "
 	if s.Mailbox != "" {
 		indent = "    "
