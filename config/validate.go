@@ -640,6 +640,8 @@ func (l *loader) validateGlobals(c *Config) {
 	}
 	if _, port, err := net.SplitHostPort(c.HTTP.Address); err != nil || port == "" {
 		l.errorf("http.address", "%q is not host:port, e.g. %s", c.HTTP.Address, DefaultHTTPAddress)
+	} else if msg := checkPort(port); msg != "" {
+		l.errorf("http.address", "%q: %s", c.HTTP.Address, msg)
 	}
 	l.validateHTTPAuth(c)
 	l.validateCluster(c)
