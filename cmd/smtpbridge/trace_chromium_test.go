@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
 // The status page's trace and charts, as headless Chromium renders
@@ -63,7 +65,8 @@ func TestTraceInChromium(t *testing.T) {
 		return n
 	}
 	if r, d, f := sum("received"), sum("delivered"), sum("failed"); r != 4 || d != 2 || f != 2 {
-		t.Errorf("after a restart the chart counts %d received, %d delivered, %d failed; sent 4, 2 delivered, 2 refused", r, d, f)
+		t.Errorf("after a restart the chart counts %d received, %d delivered, %d failed; sent 4, 2 delivered, 2 refused; the audit log:\n%s",
+			r, d, f, testenv.ReadFile(t, filepath.Join(tb.u.dir, "audit.log")))
 	}
 	if !regexp.MustCompile(`id="spark-mfp-2f"[^>]*>.*?data-series="received" data-values="[0-9,]*3[0-9,]*"`).MatchString(status) {
 		t.Error("mfp-2f's sparkline does not show its 3 messages")

@@ -66,6 +66,11 @@ func startTraceBridge(t *testing.T) *traceBridge {
 	testenv.Eventually(t, "the queued message dead", 10*time.Second, func() bool {
 		return strings.Contains(testenv.ReadFile(t, audit), `"event":"dead"`)
 	})
+	// And the throttled one delivered at its second attempt: every
+	// message has its outcome before a test looks (or restarts).
+	testenv.Eventually(t, "the throttled message delivered", 10*time.Second, func() bool {
+		return strings.Count(testenv.ReadFile(t, audit), `"event":"delivered"`) == 2
+	})
 	return tb
 }
 
