@@ -532,3 +532,32 @@ func TestCheckRefusesWhatServeWould(t *testing.T) {
 		}
 	}
 }
+
+// A client secret from a variable that is set but empty (the package's
+// secrets.env as installed) is named with its variable, not reported as
+// "no credential"; an unset one is reported once.
+func TestEmptySecretVariable(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, dir, fmt.Sprintf(goodConfig, testHash(t)))
+	for vars, want := range map[string]string{
+		"set but empty": "comes from ${CONTOSO_SECRET}, which is empty",
+		"unset":         "environment variable CONTOSO_SECRET is not set",
+	} {
+		env := map[string]string{"MAXR": "10"}
+		if vars == "set but empty" {
+			env["CONTOSO_SECRET"] = ""
+		}
+		_, err := LoadWithEnv(path, envOf(env))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "set exactly one of") {
+			t.Errorf("%s: %v, want %q and no \"set exactly one of\"", vars, err, want)
+		}
+		var ce *Error
+		if errors.As(err, &ce) && len(ce.Problems) != 1 {
+			t.Errorf("%s: %d problems, want the one about the variable:\n%v", vars, len(ce.Problems), err)
+		}
+	}
+}
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}

@@ -37,6 +37,15 @@ func (l *loader) loadCredential(k string, t *Tenant) {
 		t.Credential = secret.NewDelegated()
 		return
 	}
+	if name := l.envNames[k+".client_secret"]; set == 0 && name != "" {
+		// client_secret: "${CONTOSO_SECRET}" with the variable unset
+		// (said already) or set but empty (the package's secrets.env as
+		// installed): say that, not that no credential is configured.
+		if !l.hasProblem(k + ".client_secret") {
+			l.errorf(k+".client_secret", "comes from ${%s}, which is empty: put the app's client secret (its Value, not its ID) in %s, in the environment or in secrets.env beside the config (which the service's unit reads)", name, name)
+		}
+		return
+	}
 	if set != 1 {
 		l.errorf(k, "set exactly one of client_secret, client_secret_file, certificate_file, federated_token_file, managed_identity (found %d)", set)
 		return
@@ -228,4 +237,14 @@ func ParseCertificateCredential(data []byte, password string) ([]*x509.Certifica
 		}
 	}
 	return nil, nil, errors.New("the private key does not belong to any certificate in the file")
+}
+
+// hasProblem says whether key has a problem already (an unset ${VAR}).
+func (l *loader) hasProblem(key string) bool {
+	for _, p := range l.problems {
+		if p.Key == key {
+			return true
+		}
+	}
+	return false
 }

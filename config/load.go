@@ -248,10 +248,12 @@ type loader struct {
 	stateDir string
 	// files are the keys that come from included files (devices[12]),
 	// with the file's path as written in problems.
-	files    map[string]string
-	lookup   func(string) (string, bool)
-	lines    map[string]int  // key path -> line, for messages
-	fromEnv  map[string]bool // keys whose value came from ${VAR}
+	files   map[string]string
+	lookup  func(string) (string, bool)
+	lines   map[string]int  // key path -> line, for messages
+	fromEnv map[string]bool // keys whose value came from ${VAR}
+	// envNames is the variable a key's value came from, for messages.
+	envNames map[string]string
 	problems []Problem
 }
 
@@ -445,6 +447,12 @@ func (l *loader) expandEnv(n *yaml.Node, key string) {
 		}
 		l.lines[key] = n.Line
 		l.fromEnv[key] = true
+		if m := envRE.FindStringSubmatch(n.Value); m != nil && m[1] != "" {
+			if l.envNames == nil {
+				l.envNames = map[string]string{}
+			}
+			l.envNames[key], _, _ = strings.Cut(m[1], ":-")
+		}
 		out := envRE.ReplaceAllStringFunc(n.Value, func(m string) string {
 			if m == "$${" {
 				return "${"
