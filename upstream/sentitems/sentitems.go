@@ -33,17 +33,14 @@ import (
 
 // Entry is a delivered message whose copy is to leave Sent Items.
 type Entry struct {
-	Tenant    string    `json:"tenant"`
-	Mailbox   string    `json:"mailbox"`
-	MessageID string    `json:"message_id"` // with its angle brackets, as Graph's internetMessageId
-	Sent      time.Time `json:"sent"`
-	Keep      Duration  `json:"keep"`
+	Tenant    string        `json:"tenant"`
+	Mailbox   string        `json:"mailbox"`
+	MessageID string        `json:"message_id"` // with its angle brackets, as Graph's internetMessageId
+	Sent      time.Time     `json:"sent"`
+	Keep      time.Duration `json:"keep"`
 	// Tries counts the searches that did not find the copy yet.
 	Tries int `json:"tries,omitempty"`
 }
-
-// Duration is a time.Duration in JSON as nanoseconds.
-type Duration = time.Duration
 
 // Requester makes a Graph request about a tenant's mailbox (the Graph
 // transport's Request).
