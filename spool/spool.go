@@ -511,13 +511,13 @@ func (s *Spool) Remove(id string) error {
 
 // removeQueued removes a queued message's files; its bytes still count.
 func (s *Spool) removeQueued(id string) error {
-	if err := os.Remove(s.metaPath(queueDir, id)); err != nil {
+	if err := durable.Remove(s.metaPath(queueDir, id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
 		return fmt.Errorf("spool: %w", err)
 	}
-	os.Remove(s.dataPath(queueDir, id))
+	durable.Remove(s.dataPath(queueDir, id))
 	return nil
 }
 
@@ -615,7 +615,7 @@ func (s *Spool) Requeue(id string) (Meta, error) {
 		durable.Rename(s.dataPath(queueDir, id), s.dataPath(deadDir, id))
 		return Meta{}, err
 	}
-	os.Remove(s.metaPath(deadDir, id))
+	durable.Remove(s.metaPath(deadDir, id))
 	return m, syncDir(filepath.Join(s.dir, deadDir))
 }
 
@@ -625,13 +625,13 @@ func (s *Spool) RemoveDead(id string) error {
 		return fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	m, _ := s.readMeta(deadDir, id)
-	if err := os.Remove(s.metaPath(deadDir, id)); err != nil {
+	if err := durable.Remove(s.metaPath(deadDir, id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
 		return fmt.Errorf("spool: %w", err)
 	}
-	os.Remove(s.dataPath(deadDir, id))
+	durable.Remove(s.dataPath(deadDir, id))
 	s.use.forget(id, m.Device, m.Size, true)
 	return syncDir(filepath.Join(s.dir, deadDir))
 }

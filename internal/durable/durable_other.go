@@ -35,3 +35,6 @@ func OpenNoFollow(path string) (*os.File, error) { return os.Open(path) }
 func OpenAppend(path string, perm os.FileMode) (*os.File, error) {
 	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
 }
+
+// Remove removes path.
+func Remove(path string) error { return os.Remove(path) }

@@ -213,3 +213,6 @@ func OpenAppend(path string, perm os.FileMode) (*os.File, error) {
 	}
 	return f, err
 }
+
+// Remove removes path.
+func Remove(path string) error { return os.Remove(path) }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/windows"
 )
@@ -21,10 +22,32 @@ func Rename(from, to string) error {
 	if err != nil {
 		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
 	}
-	if err := windows.MoveFileEx(f, t, windows.MOVEFILE_REPLACE_EXISTING|windows.MOVEFILE_WRITE_THROUGH); err != nil {
+	if err := retrySharing(func() error {
+		return windows.MoveFileEx(f, t, windows.MOVEFILE_REPLACE_EXISTING|windows.MOVEFILE_WRITE_THROUGH)
+	}); err != nil {
 		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
 	}
 	return nil
+}
+
+// Remove removes path. A reader holding the file open (the spool's
+// listing at start reads every record) makes Windows refuse with a
+// sharing violation for the length of its read: Remove tries again.
+func Remove(path string) error {
+	return retrySharing(func() error { return os.Remove(path) })
+}
+
+// retrySharing runs op until it succeeds or fails for another reason
+// than a sharing violation, for about a second at most.
+func retrySharing(op func() error) error {
+	var err error
+	for range 100 {
+		if err = op(); err == nil || !errors.Is(err, windows.ERROR_SHARING_VIOLATION) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
 }
 
 // SyncDir has nothing to do on Windows: Rename writes through, and a
