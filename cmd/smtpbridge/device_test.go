@@ -12,7 +12,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/smtpbridge/smtpbridge/internal/pki"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -131,22 +130,9 @@ func TestDeviceAddOnTheShippedExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := pki.NewCA("example CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue("smtpbridge.contoso.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
-	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
+	ca := exampleFiles(t, dir)
 	lan, legacy, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	const placeholder = `"REPLACE with the output of: smtpbridge hash-password"`
-	text := strings.Replace(string(data), placeholder, strconv.Quote(hashOf(t, "mfp-2f's own password")), 1)
-	text = strings.Replace(text, placeholder, strconv.Quote(hashOf(t, "the ERP's own password")), 1)
+	text := withOwnPasswords(t, string(data))
 	for from, to := range map[string]string{`"0.0.0.0:587"`: strconv.Quote(lan), `"0.0.0.0:2525"`: strconv.Quote(legacy),
 		"/var/lib/smtpbridge/spool": filepath.Join(dir, "spool"), "/var/lib/smtpbridge/audit.log": filepath.Join(dir, "audit.log")} {
 		if !strings.Contains(text, from) {

@@ -338,18 +338,7 @@ func TestProductionExample(t *testing.T) {
 	}
 	path := filepath.Join(dir, "smtpbridge.yaml")
 	writeFile(t, path, string(data))
-	ca, err := pki.NewCA("example CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue("smtpbridge.contoso.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
-	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
+	exampleFiles(t, dir)
 	check := func(env []string) (string, error) {
 		cmd := exec.Command(binary, "check-config", "--config", path)
 		cmd.Env = env
@@ -461,4 +450,34 @@ func TestHelpTexts(t *testing.T) {
 	if !strings.Contains(out, "--all") {
 		t.Errorf("queue retry without an ID does not name --all: %s", out)
 	}
+}
+
+// exampleFiles writes beside the shipped example what it names: the
+// listener's certificate and key in tls/ and metrics.password; it
+// returns the CA that signed the certificate.
+func exampleFiles(t *testing.T, dir string) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA("example CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("smtpbridge.contoso.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
+	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
+	return ca
+}
+
+// withOwnPasswords is the shipped example with its two devices'
+// placeholder hashes replaced by hashes of passwords of their own, as an
+// admin does before the first start.
+func withOwnPasswords(t *testing.T, example string) string {
+	t.Helper()
+	const placeholder = `"REPLACE with the output of: smtpbridge hash-password"`
+	own := strings.Replace(example, placeholder, strconv.Quote(hashOf(t, "mfp-2f's own password")), 1)
+	return strings.Replace(own, placeholder, strconv.Quote(hashOf(t, "the ERP's own password")), 1)
 }

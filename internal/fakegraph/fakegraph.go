@@ -419,15 +419,9 @@ func (s *Server) permitted(w http.ResponseWriter, r *http.Request, kind, mailbox
 // authorize checks the bearer token: Graph's audience, the mailbox's
 // tenant.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, mailbox string) (fakeentra.Claims, bool) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	claims, ok := s.tenantToken(w, r)
 	if !ok {
-		writeError(w, 401, "InvalidAuthenticationToken", "Access token is empty.")
-		return fakeentra.Claims{}, false
-	}
-	claims, err := s.verifier.Verify(tok)
-	if err != nil || claims.Audience != fakeentra.GraphResource {
-		writeError(w, 401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
-		return fakeentra.Claims{}, false
+		return claims, false
 	}
 	s.mu.Lock()
 	tenant, known := s.mailboxes[mailbox]
