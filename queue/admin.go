@@ -205,7 +205,7 @@ func (q *Queue) retry(mailbox string, lift bool) int {
 	n := 0
 	for _, e := range q.entries {
 		if mailbox == "" || keyOf(e).mailbox == mailbox {
-			e.due = now
+			e.due, e.retryNow = now, e.running
 			n++
 		}
 	}

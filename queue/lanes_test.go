@@ -93,3 +93,56 @@ func TestLanesShareTheQueue(t *testing.T) {
 		t.Errorf("%d of a's attempts in flight at once; its limit is 2", tr.peakA)
 	}
 }
+
+// deferOnce is a transport whose first attempt waits until released and
+// then defers (451); later attempts deliver.
+type deferOnce struct {
+	started, release chan struct{}
+	calls            chan struct{}
+}
+
+func (d *deferOnce) Deliver(ctx context.Context, m *message.Message) (message.Receipt, error) {
+	io.Copy(io.Discard, m.Body)
+	d.calls <- struct{}{}
+	select {
+	case d.started <- struct{}{}: // the first attempt
+		<-d.release
+		return message.Receipt{}, &message.Error{Class: message.Temporary, Stage: message.StageData,
+			Reply: message.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "try later"}, Err: io.ErrUnexpectedEOF}
+	default:
+		return message.Receipt{Reply: message.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Text: "OK"}}, nil
+	}
+}
+
+// An admin's "retry now" that comes while the message's attempt is under
+// way holds: the attempt's deferral does not put the message back to its
+// backoff (an hour here), it is tried again at once.
+func TestRetryDuringAnAttempt(t *testing.T) {
+	sp, err := spool.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &deferOnce{started: make(chan struct{}), release: make(chan struct{}), calls: make(chan struct{}, 10)}
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Settings: queue.Settings{
+		RetryInitial: time.Hour, RetryMax: time.Hour, MaxAge: 48 * time.Hour, SyncTimeout: time.Second,
+		Concurrency: func(string) int { return 1 }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	defer q.Close(time.Second)
+	go q.Deliver(context.Background(), &message.Message{ID: message.NewID(), Tenant: "contoso", Mailbox: "a@contoso.example",
+		From: "a@contoso.example", To: []string{"x@contoso.example"}, Body: strings.NewReader("Subject: s\r\n\r\nb\r\n")})
+	<-tr.started
+	if n, err := q.RetryAll(); err != nil || n != 1 {
+		t.Fatalf("RetryAll during the attempt: %d, %v", n, err)
+	}
+	close(tr.release)
+	<-tr.calls // the first attempt
+	select {
+	case <-tr.calls:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the retry asked for during the attempt was lost: the message waits for its backoff (an hour)")
+	}
+	testenv.Eventually(t, "the queue empty", 10*time.Second, func() bool { l, _ := q.List(); return len(l) == 0 })
+}

@@ -152,7 +152,11 @@ type entry struct {
 	paidAt    time.Time
 	rewriting bool
 	running   bool
-	waiter    chan result // a hybrid session waiting for the first attempt
+	// retryNow is an admin's retry that came while the message's attempt
+	// was under way: a deferral makes it due at once, not after its
+	// backoff.
+	retryNow bool
+	waiter   chan result // a hybrid session waiting for the first attempt
 	// abandoned is closed when an attempt that was abandoned (it did
 	// not stop when told) returns at last; until then the message is
 	// not tried again.
@@ -837,6 +841,9 @@ func (q *Queue) release(e *entry, l *lane, counted bool, v verdict, a attempted)
 	}
 	if v.out == outDeferred {
 		e.lastReply, e.due = q.strs.get(v.meta.LastReply), v.meta.NextAttempt
+		if e.retryNow {
+			e.due, e.retryNow = time.Now(), false
+		}
 	} else {
 		delete(q.entries, v.meta.ID)
 	}
