@@ -53,6 +53,13 @@ func startTraceBridge(t *testing.T) *traceBridge {
 	if r := tb.send("mfp-2f", "trace-throttled", ""); !strings.HasPrefix(r, "2.0.0") {
 		t.Fatalf("throttled then delivered: %q", r)
 	}
+	// Its second attempt before the refusals are scripted: the fake's
+	// scripts are taken in order by whichever attempt comes first, and a
+	// retry after the next message's would take that one's refusal.
+	audit := filepath.Join(u.dir, "audit.log")
+	testenv.Eventually(t, "the throttled message delivered", 20*time.Second, func() bool {
+		return strings.Count(testenv.ReadFile(t, audit), `"event":"delivered"`) == 2
+	})
 	refusal := fakeexchange.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 10}, Text: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
 	u.exo.Script(fakeexchange.StageRcpt, refusal)
 	if r := tb.send("mfp-2f", "trace-refused", ""); !strings.Contains(r, "550") {
@@ -62,14 +69,9 @@ func startTraceBridge(t *testing.T) *traceBridge {
 	if r := tb.send("erp", "trace-dead", ""); !strings.Contains(r, "queued") {
 		t.Fatalf("queued: %q", r)
 	}
-	audit := filepath.Join(u.dir, "audit.log")
-	testenv.Eventually(t, "the queued message dead", 10*time.Second, func() bool {
+	// Every message has its outcome before a test looks (or restarts).
+	testenv.Eventually(t, "the queued message dead", 20*time.Second, func() bool {
 		return strings.Contains(testenv.ReadFile(t, audit), `"event":"dead"`)
-	})
-	// And the throttled one delivered at its second attempt: every
-	// message has its outcome before a test looks (or restarts).
-	testenv.Eventually(t, "the throttled message delivered", 10*time.Second, func() bool {
-		return strings.Count(testenv.ReadFile(t, audit), `"event":"delivered"`) == 2
 	})
 	return tb
 }
