@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,16 +117,7 @@ func load(path string, lookup func(string) (string, bool), sandboxDir string) (*
 		if sandboxDir != "" {
 			cfg.Sandbox.Dir = sandboxDir
 		}
-		if cfg.Sandbox.Dir != "" && !writable(l.dir) {
-			// A sandbox config read from where this user may not write
-			// (the package's /usr/share/doc): its state goes to a
-			// directory of the user's own.
-			l.stateDir = sandboxStateDir()
-			if err := os.MkdirAll(l.stateDir, 0o700); err != nil {
-				l.errorf("sandbox", "%s is not writable by this user, nor is %s: %v; copy the config to a directory of your own", l.dir, l.stateDir, err)
-			}
-			l.warnf("sandbox", "%s is not writable by this user: the sandbox keeps its spool, mail and audit log in %s", l.dir, l.stateDir)
-		}
+		l.sandboxState(cfg)
 		cfg.applyDefaults()
 		l.validate(cfg)
 		l.checkInlineSecrets(cfg)
@@ -179,6 +171,7 @@ func loadAdmin(path string, cut bool) (*Config, error) {
 		return nil, &Error{File: path, Problems: l.problems}
 	}
 	cfg.Path = path
+	l.sandboxState(cfg)
 	cfg.applyDefaults()
 	l.validate(cfg)
 	var errs []Problem
@@ -341,6 +334,27 @@ func writable(dir string) bool {
 	f.Close()
 	os.Remove(f.Name())
 	return true
+}
+
+// sandboxState sets where a sandbox config's state goes: beside the
+// config, unless it was read from where this user may not write (the
+// package's /usr/share/doc) or where no program should write even as
+// root (/usr); then to a directory of the user's own. Every command
+// finds the same spool, mail and audit log.
+func (l *loader) sandboxState(cfg *Config) {
+	if cfg.Sandbox.Dir == "" || (writable(l.dir) && !underUsr(l.dir)) {
+		return
+	}
+	l.stateDir = sandboxStateDir()
+	if err := os.MkdirAll(l.stateDir, 0o700); err != nil {
+		l.errorf("sandbox", "%s is not writable by this user, nor is %s: %v; copy the config to a directory of your own", l.dir, l.stateDir, err)
+	}
+	l.warnf("sandbox", "the sandbox keeps its spool, mail and audit log in %s, not beside the config in %s", l.stateDir, l.dir)
+}
+
+// underUsr says whether dir is in /usr, the packages' read-only tree.
+func underUsr(dir string) bool {
+	return runtime.GOOS != "windows" && (dir == "/usr" || strings.HasPrefix(dir, "/usr/"))
 }
 
 // sandboxStateDir is the user's own directory for a sandbox's state:

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"net/url"
@@ -220,6 +222,21 @@ func PrivatePrefix(p netip.Prefix) bool {
 	return Private(a)
 }
 
+// tlsCertHint is the command that makes a missing listener certificate,
+// when its files are named as tls-cert names them (DIR/NAME.crt and
+// DIR/NAME.key).
+func tlsCertHint(certFile, keyFile string, err error) string {
+	if !errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	dir, base := filepath.Split(certFile)
+	name, ok := strings.CutSuffix(base, ".crt")
+	if !ok || name == "" || keyFile != filepath.Join(dir, name+".key") {
+		return "; make them (PEM) or set cert_file and key_file to yours"
+	}
+	return fmt.Sprintf("; make them with: smtpbridge tls-cert --host %s --out %s", name, filepath.Clean(dir))
+}
+
 func (l *loader) checkListenerCert(k string, ls *Listener) {
 	if ls.CertFile == "" || ls.KeyFile == "" {
 		l.errorf(k, "tls: %s needs cert_file and key_file (PEM)", ls.TLS)
@@ -228,7 +245,7 @@ func (l *loader) checkListenerCert(k string, ls *Listener) {
 	ls.CertFile, ls.KeyFile = l.path(ls.CertFile), l.path(ls.KeyFile)
 	pair, err := tls.LoadX509KeyPair(ls.CertFile, ls.KeyFile)
 	if err != nil {
-		l.errorf(k+".cert_file", "cannot load the certificate and key: %v", err)
+		l.errorf(k+".cert_file", "cannot load the certificate and key: %v%s", err, tlsCertHint(ls.CertFile, ls.KeyFile, err))
 		return
 	}
 	ls.Certificate = &pair

@@ -103,6 +103,20 @@ func TestSandboxFromAReadOnlyDirectory(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(where, "sandbox-audit.log")); err != nil {
 		t.Errorf("the audit log is not in the user's state directory: %v", err)
 	}
+	// The commands find the same state: trace reads that audit log, the
+	// queue tools reach that spool's admin socket.
+	for _, args := range [][]string{{"trace", "--config", cfg, "--to", "someone@example.com"}, {"queue", "list", "--config", cfg}} {
+		c := exec.Command(exe, args...)
+		c.Env = cmd.Env
+		c.SysProcAttr = cmd.SysProcAttr
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Errorf("%s as the same user: %v\n%s", args[0], err, out)
+		}
+		if args[0] == "trace" && !strings.Contains(string(out), "delivered (attempt 1)") {
+			t.Errorf("trace does not tell the message's story:\n%s", out)
+		}
+	}
 }
 
 // sendAsUser sends one message as user with pw and returns the reply.

@@ -466,8 +466,8 @@ func exampleFiles(t *testing.T, dir string) *pki.CA {
 		t.Fatal(err)
 	}
 	os.MkdirAll(filepath.Join(dir, "tls"), 0o755)
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.crt"), string(leaf.CertPEM))
-	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.key"), string(leaf.KeyPEM))
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.contoso.local.crt"), string(leaf.CertPEM))
+	writeFile(t, filepath.Join(dir, "tls", "smtpbridge.contoso.local.key"), string(leaf.KeyPEM))
 	writeFile(t, filepath.Join(dir, "metrics.password"), "3f1d0c5e9a7b2c4d6e8f0a1b2c3d4e5f\n")
 	return ca
 }
