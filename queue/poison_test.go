@@ -302,6 +302,47 @@ func TestBacklogSurvivesRestarts(t *testing.T) {
 	}
 }
 
+// A graceful stop (systemctl restart) while messages wait for their
+// first attempt, just taken (their records say "under way" from their
+// commit, to save a write), strikes none of them: Close writes them as
+// waiting. Before, each restart within seconds of a message's arrival
+// struck it, and two buried it as poison.
+func TestGracefulStopStrikesNothing(t *testing.T) {
+	defer queue.SetUnpayAfter(time.Hour)()
+	tr := &misbehaving{how: "slow"} // the first attempt ends when told to stop
+	dir := tempdir.New(t)
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test",
+		Settings: queue.Settings{RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second,
+			AttemptLimit: time.Hour, Concurrency: func(string) int { return 1 }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	for i := range 5 {
+		queueMessage(t, q, "poison@contoso.example", fmt.Sprintf("waiting-%d", i))
+	}
+	testenv.Eventually(t, "the first attempt under way", 5*time.Second, func() bool { return tr.poison.Load() == 1 })
+	q.Close(3 * time.Second)
+	var log strings.Builder
+	for run := 1; run <= 2; run++ {
+		q2, sp2 := poisonQueue(t, &misbehaving{how: "slow"}, dir, &log)
+		m, _ := sp2.List()
+		d, _ := sp2.Dead()
+		struck := 0
+		for _, x := range m {
+			struck += x.Strikes
+		}
+		if len(m) != 5 || len(d) != 0 || struck != 0 {
+			t.Errorf("restart %d: %d queued with %d strikes, %d dead; want 5 queued, no strike", run, len(m), struck, len(d))
+		}
+		q2.Close(time.Second)
+	}
+}
+
 // A bridge stopped while many attempts were under way counts a strike
 // against each at its next start; with the queue loaded in the
 // background, the strikes are written after the queue is scheduled, and

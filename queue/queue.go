@@ -309,6 +309,23 @@ func (q *Queue) Close(grace time.Duration) {
 	if started {
 		<-q.done
 	}
+	// No attempt starts now. Messages committed as under way whose
+	// attempt never began (their lane full or paused) are written as
+	// waiting, within the grace like the attempts: the next start would
+	// otherwise count a strike against each (the poison rule).
+	q.mu.Lock()
+	var waiting []string
+	for _, e := range q.entries {
+		if e.paid && !e.running && !e.rewriting {
+			e.paid, e.rewriting = false, true
+			waiting = append(waiting, e.id)
+		}
+	}
+	q.mu.Unlock()
+	if len(waiting) > 0 {
+		q.wg.Add(1)
+		go func() { defer q.wg.Done(); q.unpay(waiting) }()
+	}
 	finished := make(chan struct{})
 	go func() { q.wg.Wait(); close(finished) }()
 	// Attempts are told to stop a moment before the end, to have that
@@ -422,20 +439,35 @@ func (q *Queue) unpaidLocked(now time.Time) []string {
 // unpay rewrites the records unpaidLocked picked as not under way (the
 // attempt counted at commit uncounted), then lets their entries go.
 func (q *Queue) unpay(ids []string) {
-	for _, id := range ids {
-		m, err := q.o.Spool.Get(id)
-		if err == nil {
-			m.Attempting = false
-			m.Attempts = max(m.Attempts-1, 0)
-			err = q.o.Spool.Update(m)
-		}
-		if err != nil && !errors.Is(err, spool.ErrNotFound) {
-			q.o.Log.Error().Err(err).Str("msg_id", id).Msg("could not record in the spool that the message waits for its first attempt")
-		}
-	}
 	if len(ids) == 0 {
 		return
 	}
+	// Several writes at once: each waits for the disk (fsync), and a
+	// stop may have thousands to write within its grace.
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(strikeWriters, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				m, err := q.o.Spool.Get(id)
+				if err == nil {
+					m.Attempting = false
+					m.Attempts = max(m.Attempts-1, 0)
+					err = q.o.Spool.Update(m)
+				}
+				if err != nil && !errors.Is(err, spool.ErrNotFound) {
+					q.o.Log.Error().Err(err).Str("msg_id", id).Msg("could not record in the spool that the message waits for its first attempt")
+				}
+			}
+		}()
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
 	q.mu.Lock()
 	for _, id := range ids {
 		if e := q.entries[id]; e != nil {
