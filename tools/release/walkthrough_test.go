@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -474,6 +475,27 @@ func checkStep(t *testing.T, w *walker, line, out string) {
 			}
 			return err == nil
 		})
+		// The status page, as the README says: user prometheus, the
+		// password the package made.
+		pw, err := os.ReadFile("/etc/smtpbridge/metrics.password")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			user, pass string
+			want       int
+		}{{"prometheus", strings.TrimSpace(string(pw)), http.StatusOK}, {"prometheus", "a guess", http.StatusUnauthorized}} {
+			req, _ := http.NewRequest("GET", "http://127.0.0.1:9464/", nil)
+			req.SetBasicAuth(c.user, c.pass)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("the status page: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("the status page with the password %s: %d, want %d", map[bool]string{true: "the package made", false: "guessed"}[c.want == http.StatusOK], resp.StatusCode, c.want)
+			}
+		}
 	case strings.HasPrefix(line, "sudo smtpbridge send-test "):
 		if !strings.Contains(out, "delivered in ") {
 			t.Errorf("send-test:\n%s", out)
