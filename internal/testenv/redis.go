@@ -3,7 +3,9 @@ package testenv
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -63,4 +65,74 @@ func (r *Redis) Stop() {
 	r.cmd.Process.Kill()
 	r.cmd.Wait()
 	r.cmd = nil
+}
+
+// redisCLI runs redis-cli with args and returns its output.
+func redisCLI(t TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(LookTool(t, "redis-cli"), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// startRedisProcess starts redis-server with args and waits until addr
+// answers PING; it is killed when the test ends.
+func startRedisProcess(t TB, addr string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(LookTool(t, "redis-server"), args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("redis-server: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	_, port, _ := net.SplitHostPort(addr)
+	Eventually(t, "redis-server answering on "+addr, 10*time.Second, func() bool {
+		o, err := exec.Command(LookTool(t, "redis-cli"), "-p", port, "PING").CombinedOutput()
+		return err == nil && strings.TrimSpace(string(o)) == "PONG"
+	})
+}
+
+// StartRedisCluster starts a Redis Cluster of n primaries (n >= 3) on
+// loopback, joined with redis-cli --cluster create, and returns their
+// addresses once the cluster says it is ok.
+func StartRedisCluster(t TB, n int) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var addrs []string
+	for range n {
+		addr := FreePort(t)
+		_, port, _ := net.SplitHostPort(addr)
+		startRedisProcess(t, addr, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+port+".conf", "--dir", dir)
+		addrs = append(addrs, addr)
+	}
+	redisCLI(t, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...)
+	_, port, _ := net.SplitHostPort(addrs[0])
+	Eventually(t, "the Redis cluster ok", 20*time.Second, func() bool {
+		return strings.Contains(redisCLI(t, "-p", port, "CLUSTER", "INFO"), "cluster_state:ok")
+	})
+	return addrs
+}
+
+// StartRedisSentinel starts a primary and a Sentinel that monitors it as
+// master, and returns the Sentinel's address once it knows the primary.
+func StartRedisSentinel(t TB, master string) (primary, sentinel string) {
+	t.Helper()
+	primary, sentinel = FreePort(t), FreePort(t)
+	_, pport, _ := net.SplitHostPort(primary)
+	_, sport, _ := net.SplitHostPort(sentinel)
+	startRedisProcess(t, primary, "--port", pport, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	conf := filepath.Join(t.TempDir(), "sentinel.conf") // Sentinel rewrites it
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %s\nbind 127.0.0.1\nsentinel monitor %s 127.0.0.1 %s 1\nsentinel down-after-milliseconds %s 1000\n",
+		sport, master, pport, master)), 0o600); err != nil {
+		t.Fatalf("%v", err)
+	}
+	startRedisProcess(t, sentinel, conf, "--sentinel")
+	Eventually(t, "the Sentinel knowing the primary", 10*time.Second, func() bool {
+		return strings.Contains(redisCLI(t, "-p", sport, "SENTINEL", "get-master-addr-by-name", master), pport)
+	})
+	return primary, sentinel
 }
