@@ -301,7 +301,8 @@ func TestHTTPAuth(t *testing.T) {
 	}
 }
 
-// cluster.redis.ca_file: a PEM bundle, with tls only.
+// cluster.redis.ca_file: a PEM bundle, with tls only; and key_prefix
+// without braces (they would move the keys' hash tags).
 func TestRedisCAFile(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.NewCA("redis CA")
@@ -317,6 +318,7 @@ func TestRedisCAFile(t *testing.T) {
 		{"without tls", "cluster:\n  redis:\n    address: redis:6379\n    ca_file: " + good + "\n", "cluster.redis.ca_file: set tls: true too"},
 		{"no PEM", "cluster:\n  redis:\n    address: redis:6379\n    tls: true\n    ca_file: " + junk + "\n", "holds no PEM certificate"},
 		{"missing", "cluster:\n  redis:\n    address: redis:6379\n    tls: true\n    ca_file: /nonexistent/ca.crt\n", "cluster.redis.ca_file: open /nonexistent/ca.crt"},
+		{"a brace in the key prefix", "cluster:\n  redis:\n    address: redis:6379\n    key_prefix: \"bridge{a:\"\n", "cluster.redis.key_prefix: \"bridge{a:\" has { or }"},
 	} {
 		cfg, err := loadGood(t, func(s string) string { return s + c.yaml }, 0)
 		if c.problem != "" {

@@ -841,6 +841,12 @@ func (l *loader) validateCluster(c *Config) {
 	if r.KeyPrefix == "" {
 		r.KeyPrefix = DefaultRedisKeyPrefix
 	}
+	if strings.ContainsAny(r.KeyPrefix, "{}") {
+		// The keys' own hash tags ({mailbox}) keep each script's keys in
+		// one slot of a Redis Cluster; a brace in the prefix would change
+		// which part of a key is hashed.
+		l.errorf("cluster.redis.key_prefix", "%q has { or }: leave braces out (the bridge puts its own hash tags after the prefix, so that a Redis Cluster keeps each mailbox's keys together)", r.KeyPrefix)
+	}
 	if r.PasswordFile != "" {
 		r.PasswordFile = l.path(r.PasswordFile)
 		data, err := os.ReadFile(r.PasswordFile)
