@@ -143,10 +143,31 @@ func (q *Queue) strikesFromLastRun(metas []spool.Meta) (struck, buried []spool.M
 	return struck, buried
 }
 
-// strikeWriters is how many records recordStrikes writes at once: each
+// recordWriters is how many records writeEach writes at once: each
 // write waits for the disk (fsync), and the disk takes several at once
 // about as fast as one.
-const strikeWriters = 8
+const recordWriters = 8
+
+// writeEach calls write for every item, recordWriters at a time, and
+// returns when all are written: a start with thousands of strikes, or a
+// stop with thousands of messages to write as waiting, takes a fraction
+// of the time one after the other would.
+func writeEach[T any](items []T, write func(T)) {
+	work := make(chan T)
+	var wg sync.WaitGroup
+	for range min(recordWriters, len(items)) {
+		wg.Go(func() {
+			for it := range work {
+				write(it)
+			}
+		})
+	}
+	for _, it := range items {
+		work <- it
+	}
+	close(work)
+	wg.Wait()
+}
 
 // recordStrikes writes the strikes strikesFromLastRun counted, after the
 // queue is scheduled (a bridge stopped while thousands of messages were
@@ -157,29 +178,16 @@ func (q *Queue) recordStrikes(struck []spool.Meta) {
 	if len(struck) == 0 {
 		return
 	}
-	work := make(chan spool.Meta)
-	var wg sync.WaitGroup
-	for range min(strikeWriters, len(struck)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for m := range work {
-				if err := q.o.Spool.Update(m); err != nil {
-					q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record a strike against the message")
-				}
-				q.mu.Lock()
-				if e := q.entries[m.ID]; e != nil {
-					e.rewriting = false
-				}
-				q.mu.Unlock()
-			}
-		}()
-	}
-	for _, m := range struck {
-		work <- m
-	}
-	close(work)
-	wg.Wait()
+	writeEach(struck, func(m spool.Meta) {
+		if err := q.o.Spool.Update(m); err != nil {
+			q.o.Log.Error().Err(err).Str("msg_id", m.ID).Msg("could not record a strike against the message")
+		}
+		q.mu.Lock()
+		if e := q.entries[m.ID]; e != nil {
+			e.rewriting = false
+		}
+		q.mu.Unlock()
+	})
 	q.kick()
 }
 

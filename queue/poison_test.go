@@ -241,6 +241,28 @@ func TestCloseWithinGrace(t *testing.T) {
 	}
 }
 
+// backlogOfFive starts a queue over a spool in dir whose mailbox takes
+// one connection at a time, and queues five messages to it: the first
+// is attempted through tr, the other four wait for their first attempt.
+func backlogOfFive(t *testing.T, tr queue.Deliverer, dir string) (*queue.Queue, *spool.Spool) {
+	t.Helper()
+	sp, err := spool.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test",
+		Settings: queue.Settings{RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second,
+			AttemptLimit: time.Hour, Concurrency: func(string) int { return 1 }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	for i := range 5 {
+		queueMessage(t, q, "poison@contoso.example", fmt.Sprintf("backlog-%d", i))
+	}
+	return q, sp
+}
+
 // A backlog that waits for its first attempts (its mailbox's one
 // connection busy, Exchange slow or down) is not struck by a restart:
 // only the message whose attempt was under way is. Before, every message
@@ -256,20 +278,7 @@ func TestBacklogSurvivesRestarts(t *testing.T) {
 	tr := &misbehaving{how: "stuck", release: make(chan struct{})}
 	dir := tempdir.New(t)
 	var log strings.Builder
-	sp, err := spool.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test",
-		Settings: queue.Settings{RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second,
-			AttemptLimit: time.Hour, Concurrency: func(string) int { return 1 }}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q.Start()
-	for i := range 5 {
-		queueMessage(t, q, "poison@contoso.example", fmt.Sprintf("backlog-%d", i))
-	}
+	q, sp := backlogOfFive(t, tr, dir)
 	testenv.Eventually(t, "the waiting four marked as not under way", 5*time.Second, func() bool {
 		m, _ := sp.List()
 		n := 0
@@ -311,20 +320,7 @@ func TestGracefulStopStrikesNothing(t *testing.T) {
 	defer queue.SetUnpayAfter(time.Hour)()
 	tr := &misbehaving{how: "slow"} // the first attempt ends when told to stop
 	dir := tempdir.New(t)
-	sp, err := spool.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.New(queue.Options{Spool: sp, Transport: tr, Log: zerolog.Nop(), Hostname: "bridge.test",
-		Settings: queue.Settings{RetryInitial: time.Minute, RetryMax: time.Hour, MaxAge: time.Hour, SyncTimeout: time.Second,
-			AttemptLimit: time.Hour, Concurrency: func(string) int { return 1 }}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q.Start()
-	for i := range 5 {
-		queueMessage(t, q, "poison@contoso.example", fmt.Sprintf("waiting-%d", i))
-	}
+	q, _ := backlogOfFive(t, tr, dir)
 	testenv.Eventually(t, "the first attempt under way", 5*time.Second, func() bool { return tr.poison.Load() == 1 })
 	q.Close(3 * time.Second)
 	var log strings.Builder

@@ -442,32 +442,17 @@ func (q *Queue) unpay(ids []string) {
 	if len(ids) == 0 {
 		return
 	}
-	// Several writes at once: each waits for the disk (fsync), and a
-	// stop may have thousands to write within its grace.
-	work := make(chan string)
-	var wg sync.WaitGroup
-	for range min(strikeWriters, len(ids)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range work {
-				m, err := q.o.Spool.Get(id)
-				if err == nil {
-					m.Attempting = false
-					m.Attempts = max(m.Attempts-1, 0)
-					err = q.o.Spool.Update(m)
-				}
-				if err != nil && !errors.Is(err, spool.ErrNotFound) {
-					q.o.Log.Error().Err(err).Str("msg_id", id).Msg("could not record in the spool that the message waits for its first attempt")
-				}
-			}
-		}()
-	}
-	for _, id := range ids {
-		work <- id
-	}
-	close(work)
-	wg.Wait()
+	writeEach(ids, func(id string) {
+		m, err := q.o.Spool.Get(id)
+		if err == nil {
+			m.Attempting = false
+			m.Attempts = max(m.Attempts-1, 0)
+			err = q.o.Spool.Update(m)
+		}
+		if err != nil && !errors.Is(err, spool.ErrNotFound) {
+			q.o.Log.Error().Err(err).Str("msg_id", id).Msg("could not record in the spool that the message waits for its first attempt")
+		}
+	})
 	q.mu.Lock()
 	for _, id := range ids {
 		if e := q.entries[id]; e != nil {
