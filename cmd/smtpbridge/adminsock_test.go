@@ -164,12 +164,6 @@ func squatAsNobody(t *testing.T, addr string) (string, func()) {
 	var once sync.Once
 	stop := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
 	t.Cleanup(stop)
-	testenv.Eventually(t, "nobody's listener up", 10*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	testenv.Eventually(t, "nobody's listener up", 10*time.Second, func() bool { return testenv.Accepts(addr) })
 	return log, stop
 }

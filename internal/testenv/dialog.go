@@ -244,3 +244,13 @@ func Grep(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// Accepts says whether something accepts TCP connections on addr now:
+// for Eventually, waiting for a server to listen.
+func Accepts(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
+}

@@ -304,13 +304,7 @@ func linuxWalkthrough(t *testing.T, deb string) {
 			}
 			t.Cleanup(func() { cmd.Process.Kill() })
 			sandbox = cmd
-			testenv.Eventually(t, "the sandbox listening on 127.0.0.1:2525", 20*time.Second, func() bool {
-				c, err := net.Dial("tcp", "127.0.0.1:2525")
-				if err == nil {
-					c.Close()
-				}
-				return err == nil
-			})
+			testenv.Eventually(t, "the sandbox listening on 127.0.0.1:2525", 20*time.Second, func() bool { return testenv.Accepts("127.0.0.1:2525") })
 
 		case strings.HasPrefix(line, "smtpbridge hash-password"):
 			// Once per device, each with a password of its own.
@@ -468,13 +462,7 @@ func checkStep(t *testing.T, w *walker, line, out string) {
 			t.Errorf("doctor on the edited config:\n%s", out)
 		}
 	case strings.HasPrefix(line, "sudo systemctl enable --now"):
-		testenv.Eventually(t, "the service listening on :587", 10*time.Second, func() bool {
-			c, err := net.Dial("tcp", "127.0.0.1:587")
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
+		testenv.Eventually(t, "the service listening on :587", 10*time.Second, func() bool { return testenv.Accepts("127.0.0.1:587") })
 		// The status page, as the README says: user prometheus, the
 		// password the package made.
 		pw, err := os.ReadFile("/etc/smtpbridge/metrics.password")
