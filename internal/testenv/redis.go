@@ -40,21 +40,29 @@ func (r *Redis) Start() {
 		r.t.Fatalf("redis-server: %v", err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.Dial("tcp", r.Addr); err == nil {
-			fmt.Fprintf(c, "PING\r\n")
-			buf := make([]byte, 16)
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			n, _ := c.Read(buf)
-			c.Close()
-			if strings.HasPrefix(string(buf[:n]), "+PONG") {
-				return
-			}
+		if redisAnswers(r.Addr) {
+			return
 		}
 		if time.Now().After(deadline) {
 			r.t.Fatalf("redis-server did not start:\n%s", out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// redisAnswers says whether a Redis on addr answers PING (a Sentinel
+// does too).
+func redisAnswers(addr string) bool {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PING\r\n")
+	buf := make([]byte, 16)
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	n, _ := c.Read(buf)
+	return strings.HasPrefix(string(buf[:n]), "+PONG")
 }
 
 // Stop kills the server (its data is gone: nothing is persisted).
@@ -88,11 +96,7 @@ func startRedisProcess(t TB, addr string, args ...string) {
 		t.Fatalf("redis-server: %v", err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	_, port, _ := net.SplitHostPort(addr)
-	Eventually(t, "redis-server answering on "+addr, 10*time.Second, func() bool {
-		o, err := exec.Command(LookTool(t, "redis-cli"), "-p", port, "PING").CombinedOutput()
-		return err == nil && strings.TrimSpace(string(o)) == "PONG"
-	})
+	Eventually(t, "redis-server answering on "+addr, 10*time.Second, func() bool { return redisAnswers(addr) })
 }
 
 // StartRedisCluster starts a Redis Cluster of n primaries (n >= 3) on
