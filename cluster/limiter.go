@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,7 +143,25 @@ func (l *Limiter) SetLimits(limits map[string]upstream.Limits) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.limits = limits
-	l.local.SetLimits(fallbackLimits(limits, l.replicas))
+	l.local.SetLimits(fallbackLimits(limits, l.replicasLocked()))
+}
+
+// replicasLocked is how many replicas share the limits, for the
+// fallback's share: those the last heartbeat counted, and at least as
+// many as this replica saw starts from in the mailboxes' windows. Just
+// after a start the heartbeat may not yet count the others (each counts
+// every few seconds), while their starts are already in the windows a
+// submission read. l.mu is held.
+func (l *Limiter) replicasLocked() int {
+	seen := map[string]bool{}
+	for _, k := range l.known {
+		for _, s := range k.starts {
+			if i := strings.LastIndexByte(s.id, '/'); i > 0 {
+				seen[s.id[:i]] = true
+			}
+		}
+	}
+	return max(l.replicas, len(seen))
 }
 
 // fallbackLimits are a replica's share while Redis is down: one
@@ -192,14 +211,14 @@ func (l *Limiter) fail(err error) {
 		return
 	}
 	l.shared, l.fellAt = false, time.Now()
-	l.local.SetLimits(fallbackLimits(l.limits, l.replicas))
+	replicas := l.replicasLocked()
+	l.local.SetLimits(fallbackLimits(l.limits, replicas))
 	// The fallback counts what the replicas did before Redis went, as
 	// far as this one saw: each replica's share is then what is left of
 	// the limit after what it saw, so that together they stay within it.
 	for mb, k := range l.known {
 		l.local.Seed(mb, k.times(), k.used)
 	}
-	replicas := l.replicas
 	var shared []*lease
 	for le := range l.leases {
 		if le.inner == nil {
@@ -254,7 +273,7 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 		limit := lim.Connections
 		l.mu.Lock()
 		if time.Now().Before(l.graceUntil) {
-			limit -= l.replicas - 1
+			limit -= l.replicasLocked() - 1
 		}
 		l.mu.Unlock()
 		octx, cancel := ctxOp(ctx)

@@ -369,3 +369,48 @@ func TestRedisRestartAfterTheReplicaThatKnewMost(t *testing.T) {
 		t.Errorf("%d starts within the window after the restart; 5 were made before it, limit 6:\n%s", taken, logs.String())
 	}
 }
+
+// Redis lost in the first seconds, before the heartbeats have counted
+// every replica: the fallback's shares count the replicas whose starts
+// each one saw in the window, not only the heartbeat's count (1 for the
+// first replica up). Together they stay within the minute's limit.
+// Before, the first replica took the whole limit less what it saw, and
+// Exchange got 33 submissions in a minute of 30 (TestReplicasPerMinuteAcrossRedisRestart).
+func TestFallbackBeforeTheReplicasAreCounted(t *testing.T) {
+	// No heartbeat during the test: each replica's count stays what it
+	// was at its start (1, 2, 3).
+	ttl, probe := LeaseTTL, probeEvery
+	LeaseTTL, probeEvery = time.Hour, time.Hour
+	t.Cleanup(func() { LeaseTTL, probeEvery = ttl, probe })
+	r := testenv.StartRedis(t)
+	ls, _ := replicas(t, r, 3, upstream.Limits{Connections: 3, PerMinute: 9, RecipientsPerDay: 100})
+	// Each starts once, the first last: its submission reads the window
+	// with all three replicas' starts.
+	for _, i := range []int{1, 2, 0} {
+		if _, err := ls[i].Submit(context.Background(), mb, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls[0].mu.Lock()
+	counted := ls[0].replicas
+	ls[0].mu.Unlock()
+	if counted != 1 {
+		t.Fatalf("the first replica counts %d replicas at its start, want 1 (the others start after it)", counted)
+	}
+	r.Stop()
+	more := 0
+	for _, l := range ls {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			_, err := l.Submit(ctx, mb, 1)
+			cancel()
+			if err != nil {
+				break
+			}
+			more++
+		}
+	}
+	if 3+more > 9 {
+		t.Errorf("with Redis gone, the replicas started %d more in the minute: %d in all, limit 9", more, 3+more)
+	}
+}
