@@ -88,7 +88,9 @@ func (g *Guard) Sync(ctx context.Context) (applied []Block, err error) {
 		}
 	}
 	for k, b := range g.blocks {
-		if at, ok := unblocked[keyString(k)]; ok && !at.Before(b.Since) {
+		// Redis keeps the unblock's time in milliseconds: one in the
+		// block's millisecond lifts it.
+		if at, ok := unblocked[keyString(k)]; ok && !at.Before(b.Since.Truncate(time.Millisecond)) {
 			g.lift(k)
 			continue
 		}

@@ -66,7 +66,7 @@ func (m *memShared) Unblock(_ context.Context, client string) (bool, error) {
 	_, was := m.blocks[client]
 	delete(m.blocks, client)
 	delete(m.failures, client)
-	m.unblocked[client] = m.now()
+	m.unblocked[client] = m.now().Truncate(time.Millisecond) // Redis's TIME, in ms
 	m.version++
 	return was, nil
 }
@@ -171,5 +171,33 @@ func TestShared(t *testing.T) {
 	sync()
 	if !a.Blocked(monitor) {
 		t.Error("b's block made while the store was down is not on a once it is back")
+	}
+}
+
+// An unblock in the millisecond of the block lifts it: the shared store
+// keeps the unblock's time in milliseconds, the block's is finer.
+func TestUnblockInTheBlocksMillisecond(t *testing.T) {
+	st := Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour}
+	a, c := newGuard(st)
+	b := New(st)
+	b.now = c.now
+	m := newMemShared(c.now)
+	a.Share(m, "a")
+	b.Share(m, "b")
+	c.add(1500 * time.Microsecond)
+	if _, block := a.AuthFailed(attacker, "x", ""); block == nil {
+		t.Fatal("no block after the one failure allowed")
+	}
+	if _, err := b.Sync(context.Background()); err != nil || !b.Blocked(attacker) {
+		t.Fatalf("the block not shared: %v", err)
+	}
+	if was, err := b.Unblock(attacker); !was || err != nil {
+		t.Fatalf("Unblock: %v %v", was, err)
+	}
+	if _, err := a.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a.Blocked(attacker) {
+		t.Error("an unblock in the block's millisecond did not lift it on the replica that made it")
 	}
 }
