@@ -8,9 +8,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 )
 
 // Guard shares the failed logins and blocks of the replicas' guards
@@ -21,7 +20,7 @@ import (
 // The three block keys share a hash tag, so that a script can touch
 // them together on Redis Cluster too.
 type Guard struct {
-	rdb      redis.UniversalClient
+	rdb      *redis.Client
 	prefix   string
 	instance string
 }
@@ -29,8 +28,7 @@ type Guard struct {
 var _ guard.Shared = (*Guard)(nil)
 
 // NewGuard returns the shared guard state under prefix.
-func NewGuard(rdb redis.UniversalClient, prefix, instance string) *Guard {
-	redis.SetLogger(quiet{})
+func NewGuard(rdb *redis.Client, prefix, instance string) *Guard {
 	return &Guard{rdb: rdb, prefix: prefix, instance: instance}
 }
 
@@ -66,7 +64,7 @@ func (g *Guard) Unblock(ctx context.Context, client string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("lift the block of %s through Redis: %w", client, err)
 	}
-	if err := g.rdb.Del(ctx, g.prefix+"fail:{"+client+"}").Err(); err != nil {
+	if err := g.rdb.Do(ctx, "DEL", g.prefix+"fail:{"+client+"}").Err(); err != nil {
 		return n == 1, fmt.Errorf("forget the failed logins of %s in Redis: %w", client, err)
 	}
 	return n == 1, nil
@@ -76,7 +74,7 @@ func (g *Guard) Unblock(ctx context.Context, client string) (bool, error) {
 // than keep are dropped from Redis on the way.
 func (g *Guard) Blocks(ctx context.Context, version string, keep time.Duration) ([]guard.Block, map[string]time.Time, string, bool, error) {
 	k := g.keys()
-	cur, err := g.rdb.Get(ctx, k[2]).Result()
+	cur, err := g.rdb.Do(ctx, "GET", k[2]).Text()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, nil, "", false, fmt.Errorf("read the shared blocks' version: %w", err)
 	}
@@ -89,11 +87,11 @@ func (g *Guard) Blocks(ctx context.Context, version string, keep time.Duration) 
 	if cur == version {
 		return nil, nil, cur, false, nil
 	}
-	raw, err := g.rdb.HGetAll(ctx, k[0]).Result()
+	raw, err := g.rdb.Do(ctx, "HGETALL", k[0]).StringMap()
 	if err != nil {
 		return nil, nil, "", false, fmt.Errorf("read the shared blocks: %w", err)
 	}
-	un, err := g.rdb.HGetAll(ctx, k[1]).Result()
+	un, err := g.rdb.Do(ctx, "HGETALL", k[1]).StringMap()
 	if err != nil {
 		return nil, nil, "", false, fmt.Errorf("read the shared unblocks: %w", err)
 	}
@@ -121,10 +119,10 @@ func (g *Guard) Blocks(ctx context.Context, version string, keep time.Duration) 
 	}
 	// Housekeeping; a failure here costs nothing but space.
 	if len(ended) > 0 {
-		g.rdb.HDel(ctx, k[0], ended...)
+		hdel(ctx, g.rdb, k[0], ended)
 	}
 	if len(old) > 0 {
-		g.rdb.HDel(ctx, k[1], old...)
+		hdel(ctx, g.rdb, k[1], old)
 	}
 	return blocks, unblocked, cur, true, nil
 }

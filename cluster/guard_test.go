@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/smtpbridge/smtpbridge/guard"
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 )
 
@@ -20,7 +19,7 @@ func guards(t *testing.T, r *testenv.Redis, n int) []*guard.Guard {
 	t.Helper()
 	var out []*guard.Guard
 	for i := range n {
-		rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		rdb := redis.New(redis.Options{Addr: r.Addr, Timeout: 200 * time.Millisecond})
 		t.Cleanup(func() { rdb.Close() })
 		g := guard.New(guard.Settings{MaxFailures: 4, Window: time.Minute, Block: time.Hour})
 		name := fmt.Sprintf("replica-%d", i)

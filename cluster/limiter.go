@@ -26,9 +26,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
@@ -51,7 +51,7 @@ type Observer interface {
 
 // Options configure a Limiter.
 type Options struct {
-	Client   redis.UniversalClient
+	Client   *redis.Client
 	Prefix   string // key prefix, e.g. "smtpbridge:"
 	Instance string // this replica's name, in lease IDs
 	Limits   map[string]upstream.Limits
@@ -63,7 +63,7 @@ type Options struct {
 
 // Limiter is an upstream.Limiter shared through Redis.
 type Limiter struct {
-	rdb      redis.UniversalClient
+	rdb      *redis.Client
 	prefix   string
 	instance string
 	log      zerolog.Logger
@@ -101,9 +101,6 @@ var _ upstream.Limiter = (*Limiter)(nil)
 
 // New returns a limiter and starts its renewals; Close stops them.
 func New(o Options) *Limiter {
-	// go-redis logs each failed dial on stderr; the limiter says once
-	// that Redis is out of reach, and when it is back.
-	redis.SetLogger(quiet{})
 	l := &Limiter{rdb: o.Client, prefix: o.Prefix, instance: o.Instance, log: o.Log, obs: o.Observer,
 		window: upstream.RateWindow, day: 24 * time.Hour, limits: o.Limits, shared: true,
 		leases: map[*lease]struct{}{}, starts: map[upstream.Mailbox][]time.Time{}, rcpts: map[upstream.Mailbox]int{},
@@ -289,7 +286,7 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 			l.mu.Unlock()
 			if waiting != "" {
 				octx, cancel := ctxOp(ctx)
-				l.rdb.ZRem(octx, l.key("want", mb), waiting)
+				l.rdb.Do(octx, "ZREM", l.key("want", mb), waiting)
 				cancel()
 			}
 			return le, nil
@@ -300,14 +297,14 @@ func (l *Limiter) Connect(ctx context.Context, mb upstream.Mailbox) (upstream.Le
 			waiting = le.id
 		}
 		octx, cancel = ctxOp(ctx)
-		l.rdb.ZAdd(octx, l.key("want", mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: waiting})
-		l.rdb.PExpire(octx, l.key("want", mb), 2*l.ttl)
+		l.rdb.Do(octx, "ZADD", l.key("want", mb), float64(time.Now().Add(l.ttl).UnixMilli()), waiting)
+		l.rdb.Do(octx, "PEXPIRE", l.key("want", mb), (2 * l.ttl).Milliseconds())
 		cancel()
 		select {
 		case <-time.After(pollEvery):
 		case <-ctx.Done():
 			octx, cancel := ctxOp(ctx)
-			l.rdb.ZRem(octx, l.key("want", mb), waiting)
+			l.rdb.Do(octx, "ZREM", l.key("want", mb), waiting)
 			cancel()
 			return nil, fmt.Errorf("waiting for a free connection to Exchange (limit %d per mailbox, shared by the replicas): %w", lim.Connections, context.Cause(ctx))
 		}
@@ -399,7 +396,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 		if err == nil && len(raw) == 2 {
 			if code, _ := raw[0].(int64); code == 2 {
 				// Redis forgot the mailbox's window since this replica
-				// last asked (it restarted empty, and go-redis's new
+				// last asked (it restarted empty, and the new
 				// connection hid it): the starts it knows go back first.
 				l.restoreWindow(ctx, mb, fmt.Sprint(raw[1]))
 				continue
@@ -426,7 +423,7 @@ func (l *Limiter) Submit(ctx context.Context, mb upstream.Mailbox, rcpts int) (f
 					}
 					octx, cancel := ctxOp(ctx)
 					defer cancel()
-					if err := l.rdb.HIncrBy(octx, l.key("rcpt", mb), strconv.FormatInt(bucket, 10), int64(accepted-rcpts)).Err(); err != nil {
+					if err := l.rdb.Do(octx, "HINCRBY", l.key("rcpt", mb), strconv.FormatInt(bucket, 10), int64(accepted-rcpts)).Err(); err != nil {
 						l.fail(err)
 					}
 				})
@@ -523,7 +520,7 @@ func (le *lease) Release() {
 	defer cancel()
 	// An adopted fallback slot is in Redis too; one never adopted is not,
 	// and ZREM of a missing member is harmless.
-	if err := le.l.rdb.ZRem(ctx, le.l.key("conn", le.mb), le.id).Err(); err != nil && le.l.Shared() {
+	if err := le.l.rdb.Do(ctx, "ZREM", le.l.key("conn", le.mb), le.id).Err(); err != nil && le.l.Shared() {
 		le.l.fail(err)
 	}
 }
@@ -604,7 +601,7 @@ func (l *Limiter) renew() {
 func (l *Limiter) probe() {
 	ctx, cancel := ctxOp(context.Background())
 	defer cancel()
-	if err := l.rdb.Ping(ctx).Err(); err != nil {
+	if err := l.rdb.Do(ctx, "PING").Err(); err != nil {
 		return
 	}
 	l.mu.Lock()
@@ -624,7 +621,7 @@ func (l *Limiter) probe() {
 	// Adopt: the fallback's slots and starts count in Redis from now,
 	// so that the shared limits see them.
 	for _, le := range local {
-		if err := l.rdb.ZAdd(ctx, l.key("conn", le.mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: le.id}).Err(); err != nil {
+		if err := l.rdb.Do(ctx, "ZADD", l.key("conn", le.mb), float64(time.Now().Add(l.ttl).UnixMilli()), le.id).Err(); err != nil {
 			return
 		}
 	}
@@ -636,7 +633,7 @@ func (l *Limiter) probe() {
 			continue // lapsed: its connection is closed
 		default:
 		}
-		if err := l.rdb.ZAdd(ctx, l.key("conn", le.mb), redis.Z{Score: float64(time.Now().Add(l.ttl).UnixMilli()), Member: le.id}).Err(); err != nil {
+		if err := l.rdb.Do(ctx, "ZADD", l.key("conn", le.mb), float64(time.Now().Add(l.ttl).UnixMilli()), le.id).Err(); err != nil {
 			return
 		}
 		le.mu.Lock()
@@ -646,13 +643,13 @@ func (l *Limiter) probe() {
 	for mb, ts := range starts {
 		for _, at := range ts {
 			if time.Since(at) < window {
-				l.rdb.ZAdd(ctx, l.key("rate", mb), redis.Z{Score: float64(at.UnixMilli()), Member: newID(l.instance)})
+				l.rdb.Do(ctx, "ZADD", l.key("rate", mb), float64(at.UnixMilli()), newID(l.instance))
 			}
 		}
 	}
 	for mb, n := range rcpts {
 		if n > 0 {
-			l.rdb.HIncrBy(ctx, l.key("rcpt", mb), strconv.FormatInt(time.Now().UnixMilli()/unit.Milliseconds(), 10), int64(n))
+			l.rdb.Do(ctx, "HINCRBY", l.key("rcpt", mb), strconv.FormatInt(time.Now().UnixMilli()/unit.Milliseconds(), 10), int64(n))
 		}
 	}
 	for _, le := range local {
@@ -692,12 +689,12 @@ func (l *Limiter) restoreWindow(ctx context.Context, mb upstream.Mailbox, epoch 
 	n := 0
 	for _, st := range k.starts {
 		if time.Since(st.at) < window {
-			l.rdb.ZAdd(octx, l.key("rate", mb), redis.Z{Score: float64(st.redisMs), Member: st.id})
+			l.rdb.Do(octx, "ZADD", l.key("rate", mb), float64(st.redisMs), st.id)
 			n++
 		}
 	}
 	if n > 0 {
-		l.rdb.PExpire(octx, l.key("rate", mb), 2*window)
+		l.rdb.Do(octx, "PEXPIRE", l.key("rate", mb), (2 * window).Milliseconds())
 		l.log.Warn().Str("tenant", mb.Tenant).Str("mailbox", mb.Address).Int("starts", n).
 			Msg("Redis lost the mailbox's rate window (a restart?): the starts this replica saw in it are counted there again")
 	}
@@ -727,21 +724,30 @@ func (l *Limiter) checkEpochs(ctx context.Context) {
 		return
 	}
 	// One round trip for all of them; a script only where it changed.
-	pipe := l.rdb.Pipeline()
-	now := pipe.Time(ctx)
-	gets := make([]*redis.StringCmd, len(mbs))
-	ranges := make([]*redis.ZSliceCmd, len(mbs))
-	for i, mb := range mbs {
-		gets[i] = pipe.Get(ctx, l.key("epoch", mb))
-		ranges[i] = pipe.ZRangeWithScores(ctx, l.key("rate", mb), 0, -1)
+	cmds := [][]any{{"TIME"}}
+	for _, mb := range mbs {
+		cmds = append(cmds, []any{"GET", l.key("epoch", mb)}, []any{"ZRANGE", l.key("rate", mb), 0, -1, "WITHSCORES"})
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	replies := l.rdb.Pipeline(ctx, cmds...)
+	now, err := redisTime(replies[0])
+	for _, r := range replies[1:] {
+		if err == nil && !errors.Is(r.Err(), redis.Nil) {
+			err = r.Err()
+		}
+	}
+	if err != nil {
 		l.fail(err)
 		return
 	}
 	for i, mb := range mbs {
-		if gets[i].Err() == nil && gets[i].Val() == mine[i] {
-			l.refresh(mb, now.Val(), ranges[i].Val())
+		get, window := replies[1+2*i], replies[2+2*i]
+		if cur, err := get.Text(); err == nil && cur == mine[i] {
+			starts, err := withScores(window)
+			if err != nil {
+				l.fail(err)
+				return
+			}
+			l.refresh(mb, now, starts)
 			continue
 		}
 		epoch, err := epochScript.Run(ctx, l.rdb, []string{l.key("epoch", mb)}, newID(l.instance)).Text()
@@ -758,15 +764,7 @@ func (l *Limiter) checkEpochs(ctx context.Context) {
 // refresh takes the mailbox's window as Redis has it now (its clock
 // redisNow) as what this replica knows; a window with starts keeps the
 // mailbox among those checked.
-func (l *Limiter) refresh(mb upstream.Mailbox, redisNow time.Time, window []redis.Z) {
-	starts := make([]start, 0, len(window))
-	for _, z := range window {
-		id, ok := z.Member.(string)
-		if !ok {
-			continue
-		}
-		starts = append(starts, start{id: id, redisMs: int64(z.Score)})
-	}
+func (l *Limiter) refresh(mb upstream.Mailbox, redisNow time.Time, starts []start) {
 	local := time.Now()
 	placeStarts(starts, redisNow.UnixMilli(), local)
 	l.mu.Lock()
@@ -777,6 +775,47 @@ func (l *Limiter) refresh(mb upstream.Mailbox, redisNow time.Time, window []redi
 		k.seen = local
 	}
 	l.known[mb] = k
+}
+
+// redisTime reads TIME: seconds and microseconds.
+func redisTime(r *redis.Reply) (time.Time, error) {
+	v, err := r.Slice()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redis TIME: %w", err)
+	}
+	if len(v) == 2 {
+		s, _ := v[0].(string)
+		us, _ := v[1].(string)
+		sec, err1 := strconv.ParseInt(s, 10, 64)
+		usec, err2 := strconv.ParseInt(us, 10, 64)
+		if err1 == nil && err2 == nil {
+			return time.Unix(sec, usec*1000), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("redis TIME: %d elements, not seconds and microseconds", len(v))
+}
+
+// withScores reads a rate window (ZRANGE … WITHSCORES): its starts'
+// members and times on Redis's clock.
+func withScores(r *redis.Reply) ([]start, error) {
+	v, err := r.Slice()
+	if err != nil {
+		return nil, fmt.Errorf("read a rate window: %w", err)
+	}
+	if len(v)%2 != 0 {
+		return nil, fmt.Errorf("read a rate window: %d elements, not pairs", len(v))
+	}
+	starts := make([]start, 0, len(v)/2)
+	for i := 0; i < len(v); i += 2 {
+		id, ok := v[i].(string)
+		score, _ := v[i+1].(string)
+		ms, err := strconv.ParseFloat(score, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("read a rate window: a member %q with the score %q", id, score)
+		}
+		starts = append(starts, start{id: id, redisMs: int64(ms)})
+	}
+	return starts, nil
 }
 
 // known is what a shared submission saw of a mailbox.
@@ -973,8 +1012,3 @@ return redis.call('ZCARD', KEYS[1])`)
 // errSharedAgain: Redis returned while a caller waited for a fallback
 // slot; it asks Redis instead.
 var errSharedAgain = errors.New("the limits are shared again")
-
-// quiet drops go-redis's internal log lines.
-type quiet struct{}
-
-func (quiet) Printf(context.Context, string, ...any) {}

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 	"github.com/smtpbridge/smtpbridge/internal/syncbuf"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/upstream"
@@ -27,7 +27,7 @@ func replicas(t *testing.T, r *testenv.Redis, n int, lim upstream.Limits) ([]*Li
 	logs := &syncbuf.Buffer{}
 	var out []*Limiter
 	for i := range n {
-		rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		rdb := redis.New(redis.Options{Addr: r.Addr, Timeout: 200 * time.Millisecond})
 		t.Cleanup(func() { rdb.Close() })
 		l := New(Options{Client: rdb, Prefix: "test:", Instance: fmt.Sprintf("replica-%d", i),
 			Limits: map[string]upstream.Limits{"contoso": lim}, Log: zerolog.New(logs)})
@@ -297,9 +297,9 @@ func TestRedisRestartKeepsTheWindow(t *testing.T) {
 				cancel()
 			}
 			testenv.Eventually(t, "shared again", 5*time.Second, func() bool { return ls[0].Shared() && ls[2].Shared() })
-			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+			rdb := redis.New(redis.Options{Addr: r.Addr})
 			defer rdb.Close()
-			n, err := rdb.ZCard(context.Background(), ls[0].key("rate", mb)).Result()
+			n, err := rdb.Do(context.Background(), "ZCARD", ls[0].key("rate", mb)).Int()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -7,8 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 	"github.com/smtpbridge/smtpbridge/upstream"
 )
 
@@ -30,23 +29,24 @@ type Redis struct {
 // does not answer makes the limiter fall back, it does not stop the
 // bridge. Every call gives up after opTimeout: a slow Redis is a down
 // one.
-func Client(r Redis) redis.UniversalClient {
+func Client(r Redis) *redis.Client {
 	var tlsCfg *tls.Config
 	if r.TLS {
 		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: r.RootCAs}
 	}
-	switch {
-	case len(r.SentinelAddresses) > 0:
-		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: r.MasterName, SentinelAddrs: r.SentinelAddresses,
-			Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
-			DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
-	case len(r.ClusterAddresses) > 0:
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.ClusterAddresses,
-			Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
-			DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
+	return redis.New(redis.Options{Addr: r.Address, SentinelAddrs: r.SentinelAddresses, MasterName: r.MasterName,
+		ClusterAddrs: r.ClusterAddresses, Username: r.Username, Password: r.Password, TLS: tlsCfg, Timeout: opTimeout})
+}
+
+// hdel deletes fields of the hash key: housekeeping, whose failure costs
+// only space.
+func hdel(ctx context.Context, rdb *redis.Client, key string, fields []string) {
+	args := make([]any, 0, 2+len(fields))
+	args = append(args, "HDEL", key)
+	for _, f := range fields {
+		args = append(args, f)
 	}
-	return redis.NewClient(&redis.Options{Addr: r.Address, Username: r.Username, Password: r.Password, TLSConfig: tlsCfg,
-		DialTimeout: opTimeout, ReadTimeout: opTimeout, WriteTimeout: opTimeout, MaxRetries: -1})
+	rdb.Do(ctx, args...)
 }
 
 // Recipients returns, per mailbox this replica has submitted for, the
@@ -66,7 +66,7 @@ func (l *Limiter) Recipients() map[upstream.Mailbox]int {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	for _, mb := range boxes {
-		h, err := l.rdb.HGetAll(ctx, l.key("rcpt", mb)).Result()
+		h, err := l.rdb.Do(ctx, "HGETALL", l.key("rcpt", mb)).StringMap()
 		if err != nil {
 			return out
 		}

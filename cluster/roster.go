@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 )
 
 // Replica is what one replica says of its own spool, for the others'
@@ -25,14 +25,14 @@ type Replica struct {
 
 // Roster keeps the replicas' accounts of their spools in one Redis hash.
 type Roster struct {
-	rdb      redis.UniversalClient
+	rdb      *redis.Client
 	key      string
 	instance string
 }
 
 // NewRoster returns the roster under prefix, where this replica is
 // instance.
-func NewRoster(rdb redis.UniversalClient, prefix, instance string) *Roster {
+func NewRoster(rdb *redis.Client, prefix, instance string) *Roster {
 	return &Roster{rdb: rdb, key: prefix + "replicas", instance: instance}
 }
 
@@ -43,7 +43,7 @@ func (r *Roster) Publish(ctx context.Context, rep Replica) error {
 	if err != nil {
 		return err
 	}
-	if err := r.rdb.HSet(ctx, r.key, r.instance, v).Err(); err != nil {
+	if err := r.rdb.Do(ctx, "HSET", r.key, r.instance, v).Err(); err != nil {
 		return fmt.Errorf("publish this replica's queue in Redis: %w", err)
 	}
 	return nil
@@ -54,7 +54,7 @@ func (r *Roster) Publish(ctx context.Context, rep Replica) error {
 // day, so that a replica that went away with mail in its spool stays
 // visible for that long.
 func (r *Roster) Replicas(ctx context.Context, keep time.Duration) ([]Replica, error) {
-	h, err := r.rdb.HGetAll(ctx, r.key).Result()
+	h, err := r.rdb.Do(ctx, "HGETALL", r.key).StringMap()
 	if err != nil {
 		return nil, fmt.Errorf("read the replicas' queues from Redis: %w", err)
 	}
@@ -71,7 +71,7 @@ func (r *Roster) Replicas(ctx context.Context, keep time.Duration) ([]Replica, e
 		}
 	}
 	if len(gone) > 0 {
-		r.rdb.HDel(ctx, r.key, gone...)
+		hdel(ctx, r.rdb, r.key, gone)
 	}
 	slices.SortFunc(out, func(a, b Replica) int { return strings.Compare(a.Instance, b.Instance) })
 	return out, nil

@@ -36,6 +36,10 @@ func TestTopologies(t *testing.T) {
 			return Redis{SentinelAddresses: []string{s}, MasterName: "mymaster"}
 		}},
 		{"cluster", func(t *testing.T) Redis { return Redis{ClusterAddresses: testenv.StartRedisCluster(t, 3)} }},
+		{"one server over TLS, with a password", func(t *testing.T) Redis {
+			addr, ca := testenv.StartRedisTLS(t, "redis-pass-word")
+			return Redis{Address: addr, TLS: true, RootCAs: ca, Password: "redis-pass-word"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := tc.redis(t)

@@ -22,8 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/smtpbridge/smtpbridge/internal/redis"
 
 	"github.com/smtpbridge/smtpbridge/audit"
 	"github.com/smtpbridge/smtpbridge/cluster"
@@ -71,7 +71,7 @@ type Daemon struct {
 	// stop; /readyz says not ready.
 	draining atomic.Bool
 	path     *Path
-	rdb      redis.UniversalClient // nil for a bridge on its own
+	rdb      *redis.Client // nil for a bridge on its own
 	// roster has the replicas' accounts of their spools (replicas, read
 	// every rosterEvery); nil for a bridge on its own.
 	roster     *cluster.Roster
