@@ -92,18 +92,25 @@ func (m *memShared) Blocks(_ context.Context, version string, _ time.Duration) (
 	return out, un, cur, true, nil
 }
 
+// twoReplicas returns replicas a and b's guards sharing one memShared,
+// on one clock.
+func twoReplicas(st Settings) (a, b *Guard, c *clock, m *memShared) {
+	a, c = newGuard(st)
+	b = New(st)
+	b.now = c.now
+	m = newMemShared(c.now)
+	a.Share(m, "a")
+	b.Share(m, "b")
+	return a, b, c, m
+}
+
 // Two replicas' guards: failures counted together, a block applied on
 // the other at its Sync, an unblock lifting it on both, and a block made
 // while the store is down shared when it is back, even after it forgot
 // everything.
 func TestShared(t *testing.T) {
 	st := Settings{MaxFailures: 4, Window: 10 * time.Minute, Block: time.Hour}
-	a, c := newGuard(st)
-	b := New(st)
-	b.now = c.now
-	m := newMemShared(c.now)
-	a.Share(m, "a")
-	b.Share(m, "b")
+	a, b, c, m := twoReplicas(st)
 	sync := func() {
 		t.Helper()
 		for _, g := range []*Guard{a, b} {
@@ -178,12 +185,7 @@ func TestShared(t *testing.T) {
 // keeps the unblock's time in milliseconds, the block's is finer.
 func TestUnblockInTheBlocksMillisecond(t *testing.T) {
 	st := Settings{MaxFailures: 1, Window: time.Minute, Block: time.Hour}
-	a, c := newGuard(st)
-	b := New(st)
-	b.now = c.now
-	m := newMemShared(c.now)
-	a.Share(m, "a")
-	b.Share(m, "b")
+	a, b, c, _ := twoReplicas(st)
 	c.add(1500 * time.Microsecond)
 	if _, block := a.AuthFailed(attacker, "x", ""); block == nil {
 		t.Fatal("no block after the one failure allowed")
