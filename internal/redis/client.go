@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -455,7 +456,11 @@ func (c *Client) slotMap(ctx context.Context) (*slotMap, error) {
 	}
 	var errs []error
 	tried := map[string]bool{}
-	for _, a := range append(append([]string{}, known...), c.o.ClusterAddrs...) {
+	// The nodes last seen in a random order (one that stopped answering
+	// is not always asked first), then the configured ones.
+	known = slices.Clone(known)
+	rand.Shuffle(len(known), func(i, j int) { known[i], known[j] = known[j], known[i] })
+	for _, a := range append(known, c.o.ClusterAddrs...) {
 		if tried[a] {
 			continue
 		}
