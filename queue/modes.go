@@ -3,10 +3,10 @@ package queue
 import (
 	"context"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/smtpbridge/smtpbridge/audit"
+	"github.com/smtpbridge/smtpbridge/internal/countio"
 	"github.com/smtpbridge/smtpbridge/message"
 )
 
@@ -82,7 +82,7 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 			return message.Receipt{}, err
 		}
 	}
-	counted := &countingReader{r: m.Body}
+	counted := &countio.Reader{R: m.Body}
 	mm := *m
 	mm.Body = counted
 	// The device can only retry all recipients: all or none.
@@ -96,7 +96,7 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 		// device side reports it.
 		return receipt, err
 	}
-	ev := syncEvent(audit.Received, m, counted.n)
+	ev := syncEvent(audit.Received, m, counted.N)
 	ev.To, ev.Remote, ev.MessageID = m.To, m.Remote, m.MessageID
 	if err == nil || message.IsPermanent(err) {
 		s.observe(ev)
@@ -104,13 +104,13 @@ func (s Sync) Deliver(ctx context.Context, m *message.Message) (message.Receipt,
 	took := time.Since(start)
 	switch {
 	case err == nil:
-		ev = syncEvent(audit.Delivered, m, counted.n)
+		ev = syncEvent(audit.Delivered, m, counted.N)
 		ev.Reply, ev.UpstreamID, ev.Accepted, ev.Duration = receipt.Reply.String(), receipt.UpstreamID, start, took
 	case message.IsPermanent(err):
-		ev = syncEvent(audit.Bounced, m, counted.n)
+		ev = syncEvent(audit.Bounced, m, counted.N)
 		ev.Reply, ev.Reason, ev.Err, ev.Duration, ev.Detail = message.ReplyOf(err).String(), audit.ReasonPermanent, err, took, noteOf(err)
 	default:
-		ev = syncEvent(audit.Deferred, m, counted.n)
+		ev = syncEvent(audit.Deferred, m, counted.N)
 		ev.Reply, ev.RetryBy, ev.Err, ev.Duration = message.ReplyOf(err).String(), audit.RetryByDevice, err, took
 		ev.SetupProblem = message.ClassOf(err) == message.Setup
 	}
@@ -127,15 +127,4 @@ func (s Sync) observe(ev audit.Event) {
 func syncEvent(k audit.Kind, m *message.Message, size int64) audit.Event {
 	return audit.Event{Kind: k, MsgID: m.ID, Device: m.Device, Tenant: m.Tenant, Mailbox: m.Mailbox,
 		From: m.From, Rcpts: len(m.To), Size: size, Mode: m.Mode}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

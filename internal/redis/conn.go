@@ -5,10 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/smtpbridge/smtpbridge/internal/countio"
 )
 
 // Per server: connections kept idle, and open at once.
@@ -20,22 +21,10 @@ const (
 // conn is one connection to one server.
 type conn struct {
 	nc     net.Conn
-	in     *counter // what was read from nc
+	in     *countio.Reader // what was read from nc
 	rd     *reader
 	buf    []byte
 	broken bool // an I/O or protocol error: close, do not reuse
-}
-
-// counter counts the bytes read through it.
-type counter struct {
-	r io.Reader
-	n int64
-}
-
-func (c *counter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // errRead is an error after part of an answer was read: the server got
@@ -88,11 +77,11 @@ func (cn *conn) exchange(cmds [][]any) ([]any, error) {
 		cn.buf = nil
 	}
 	out := make([]any, len(cmds))
-	before := cn.in.n
+	before := cn.in.N
 	for i := range cmds {
 		v, err := cn.rd.reply()
 		if err != nil {
-			if cn.in.n > before {
+			if cn.in.N > before {
 				err = errRead{err}
 			}
 			return nil, err
@@ -193,7 +182,7 @@ func (c *Client) dial(ctx context.Context, addr string, auth bool) (*conn, error
 		}
 		nc = tc
 	}
-	cn := &conn{nc: nc, in: &counter{r: nc}}
+	cn := &conn{nc: nc, in: &countio.Reader{R: nc}}
 	cn.rd = newReader(cn.in)
 	if auth && c.o.Password != "" {
 		args := []any{"AUTH", c.o.Password}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/smtpbridge/smtpbridge/internal/countio"
 	"github.com/smtpbridge/smtpbridge/internal/testenv"
 	"github.com/smtpbridge/smtpbridge/message"
 )
@@ -41,18 +42,6 @@ func (s *scratchCount) ReleaseScratch(n int64) {
 	s.taken -= n
 }
 
-// countingReader counts what the walk read of the message.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // walked is what the walk made of a message.
 type walked struct {
 	bodyType, body string
@@ -71,8 +60,8 @@ func walkMessage(t testing.TB, ctx context.Context, msg string, scratch Scratch)
 	s := &sender{t: &Transport{tempDir: t.TempDir()}}
 	p := &parsed{scratch: scratch}
 	defer p.close()
-	cr := &countingReader{r: br}
-	w := walked{err: s.walk(ctx, p, h, cr), bodyType: p.bodyType, body: p.body, read: cr.n}
+	cr := &countio.Reader{R: br}
+	w := walked{err: s.walk(ctx, p, h, cr), bodyType: p.bodyType, body: p.body, read: cr.N}
 	for _, pt := range p.parts {
 		d := fmt.Sprintf("%s:%d", pt.name, pt.size)
 		if pt.inline {
