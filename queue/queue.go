@@ -314,13 +314,7 @@ func (q *Queue) Close(grace time.Duration) {
 	// waiting, within the grace like the attempts: the next start would
 	// otherwise count a strike against each (the poison rule).
 	q.mu.Lock()
-	var waiting []string
-	for _, e := range q.entries {
-		if e.paid && !e.running && !e.rewriting {
-			e.paid, e.rewriting = false, true
-			waiting = append(waiting, e.id)
-		}
-	}
+	waiting := q.pickUnpaidLocked(time.Now(), 0)
 	q.mu.Unlock()
 	if len(waiting) > 0 {
 		q.wg.Add(1)
@@ -425,9 +419,15 @@ func (q *Queue) unpaidLocked(now time.Time) []string {
 		return nil
 	}
 	q.unpaidAt = now
+	return q.pickUnpaidLocked(now, time.Duration(unpayAfter.Load()))
+}
+
+// pickUnpaidLocked marks and returns the paid entries committed at least
+// wait ago whose attempt has not started; q.mu is held.
+func (q *Queue) pickUnpaidLocked(now time.Time, wait time.Duration) []string {
 	var out []string
 	for _, e := range q.entries {
-		if !e.paid || e.running || e.rewriting || now.Sub(e.paidAt) < time.Duration(unpayAfter.Load()) {
+		if !e.paid || e.running || e.rewriting || now.Sub(e.paidAt) < wait {
 			continue
 		}
 		e.paid, e.rewriting = false, true
