@@ -61,12 +61,18 @@ func redisAnswers(addr string) bool {
 	if err != nil {
 		return false
 	}
+	return pingAnswer(c, "+PONG")
+}
+
+// pingAnswer sends PING on c, closes it, and says whether the answer
+// began with want.
+func pingAnswer(c net.Conn, want string) bool {
 	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
 	fmt.Fprintf(c, "PING\r\n")
-	buf := make([]byte, 16)
-	c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 64)
 	n, _ := c.Read(buf)
-	return strings.HasPrefix(string(buf[:n]), "+PONG")
+	return strings.HasPrefix(string(buf[:n]), want)
 }
 
 // Stop kills the server (its data is gone: nothing is persisted).
@@ -194,12 +200,7 @@ func StartRedisTLS(t TB, password string) (string, *x509.CertPool) {
 		if err != nil {
 			return false
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Second))
-		fmt.Fprintf(c, "PING\r\n")
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		return strings.HasPrefix(string(buf[:n]), "-NOAUTH")
+		return pingAnswer(c, "-NOAUTH") // it asks for the password
 	}, "--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--tls-cert-file", filepath.Join(dir, "redis.crt"), "--tls-key-file", filepath.Join(dir, "redis.key"),
 		"--tls-ca-cert-file", filepath.Join(dir, "ca.crt"), "--tls-auth-clients", "no", "--requirepass", password)
